@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""Writes schemas/<event type>.json: one JSON Schema (draft 2020-12) per event type.
+
+The common blocks are inlined so each file stands alone for a SIEM to load. Run this after
+changing an event's fields; the test suite validates every event it produces against these.
+"""
+import json
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent / "schemas"
+UUID = "^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
+TIME = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$"
+S = {"type": "string"}
+STRS = {"type": "array", "items": {"type": "string"}}
+U32 = {"type": "integer", "minimum": 0, "maximum": 4294967295}
+
+COMMON = {
+    "ei": {"type": "integer", "minimum": 0, "description": "Event index within the session: 0, then strictly increasing."},
+    "uid": {"type": "string", "pattern": UUID, "description": "UUIDv4, unique per event."},
+    "time": {"type": "string", "pattern": TIME, "description": "RFC 3339, UTC, milliseconds."},
+    "cluster_name": S,
+    "user": {"type": "string", "description": "The person or program dbtape identified."},
+    "aws_role_arn": S,
+    "sid": {"type": "string", "pattern": UUID, "description": "Session id."},
+    "db_service": {"type": "string", "description": "The database's name in dbtape's config."},
+    "db_protocol": {"enum": ["postgres", "mongodb", "dynamodb"]},
+    "db_uri": S,
+    "db_name": S,
+    "db_user": S,
+    "db_labels": {"type": "object", "additionalProperties": {"type": "string"}},
+    "db_aws_region": S,
+    "db_type": S,
+}
+REQUIRED = ["ei", "event", "uid", "code", "time", "sid", "db_protocol", "db_uri"]
+STATUS = {"success": {"type": "boolean"}, "error": S, "message": S}
+
+EVENTS = [
+    ("db.session.start", ["TDB00I", "TDB00W"], "A session was opened (TDB00I) or refused (TDB00W).",
+     {**STATUS, "namespace": S, "server_id": S, "server_hostname": S, "server_addr": S, "server_version": S,
+      "addr.local": S, "addr.remote": S, "user_agent": S, "postgres_pid": U32},
+     ["server_id", "success"]),
+    ("db.session.end", ["TDB01I"], "A session ended.",
+     {"addr.local": S, "addr.remote": S,
+      "session_start": {"type": "string", "pattern": TIME}, "session_stop": {"type": "string", "pattern": TIME}},
+     ["session_start", "session_stop"]),
+    ("db.session.query", ["TDB02I"], "A query or command the client sent.",
+     {"success": {"const": True}, "error": S, "message": S, "db_query": S, "db_query_parameters": STRS},
+     ["db_query", "success"]),
+    ("db.session.query.failed", ["TDB02W"], "A query or command the proxy refused.",
+     {"success": {"const": False}, "error": S, "message": S, "db_query": S, "db_query_parameters": STRS},
+     ["db_query", "success"]),
+    ("db.session.result", ["TDB10I"], "The database's answer to a query: success with rows affected, or its error.",
+     {**STATUS, "affected_records": {"type": "integer", "minimum": 0}},
+     ["success"]),
+    ("db.session.malformed_packet", ["TDB06I"], "A packet the proxy could not parse; the connection was closed.",
+     {"payload": {"type": "string", "contentEncoding": "base64"}}, []),
+    ("db.session.postgres.statements.parse", ["TPG00I"], "Extended protocol Parse.",
+     {"statement_name": S, "query": S}, ["statement_name", "query"]),
+    ("db.session.postgres.statements.bind", ["TPG01I"], "Extended protocol Bind.",
+     {"statement_name": S, "portal_name": S, "parameters": STRS}, ["statement_name", "portal_name", "parameters"]),
+    ("db.session.postgres.statements.execute", ["TPG02I"], "Extended protocol Execute.",
+     {"portal_name": S}, ["portal_name"]),
+    ("db.session.postgres.statements.close", ["TPG03I"], "Extended protocol Close of a statement or portal.",
+     {"statement_name": S, "portal_name": S}, ["statement_name", "portal_name"]),
+    ("db.session.postgres.function", ["TPG04I"], "Legacy FunctionCall.",
+     {"function_oid": U32, "function_args": STRS}, ["function_oid"]),
+    ("db.session.dynamodb.request", ["TDY01I", "TDY01E"], "A DynamoDB HTTP request (TDY01E: it never round-tripped).",
+     {"status_code": U32, "path": S, "raw_query": S, "method": S, "target": S, "body": {"type": "object"}},
+     ["status_code"]),
+    ("dbtape.recording.gap", ["DTP01W"], "best_effort mode: events that could not be recorded.",
+     {"success": {"const": False}, "error": S, "lost_events": {"type": "integer", "minimum": 1}},
+     ["lost_events", "success"]),
+]
+
+
+def main():
+    ROOT.mkdir(exist_ok=True)
+    for event, codes, description, extra, required in EVENTS:
+        props = dict(COMMON)
+        props["event"] = {"const": event}
+        props["code"] = {"enum": codes}
+        props.update(extra)
+        schema = {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": f"https://dbtape.dev/schemas/{event}.json",
+            "title": event,
+            "description": description,
+            "type": "object",
+            "properties": props,
+            "required": REQUIRED + required,
+            "additionalProperties": False,
+        }
+        (ROOT / f"{event}.json").write_text(json.dumps(schema, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

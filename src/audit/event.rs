@@ -1,0 +1,475 @@
+//! The typed event model and its flat JSON shape.
+//!
+//! Teleport serialises its gogoproto events with every metadata block embedded, so all
+//! fields are siblings at the top level and empty ones are dropped. We build the same shape
+//! from a borrowed view, so serialising an event copies no strings.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use serde::{Serialize, Serializer};
+use uuid::Uuid;
+
+use super::codes::{EventCode, EventType, Protocol};
+
+/// Who is behind the session.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserMeta {
+    /// The person (or program) as dbtape identified them.
+    pub user: String,
+    /// Set for DynamoDB, where the upstream identity is an IAM role.
+    pub aws_role_arn: String,
+}
+
+/// Which database the session reaches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatabaseMeta {
+    /// The database's name in dbtape's config (Teleport's database resource name).
+    pub service: String,
+    pub protocol: Protocol,
+    pub uri: String,
+    pub name: String,
+    pub user: String,
+    pub labels: BTreeMap<String, String>,
+    pub aws_region: String,
+    /// `self-hosted`, `rds`, `dynamodb`, ...
+    pub db_type: String,
+}
+
+/// The proxy instance; Teleport fills this only on `db.session.start`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerMeta {
+    pub server_id: String,
+    pub hostname: String,
+    pub addr: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnectionMeta {
+    pub local_addr: String,
+    pub remote_addr: String,
+    pub user_agent: String,
+}
+
+/// Everything that stays fixed for one session; shared by all of its events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionContext {
+    pub sid: String,
+    pub cluster_name: String,
+    pub user: UserMeta,
+    pub database: DatabaseMeta,
+    pub server: ServerMeta,
+    pub connection: ConnectionMeta,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    pub success: bool,
+    pub error: String,
+    pub message: String,
+}
+
+impl Status {
+    pub fn ok() -> Self {
+        Status { success: true, ..Status::default() }
+    }
+
+    pub fn failed(error: impl Into<String>, message: impl Into<String>) -> Self {
+        Status { success: false, error: error.into(), message: message.into() }
+    }
+}
+
+/// One event's own fields; the variant decides `event` and `code`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventBody {
+    SessionStart { status: Status, postgres_pid: Option<u32> },
+    SessionEnd { session_start: DateTime<Utc>, session_stop: DateTime<Utc> },
+    /// `db_name` overrides the session's database for this one query (MongoDB's `$db`).
+    Query { query: String, parameters: Vec<String>, db_name: Option<String> },
+    /// Becomes `db.session.query.failed` / `TDB02W`: the proxy refused the query.
+    QueryFailed { query: String, parameters: Vec<String>, db_name: Option<String>, status: Status },
+    Result { status: Status, affected_records: u64 },
+    MalformedPacket { payload: Vec<u8> },
+    PostgresParse { statement_name: String, query: String },
+    PostgresBind { statement_name: String, portal_name: String, parameters: Vec<String> },
+    PostgresExecute { portal_name: String },
+    PostgresClose { statement_name: String, portal_name: String },
+    PostgresFunctionCall { function_oid: u32, function_args: Vec<String> },
+    /// `failed` marks a request that never round-tripped (Teleport's status code 0, `TDY01E`).
+    DynamoDbRequest {
+        status_code: u32,
+        path: String,
+        raw_query: String,
+        method: String,
+        target: String,
+        body: Option<serde_json::Value>,
+        uri: Option<String>,
+        failed: bool,
+    },
+    /// dbtape's own: in `best_effort` mode, events that could not be written.
+    RecordingGap { lost_events: u64, error: String },
+}
+
+impl EventBody {
+    pub fn event_type(&self) -> EventType {
+        match self {
+            EventBody::SessionStart { .. } => EventType::SessionStart,
+            EventBody::SessionEnd { .. } => EventType::SessionEnd,
+            EventBody::Query { .. } => EventType::SessionQuery,
+            EventBody::QueryFailed { .. } => EventType::SessionQueryFailed,
+            EventBody::Result { .. } => EventType::SessionResult,
+            EventBody::MalformedPacket { .. } => EventType::MalformedPacket,
+            EventBody::PostgresParse { .. } => EventType::PostgresParse,
+            EventBody::PostgresBind { .. } => EventType::PostgresBind,
+            EventBody::PostgresExecute { .. } => EventType::PostgresExecute,
+            EventBody::PostgresClose { .. } => EventType::PostgresClose,
+            EventBody::PostgresFunctionCall { .. } => EventType::PostgresFunctionCall,
+            EventBody::DynamoDbRequest { .. } => EventType::DynamoDbRequest,
+            EventBody::RecordingGap { .. } => EventType::RecordingGap,
+        }
+    }
+
+    pub fn code(&self) -> EventCode {
+        match self {
+            EventBody::SessionStart { status, .. } if status.success => EventCode::SessionStartOk,
+            EventBody::SessionStart { .. } => EventCode::SessionStartDenied,
+            EventBody::SessionEnd { .. } => EventCode::SessionEnd,
+            EventBody::Query { .. } => EventCode::Query,
+            EventBody::QueryFailed { .. } => EventCode::QueryFailed,
+            EventBody::Result { .. } => EventCode::Result,
+            EventBody::MalformedPacket { .. } => EventCode::MalformedPacket,
+            EventBody::PostgresParse { .. } => EventCode::PostgresParse,
+            EventBody::PostgresBind { .. } => EventCode::PostgresBind,
+            EventBody::PostgresExecute { .. } => EventCode::PostgresExecute,
+            EventBody::PostgresClose { .. } => EventCode::PostgresClose,
+            EventBody::PostgresFunctionCall { .. } => EventCode::PostgresFunctionCall,
+            EventBody::DynamoDbRequest { failed, status_code, .. } => {
+                if *failed || *status_code == 0 {
+                    EventCode::DynamoDbRequestError
+                } else {
+                    EventCode::DynamoDbRequestOk
+                }
+            }
+            EventBody::RecordingGap { .. } => EventCode::RecordingGap,
+        }
+    }
+
+    /// Whether `ls` counts this event as a query, and whether as a failed one.
+    pub fn query_kind(&self) -> Option<bool> {
+        match self {
+            EventBody::Query { .. } | EventBody::PostgresExecute { .. } => Some(false),
+            EventBody::QueryFailed { .. } => Some(true),
+            EventBody::DynamoDbRequest { .. } => Some(self.code() == EventCode::DynamoDbRequestError),
+            _ => None,
+        }
+    }
+}
+
+/// A complete event: the body plus what the recorder stamps on it.
+#[derive(Debug, Clone, Copy)]
+pub struct AuditEvent<'a> {
+    pub index: u64,
+    pub uid: Uuid,
+    pub time_ms: i64,
+    pub context: &'a SessionContext,
+    pub body: &'a EventBody,
+}
+
+/// RFC 3339, UTC, millisecond precision: `2025-01-02T03:04:05.678Z`.
+pub fn format_time(time_ms: i64) -> String {
+    let mut buf = [0u8; 24];
+    write_time(time_ms, &mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Formats without chrono's strftime machinery: this runs once per recorded event.
+fn write_time(time_ms: i64, out: &mut [u8; 24]) {
+    let secs = time_ms.div_euclid(1000);
+    let millis = time_ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(days);
+    let put = |out: &mut [u8; 24], at: usize, value: i64, width: usize| {
+        let mut v = value;
+        for i in (0..width).rev() {
+            if let Some(slot) = out.get_mut(at + i) {
+                *slot = b'0' + (v % 10) as u8;
+            }
+            v /= 10;
+        }
+    };
+    *out = *b"0000-00-00T00:00:00.000Z";
+    put(out, 0, year.clamp(0, 9999), 4);
+    put(out, 5, month, 2);
+    put(out, 8, day, 2);
+    put(out, 11, sod / 3600, 2);
+    put(out, 14, sod % 3600 / 60, 2);
+    put(out, 17, sod % 60, 2);
+    put(out, 20, millis, 3);
+}
+
+/// Howard Hinnant's days-to-civil conversion.
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+struct TimeMs(i64);
+
+impl Serialize for TimeMs {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut buf = [0u8; 24];
+        write_time(self.0, &mut buf);
+        s.serialize_str(std::str::from_utf8(&buf).unwrap_or("1970-01-01T00:00:00.000Z"))
+    }
+}
+
+struct Base64<'a>(&'a [u8]);
+
+impl Serialize for Base64<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(self.0))
+    }
+}
+
+fn some(text: &str) -> Option<&str> {
+    (!text.is_empty()).then_some(text)
+}
+
+fn some_list(list: &[String]) -> Option<&[String]> {
+    (!list.is_empty()).then_some(list)
+}
+
+/// The flat JSON view. Field order is fixed so recordings compress well and stay diffable.
+#[derive(Serialize, Default)]
+struct Wire<'a> {
+    ei: u64,
+    event: Option<EventType>,
+    uid: Option<Uuid>,
+    code: Option<EventCode>,
+    time: Option<TimeMs>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster_name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aws_role_arn: Option<&'a str>,
+    sid: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    namespace: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_hostname: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_addr: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_version: Option<&'a str>,
+    #[serde(rename = "addr.local", skip_serializing_if = "Option::is_none")]
+    addr_local: Option<&'a str>,
+    #[serde(rename = "addr.remote", skip_serializing_if = "Option::is_none")]
+    addr_remote: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    success: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    db_service: Option<&'a str>,
+    db_protocol: Option<Protocol>,
+    db_uri: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    db_name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    db_user: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    db_labels: Option<&'a BTreeMap<String, String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    db_aws_region: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    db_type: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    db_query: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    db_query_parameters: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    affected_records: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session_start: Option<TimeMs>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session_stop: Option<TimeMs>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    statement_name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    portal_name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    query: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    function_oid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    function_args: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload: Option<Base64<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status_code: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raw_query: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    method: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<&'a serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lost_events: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_agent: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    postgres_pid: Option<u32>,
+}
+
+impl<'a> Wire<'a> {
+    fn status(&mut self, status: &'a Status) {
+        self.success = Some(status.success);
+        self.error = some(&status.error);
+        self.message = some(&status.message);
+    }
+}
+
+impl Serialize for AuditEvent<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let ctx = self.context;
+        let db = &ctx.database;
+        let mut w = Wire {
+            ei: self.index,
+            event: Some(self.body.event_type()),
+            uid: Some(self.uid),
+            code: Some(self.body.code()),
+            time: Some(TimeMs(self.time_ms)),
+            cluster_name: some(&ctx.cluster_name),
+            user: some(&ctx.user.user),
+            aws_role_arn: some(&ctx.user.aws_role_arn),
+            sid: &ctx.sid,
+            db_service: some(&db.service),
+            db_protocol: Some(db.protocol),
+            db_uri: &db.uri,
+            db_name: some(&db.name),
+            db_user: some(&db.user),
+            db_labels: (!db.labels.is_empty()).then_some(&db.labels),
+            db_aws_region: some(&db.aws_region),
+            db_type: some(&db.db_type),
+            ..Wire::default()
+        };
+        match self.body {
+            EventBody::SessionStart { status, postgres_pid } => {
+                w.namespace = Some("default");
+                w.server_id = Some(&ctx.server.server_id);
+                w.server_hostname = some(&ctx.server.hostname);
+                w.server_addr = some(&ctx.server.addr);
+                w.server_version = some(&ctx.server.version);
+                w.addr_local = some(&ctx.connection.local_addr);
+                w.addr_remote = some(&ctx.connection.remote_addr);
+                w.user_agent = some(&ctx.connection.user_agent);
+                w.status(status);
+                w.postgres_pid = *postgres_pid;
+            }
+            EventBody::SessionEnd { session_start, session_stop } => {
+                w.addr_local = some(&ctx.connection.local_addr);
+                w.addr_remote = some(&ctx.connection.remote_addr);
+                w.session_start = Some(TimeMs(session_start.timestamp_millis()));
+                w.session_stop = Some(TimeMs(session_stop.timestamp_millis()));
+            }
+            EventBody::Query { query, parameters, db_name } => {
+                w.db_query = Some(query);
+                w.db_query_parameters = some_list(parameters);
+                w.success = Some(true);
+                if let Some(name) = db_name {
+                    w.db_name = some(name);
+                }
+            }
+            EventBody::QueryFailed { query, parameters, db_name, status } => {
+                w.db_query = Some(query);
+                w.db_query_parameters = some_list(parameters);
+                w.status(status);
+                if let Some(name) = db_name {
+                    w.db_name = some(name);
+                }
+            }
+            EventBody::Result { status, affected_records } => {
+                w.status(status);
+                w.affected_records = (*affected_records != 0).then_some(*affected_records);
+            }
+            EventBody::MalformedPacket { payload } => {
+                w.payload = (!payload.is_empty()).then_some(Base64(payload));
+            }
+            EventBody::PostgresParse { statement_name, query } => {
+                w.statement_name = Some(statement_name);
+                w.query = Some(query);
+            }
+            EventBody::PostgresBind { statement_name, portal_name, parameters } => {
+                w.statement_name = Some(statement_name);
+                w.portal_name = Some(portal_name);
+                w.parameters = Some(parameters);
+            }
+            EventBody::PostgresExecute { portal_name } => w.portal_name = Some(portal_name),
+            EventBody::PostgresClose { statement_name, portal_name } => {
+                w.statement_name = Some(statement_name);
+                w.portal_name = Some(portal_name);
+            }
+            EventBody::PostgresFunctionCall { function_oid, function_args } => {
+                w.function_oid = Some(*function_oid);
+                w.function_args = some_list(function_args);
+            }
+            EventBody::DynamoDbRequest { status_code, path, raw_query, method, target, body, uri, .. } => {
+                w.db_labels = None;
+                w.db_aws_region = None;
+                w.db_type = None;
+                if let Some(uri) = uri {
+                    w.db_uri = uri;
+                }
+                w.status_code = Some(*status_code);
+                w.path = some(path);
+                w.raw_query = some(raw_query);
+                w.method = some(method);
+                w.target = some(target);
+                w.body = body.as_ref().filter(|b| b.is_object());
+            }
+            EventBody::RecordingGap { lost_events, error } => {
+                w.lost_events = Some(*lost_events);
+                w.success = Some(false);
+                w.error = some(error);
+            }
+        }
+        w.serialize(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_format_matches_chrono() {
+        for ms in [0i64, 1, 999, 86_399_999, 951_782_400_000, 1_735_787_045_678, 4_102_444_800_123] {
+            let chrono = DateTime::<Utc>::from_timestamp_millis(ms)
+                .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+                .unwrap_or_default();
+            assert_eq!(format_time(ms), chrono, "ms={ms}");
+        }
+    }
+}

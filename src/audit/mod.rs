@@ -1,0 +1,15 @@
+//! Audit events: the typed catalogue, its JSON wire shape, and the per-session port that
+//! protocols hand events to.
+
+mod codes;
+mod event;
+mod port;
+mod record;
+
+pub use codes::{EventCode, EventType, Protocol};
+pub use event::{
+    format_time, AuditEvent, ConnectionMeta, DatabaseMeta, EventBody, ServerMeta, SessionContext,
+    Status, UserMeta,
+};
+pub use port::{AuditError, AuditPort};
+pub use record::RecordedEvent;

@@ -1,0 +1,85 @@
+//! The audit port: the one thing a protocol engine holds to report what happened. It stamps
+//! time, hands events to the session's recording, and enforces the recording mode.
+
+use chrono::{DateTime, Utc};
+
+use super::event::{EventBody, SessionContext, Status};
+use crate::recording::{FsyncPolicy, RecordingError, RecordingMode, SessionLog};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuditError {
+    /// Strict mode: the event could not be recorded, so the session must stop forwarding.
+    #[error("session recording failed, so the session was stopped: {0}")]
+    RecordingFailed(#[from] RecordingError),
+}
+
+impl AuditError {
+    /// Text safe to show the client in its own protocol's error message.
+    pub fn client_message(&self) -> &'static str {
+        "dbtape: the audit recording for this session cannot be written, so the session has been stopped"
+    }
+}
+
+pub struct AuditPort {
+    log: SessionLog,
+}
+
+impl AuditPort {
+    pub fn new(log: SessionLog) -> Self {
+        AuditPort { log }
+    }
+
+    pub fn context(&self) -> &SessionContext {
+        self.log.context()
+    }
+
+    pub fn sid(&self) -> &str {
+        self.log.sid()
+    }
+
+    pub fn session_start(&self) -> DateTime<Utc> {
+        DateTime::<Utc>::from_timestamp_millis(self.log.start_ms()).unwrap_or_else(Utc::now)
+    }
+
+    /// Records an event stamped now.
+    pub async fn emit(&self, body: EventBody) -> Result<(), AuditError> {
+        self.emit_at(body, Utc::now().timestamp_millis()).await
+    }
+
+    /// Records an event. Strict mode returns an error when it cannot be recorded; with the
+    /// `always` fsync policy it also waits until the event is on disk.
+    pub async fn emit_at(&self, body: EventBody, time_ms: i64) -> Result<(), AuditError> {
+        let strict = self.log.mode() == RecordingMode::Strict;
+        match self.log.append(&body, time_ms) {
+            Ok(ticket) => {
+                if strict && self.log.fsync_policy() == FsyncPolicy::Always {
+                    self.log.wait_durable(ticket).await?;
+                }
+                Ok(())
+            }
+            Err(e) if strict => Err(e.into()),
+            Err(e) => {
+                tracing::warn!(sid = %self.sid(), error = %e, "best_effort: event not recorded");
+                Ok(())
+            }
+        }
+    }
+
+    pub async fn session_started(&self, postgres_pid: Option<u32>) -> Result<(), AuditError> {
+        self.emit(EventBody::SessionStart { status: Status::ok(), postgres_pid }).await
+    }
+
+    /// Records the end event and seals the recording.
+    pub async fn end(self) -> Result<(), AuditError> {
+        let stop = Utc::now();
+        let emitted = self
+            .emit_at(EventBody::SessionEnd { session_start: self.session_start(), session_stop: stop }, stop.timestamp_millis())
+            .await;
+        let sealed = self.log.close().await;
+        emitted?;
+        match sealed {
+            Err(e) if matches!(e, RecordingError::Failed { .. }) => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! The auditor's commands: config check, ls, play, export and verify.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::{parse_when, DataFormat, Failure, PlayFormatArg, StoreArgs};
+use crate::config::{Config, DEFAULT_CONFIG_FILE};
+use crate::recording::signing::{load_public_key, public_key_path};
+use crate::recording::verify::{verify_recording, Verdict};
+use crate::recording::{RecordingStore, SessionSummary};
+use crate::replay::export::{export as export_events, matching_sessions, ExportFilter};
+use crate::replay::player::{play as play_session, PlayFormat, PlayOptions};
+
+pub fn config_check(path: &Path) -> Result<(), Failure> {
+    match Config::load(path) {
+        Ok(config) => {
+            println!(
+                "{}: OK ({} database{}, {} user{}, recordings in {}, mode {:?}, fsync {:?})",
+                path.display(),
+                config.databases.len(),
+                plural(config.databases.len()),
+                config.users.len(),
+                plural(config.users.len()),
+                config.recording.dir.display(),
+                config.recording.mode,
+                config.recording.fsync,
+            );
+            Ok(())
+        }
+        Err(e) => Err(Failure { code: 1, message: e.to_string() }),
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+/// The folder and (where known) the signing key of the recordings these commands read.
+struct Located {
+    store: RecordingStore,
+    signing_key: Option<PathBuf>,
+}
+
+fn locate(args: &StoreArgs) -> Result<Located, Failure> {
+    let config_path = &args.config.config;
+    let default_missing = config_path == Path::new(DEFAULT_CONFIG_FILE) && !config_path.exists();
+    let config = if default_missing { None } else { Some(Config::load(config_path)?) };
+    let signing_key = config.as_ref().map(|c| c.recording.signing_key.clone());
+    let dir = match (&args.dir, &config) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(c)) => c.recording.dir.clone(),
+        (None, None) => PathBuf::from("recordings"),
+    };
+    Ok(Located { store: RecordingStore::new(dir), signing_key })
+}
+
+pub struct LsFilter {
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub user: Option<String>,
+    pub db: Option<String>,
+    pub protocol: Option<String>,
+    pub limit: usize,
+}
+
+fn time_filter(since: Option<String>, until: Option<String>) -> Result<(Option<i64>, Option<i64>), Failure> {
+    let now = chrono::Utc::now().timestamp_millis();
+    let since = since.map(|s| parse_when(&s, now)).transpose().map_err(|m| Failure { code: 2, message: format!("--since: {m}") })?;
+    let until = until.map(|s| parse_when(&s, now)).transpose().map_err(|m| Failure { code: 2, message: format!("--until: {m}") })?;
+    Ok((since, until))
+}
+
+pub fn ls(args: &StoreArgs, filter: LsFilter, format: DataFormat) -> Result<(), Failure> {
+    let located = locate(args)?;
+    let (since_ms, until_ms) = time_filter(filter.since, filter.until)?;
+    let export_filter = ExportFilter {
+        since_ms,
+        until_ms,
+        user: filter.user,
+        db: filter.db,
+        protocol: filter.protocol,
+        ..ExportFilter::default()
+    };
+    let mut warnings = Vec::new();
+    let mut sessions = matching_sessions(&located.store, &export_filter, &mut warnings)?;
+    sessions.reverse();
+    sessions.truncate(filter.limit);
+    for w in &warnings {
+        eprintln!("{w}");
+    }
+    let mut out = std::io::stdout().lock();
+    match format {
+        DataFormat::Json => {
+            let rows: Vec<serde_json::Value> = sessions.iter().map(summary_json).collect();
+            serde_json::to_writer_pretty(&mut out, &rows)?;
+            writeln!(out)?;
+        }
+        DataFormat::Text => write_table(&mut out, &sessions)?,
+    }
+    Ok(())
+}
+
+fn summary_json(s: &SessionSummary) -> serde_json::Value {
+    let mut value = serde_json::to_value(s).unwrap_or_default();
+    if let serde_json::Value::Object(map) = &mut value {
+        map.insert("start".into(), crate::audit::format_time(s.start_ms).into());
+        map.insert("duration_ms".into(), s.duration_ms().into());
+    }
+    value
+}
+
+fn format_duration(ms: Option<i64>) -> String {
+    let Some(ms) = ms else { return "-".into() };
+    let secs = ms / 1000;
+    if secs >= 3600 {
+        format!("{}h{:02}m{:02}s", secs / 3600, secs % 3600 / 60, secs % 60)
+    } else if secs >= 60 {
+        format!("{}m{:02}s", secs / 60, secs % 60)
+    } else {
+        format!("{}.{:03}s", secs, ms % 1000)
+    }
+}
+
+fn write_table(out: &mut impl Write, sessions: &[SessionSummary]) -> std::io::Result<()> {
+    if sessions.is_empty() {
+        writeln!(out, "no recorded sessions match")?;
+        return Ok(());
+    }
+    let header = ["ID", "USER", "DATABASE", "PROTOCOL", "START", "DURATION", "QUERIES", "FAILED", "STATE"];
+    let rows: Vec<[String; 9]> = sessions
+        .iter()
+        .map(|s| {
+            [
+                s.sid.clone(),
+                s.user.clone(),
+                s.db_service.clone(),
+                s.db_protocol.clone(),
+                chrono::DateTime::from_timestamp_millis(s.start_ms)
+                    .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                    .unwrap_or_default(),
+                format_duration(s.duration_ms()),
+                s.queries.to_string(),
+                s.failed_queries.to_string(),
+                s.state.as_str().to_string(),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: &[&str]| {
+        let mut text = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == cells.len() {
+                text.push_str(cell);
+            } else {
+                text.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        text
+    };
+    writeln!(out, "{}", line(&header))?;
+    for row in &rows {
+        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
+        writeln!(out, "{}", line(&cells))?;
+    }
+    Ok(())
+}
+
+pub fn play(args: &StoreArgs, session_id: &str, speed: f64, skip_idle: bool, format: PlayFormatArg, follow: bool) -> Result<(), Failure> {
+    if !(0.25..=16.0).contains(&speed) {
+        return Err(Failure { code: 2, message: format!("--speed {speed} is out of range: use 0.25 to 16") });
+    }
+    let located = locate(args)?;
+    let sid = located.store.find(session_id).map_err(|e| Failure { code: 2, message: e.to_string() })?;
+    let protocol = located.store.read_summary(&sid).map(|s| s.db_protocol).unwrap_or_default();
+    let format = match format {
+        PlayFormatArg::Pty => PlayFormat::Pty,
+        PlayFormatArg::Text => PlayFormat::Text,
+        PlayFormatArg::Json => PlayFormat::Json,
+        PlayFormatArg::Yaml => PlayFormat::Yaml,
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let end = play_session(&located.store, &sid, &protocol, PlayOptions { format, speed, skip_idle, follow }, &mut out)?;
+    out.flush()?;
+    if let Some(warning) = end.warning(&sid) {
+        eprintln!("{warning}");
+    }
+    match end {
+        crate::replay::events::StreamEnd::Damaged(_) => Err(Failure { code: 1, message: String::new() }),
+        _ => Ok(()),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn export(
+    args: &StoreArgs,
+    since: Option<String>,
+    until: Option<String>,
+    user: Option<String>,
+    db: Option<String>,
+    events: Vec<String>,
+    session: Option<String>,
+    out: Option<PathBuf>,
+) -> Result<(), Failure> {
+    let located = locate(args)?;
+    let (since_ms, until_ms) = time_filter(since, until)?;
+    let session = session
+        .map(|s| located.store.find(&s))
+        .transpose()
+        .map_err(|e| Failure { code: 2, message: e.to_string() })?;
+    for kind in &events {
+        if crate::audit::EventType::parse(kind).is_none() {
+            eprintln!("note: --event {kind:?} is not an event type dbtape writes");
+        }
+    }
+    let filter = ExportFilter { since_ms, until_ms, user, db, protocol: None, event_types: events, session };
+    let stats = match out {
+        Some(path) => {
+            let file = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            export_events(&located.store, &filter, &mut std::io::BufWriter::with_capacity(1 << 20, file))?
+        }
+        None => export_events(&located.store, &filter, &mut std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock()))?,
+    };
+    for w in &stats.warnings {
+        eprintln!("{w}");
+    }
+    Ok(())
+}
+
+pub fn verify(args: &StoreArgs, session_ids: Vec<String>, all: bool, public_key: Option<PathBuf>, format: DataFormat) -> Result<(), Failure> {
+    let located = locate(args)?;
+    if all == !session_ids.is_empty() {
+        return Err(Failure { code: 2, message: "give session ids or --all (not both)".into() });
+    }
+    let key_path = public_key
+        .or_else(|| located.signing_key.as_deref().map(public_key_path))
+        .unwrap_or_else(|| public_key_path(Path::new("keys/recording-signing.key")));
+    let key = match load_public_key(&key_path) {
+        Ok(k) => Some(k),
+        Err(e) => {
+            eprintln!("warning: {e}");
+            None
+        }
+    };
+    let mut sids = Vec::new();
+    if all {
+        sids = located.store.session_ids()?;
+        sids.sort();
+    } else {
+        for input in &session_ids {
+            sids.push(located.store.find(input).map_err(|e| Failure { code: 2, message: e.to_string() })?);
+        }
+    }
+    let reports: Vec<_> = sids.iter().map(|sid| verify_recording(&located.store, sid, key.as_ref())).collect();
+    let failed = reports.iter().filter(|r| !r.passed()).count();
+    let mut out = std::io::stdout().lock();
+    match format {
+        DataFormat::Json => {
+            serde_json::to_writer_pretty(&mut out, &reports)?;
+            writeln!(out)?;
+        }
+        DataFormat::Text => {
+            for r in &reports {
+                let verdict = match r.verdict {
+                    Verdict::Ok => "OK",
+                    Verdict::Recovered => "OK (recovered after a crash)",
+                    Verdict::Live => "LIVE (not sealed yet)",
+                    Verdict::Failed => "FAILED",
+                };
+                writeln!(out, "{}  {verdict}  {} events in {} frames", r.sid, r.events, r.frames)?;
+                for p in &r.problems {
+                    writeln!(out, "    problem: {p}")?;
+                }
+                for n in &r.notes {
+                    writeln!(out, "    note: {n}")?;
+                }
+            }
+            if reports.is_empty() {
+                writeln!(out, "no recordings to verify")?;
+            }
+        }
+    }
+    if failed > 0 {
+        return Err(Failure { code: 1, message: format!("{failed} of {} recording(s) failed verification", reports.len()) });
+    }
+    Ok(())
+}

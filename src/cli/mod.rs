@@ -1,0 +1,211 @@
+//! The `dbtape` command line.
+
+mod inspect;
+mod serve;
+mod when;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub use when::parse_when;
+
+#[derive(Parser, Debug)]
+#[command(name = "dbtape", version, about = "Audit-centric database session recording proxy", long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ConfigArg {
+    /// Config file.
+    #[arg(long, short = 'c', default_value = crate::config::DEFAULT_CONFIG_FILE, env = "DBTAPE_CONFIG")]
+    pub config: PathBuf,
+}
+
+/// Where recordings are read from: `--dir`, else the config's `recording.dir`.
+#[derive(Args, Debug, Clone)]
+pub struct StoreArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Recordings folder; overrides the config file's recording.dir.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataFormat {
+    Text,
+    Json,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlayFormatArg {
+    Pty,
+    Text,
+    Json,
+    Yaml,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the proxy: listen for every configured database, record every session.
+    Serve {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Inspect the configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// List recorded sessions, newest first.
+    Ls {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Only sessions active since: a duration ago ("24h") or a time (RFC 3339 or YYYY-MM-DD).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only sessions started before this time (same forms as --since).
+        #[arg(long)]
+        until: Option<String>,
+        /// Only this user's sessions.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only sessions to this database (its name in the config).
+        #[arg(long)]
+        db: Option<String>,
+        /// Only this protocol: postgres, mongodb or dynamodb.
+        #[arg(long)]
+        protocol: Option<String>,
+        /// At most this many sessions.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long, value_enum, default_value_t = DataFormat::Text)]
+        format: DataFormat,
+    },
+    /// Play a recorded session back.
+    Play {
+        /// Session id, as listed by `dbtape ls`.
+        session_id: String,
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Playback speed for pty (0.25 to 16).
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Cap pauses at 500 ms.
+        #[arg(long)]
+        skip_idle: bool,
+        /// pty replays with timing (Space pauses, arrows seek, Ctrl-C quits); text prints the
+        /// same screen at once; json and yaml print the events.
+        #[arg(long, value_enum, default_value_t = PlayFormatArg::Pty)]
+        format: PlayFormatArg,
+        /// Keep playing a live session as it is recorded.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Export events as JSON Lines for a SIEM, streamed in constant memory.
+    Export {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Only events at or after: a duration ago ("24h") or a time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only events at or before this time.
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        db: Option<String>,
+        /// Only this event type (repeatable), e.g. db.session.query.
+        #[arg(long = "event")]
+        events: Vec<String>,
+        /// Only this session.
+        #[arg(long)]
+        session: Option<String>,
+        /// Write here instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Check recordings' CRCs, hash chain, trailer and signature.
+    Verify {
+        /// Session ids to verify.
+        session_ids: Vec<String>,
+        /// Verify every recording.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Trusted public key; default: the config's recording.signing_key with `.pub`.
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = DataFormat::Text)]
+        format: DataFormat,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Report every error in the config file, with its key and a fix.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+/// Errors at the CLI edge carry their own exit code.
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure { code: 1, message: e.to_string() }
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let verbose_default = matches!(cli.command, Command::Serve { .. });
+    let result = match cli.command {
+        Command::Serve { config } => serve::run(&config.config),
+        Command::Config { command: ConfigCommand::Check { config } } => inspect::config_check(&config.config),
+        Command::Ls { store, since, until, user, db, protocol, limit, format } => {
+            init_logging(verbose_default, false);
+            inspect::ls(&store, inspect::LsFilter { since, until, user, db, protocol, limit }, format)
+        }
+        Command::Play { session_id, store, speed, skip_idle, format, follow } => {
+            init_logging(false, false);
+            inspect::play(&store, &session_id, speed, skip_idle, format, follow)
+        }
+        Command::Export { store, since, until, user, db, events, session, out } => {
+            init_logging(false, false);
+            inspect::export(&store, since, until, user, db, events, session, out)
+        }
+        Command::Verify { session_ids, all, store, public_key, format } => {
+            init_logging(false, false);
+            inspect::verify(&store, session_ids, all, public_key, format)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            if !failure.message.is_empty() {
+                eprintln!("dbtape: {}", failure.message.trim_end());
+            }
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+pub fn init_logging(verbose: bool, json: bool) {
+    let default = if verbose { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+}

@@ -1,0 +1,105 @@
+//! Configuration: `dbtape.toml`, read with serde, then checked as a whole so that every
+//! problem is reported at once with its file, key and fix.
+
+mod model;
+mod secret;
+mod validate;
+
+use std::path::{Path, PathBuf};
+
+pub use model::{
+    AuthMethod, AwsOptions, ClientTlsConfig, ClientTlsMode, DatabaseConfig, Grant, LogFormat,
+    RecordingSection, S3Storage, ServerSection, StorageSection, UpstreamAuth, UpstreamTlsConfig,
+    UpstreamTlsMode, UserConfig,
+};
+pub use secret::{SecretError, SecretRef};
+
+pub const DEFAULT_CONFIG_FILE: &str = "dbtape.toml";
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    pub file: PathBuf,
+    pub key: String,
+    pub message: String,
+    pub fix: String,
+}
+
+impl std::fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}: {}\n    fix: {}", self.file.display(), self.key, self.message, self.fix)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub issues: Vec<ConfigIssue>,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let count = self.issues.len();
+        writeln!(f, "{count} configuration error{}:", if count == 1 { "" } else { "s" })?;
+        for issue in &self.issues {
+            writeln!(f, "  {issue}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A loaded, checked configuration. Relative paths are already resolved against the
+/// directory of the config file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub source: PathBuf,
+    pub server: ServerSection,
+    pub recording: RecordingSection,
+    pub storage: StorageSection,
+    pub databases: Vec<DatabaseConfig>,
+    pub users: Vec<UserConfig>,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let issue = |key: &str, message: String, fix: &str| ConfigError {
+            issues: vec![ConfigIssue { file: path.to_path_buf(), key: key.into(), message, fix: fix.into() }],
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            issue(
+                "(file)",
+                format!("cannot read: {e}"),
+                "pass the right file with --config, or copy examples/dbtape.toml to dbtape.toml",
+            )
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: model::RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+            issues: vec![ConfigIssue {
+                file: path.to_path_buf(),
+                key: toml_error_key(text, &e),
+                message: e.message().to_string(),
+                fix: "compare with examples/dbtape.toml, which documents every key and its default".into(),
+            }],
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        validate::check(raw, path, &base)
+    }
+
+    pub fn database(&self, name: &str) -> Option<&DatabaseConfig> {
+        self.databases.iter().find(|d| d.name == name)
+    }
+}
+
+/// Names the line of a TOML syntax or type error, since toml's message alone lacks it.
+fn toml_error_key(text: &str, error: &toml::de::Error) -> String {
+    match error.span() {
+        Some(span) => {
+            let line = text.get(..span.start).map_or(0, |t| t.matches('\n').count()) + 1;
+            let snippet = text.lines().nth(line - 1).unwrap_or_default().trim();
+            format!("line {line} ({snippet})")
+        }
+        None => "(file)".into(),
+    }
+}

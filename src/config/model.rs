@@ -1,0 +1,290 @@
+//! The shape of `dbtape.toml`. Every key has a default unless the comment says otherwise;
+//! `examples/dbtape.toml` documents them all.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::secret::SecretRef;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub recording: RawRecording,
+    #[serde(default)]
+    pub storage: StorageSection,
+    #[serde(default)]
+    pub databases: Vec<DatabaseConfig>,
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// `cluster_name` on every event.
+    pub cluster_name: String,
+    /// `server_id` on session start events; defaults to the host name.
+    pub server_id: String,
+    /// How long shutdown waits for sessions to finish before sealing their recordings.
+    #[serde(with = "humantime_serde_compat")]
+    pub shutdown_grace: std::time::Duration,
+    pub log_format: LogFormat,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            cluster_name: "dbtape".into(),
+            server_id: String::new(),
+            shutdown_grace: std::time::Duration::from_secs(30),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawRecording {
+    pub dir: PathBuf,
+    pub mode: String,
+    pub fsync: String,
+    pub batch_interval: String,
+    pub signing_key: PathBuf,
+    pub frame_target_bytes: usize,
+    pub zstd_level: i32,
+}
+
+impl Default for RawRecording {
+    fn default() -> Self {
+        RawRecording {
+            dir: PathBuf::from("recordings"),
+            mode: "strict".into(),
+            fsync: "batch".into(),
+            batch_interval: "200ms".into(),
+            signing_key: PathBuf::from("keys/recording-signing.key"),
+            frame_target_bytes: 256 * 1024,
+            zstd_level: 3,
+        }
+    }
+}
+
+/// The checked `[recording]` section.
+#[derive(Debug, Clone)]
+pub struct RecordingSection {
+    pub dir: PathBuf,
+    pub mode: crate::recording::RecordingMode,
+    pub fsync: crate::recording::FsyncPolicy,
+    pub batch_interval: std::time::Duration,
+    pub signing_key: PathBuf,
+    pub frame_target_bytes: usize,
+    pub zstd_level: i32,
+}
+
+impl RecordingSection {
+    pub fn recorder_config(&self) -> crate::recording::RecorderConfig {
+        crate::recording::RecorderConfig {
+            dir: self.dir.clone(),
+            mode: self.mode,
+            fsync: self.fsync,
+            batch_interval: self.batch_interval,
+            frame_target_bytes: self.frame_target_bytes,
+            zstd_level: self.zstd_level,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSection {
+    pub s3: Option<S3Storage>,
+}
+
+/// Optional upload of sealed recordings to S3 (or an S3-compatible store).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Storage {
+    /// Required.
+    pub bucket: String,
+    #[serde(default)]
+    pub prefix: String,
+    /// Required.
+    pub region: String,
+    /// A custom endpoint (S3-compatible stores, tests); empty means AWS.
+    #[serde(default)]
+    pub endpoint: String,
+    #[serde(default)]
+    pub assume_role_arn: String,
+    #[serde(default)]
+    pub external_id: String,
+    #[serde(default = "default_upload_retries")]
+    pub upload_retries: u32,
+}
+
+fn default_upload_retries() -> u32 {
+    8
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// Required; appears as `db_service` on events.
+    pub name: String,
+    /// Required: postgres, mongodb or dynamodb.
+    pub protocol: String,
+    /// Required: the proxy's listen address, host:port.
+    pub listen: String,
+    /// Required: where the real database is.
+    pub upstream: String,
+    /// `db_type` on events: self-hosted, rds, aurora, rds-proxy, documentdb, dynamodb.
+    #[serde(default = "default_db_type")]
+    pub db_type: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub client_tls: ClientTlsConfig,
+    #[serde(default)]
+    pub upstream_tls: UpstreamTlsConfig,
+    #[serde(default)]
+    pub auth: UpstreamAuth,
+    #[serde(default)]
+    pub aws: AwsOptions,
+}
+
+fn default_db_type() -> String {
+    "self-hosted".into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientTlsMode {
+    Disabled,
+    #[default]
+    Optional,
+    Required,
+}
+
+/// TLS between clients and the proxy.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTlsConfig {
+    #[serde(default)]
+    pub mode: ClientTlsMode,
+    /// The proxy's certificate chain (PEM); required unless mode = disabled.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// CA bundle for client certificates; setting it enables mTLS identities (subject CN).
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamTlsMode {
+    Disable,
+    Require,
+    VerifyCa,
+    #[default]
+    VerifyFull,
+}
+
+/// TLS between the proxy and the real database. Verifies certificates by default.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    #[serde(default)]
+    pub mode: UpstreamTlsMode,
+    /// CA bundle (PEM); default: the system's roots.
+    pub ca: Option<PathBuf>,
+    /// Name to verify instead of the upstream host.
+    pub server_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    /// Use the credentials of the granted db_user from `password`.
+    #[default]
+    Password,
+    /// RDS IAM tokens, MONGODB-AWS or SigV4 re-signing, with credentials from the AWS chain.
+    AwsIam,
+    /// Connect without credentials (trust auth upstream).
+    None,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamAuth {
+    #[serde(default)]
+    pub method: AuthMethod,
+    /// Required for method = password: `{ env = "NAME" }` or `{ file = "path" }`.
+    pub password: Option<SecretRef>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsOptions {
+    #[serde(default)]
+    pub region: String,
+    #[serde(default)]
+    pub account_id: String,
+    #[serde(default)]
+    pub assume_role_arn: String,
+    #[serde(default)]
+    pub external_id: String,
+    #[serde(default)]
+    pub session_tags: BTreeMap<String, String>,
+    /// Override the AWS endpoint (STS/DynamoDB stand-ins in tests).
+    #[serde(default)]
+    pub endpoint: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// Required; appears as `user` on events.
+    pub name: String,
+    /// SCRAM-SHA-256 verifier (`SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>`), as made
+    /// by `dbtape user add`. Inline, `{ env }` or `{ file }`.
+    pub scram_verifier: Option<SecretRef>,
+    /// Subject CN of the client certificate that identifies this user over mTLS.
+    pub cert_cn: Option<String>,
+    /// For DynamoDB: the access key id the user's client signs with.
+    pub aws_access_key_id: Option<String>,
+    #[serde(default)]
+    pub grants: Vec<Grant>,
+}
+
+/// What a user may reach.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grant {
+    /// A database's `name`.
+    pub database: String,
+    /// Upstream users (for DynamoDB: IAM role names or ARNs) this user may act as.
+    pub db_users: Vec<String>,
+    /// Database names allowed; empty means any.
+    #[serde(default)]
+    pub db_names: Vec<String>,
+}
+
+/// serde helper: durations written as "200ms", "30s", "5m".
+mod humantime_serde_compat {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| serde::de::Error::custom(format!("{text:?}: {e} (write e.g. \"30s\")")))
+    }
+}

@@ -1,0 +1,245 @@
+//! Semantic checks. Each finds as many problems as it can rather than stopping at the first.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use super::model::{AuthMethod, ClientTlsMode, DatabaseConfig, RawConfig, RecordingSection, UpstreamTlsMode, UserConfig};
+use super::secret::SecretRef;
+use super::{Config, ConfigError, ConfigIssue};
+use crate::audit::Protocol;
+use crate::recording::{FsyncPolicy, RecordingMode};
+
+struct Issues<'a> {
+    file: &'a Path,
+    list: Vec<ConfigIssue>,
+}
+
+impl Issues<'_> {
+    fn add(&mut self, key: impl Into<String>, message: impl Into<String>, fix: impl Into<String>) {
+        self.list.push(ConfigIssue { file: self.file.to_path_buf(), key: key.into(), message: message.into(), fix: fix.into() });
+    }
+}
+
+fn resolve(base: &Path, path: &Path) -> PathBuf {
+    if path.is_relative() { base.join(path) } else { path.to_path_buf() }
+}
+
+pub(super) fn check(raw: RawConfig, file: &Path, base: &Path) -> Result<Config, ConfigError> {
+    let mut issues = Issues { file, list: Vec::new() };
+    let recording = check_recording(&raw, base, &mut issues);
+    let mut server = raw.server;
+    if server.cluster_name.trim().is_empty() {
+        issues.add("server.cluster_name", "is empty", "set a name for this proxy fleet, e.g. \"dbtape\"");
+    }
+    if server.server_id.is_empty() {
+        server.server_id = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "dbtape".into());
+    }
+    if let Some(s3) = &raw.storage.s3 {
+        if s3.bucket.trim().is_empty() {
+            issues.add("storage.s3.bucket", "is empty", "name the bucket recordings are uploaded to, or remove [storage.s3]");
+        }
+        if s3.region.trim().is_empty() {
+            issues.add("storage.s3.region", "is empty", "set the bucket's region, e.g. \"us-east-1\"");
+        }
+        if !s3.assume_role_arn.is_empty() && !is_role_arn(&s3.assume_role_arn) {
+            issues.add("storage.s3.assume_role_arn", format!("{:?} is not an IAM role ARN", s3.assume_role_arn), "use arn:aws:iam::<12-digit account>:role/<name>");
+        }
+    }
+    let mut databases = raw.databases;
+    let mut names = BTreeSet::new();
+    let mut listens = BTreeSet::new();
+    for (i, db) in databases.iter_mut().enumerate() {
+        check_database(i, db, base, &mut names, &mut listens, &mut issues);
+    }
+    let mut users = raw.users;
+    let mut user_names = BTreeSet::new();
+    for (i, user) in users.iter_mut().enumerate() {
+        check_user(i, user, base, &names, &mut user_names, &mut issues);
+    }
+    if !issues.list.is_empty() {
+        return Err(ConfigError { issues: issues.list });
+    }
+    Ok(Config { source: file.to_path_buf(), server, recording, storage: raw.storage, databases, users })
+}
+
+fn check_recording(raw: &RawConfig, base: &Path, issues: &mut Issues<'_>) -> RecordingSection {
+    let r = &raw.recording;
+    let mode = match r.mode.as_str() {
+        "strict" => RecordingMode::Strict,
+        "best_effort" => RecordingMode::BestEffort,
+        other => {
+            issues.add("recording.mode", format!("{other:?} is not a mode"), "use \"strict\" (the default: a recording failure stops the session) or \"best_effort\"");
+            RecordingMode::Strict
+        }
+    };
+    let fsync = match r.fsync.as_str() {
+        "always" => FsyncPolicy::Always,
+        "batch" => FsyncPolicy::Batch,
+        "never" => FsyncPolicy::Never,
+        other => {
+            issues.add("recording.fsync", format!("{other:?} is not an fsync policy"), "use \"always\", \"batch\" (the default) or \"never\"");
+            FsyncPolicy::Batch
+        }
+    };
+    let batch_interval = match humantime::parse_duration(&r.batch_interval) {
+        Ok(d) if !d.is_zero() && d <= std::time::Duration::from_secs(60) => d,
+        Ok(_) => {
+            issues.add("recording.batch_interval", format!("{:?} is out of range", r.batch_interval), "use a duration between 1ms and 60s, e.g. \"200ms\"");
+            std::time::Duration::from_millis(200)
+        }
+        Err(e) => {
+            issues.add("recording.batch_interval", format!("{:?}: {e}", r.batch_interval), "write a duration such as \"200ms\" or \"1s\"");
+            std::time::Duration::from_millis(200)
+        }
+    };
+    if !(4096..=32 * 1024 * 1024).contains(&r.frame_target_bytes) {
+        issues.add("recording.frame_target_bytes", format!("{} is out of range", r.frame_target_bytes), "use a size between 4096 and 33554432 bytes; the default is 262144");
+    }
+    if !(1..=19).contains(&r.zstd_level) {
+        issues.add("recording.zstd_level", format!("{} is out of range", r.zstd_level), "use a zstd level from 1 to 19; the default is 3");
+    }
+    if r.dir.as_os_str().is_empty() {
+        issues.add("recording.dir", "is empty", "name the folder recordings are written to, e.g. \"recordings\"");
+    }
+    RecordingSection {
+        dir: resolve(base, &r.dir),
+        mode,
+        fsync,
+        batch_interval,
+        signing_key: resolve(base, &r.signing_key),
+        frame_target_bytes: r.frame_target_bytes,
+        zstd_level: r.zstd_level,
+    }
+}
+
+fn is_role_arn(arn: &str) -> bool {
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    matches!(parts.as_slice(), ["arn", partition, "iam", "", account, resource]
+        if partition.starts_with("aws") && account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit()) && resource.starts_with("role/"))
+}
+
+fn check_file(key: String, path: &mut PathBuf, base: &Path, what: &str, issues: &mut Issues<'_>) {
+    *path = resolve(base, path);
+    if !path.is_file() {
+        issues.add(key, format!("{} does not exist", path.display()), format!("point it at the {what} (PEM), relative to the config file"));
+    }
+}
+
+fn check_database(i: usize, db: &mut DatabaseConfig, base: &Path, names: &mut BTreeSet<String>, listens: &mut BTreeSet<SocketAddr>, issues: &mut Issues<'_>) {
+    let key = |field: &str| format!("databases[{i}].{field}");
+    let valid_name = !db.name.is_empty() && db.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !valid_name {
+        issues.add(key("name"), format!("{:?} is not a valid name", db.name), "use letters, digits, '-', '_' or '.', e.g. \"orders-pg\"");
+    } else if !names.insert(db.name.clone()) {
+        issues.add(key("name"), format!("{:?} is used by another database", db.name), "give every database a unique name");
+    }
+    let protocol = Protocol::parse(&db.protocol);
+    if protocol.is_none() {
+        issues.add(key("protocol"), format!("{:?} is not a protocol", db.protocol), "use \"postgres\", \"mongodb\" or \"dynamodb\"");
+    }
+    match db.listen.parse::<SocketAddr>() {
+        Ok(addr) => {
+            if addr.port() != 0 && !listens.insert(addr) {
+                issues.add(key("listen"), format!("{addr} is used by another database"), "give every database its own port");
+            }
+        }
+        Err(_) => issues.add(key("listen"), format!("{:?} is not a socket address", db.listen), "write host:port, e.g. \"127.0.0.1:15432\""),
+    }
+    let scheme_ok = match protocol {
+        Some(Protocol::Postgres) => db.upstream.starts_with("postgres://") || db.upstream.starts_with("postgresql://"),
+        Some(Protocol::MongoDb) => db.upstream.starts_with("mongodb://"),
+        Some(Protocol::DynamoDb) => db.upstream.starts_with("https://") || db.upstream.starts_with("http://") || db.upstream.is_empty(),
+        None => true,
+    };
+    if db.upstream.is_empty() && protocol != Some(Protocol::DynamoDb) {
+        issues.add(key("upstream"), "is empty", "give the real database's URI, e.g. \"postgres://db.internal:5432/app\"");
+    } else if !scheme_ok {
+        issues.add(key("upstream"), format!("{:?} does not suit protocol {}", db.upstream, db.protocol), "use postgres://host:port/db, mongodb://host:port or https://dynamodb.<region>.amazonaws.com");
+    }
+    let tls = &mut db.client_tls;
+    if tls.mode != ClientTlsMode::Disabled {
+        match tls.cert.as_mut() {
+            Some(cert) => check_file(key("client_tls.cert"), cert, base, "proxy's certificate chain", issues),
+            None => issues.add(key("client_tls.cert"), format!("is required when client_tls.mode is {:?}", tls.mode), "set cert and key, or set client_tls.mode = \"disabled\""),
+        }
+        match tls.key.as_mut() {
+            Some(k) => check_file(key("client_tls.key"), k, base, "proxy's private key", issues),
+            None => issues.add(key("client_tls.key"), format!("is required when client_tls.mode is {:?}", tls.mode), "set cert and key, or set client_tls.mode = \"disabled\""),
+        }
+    }
+    if let Some(ca) = tls.client_ca.as_mut() {
+        check_file(key("client_tls.client_ca"), ca, base, "CA bundle for client certificates", issues);
+        if tls.mode == ClientTlsMode::Disabled {
+            issues.add(key("client_tls.client_ca"), "mTLS needs TLS, but client_tls.mode is \"disabled\"", "set client_tls.mode = \"required\"");
+        }
+    }
+    if let Some(ca) = db.upstream_tls.ca.as_mut() {
+        check_file(key("upstream_tls.ca"), ca, base, "CA bundle for the upstream's certificate", issues);
+    }
+    match db.auth.method {
+        AuthMethod::Password => match db.auth.password.as_mut() {
+            None if protocol != Some(Protocol::DynamoDb) => issues.add(key("auth.password"), "is required when auth.method is \"password\"", "set auth.password = { env = \"NAME\" } or { file = \"path\" }, or choose auth.method = \"aws_iam\" or \"none\""),
+            None => {}
+            Some(SecretRef::Inline(_)) => issues.add(key("auth.password"), "is written inline; secrets must not sit in the config file", "move it to an env var or a file: auth.password = { env = \"NAME\" } or { file = \"path\" }"),
+            Some(secret) => {
+                secret.resolve_paths(base);
+                if let Err(e) = secret.read() {
+                    issues.add(key("auth.password"), e.to_string(), "set the variable or create the file before starting dbtape");
+                }
+            }
+        },
+        AuthMethod::AwsIam => {
+            if db.aws.region.is_empty() {
+                issues.add(key("aws.region"), "is required when auth.method is \"aws_iam\"", "set the database's AWS region, e.g. \"us-east-1\"");
+            }
+            if db.upstream_tls.mode == UpstreamTlsMode::Disable && protocol != Some(Protocol::DynamoDb) {
+                issues.add(key("upstream_tls.mode"), "IAM tokens are never sent without TLS", "set upstream_tls.mode = \"verify-full\"");
+            }
+        }
+        AuthMethod::None => {}
+    }
+    if protocol == Some(Protocol::DynamoDb) && db.aws.region.is_empty() {
+        issues.add(key("aws.region"), "is required for dynamodb", "set the table's AWS region, e.g. \"us-east-1\"");
+    }
+    let aws = &db.aws;
+    if !aws.account_id.is_empty() && !(aws.account_id.len() == 12 && aws.account_id.bytes().all(|b| b.is_ascii_digit())) {
+        issues.add(key("aws.account_id"), format!("{:?} is not a 12-digit AWS account id", aws.account_id), "write the account id as 12 digits, quoted");
+    }
+    if !aws.assume_role_arn.is_empty() && !is_role_arn(&aws.assume_role_arn) {
+        issues.add(key("aws.assume_role_arn"), format!("{:?} is not an IAM role ARN", aws.assume_role_arn), "use arn:aws:iam::<12-digit account>:role/<name>");
+    }
+}
+
+fn check_user(i: usize, user: &mut UserConfig, base: &Path, databases: &BTreeSet<String>, names: &mut BTreeSet<String>, issues: &mut Issues<'_>) {
+    let key = |field: &str| format!("users[{i}].{field}");
+    if user.name.trim().is_empty() || user.name.contains('@') {
+        issues.add(key("name"), format!("{:?} is not a valid user name", user.name), "use a non-empty name without '@' (it separates user@database when connecting)");
+    } else if !names.insert(user.name.clone()) {
+        issues.add(key("name"), format!("{:?} is defined twice", user.name), "merge the two entries");
+    }
+    if user.scram_verifier.is_none() && user.cert_cn.is_none() && user.aws_access_key_id.is_none() {
+        issues.add(key("scram_verifier"), "the user has no way to be identified", "set scram_verifier (from `dbtape user add`), cert_cn for mTLS, or aws_access_key_id for DynamoDB");
+    }
+    if let Some(verifier) = user.scram_verifier.as_mut() {
+        verifier.resolve_paths(base);
+        match verifier.read() {
+            Ok(v) if v.starts_with("SCRAM-SHA-256$") => {}
+            Ok(_) => issues.add(key("scram_verifier"), "is not a SCRAM-SHA-256 verifier", "generate one with `dbtape user add NAME` and paste its output"),
+            Err(e) => issues.add(key("scram_verifier"), e.to_string(), "set the variable or create the file before starting dbtape"),
+        }
+    }
+    if user.grants.is_empty() {
+        issues.add(key("grants"), "the user may reach no database", "add [[users.grants]] with database and db_users");
+    }
+    for (g, grant) in user.grants.iter().enumerate() {
+        if !databases.contains(&grant.database) {
+            issues.add(format!("users[{i}].grants[{g}].database"), format!("{:?} is not a configured database", grant.database), "use the name of one of the [[databases]] entries");
+        }
+        if grant.db_users.is_empty() || grant.db_users.iter().any(|u| u.trim().is_empty()) {
+            issues.add(format!("users[{i}].grants[{g}].db_users"), "is empty or holds an empty name", "list the upstream users this person may act as, e.g. [\"reader\"]");
+        }
+    }
+}

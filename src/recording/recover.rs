@@ -1,0 +1,114 @@
+//! Crash recovery: a recording whose writer died is read up to its last whole frame, and that
+//! prefix is signed as `recovered`. The file itself is never modified or deleted.
+
+use super::scan::{scan_recording, ScanEnd};
+use super::signing::{ManifestBody, Signer};
+use super::store::{RecordingState, RecordingStore, SessionSummary, StoreError};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecoveryOutcome {
+    Recovered { sid: String, events: u64, torn_bytes: u64 },
+    /// Damaged beyond a torn tail; left in place, unsigned, for a human.
+    Damaged { sid: String, problem: String },
+}
+
+/// Recovers every recording that is neither sealed nor held open by a live writer.
+pub fn recover_unsealed(store: &RecordingStore, signer: &Signer) -> Result<Vec<RecoveryOutcome>, StoreError> {
+    let mut outcomes = Vec::new();
+    for sid in store.session_ids()? {
+        if store.read_manifest(&sid).ok().flatten().is_some() || store.is_locked(&sid) {
+            continue;
+        }
+        let summary = store.read_summary(&sid).ok();
+        if summary.as_ref().is_some_and(|s| s.state != RecordingState::Live) {
+            continue;
+        }
+        outcomes.push(recover_one(store, signer, &sid, summary)?);
+    }
+    Ok(outcomes)
+}
+
+fn recover_one(
+    store: &RecordingStore,
+    signer: &Signer,
+    sid: &str,
+    summary: Option<SessionSummary>,
+) -> Result<RecoveryOutcome, StoreError> {
+    let path = store.recording_path(sid);
+    let scan = scan_recording(&path, sid).map_err(|source| StoreError::Io { path: path.clone(), source })?;
+    let torn_bytes = match &scan.end {
+        ScanEnd::Open => 0,
+        ScanEnd::Truncated { torn_bytes, .. } => *torn_bytes,
+        ScanEnd::Sealed(_) => 0,
+        ScanEnd::Damaged(problem) => {
+            tracing::error!(sid, problem, "recording is damaged; left in place unsigned");
+            let mut summary = summary.unwrap_or_else(|| blank_summary(sid, &scan));
+            summary.state = RecordingState::Unsealed;
+            summary.error = format!("damaged: {problem}");
+            store.write_summary(&summary)?;
+            return Ok(RecoveryOutcome::Damaged { sid: sid.to_string(), problem: problem.clone() });
+        }
+    };
+    let state = if matches!(scan.end, ScanEnd::Sealed(_)) { "sealed" } else { "recovered" };
+    let body = ManifestBody {
+        format: "dbtape-manifest-v1".into(),
+        sid: sid.to_string(),
+        file: format!("{sid}.{}", super::store::RECORDING_EXT),
+        size: scan.size,
+        sha256: scan.sha256.clone(),
+        frames: scan.frames,
+        chain_head: scan.chain_head.clone(),
+        event_count: scan.tally.events,
+        first_time_ms: scan.tally.first_ms,
+        last_time_ms: scan.tally.last_ms,
+        state: state.into(),
+        valid_length: scan.valid_length,
+        key_id: signer.key_id().to_string(),
+        signed_at_ms: chrono::Utc::now().timestamp_millis(),
+    };
+    let manifest = signer
+        .sign(body)
+        .map_err(|e| StoreError::Parse { path: store.manifest_path(sid), reason: e.to_string() })?;
+    store.write_manifest(&manifest)?;
+    let mut summary = summary.unwrap_or_else(|| blank_summary(sid, &scan));
+    summary.events = scan.tally.events;
+    summary.queries = scan.tally.queries;
+    summary.failed_queries = scan.tally.failed_queries;
+    summary.end_ms = scan.tally.last_ms.or(Some(summary.start_ms));
+    summary.bytes = scan.size;
+    summary.state = if state == "sealed" { RecordingState::Sealed } else { RecordingState::Recovered };
+    if torn_bytes > 0 {
+        summary.error = format!("writer died; {torn_bytes} torn bytes after the last whole frame");
+    }
+    store.write_summary(&summary)?;
+    tracing::warn!(sid, events = scan.tally.events, torn_bytes, "recovered an unsealed recording");
+    Ok(RecoveryOutcome::Recovered { sid: sid.to_string(), events: scan.tally.events, torn_bytes })
+}
+
+fn blank_summary(sid: &str, scan: &super::scan::ScanReport) -> SessionSummary {
+    let header = scan.header.clone();
+    let field = |f: fn(&super::format::SessionHeader) -> &String| header.as_ref().map(f).cloned().unwrap_or_default();
+    SessionSummary {
+        sid: sid.to_string(),
+        user: field(|h| &h.user),
+        db_service: field(|h| &h.db_service),
+        db_protocol: field(|h| &h.db_protocol),
+        db_name: field(|h| &h.db_name),
+        db_user: field(|h| &h.db_user),
+        remote_addr: field(|h| &h.remote_addr),
+        start_ms: header
+            .as_ref()
+            .and_then(|h| chrono::DateTime::parse_from_rfc3339(&h.created).ok())
+            .map(|t| t.timestamp_millis())
+            .or(scan.tally.first_ms)
+            .unwrap_or_default(),
+        end_ms: scan.tally.last_ms,
+        events: scan.tally.events,
+        queries: scan.tally.queries,
+        failed_queries: scan.tally.failed_queries,
+        lost_events: 0,
+        bytes: scan.size,
+        state: RecordingState::Unsealed,
+        error: String::new(),
+    }
+}

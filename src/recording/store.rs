@@ -1,0 +1,234 @@
+//! The recordings folder: one `<sid>.dbt` per session, with a `<sid>.meta.json` sidecar that
+//! `ls` reads instead of the recording and, once sealed, a signed `<sid>.manifest.json`.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::signing::Manifest;
+
+pub const RECORDING_EXT: &str = "dbt";
+const META_SUFFIX: &str = ".meta.json";
+const MANIFEST_SUFFIX: &str = ".manifest.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: unreadable ({reason})")]
+    Parse { path: PathBuf, reason: String },
+    #[error("{0}")]
+    BadSessionId(String),
+    #[error("no recording for session {sid} in {dir}")]
+    NotFound { sid: String, dir: PathBuf },
+}
+
+/// Session ids are lowercase hyphenated UUIDs; anything else (paths included) is refused
+/// before it gets near the filesystem.
+pub fn validate_session_id(input: &str) -> Result<String, StoreError> {
+    if input.is_empty() {
+        return Err(StoreError::BadSessionId("session id is empty".into()));
+    }
+    if input.contains('/') || input.contains('\\') || input.contains("..") || input.starts_with('.') {
+        return Err(StoreError::BadSessionId(format!(
+            "{input:?} looks like a path; give a session id (a UUID such as 2f1c3e0a-5b7d-4c1e-9a8f-0123456789ab) as listed by `dbtape ls`"
+        )));
+    }
+    match uuid::Uuid::try_parse(input) {
+        Ok(id) if id.hyphenated().to_string() == input.to_ascii_lowercase() => {
+            Ok(id.hyphenated().to_string())
+        }
+        _ => Err(StoreError::BadSessionId(format!(
+            "{input:?} is not a session id: expected a UUID such as 2f1c3e0a-5b7d-4c1e-9a8f-0123456789ab, as listed by `dbtape ls`"
+        ))),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordingState {
+    /// Being written now.
+    Live,
+    /// Closed normally: trailer written and manifest signed.
+    Sealed,
+    /// Strict mode stopped the session because the recording could not be written.
+    Failed,
+    /// The writer died; crash recovery signed what was intact.
+    Recovered,
+    /// The writer died and recovery has not run yet.
+    Unsealed,
+}
+
+impl RecordingState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordingState::Live => "live",
+            RecordingState::Sealed => "sealed",
+            RecordingState::Failed => "failed",
+            RecordingState::Recovered => "recovered",
+            RecordingState::Unsealed => "unsealed",
+        }
+    }
+}
+
+/// The sidecar: everything `ls` shows, without opening the recording.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SessionSummary {
+    pub sid: String,
+    pub user: String,
+    pub db_service: String,
+    pub db_protocol: String,
+    pub db_name: String,
+    pub db_user: String,
+    pub remote_addr: String,
+    pub start_ms: i64,
+    pub end_ms: Option<i64>,
+    pub events: u64,
+    pub queries: u64,
+    pub failed_queries: u64,
+    pub lost_events: u64,
+    pub bytes: u64,
+    pub state: RecordingState,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub error: String,
+}
+
+impl SessionSummary {
+    pub fn duration_ms(&self) -> Option<i64> {
+        self.end_ms.map(|end| (end - self.start_ms).max(0))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RecordingStore {
+    dir: PathBuf,
+}
+
+impl RecordingStore {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        RecordingStore { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn ensure_dir(&self) -> Result<(), StoreError> {
+        fs::create_dir_all(&self.dir).map_err(|source| StoreError::Io { path: self.dir.clone(), source })
+    }
+
+    pub fn recording_path(&self, sid: &str) -> PathBuf {
+        self.dir.join(format!("{sid}.{RECORDING_EXT}"))
+    }
+
+    pub fn meta_path(&self, sid: &str) -> PathBuf {
+        self.dir.join(format!("{sid}{META_SUFFIX}"))
+    }
+
+    pub fn manifest_path(&self, sid: &str) -> PathBuf {
+        self.dir.join(format!("{sid}{MANIFEST_SUFFIX}"))
+    }
+
+    /// Resolves user input to an existing recording's session id.
+    pub fn find(&self, input: &str) -> Result<String, StoreError> {
+        let sid = validate_session_id(input)?;
+        if self.recording_path(&sid).exists() {
+            Ok(sid)
+        } else {
+            Err(StoreError::NotFound { sid, dir: self.dir.clone() })
+        }
+    }
+
+    pub fn write_summary(&self, summary: &SessionSummary) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec_pretty(summary)
+            .map_err(|e| StoreError::Parse { path: self.meta_path(&summary.sid), reason: e.to_string() })?;
+        write_atomic(&self.meta_path(&summary.sid), &bytes)
+    }
+
+    pub fn read_summary(&self, sid: &str) -> Result<SessionSummary, StoreError> {
+        read_json(&self.meta_path(sid))
+    }
+
+    pub fn write_manifest(&self, manifest: &Manifest) -> Result<(), StoreError> {
+        let path = self.manifest_path(&manifest.body.sid);
+        let bytes = serde_json::to_vec_pretty(manifest)
+            .map_err(|e| StoreError::Parse { path: path.clone(), reason: e.to_string() })?;
+        write_atomic(&path, &bytes)
+    }
+
+    pub fn read_manifest(&self, sid: &str) -> Result<Option<Manifest>, StoreError> {
+        let path = self.manifest_path(sid);
+        if !path.exists() {
+            return Ok(None);
+        }
+        read_json(&path).map(Some)
+    }
+
+    /// Session ids of every recording in the folder, in no particular order.
+    pub fn session_ids(&self) -> Result<Vec<String>, StoreError> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(StoreError::Io { path: self.dir.clone(), source }),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|source| StoreError::Io { path: self.dir.clone(), source })?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(stem) = name.strip_suffix(&format!(".{RECORDING_EXT}")) {
+                if let Ok(sid) = validate_session_id(stem) {
+                    out.push(sid);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Summaries from the sidecars, with `Live` corrected to `Unsealed` when no writer holds
+    /// the recording's lock any more (the proxy died).
+    pub fn summaries(&self) -> Result<Vec<Result<SessionSummary, StoreError>>, StoreError> {
+        let ids = self.session_ids()?;
+        Ok(ids
+            .into_iter()
+            .map(|sid| {
+                let mut summary = self.read_summary(&sid)?;
+                if summary.state == RecordingState::Live && !self.is_locked(&sid) {
+                    summary.state = RecordingState::Unsealed;
+                }
+                Ok(summary)
+            })
+            .collect())
+    }
+
+    /// Whether a live writer holds the recording open.
+    pub fn is_locked(&self, sid: &str) -> bool {
+        let Ok(file) = fs::File::open(self.recording_path(sid)) else { return false };
+        match file.try_lock_shared() {
+            Ok(()) => {
+                let _ = file.unlock();
+                false
+            }
+            Err(_) => true,
+        }
+    }
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, StoreError> {
+    let bytes = fs::read(path).map_err(|source| StoreError::Io { path: path.to_path_buf(), source })?;
+    serde_json::from_slice(&bytes).map_err(|e| StoreError::Parse { path: path.to_path_buf(), reason: e.to_string() })
+}
+
+/// Write to a temporary name, fsync, then rename: readers see the old or the new file, never half.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let io = |source| StoreError::Io { path: path.to_path_buf(), source };
+    let mut tmp = path.as_os_str().to_os_string();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut file = fs::File::create(&tmp).map_err(io)?;
+    file.write_all(bytes).map_err(io)?;
+    file.sync_data().map_err(io)?;
+    fs::rename(&tmp, path).map_err(io)
+}

@@ -1,0 +1,807 @@
+//! Group-commit writer.
+//!
+//! Sessions append events to their own in-memory buffer (serialised on the caller's thread,
+//! and compressed there once a frame fills, so the work spreads over the cores). One writer
+//! thread writes ready frames for every session and fsyncs them together, per the policy:
+//! `always` before any waiter is released, `batch` once per interval, `never` only at seal.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use super::format::{encode_frame, hex, FrameKind, FrameSpec, SessionHeader, Trailer, FILE_MAGIC};
+use super::signing::{ManifestBody, Signer};
+use super::store::{RecordingState, RecordingStore, SessionSummary, StoreError};
+use crate::audit::{AuditEvent, EventBody, SessionContext};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    Always,
+    Batch,
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordingMode {
+    /// A recording failure ends the session.
+    Strict,
+    /// The session goes on; a `dbtape.recording.gap` event records what was lost.
+    BestEffort,
+}
+
+#[derive(Debug, Clone)]
+pub struct RecorderConfig {
+    pub dir: PathBuf,
+    pub mode: RecordingMode,
+    pub fsync: FsyncPolicy,
+    /// How often `batch` (and `never`) write out partly filled frames; `batch` fsyncs then too.
+    pub batch_interval: Duration,
+    /// Uncompressed bytes at which a frame is cut.
+    pub frame_target_bytes: usize,
+    pub zstd_level: i32,
+}
+
+impl RecorderConfig {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        RecorderConfig {
+            dir: dir.into(),
+            mode: RecordingMode::Strict,
+            fsync: FsyncPolicy::Batch,
+            batch_interval: Duration::from_millis(200),
+            frame_target_bytes: 256 * 1024,
+            zstd_level: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RecordingError {
+    #[error("recording {sid} failed: {reason}")]
+    Failed { sid: String, reason: Arc<str> },
+    #[error("recording {0} is already closed")]
+    Closed(String),
+    #[error("the recorder has shut down")]
+    ShutDown,
+    #[error("cannot create recording {path}: {reason}")]
+    Create { path: PathBuf, reason: String },
+    #[error("cannot encode event: {0}")]
+    Encode(String),
+}
+
+/// Where a session's durability stands, published to waiters.
+#[derive(Debug, Clone, Default)]
+pub struct Durability {
+    /// Every event with `ei` up to and including this is on disk per the fsync policy.
+    pub through: Option<u64>,
+    pub failed: Option<Arc<str>>,
+    pub sealed: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendTicket {
+    pub ei: u64,
+}
+
+struct ReadyFrame {
+    bytes: Vec<u8>,
+    seq: u32,
+    chain: [u8; 32],
+    events: u32,
+    last_ei: Option<u64>,
+}
+
+#[derive(Default, Clone)]
+struct Stats {
+    events: u64,
+    queries: u64,
+    failed_queries: u64,
+    first_ms: Option<i64>,
+    last_ms: Option<i64>,
+}
+
+struct Inner {
+    pending: Vec<u8>,
+    pending_events: u32,
+    pending_first_ei: u64,
+    pending_min_ms: i64,
+    pending_max_ms: i64,
+    ready: Vec<ReadyFrame>,
+    next_ei: u64,
+    next_seq: u32,
+    chain: [u8; 32],
+    /// The chain and sequence as of the last frame known to be in the file, for rolling back
+    /// frames whose write failed.
+    written_seq: u32,
+    written_chain: [u8; 32],
+    stats: Stats,
+    lost: u64,
+    failed: Option<Arc<str>>,
+    /// best_effort: the file itself is unusable, so events are only counted.
+    dead: bool,
+    closing: bool,
+    compressor: zstd::bulk::Compressor<'static>,
+}
+
+struct FileIo {
+    file: File,
+    len: u64,
+    hasher: Sha256,
+    dirty: bool,
+    last_summary: Instant,
+    summary_dirty: bool,
+}
+
+struct SessionState {
+    ctx: Arc<SessionContext>,
+    start_ms: i64,
+    inner: Mutex<Inner>,
+    io: Mutex<Option<FileIo>>,
+    durable: watch::Sender<Durability>,
+}
+
+struct Control {
+    sessions: Vec<Arc<SessionState>>,
+    urgent: bool,
+    shutdown: bool,
+}
+
+struct Shared {
+    config: RecorderConfig,
+    store: RecordingStore,
+    signer: Arc<Signer>,
+    control: Mutex<Control>,
+    wake: Condvar,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks is a bug elsewhere; the data is still usable.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// One per process: owns the writer thread.
+pub struct Recorder {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Recorder {
+    pub fn start(config: RecorderConfig, signer: Arc<Signer>) -> Result<Self, StoreError> {
+        let store = RecordingStore::new(config.dir.clone());
+        store.ensure_dir()?;
+        let shared = Arc::new(Shared {
+            config,
+            store,
+            signer,
+            control: Mutex::new(Control { sessions: Vec::new(), urgent: false, shutdown: false }),
+            wake: Condvar::new(),
+        });
+        let worker = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("dbtape-recorder".into())
+            .spawn(move || writer_loop(&worker))
+            .map_err(|source| StoreError::Io { path: PathBuf::from("<writer thread>"), source })?;
+        Ok(Recorder { shared, thread: Mutex::new(Some(thread)) })
+    }
+
+    pub fn store(&self) -> &RecordingStore {
+        &self.shared.store
+    }
+
+    pub fn config(&self) -> &RecorderConfig {
+        &self.shared.config
+    }
+
+    /// Creates the session's recording file (frame 0 holds its context) and registers it.
+    pub fn open(&self, ctx: SessionContext) -> Result<SessionLog, RecordingError> {
+        if lock(&self.shared.control).shutdown {
+            return Err(RecordingError::ShutDown);
+        }
+        let path = self.shared.store.recording_path(&ctx.sid);
+        let create = |reason: String| RecordingError::Create { path: path.clone(), reason };
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let header = SessionHeader {
+            format: 1,
+            sid: ctx.sid.clone(),
+            created: crate::audit::format_time(now_ms),
+            user: ctx.user.user.clone(),
+            db_service: ctx.database.service.clone(),
+            db_protocol: ctx.database.protocol.as_str().to_string(),
+            db_uri: ctx.database.uri.clone(),
+            db_name: ctx.database.name.clone(),
+            db_user: ctx.database.user.clone(),
+            remote_addr: ctx.connection.remote_addr.clone(),
+        };
+        let payload = serde_json::to_vec(&header).map_err(|e| create(e.to_string()))?;
+        let mut bytes = FILE_MAGIC.to_vec();
+        let seed = super::format::chain_seed(&ctx.sid);
+        let chain = encode_frame(
+            &FrameSpec {
+                kind: FrameKind::Session,
+                seq: 0,
+                compressed: false,
+                raw_len: payload.len() as u32,
+                events: 0,
+                first_ei: 0,
+                min_time_ms: now_ms,
+                max_time_ms: now_ms,
+                payload: &payload,
+            },
+            &seed,
+            &mut bytes,
+        );
+        let mut file = OpenOptions::new().append(true).create_new(true).open(&path).map_err(|e| create(e.to_string()))?;
+        file.try_lock().map_err(|e| create(format!("cannot lock: {e}")))?;
+        file.write_all(&bytes).map_err(|e| create(e.to_string()))?;
+        let mut hasher = Sha256::new();
+        hasher.update(&bytes);
+        let compressor = zstd::bulk::Compressor::new(self.shared.config.zstd_level).map_err(|e| create(e.to_string()))?;
+        let state = Arc::new(SessionState {
+            ctx: Arc::new(ctx),
+            start_ms: now_ms,
+            inner: Mutex::new(Inner {
+                pending: Vec::with_capacity(self.shared.config.frame_target_bytes.min(1 << 20) + 4096),
+                pending_events: 0,
+                pending_first_ei: 0,
+                pending_min_ms: i64::MAX,
+                pending_max_ms: i64::MIN,
+                ready: Vec::new(),
+                next_ei: 0,
+                next_seq: 1,
+                chain,
+                written_seq: 1,
+                written_chain: chain,
+                stats: Stats::default(),
+                lost: 0,
+                failed: None,
+                dead: false,
+                closing: false,
+                compressor,
+            }),
+            io: Mutex::new(Some(FileIo {
+                file,
+                len: bytes.len() as u64,
+                hasher,
+                dirty: true,
+                last_summary: Instant::now(),
+                summary_dirty: false,
+            })),
+            durable: watch::channel(Durability::default()).0,
+        });
+        let summary = summary_of(&state, &lock(&state.inner), bytes.len() as u64, RecordingState::Live);
+        if let Err(e) = self.shared.store.write_summary(&summary) {
+            tracing::warn!(sid = %state.ctx.sid, error = %e, "cannot write the recording's sidecar");
+        }
+        // Sync the directory entry now, so a crash never leaves an audited session nameless.
+        if self.shared.config.fsync != FsyncPolicy::Never {
+            if let Ok(dir) = File::open(self.shared.store.dir()) {
+                let _ = dir.sync_all();
+            }
+        }
+        lock(&self.shared.control).sessions.push(state.clone());
+        Ok(SessionLog { state, shared: self.shared.clone(), closed: false })
+    }
+
+    /// Seals every open recording and stops the writer thread.
+    pub fn shutdown(&self) {
+        {
+            let mut control = lock(&self.shared.control);
+            control.shutdown = true;
+            for session in &control.sessions {
+                lock(&session.inner).closing = true;
+            }
+        }
+        self.shared.wake.notify_all();
+        if let Some(thread) = lock(&self.thread).take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// A session's handle on its recording. Dropping it seals the recording.
+pub struct SessionLog {
+    state: Arc<SessionState>,
+    shared: Arc<Shared>,
+    closed: bool,
+}
+
+impl SessionLog {
+    pub fn context(&self) -> &SessionContext {
+        &self.state.ctx
+    }
+
+    pub fn sid(&self) -> &str {
+        &self.state.ctx.sid
+    }
+
+    pub fn mode(&self) -> RecordingMode {
+        self.shared.config.mode
+    }
+
+    pub fn fsync_policy(&self) -> FsyncPolicy {
+        self.shared.config.fsync
+    }
+
+    pub fn start_ms(&self) -> i64 {
+        self.state.start_ms
+    }
+
+    /// Stamps `ei`, `uid` and `time` on the event and queues it. In strict mode an error
+    /// means the event is not recorded and the session must stop.
+    pub fn append(&self, body: &EventBody, time_ms: i64) -> Result<AppendTicket, RecordingError> {
+        let config = &self.shared.config;
+        let mut inner = lock(&self.state.inner);
+        if inner.closing {
+            return Err(RecordingError::Closed(self.state.ctx.sid.clone()));
+        }
+        if let Some(reason) = &inner.failed {
+            return Err(RecordingError::Failed { sid: self.state.ctx.sid.clone(), reason: reason.clone() });
+        }
+        let ei = inner.next_ei;
+        inner.next_ei += 1;
+        if inner.dead {
+            inner.lost += 1;
+            return Ok(AppendTicket { ei });
+        }
+        let event = AuditEvent {
+            index: ei,
+            uid: uuid::Uuid::new_v4(),
+            time_ms,
+            context: &self.state.ctx,
+            body,
+        };
+        let start = inner.pending.len();
+        if let Err(e) = serde_json::to_writer(&mut inner.pending, &event) {
+            inner.pending.truncate(start);
+            return Err(RecordingError::Encode(e.to_string()));
+        }
+        inner.pending.push(b'\n');
+        if inner.pending_events == 0 {
+            inner.pending_first_ei = ei;
+        }
+        inner.pending_events += 1;
+        inner.pending_min_ms = inner.pending_min_ms.min(time_ms);
+        inner.pending_max_ms = inner.pending_max_ms.max(time_ms);
+        let stats = &mut inner.stats;
+        stats.events += 1;
+        stats.first_ms.get_or_insert(time_ms);
+        stats.last_ms = Some(time_ms);
+        match body.query_kind() {
+            Some(true) => {
+                stats.queries += 1;
+                stats.failed_queries += 1;
+            }
+            Some(false) => stats.queries += 1,
+            None => {}
+        }
+        let frame_full = inner.pending.len() >= config.frame_target_bytes;
+        if frame_full {
+            cut_frame(&mut inner);
+        }
+        drop(inner);
+        if frame_full || config.fsync == FsyncPolicy::Always {
+            self.shared.nudge();
+        }
+        Ok(AppendTicket { ei })
+    }
+
+    /// Resolves once the event is durable per the fsync policy (or the recording failed).
+    pub async fn wait_durable(&self, ticket: AppendTicket) -> Result<(), RecordingError> {
+        let mut rx = self.state.durable.subscribe();
+        let outcome = rx
+            .wait_for(|d| d.failed.is_some() || d.sealed || d.through.is_some_and(|t| t >= ticket.ei))
+            .await
+            .map(|d| d.clone());
+        match outcome {
+            Ok(d) => match d.failed {
+                Some(reason) if self.shared.config.mode == RecordingMode::Strict => {
+                    Err(RecordingError::Failed { sid: self.state.ctx.sid.clone(), reason })
+                }
+                _ => Ok(()),
+            },
+            Err(_) => Err(RecordingError::ShutDown),
+        }
+    }
+
+    /// Seals the recording: trailer, fsync, signed manifest, final sidecar.
+    pub async fn close(mut self) -> Result<(), RecordingError> {
+        self.closed = true;
+        self.request_close();
+        let mut rx = self.state.durable.subscribe();
+        let _ = rx.wait_for(|d| d.sealed).await;
+        let failed = self.state.durable.borrow().failed.clone();
+        match failed {
+            Some(reason) if self.shared.config.mode == RecordingMode::Strict => {
+                Err(RecordingError::Failed { sid: self.state.ctx.sid.clone(), reason })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn request_close(&self) {
+        lock(&self.state.inner).closing = true;
+        self.shared.nudge();
+    }
+}
+
+impl Drop for SessionLog {
+    fn drop(&mut self) {
+        if !self.closed {
+            self.request_close();
+        }
+    }
+}
+
+impl Shared {
+    fn nudge(&self) {
+        lock(&self.control).urgent = true;
+        self.wake.notify_one();
+    }
+}
+
+/// Compresses the pending events into a ready frame.
+fn cut_frame(inner: &mut Inner) {
+    if inner.pending_events == 0 {
+        return;
+    }
+    let compressed = match inner.compressor.compress(&inner.pending) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "zstd compression failed; storing the frame uncompressed");
+            Vec::new()
+        }
+    };
+    let (payload, is_compressed) = if compressed.is_empty() {
+        (inner.pending.as_slice(), false)
+    } else {
+        (compressed.as_slice(), true)
+    };
+    let seq = inner.next_seq;
+    let mut bytes = Vec::new();
+    let chain = encode_frame(
+        &FrameSpec {
+            kind: FrameKind::Events,
+            seq,
+            compressed: is_compressed,
+            raw_len: inner.pending.len() as u32,
+            events: inner.pending_events,
+            first_ei: inner.pending_first_ei,
+            min_time_ms: inner.pending_min_ms,
+            max_time_ms: inner.pending_max_ms,
+            payload,
+        },
+        &inner.chain,
+        &mut bytes,
+    );
+    let events = inner.pending_events;
+    let last_ei = inner.pending_first_ei + u64::from(events) - 1;
+    inner.ready.push(ReadyFrame { bytes, seq, chain, events, last_ei: Some(last_ei) });
+    inner.chain = chain;
+    inner.next_seq += 1;
+    inner.pending.clear();
+    inner.pending_events = 0;
+    inner.pending_min_ms = i64::MAX;
+    inner.pending_max_ms = i64::MIN;
+}
+
+fn summary_of(state: &SessionState, inner: &Inner, bytes: u64, recording_state: RecordingState) -> SessionSummary {
+    let ctx = &state.ctx;
+    SessionSummary {
+        sid: ctx.sid.clone(),
+        user: ctx.user.user.clone(),
+        db_service: ctx.database.service.clone(),
+        db_protocol: ctx.database.protocol.as_str().to_string(),
+        db_name: ctx.database.name.clone(),
+        db_user: ctx.database.user.clone(),
+        remote_addr: ctx.connection.remote_addr.clone(),
+        start_ms: state.start_ms,
+        end_ms: match recording_state {
+            RecordingState::Live => None,
+            _ => Some(inner.stats.last_ms.unwrap_or(state.start_ms)),
+        },
+        events: inner.stats.events,
+        queries: inner.stats.queries,
+        failed_queries: inner.stats.failed_queries,
+        lost_events: inner.lost,
+        bytes,
+        state: recording_state,
+        error: inner.failed.as_deref().unwrap_or_default().to_string(),
+    }
+}
+
+const SUMMARY_REFRESH: Duration = Duration::from_secs(2);
+
+fn writer_loop(shared: &Shared) {
+    let config = &shared.config;
+    let mut next_tick = Instant::now() + config.batch_interval;
+    loop {
+        let (shutdown, sessions) = {
+            let mut control = lock(&shared.control);
+            while !control.urgent && !control.shutdown {
+                let now = Instant::now();
+                if now >= next_tick {
+                    break;
+                }
+                let (guard, _) = shared
+                    .wake
+                    .wait_timeout(control, next_tick - now)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                control = guard;
+            }
+            control.urgent = false;
+            (control.shutdown, control.sessions.clone())
+        };
+        let now = Instant::now();
+        let tick = now >= next_tick;
+        if tick {
+            next_tick = now + config.batch_interval;
+        }
+        let flush_all = tick || shutdown || config.fsync == FsyncPolicy::Always;
+        let fsync = match config.fsync {
+            FsyncPolicy::Always => true,
+            FsyncPolicy::Batch => tick || shutdown,
+            FsyncPolicy::Never => false,
+        };
+        let sealed = write_pass(shared, &sessions, flush_all, fsync);
+        let remaining = {
+            let mut control = lock(&shared.control);
+            control.sessions.retain(|s| !sealed.iter().any(|done| Arc::ptr_eq(done, s)));
+            control.sessions.len()
+        };
+        if shutdown && remaining == 0 {
+            break;
+        }
+    }
+}
+
+/// One group commit over all sessions. Returns the sessions it sealed.
+fn write_pass(shared: &Shared, sessions: &[Arc<SessionState>], flush_all: bool, fsync: bool) -> Vec<Arc<SessionState>> {
+    let mut written: Vec<(Arc<SessionState>, Option<u64>)> = Vec::new();
+    let mut closing = Vec::new();
+    for session in sessions {
+        let (frames, is_closing) = {
+            let mut inner = lock(&session.inner);
+            if flush_all || inner.closing {
+                cut_frame(&mut inner);
+            }
+            (std::mem::take(&mut inner.ready), inner.closing)
+        };
+        let last_ei = write_frames(shared, session, frames);
+        written.push((session.clone(), last_ei));
+        if is_closing {
+            closing.push(session.clone());
+        }
+    }
+    if fsync {
+        for (session, _) in &written {
+            let synced = match lock(&session.io).as_mut().filter(|io| io.dirty) {
+                Some(io) => io.file.sync_data().map(|()| io.dirty = false),
+                None => Ok(()),
+            };
+            if let Err(e) = synced {
+                fail_session(shared, session, format!("fsync failed: {e}"));
+            }
+        }
+    }
+    for (session, last_ei) in &written {
+        if let Some(ei) = last_ei {
+            if fsync || shared.config.fsync != FsyncPolicy::Always {
+                session.durable.send_modify(|d| d.through = Some(d.through.map_or(*ei, |t| t.max(*ei))));
+            }
+        }
+        refresh_summary(shared, session);
+    }
+    for session in &closing {
+        seal(shared, session);
+    }
+    closing
+}
+
+/// Writes frames in order; on failure rolls the file and chain back to the last good frame.
+fn write_frames(shared: &Shared, session: &Arc<SessionState>, frames: Vec<ReadyFrame>) -> Option<u64> {
+    if frames.is_empty() {
+        return None;
+    }
+    let mut io_guard = lock(&session.io);
+    let Some(io) = io_guard.as_mut() else {
+        let lost: u64 = frames.iter().map(|f| u64::from(f.events)).sum();
+        lock(&session.inner).lost += lost;
+        return None;
+    };
+    let mut last_ei = None;
+    let mut done: usize = 0;
+    let mut failure = None;
+    for frame in &frames {
+        if let Err(e) = io.file.write_all(&frame.bytes) {
+            failure = Some(e.to_string());
+            break;
+        }
+        io.len += frame.bytes.len() as u64;
+        io.hasher.update(&frame.bytes);
+        io.dirty = true;
+        io.summary_dirty = true;
+        last_ei = frame.last_ei.or(last_ei);
+        done += 1;
+    }
+    if let Some(last) = done.checked_sub(1).and_then(|i| frames.get(i)) {
+        let mut inner = lock(&session.inner);
+        inner.written_seq = last.seq + 1;
+        inner.written_chain = last.chain;
+    }
+    let Some(reason) = failure else { return last_ei };
+    // Cut off any torn bytes so later frames still follow a whole one.
+    let rollback = io.file.set_len(io.len);
+    drop(io_guard);
+    let lost: u64 = frames.iter().skip(done).map(|f| u64::from(f.events)).sum();
+    let reason = format!("write failed: {reason}");
+    tracing::error!(sid = %session.ctx.sid, error = %reason, lost_events = lost, "recording write failed");
+    if shared.config.mode == RecordingMode::Strict || rollback.is_err() {
+        fail_session(shared, session, reason);
+        if shared.config.mode == RecordingMode::BestEffort {
+            let mut inner = lock(&session.inner);
+            inner.lost += lost;
+            inner.dead = true;
+        }
+        return last_ei;
+    }
+    let mut inner = lock(&session.inner);
+    // Frames cut after the failed one link to it; drop them and relink from the file's end.
+    let relinked_lost: u64 = inner.ready.drain(..).map(|f| u64::from(f.events)).sum();
+    inner.next_seq = inner.written_seq;
+    inner.chain = inner.written_chain;
+    inner.lost += lost + relinked_lost;
+    let gap = EventBody::RecordingGap { lost_events: lost + relinked_lost, error: reason };
+    drop(inner);
+    record_gap(session, &gap);
+    last_ei
+}
+
+/// Appends the gap event directly (the session's own `append` would refuse while closing).
+fn record_gap(session: &SessionState, gap: &EventBody) {
+    let mut inner = lock(&session.inner);
+    let ei = inner.next_ei;
+    inner.next_ei += 1;
+    let time_ms = chrono::Utc::now().timestamp_millis();
+    let event = AuditEvent { index: ei, uid: uuid::Uuid::new_v4(), time_ms, context: &session.ctx, body: gap };
+    if serde_json::to_writer(&mut inner.pending, &event).is_ok() {
+        inner.pending.push(b'\n');
+        if inner.pending_events == 0 {
+            inner.pending_first_ei = ei;
+        }
+        inner.pending_events += 1;
+        inner.pending_min_ms = inner.pending_min_ms.min(time_ms);
+        inner.pending_max_ms = inner.pending_max_ms.max(time_ms);
+        inner.stats.events += 1;
+        inner.stats.last_ms = Some(time_ms);
+    }
+}
+
+fn fail_session(shared: &Shared, session: &SessionState, reason: String) {
+    let reason: Arc<str> = Arc::from(reason);
+    {
+        let mut inner = lock(&session.inner);
+        if shared.config.mode == RecordingMode::Strict && inner.failed.is_none() {
+            inner.failed = Some(reason.clone());
+        }
+        inner.dead = true;
+    }
+    session.durable.send_modify(|d| d.failed = Some(reason.clone()));
+}
+
+fn refresh_summary(shared: &Shared, session: &SessionState) {
+    let mut io_guard = lock(&session.io);
+    let Some(io) = io_guard.as_mut() else { return };
+    if !io.summary_dirty || io.last_summary.elapsed() < SUMMARY_REFRESH {
+        return;
+    }
+    io.summary_dirty = false;
+    io.last_summary = Instant::now();
+    let len = io.len;
+    drop(io_guard);
+    let summary = summary_of(session, &lock(&session.inner), len, RecordingState::Live);
+    if let Err(e) = shared.store.write_summary(&summary) {
+        tracing::warn!(sid = %session.ctx.sid, error = %e, "cannot refresh the recording's sidecar");
+    }
+}
+
+/// Writes the trailer, fsyncs, signs the manifest and writes the final sidecar.
+fn seal(shared: &Shared, session: &SessionState) {
+    let sid = session.ctx.sid.clone();
+    let mut io_guard = lock(&session.io);
+    let mut inner = lock(&session.inner);
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let mut final_state = if inner.failed.is_some() { RecordingState::Failed } else { RecordingState::Sealed };
+    let mut len = 0;
+    if let Some(mut io) = io_guard.take() {
+        let trailer = Trailer {
+            event_count: inner.stats.events,
+            first_time_ms: inner.stats.first_ms,
+            last_time_ms: inner.stats.last_ms,
+            chain_head: hex(&inner.written_chain),
+            frames: inner.written_seq,
+            lost_events: inner.lost,
+            sealed_at_ms: now_ms,
+        };
+        let mut bytes = Vec::new();
+        let written = serde_json::to_vec(&trailer).map_err(|e| e.to_string()).and_then(|payload| {
+            let chain = encode_frame(
+                &FrameSpec {
+                    kind: FrameKind::Trailer,
+                    seq: inner.written_seq,
+                    compressed: false,
+                    raw_len: payload.len() as u32,
+                    events: 0,
+                    first_ei: 0,
+                    min_time_ms: trailer.first_time_ms.unwrap_or(now_ms),
+                    max_time_ms: trailer.last_time_ms.unwrap_or(now_ms),
+                    payload: &payload,
+                },
+                &inner.written_chain,
+                &mut bytes,
+            );
+            io.file.write_all(&bytes).map_err(|e| e.to_string())?;
+            io.hasher.update(&bytes);
+            io.len += bytes.len() as u64;
+            io.file.sync_all().map_err(|e| e.to_string())?;
+            Ok((chain, inner.written_seq + 1))
+        });
+        len = io.len;
+        match written {
+            Ok((chain, frames)) => {
+                let body = ManifestBody {
+                    format: "dbtape-manifest-v1".into(),
+                    sid: sid.clone(),
+                    file: format!("{sid}.{}", super::store::RECORDING_EXT),
+                    size: io.len,
+                    sha256: hex(&io.hasher.clone().finalize()),
+                    frames,
+                    chain_head: hex(&chain),
+                    event_count: inner.stats.events,
+                    first_time_ms: inner.stats.first_ms,
+                    last_time_ms: inner.stats.last_ms,
+                    state: "sealed".into(),
+                    valid_length: io.len,
+                    key_id: shared.signer.key_id().to_string(),
+                    signed_at_ms: now_ms,
+                };
+                match shared.signer.sign(body).map_err(|e| e.to_string()).and_then(|m| {
+                    shared.store.write_manifest(&m).map_err(|e| e.to_string())
+                }) {
+                    Ok(()) => {}
+                    Err(e) => {
+                        tracing::error!(sid = %sid, error = %e, "cannot write the signed manifest");
+                        inner.failed.get_or_insert_with(|| Arc::from(format!("cannot sign: {e}")));
+                        final_state = RecordingState::Failed;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(sid = %sid, error = %e, "cannot seal the recording");
+                inner.failed.get_or_insert_with(|| Arc::from(format!("cannot seal: {e}")));
+                final_state = RecordingState::Failed;
+            }
+        }
+        let _ = io.file.unlock();
+    }
+    let summary = summary_of(session, &inner, len, final_state);
+    drop(inner);
+    drop(io_guard);
+    if let Err(e) = shared.store.write_summary(&summary) {
+        tracing::error!(sid = %sid, error = %e, "cannot write the final sidecar");
+    }
+    if let Ok(dir) = fs::File::open(shared.store.dir()) {
+        let _ = dir.sync_all();
+    }
+    session.durable.send_modify(|d| d.sealed = true);
+}

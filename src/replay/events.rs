@@ -1,0 +1,146 @@
+//! Streams a recording's events in order, frame by frame, in constant memory. With `follow`
+//! it waits at the end of a live recording for the writer to add more.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::recording::format::FrameKind;
+use crate::recording::reader::{event_lines, Frame, FrameReader, Next, ReadError, Tail};
+use crate::recording::RecordingStore;
+
+/// How a stream ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamEnd {
+    Sealed,
+    /// No trailer: the recording is live, or its writer died between frames.
+    Unsealed,
+    Truncated { offset: u64, torn_bytes: u64 },
+    Damaged(String),
+}
+
+impl StreamEnd {
+    /// A note for stderr when the end is not a clean seal.
+    pub fn warning(&self, sid: &str) -> Option<String> {
+        match self {
+            StreamEnd::Sealed => None,
+            StreamEnd::Unsealed => Some(format!("note: recording {sid} is not sealed (live, or its writer stopped)")),
+            StreamEnd::Truncated { offset, torn_bytes } => Some(format!(
+                "warning: recording {sid} is truncated at byte {offset} ({torn_bytes} torn bytes); every whole frame before it was shown"
+            )),
+            StreamEnd::Damaged(problem) => Some(format!("error: recording {sid} is damaged: {problem}; events before the damage were shown")),
+        }
+    }
+}
+
+/// A frame's time range and event count, for skipping whole frames when filtering.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameInfo {
+    pub min_time_ms: i64,
+    pub max_time_ms: i64,
+    pub events: u32,
+}
+
+pub struct EventStream {
+    reader: FrameReader<BufReader<File>>,
+    follow: bool,
+    is_live: Box<dyn Fn() -> bool + Send>,
+}
+
+impl EventStream {
+    pub fn open(store: &RecordingStore, sid: &str, follow: bool) -> std::io::Result<Self> {
+        let file = File::open(store.recording_path(sid))?;
+        let reader = FrameReader::new(BufReader::with_capacity(256 * 1024, file), sid)?;
+        let probe = store.clone();
+        let owned_sid = sid.to_string();
+        Ok(EventStream { reader, follow, is_live: Box::new(move || probe.is_locked(&owned_sid)) })
+    }
+
+    pub fn open_path(path: &Path, sid: &str) -> std::io::Result<Self> {
+        let file = File::open(path)?;
+        let reader = FrameReader::new(BufReader::with_capacity(256 * 1024, file), sid)?;
+        Ok(EventStream { reader, follow: false, is_live: Box::new(|| false) })
+    }
+
+    /// Calls `on_frame` with each events frame's decompressed lines. `on_frame` returns false
+    /// to stop early.
+    pub fn for_each_frame(&mut self, mut on_frame: impl FnMut(FrameInfo, &[u8]) -> std::io::Result<bool>) -> std::io::Result<StreamEnd> {
+        loop {
+            let next = match self.reader.next() {
+                Ok(next) => next,
+                Err(ReadError::Io(e)) => return Err(e),
+                Err(e) => return Ok(StreamEnd::Damaged(e.to_string())),
+            };
+            match next {
+                Next::Frame(Frame { header, data, .. }) => match header.kind {
+                    FrameKind::Events => {
+                        let info = FrameInfo { min_time_ms: header.min_time_ms, max_time_ms: header.max_time_ms, events: header.events };
+                        if !on_frame(info, &data)? {
+                            return Ok(StreamEnd::Sealed);
+                        }
+                    }
+                    FrameKind::Trailer => return Ok(StreamEnd::Sealed),
+                    FrameKind::Session => {}
+                },
+                Next::End(tail) => {
+                    if self.follow && (self.is_live)() {
+                        std::thread::sleep(Duration::from_millis(100));
+                        self.reader.rewind_to_boundary()?;
+                        continue;
+                    }
+                    if self.follow {
+                        // The writer may have sealed between our read and the liveness probe.
+                        self.reader.rewind_to_boundary()?;
+                        self.follow = false;
+                        continue;
+                    }
+                    return Ok(match tail {
+                        Tail::Clean => StreamEnd::Unsealed,
+                        Tail::Truncated { offset, torn_bytes } => StreamEnd::Truncated { offset, torn_bytes },
+                    });
+                }
+            }
+        }
+    }
+
+    /// Calls `on_event` with each event's JSON line.
+    pub fn for_each_event(&mut self, mut on_event: impl FnMut(&[u8]) -> std::io::Result<bool>) -> std::io::Result<StreamEnd> {
+        self.for_each_frame(|_, data| {
+            for line in event_lines(data) {
+                if !on_event(line)? {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        })
+    }
+}
+
+/// Reads the `event` field without a full parse. Our writer always puts it second, so the
+/// fast path is a prefix scan; anything else falls back to serde.
+pub fn peek_event_type(line: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
+    const KEY: &[u8] = b"\"event\":\"";
+    let window = &line[..line.len().min(48)];
+    if let Some(at) = window.windows(KEY.len()).position(|w| w == KEY) {
+        let rest = &line[at + KEY.len()..];
+        if let Some(end) = rest.iter().position(|b| *b == b'"') {
+            return std::str::from_utf8(&rest[..end]).ok().map(std::borrow::Cow::Borrowed);
+        }
+    }
+    #[derive(serde::Deserialize)]
+    struct Only {
+        event: String,
+    }
+    serde_json::from_slice::<Only>(line).ok().map(|o| std::borrow::Cow::Owned(o.event))
+}
+
+/// Reads the `time` field as epoch milliseconds.
+pub fn peek_time_ms(line: &[u8]) -> Option<i64> {
+    const KEY: &[u8] = b"\"time\":\"";
+    let at = line.windows(KEY.len()).position(|w| w == KEY)?;
+    let rest = line.get(at + KEY.len()..)?;
+    let end = rest.iter().position(|b| *b == b'"')?;
+    let text = std::str::from_utf8(rest.get(..end)?).ok()?;
+    chrono::DateTime::parse_from_rfc3339(text).ok().map(|t| t.timestamp_millis())
+}

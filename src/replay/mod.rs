@@ -1,0 +1,7 @@
+//! Playback and export of recordings.
+
+pub mod events;
+pub mod export;
+pub mod player;
+pub mod render;
+pub mod yaml;

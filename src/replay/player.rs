@@ -1,0 +1,173 @@
+//! `dbtape play`: renders a session as a screen (pty with timing, or text at once), or
+//! prints its events as JSON or YAML.
+
+use std::io::{IsTerminal, Write};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use super::events::{EventStream, StreamEnd};
+use super::render::renderer_for;
+use crate::audit::RecordedEvent;
+use crate::recording::RecordingStore;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlayFormat {
+    Pty,
+    Text,
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct PlayOptions {
+    pub format: PlayFormat,
+    pub speed: f64,
+    pub skip_idle: bool,
+    pub follow: bool,
+}
+
+/// Longest pause `--skip-idle` keeps, as `tsh play` does.
+const IDLE_CAP_MS: i64 = 500;
+const SEEK_STEP_MS: f64 = 5_000.0;
+
+pub fn play(store: &RecordingStore, sid: &str, protocol: &str, options: PlayOptions, out: &mut dyn Write) -> std::io::Result<StreamEnd> {
+    let mut stream = EventStream::open(store, sid, options.follow)?;
+    match options.format {
+        PlayFormat::Json => stream.for_each_event(|line| {
+            out.write_all(line)?;
+            out.write_all(b"\n")?;
+            if options.follow {
+                out.flush()?;
+            }
+            Ok(true)
+        }),
+        PlayFormat::Yaml => stream.for_each_event(|line| {
+            let value: serde_json::Value = serde_json::from_slice(line).map_err(std::io::Error::other)?;
+            let mut text = String::new();
+            super::yaml::write_document_item(&value, &mut text);
+            out.write_all(text.as_bytes())?;
+            Ok(true)
+        }),
+        PlayFormat::Text => {
+            let mut renderer = renderer_for(protocol);
+            let mut screen = String::new();
+            let end = stream.for_each_event(|line| {
+                let event: RecordedEvent = serde_json::from_slice(line).map_err(std::io::Error::other)?;
+                screen.clear();
+                renderer.render(&event, line, &mut screen);
+                out.write_all(screen.replace("\r\n", "\n").as_bytes())?;
+                if options.follow {
+                    out.flush()?;
+                }
+                Ok(true)
+            })?;
+            Ok(end)
+        }
+        PlayFormat::Pty => {
+            if !std::io::stdout().is_terminal() {
+                eprintln!("note: stdout is not a terminal; printing as --format text");
+                return play(store, sid, protocol, PlayOptions { format: PlayFormat::Text, ..options }, out);
+            }
+            play_pty(stream, protocol, options)
+        }
+    }
+}
+
+enum Feed {
+    Chunk { time_ms: i64, text: String },
+    End(std::io::Result<StreamEnd>),
+}
+
+fn play_pty(mut stream: EventStream, protocol: &str, options: PlayOptions) -> std::io::Result<StreamEnd> {
+    let (tx, rx) = mpsc::channel::<Feed>();
+    let protocol = protocol.to_string();
+    std::thread::spawn(move || {
+        let mut renderer = renderer_for(&protocol);
+        let end = stream.for_each_event(|line| {
+            let Ok(event) = serde_json::from_slice::<RecordedEvent>(line) else { return Ok(true) };
+            let mut text = String::new();
+            renderer.render(&event, line, &mut text);
+            let time_ms = event.time_ms().unwrap_or_default();
+            Ok(text.is_empty() || tx.send(Feed::Chunk { time_ms, text }).is_ok())
+        });
+        let _ = tx.send(Feed::End(end));
+    });
+    crossterm::terminal::enable_raw_mode()?;
+    let result = pty_loop(&rx, options);
+    let _ = crossterm::terminal::disable_raw_mode();
+    result
+}
+
+fn pty_loop(rx: &mpsc::Receiver<Feed>, options: PlayOptions) -> std::io::Result<StreamEnd> {
+    use crossterm::event::{self, Event, KeyCode, KeyModifiers};
+    let mut stdout = std::io::stdout();
+    let mut chunks: Vec<(f64, String)> = Vec::new();
+    let mut first_ms: Option<i64> = None;
+    let mut prev_ms = 0i64;
+    let mut offset_ms = 0i64;
+    let mut end: Option<StreamEnd> = None;
+    let mut position = 0.0f64;
+    let mut printed = 0usize;
+    let mut playing = true;
+    let mut last = Instant::now();
+    let speed = if options.speed > 0.0 { options.speed } else { 1.0 };
+    loop {
+        while let Ok(feed) = rx.try_recv() {
+            match feed {
+                Feed::Chunk { time_ms, text } => {
+                    let first = *first_ms.get_or_insert(time_ms);
+                    let mut gap = (time_ms - first) - prev_ms;
+                    prev_ms = time_ms - first;
+                    if options.skip_idle {
+                        gap = gap.min(IDLE_CAP_MS);
+                    }
+                    offset_ms += gap.max(0);
+                    chunks.push((offset_ms as f64, text));
+                }
+                Feed::End(result) => end = Some(result?),
+            }
+        }
+        while let Some((at, text)) = chunks.get(printed) {
+            if *at > position {
+                break;
+            }
+            stdout.write_all(text.as_bytes())?;
+            printed += 1;
+        }
+        stdout.flush()?;
+        if printed == chunks.len() {
+            if let Some(end) = end.clone() {
+                stdout.write_all(b"\r\nend of session playback\r\n")?;
+                stdout.flush()?;
+                return Ok(end);
+            }
+        }
+        let wait = chunks
+            .get(printed)
+            .map(|(at, _)| ((at - position) / speed).clamp(1.0, 50.0))
+            .unwrap_or(50.0);
+        if event::poll(Duration::from_millis(wait as u64))? {
+            if let Event::Key(key) = event::read()? {
+                let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
+                match key.code {
+                    KeyCode::Char('c') | KeyCode::Char('d') if ctrl => return Ok(end.unwrap_or(StreamEnd::Unsealed)),
+                    KeyCode::Char('q') => return Ok(end.unwrap_or(StreamEnd::Unsealed)),
+                    KeyCode::Char(' ') => playing = !playing,
+                    KeyCode::Right | KeyCode::Up => position += SEEK_STEP_MS,
+                    KeyCode::Left | KeyCode::Down => {
+                        position = (position - SEEK_STEP_MS).max(0.0);
+                        // Redraw from the start up to the new position.
+                        stdout.write_all(b"\x1b[2J\x1b[H")?;
+                        printed = 0;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let now = Instant::now();
+        if playing {
+            position += now.duration_since(last).as_secs_f64() * 1000.0 * speed;
+        }
+        last = now;
+    }
+}

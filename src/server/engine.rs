@@ -1,0 +1,131 @@
+//! The small interface every protocol implements, and what the server core hands it.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::{AuditPort, ConnectionMeta, DatabaseMeta, Protocol, ServerMeta, SessionContext, UserMeta};
+use crate::config::{Config, DatabaseConfig};
+use crate::recording::{Recorder, RecordingError};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+pub struct Connection {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    pub local: Option<SocketAddr>,
+}
+
+/// A protocol implementation. `handle` serves one client connection to the end: it
+/// authenticates, opens a session through `ListenerContext::open_session`, relays, and sends
+/// errors to the client in the protocol's own wire format. It must watch
+/// `ListenerContext::shutdown` and end the session (recording its end) when it fires.
+pub trait Engine: Send + Sync + 'static {
+    fn protocol(&self) -> Protocol;
+    fn handle(&self, conn: Connection, ctx: Arc<ListenerContext>) -> BoxFuture<'static, ()>;
+}
+
+/// Built once at startup and passed in; never global.
+pub struct EngineRegistry {
+    engines: HashMap<Protocol, Arc<dyn Engine>>,
+}
+
+impl EngineRegistry {
+    pub fn new(engines: HashMap<Protocol, Arc<dyn Engine>>) -> Self {
+        EngineRegistry { engines }
+    }
+
+    pub fn register(&mut self, engine: Arc<dyn Engine>) {
+        self.engines.insert(engine.protocol(), engine);
+    }
+
+    pub fn get(&self, protocol: Protocol) -> Option<Arc<dyn Engine>> {
+        self.engines.get(&protocol).cloned()
+    }
+}
+
+/// Who a session is for, as the engine established it.
+#[derive(Debug, Clone, Default)]
+pub struct SessionIdentity {
+    pub user: String,
+    pub db_user: String,
+    pub db_name: String,
+    pub aws_role_arn: String,
+    pub user_agent: String,
+}
+
+/// Everything an engine needs for one listener.
+pub struct ListenerContext {
+    config: Arc<Config>,
+    database: Arc<DatabaseConfig>,
+    protocol: Protocol,
+    recorder: Arc<Recorder>,
+    shutdown: CancellationToken,
+}
+
+impl ListenerContext {
+    pub fn new(config: Arc<Config>, database: Arc<DatabaseConfig>, protocol: Protocol, recorder: Arc<Recorder>, shutdown: CancellationToken) -> Self {
+        ListenerContext { config, database, protocol, recorder, shutdown }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn database(&self) -> &DatabaseConfig {
+        &self.database
+    }
+
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// Opens a recording for a new session and returns its audit port.
+    pub async fn open_session(&self, identity: SessionIdentity, conn: &Connection) -> Result<AuditPort, RecordingError> {
+        let ctx = self.session_context(identity, conn);
+        let recorder = self.recorder.clone();
+        let log = tokio::task::spawn_blocking(move || recorder.open(ctx))
+            .await
+            .map_err(|_| RecordingError::ShutDown)??;
+        Ok(AuditPort::new(log))
+    }
+
+    pub fn session_context(&self, identity: SessionIdentity, conn: &Connection) -> SessionContext {
+        let db = &self.database;
+        SessionContext {
+            sid: uuid::Uuid::new_v4().to_string(),
+            cluster_name: self.config.server.cluster_name.clone(),
+            user: UserMeta { user: identity.user, aws_role_arn: identity.aws_role_arn },
+            database: DatabaseMeta {
+                service: db.name.clone(),
+                protocol: self.protocol,
+                uri: db.upstream.clone(),
+                name: identity.db_name,
+                user: identity.db_user,
+                labels: db.labels.clone(),
+                aws_region: db.aws.region.clone(),
+                db_type: db.db_type.clone(),
+            },
+            server: ServerMeta {
+                server_id: self.config.server.server_id.clone(),
+                hostname: self.config.server.server_id.clone(),
+                addr: conn.local.map(|a| a.to_string()).unwrap_or_default(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            },
+            connection: ConnectionMeta {
+                local_addr: conn.local.map(|a| a.to_string()).unwrap_or_default(),
+                remote_addr: conn.peer.to_string(),
+                user_agent: identity.user_agent,
+            },
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! The server core: one listener per configured database, a protocol-keyed engine registry,
+//! session bookkeeping, and graceful shutdown that seals every open recording.
+
+mod engine;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use engine::{BoxFuture, Connection, Engine, EngineRegistry, ListenerContext, SessionIdentity};
+
+use crate::audit::Protocol;
+use crate::config::{Config, DatabaseConfig};
+use crate::recording::recover::{recover_unsealed, RecoveryOutcome};
+use crate::recording::signing::Signer;
+use crate::recording::{Recorder, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("database {database:?}: cannot listen on {addr}: {source}")]
+    Bind { database: String, addr: String, source: std::io::Error },
+    #[error("recording store: {0}")]
+    Store(#[from] StoreError),
+    #[error("recording signing key: {0}")]
+    Signing(#[from] crate::recording::signing::SigningError),
+}
+
+/// A listener that is bound but not yet accepting.
+struct BoundListener {
+    listener: TcpListener,
+    context: Arc<ListenerContext>,
+    engine: Arc<dyn Engine>,
+}
+
+pub struct Server {
+    listeners: Vec<BoundListener>,
+    recorder: Arc<Recorder>,
+    shutdown_grace: Duration,
+    shutdown: CancellationToken,
+}
+
+impl Server {
+    /// Opens the recorder (recovering any recordings a crash left unsealed) and binds every
+    /// database that has an engine. Bind errors surface here, before anything is accepted.
+    pub async fn bind(config: Arc<Config>, registry: &EngineRegistry) -> Result<Server, ServerError> {
+        let signer = Arc::new(Signer::load_or_generate(&config.recording.signing_key)?);
+        let recorder_config = config.recording.recorder_config();
+        let store = crate::recording::RecordingStore::new(recorder_config.dir.clone());
+        store.ensure_dir()?;
+        for outcome in recover_unsealed(&store, &signer)? {
+            match outcome {
+                RecoveryOutcome::Recovered { sid, events, torn_bytes } => {
+                    tracing::warn!(%sid, events, torn_bytes, "sealed a recording left open by a crash");
+                }
+                RecoveryOutcome::Damaged { sid, problem } => {
+                    tracing::error!(%sid, %problem, "a recording is damaged; kept in place for review");
+                }
+            }
+        }
+        let recorder = Arc::new(Recorder::start(recorder_config, signer)?);
+        let shutdown = CancellationToken::new();
+        let mut listeners = Vec::new();
+        for db in &config.databases {
+            let Some(protocol) = Protocol::parse(&db.protocol) else { continue };
+            let Some(engine) = registry.get(protocol) else {
+                tracing::warn!(database = %db.name, %protocol, "this build has no engine for the protocol; database not served");
+                continue;
+            };
+            let listener = TcpListener::bind(&db.listen).await.map_err(|source| ServerError::Bind {
+                database: db.name.clone(),
+                addr: db.listen.clone(),
+                source,
+            })?;
+            let context = Arc::new(ListenerContext::new(config.clone(), Arc::new(db.clone()), protocol, recorder.clone(), shutdown.clone()));
+            listeners.push(BoundListener { listener, context, engine });
+        }
+        Ok(Server { listeners, recorder, shutdown_grace: config.server.shutdown_grace, shutdown })
+    }
+
+    /// The address each served database actually listens on (useful with port 0).
+    pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.listener.local_addr().ok().map(|a| (l.context.database().name.clone(), a)))
+            .collect()
+    }
+
+    pub fn recorder(&self) -> Arc<Recorder> {
+        self.recorder.clone()
+    }
+
+    /// Accepts until `stop` resolves, then drains sessions for up to the grace period and
+    /// seals every recording still open.
+    pub async fn run(self, stop: impl std::future::Future<Output = ()>) {
+        let tracker = TaskTracker::new();
+        for bound in self.listeners {
+            let tracker_inner = tracker.clone();
+            let shutdown = self.shutdown.clone();
+            tracker.spawn(accept_loop(bound, tracker_inner, shutdown));
+        }
+        stop.await;
+        tracing::info!("shutting down: no new connections; ending open sessions");
+        self.shutdown.cancel();
+        tracker.close();
+        if tokio::time::timeout(self.shutdown_grace, tracker.wait()).await.is_err() {
+            tracing::warn!(grace = ?self.shutdown_grace, "sessions still open after the grace period; sealing their recordings");
+        }
+        let recorder = self.recorder.clone();
+        let _ = tokio::task::spawn_blocking(move || recorder.shutdown()).await;
+        tracing::info!("all recordings sealed");
+    }
+}
+
+async fn accept_loop(bound: BoundListener, tracker: TaskTracker, shutdown: CancellationToken) {
+    let BoundListener { listener, context, engine } = bound;
+    let database = context.database().name.clone();
+    tracing::info!(database = %database, addr = ?listener.local_addr().ok(), protocol = %context.protocol(), "listening");
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let local = stream.local_addr().ok();
+                let conn = Connection { stream, peer, local };
+                let task = engine.handle(conn, context.clone());
+                let span = tracing::info_span!("conn", database = %database, peer = %peer);
+                tracker.spawn(tracing::Instrument::instrument(task, span));
+            }
+            Err(e) => {
+                // Usually EMFILE; back off instead of spinning.
+                tracing::error!(database = %database, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// The engines this build ships. Protocol issues add theirs here.
+pub fn builtin_engines() -> EngineRegistry {
+    EngineRegistry::new(HashMap::new())
+}
+
+pub fn database_protocol(db: &DatabaseConfig) -> Option<Protocol> {
+    Protocol::parse(&db.protocol)
+}
