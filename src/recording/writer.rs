@@ -94,6 +94,10 @@ struct ReadyFrame {
     chain: [u8; 32],
     events: u32,
     last_ei: Option<u64>,
+    min_ms: i64,
+    max_ms: i64,
+    /// Lost events reported by a gap event inside this frame; unreported again if it is lost.
+    gap_reported: u64,
 }
 
 #[derive(Default, Clone)]
@@ -119,8 +123,15 @@ struct Inner {
     /// frames whose write failed.
     written_seq: u32,
     written_chain: [u8; 32],
+    /// Everything appended (written or not).
     stats: Stats,
-    lost: u64,
+    /// What is in the file.
+    written_events: u64,
+    written_first_ms: Option<i64>,
+    written_last_ms: Option<i64>,
+    /// best_effort: events lost since the last gap event that reached the file.
+    unreported_lost: u64,
+    gap_error: String,
     failed: Option<Arc<str>>,
     /// best_effort: the file itself is unusable, so events are only counted.
     dead: bool,
@@ -257,7 +268,11 @@ impl Recorder {
                 written_seq: 1,
                 written_chain: chain,
                 stats: Stats::default(),
-                lost: 0,
+                written_events: 0,
+                written_first_ms: None,
+                written_last_ms: None,
+                unreported_lost: 0,
+                gap_error: String::new(),
                 failed: None,
                 dead: false,
                 closing: false,
@@ -348,46 +363,16 @@ impl SessionLog {
         if let Some(reason) = &inner.failed {
             return Err(RecordingError::Failed { sid: self.state.ctx.sid.clone(), reason: reason.clone() });
         }
-        let ei = inner.next_ei;
-        inner.next_ei += 1;
         if inner.dead {
-            inner.lost += 1;
+            let ei = inner.next_ei;
+            inner.next_ei += 1;
+            inner.stats.events += 1;
             return Ok(AppendTicket { ei });
         }
-        let event = AuditEvent {
-            index: ei,
-            uid: uuid::Uuid::new_v4(),
-            time_ms,
-            context: &self.state.ctx,
-            body,
-        };
-        let start = inner.pending.len();
-        if let Err(e) = serde_json::to_writer(&mut inner.pending, &event) {
-            inner.pending.truncate(start);
-            return Err(RecordingError::Encode(e.to_string()));
-        }
-        inner.pending.push(b'\n');
-        if inner.pending_events == 0 {
-            inner.pending_first_ei = ei;
-        }
-        inner.pending_events += 1;
-        inner.pending_min_ms = inner.pending_min_ms.min(time_ms);
-        inner.pending_max_ms = inner.pending_max_ms.max(time_ms);
-        let stats = &mut inner.stats;
-        stats.events += 1;
-        stats.first_ms.get_or_insert(time_ms);
-        stats.last_ms = Some(time_ms);
-        match body.query_kind() {
-            Some(true) => {
-                stats.queries += 1;
-                stats.failed_queries += 1;
-            }
-            Some(false) => stats.queries += 1,
-            None => {}
-        }
+        let ei = push_event(&mut inner, &self.state.ctx, body, time_ms)?;
         let frame_full = inner.pending.len() >= config.frame_target_bytes;
         if frame_full {
-            cut_frame(&mut inner);
+            cut_frame(&mut inner, &self.state.ctx);
         }
         drop(inner);
         if frame_full || config.fsync == FsyncPolicy::Always {
@@ -450,8 +435,48 @@ impl Shared {
     }
 }
 
-/// Compresses the pending events into a ready frame.
-fn cut_frame(inner: &mut Inner) {
+/// Stamps `ei` and `uid`, serialises the event onto the pending buffer and counts it.
+fn push_event(inner: &mut Inner, ctx: &SessionContext, body: &EventBody, time_ms: i64) -> Result<u64, RecordingError> {
+    let ei = inner.next_ei;
+    let event = AuditEvent { index: ei, uid: uuid::Uuid::new_v4(), time_ms, context: ctx, body };
+    let start = inner.pending.len();
+    if let Err(e) = serde_json::to_writer(&mut inner.pending, &event) {
+        inner.pending.truncate(start);
+        return Err(RecordingError::Encode(e.to_string()));
+    }
+    inner.pending.push(b'\n');
+    inner.next_ei += 1;
+    if inner.pending_events == 0 {
+        inner.pending_first_ei = ei;
+    }
+    inner.pending_events += 1;
+    inner.pending_min_ms = inner.pending_min_ms.min(time_ms);
+    inner.pending_max_ms = inner.pending_max_ms.max(time_ms);
+    let stats = &mut inner.stats;
+    stats.events += 1;
+    stats.first_ms.get_or_insert(time_ms);
+    stats.last_ms = Some(time_ms);
+    match body.query_kind() {
+        Some(true) => {
+            stats.queries += 1;
+            stats.failed_queries += 1;
+        }
+        Some(false) => stats.queries += 1,
+        None => {}
+    }
+    Ok(ei)
+}
+
+/// Compresses the pending events into a ready frame, ending it with a gap event when
+/// earlier events were lost (best_effort).
+fn cut_frame(inner: &mut Inner, ctx: &SessionContext) {
+    let mut gap_reported = 0;
+    if inner.unreported_lost > 0 {
+        let gap = EventBody::RecordingGap { lost_events: inner.unreported_lost, error: inner.gap_error.clone() };
+        if push_event(inner, ctx, &gap, chrono::Utc::now().timestamp_millis()).is_ok() {
+            gap_reported = std::mem::take(&mut inner.unreported_lost);
+        }
+    }
     if inner.pending_events == 0 {
         return;
     }
@@ -486,7 +511,16 @@ fn cut_frame(inner: &mut Inner) {
     );
     let events = inner.pending_events;
     let last_ei = inner.pending_first_ei + u64::from(events) - 1;
-    inner.ready.push(ReadyFrame { bytes, seq, chain, events, last_ei: Some(last_ei) });
+    inner.ready.push(ReadyFrame {
+        bytes,
+        seq,
+        chain,
+        events,
+        last_ei: Some(last_ei),
+        min_ms: inner.pending_min_ms,
+        max_ms: inner.pending_max_ms,
+        gap_reported,
+    });
     inner.chain = chain;
     inner.next_seq += 1;
     inner.pending.clear();
@@ -510,10 +544,10 @@ fn summary_of(state: &SessionState, inner: &Inner, bytes: u64, recording_state: 
             RecordingState::Live => None,
             _ => Some(inner.stats.last_ms.unwrap_or(state.start_ms)),
         },
-        events: inner.stats.events,
+        events: inner.written_events,
         queries: inner.stats.queries,
         failed_queries: inner.stats.failed_queries,
-        lost_events: inner.lost,
+        lost_events: inner.stats.events.saturating_sub(inner.written_events),
         bytes,
         state: recording_state,
         error: inner.failed.as_deref().unwrap_or_default().to_string(),
@@ -573,7 +607,7 @@ fn write_pass(shared: &Shared, sessions: &[Arc<SessionState>], flush_all: bool, 
         let (frames, is_closing) = {
             let mut inner = lock(&session.inner);
             if flush_all || inner.closing {
-                cut_frame(&mut inner);
+                cut_frame(&mut inner, &session.ctx);
             }
             (std::mem::take(&mut inner.ready), inner.closing)
         };
@@ -614,11 +648,7 @@ fn write_frames(shared: &Shared, session: &Arc<SessionState>, frames: Vec<ReadyF
         return None;
     }
     let mut io_guard = lock(&session.io);
-    let Some(io) = io_guard.as_mut() else {
-        let lost: u64 = frames.iter().map(|f| u64::from(f.events)).sum();
-        lock(&session.inner).lost += lost;
-        return None;
-    };
+    let Some(io) = io_guard.as_mut() else { return None };
     let mut last_ei = None;
     let mut done: usize = 0;
     let mut failure = None;
@@ -634,57 +664,38 @@ fn write_frames(shared: &Shared, session: &Arc<SessionState>, frames: Vec<ReadyF
         last_ei = frame.last_ei.or(last_ei);
         done += 1;
     }
-    if let Some(last) = done.checked_sub(1).and_then(|i| frames.get(i)) {
+    {
         let mut inner = lock(&session.inner);
-        inner.written_seq = last.seq + 1;
-        inner.written_chain = last.chain;
+        for frame in frames.iter().take(done) {
+            inner.written_seq = frame.seq + 1;
+            inner.written_chain = frame.chain;
+            inner.written_events += u64::from(frame.events);
+            inner.written_first_ms.get_or_insert(frame.min_ms);
+            inner.written_last_ms = Some(frame.max_ms);
+        }
     }
     let Some(reason) = failure else { return last_ei };
     // Cut off any torn bytes so later frames still follow a whole one.
     let rollback = io.file.set_len(io.len);
     drop(io_guard);
-    let lost: u64 = frames.iter().skip(done).map(|f| u64::from(f.events)).sum();
     let reason = format!("write failed: {reason}");
-    tracing::error!(sid = %session.ctx.sid, error = %reason, lost_events = lost, "recording write failed");
-    if shared.config.mode == RecordingMode::Strict || rollback.is_err() {
-        fail_session(shared, session, reason);
-        if shared.config.mode == RecordingMode::BestEffort {
-            let mut inner = lock(&session.inner);
-            inner.lost += lost;
-            inner.dead = true;
-        }
-        return last_ei;
-    }
     let mut inner = lock(&session.inner);
-    // Frames cut after the failed one link to it; drop them and relink from the file's end.
-    let relinked_lost: u64 = inner.ready.drain(..).map(|f| u64::from(f.events)).sum();
+    // Frames cut after the failed one link to it: drop them too and relink from the file's end.
+    let dropped: Vec<ReadyFrame> = inner.ready.drain(..).collect();
+    let unwritten = frames.iter().skip(done).chain(dropped.iter());
+    let lost: u64 = unwritten.map(|f| u64::from(f.events) + f.gap_reported).sum();
     inner.next_seq = inner.written_seq;
     inner.chain = inner.written_chain;
-    inner.lost += lost + relinked_lost;
-    let gap = EventBody::RecordingGap { lost_events: lost + relinked_lost, error: reason };
-    drop(inner);
-    record_gap(session, &gap);
-    last_ei
-}
-
-/// Appends the gap event directly (the session's own `append` would refuse while closing).
-fn record_gap(session: &SessionState, gap: &EventBody) {
-    let mut inner = lock(&session.inner);
-    let ei = inner.next_ei;
-    inner.next_ei += 1;
-    let time_ms = chrono::Utc::now().timestamp_millis();
-    let event = AuditEvent { index: ei, uid: uuid::Uuid::new_v4(), time_ms, context: &session.ctx, body: gap };
-    if serde_json::to_writer(&mut inner.pending, &event).is_ok() {
-        inner.pending.push(b'\n');
-        if inner.pending_events == 0 {
-            inner.pending_first_ei = ei;
-        }
-        inner.pending_events += 1;
-        inner.pending_min_ms = inner.pending_min_ms.min(time_ms);
-        inner.pending_max_ms = inner.pending_max_ms.max(time_ms);
-        inner.stats.events += 1;
-        inner.stats.last_ms = Some(time_ms);
+    tracing::error!(sid = %session.ctx.sid, error = %reason, lost_events = lost, "recording write failed");
+    if shared.config.mode == RecordingMode::Strict || rollback.is_err() {
+        drop(inner);
+        fail_session(shared, session, reason);
+        return last_ei;
     }
+    // best_effort: the next frame written starts by reporting the loss.
+    inner.unreported_lost += lost;
+    inner.gap_error = reason;
+    last_ei
 }
 
 fn fail_session(shared: &Shared, session: &SessionState, reason: String) {
@@ -725,12 +736,12 @@ fn seal(shared: &Shared, session: &SessionState) {
     let mut len = 0;
     if let Some(mut io) = io_guard.take() {
         let trailer = Trailer {
-            event_count: inner.stats.events,
-            first_time_ms: inner.stats.first_ms,
-            last_time_ms: inner.stats.last_ms,
+            event_count: inner.written_events,
+            first_time_ms: inner.written_first_ms,
+            last_time_ms: inner.written_last_ms,
             chain_head: hex(&inner.written_chain),
             frames: inner.written_seq,
-            lost_events: inner.lost,
+            lost_events: inner.stats.events.saturating_sub(inner.written_events),
             sealed_at_ms: now_ms,
         };
         let mut bytes = Vec::new();
@@ -767,9 +778,9 @@ fn seal(shared: &Shared, session: &SessionState) {
                     sha256: hex(&io.hasher.clone().finalize()),
                     frames,
                     chain_head: hex(&chain),
-                    event_count: inner.stats.events,
-                    first_time_ms: inner.stats.first_ms,
-                    last_time_ms: inner.stats.last_ms,
+                    event_count: inner.written_events,
+                    first_time_ms: inner.written_first_ms,
+                    last_time_ms: inner.written_last_ms,
                     state: "sealed".into(),
                     valid_length: io.len,
                     key_id: shared.signer.key_id().to_string(),
