@@ -15,15 +15,22 @@ pub fn config_check(path: &Path) -> Result<(), Failure> {
     match Config::load(path) {
         Ok(config) => {
             println!(
-                "{}: OK ({} database{}, {} user{}, recordings in {}, mode {:?}, fsync {:?})",
+                "{}: OK ({} database{}, {} user{}, recordings in {}, mode {}, fsync {})",
                 path.display(),
                 config.databases.len(),
                 plural(config.databases.len()),
                 config.users.len(),
                 plural(config.users.len()),
                 config.recording.dir.display(),
-                config.recording.mode,
-                config.recording.fsync,
+                match config.recording.mode {
+                    crate::recording::RecordingMode::Strict => "strict",
+                    crate::recording::RecordingMode::BestEffort => "best_effort",
+                },
+                match config.recording.fsync {
+                    crate::recording::FsyncPolicy::Always => "always",
+                    crate::recording::FsyncPolicy::Batch => "batch",
+                    crate::recording::FsyncPolicy::Never => "never",
+                },
             );
             Ok(())
         }

@@ -167,11 +167,10 @@ fn default_db_type() -> String {
     "self-hosted".into()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ClientTlsMode {
     Disabled,
-    #[default]
     Optional,
     Required,
 }
@@ -180,13 +179,23 @@ pub enum ClientTlsMode {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientTlsConfig {
-    #[serde(default)]
-    pub mode: ClientTlsMode,
+    /// Default: `optional` when cert and key are set, else `disabled`.
+    pub mode: Option<ClientTlsMode>,
     /// The proxy's certificate chain (PEM); required unless mode = disabled.
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
     /// CA bundle for client certificates; setting it enables mTLS identities (subject CN).
     pub client_ca: Option<PathBuf>,
+}
+
+impl ClientTlsConfig {
+    pub fn effective_mode(&self) -> ClientTlsMode {
+        self.mode.unwrap_or(if self.cert.is_some() && self.key.is_some() {
+            ClientTlsMode::Optional
+        } else {
+            ClientTlsMode::Disabled
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]

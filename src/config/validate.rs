@@ -160,19 +160,20 @@ fn check_database(i: usize, db: &mut DatabaseConfig, base: &Path, names: &mut BT
         issues.add(key("upstream"), format!("{:?} does not suit protocol {}", db.upstream, db.protocol), "use postgres://host:port/db, mongodb://host:port or https://dynamodb.<region>.amazonaws.com");
     }
     let tls = &mut db.client_tls;
-    if tls.mode != ClientTlsMode::Disabled {
+    let mode = tls.effective_mode();
+    if mode != ClientTlsMode::Disabled {
         match tls.cert.as_mut() {
             Some(cert) => check_file(key("client_tls.cert"), cert, base, "proxy's certificate chain", issues),
-            None => issues.add(key("client_tls.cert"), format!("is required when client_tls.mode is {:?}", tls.mode), "set cert and key, or set client_tls.mode = \"disabled\""),
+            None => issues.add(key("client_tls.cert"), format!("is required when client_tls.mode is {mode:?}"), "set cert and key, or set client_tls.mode = \"disabled\""),
         }
         match tls.key.as_mut() {
             Some(k) => check_file(key("client_tls.key"), k, base, "proxy's private key", issues),
-            None => issues.add(key("client_tls.key"), format!("is required when client_tls.mode is {:?}", tls.mode), "set cert and key, or set client_tls.mode = \"disabled\""),
+            None => issues.add(key("client_tls.key"), format!("is required when client_tls.mode is {mode:?}"), "set cert and key, or set client_tls.mode = \"disabled\""),
         }
     }
     if let Some(ca) = tls.client_ca.as_mut() {
         check_file(key("client_tls.client_ca"), ca, base, "CA bundle for client certificates", issues);
-        if tls.mode == ClientTlsMode::Disabled {
+        if mode == ClientTlsMode::Disabled {
             issues.add(key("client_tls.client_ca"), "mTLS needs TLS, but client_tls.mode is \"disabled\"", "set client_tls.mode = \"required\"");
         }
     }

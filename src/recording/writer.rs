@@ -210,16 +210,20 @@ impl Recorder {
 
     /// Creates the session's recording file (frame 0 holds its context) and registers it.
     pub fn open(&self, ctx: SessionContext) -> Result<SessionLog, RecordingError> {
+        self.open_at(ctx, chrono::Utc::now().timestamp_millis())
+    }
+
+    /// As `open`, for a session that started at `start_ms` (e.g. when the client connected).
+    pub fn open_at(&self, ctx: SessionContext, start_ms: i64) -> Result<SessionLog, RecordingError> {
         if lock(&self.shared.control).shutdown {
             return Err(RecordingError::ShutDown);
         }
         let path = self.shared.store.recording_path(&ctx.sid);
         let create = |reason: String| RecordingError::Create { path: path.clone(), reason };
-        let now_ms = chrono::Utc::now().timestamp_millis();
         let header = SessionHeader {
             format: 1,
             sid: ctx.sid.clone(),
-            created: crate::audit::format_time(now_ms),
+            created: crate::audit::format_time(start_ms),
             user: ctx.user.user.clone(),
             db_service: ctx.database.service.clone(),
             db_protocol: ctx.database.protocol.as_str().to_string(),
@@ -239,8 +243,8 @@ impl Recorder {
                 raw_len: payload.len() as u32,
                 events: 0,
                 first_ei: 0,
-                min_time_ms: now_ms,
-                max_time_ms: now_ms,
+                min_time_ms: start_ms,
+                max_time_ms: start_ms,
                 payload: &payload,
             },
             &seed,
@@ -254,7 +258,7 @@ impl Recorder {
         let compressor = zstd::bulk::Compressor::new(self.shared.config.zstd_level).map_err(|e| create(e.to_string()))?;
         let state = Arc::new(SessionState {
             ctx: Arc::new(ctx),
-            start_ms: now_ms,
+            start_ms: start_ms,
             inner: Mutex::new(Inner {
                 pending: Vec::with_capacity(self.shared.config.frame_target_bytes.min(1 << 20) + 4096),
                 pending_events: 0,

@@ -1,0 +1,232 @@
+//! The auditor's commands, run as the real binary against real recordings.
+
+mod common;
+
+use std::path::Path;
+
+use common::{assert_schema_valid, block_on, context, recorder, TestRecorder};
+use dbtape::audit::{EventBody, Protocol, Status};
+
+const T0: i64 = 1_714_655_100_000; // Thu May  2 13:05:00 UTC 2024
+
+fn run(args: &[&str], dir: &Path) -> (i32, String, String) {
+    let out = common::dbtape_bin().args(args).arg("--dir").arg(dir).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn pg_session(rec: &TestRecorder) -> String {
+    let mut ctx = context(Protocol::Postgres);
+    ctx.database.service = "pg1".into();
+    let sid = ctx.sid.clone();
+    let log = rec.recorder.open_at(ctx, T0).unwrap();
+    let q = |text: &str| EventBody::Query { query: text.into(), parameters: vec![], db_name: None };
+    let events = [
+        EventBody::SessionStart { status: Status::ok(), postgres_pid: Some(77) },
+        q("SELECT id\n   FROM t;"),
+        EventBody::Result { status: Status::ok(), affected_records: 3 },
+        q("SELECT err;"),
+        EventBody::Result { status: Status::failed("ERROR: column \"err\" does not exist (SQLSTATE 42703)", ""), affected_records: 0 },
+        EventBody::PostgresParse { statement_name: "s1".into(), query: "UPDATE t SET v = $1 WHERE id = $2".into() },
+        EventBody::PostgresBind { statement_name: "s1".into(), portal_name: String::new(), parameters: vec!["a\"b".into(), "7".into()] },
+        EventBody::PostgresExecute { portal_name: String::new() },
+        EventBody::Result { status: Status::ok(), affected_records: 1 },
+        EventBody::SessionEnd {
+            session_start: chrono::DateTime::from_timestamp_millis(T0).unwrap(),
+            session_stop: chrono::DateTime::from_timestamp_millis(T0 + 120_000).unwrap(),
+        },
+    ];
+    let n = events.len() as i64;
+    for (i, body) in events.iter().enumerate() {
+        let at = if i as i64 == n - 1 { T0 + 120_000 } else { T0 + i as i64 * 1000 };
+        log.append(body, at).unwrap();
+    }
+    block_on(log.close()).unwrap();
+    sid
+}
+
+fn mongo_session(rec: &TestRecorder, user: &str) -> String {
+    let mut ctx = context(Protocol::MongoDb);
+    ctx.user.user = user.into();
+    ctx.database.service = "mongo1".into();
+    let sid = ctx.sid.clone();
+    let log = rec.recorder.open_at(ctx, T0 + 500_000).unwrap();
+    log.append(&EventBody::SessionStart { status: Status::ok(), postgres_pid: None }, T0 + 500_000).unwrap();
+    log.append(&EventBody::Query { query: "OpMsg(Body={\"find\": \"books\",\"$db\": \"shop\"}, Documents=[], Flags=)".into(), parameters: vec![], db_name: Some("shop".into()) }, T0 + 500_100).unwrap();
+    log.append(&EventBody::QueryFailed { query: "OpMsg(Body={\"saslStart\": 1}, Documents=[], Flags=)".into(), parameters: vec![], db_name: Some("admin".into()), status: Status::failed("access denied", "") }, T0 + 500_200).unwrap();
+    block_on(log.close()).unwrap();
+    sid
+}
+
+#[test]
+fn play_text_renders_postgres_like_tsh_play() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rec = recorder(tmp.path(), |_| {});
+    let sid = pg_session(&rec);
+    let (code, out, err) = run(&["play", &sid, "--format", "text"], &rec.dir);
+    assert_eq!(code, 0, "{err}");
+    let expected = "Session started to database \"pg1\" at Thu May  2 13:05 UTC\n\
+        \n\
+        app=> SELECT id\n\
+        \x20     FROM t;\n\
+        SUCCESS\n\
+        (3 rows affected)\n\
+        \n\
+        app=> SELECT err;\n\
+        ERROR: column \"err\" does not exist (SQLSTATE 42703)\n\
+        \n\
+        app=> UPDATE t SET v = $1 WHERE id = $2 ($1 = \"a\\\"b\", $2 = \"7\")\n\
+        SUCCESS\n\
+        (1 row affected)\n\
+        \n\
+        Session ended at Thu May  2 13:07 UTC\n";
+    assert_eq!(out, expected);
+    // pty falls back to text when stdout is not a terminal.
+    let (code, pty, err) = run(&["play", &sid], &rec.dir);
+    assert_eq!(code, 0);
+    assert_eq!(pty, expected);
+    assert!(err.contains("not a terminal"));
+}
+
+#[test]
+fn play_json_and_yaml_print_every_event() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rec = recorder(tmp.path(), |_| {});
+    let sid = mongo_session(&rec, "carol");
+    let (code, out, _) = run(&["play", &sid, "--format", "json"], &rec.dir);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3);
+    for line in &lines {
+        assert_schema_valid(line.as_bytes());
+    }
+    let (code, yaml, _) = run(&["play", &sid, "--format", "yaml"], &rec.dir);
+    assert_eq!(code, 0);
+    assert_eq!(yaml.matches("\n- \"ei\": ").count() + usize::from(yaml.starts_with("- \"ei\": ")), 3, "{yaml}");
+    assert!(yaml.contains("  \"event\": \"db.session.query.failed\"\n"), "{yaml}");
+    // The generic renderer shows Mongo sessions readably.
+    let (_, text, _) = run(&["play", &sid, "--format", "text"], &rec.dir);
+    assert!(text.starts_with("Session started to database \"mongo1\" (mongodb) at Thu May  2 13:13 UTC by \"carol\" as \"reader\"\n"), "{text}");
+    assert!(text.contains("shop> OpMsg(Body={\"find\": \"books\",\"$db\": \"shop\"}, Documents=[], Flags=)\n"), "{text}");
+    assert!(text.contains("admin> OpMsg(Body={\"saslStart\": 1}, Documents=[], Flags=)\nDENIED: access denied\n"), "{text}");
+}
+
+#[test]
+fn bad_session_ids_get_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rec = recorder(tmp.path(), |_| {});
+    for (input, needle) in [
+        ("../../etc/passwd", "looks like a path"),
+        ("/tmp/x.dbt", "looks like a path"),
+        ("not-a-session", "is not a session id"),
+        ("", "session id is empty"),
+        ("5D2F8A90-3C4B-4D5E-9F60-ABCDEF012345", "no recording for session 5d2f8a90-3c4b-4d5e-9f60-abcdef012345"),
+        ("5d2f8a903c4b4d5e9f60abcdef012345", "is not a session id"),
+        ("5d2f8a90-3c4b-4d5e-9f60-abcdef012345", "no recording for session 5d2f8a90-3c4b-4d5e-9f60-abcdef012345"),
+    ] {
+        for cmd in [vec!["play", input, "--format", "text"], vec!["verify", input], vec!["export", "--session", input]] {
+            let (code, _, err) = run(&cmd, &rec.dir);
+            assert_eq!(code, 2, "{cmd:?}: {err}");
+            assert!(err.contains(needle), "{cmd:?}: {err}");
+        }
+    }
+}
+
+#[test]
+fn ls_lists_sessions_with_counts_and_filters() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rec = recorder(tmp.path(), |_| {});
+    let pg = pg_session(&rec);
+    let m1 = mongo_session(&rec, "carol");
+    let m2 = mongo_session(&rec, "dave");
+    let (code, out, err) = run(&["ls"], &rec.dir);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 4, "{out}");
+    assert!(lines[0].starts_with("ID") && lines[0].contains("QUERIES") && lines[0].ends_with("STATE"));
+    let pg_line = lines.iter().find(|l| l.starts_with(&pg)).unwrap();
+    let cells: Vec<&str> = pg_line.split_whitespace().collect();
+    assert_eq!(&cells[1..4], ["alice", "pg1", "postgres"], "{pg_line}");
+    assert_eq!(&cells[7..], ["3", "0", "sealed"], "{pg_line}");
+
+    let (_, json, _) = run(&["ls", "--format", "json", "--user", "carol"], &rec.dir);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["sid"], m1.as_str());
+    assert_eq!(rows[0]["queries"], 2);
+    assert_eq!(rows[0]["failed_queries"], 1);
+    assert_eq!(rows[0]["state"], "sealed");
+
+    let (_, out, _) = run(&["ls", "--protocol", "mongodb", "--limit", "1"], &rec.dir);
+    assert_eq!(out.lines().count(), 2);
+    let (_, out, _) = run(&["ls", "--db", "pg1"], &rec.dir);
+    assert!(out.contains(&pg) && !out.contains(&m2));
+    let (_, out, _) = run(&["ls", "--until", "2000-01-01"], &rec.dir);
+    assert_eq!(out.trim(), "no recorded sessions match");
+    let (code, _, err) = run(&["ls", "--since", "last tuesday"], &rec.dir);
+    assert_eq!(code, 2);
+    assert!(err.contains("--since") && err.contains("is not a time"), "{err}");
+}
+
+#[test]
+fn export_streams_filtered_json_lines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rec = recorder(tmp.path(), |_| {});
+    let pg = pg_session(&rec);
+    let m1 = mongo_session(&rec, "carol");
+    let (code, out, err) = run(&["export"], &rec.dir);
+    assert_eq!(code, 0, "{err}");
+    let events: Vec<serde_json::Value> = out.lines().map(|l| assert_schema_valid(l.as_bytes())).collect();
+    assert_eq!(events.len(), 13);
+    // Sessions in start order, events in ei order.
+    assert_eq!(events[0]["sid"], pg.as_str());
+    assert_eq!(events[10]["sid"], m1.as_str());
+    for pair in events[..10].windows(2) {
+        assert!(pair[0]["ei"].as_u64() < pair[1]["ei"].as_u64());
+    }
+
+    let (_, out, _) = run(&["export", "--event", "db.session.query", "--event", "db.session.query.failed"], &rec.dir);
+    let kinds: Vec<String> = out.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].as_str().unwrap().to_string()).collect();
+    assert_eq!(kinds, ["db.session.query", "db.session.query", "db.session.query", "db.session.query.failed"]);
+
+    let (_, out, _) = run(&["export", "--user", "carol"], &rec.dir);
+    assert_eq!(out.lines().count(), 3);
+    let (_, out, _) = run(&["export", "--session", &pg, "--since", "2024-05-02T13:05:02Z", "--until", "2024-05-02T13:05:04Z"], &rec.dir);
+    let eis: Vec<u64> = out.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["ei"].as_u64().unwrap()).collect();
+    assert_eq!(eis, [2, 3, 4]);
+
+    let file = tmp.path().join("out.jsonl");
+    let (code, out, _) = run(&["export", "--db", "mongo1", "--out", file.to_str().unwrap()], &rec.dir);
+    assert_eq!(code, 0);
+    assert!(out.is_empty());
+    assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 3);
+}
+
+#[test]
+fn verify_all_passes_on_intact_recordings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rec = recorder(tmp.path(), |_| {});
+    pg_session(&rec);
+    mongo_session(&rec, "carol");
+    let key = dbtape::recording::signing::public_key_path(&rec.key_path);
+    let (code, out, err) = run(&["verify", "--all", "--public-key", key.to_str().unwrap()], &rec.dir);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.matches("  OK  ").count(), 2, "{out}");
+    let (code, out, _) = run(&["verify", "--all", "--format", "json", "--public-key", key.to_str().unwrap()], &rec.dir);
+    assert_eq!(code, 0);
+    let reports: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert!(reports.iter().all(|r| r["verdict"] == "ok"));
+    // Without the trusted key, verification cannot pass.
+    let (code, _, err) = run(&["verify", "--all", "--public-key", "/nonexistent.pub"], &rec.dir);
+    assert_eq!(code, 1, "{err}");
+}
+
+#[test]
+fn every_command_has_help() {
+    for cmd in [vec![], vec!["serve"], vec!["config", "check"], vec!["ls"], vec!["play"], vec!["export"], vec!["verify"]] {
+        let mut args = cmd.clone();
+        args.push("--help");
+        let out = common::dbtape_bin().args(&args).output().unwrap();
+        assert!(out.status.success(), "{cmd:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: dbtape"), "{cmd:?}");
+    }
+}

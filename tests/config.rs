@@ -1,0 +1,129 @@
+//! Config loading: the example is valid, and bad files get every error with file, key and fix.
+
+mod common;
+
+use std::path::Path;
+
+use dbtape::config::Config;
+
+fn example() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/dbtape.toml")
+}
+
+#[test]
+fn the_example_config_is_valid_and_documents_defaults() {
+    std::env::set_var("DBTAPE_ORDERS_PASSWORD", "from-env");
+    let config = Config::load(&example()).unwrap();
+    assert_eq!(config.server.cluster_name, "dbtape");
+    assert_eq!(config.recording.mode, dbtape::recording::RecordingMode::Strict);
+    assert_eq!(config.recording.fsync, dbtape::recording::FsyncPolicy::Batch);
+    assert_eq!(config.recording.batch_interval, std::time::Duration::from_millis(200));
+    assert!(config.recording.dir.ends_with("examples/../recordings"));
+    let db = config.database("orders-pg").unwrap();
+    assert_eq!(db.auth.password.as_ref().unwrap().read().unwrap(), "from-env");
+    assert_eq!(db.client_tls.effective_mode(), dbtape::config::ClientTlsMode::Disabled);
+    assert_eq!(db.upstream_tls.mode, dbtape::config::UpstreamTlsMode::VerifyFull);
+    // Every key the loader knows appears in the example, so the example stays complete.
+    let text = std::fs::read_to_string(example()).unwrap();
+    for key in [
+        "cluster_name", "server_id", "shutdown_grace", "log_format", "dir", "mode", "fsync", "batch_interval",
+        "signing_key", "frame_target_bytes", "zstd_level", "bucket", "prefix", "region", "endpoint",
+        "assume_role_arn", "external_id", "upload_retries", "name", "protocol", "listen", "upstream", "db_type",
+        "labels", "cert", "key", "client_ca", "ca", "server_name", "method", "password", "account_id",
+        "session_tags", "cert_cn", "scram_verifier", "aws_access_key_id", "database", "db_users", "db_names",
+    ] {
+        assert!(text.contains(&format!("{key} =")), "examples/dbtape.toml does not document {key}");
+    }
+}
+
+const BAD: &str = r#"
+[recording]
+mode = "sometimes"
+fsync = "weekly"
+batch_interval = "soon"
+
+[[databases]]
+name = "pg"
+protocol = "postgress"
+listen = "localhost"
+upstream = "postgres://db:5432/app"
+auth = { method = "password", password = "hunter2" }
+
+[[databases]]
+name = "pg"
+protocol = "dynamodb"
+listen = "127.0.0.1:9000"
+upstream = ""
+aws = { account_id = "12345", assume_role_arn = "role/foo" }
+
+[[users]]
+name = "bob"
+grants = [{ database = "nope", db_users = [] }]
+"#;
+
+#[test]
+fn every_error_is_reported_with_its_key_and_a_fix() {
+    let err = Config::parse(BAD, Path::new("/etc/dbtape/bad.toml")).unwrap_err();
+    let keys: Vec<&str> = err.issues.iter().map(|i| i.key.as_str()).collect();
+    for key in [
+        "recording.mode",
+        "recording.fsync",
+        "recording.batch_interval",
+        "databases[0].protocol",
+        "databases[0].listen",
+        "databases[0].auth.password",
+        "databases[1].name",
+        "databases[1].aws.region",
+        "databases[1].aws.account_id",
+        "databases[1].aws.assume_role_arn",
+        "users[0].scram_verifier",
+        "users[0].grants[0].database",
+        "users[0].grants[0].db_users",
+    ] {
+        assert!(keys.contains(&key), "missing {key} in {keys:?}");
+    }
+    for issue in &err.issues {
+        assert_eq!(issue.file, Path::new("/etc/dbtape/bad.toml"));
+        assert!(!issue.fix.is_empty(), "{issue}");
+    }
+    let text = err.to_string();
+    assert!(text.contains("/etc/dbtape/bad.toml: databases[0].auth.password: is written inline"), "{text}");
+    assert!(!text.contains("hunter2"), "a config error must not echo a secret");
+}
+
+#[test]
+fn syntax_errors_and_unknown_keys_name_the_line() {
+    let err = Config::parse("[recording]\nmoed = \"strict\"\n", Path::new("x.toml")).unwrap_err();
+    assert_eq!(err.issues.len(), 1);
+    assert!(err.issues[0].key.starts_with("line 2"), "{:?}", err.issues[0]);
+    assert!(err.issues[0].message.contains("unknown field `moed`"), "{:?}", err.issues[0]);
+
+    let err = Config::parse("[server\n", Path::new("x.toml")).unwrap_err();
+    assert!(err.issues[0].key.starts_with("line 1"), "{:?}", err.issues[0]);
+}
+
+#[test]
+fn config_check_command_reports_and_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(&bad, BAD).unwrap();
+    let out = common::dbtape_bin().args(["config", "check", "--config"]).arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("configuration errors"), "{stderr}");
+    assert!(stderr.contains(&format!("{}: recording.mode", bad.display())), "{stderr}");
+    assert!(stderr.contains("fix: use \"strict\""), "{stderr}");
+
+    let out = common::dbtape_bin()
+        .args(["config", "check", "--config"])
+        .arg(example())
+        .env("DBTAPE_ORDERS_PASSWORD", "x")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK (1 database, 1 user"));
+
+    let out = common::dbtape_bin().args(["config", "check", "--config", "/nonexistent/dbtape.toml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/dbtape.toml: (file): cannot read"));
+}
