@@ -1,1 +1,196 @@
-fn main() {}
+//! Recording throughput: events per second written (batch fsync) and exported, and bytes
+//! per event on disk, for a realistic mix of ~300-byte query events.
+//!
+//! Criterion measures both paths; afterwards a direct run prints the figures as one line:
+//! `RESULT recording write_eps=… export_eps=… bytes_per_event=…`. Run it through
+//! `scripts/bench recording`, which pins it to one core.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput};
+use dbtape::audit::{ConnectionMeta, DatabaseMeta, EventBody, Protocol, ServerMeta, SessionContext, Status, UserMeta};
+use dbtape::recording::signing::Signer;
+use dbtape::recording::{Recorder, RecorderConfig, RecordingStore};
+use dbtape::replay::export::{export, ExportFilter};
+
+const EVENTS: u64 = 200_000;
+
+fn context() -> SessionContext {
+    SessionContext {
+        sid: uuid::Uuid::new_v4().to_string(),
+        cluster_name: "prod".into(),
+        user: UserMeta { user: "alice".into(), aws_role_arn: String::new() },
+        database: DatabaseMeta {
+            service: "orders".into(),
+            protocol: Protocol::Postgres,
+            uri: "orders-db:5432".into(),
+            name: "orders".into(),
+            user: "app".into(),
+            labels: Default::default(),
+            aws_region: String::new(),
+            db_type: "rds".into(),
+        },
+        server: ServerMeta::default(),
+        connection: ConnectionMeta::default(),
+    }
+}
+
+/// A pgbench-like mix: mostly point reads and small updates with varying keys, each query
+/// followed by its result, with an occasional error.
+fn workload(n: u64) -> Vec<EventBody> {
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    (0..n)
+        .map(|i| {
+            let r = next();
+            if i % 2 == 1 {
+                return if r % 50 == 0 {
+                    EventBody::Result {
+                        status: Status::failed("ERROR: duplicate key value violates unique constraint \"orders_pkey\" (SQLSTATE 23505)", ""),
+                        affected_records: 0,
+                    }
+                } else {
+                    EventBody::Result { status: Status::ok(), affected_records: r % 3 }
+                };
+            }
+            let id = r % 1_000_000;
+            let query = match r % 5 {
+                0 => format!("SELECT abalance FROM pgbench_accounts WHERE aid = {id};"),
+                1 => format!("UPDATE pgbench_accounts SET abalance = abalance + {} WHERE aid = {id};", (r >> 20) % 5000),
+                2 => format!("SELECT o.id, o.total, o.status FROM orders o WHERE o.customer_id = {id} ORDER BY o.created_at DESC LIMIT 20;"),
+                3 => format!("INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES ({}, {}, {id}, {}, CURRENT_TIMESTAMP);", r % 100, r % 10, (r >> 24) % 5000),
+                _ => "BEGIN;".to_string(),
+            };
+            EventBody::Query { query, parameters: vec![], db_name: None }
+        })
+        .collect()
+}
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    recorder: Recorder,
+    store: RecordingStore,
+}
+
+fn setup() -> Setup {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("recordings");
+    let signer = Arc::new(Signer::load_or_generate(&tmp.path().join("key")).expect("key"));
+    let recorder = Recorder::start(RecorderConfig::new(&dir), signer).expect("recorder");
+    Setup { store: RecordingStore::new(&dir), _tmp: tmp, recorder }
+}
+
+fn record(setup: &Setup, events: &[EventBody], runtime: &tokio::runtime::Runtime) -> String {
+    let ctx = context();
+    let sid = ctx.sid.clone();
+    let log = setup.recorder.open(ctx).expect("open");
+    let t0 = 1_790_000_000_000i64;
+    for (i, body) in events.iter().enumerate() {
+        log.append(body, t0 + i as i64 / 8).expect("append");
+    }
+    runtime.block_on(log.close()).expect("close");
+    sid
+}
+
+fn bench(c: &mut Criterion, runtime: &tokio::runtime::Runtime, events: &[EventBody]) {
+    let setup = setup();
+    let mut group = c.benchmark_group("recording");
+    group.throughput(Throughput::Elements(events.len() as u64));
+    group.sample_size(10).measurement_time(Duration::from_secs(8)).warm_up_time(Duration::from_secs(1));
+    group.bench_function("write_batch_fsync", |b| b.iter(|| record(&setup, events, runtime)));
+    let export_setup = Setup { ..self::setup() };
+    record(&export_setup, events, runtime);
+    group.bench_function("export", |b| {
+        b.iter(|| export(&export_setup.store, &ExportFilter::default(), &mut std::io::sink()).expect("export"))
+    });
+    group.finish();
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    xs[xs.len() / 2]
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let events = workload(EVENTS);
+    let quick = std::env::args().any(|a| a == "--result-only");
+    if !quick {
+        let mut c = Criterion::default().configure_from_args();
+        bench(&mut c, &runtime, &events);
+        c.final_summary();
+    }
+    // Direct measurement for the RESULT line: median of five runs each.
+    let setup = setup();
+    let mut write = Vec::new();
+    let mut sid = String::new();
+    for _ in 0..5 {
+        let start = Instant::now();
+        sid = record(&setup, &events, &runtime);
+        write.push(EVENTS as f64 / start.elapsed().as_secs_f64());
+    }
+    let size = std::fs::metadata(setup.store.recording_path(&sid)).expect("size").len();
+    let raw: usize = {
+        let mut total = 0;
+        let mut stream = dbtape::replay::events::EventStream::open(&setup.store, &sid, false).expect("open");
+        stream.for_each_event(|line| {
+            total += line.len() + 1;
+            Ok(true)
+        }).expect("read");
+        total
+    };
+    let filter = ExportFilter { session: Some(sid.clone()), ..ExportFilter::default() };
+    let mut export_rates = Vec::new();
+    for _ in 0..5 {
+        let start = Instant::now();
+        let stats = export(&setup.store, &filter, &mut std::io::sink()).expect("export");
+        assert_eq!(stats.events, EVENTS);
+        export_rates.push(EVENTS as f64 / start.elapsed().as_secs_f64());
+    }
+    // Side by side in this run: the same events only serialised to memory (the floor any
+    // recorder pays), and an export that must parse every line to filter by event type.
+    let ctx = context();
+    let mut floor = Vec::new();
+    for _ in 0..5 {
+        let start = Instant::now();
+        let mut buf = Vec::with_capacity(64 << 20);
+        for (i, body) in events.iter().enumerate() {
+            let event = dbtape::audit::AuditEvent { index: i as u64, uid: uuid::Uuid::new_v4(), time_ms: i as i64, context: &ctx, body };
+            serde_json::to_writer(&mut buf, &event).expect("serialise");
+            buf.push(b'\n');
+        }
+        std::hint::black_box(&buf);
+        floor.push(EVENTS as f64 / start.elapsed().as_secs_f64());
+    }
+    let filtered = ExportFilter { session: Some(sid.clone()), event_types: vec!["db.session.query".into()], ..ExportFilter::default() };
+    let mut filtered_rates = Vec::new();
+    for _ in 0..5 {
+        let start = Instant::now();
+        export(&setup.store, &filtered, &mut std::io::sink()).expect("export");
+        filtered_rates.push(EVENTS as f64 / start.elapsed().as_secs_f64());
+    }
+    let (write_eps, floor_eps) = (median(write.clone()), median(floor));
+    println!(
+        "serialise-only floor {floor_eps:.0} events/s; recorder write {write_eps:.0} events/s = {:.2}x of the floor",
+        write_eps / floor_eps
+    );
+    println!("export filtered by event type (parses every line): {:.0} events/s", median(filtered_rates));
+    println!(
+        "raw JSON {:.0} bytes/event, on disk {:.1} bytes/event (ratio {:.1}x)",
+        raw as f64 / EVENTS as f64,
+        size as f64 / EVENTS as f64,
+        raw as f64 / size as f64
+    );
+    println!(
+        "RESULT recording write_eps={:.0} export_eps={:.0} bytes_per_event={:.1}",
+        median(write),
+        median(export_rates),
+        size as f64 / EVENTS as f64
+    );
+}

@@ -1,6 +1,8 @@
 //! Shared test helpers: session contexts, recorders in temp dirs, schema validation.
 #![allow(dead_code)]
 
+pub mod services;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
