@@ -1,5 +1,7 @@
 //! dbtape: an audit-centric database session recording proxy.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::todo, clippy::unimplemented)]
+
 pub mod audit;
 pub mod cli;
 pub mod config;

@@ -107,7 +107,7 @@ fn truncation_at_every_byte_keeps_every_whole_frame() {
         let mut frames = 0;
         let mut events = Vec::new();
         let tail = loop {
-            match reader.next() {
+            match reader.next_frame() {
                 Ok(Next::Frame(frame)) => {
                     frames += 1;
                     if frame.header.kind == FrameKind::Events {
@@ -170,7 +170,7 @@ fn forge(bytes: &[u8], sid: &str, index: usize, rechain: bool, edit: impl Fn(&mu
     let mut reader = FrameReader::new(bytes, sid).unwrap();
     let mut chain = dbtape::recording::format::chain_seed(sid);
     let mut i = 0;
-    while let Ok(Next::Frame(frame)) = reader.next() {
+    while let Ok(Next::Frame(frame)) = reader.next_frame() {
         let h = frame.header;
         let compressed = h.flags & 1 == 1;
         let mut raw = frame.data.clone();

@@ -240,7 +240,7 @@ pub fn export(
 
 pub fn verify(args: &StoreArgs, session_ids: Vec<String>, all: bool, public_key: Option<PathBuf>, format: DataFormat) -> Result<(), Failure> {
     let located = locate(args)?;
-    if all == !session_ids.is_empty() {
+    if all != session_ids.is_empty() {
         return Err(Failure { code: 2, message: "give session ids or --all (not both)".into() });
     }
     let key_path = public_key

@@ -206,7 +206,8 @@ fn check_database(i: usize, db: &mut DatabaseConfig, base: &Path, names: &mut BT
         issues.add(key("aws.region"), "is required for dynamodb", "set the table's AWS region, e.g. \"us-east-1\"");
     }
     let aws = &db.aws;
-    if !aws.account_id.is_empty() && !(aws.account_id.len() == 12 && aws.account_id.bytes().all(|b| b.is_ascii_digit())) {
+    let account_ok = aws.account_id.len() == 12 && aws.account_id.bytes().all(|b| b.is_ascii_digit());
+    if !aws.account_id.is_empty() && !account_ok {
         issues.add(key("aws.account_id"), format!("{:?} is not a 12-digit AWS account id", aws.account_id), "write the account id as 12 digits, quoted");
     }
     if !aws.assume_role_arn.is_empty() && !is_role_arn(&aws.assume_role_arn) {

@@ -117,7 +117,7 @@ impl<R: Read> FrameReader<R> {
         ReadError::Corrupt { frame: self.next_seq, offset: self.offset, reason: reason.into() }
     }
 
-    pub fn next(&mut self) -> Result<Next, ReadError> {
+    pub fn next_frame(&mut self) -> Result<Next, ReadError> {
         if !self.started {
             let mut magic = [0u8; 8];
             let got = self.fill(&mut magic)?;

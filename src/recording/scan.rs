@@ -89,7 +89,7 @@ pub fn scan_recording(path: &Path, sid: &str) -> io::Result<ScanReport> {
         let mut reader = FrameReader::new(&mut hashing, sid)?;
         let mut next_ei = 0u64;
         report.end = loop {
-            let frame = match reader.next() {
+            let frame = match reader.next_frame() {
                 Ok(Next::Frame(frame)) => frame,
                 Ok(Next::End(Tail::Clean)) => break ScanEnd::Open,
                 Ok(Next::End(Tail::Truncated { offset, torn_bytes })) => break ScanEnd::Truncated { offset, torn_bytes },
@@ -129,7 +129,7 @@ pub fn scan_recording(path: &Path, sid: &str) -> io::Result<ScanReport> {
             report.chain_head = hex(&reader.chain());
             if let ScanEnd::Sealed(_) = report.end {
                 // Anything after the trailer is an error the reader reports on the next call.
-                match reader.next() {
+                match reader.next_frame() {
                     Ok(Next::End(Tail::Clean)) => {}
                     Ok(_) => {
                         report.end = ScanEnd::Damaged(format!("bytes after the trailer at byte {}", reader.offset()));

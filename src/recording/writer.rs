@@ -258,7 +258,7 @@ impl Recorder {
         let compressor = zstd::bulk::Compressor::new(self.shared.config.zstd_level).map_err(|e| create(e.to_string()))?;
         let state = Arc::new(SessionState {
             ctx: Arc::new(ctx),
-            start_ms: start_ms,
+            start_ms,
             inner: Mutex::new(Inner {
                 pending: Vec::with_capacity(self.shared.config.frame_target_bytes.min(1 << 20) + 4096),
                 pending_events: 0,
@@ -652,7 +652,7 @@ fn write_frames(shared: &Shared, session: &Arc<SessionState>, frames: Vec<ReadyF
         return None;
     }
     let mut io_guard = lock(&session.io);
-    let Some(io) = io_guard.as_mut() else { return None };
+    let io = io_guard.as_mut()?;
     let mut last_ei = None;
     let mut done: usize = 0;
     let mut failure = None;

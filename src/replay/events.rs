@@ -67,7 +67,7 @@ impl EventStream {
     /// to stop early.
     pub fn for_each_frame(&mut self, mut on_frame: impl FnMut(FrameInfo, &[u8]) -> std::io::Result<bool>) -> std::io::Result<StreamEnd> {
         loop {
-            let next = match self.reader.next() {
+            let next = match self.reader.next_frame() {
                 Ok(next) => next,
                 Err(ReadError::Io(e)) => return Err(e),
                 Err(e) => return Ok(StreamEnd::Damaged(e.to_string())),

@@ -18,7 +18,7 @@ pub trait Renderer {
 pub fn renderer_for(protocol: &str) -> Box<dyn Renderer> {
     match protocol {
         "postgres" => Box::new(PostgresRenderer::default()),
-        _ => Box::new(GenericRenderer::default()),
+        _ => Box::new(GenericRenderer),
     }
 }
 
