@@ -230,3 +230,63 @@ fn every_command_has_help() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: dbtape"), "{cmd:?}");
     }
 }
+
+#[test]
+fn play_follow_streams_a_live_session_until_it_is_sealed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rec = recorder(tmp.path(), |_| {});
+    let ctx = context(Protocol::Postgres);
+    let sid = ctx.sid.clone();
+    let log = rec.recorder.open(ctx).unwrap();
+    let q = |i: u64| EventBody::Query { query: format!("SELECT {i}"), parameters: vec![], db_name: None };
+    for i in 0..3 {
+        log.append(&q(i), T0 + i as i64).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let child = common::dbtape_bin()
+        .args(["play", &sid, "--format", "json", "--follow", "--dir"])
+        .arg(&rec.dir)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    for i in 3..6 {
+        log.append(&q(i), T0 + i as i64).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    block_on(log.close()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let queries: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["db_query"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(queries, (0..6).map(|i| format!("SELECT {i}")).collect::<Vec<_>>());
+}
+
+#[test]
+fn play_pty_replays_in_a_terminal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rec = recorder(tmp.path(), |_| {});
+    let sid = pg_session(&rec);
+    // `script` gives the player a real pseudo-terminal.
+    let cmd = format!("{} play {sid} --dir {} --speed 16 --skip-idle", env!("CARGO_BIN_EXE_dbtape"), rec.dir.display());
+    let started = std::time::Instant::now();
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Hold stdin open: closing it would reach the player as Ctrl-D, which quits.
+    let _stdin = child.stdin.take();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let screen = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
+    assert!(screen.contains("Session started to database \"pg1\" at Thu May  2 13:05 UTC\n"), "{screen}");
+    assert!(screen.contains("app=> SELECT err;\nERROR: column \"err\" does not exist (SQLSTATE 42703)\n"), "{screen}");
+    assert!(screen.contains("end of session playback"), "{screen}");
+    // Ten events, idle gaps capped at 500 ms, at 16x: well under the recorded two minutes.
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+}

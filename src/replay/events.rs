@@ -18,13 +18,15 @@ pub enum StreamEnd {
     Unsealed,
     Truncated { offset: u64, torn_bytes: u64 },
     Damaged(String),
+    /// The viewer quit before the end.
+    Stopped,
 }
 
 impl StreamEnd {
     /// A note for stderr when the end is not a clean seal.
     pub fn warning(&self, sid: &str) -> Option<String> {
         match self {
-            StreamEnd::Sealed => None,
+            StreamEnd::Sealed | StreamEnd::Stopped => None,
             StreamEnd::Unsealed => Some(format!("note: recording {sid} is not sealed (live, or its writer stopped)")),
             StreamEnd::Truncated { offset, torn_bytes } => Some(format!(
                 "warning: recording {sid} is truncated at byte {offset} ({torn_bytes} torn bytes); every whole frame before it was shown"

@@ -150,8 +150,8 @@ fn pty_loop(rx: &mpsc::Receiver<Feed>, options: PlayOptions) -> std::io::Result<
             if let Event::Key(key) = event::read()? {
                 let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
                 match key.code {
-                    KeyCode::Char('c') | KeyCode::Char('d') if ctrl => return Ok(end.unwrap_or(StreamEnd::Unsealed)),
-                    KeyCode::Char('q') => return Ok(end.unwrap_or(StreamEnd::Unsealed)),
+                    KeyCode::Char('c') | KeyCode::Char('d') if ctrl => return Ok(StreamEnd::Stopped),
+                    KeyCode::Char('q') => return Ok(StreamEnd::Stopped),
                     KeyCode::Char(' ') => playing = !playing,
                     KeyCode::Right | KeyCode::Up => position += SEEK_STEP_MS,
                     KeyCode::Left | KeyCode::Down => {
