@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod proxy;
 pub mod recording;
 pub mod replay;
 pub mod server;

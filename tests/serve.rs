@@ -28,7 +28,7 @@ impl Engine for EchoEngine {
     fn handle(&self, mut conn: Connection, ctx: Arc<ListenerContext>) -> BoxFuture<'static, ()> {
         Box::pin(async move {
             let identity = SessionIdentity { user: "alice".into(), db_user: "reader".into(), db_name: "app".into(), ..Default::default() };
-            let port = ctx.open_session(identity, &conn).await.unwrap();
+            let port = ctx.open_session(identity, conn.info()).await.unwrap();
             port.session_started(None).await.unwrap();
             let (read, mut write) = conn.stream.split();
             let mut lines = BufReader::new(read).lines();

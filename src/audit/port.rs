@@ -69,6 +69,13 @@ impl AuditPort {
         self.emit(EventBody::SessionStart { status: Status::ok(), postgres_pid }).await
     }
 
+    /// Seals the recording without an end event (a session that never started).
+    pub async fn seal(self) {
+        if let Err(e) = self.log.close().await {
+            tracing::error!(error = %e, "sealing a refused session's recording failed");
+        }
+    }
+
     /// Records the end event and seals the recording.
     pub async fn end(self) -> Result<(), AuditError> {
         let stop = Utc::now();

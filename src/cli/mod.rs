@@ -2,6 +2,7 @@
 
 mod inspect;
 mod serve;
+mod user;
 mod when;
 
 use std::path::PathBuf;
@@ -55,6 +56,11 @@ pub enum Command {
     Serve {
         #[command(flatten)]
         config: ConfigArg,
+    },
+    /// Create SCRAM verifiers for the people who log in through dbtape.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
     },
     /// Inspect the configuration.
     Config {
@@ -148,6 +154,23 @@ pub enum Command {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Make a SCRAM-SHA-256 verifier for a new user and print the config entry.
+    Add {
+        name: String,
+        /// Read the password from the first line of standard input instead of prompting.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Make a new verifier for an existing user.
+    Passwd {
+        name: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum ConfigCommand {
     /// Report every error in the config file, with its key and a fix.
     Check {
@@ -174,6 +197,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config } => serve::run(&config.config),
         Command::Config { command: ConfigCommand::Check { config } } => inspect::config_check(&config.config),
+        Command::User { command: UserCommand::Add { name, password_stdin } } => user::add(&name, password_stdin),
+        Command::User { command: UserCommand::Passwd { name, password_stdin } } => user::passwd(&name, password_stdin),
         Command::Ls { store, since, until, user, db, protocol, limit, format } => {
             init_logging(verbose_default, false);
             inspect::ls(&store, inspect::LsFilter { since, until, user, db, protocol, limit }, format)

@@ -12,7 +12,7 @@ pub fn run(config_path: &Path) -> Result<(), Failure> {
     super::init_logging(true, config.server.log_format == LogFormat::Json);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
-        let registry = builtin_engines();
+        let registry = builtin_engines(&config)?;
         let server = Server::bind(Arc::new(config), &registry).await?;
         for (name, addr) in server.local_addrs() {
             tracing::info!(database = %name, %addr, "serving");

@@ -21,6 +21,19 @@ pub struct Connection {
     pub local: Option<SocketAddr>,
 }
 
+impl Connection {
+    pub fn info(&self) -> ConnectionInfo {
+        ConnectionInfo { peer: self.peer, local: self.local }
+    }
+}
+
+/// A connection's addresses, kept after its socket has moved on (e.g. into TLS).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionInfo {
+    pub peer: SocketAddr,
+    pub local: Option<SocketAddr>,
+}
+
 /// A protocol implementation. `handle` serves one client connection to the end: it
 /// authenticates, opens a session through `ListenerContext::open_session`, relays, and sends
 /// errors to the client in the protocol's own wire format. It must watch
@@ -90,7 +103,7 @@ impl ListenerContext {
     }
 
     /// Opens a recording for a new session and returns its audit port.
-    pub async fn open_session(&self, identity: SessionIdentity, conn: &Connection) -> Result<AuditPort, RecordingError> {
+    pub async fn open_session(&self, identity: SessionIdentity, conn: ConnectionInfo) -> Result<AuditPort, RecordingError> {
         let ctx = self.session_context(identity, conn);
         let recorder = self.recorder.clone();
         let log = tokio::task::spawn_blocking(move || recorder.open(ctx))
@@ -99,7 +112,7 @@ impl ListenerContext {
         Ok(AuditPort::new(log))
     }
 
-    pub fn session_context(&self, identity: SessionIdentity, conn: &Connection) -> SessionContext {
+    pub fn session_context(&self, identity: SessionIdentity, conn: ConnectionInfo) -> SessionContext {
         let db = &self.database;
         SessionContext {
             sid: uuid::Uuid::new_v4().to_string(),

@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use engine::{BoxFuture, Connection, Engine, EngineRegistry, ListenerContext, SessionIdentity};
+pub use engine::{BoxFuture, Connection, ConnectionInfo, Engine, EngineRegistry, ListenerContext, SessionIdentity};
 
 use crate::audit::Protocol;
 use crate::config::{Config, DatabaseConfig};
@@ -166,9 +166,11 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// The engines this build ships. Protocol issues add theirs here.
-pub fn builtin_engines() -> EngineRegistry {
-    EngineRegistry::new(HashMap::new())
+/// The engines this build ships, set up for the databases in `config`.
+pub fn builtin_engines(config: &Config) -> Result<EngineRegistry, crate::proxy::postgres::PostgresSetupError> {
+    let mut registry = EngineRegistry::new(HashMap::new());
+    registry.register(Arc::new(crate::proxy::postgres::PostgresEngine::new(config)?));
+    Ok(registry)
 }
 
 pub fn database_protocol(db: &DatabaseConfig) -> Option<Protocol> {

@@ -1,0 +1,461 @@
+//! One client connection from first byte to last: TLS negotiation, identity, authorization,
+//! upstream login, then the audited relay.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::codec::{auth_message, error_response, message, read_message, read_startup, MessageScanner, StartupPacket, WireError, PROTOCOL_3_2};
+use super::identity::{authorize, split_login, user_by_cn, user_by_name};
+use super::messages::{client_captures, client_event, server_captures, server_result};
+use super::scram::{ServerExchange, Verifier};
+use super::upstream::{UpstreamError, UpstreamTarget};
+use crate::audit::{AuditPort, EventBody, Status};
+use crate::config::{AuthMethod, ClientTlsMode};
+use crate::proxy::stream::Stream;
+use crate::server::{Connection, ConnectionInfo, ListenerContext, SessionIdentity};
+
+/// Per-database state built once at start-up.
+pub struct DbState {
+    pub server_tls: Option<crate::proxy::tls::ServerTls>,
+    pub upstream: UpstreamTarget,
+    pub client_tls_mode: ClientTlsMode,
+}
+
+/// The real backend behind a synthetic cancel key.
+#[derive(Clone)]
+pub struct CancelTarget {
+    upstream: UpstreamTarget,
+    pid: i32,
+    key: Vec<u8>,
+}
+
+/// Synthetic (pid, key) → real target. Keys never leave this map: not logged, not recorded.
+pub type CancelMap = Arc<Mutex<HashMap<(i32, Vec<u8>), CancelTarget>>>;
+
+/// Bound on captured client messages (queries, binds): bigger ones are refused as malformed.
+const MAX_CAPTURED: usize = 64 * 1024 * 1024;
+const READ_CHUNK: usize = 64 * 1024;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn random_bytes(n: usize) -> Vec<u8> {
+    let mut out = vec![0u8; n];
+    if getrandom::getrandom(&mut out).is_err() {
+        // Without randomness a synthetic key is guessable; use the clock rather than fail
+        // the session, since the key only maps back through this proxy.
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = (nanos >> ((i % 16) * 8)) as u8;
+        }
+    }
+    out
+}
+
+async fn send<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) {
+    let _ = w.write_all(bytes).await;
+    let _ = w.flush().await;
+}
+
+pub async fn run(conn: Connection, ctx: Arc<ListenerContext>, state: Arc<DbState>, cancels: CancelMap) {
+    let info = conn.info();
+    let mut client = Stream::Plain(conn.stream);
+    // Startup phase: SSL / GSSENC negotiation and cancel requests come before the startup message.
+    let (version, params) = loop {
+        match read_startup(&mut client).await {
+            Ok((StartupPacket::Ssl, _)) => match (&state.server_tls, client) {
+                (Some(tls), Stream::Plain(mut tcp)) => {
+                    if tcp.write_all(b"S").await.is_err() {
+                        return;
+                    }
+                    match tokio_rustls::TlsAcceptor::from(tls.config.clone()).accept(tcp).await {
+                        Ok(tls) => client = Stream::Server(Box::new(tls)),
+                        Err(e) => {
+                            tracing::info!(error = %e, "client TLS handshake failed");
+                            return;
+                        }
+                    }
+                }
+                (_, mut other) => {
+                    if other.write_all(b"N").await.is_err() {
+                        return;
+                    }
+                    client = other;
+                }
+            },
+            Ok((StartupPacket::GssEnc, _)) => {
+                if client.write_all(b"N").await.is_err() {
+                    return;
+                }
+            }
+            Ok((StartupPacket::Cancel { pid, key }, _)) => {
+                let target = lock(&cancels).get(&(pid, key)).cloned();
+                match target {
+                    Some(t) => {
+                        if let Err(e) = t.upstream.cancel(t.pid, &t.key).await {
+                            tracing::warn!(error = %e, "forwarding a cancel request failed");
+                        }
+                    }
+                    None => tracing::info!("cancel request for an unknown session ignored"),
+                }
+                return;
+            }
+            Ok((StartupPacket::Startup { version, params }, _)) => break (version, params),
+            Err(WireError::Closed) => return,
+            Err(e) => {
+                send(&mut client, &error_response("FATAL", "08P01", &format!("dbtape: {e}"))).await;
+                return;
+            }
+        }
+    };
+    match establish(&mut client, &ctx, &state, info, version, &params).await {
+        Ok(Some(established)) => {
+            let Established { port, upstream, synthetic, real } = established;
+            if let Some((pid, key)) = real {
+                lock(&cancels).insert(synthetic.clone(), CancelTarget { upstream: state.upstream.clone(), pid, key });
+            }
+            relay_session(client, upstream, port, &ctx).await;
+            lock(&cancels).remove(&synthetic);
+        }
+        Ok(None) | Err(Refusal::Gone) => {}
+        Err(Refusal::Denied { login, db_user, db_name, reason }) => {
+            tracing::info!(user = %login, %reason, "connection denied");
+            send(&mut client, &error_response("FATAL", "28000", &format!("dbtape: {reason}"))).await;
+            let identity = SessionIdentity { user: login, db_user, db_name, ..Default::default() };
+            if let Ok(port) = ctx.open_session(identity, info).await {
+                let _ = port.emit(EventBody::SessionStart { status: Status::failed(reason, "access denied"), postgres_pid: None }).await;
+                port.seal().await;
+            }
+        }
+    }
+}
+
+/// What ended a connection before its session began.
+enum Refusal {
+    /// Authentication or authorization failed: 28000, recorded as TDB00W.
+    Denied { login: String, db_user: String, db_name: String, reason: String },
+    /// The client went away mid-handshake.
+    Gone,
+}
+
+struct Established {
+    port: AuditPort,
+    upstream: Stream,
+    synthetic: (i32, Vec<u8>),
+    real: Option<(i32, Vec<u8>)>,
+}
+
+enum ScramOutcome {
+    WrongPassword,
+    Gone,
+    Protocol(String),
+}
+
+/// Runs SCRAM-SHA-256 with the client against `verifier`.
+async fn scram_login(client: &mut Stream, verifier: Verifier) -> Result<(), ScramOutcome> {
+    let gone = |e: WireError| match e {
+        WireError::Closed | WireError::Io(_) => ScramOutcome::Gone,
+        other => ScramOutcome::Protocol(other.to_string()),
+    };
+    client.write_all(&auth_message(10, b"SCRAM-SHA-256\0\0")).await.map_err(|_| ScramOutcome::Gone)?;
+    let _ = client.flush().await;
+    let (ty, body) = read_message(client, 16 * 1024).await.map_err(gone)?;
+    if ty != b'p' {
+        return Err(ScramOutcome::Protocol(format!("expected SASLInitialResponse, got {:?}", ty as char)));
+    }
+    let (mechanism, rest) = super::codec::cstr(&body).ok_or_else(|| ScramOutcome::Protocol("SASLInitialResponse".into()))?;
+    if mechanism != "SCRAM-SHA-256" {
+        return Err(ScramOutcome::Protocol(format!("unsupported mechanism {mechanism:?}")));
+    }
+    let first = String::from_utf8_lossy(rest.get(4..).unwrap_or_default()).into_owned();
+    let (exchange, server_first) = ServerExchange::start(verifier, &first).map_err(|e| ScramOutcome::Protocol(e.to_string()))?;
+    client.write_all(&auth_message(11, server_first.as_bytes())).await.map_err(|_| ScramOutcome::Gone)?;
+    let _ = client.flush().await;
+    let (ty, body) = read_message(client, 16 * 1024).await.map_err(gone)?;
+    if ty != b'p' {
+        return Err(ScramOutcome::Protocol(format!("expected SASLResponse, got {:?}", ty as char)));
+    }
+    match exchange.finish(&String::from_utf8_lossy(&body)) {
+        Ok(server_final) => {
+            client.write_all(&auth_message(12, server_final.as_bytes())).await.map_err(|_| ScramOutcome::Gone)?;
+            Ok(())
+        }
+        Err(super::scram::ScramError::WrongProof) => Err(ScramOutcome::WrongPassword),
+        Err(e) => Err(ScramOutcome::Protocol(e.to_string())),
+    }
+}
+
+/// Tells the client why and records the failed start.
+async fn refuse_after_open(client: &mut Stream, port: AuditPort, reason: String, sqlstate: &str) -> Result<Option<Established>, Refusal> {
+    tracing::warn!(%reason, "session refused after authentication");
+    send(client, &error_response("FATAL", sqlstate, &format!("dbtape: {reason}"))).await;
+    let _ = port.emit(EventBody::SessionStart { status: Status::failed(reason, "upstream connection failed"), postgres_pid: None }).await;
+    port.seal().await;
+    Ok(None)
+}
+
+/// Authenticates the client, authorizes, logs in upstream and finishes the client's startup.
+async fn establish(
+    client: &mut Stream,
+    ctx: &ListenerContext,
+    state: &DbState,
+    info: ConnectionInfo,
+    version: i32,
+    params: &[(String, String)],
+) -> Result<Option<Established>, Refusal> {
+    let login = StartupPacket::param(params, "user").unwrap_or_default().to_string();
+    // psql defaults the database to the login; with `alice@reader` that is no real choice.
+    let requested_db = StartupPacket::param(params, "database").filter(|d| *d != login).map(str::to_string);
+    let (person, requested_db_user) = split_login(&login);
+    let deny = |who: &str, reason: String| Refusal::Denied {
+        login: who.to_string(),
+        db_user: requested_db_user.unwrap_or_default().to_string(),
+        db_name: requested_db.clone().unwrap_or_default(),
+        reason,
+    };
+    if state.client_tls_mode == ClientTlsMode::Required && !client.is_tls() {
+        return Err(deny(person, "this database requires TLS (connect with sslmode=require or stronger)".into()));
+    }
+    let config = ctx.config();
+    let peer_chain = match &*client {
+        Stream::Server(tls) => tls.get_ref().1.peer_certificates().map(<[_]>::to_vec),
+        _ => None,
+    };
+    let cert_cn = match (peer_chain, state.server_tls.as_ref().and_then(|t| t.client_verifier.as_ref())) {
+        (Some(chain), Some(verifier)) if !chain.is_empty() => {
+            if let Err(e) = crate::proxy::tls::verify_client_chain(verifier.as_ref(), &chain) {
+                return Err(deny(person, format!("client certificate not trusted: {e}")));
+            }
+            chain.first().and_then(crate::proxy::tls::subject_cn)
+        }
+        _ => None,
+    };
+    let user = match cert_cn {
+        Some(cn) => {
+            let user = user_by_cn(config, &cn).ok_or_else(|| deny(person, format!("no user has certificate CN {cn:?}")))?;
+            if !person.is_empty() && person != user.name {
+                return Err(deny(person, format!("certificate CN {cn:?} belongs to {:?}, not {person:?}", user.name)));
+            }
+            user
+        }
+        None => {
+            let user = user_by_name(config, person);
+            let verifier = user.and_then(|u| u.scram_verifier.as_ref()).and_then(|v| v.read().ok()).and_then(|v| Verifier::parse(&v).ok());
+            let known = verifier.is_some();
+            // Unknown users go through the same exchange against a throwaway verifier, so
+            // the answer does not reveal who exists.
+            let verifier = match verifier {
+                Some(v) => v,
+                None => Verifier::from_password(&String::from_utf8_lossy(&random_bytes(16)), random_bytes(16), 4096),
+            };
+            match scram_login(client, verifier).await {
+                Ok(()) if known => {}
+                Ok(()) | Err(ScramOutcome::WrongPassword) => {
+                    return Err(deny(person, format!("password authentication failed for user {person:?}")))
+                }
+                Err(ScramOutcome::Gone) => return Err(Refusal::Gone),
+                Err(ScramOutcome::Protocol(e)) => return Err(deny(person, format!("SCRAM exchange failed: {e}"))),
+            }
+            user.ok_or_else(|| deny(person, format!("password authentication failed for user {person:?}")))?
+        }
+    };
+    let (db_user, db_name) = authorize(user, &ctx.database().name, requested_db_user, requested_db.as_deref(), &state.upstream.database)
+        .map_err(|reason| deny(&user.name, reason))?;
+    let identity = SessionIdentity {
+        user: user.name.clone(),
+        db_user: db_user.clone(),
+        db_name: db_name.clone(),
+        user_agent: StartupPacket::param(params, "application_name").unwrap_or_default().to_string(),
+        ..Default::default()
+    };
+    let port = match ctx.open_session(identity, info).await {
+        Ok(port) => port,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open a recording; refusing the session");
+            send(client, &error_response("FATAL", "58030", "dbtape: the session cannot be recorded, so it is refused")).await;
+            return Ok(None);
+        }
+    };
+    let mut upstream_params: Vec<(String, String)> = vec![("user".into(), db_user), ("database".into(), db_name)];
+    upstream_params.extend(params.iter().filter(|(k, _)| !matches!(k.as_str(), "user" | "database" | "replication")).cloned());
+    let password = match ctx.database().auth.method {
+        AuthMethod::Password => ctx.database().auth.password.as_ref().and_then(|p| p.read().ok()),
+        AuthMethod::None => None,
+        AuthMethod::AwsIam => {
+            return refuse_after_open(client, port, "auth.method \"aws_iam\" is not available for postgres in this build".into(), "08004").await;
+        }
+    };
+    let mut upstream = match state.upstream.connect(&upstream_params, password.as_deref()).await {
+        Ok(s) => s,
+        Err(UpstreamError::Server { text, raw }) => {
+            send(client, &raw).await;
+            let _ = port.emit(EventBody::SessionStart { status: Status::failed(text, "upstream refused the login"), postgres_pid: None }).await;
+            port.seal().await;
+            return Ok(None);
+        }
+        Err(e) => return refuse_after_open(client, port, format!("upstream: {e}"), "08006").await,
+    };
+    // Finish the client's startup with what the upstream says, swapping in a synthetic
+    // cancel key (3.2 clients get a 32-byte key).
+    let mut out = auth_message(0, &[]);
+    let mut real = None;
+    let pid_bytes: [u8; 4] = random_bytes(4).try_into().unwrap_or([0, 0, 0, 1]);
+    let synthetic = ((i32::from_be_bytes(pid_bytes) & 0x7fff_ffff).max(1), random_bytes(if version == PROTOCOL_3_2 { 32 } else { 4 }));
+    loop {
+        let (ty, body) = match read_message(&mut upstream, 1 << 20).await {
+            Ok(m) => m,
+            Err(e) => return refuse_after_open(client, port, format!("upstream: {e}"), "08006").await,
+        };
+        match ty {
+            b'K' => {
+                let pid = body.get(..4).map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]])).unwrap_or(0);
+                real = Some((pid, body.get(4..).unwrap_or_default().to_vec()));
+                let mut fake = synthetic.0.to_be_bytes().to_vec();
+                fake.extend_from_slice(&synthetic.1);
+                out.extend_from_slice(&message(b'K', &fake));
+            }
+            b'E' => {
+                out.extend_from_slice(&message(b'E', &body));
+                send(client, &out).await;
+                let text = super::messages::error_text(&body);
+                let _ = port.emit(EventBody::SessionStart { status: Status::failed(text, "upstream refused the session"), postgres_pid: None }).await;
+                port.seal().await;
+                return Ok(None);
+            }
+            b'Z' => {
+                out.extend_from_slice(&message(b'Z', &body));
+                break;
+            }
+            _ => out.extend_from_slice(&message(ty, &body)),
+        }
+    }
+    if let Err(e) = port.session_started(real.as_ref().map(|(pid, _)| *pid as u32)).await {
+        send(client, &error_response("FATAL", "58030", e.client_message())).await;
+        let _ = port.end().await;
+        return Ok(None);
+    }
+    if client.write_all(&out).await.is_err() || client.flush().await.is_err() {
+        let _ = port.end().await;
+        return Ok(None);
+    }
+    Ok(Some(Established { port, upstream, synthetic, real }))
+}
+
+/// Why the relay stopped.
+enum Stop {
+    ClientClosed,
+    UpstreamClosed,
+    ClientMalformed(String, Vec<u8>),
+    UpstreamMalformed(String, Vec<u8>),
+    Audit(crate::audit::AuditError),
+    Io,
+}
+
+/// Relays both directions, auditing on the way, until either side ends.
+async fn relay_session(client: Stream, upstream: Stream, port: AuditPort, ctx: &ListenerContext) {
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    let (mut upstream_read, mut upstream_write) = tokio::io::split(upstream);
+    let stop = {
+        let to_upstream = pump(&mut client_read, &mut upstream_write, &port, Direction::FromClient);
+        let to_client = pump(&mut upstream_read, &mut client_write, &port, Direction::FromUpstream);
+        tokio::select! {
+            stop = to_upstream => stop,
+            stop = to_client => stop,
+            _ = ctx.shutdown().cancelled() => {
+                send(&mut client_write, &error_response("FATAL", "57P01", "dbtape: terminating connection because the proxy is shutting down")).await;
+                Stop::UpstreamClosed
+            }
+        }
+    };
+    match stop {
+        Stop::ClientClosed | Stop::UpstreamClosed | Stop::Io => {}
+        Stop::ClientMalformed(detail, sample) => {
+            tracing::warn!(%detail, "malformed message from the client; closing the connection");
+            let _ = port.emit(EventBody::MalformedPacket { payload: sample }).await;
+            send(&mut client_write, &error_response("FATAL", "08P01", &format!("dbtape: protocol violation: {detail}"))).await;
+        }
+        Stop::UpstreamMalformed(detail, sample) => {
+            tracing::warn!(%detail, "malformed message from the upstream; closing the connection");
+            let _ = port.emit(EventBody::MalformedPacket { payload: sample }).await;
+            send(&mut client_write, &error_response("FATAL", "08P01", "dbtape: the database sent a malformed message; connection closed")).await;
+        }
+        Stop::Audit(e) => {
+            tracing::error!(error = %e, "recording failed in strict mode; ending the session");
+            send(&mut client_write, &error_response("FATAL", "58030", e.client_message())).await;
+        }
+    }
+    let _ = upstream_write.shutdown().await;
+    if let Err(e) = port.end().await {
+        tracing::error!(error = %e, "could not record the session end");
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    FromClient,
+    FromUpstream,
+}
+
+/// Bytes kept of a malformed chunk for the audit event.
+const MALFORMED_SAMPLE: usize = 1024;
+
+/// Copies one direction chunk by chunk. Each chunk is scanned and its events recorded
+/// before it is forwarded, so in strict mode nothing unrecorded passes.
+async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(from: &mut R, to: &mut W, port: &AuditPort, direction: Direction) -> Stop {
+    let capture = match direction {
+        Direction::FromClient => client_captures,
+        Direction::FromUpstream => server_captures,
+    };
+    let mut scanner = MessageScanner::new(MAX_CAPTURED, capture);
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut events: Vec<EventBody> = Vec::new();
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                return if direction == Direction::FromClient { Stop::ClientClosed } else { Stop::UpstreamClosed };
+            }
+            Ok(n) => n,
+        };
+        let chunk = &buf[..n];
+        let mut terminate = false;
+        let scanned = scanner.feed(chunk, |ty, body| {
+            match direction {
+                Direction::FromClient => {
+                    if let Some(event) = client_event(ty, body)? {
+                        events.push(event);
+                    }
+                }
+                Direction::FromUpstream => {
+                    if let Some(event) = server_result(ty, body) {
+                        events.push(event);
+                    }
+                }
+            }
+            Ok(())
+        });
+        if direction == Direction::FromClient && chunk.first() == Some(&b'X') && scanner.at_boundary() {
+            terminate = true;
+        }
+        for event in events.drain(..) {
+            if let Err(e) = port.emit(event).await {
+                return Stop::Audit(e);
+            }
+        }
+        if let Err(e) = scanned {
+            let sample = chunk[..chunk.len().min(MALFORMED_SAMPLE)].to_vec();
+            return match direction {
+                Direction::FromClient => Stop::ClientMalformed(e.to_string(), sample),
+                Direction::FromUpstream => Stop::UpstreamMalformed(e.to_string(), sample),
+            };
+        }
+        if to.write_all(chunk).await.is_err() || to.flush().await.is_err() {
+            return Stop::Io;
+        }
+        if terminate {
+            return Stop::ClientClosed;
+        }
+    }
+}

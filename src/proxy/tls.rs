@@ -1,0 +1,205 @@
+//! TLS set-up shared by the protocol engines: the proxy's server side (with optional client
+//! certificates) and verified client connections to upstreams.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+
+use crate::config::{ClientTlsConfig, UpstreamTlsConfig, UpstreamTlsMode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("TLS configuration: {0}")]
+    Config(String),
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let file_err = |reason: String| TlsError::File { path: path.display().to_string(), reason };
+    let bytes = std::fs::read(path).map_err(|e| file_err(e.to_string()))?;
+    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut bytes.as_slice()).collect();
+    let certs = certs.map_err(|e| file_err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(file_err("no PEM certificates found".into()));
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let file_err = |reason: String| TlsError::File { path: path.display().to_string(), reason };
+    let bytes = std::fs::read(path).map_err(|e| file_err(e.to_string()))?;
+    rustls_pemfile::private_key(&mut bytes.as_slice())
+        .map_err(|e| file_err(e.to_string()))?
+        .ok_or_else(|| file_err("no PEM private key found".into()))
+}
+
+fn roots(ca: Option<&Path>) -> Result<RootCertStore, TlsError> {
+    let mut store = RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            for cert in read_certs(path)? {
+                store.add(cert).map_err(|e| TlsError::Config(e.to_string()))?;
+            }
+        }
+        None => {
+            let loaded = rustls_native_certs::load_native_certs();
+            for cert in loaded.certs {
+                let _ = store.add(cert);
+            }
+        }
+    }
+    Ok(store)
+}
+
+/// The proxy's server-side TLS, or `None` when the client leg has no certificate.
+pub struct ServerTls {
+    pub config: Arc<ServerConfig>,
+    /// Checks a client certificate after the handshake (mTLS), when `client_ca` is set.
+    pub client_verifier: Option<Arc<dyn ClientCertVerifier>>,
+}
+
+pub fn server_config(tls: &ClientTlsConfig) -> Result<Option<ServerTls>, TlsError> {
+    let (Some(cert), Some(key)) = (&tls.cert, &tls.key) else { return Ok(None) };
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let (builder, client_verifier) = match &tls.client_ca {
+        Some(ca) => {
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots(Some(ca))?), provider())
+                // A certificate is one way to prove identity; SCRAM is the other.
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| TlsError::Config(e.to_string()))?;
+            let permissive = Arc::new(DeferredClientVerifier { inner: verifier.clone() });
+            (builder.with_client_cert_verifier(permissive), Some(verifier))
+        }
+        None => (builder.with_no_client_auth(), None),
+    };
+    let config = builder
+        .with_single_cert(read_certs(cert)?, read_key(key)?)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    Ok(Some(ServerTls { config: Arc::new(config), client_verifier }))
+}
+
+/// Lets any client certificate through the handshake (still proving key possession) so
+/// that an untrusted one is refused afterwards in the client's own protocol, with an audit
+/// event, instead of as an opaque TLS alert.
+#[derive(Debug)]
+struct DeferredClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+}
+
+impl ClientCertVerifier for DeferredClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(&self, _end_entity: &CertificateDer<'_>, _intermediates: &[CertificateDer<'_>], _now: UnixTime) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Verifies a client's certificate chain against the configured CA.
+pub fn verify_client_chain(verifier: &dyn ClientCertVerifier, chain: &[CertificateDer<'static>]) -> Result<(), String> {
+    let (end_entity, intermediates) = chain.split_first().ok_or("no certificate")?;
+    verifier
+        .verify_client_cert(end_entity, intermediates, UnixTime::now())
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Verified (or, for `require`, encrypted-only) client TLS to an upstream.
+pub fn client_config(tls: &UpstreamTlsConfig) -> Result<Option<Arc<ClientConfig>>, TlsError> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let config = match tls.mode {
+        UpstreamTlsMode::Disable => return Ok(None),
+        UpstreamTlsMode::VerifyFull => builder.with_root_certificates(roots(tls.ca.as_deref())?).with_no_client_auth(),
+        UpstreamTlsMode::VerifyCa | UpstreamTlsMode::Require => {
+            let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots(tls.ca.as_deref())?), provider())
+                .build()
+                .map_err(|e| TlsError::Config(e.to_string()))?;
+            let verifier = RelaxedVerifier { inner, check_chain: tls.mode == UpstreamTlsMode::VerifyCa };
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth()
+        }
+    };
+    Ok(Some(Arc::new(config)))
+}
+
+/// `verify-ca` checks the chain but not the name; `require` only encrypts (as libpq's modes).
+#[derive(Debug)]
+struct RelaxedVerifier {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    check_chain: bool,
+}
+
+impl ServerCertVerifier for RelaxedVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if !self.check_chain {
+            return Ok(ServerCertVerified::assertion());
+        }
+        match self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))
+            | Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext { .. })) => {
+                Ok(ServerCertVerified::assertion())
+            }
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// The subject CN of a verified client certificate.
+pub fn subject_cn(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let cn = parsed.subject().iter_common_name().next()?.as_str().ok()?.to_string();
+    Some(cn)
+}

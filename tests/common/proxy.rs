@@ -1,0 +1,157 @@
+//! Runs dbtape in-process in front of the services' PostgreSQL.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use dbtape::config::Config;
+use dbtape::recording::RecordingStore;
+use dbtape::server::{builtin_engines, Server};
+
+use super::services::Services;
+
+pub const ALICE_PASSWORD: &str = "alice-password";
+pub const BOB_PASSWORD: &str = "bob-password";
+
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub store: RecordingStore,
+    pub root: tempfile::TempDir,
+    pub services: Services,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+fn verifier(password: &str) -> String {
+    dbtape::proxy::postgres::scram::Verifier::generate(password, 4096).unwrap().to_string()
+}
+
+impl Proxy {
+    pub async fn start() -> Proxy {
+        Self::start_with("").await
+    }
+
+    /// `extra_recording` is added to the [recording] section (e.g. `mode = "best_effort"`).
+    pub async fn start_with(extra_recording: &str) -> Proxy {
+        let services = Services::load();
+        let root = tempfile::tempdir().unwrap();
+        let certs = services.get("CERTS").to_string();
+        std::env::set_var("DBTAPE_TEST_PG_PASSWORD", services.get("PG_PASSWORD"));
+        let text = format!(
+            r#"
+[server]
+shutdown_grace = "2s"
+[recording]
+dir = "{root}/recordings"
+signing_key = "{root}/key"
+batch_interval = "10ms"
+{extra_recording}
+[[databases]]
+name = "pg"
+protocol = "postgres"
+listen = "127.0.0.1:0"
+upstream = "postgres://127.0.0.1:{port}/postgres"
+[databases.client_tls]
+cert = "{certs}/server.crt"
+key = "{certs}/server.key"
+client_ca = "{certs}/ca.crt"
+[databases.upstream_tls]
+ca = "{certs}/ca.crt"
+[databases.auth]
+method = "password"
+password = {{ env = "DBTAPE_TEST_PG_PASSWORD" }}
+
+[[users]]
+name = "alice"
+scram_verifier = "{alice}"
+[[users.grants]]
+database = "pg"
+db_users = ["postgres"]
+
+[[users]]
+name = "bob"
+scram_verifier = "{bob}"
+[[users.grants]]
+database = "pg"
+db_users = ["reporting"]
+
+[[users]]
+name = "carol"
+cert_cn = "carol"
+[[users.grants]]
+database = "pg"
+db_users = ["postgres"]
+"#,
+            root = root.path().display(),
+            port = services.get("PG_PORT"),
+            alice = verifier(ALICE_PASSWORD),
+            bob = verifier(BOB_PASSWORD),
+        );
+        let config = Arc::new(Config::parse(&text, &root.path().join("dbtape.toml")).unwrap());
+        let registry = builtin_engines(&config).unwrap();
+        let server = Server::bind(config, &registry).await.unwrap();
+        let addr = server.local_addrs()[0].1;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async move {
+            let _ = stopped.await;
+        }));
+        let store = RecordingStore::new(root.path().join("recordings"));
+        Proxy { addr, store, root, services, stop: Some(stop), task: Some(task) }
+    }
+
+    /// Stops the proxy, sealing every recording.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+
+    pub fn conninfo(&self, user: &str, extra: &str) -> String {
+        format!("host=127.0.0.1 port={} user={user} dbname=postgres sslmode=disable {extra}", self.addr.port())
+    }
+
+    /// Runs psql with the given connection string, returning (success, stdout, stderr).
+    pub async fn psql(&self, conninfo: String, password: Option<&str>, args: Vec<String>) -> (bool, String, String) {
+        let password = password.map(str::to_string);
+        tokio::task::spawn_blocking(move || {
+            let mut cmd = std::process::Command::new("psql");
+            cmd.arg(conninfo).args(["-X", "-q", "-v", "ON_ERROR_STOP=0"]).args(args).env_remove("PGPASSWORD");
+            if let Some(p) = password {
+                cmd.env("PGPASSWORD", p);
+            }
+            let out = cmd.output().unwrap();
+            (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Events of every recording, sessions in start order.
+    pub fn sessions(&self) -> Vec<Vec<serde_json::Value>> {
+        let mut summaries: Vec<_> = self.store.summaries().unwrap().into_iter().map(Result::unwrap).collect();
+        summaries.sort_by_key(|s| (s.start_ms, s.sid.clone()));
+        summaries
+            .iter()
+            .map(|s| super::read_lines(&self.store, &s.sid).0.iter().map(|l| super::assert_schema_valid(l)).collect())
+            .collect()
+    }
+}
+
+/// A compact view of an event for exact assertions: type plus its telling field.
+pub fn brief(event: &serde_json::Value) -> String {
+    let kind = event["event"].as_str().unwrap_or_default();
+    match kind {
+        "db.session.query" => format!("query {}", event["db_query"].as_str().unwrap_or_default()),
+        "db.session.result" if event["success"] == false => format!("error {}", event["error"].as_str().unwrap_or_default()),
+        "db.session.result" => format!("result {}", event["affected_records"].as_u64().unwrap_or(0)),
+        "db.session.start" => format!("start {} {}", event["code"].as_str().unwrap_or_default(), event["error"].as_str().unwrap_or_default()).trim_end().to_string(),
+        "db.session.postgres.statements.parse" => format!("parse {}", event["query"].as_str().unwrap_or_default()),
+        "db.session.postgres.statements.bind" => format!("bind {}", serde_json::to_string(&event["parameters"]).unwrap_or_default()),
+        "db.session.postgres.statements.execute" => "execute".to_string(),
+        "db.session.postgres.statements.close" => "close".to_string(),
+        "db.session.end" => "end".to_string(),
+        other => other.to_string(),
+    }
+}

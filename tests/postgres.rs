@@ -1,0 +1,298 @@
+//! The PostgreSQL path end to end: real clients (psql, tokio-postgres, pgbench) through
+//! dbtape to the real PostgreSQL that `scripts/services` starts.
+
+mod common;
+
+use common::proxy::{brief, Proxy, ALICE_PASSWORD, BOB_PASSWORD};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_session_is_recorded_and_plays_back() {
+    let mut proxy = Proxy::start().await;
+    let script = proxy.root.path().join("session.sql");
+    std::fs::write(
+        &script,
+        "CREATE TEMP TABLE t (id int, v text);\n\
+         INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'c');\n\
+         SELECT id FROM t;\n\
+         SELECT err;\n\
+         \\copy t from stdin\n4\td\n5\te\n\\.\n\
+         \\copy t to stdout\n",
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = proxy.psql(proxy.conninfo("alice", ""), Some(ALICE_PASSWORD), vec!["-f".into(), script.display().to_string()]).await;
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("5\te"), "{stdout}");
+    assert!(stderr.contains("column \"err\" does not exist"), "{stderr}");
+    proxy.stop().await;
+
+    let sessions = proxy.sessions();
+    assert_eq!(sessions.len(), 1);
+    let events = &sessions[0];
+    let briefs: Vec<String> = events.iter().map(brief).collect();
+    assert_eq!(
+        briefs,
+        [
+            "start TDB00I",
+            "query CREATE TEMP TABLE t (id int, v text);",
+            "result 0",
+            "query INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'c');",
+            "result 3",
+            "query SELECT id FROM t;",
+            "result 3",
+            "query SELECT err;",
+            "error ERROR: column \"err\" does not exist (SQLSTATE 42703)",
+            "query COPY  t FROM STDIN ",
+            "result 2",
+            "query COPY  t TO STDOUT ",
+            "result 5",
+            "end",
+        ]
+    );
+    let start = &events[0];
+    assert_eq!(start["user"], "alice");
+    assert_eq!(start["db_user"], "postgres");
+    assert_eq!(start["db_name"], "postgres");
+    assert_eq!(start["db_service"], "pg");
+    assert_eq!(start["user_agent"], "psql");
+    assert!(start["postgres_pid"].as_u64().unwrap() > 0);
+
+    let sid = start["sid"].as_str().unwrap();
+    let out = common::dbtape_bin().args(["play", sid, "--format", "text", "--dir"]).arg(proxy.store.dir()).output().unwrap();
+    let screen = String::from_utf8_lossy(&out.stdout);
+    let time = |e: &serde_json::Value| dbtape::replay::render::screen_time(e["time"].as_str().unwrap());
+    let expected = format!(
+        "Session started to database \"pg\" at {}\n\n\
+         postgres=> CREATE TEMP TABLE t (id int, v text);\nSUCCESS\n(0 rows affected)\n\n\
+         postgres=> INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'c');\nSUCCESS\n(3 rows affected)\n\n\
+         postgres=> SELECT id FROM t;\nSUCCESS\n(3 rows affected)\n\n\
+         postgres=> SELECT err;\nERROR: column \"err\" does not exist (SQLSTATE 42703)\n\n\
+         postgres=> COPY  t FROM STDIN\nSUCCESS\n(2 rows affected)\n\n\
+         postgres=> COPY  t TO STDOUT\nSUCCESS\n(5 rows affected)\n\n\
+         Session ended at {}\n",
+        time(&events[0]),
+        time(events.last().unwrap())
+    );
+    assert_eq!(screen, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_unknown_user_and_ungranted_db_user_are_denied() {
+    let mut proxy = Proxy::start().await;
+    let cases = [
+        ("alice", "not-her-password", "password authentication failed for user \"alice\""),
+        ("nobody", "whatever", "password authentication failed for user \"nobody\""),
+        ("bob@postgres", BOB_PASSWORD, "may not connect as db_user \"postgres\""),
+    ];
+    for (user, password, needle) in cases {
+        let (ok, _, stderr) = proxy.psql(proxy.conninfo(user, ""), Some(password), vec!["-c".into(), "SELECT 1".into()]).await;
+        assert!(!ok, "{user} got in");
+        assert!(stderr.contains(needle), "{user}: {stderr}");
+    }
+    // Still serving: a good login works after the refusals.
+    let (ok, stdout, stderr) = proxy.psql(proxy.conninfo("alice", ""), Some(ALICE_PASSWORD), vec!["-Atc".into(), "SELECT 40 + 2".into()]).await;
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.trim(), "42");
+    proxy.stop().await;
+    let sessions = proxy.sessions();
+    assert_eq!(sessions.len(), 4);
+    for (events, (user, _, needle)) in sessions.iter().zip(cases) {
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0]["code"], "TDB00W");
+        assert_eq!(events[0]["success"], false);
+        assert!(events[0]["error"].as_str().unwrap().contains(needle));
+        assert_eq!(events[0]["user"], user.split('@').next().unwrap());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_identifies_by_certificate_cn_and_refuses_unknown_certificates() {
+    let mut proxy = Proxy::start().await;
+    let certs = proxy.services.get("CERTS").to_string();
+    let tls = |who: &str| format!("sslmode=verify-full sslrootcert={certs}/ca.crt sslcert={certs}/{who}.crt sslkey={certs}/{who}.key");
+    let conn = |who: &str| format!("host=localhost port={} user={who} dbname=postgres {}", proxy.addr.port(), tls(who));
+    let (ok, stdout, stderr) = proxy.psql(conn("carol"), None, vec!["-Atc".into(), "SELECT current_user".into()]).await;
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.trim(), "postgres");
+    let (ok, _, stderr) = proxy.psql(conn("mallory"), None, vec!["-Atc".into(), "SELECT 1".into()]).await;
+    assert!(!ok);
+    assert!(stderr.contains("client certificate not trusted"), "{stderr}");
+    proxy.stop().await;
+    let sessions = proxy.sessions();
+    assert_eq!(sessions.len(), 2);
+    assert_eq!(brief(&sessions[0][0]), "start TDB00I");
+    assert_eq!(sessions[0][0]["user"], "carol");
+    assert_eq!(sessions[1][0]["code"], "TDB00W");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_postgres_prepared_pipelined_binary_and_transactions() {
+    let mut proxy = Proxy::start().await;
+    let mut config = tokio_postgres::Config::new();
+    config.host("127.0.0.1").port(proxy.addr.port()).user("alice").password(ALICE_PASSWORD).dbname("postgres");
+    let (mut client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+    let driver = tokio::spawn(connection);
+
+    let stmt = client.prepare("SELECT $1::int4 + 1").await.unwrap();
+    let row = client.query_one(&stmt, &[&41i32]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 42);
+    // Two queries in flight at once: tokio-postgres pipelines them.
+    let (a, b) = tokio::join!(client.query_one("SELECT $1::text", &[&"x"]), client.query_one("SELECT $1::int8 * 2", &[&21i64]));
+    assert_eq!(a.unwrap().get::<_, String>(0), "x");
+    assert_eq!(b.unwrap().get::<_, i64>(0), 42);
+    let tx = client.transaction().await.unwrap();
+    tx.batch_execute("CREATE TEMP TABLE tx_t (v int)").await.unwrap();
+    tx.execute("INSERT INTO tx_t VALUES ($1), ($2)", &[&1i32, &2i32]).await.unwrap();
+    tx.commit().await.unwrap();
+    drop(client);
+    let _ = driver.await;
+    proxy.stop().await;
+
+    let events = &proxy.sessions()[0];
+    let briefs: Vec<String> = events.iter().map(brief).collect();
+    let find = |needle: &str| briefs.iter().position(|b| b == needle).unwrap_or_else(|| panic!("no {needle:?} in {briefs:#?}"));
+    find("parse SELECT $1::int4 + 1");
+    // 41 as a binary int4 is base64 "AAAAKQ==".
+    let bind = find("bind [\"AAAAKQ==\"]");
+    assert_eq!(briefs[bind + 1], "execute");
+    assert_eq!(briefs[bind + 2], "result 1");
+    find("bind [\"eA==\"]"); // text sent in binary format is its raw bytes
+    find("bind [\"AAAAAAAAABU=\"]");
+    find("query START TRANSACTION");
+    find("query CREATE TEMP TABLE tx_t (v int)");
+    let insert = find("bind [\"AAAAAQ==\",\"AAAAAg==\"]");
+    assert_eq!(briefs[insert + 2], "result 2");
+    find("query COMMIT");
+    assert_eq!(briefs.last().unwrap(), "end");
+    // Prepared statements play back with their parameters.
+    let sid = events[0]["sid"].as_str().unwrap();
+    let out = common::dbtape_bin().args(["play", sid, "--format", "text", "--dir"]).arg(proxy.store.dir()).output().unwrap();
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(screen.contains("postgres=> SELECT $1::int4 + 1 ($1 = \"AAAAKQ==\")\nSUCCESS\n(1 row affected)\n"), "{screen}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_requests_reach_the_real_backend() {
+    let mut proxy = Proxy::start().await;
+    let mut config = tokio_postgres::Config::new();
+    config.host("127.0.0.1").port(proxy.addr.port()).user("alice").password(ALICE_PASSWORD).dbname("postgres");
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let token = client.cancel_token();
+    let started = std::time::Instant::now();
+    let sleeper = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await.map(|_| ()) });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let err = sleeper.await.unwrap().unwrap_err();
+    assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::QUERY_CANCELED));
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    proxy.stop().await;
+    let events = &proxy.sessions()[0];
+    let briefs: Vec<String> = events.iter().map(brief).collect();
+    assert!(briefs.contains(&"error ERROR: canceling statement due to user request (SQLSTATE 57014)".to_string()), "{briefs:#?}");
+    // The backend key never reaches the recording.
+    let pid = events[0]["postgres_pid"].as_u64().unwrap();
+    assert!(pid > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_runs_through_the_proxy_in_simple_and_prepared_modes() {
+    let mut proxy = Proxy::start().await;
+    let port = proxy.addr.port().to_string();
+    let run = |args: Vec<&str>| {
+        let mut full = vec!["-h", "127.0.0.1", "-p", port.as_str(), "-U", "alice"];
+        full.extend(args);
+        let full: Vec<String> = full.into_iter().map(str::to_string).collect();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                std::process::Command::new("pgbench").args(&full).env("PGPASSWORD", ALICE_PASSWORD).env("PGSSLMODE", "disable").output().unwrap()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let init = run(vec!["-i", "-s", "1", "-q", "postgres"]).await;
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    for mode in ["simple", "prepared"] {
+        let out = run(vec!["-c", "2", "-j", "1", "-T", "2", "-S", "-M", mode, "postgres"]).await;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{mode}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains("number of failed transactions: 0"), "{stdout}");
+    }
+    proxy.stop().await;
+    let sessions = proxy.sessions();
+    let queries: usize = sessions.iter().flatten().filter(|e| e["event"] == "db.session.query" || e["event"] == "db.session.postgres.statements.execute").count();
+    assert!(queries > 100, "only {queries} queries recorded");
+    assert!(sessions.iter().all(|s| s.last().map(brief).as_deref() == Some("end")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_bytes_end_only_that_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut proxy = Proxy::start().await;
+    // Garbage instead of a startup packet.
+    let mut raw = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    raw.write_all(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4]).await.unwrap();
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), raw.read_to_end(&mut reply)).await;
+    assert_eq!(reply.first(), Some(&b'E'), "{reply:?}");
+    assert!(String::from_utf8_lossy(&reply).contains("08P01"));
+
+    // A logged-in session that then sends a message with an impossible length.
+    let mut config = tokio_postgres::Config::new();
+    config.host("127.0.0.1").port(proxy.addr.port()).user("alice").password(ALICE_PASSWORD).dbname("postgres");
+    let (bystander, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let mut bad = login_raw(&proxy).await;
+    bad.write_all(b"Q\x00\x00\x00\x02").await.unwrap();
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), bad.read_to_end(&mut reply)).await;
+    assert!(String::from_utf8_lossy(&reply).contains("protocol violation"), "{}", String::from_utf8_lossy(&reply));
+    // Other sessions carry on.
+    let row = bystander.query_one("SELECT 7", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 7);
+    drop(bystander);
+    proxy.stop().await;
+    let malformed: Vec<serde_json::Value> = proxy.sessions().into_iter().flatten().filter(|e| e["event"] == "db.session.malformed_packet").collect();
+    assert_eq!(malformed.len(), 1);
+    assert_eq!(malformed[0]["payload"], "UQAAAAI=");
+}
+
+/// Logs in as alice over a raw socket, returning it after ReadyForQuery.
+async fn login_raw(proxy: &Proxy) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let mut body = 196_608i32.to_be_bytes().to_vec();
+    body.extend_from_slice(b"user\0alice\0database\0postgres\0\0");
+    let mut startup = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    startup.extend_from_slice(&body);
+    s.write_all(&startup).await.unwrap();
+    let (mut scram, first) = dbtape::proxy::postgres::scram::ClientExchange::start(ALICE_PASSWORD).unwrap();
+    loop {
+        let mut header = [0u8; 5];
+        s.read_exact(&mut header).await.unwrap();
+        let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize - 4;
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).await.unwrap();
+        let send = |ty: u8, payload: Vec<u8>| {
+            let mut m = vec![ty];
+            m.extend_from_slice(&((payload.len() + 4) as i32).to_be_bytes());
+            m.extend_from_slice(&payload);
+            m
+        };
+        match (header[0], body.get(..4).map(|c| i32::from_be_bytes([c[0], c[1], c[2], c[3]]))) {
+            (b'R', Some(10)) => {
+                let mut p = b"SCRAM-SHA-256\0".to_vec();
+                p.extend_from_slice(&(first.len() as i32).to_be_bytes());
+                p.extend_from_slice(first.as_bytes());
+                s.write_all(&send(b'p', p)).await.unwrap();
+            }
+            (b'R', Some(11)) => {
+                let reply = scram.respond(&String::from_utf8_lossy(&body[4..])).unwrap();
+                s.write_all(&send(b'p', reply.into_bytes())).await.unwrap();
+            }
+            (b'Z', _) => return s,
+            (b'E', _) => panic!("login failed: {}", String::from_utf8_lossy(&body)),
+            _ => {}
+        }
+    }
+}
