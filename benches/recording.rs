@@ -56,7 +56,7 @@ fn workload(n: u64) -> Vec<EventBody> {
                         affected_records: 0,
                     }
                 } else {
-                    EventBody::Result { status: Status::ok(), affected_records: r % 3 }
+                    EventBody::Result { status: Status::ok(), affected_records: r % 3, query_ei: None }
                 };
             }
             let id = r % 1_000_000;

@@ -23,13 +23,13 @@ fn pg_session(rec: &TestRecorder) -> String {
     let events = [
         EventBody::SessionStart { status: Status::ok(), postgres_pid: Some(77) },
         q("SELECT id\n   FROM t;"),
-        EventBody::Result { status: Status::ok(), affected_records: 3 },
+        EventBody::Result { status: Status::ok(), affected_records: 3, query_ei: None },
         q("SELECT err;"),
-        EventBody::Result { status: Status::failed("ERROR: column \"err\" does not exist (SQLSTATE 42703)", ""), affected_records: 0 },
+        EventBody::Result { status: Status::failed("ERROR: column \"err\" does not exist (SQLSTATE 42703)", ""), affected_records: 0, query_ei: None },
         EventBody::PostgresParse { statement_name: "s1".into(), query: "UPDATE t SET v = $1 WHERE id = $2".into() },
         EventBody::PostgresBind { statement_name: "s1".into(), portal_name: String::new(), parameters: vec!["a\"b".into(), "7".into()] },
         EventBody::PostgresExecute { portal_name: String::new() },
-        EventBody::Result { status: Status::ok(), affected_records: 1 },
+        EventBody::Result { status: Status::ok(), affected_records: 1, query_ei: None },
         EventBody::SessionEnd {
             session_start: chrono::DateTime::from_timestamp_millis(T0).unwrap(),
             session_stop: chrono::DateTime::from_timestamp_millis(T0 + 120_000).unwrap(),

@@ -120,17 +120,17 @@ fn failed_query_changes_type_and_code() {
 fn results_success_and_error() {
     let c = ctx(Protocol::Postgres);
     assert_eq!(
-        render(&c, 5, &EventBody::Result { status: Status::ok(), affected_records: 3 }),
+        render(&c, 5, &EventBody::Result { status: Status::ok(), affected_records: 3, query_ei: None }),
         with(base(5, "db.session.result", "TDB10I"), json!({"success": true, "affected_records": 3}))
     );
     // Zero is omitted, as Go's omitempty does.
     assert_eq!(
-        render(&c, 6, &EventBody::Result { status: Status::ok(), affected_records: 0 }),
+        render(&c, 6, &EventBody::Result { status: Status::ok(), affected_records: 0, query_ei: None }),
         with(base(6, "db.session.result", "TDB10I"), json!({"success": true}))
     );
     let err = "ERROR: column \"x\" does not exist (SQLSTATE 42703)";
     assert_eq!(
-        render(&c, 7, &EventBody::Result { status: Status::failed(err, ""), affected_records: 0 }),
+        render(&c, 7, &EventBody::Result { status: Status::failed(err, ""), affected_records: 0, query_ei: None }),
         with(base(7, "db.session.result", "TDB10I"), json!({"success": false, "error": err}))
     );
 }
@@ -230,7 +230,7 @@ fn the_audit_port_numbers_events_from_zero_and_seals_with_an_end_event() {
     block_on(async {
         port.session_started(Some(7)).await.unwrap();
         port.emit(EventBody::Query { query: "SELECT 1".into(), parameters: vec![], db_name: None }).await.unwrap();
-        port.emit(EventBody::Result { status: Status::ok(), affected_records: 1 }).await.unwrap();
+        port.emit(EventBody::Result { status: Status::ok(), affected_records: 1, query_ei: None }).await.unwrap();
         port.end().await.unwrap();
     });
     let (lines, _) = read_lines(&rec.store(), &sid);

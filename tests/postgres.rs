@@ -168,6 +168,59 @@ async fn tokio_postgres_prepared_pipelined_binary_and_transactions() {
     let out = common::dbtape_bin().args(["play", sid, "--format", "text", "--dir"]).arg(proxy.store.dir()).output().unwrap();
     let screen = String::from_utf8_lossy(&out.stdout);
     assert!(screen.contains("postgres=> SELECT $1::int4 + 1 ($1 = \"AAAAKQ==\")\nSUCCESS\n(1 row affected)\n"), "{screen}");
+    // Whether or not the two queries were in flight together, each shows with its result.
+    assert!(screen.contains("postgres=> SELECT $1::text ($1 = \"eA==\")\nSUCCESS\n(1 row affected)\n"), "{screen}");
+    assert!(screen.contains("postgres=> SELECT $1::int8 * 2 ($1 = \"AAAAAAAAABU=\")\nSUCCESS\n(1 row affected)\n"), "{screen}");
+    for result in events.iter().filter(|e| e["event"] == "db.session.result") {
+        let query = &events[result["query_ei"].as_u64().unwrap() as usize];
+        assert!(query["event"] == "db.session.query" || query["event"] == "db.session.postgres.statements.execute", "{result}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_keeps_each_query_paired_with_its_result() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut proxy = Proxy::start().await;
+    let mut s = login_raw(&proxy).await;
+    let msg = |ty: u8, body: &[u8]| {
+        let mut m = vec![ty];
+        m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    };
+    let mut pipeline = Vec::new();
+    for sql in ["SELECT 1", "SELECT 1/0", "SELECT 3"] {
+        pipeline.extend(msg(b'P', format!("\0{sql}\0\0\0").as_bytes()));
+        pipeline.extend(msg(b'B', b"\0\0\0\0\0\0\0\0"));
+        pipeline.extend(msg(b'E', b"\0\0\0\0\0"));
+    }
+    pipeline.extend(msg(b'S', b""));
+    s.write_all(&pipeline).await.unwrap();
+    let mut seen = Vec::new();
+    while !seen.ends_with(&[b'Z']) {
+        let mut header = [0u8; 5];
+        s.read_exact(&mut header).await.unwrap();
+        let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize - 4;
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).await.unwrap();
+        seen.push(header[0]);
+    }
+    s.write_all(&msg(b'X', b"")).await.unwrap();
+    drop(s);
+    proxy.stop().await;
+    let events = &proxy.sessions()[0];
+    let executes: Vec<u64> = events.iter().filter(|e| e["event"] == "db.session.postgres.statements.execute").map(|e| e["ei"].as_u64().unwrap()).collect();
+    let results: Vec<(Option<u64>, bool)> = events.iter().filter(|e| e["event"] == "db.session.result").map(|e| (e["query_ei"].as_u64(), e["success"] == true)).collect();
+    assert_eq!(executes.len(), 3);
+    // The third execute is skipped by the server after the error: no result.
+    assert_eq!(results, [(Some(executes[0]), true), (Some(executes[1]), false)]);
+    let sid = events[0]["sid"].as_str().unwrap();
+    let out = common::dbtape_bin().args(["play", sid, "--format", "text", "--dir"]).arg(proxy.store.dir()).output().unwrap();
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        screen.contains("postgres=> SELECT 1\nSUCCESS\n(1 row affected)\n\npostgres=> SELECT 1/0\nERROR: division by zero (SQLSTATE 22012)\n\npostgres=> SELECT 3\n"),
+        "{screen}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

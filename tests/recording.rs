@@ -29,9 +29,9 @@ fn hundred_thousand_events_round_trip() {
     for i in 0..N {
         let body = match i % 4 {
             0 => query(i),
-            1 => EventBody::Result { status: Status::ok(), affected_records: i % 7 },
+            1 => EventBody::Result { status: Status::ok(), affected_records: i % 7, query_ei: None },
             2 => EventBody::PostgresBind { statement_name: "s1".into(), portal_name: String::new(), parameters: vec![i.to_string()] },
-            _ => EventBody::Result { status: Status::failed(format!("ERROR: boom {i} (SQLSTATE 42000)"), ""), affected_records: 0 },
+            _ => EventBody::Result { status: Status::failed(format!("ERROR: boom {i} (SQLSTATE 42000)"), ""), affected_records: 0, query_ei: None },
         };
         log.append(&body, base + i as i64).unwrap();
     }

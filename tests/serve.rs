@@ -40,7 +40,7 @@ impl Engine for EchoEngine {
                 let Ok(Some(line)) = line else { break };
                 port.emit(EventBody::Query { query: line.clone(), parameters: vec![], db_name: None }).await.unwrap();
                 write.write_all(format!("ok {line}\n").as_bytes()).await.unwrap();
-                port.emit(EventBody::Result { status: Status::ok(), affected_records: 1 }).await.unwrap();
+                port.emit(EventBody::Result { status: Status::ok(), affected_records: 1, query_ei: None }).await.unwrap();
             }
             port.end().await.unwrap();
         })

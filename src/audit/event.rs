@@ -90,7 +90,9 @@ pub enum EventBody {
     Query { query: String, parameters: Vec<String>, db_name: Option<String> },
     /// Becomes `db.session.query.failed` / `TDB02W`: the proxy refused the query.
     QueryFailed { query: String, parameters: Vec<String>, db_name: Option<String>, status: Status },
-    Result { status: Status, affected_records: u64 },
+    /// `query_ei` is dbtape's own addition: the `ei` of the query this result answers, so
+    /// pipelined queries stay paired with their results.
+    Result { status: Status, affected_records: u64, query_ei: Option<u64> },
     MalformedPacket { payload: Vec<u8> },
     PostgresParse { statement_name: String, query: String },
     PostgresBind { statement_name: String, portal_name: String, parameters: Vec<String> },
@@ -306,6 +308,8 @@ struct Wire<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     affected_records: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    query_ei: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     session_start: Option<TimeMs>,
     #[serde(skip_serializing_if = "Option::is_none")]
     session_stop: Option<TimeMs>,
@@ -410,9 +414,10 @@ impl Serialize for AuditEvent<'_> {
                     w.db_name = some(name);
                 }
             }
-            EventBody::Result { status, affected_records } => {
+            EventBody::Result { status, affected_records, query_ei } => {
                 w.status(status);
                 w.affected_records = (*affected_records != 0).then_some(*affected_records);
+                w.query_ei = *query_ei;
             }
             EventBody::MalformedPacket { payload } => {
                 w.payload = (!payload.is_empty()).then_some(Base64(payload));

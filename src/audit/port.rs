@@ -41,32 +41,32 @@ impl AuditPort {
         DateTime::<Utc>::from_timestamp_millis(self.log.start_ms()).unwrap_or_else(Utc::now)
     }
 
-    /// Records an event stamped now.
-    pub async fn emit(&self, body: EventBody) -> Result<(), AuditError> {
+    /// Records an event stamped now; returns its `ei` (none if best_effort dropped it).
+    pub async fn emit(&self, body: EventBody) -> Result<Option<u64>, AuditError> {
         self.emit_at(body, Utc::now().timestamp_millis()).await
     }
 
     /// Records an event. Strict mode returns an error when it cannot be recorded; with the
     /// `always` fsync policy it also waits until the event is on disk.
-    pub async fn emit_at(&self, body: EventBody, time_ms: i64) -> Result<(), AuditError> {
+    pub async fn emit_at(&self, body: EventBody, time_ms: i64) -> Result<Option<u64>, AuditError> {
         let strict = self.log.mode() == RecordingMode::Strict;
         match self.log.append(&body, time_ms) {
             Ok(ticket) => {
                 if strict && self.log.fsync_policy() == FsyncPolicy::Always {
                     self.log.wait_durable(ticket).await?;
                 }
-                Ok(())
+                Ok(Some(ticket.ei))
             }
             Err(e) if strict => Err(e.into()),
             Err(e) => {
                 tracing::warn!(sid = %self.sid(), error = %e, "best_effort: event not recorded");
-                Ok(())
+                Ok(None)
             }
         }
     }
 
     pub async fn session_started(&self, postgres_pid: Option<u32>) -> Result<(), AuditError> {
-        self.emit(EventBody::SessionStart { status: Status::ok(), postgres_pid }).await
+        self.emit(EventBody::SessionStart { status: Status::ok(), postgres_pid }).await.map(|_| ())
     }
 
     /// Seals the recording without an end event (a session that never started).
@@ -83,7 +83,7 @@ impl AuditPort {
             .emit_at(EventBody::SessionEnd { session_start: self.session_start(), session_stop: stop }, stop.timestamp_millis())
             .await;
         let sealed = self.log.close().await;
-        emitted?;
+        emitted.map(|_| ())?;
         match sealed {
             Err(e) if matches!(e, RecordingError::Failed { .. }) => Err(e.into()),
             _ => Ok(()),

@@ -25,6 +25,7 @@ pub struct RecordedEvent {
     pub db_query: Option<String>,
     pub db_query_parameters: Vec<String>,
     pub affected_records: u64,
+    pub query_ei: Option<u64>,
     pub session_start: String,
     pub session_stop: String,
     pub statement_name: String,

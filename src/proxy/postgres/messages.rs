@@ -16,12 +16,12 @@ fn i32_at(data: &[u8], at: usize) -> Option<i32> {
 
 /// Client message types whose bodies the proxy reads.
 pub fn client_captures(ty: u8) -> bool {
-    matches!(ty, b'Q' | b'P' | b'B' | b'E' | b'C' | b'F')
+    matches!(ty, b'Q' | b'P' | b'B' | b'E' | b'C' | b'F' | b'S')
 }
 
 /// Server message types whose bodies the proxy reads.
 pub fn server_captures(ty: u8) -> bool {
-    matches!(ty, b'C' | b'E' | b'G' | b'H' | b'Z')
+    matches!(ty, b'C' | b'E' | b'I' | b's' | b'Z')
 }
 
 /// Renders parameters as Teleport does: text as is, binary as base64.
@@ -146,14 +146,16 @@ pub fn error_text(body: &[u8]) -> String {
     format!("{severity}: {text} (SQLSTATE {code})")
 }
 
-/// The result event for a server message, if it is one.
-pub fn server_result(ty: u8, body: &[u8]) -> Option<EventBody> {
+/// The result event for a server message, if it is one, answering query `query_ei`.
+pub fn server_result(ty: u8, body: &[u8], query_ei: Option<u64>) -> Option<EventBody> {
     match ty {
         b'C' => {
             let (tag, _) = cstr(body)?;
-            Some(EventBody::Result { status: Status { success: true, error: String::new(), message: tag.clone() }, affected_records: affected_rows(&tag) })
+            let affected_records = affected_rows(&tag);
+            Some(EventBody::Result { status: Status { success: true, error: String::new(), message: tag }, affected_records, query_ei })
         }
-        b'E' => Some(EventBody::Result { status: Status::failed(error_text(body), ""), affected_records: 0 }),
+        b'I' => Some(EventBody::Result { status: Status::ok(), affected_records: 0, query_ei }),
+        b'E' => Some(EventBody::Result { status: Status::failed(error_text(body), ""), affected_records: 0, query_ei }),
         _ => None,
     }
 }

@@ -4,6 +4,7 @@
 mod codec;
 mod identity;
 mod messages;
+mod pairing;
 pub mod scram;
 mod session;
 mod upstream;

@@ -9,6 +9,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::codec::{auth_message, error_response, message, read_message, read_startup, MessageScanner, StartupPacket, WireError, PROTOCOL_3_2};
 use super::identity::{authorize, split_login, user_by_cn, user_by_name};
 use super::messages::{client_captures, client_event, server_captures, server_result};
+use super::pairing::Pairing;
 use super::scram::{ServerExchange, Verifier};
 use super::upstream::{UpstreamError, UpstreamTarget};
 use crate::audit::{AuditPort, EventBody, Status};
@@ -358,9 +359,10 @@ enum Stop {
 async fn relay_session(client: Stream, upstream: Stream, port: AuditPort, ctx: &ListenerContext) {
     let (mut client_read, mut client_write) = tokio::io::split(client);
     let (mut upstream_read, mut upstream_write) = tokio::io::split(upstream);
+    let pairing = Mutex::new(Pairing::default());
     let stop = {
-        let to_upstream = pump(&mut client_read, &mut upstream_write, &port, Direction::FromClient);
-        let to_client = pump(&mut upstream_read, &mut client_write, &port, Direction::FromUpstream);
+        let to_upstream = pump(&mut client_read, &mut upstream_write, &port, &pairing, Direction::FromClient);
+        let to_client = pump(&mut upstream_read, &mut client_write, &port, &pairing, Direction::FromUpstream);
         tokio::select! {
             stop = to_upstream => stop,
             stop = to_client => stop,
@@ -402,16 +404,28 @@ enum Direction {
 /// Bytes kept of a malformed chunk for the audit event.
 const MALFORMED_SAMPLE: usize = 1024;
 
+/// What a scanned client message asks of the audit.
+enum ClientStep {
+    Event(EventBody),
+    Sync,
+}
+
 /// Copies one direction chunk by chunk. Each chunk is scanned and its events recorded
 /// before it is forwarded, so in strict mode nothing unrecorded passes.
-async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(from: &mut R, to: &mut W, port: &AuditPort, direction: Direction) -> Stop {
+async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    from: &mut R,
+    to: &mut W,
+    port: &AuditPort,
+    pairing: &Mutex<Pairing>,
+    direction: Direction,
+) -> Stop {
     let capture = match direction {
         Direction::FromClient => client_captures,
         Direction::FromUpstream => server_captures,
     };
     let mut scanner = MessageScanner::new(MAX_CAPTURED, capture);
     let mut buf = vec![0u8; READ_CHUNK];
-    let mut events: Vec<EventBody> = Vec::new();
+    let mut steps: Vec<ClientStep> = Vec::new();
     loop {
         let n = match from.read(&mut buf).await {
             Ok(0) | Err(_) => {
@@ -420,28 +434,54 @@ async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(from: &mut R, to: &mu
             Ok(n) => n,
         };
         let chunk = &buf[..n];
-        let mut terminate = false;
+        let terminate = direction == Direction::FromClient && chunk.first() == Some(&b'X') && scanner.at_boundary();
         let scanned = scanner.feed(chunk, |ty, body| {
             match direction {
+                Direction::FromClient if ty == b'S' => steps.push(ClientStep::Sync),
                 Direction::FromClient => {
                     if let Some(event) = client_event(ty, body)? {
-                        events.push(event);
+                        steps.push(ClientStep::Event(event));
                     }
                 }
                 Direction::FromUpstream => {
-                    if let Some(event) = server_result(ty, body) {
-                        events.push(event);
+                    let mut pairs = lock(pairing);
+                    let query_ei = match ty {
+                        b'C' | b'I' | b's' => pairs.completed(),
+                        b'E' => pairs.failed(),
+                        b'Z' => {
+                            pairs.ready();
+                            None
+                        }
+                        _ => None,
+                    };
+                    if let Some(event) = server_result(ty, body, query_ei) {
+                        steps.push(ClientStep::Event(event));
                     }
                 }
             }
             Ok(())
         });
-        if direction == Direction::FromClient && chunk.first() == Some(&b'X') && scanner.at_boundary() {
-            terminate = true;
-        }
-        for event in events.drain(..) {
-            if let Err(e) = port.emit(event).await {
-                return Stop::Audit(e);
+        for step in steps.drain(..) {
+            let event = match step {
+                ClientStep::Sync => {
+                    lock(pairing).sync();
+                    continue;
+                }
+                ClientStep::Event(event) => event,
+            };
+            let kind = match &event {
+                EventBody::Query { .. } => Some(true),
+                EventBody::PostgresExecute { .. } => Some(false),
+                _ => None,
+            };
+            match port.emit(event).await {
+                Ok(Some(ei)) => match kind {
+                    Some(true) => lock(pairing).simple_query(ei),
+                    Some(false) => lock(pairing).execute(ei),
+                    None => {}
+                },
+                Ok(None) => {}
+                Err(e) => return Stop::Audit(e),
             }
         }
         if let Err(e) = scanned {

@@ -1,6 +1,10 @@
 //! Postgres sessions, rendered the way `tsh play` renders them.
+//!
+//! Results that name their query (`query_ei`, written by dbtape) are paired exactly, so a
+//! pipelined client's queries each show with their own result. Recordings without it
+//! follow `tsh play`'s rule: a result shows only right after a query.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use super::{go_quote, render_gap, rows_affected, screen_time, write_prompted, Renderer};
 use crate::audit::RecordedEvent;
@@ -11,6 +15,57 @@ pub struct PostgresRenderer {
     statements: HashMap<String, String>,
     /// Portal name → (statement name, parameters).
     portals: HashMap<String, (String, Vec<String>)>,
+    /// The query on screen whose result has not come yet.
+    open: Option<u64>,
+    /// Queries sent while another awaited its result (pipelining), not yet shown.
+    deferred: VecDeque<(u64, String, String)>,
+}
+
+impl PostgresRenderer {
+    /// Shows a query now, or defers it while an earlier one awaits its result.
+    fn query(&mut self, ei: u64, prompt: String, text: String, out: &mut String) {
+        if self.open.is_none() && self.deferred.is_empty() {
+            write_prompted(&prompt, &text, out);
+            self.open = Some(ei);
+        } else {
+            self.deferred.push_back((ei, prompt, text));
+        }
+        self.expecting_result = true;
+    }
+
+    fn result_text(event: &RecordedEvent, out: &mut String) {
+        if event.success == Some(false) {
+            out.push_str(&event.error);
+            out.push_str("\r\n");
+        } else {
+            out.push_str("SUCCESS\r\n");
+            out.push_str(&rows_affected(event.affected_records));
+            out.push_str("\r\n");
+        }
+    }
+
+    fn paired_result(&mut self, query_ei: u64, event: &RecordedEvent, out: &mut String) {
+        if self.open != Some(query_ei) {
+            let Some(at) = self.deferred.iter().position(|(ei, _, _)| *ei == query_ei) else { return };
+            // Queries before it got no result (the server skipped them after an error).
+            for (_, prompt, text) in self.deferred.drain(..=at) {
+                write_prompted(&prompt, &text, out);
+            }
+        }
+        Self::result_text(event, out);
+        self.open = None;
+        if let Some((ei, prompt, text)) = self.deferred.pop_front() {
+            write_prompted(&prompt, &text, out);
+            self.open = Some(ei);
+        }
+    }
+
+    fn flush(&mut self, out: &mut String) {
+        for (_, prompt, text) in self.deferred.drain(..) {
+            write_prompted(&prompt, &text, out);
+        }
+        self.open = None;
+    }
 }
 
 impl Renderer for PostgresRenderer {
@@ -23,23 +78,26 @@ impl Renderer for PostgresRenderer {
                 out.push_str(&format!("Session started to database {} at {}\r\n", go_quote(&event.db_service), screen_time(&event.time)));
             }
             "db.session.end" => {
+                self.flush(out);
                 out.push_str(&format!("\r\nSession ended at {}\r\n", screen_time(&event.time)));
             }
             "db.session.query" => {
-                write_prompted(&format!("{}=> ", event.db_name), event.db_query.as_deref().unwrap_or_default(), out);
-                self.expecting_result = true;
+                let text = event.db_query.clone().unwrap_or_default();
+                self.query(event.ei, format!("{}=> ", event.db_name), text, out);
             }
-            "db.session.result" if self.expecting_result => {
-                self.expecting_result = false;
-                if event.success == Some(false) {
-                    out.push_str(&event.error);
-                    out.push_str("\r\n");
-                } else {
-                    out.push_str("SUCCESS\r\n");
-                    out.push_str(&rows_affected(event.affected_records));
-                    out.push_str("\r\n");
+            "db.session.result" => match event.query_ei {
+                Some(query_ei) => {
+                    self.paired_result(query_ei, event, out);
+                    self.expecting_result = false;
                 }
-            }
+                None if self.expecting_result => {
+                    // A recording without pairing: show queries as they come from now on.
+                    self.flush(out);
+                    self.expecting_result = false;
+                    Self::result_text(event, out);
+                }
+                None => {}
+            },
             "db.session.postgres.statements.parse" => {
                 self.statements.insert(event.statement_name.clone(), event.query.clone());
                 self.expecting_result = false;
@@ -66,8 +124,7 @@ impl Renderer for PostgresRenderer {
                         .collect();
                     text.push_str(&format!(" ({})", rendered.join(", ")));
                 }
-                write_prompted(&format!("{}=> ", event.db_name), &text, out);
-                self.expecting_result = true;
+                self.query(event.ei, format!("{}=> ", event.db_name), text, out);
             }
             "db.session.postgres.function" => self.expecting_result = false,
             _ => {}
