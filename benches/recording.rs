@@ -54,9 +54,10 @@ fn workload(n: u64) -> Vec<EventBody> {
                     EventBody::Result {
                         status: Status::failed("ERROR: duplicate key value violates unique constraint \"orders_pkey\" (SQLSTATE 23505)", ""),
                         affected_records: 0,
+                        query_ei: Some(i - 1),
                     }
                 } else {
-                    EventBody::Result { status: Status::ok(), affected_records: r % 3, query_ei: None }
+                    EventBody::Result { status: Status::ok(), affected_records: r % 3, query_ei: Some(i - 1) }
                 };
             }
             let id = r % 1_000_000;

@@ -158,13 +158,15 @@ impl EventBody {
         }
     }
 
-    /// Whether `ls` counts this event as a query, and whether as a failed one.
-    pub fn query_kind(&self) -> Option<bool> {
+    /// How `ls` counts this event: (queries, failed queries). A query refused by the proxy
+    /// counts in both; an error result fails the query already counted.
+    pub fn query_counts(&self) -> (u64, u64) {
         match self {
-            EventBody::Query { .. } | EventBody::PostgresExecute { .. } => Some(false),
-            EventBody::QueryFailed { .. } => Some(true),
-            EventBody::DynamoDbRequest { .. } => Some(self.code() == EventCode::DynamoDbRequestError),
-            _ => None,
+            EventBody::Query { .. } | EventBody::PostgresExecute { .. } => (1, 0),
+            EventBody::QueryFailed { .. } => (1, 1),
+            EventBody::Result { status, .. } if !status.success => (0, 1),
+            EventBody::DynamoDbRequest { .. } => (1, u64::from(self.code() == EventCode::DynamoDbRequestError)),
+            _ => (0, 0),
         }
     }
 }

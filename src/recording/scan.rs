@@ -70,6 +70,8 @@ struct EventPeek<'a> {
     code: &'a str,
     #[serde(borrow)]
     time: &'a str,
+    #[serde(default)]
+    success: Option<bool>,
 }
 
 pub fn scan_recording(path: &Path, sid: &str) -> io::Result<ScanReport> {
@@ -168,6 +170,7 @@ fn check_events(data: &[u8], first_ei: u64, count: u32, next_ei: &mut u64, tally
             tally.first_ms.get_or_insert(ms);
             tally.last_ms = Some(ms);
         }
+        // Mirrors `EventBody::query_counts`.
         match (peek.event, peek.code) {
             ("db.session.query.failed", _) | ("db.session.dynamodb.request", "TDY01E") => {
                 tally.queries += 1;
@@ -176,6 +179,7 @@ fn check_events(data: &[u8], first_ei: u64, count: u32, next_ei: &mut u64, tally
             ("db.session.query", _) | ("db.session.postgres.statements.execute", _) | ("db.session.dynamodb.request", _) => {
                 tally.queries += 1;
             }
+            ("db.session.result", _) if peek.success == Some(false) => tally.failed_queries += 1,
             _ => {}
         }
     }

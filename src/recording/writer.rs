@@ -460,14 +460,9 @@ fn push_event(inner: &mut Inner, ctx: &SessionContext, body: &EventBody, time_ms
     stats.events += 1;
     stats.first_ms.get_or_insert(time_ms);
     stats.last_ms = Some(time_ms);
-    match body.query_kind() {
-        Some(true) => {
-            stats.queries += 1;
-            stats.failed_queries += 1;
-        }
-        Some(false) => stats.queries += 1,
-        None => {}
-    }
+    let (queries, failed) = body.query_counts();
+    stats.queries += queries;
+    stats.failed_queries += failed;
     Ok(ei)
 }
 
