@@ -3,6 +3,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::todo, clippy::unimplemented)]
 
 pub mod audit;
+pub mod aws;
 pub mod cli;
 pub mod config;
 pub mod proxy;

@@ -47,7 +47,15 @@ impl PostgresEngine {
                 .ok_or_else(|| PostgresSetupError::Upstream { database: db.name.clone(), uri: db.upstream.clone() })?;
             let server_name = db.upstream_tls.server_name.clone().unwrap_or_else(|| host.clone());
             let upstream = UpstreamTarget { host, port, database, tls: client_tls, server_name };
-            databases.insert(db.name.clone(), Arc::new(DbState { server_tls, upstream, client_tls_mode: db.client_tls.effective_mode() }));
+            databases.insert(
+                db.name.clone(),
+                Arc::new(DbState {
+                    server_tls,
+                    upstream,
+                    client_tls_mode: db.client_tls.effective_mode(),
+                    aws_credentials: tokio::sync::OnceCell::new(),
+                }),
+            );
         }
         Ok(PostgresEngine { databases, cancels: Arc::new(Mutex::new(HashMap::new())) })
     }

@@ -22,6 +22,23 @@ pub struct DbState {
     pub server_tls: Option<crate::proxy::tls::ServerTls>,
     pub upstream: UpstreamTarget,
     pub client_tls_mode: ClientTlsMode,
+    /// For `aws_iam`: made on first use, then shared by every session of this database.
+    pub aws_credentials: tokio::sync::OnceCell<Arc<crate::aws::credentials::CredentialSource>>,
+}
+
+impl DbState {
+    /// An RDS IAM auth token for `db_user`, from cached (assumed-role) credentials.
+    async fn iam_token(&self, ctx: &ListenerContext, db_user: &str) -> Result<String, String> {
+        let aws = &ctx.database().aws;
+        let source = self
+            .aws_credentials
+            .get_or_try_init(|| crate::aws::credentials::CredentialSource::new(aws, "dbtape"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let creds = source.get().await.map_err(|e| e.to_string())?;
+        crate::aws::rds_token::generate(&self.upstream.host, self.upstream.port, db_user, &aws.region, &creds, std::time::SystemTime::now())
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// The real backend behind a synthetic cancel key.
@@ -280,15 +297,16 @@ async fn establish(
             return Ok(None);
         }
     };
-    let mut upstream_params: Vec<(String, String)> = vec![("user".into(), db_user), ("database".into(), db_name)];
-    upstream_params.extend(params.iter().filter(|(k, _)| !matches!(k.as_str(), "user" | "database" | "replication")).cloned());
     let password = match ctx.database().auth.method {
         AuthMethod::Password => ctx.database().auth.password.as_ref().and_then(|p| p.read().ok()),
         AuthMethod::None => None,
-        AuthMethod::AwsIam => {
-            return refuse_after_open(client, port, "auth.method \"aws_iam\" is not available for postgres in this build".into(), "08004").await;
-        }
+        AuthMethod::AwsIam => match state.iam_token(ctx, &db_user).await {
+            Ok(token) => Some(token),
+            Err(e) => return refuse_after_open(client, port, format!("cannot make an IAM auth token: {e}"), "08004").await,
+        },
     };
+    let mut upstream_params: Vec<(String, String)> = vec![("user".into(), db_user), ("database".into(), db_name)];
+    upstream_params.extend(params.iter().filter(|(k, _)| !matches!(k.as_str(), "user" | "database" | "replication")).cloned());
     let mut upstream = match state.upstream.connect(&upstream_params, password.as_deref()).await {
         Ok(s) => s,
         Err(UpstreamError::Server { text, raw }) => {

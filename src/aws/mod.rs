@@ -1,0 +1,4 @@
+//! AWS: credentials (default chain, optionally through AssumeRole) and RDS IAM auth tokens.
+
+pub mod credentials;
+pub mod rds_token;

@@ -1,0 +1,195 @@
+//! IAM upstream auth: credentials from the default chain through AssumeRole (moto, with
+//! signature checks), RDS auth tokens delivered only over TLS.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use common::proxy::ALICE_PASSWORD;
+use common::services::Services;
+use dbtape::config::{AwsOptions, Config};
+use dbtape::server::{builtin_engines, Server};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+fn aws_env(s: &Services) {
+    std::env::set_var("AWS_ACCESS_KEY_ID", s.get("MOTO_ACCESS_KEY_ID"));
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", s.get("MOTO_SECRET_ACCESS_KEY"));
+    std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
+    std::env::set_var("AWS_CONFIG_FILE", "/nonexistent");
+    std::env::set_var("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent");
+    std::env::remove_var("AWS_CA_BUNDLE");
+    std::env::remove_var("AWS_PROFILE");
+}
+
+fn options(s: &Services, external_id: &str) -> AwsOptions {
+    AwsOptions {
+        region: "us-east-1".into(),
+        endpoint: s.get("AWS_ENDPOINT").into(),
+        assume_role_arn: s.get("MOTO_ROLE_ARN").into(),
+        external_id: external_id.into(),
+        ..AwsOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn assumed_role_credentials_are_fetched_and_cached() {
+    let s = Services::load();
+    aws_env(&s);
+    let source = dbtape::aws::credentials::CredentialSource::new(&options(&s, "ext-123"), "dbtape-test").await.unwrap();
+    let first = source.get().await.unwrap();
+    assert!(first.access_key_id().starts_with("ASIA"), "{}", first.access_key_id());
+    assert!(first.session_token().is_some());
+    assert_ne!(first.access_key_id(), s.get("MOTO_ACCESS_KEY_ID"));
+    let second = source.get().await.unwrap();
+    assert_eq!(first.access_key_id(), second.access_key_id(), "cached, not fetched again");
+
+    // The role's trust policy demands the external ID.
+    let wrong = dbtape::aws::credentials::CredentialSource::new(&options(&s, "wrong-id"), "dbtape-test").await.unwrap();
+    // moto answers in STS's EC2-style XML, which the SDK cannot name, so only the failure
+    // itself is certain.
+    let err = wrong.get().await.unwrap_err().to_string();
+    assert!(err.starts_with("AWS credentials:"), "{err}");
+}
+
+/// A stand-in upstream: asks for a cleartext password and reports what arrives.
+async fn fake_upstream(tls: Option<Arc<rustls::ServerConfig>>) -> (SocketAddr, tokio::sync::oneshot::Receiver<Option<String>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        match tls {
+            Some(config) => {
+                let mut request = [0u8; 8];
+                tcp.read_exact(&mut request).await.unwrap();
+                tcp.write_all(b"S").await.unwrap();
+                let stream = tokio_rustls::TlsAcceptor::from(config).accept(tcp).await.unwrap();
+                let _ = tx.send(ask_password(stream).await);
+            }
+            None => {
+                let _ = tx.send(ask_password(tcp).await);
+            }
+        }
+    });
+    (addr, rx)
+}
+
+async fn ask_password<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> Option<String> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).await.ok()?;
+    let mut startup = vec![0u8; i32::from_be_bytes(len) as usize - 4];
+    s.read_exact(&mut startup).await.ok()?;
+    s.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3]).await.ok()?;
+    let mut header = [0u8; 5];
+    s.read_exact(&mut header).await.ok()?;
+    let mut body = vec![0u8; i32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize - 4];
+    s.read_exact(&mut body).await.ok()?;
+    let password = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(&body)).into_owned();
+    // AuthenticationOk, BackendKeyData, ReadyForQuery.
+    let mut reply = vec![b'R', 0, 0, 0, 8, 0, 0, 0, 0, b'K', 0, 0, 0, 12, 0, 0, 0, 42, 1, 2, 3, 4];
+    reply.extend_from_slice(&[b'Z', 0, 0, 0, 5, b'I']);
+    s.write_all(&reply).await.ok()?;
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest).await;
+    Some(password)
+}
+
+async fn proxy_to(upstream: SocketAddr, database_extra: &str) -> (SocketAddr, tempfile::TempDir, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let root = tempfile::tempdir().unwrap();
+    let verifier = dbtape::proxy::postgres::scram::Verifier::generate(ALICE_PASSWORD, 4096).unwrap().to_string();
+    let text = format!(
+        r#"
+[recording]
+dir = "{root}/recordings"
+signing_key = "{root}/key"
+[[databases]]
+name = "rds"
+protocol = "postgres"
+listen = "127.0.0.1:0"
+upstream = "postgres://127.0.0.1:{port}/app"
+db_type = "rds"
+{database_extra}
+[[users]]
+name = "alice"
+scram_verifier = "{verifier}"
+[[users.grants]]
+database = "rds"
+db_users = ["app_user"]
+"#,
+        root = root.path().display(),
+        port = upstream.port(),
+    );
+    let config = Arc::new(Config::parse(&text, &root.path().join("dbtape.toml")).unwrap());
+    let registry = builtin_engines(&config).unwrap();
+    let server = Server::bind(config, &registry).await.unwrap();
+    let addr = server.local_addrs()[0].1;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+    (addr, root, stop, task)
+}
+
+async fn connect_alice(addr: SocketAddr) -> Result<(), tokio_postgres::Error> {
+    let mut config = tokio_postgres::Config::new();
+    config.host("127.0.0.1").port(addr.port()).user("alice").password(ALICE_PASSWORD).dbname("app");
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+    drop(client);
+    let _ = connection.await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_logs_in_upstream_with_an_rds_iam_token_over_tls() {
+    let s = Services::load();
+    aws_env(&s);
+    let certs = s.get("CERTS");
+    let tls = dbtape::proxy::tls::server_config(&dbtape::config::ClientTlsConfig {
+        mode: None,
+        cert: Some(format!("{certs}/server.crt").into()),
+        key: Some(format!("{certs}/server.key").into()),
+        client_ca: None,
+    })
+    .unwrap()
+    .unwrap();
+    let (upstream, password) = fake_upstream(Some(tls.config)).await;
+    let extra = format!(
+        "[databases.upstream_tls]\nca = \"{certs}/ca.crt\"\n[databases.auth]\nmethod = \"aws_iam\"\n[databases.aws]\nregion = \"us-east-1\"\nendpoint = \"{}\"\nassume_role_arn = \"{}\"\nexternal_id = \"ext-123\"\n",
+        s.get("AWS_ENDPOINT"),
+        s.get("MOTO_ROLE_ARN")
+    );
+    let (addr, _root, stop, task) = proxy_to(upstream, &extra).await;
+    connect_alice(addr).await.unwrap();
+    let token = password.await.unwrap().expect("the upstream received a password");
+    assert!(token.starts_with(&format!("127.0.0.1:{}/?Action=connect&DBUser=app_user&", upstream.port())), "{token}");
+    assert!(token.contains("X-Amz-Credential=ASIA"), "signed with the assumed role's credentials: {token}");
+    assert!(token.contains("%2Fus-east-1%2Frds-db%2Faws4_request"), "{token}");
+    assert!(token.contains("X-Amz-Expires=900"), "{token}");
+    assert!(token.contains("&X-Amz-Security-Token="), "{token}");
+    let _ = stop.send(());
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cleartext_password_request_over_plaintext_gets_nothing() {
+    let (upstream, password) = fake_upstream(None).await;
+    std::env::set_var("DBTAPE_FAKE_UPSTREAM_PASSWORD", "must-not-leak");
+    let extra = "[databases.upstream_tls]\nmode = \"disable\"\n[databases.auth]\npassword = { env = \"DBTAPE_FAKE_UPSTREAM_PASSWORD\" }\n";
+    let (addr, root, stop, task) = proxy_to(upstream, extra).await;
+    let err = connect_alice(addr).await.unwrap_err();
+    let message = err.as_db_error().map(|e| e.message().to_string()).unwrap_or_default();
+    assert!(message.contains("cleartext password over an unencrypted connection"), "{err:?}");
+    assert_eq!(password.await.unwrap(), None, "the upstream must not receive any password");
+    let _ = stop.send(());
+    task.await.unwrap();
+    // The refusal is audited.
+    let store = dbtape::recording::RecordingStore::new(root.path().join("recordings"));
+    let summaries = store.summaries().unwrap();
+    assert_eq!(summaries.len(), 1);
+    let sid = summaries[0].as_ref().unwrap().sid.clone();
+    let (lines, _) = common::read_lines(&store, &sid);
+    let start = common::assert_schema_valid(&lines[0]);
+    assert_eq!(start["code"], "TDB00W");
+    assert!(start["error"].as_str().unwrap().contains("cleartext"));
+}
