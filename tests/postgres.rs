@@ -312,9 +312,15 @@ async fn malformed_bytes_end_only_that_connection() {
 
 /// Logs in as alice over a raw socket, returning it after ReadyForQuery.
 async fn login_raw(proxy: &Proxy) -> tokio::net::TcpStream {
+    login_raw_version(proxy, 196_608).await.0
+}
+
+/// Logs in with the given protocol version; also returns the BackendKeyData body.
+async fn login_raw_version(proxy: &Proxy, version: i32) -> (tokio::net::TcpStream, Vec<u8>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    let mut body = 196_608i32.to_be_bytes().to_vec();
+    let mut key = Vec::new();
+    let mut body = version.to_be_bytes().to_vec();
     body.extend_from_slice(b"user\0alice\0database\0postgres\0\0");
     let mut startup = ((body.len() + 4) as i32).to_be_bytes().to_vec();
     startup.extend_from_slice(&body);
@@ -343,9 +349,26 @@ async fn login_raw(proxy: &Proxy) -> tokio::net::TcpStream {
                 let reply = scram.respond(&String::from_utf8_lossy(&body[4..])).unwrap();
                 s.write_all(&send(b'p', reply.into_bytes())).await.unwrap();
             }
-            (b'Z', _) => return s,
+            (b'K', _) => key = body.clone(),
+            (b'Z', _) => return (s, key),
             (b'E', _) => panic!("login failed: {}", String::from_utf8_lossy(&body)),
             _ => {}
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_3_2_clients_get_a_long_synthetic_cancel_key() {
+    let mut proxy = Proxy::start().await;
+    let (_s30, key30) = login_raw_version(&proxy, 196_608).await;
+    let (_s32, key32) = login_raw_version(&proxy, 196_610).await;
+    assert_eq!(key30.len(), 8, "pid + 4-byte key for 3.0");
+    assert_eq!(key32.len(), 4 + 32, "pid + 32-byte key for 3.2");
+    drop((_s30, _s32));
+    proxy.stop().await;
+    // The real backend pid is recorded; the synthetic one the client saw is not it.
+    let sessions = proxy.sessions();
+    let real: Vec<u64> = sessions.iter().map(|s| s[0]["postgres_pid"].as_u64().unwrap()).collect();
+    let shown = u32::from_be_bytes([key30[0], key30[1], key30[2], key30[3]]) as u64;
+    assert!(!real.contains(&shown), "the client must not see the real backend pid");
 }
