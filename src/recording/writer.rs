@@ -136,7 +136,7 @@ struct Inner {
     /// best_effort: the file itself is unusable, so events are only counted.
     dead: bool,
     closing: bool,
-    compressor: zstd::bulk::Compressor<'static>,
+    zstd_level: i32,
 }
 
 struct FileIo {
@@ -255,12 +255,12 @@ impl Recorder {
         file.write_all(&bytes).map_err(|e| create(e.to_string()))?;
         let mut hasher = Sha256::new();
         hasher.update(&bytes);
-        let compressor = zstd::bulk::Compressor::new(self.shared.config.zstd_level).map_err(|e| create(e.to_string()))?;
         let state = Arc::new(SessionState {
             ctx: Arc::new(ctx),
             start_ms,
             inner: Mutex::new(Inner {
-                pending: Vec::with_capacity(self.shared.config.frame_target_bytes.min(1 << 20) + 4096),
+                // Grows as events come: an idle session costs almost nothing.
+                pending: Vec::new(),
                 pending_events: 0,
                 pending_first_ei: 0,
                 pending_min_ms: i64::MAX,
@@ -280,7 +280,7 @@ impl Recorder {
                 failed: None,
                 dead: false,
                 closing: false,
-                compressor,
+                zstd_level: self.shared.config.zstd_level,
             }),
             io: Mutex::new(Some(FileIo {
                 file,
@@ -439,6 +439,25 @@ impl Shared {
     }
 }
 
+thread_local! {
+    /// One compression context per thread, shared by every session that cuts frames on it,
+    /// rather than one per session.
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { std::cell::RefCell::new(None) };
+}
+
+fn compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level)?));
+        }
+        match slot.as_mut() {
+            Some((_, compressor)) => compressor.compress(data),
+            None => Err(std::io::Error::other("no compressor")),
+        }
+    })
+}
+
 /// Stamps `ei` and `uid`, serialises the event onto the pending buffer and counts it.
 fn push_event(inner: &mut Inner, ctx: &SessionContext, body: &EventBody, time_ms: i64) -> Result<u64, RecordingError> {
     let ei = inner.next_ei;
@@ -479,7 +498,7 @@ fn cut_frame(inner: &mut Inner, ctx: &SessionContext) {
     if inner.pending_events == 0 {
         return;
     }
-    let compressed = match inner.compressor.compress(&inner.pending) {
+    let compressed = match compress(&inner.pending, inner.zstd_level) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "zstd compression failed; storing the frame uncompressed");

@@ -54,7 +54,9 @@ pub type CancelMap = Arc<Mutex<HashMap<(i32, Vec<u8>), CancelTarget>>>;
 
 /// Bound on captured client messages (queries, binds): bigger ones are refused as malformed.
 const MAX_CAPTURED: usize = 64 * 1024 * 1024;
-const READ_CHUNK: usize = 64 * 1024;
+/// Per direction, per connection: small enough that idle connections stay cheap
+/// (pgbouncer uses 4 KiB), large enough for a bulk COPY chunk.
+const READ_CHUNK: usize = 16 * 1024;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())

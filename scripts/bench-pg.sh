@@ -1,0 +1,207 @@
+#!/usr/bin/env bash
+# pgbench select-only through four paths, interleaved in one run, TLS on every leg:
+#   direct     client ──TLS──> PostgreSQL
+#   haproxy    client ──TLS (passed through)──> PostgreSQL      (one extra TCP hop)
+#   pgbouncer  client ──TLS──> pgbouncer (session mode) ──TLS──> PostgreSQL
+#   dbtape     client ──TLS──> dbtape (strict, batch fsync, recording) ──TLS──> PostgreSQL
+# Then the proxy's memory per idle connection. Sourced by scripts/bench.
+set -euo pipefail
+
+DURATION=${DURATION:-30}
+ROUNDS=${ROUNDS:-1}
+CLIENTS=${CLIENTS:-8}
+IDLE_CONNS=${IDLE_CONNS:-100}
+
+need=()
+command -v haproxy >/dev/null || need+=(haproxy)
+command -v pgbouncer >/dev/null || need+=(pgbouncer)
+if ((${#need[@]})); then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+# Debian starts packaged daemons; the bench runs its own.
+systemctl stop haproxy pgbouncer >/dev/null 2>&1 || service haproxy stop >/dev/null 2>&1 || true
+
+echo "== building dbtape (release)"
+cargo build --locked --release -q
+BIN="$ROOT/target/release/dbtape"
+
+scripts/services start postgres
+set -a; source .services/env; set +a
+WORK=$(mktemp -d)
+chmod 755 "$WORK"
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    [[ -f $WORK/pgbouncer.pid ]] && kill "$(cat "$WORK/pgbouncer.pid")" 2>/dev/null || true
+    scripts/services stop >/dev/null 2>&1 || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do python3 -c "import socket; socket.create_connection(('127.0.0.1', $1), 0.5)" 2>/dev/null && return; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+
+export PGPASSWORD=$PG_PASSWORD
+DIRECT="host=localhost port=$PG_PORT user=postgres dbname=postgres sslmode=verify-full sslrootcert=$CERTS/ca.crt"
+pgbench -i -s 10 -q "$DIRECT" >/dev/null 2>&1
+
+# haproxy: plain TCP passthrough; TLS stays end to end between client and PostgreSQL.
+HAPROXY_PORT=$(free_port)
+cat > "$WORK/haproxy.cfg" <<CONF
+global
+    maxconn 1000
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 5m
+    timeout server 5m
+listen pg
+    bind 127.0.0.1:$HAPROXY_PORT
+    server pg 127.0.0.1:$PG_PORT
+CONF
+haproxy -f "$WORK/haproxy.cfg" -db > "$WORK/haproxy.log" 2>&1 &
+PIDS+=($!)
+
+# pgbouncer: session mode, terminating TLS on both legs like dbtape.
+BOUNCER_PORT=$(free_port)
+SECRET=$(psql "$DIRECT" -Atc "select rolpassword from pg_authid where rolname='postgres'")
+echo "\"postgres\" \"$SECRET\"" > "$WORK/userlist.txt"
+install -o postgres -m 600 "$CERTS/server.crt" "$CERTS/server.key" "$WORK/"
+cp "$CERTS/ca.crt" "$WORK/ca.crt"
+cat > "$WORK/pgbouncer.ini" <<CONF
+[databases]
+* = host=localhost port=$PG_PORT
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $BOUNCER_PORT
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $WORK/userlist.txt
+pool_mode = session
+max_client_conn = 500
+default_pool_size = 50
+client_tls_sslmode = require
+client_tls_cert_file = $WORK/server.crt
+client_tls_key_file = $WORK/server.key
+server_tls_sslmode = verify-full
+server_tls_ca_file = $WORK/ca.crt
+logfile = $WORK/pgbouncer.log
+pidfile = $WORK/pgbouncer.pid
+CONF
+chown -R postgres "$WORK"
+runuser -u postgres -- pgbouncer -d "$WORK/pgbouncer.ini"
+
+# dbtape: strict mode, batch fsync, recording every query and result.
+DBTAPE_PORT=$(free_port)
+VERIFIER=$(echo "$PG_PASSWORD" | "$BIN" user add postgres --password-stdin | sed -n 's/^scram_verifier = //p')
+export BENCH_PG_PASSWORD=$PG_PASSWORD
+cat > "$WORK/dbtape.toml" <<CONF
+[recording]
+dir = "recordings"
+signing_key = "key"
+mode = "strict"
+fsync = "batch"
+[[databases]]
+name = "bench"
+protocol = "postgres"
+listen = "127.0.0.1:$DBTAPE_PORT"
+upstream = "postgres://localhost:$PG_PORT/postgres"
+[databases.client_tls]
+mode = "required"
+cert = "$CERTS/server.crt"
+key = "$CERTS/server.key"
+[databases.upstream_tls]
+ca = "$CERTS/ca.crt"
+[databases.auth]
+password = { env = "BENCH_PG_PASSWORD" }
+[[users]]
+name = "postgres"
+scram_verifier = $VERIFIER
+[[users.grants]]
+database = "bench"
+db_users = ["postgres"]
+CONF
+"$BIN" serve --config "$WORK/dbtape.toml" 2> "$WORK/dbtape.log" &
+DBTAPE_PID=$!
+PIDS+=($DBTAPE_PID)
+for p in $HAPROXY_PORT $BOUNCER_PORT $DBTAPE_PORT; do wait_port "$p"; done
+
+conninfo() {
+    case $1 in
+        direct) echo "$DIRECT" ;;
+        haproxy) echo "host=localhost port=$HAPROXY_PORT user=postgres dbname=postgres sslmode=verify-full sslrootcert=$CERTS/ca.crt" ;;
+        pgbouncer) echo "host=localhost port=$BOUNCER_PORT user=postgres dbname=postgres sslmode=verify-full sslrootcert=$CERTS/ca.crt" ;;
+        dbtape) echo "host=localhost port=$DBTAPE_PORT user=postgres dbname=postgres sslmode=verify-full sslrootcert=$CERTS/ca.crt" ;;
+    esac
+}
+
+# Each run logs every transaction's latency; percentiles are computed from those logs.
+run() { # path round
+    local dir="$WORK/run-$1-$2"
+    mkdir -p "$dir"
+    local perf=
+    if [[ $1 == dbtape && -n ${PROFILE:-} ]]; then
+        perf record -F 999 -g -p "$DBTAPE_PID" -o "$WORK/perf.data" -- sleep "$DURATION" >/dev/null 2>&1 &
+        perf=$!
+    fi
+    (cd "$dir" && pgbench -S -n -c "$CLIENTS" -j 2 -T "$DURATION" -l --log-prefix=tx "$(conninfo "$1")" > summary.txt 2>&1)
+    if [[ -n $perf ]]; then
+        wait "$perf" || true
+        perf report -i "$WORK/perf.data" --stdio --no-children --percent-limit 1.5 2>/dev/null | grep -v '^$' | head -120 > "$ROOT/target/perf-pg.txt" || true
+        echo "   profile of dbtape written to target/perf-pg.txt"
+    fi
+    grep -oP 'tps = \K[0-9.]+(?= \(without initial)' "$dir/summary.txt" >> "$WORK/tps-$1"
+    cat "$dir"/tx.* >> "$WORK/lat-$1"
+}
+
+PATHS=(direct haproxy pgbouncer dbtape)
+for round in $(seq "$ROUNDS"); do
+    for path in "${PATHS[@]}"; do
+        echo "== round $round: $path (${DURATION}s, $CLIENTS clients, select-only, TLS)"
+        run "$path" "$round"
+    done
+    PATHS=("${PATHS[@]:1}" "${PATHS[0]}")   # rotate the order between rounds
+done
+
+# Memory per idle connection: a fresh dbtape process, warmed by one session, then the RSS
+# growth while IDLE_CONNS clients sit connected doing nothing.
+kill "$DBTAPE_PID"; wait "$DBTAPE_PID" 2>/dev/null || true
+"$BIN" serve --config "$WORK/dbtape.toml" 2>> "$WORK/dbtape.log" &
+DBTAPE_PID=$!
+PIDS+=($DBTAPE_PID)
+wait_port "$DBTAPE_PORT"
+psql "$(conninfo dbtape)" -X -q -c "SELECT 1" >/dev/null
+rss() { awk '/VmRSS/ {print $2}' "/proc/$DBTAPE_PID/status"; }
+established() { ss -Htn state established "( sport = :$DBTAPE_PORT )" | wc -l; }
+before=$(rss)
+IDLE_PIDS=()
+for _ in $(seq "$IDLE_CONNS"); do
+    psql "$(conninfo dbtape)" -X -q -c "SELECT 1" -c '\! sleep 20' >/dev/null 2>&1 &
+    IDLE_PIDS+=($!)
+done
+for _ in $(seq 300); do
+    (( $(established) >= IDLE_CONNS )) && break
+    sleep 0.1
+done
+sleep 1
+after=$(rss)
+idle=$(established)
+for p in "${IDLE_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+
+python3 - "$WORK" "$idle" "$before" "$after" <<'PY'
+import statistics, sys, pathlib
+work, idle, before, after = pathlib.Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+res = {}
+for path in ["direct", "haproxy", "pgbouncer", "dbtape"]:
+    tps = [float(x) for x in (work / f"tps-{path}").read_text().split()]
+    lat = sorted(int(line.split()[2]) for line in (work / f"lat-{path}").read_text().splitlines() if line.strip())
+    pct = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] / 1000.0
+    res[path] = (statistics.mean(tps), pct(0.50), pct(0.99))
+    print(f"{path:10s} tps {res[path][0]:10.0f}   p50 {res[path][1]:7.3f} ms   p99 {res[path][2]:7.3f} ms")
+d, h, b, t = (res[p][0] for p in ["direct", "haproxy", "pgbouncer", "dbtape"])
+print(f"ratios: haproxy/direct {h/d:.2f}  pgbouncer/direct {b/d:.2f}  dbtape/direct {t/d:.2f}  dbtape/haproxy {t/h:.2f}  dbtape/pgbouncer {t/b:.2f}")
+per_conn = (after - before) / max(idle, 1)
+print(f"idle connections: {idle}, dbtape RSS {before} KiB -> {after} KiB: {per_conn:.1f} KiB per idle connection")
+print(f"RESULT pg direct_tps={d:.0f} haproxy_tps={h:.0f} pgbouncer_tps={b:.0f} dbtape_tps={t:.0f} "
+      f"dbtape_p99_ms={res['dbtape'][2]:.3f} direct_p99_ms={res['direct'][2]:.3f} dbtape_idle_kib_per_conn={per_conn:.1f}")
+PY
