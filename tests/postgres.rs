@@ -82,6 +82,8 @@ async fn wrong_password_unknown_user_and_ungranted_db_user_are_denied() {
         ("alice", "not-her-password", "password authentication failed for user \"alice\""),
         ("nobody", "whatever", "password authentication failed for user \"nobody\""),
         ("bob@postgres", BOB_PASSWORD, "may not connect as db_user \"postgres\""),
+        // dave's own password; he may only open database name "app".
+        ("dave", BOB_PASSWORD, "may not open database name \"postgres\""),
     ];
     for (user, password, needle) in cases {
         let (ok, _, stderr) = proxy.psql(proxy.conninfo(user, ""), Some(password), vec!["-c".into(), "SELECT 1".into()]).await;
@@ -94,7 +96,7 @@ async fn wrong_password_unknown_user_and_ungranted_db_user_are_denied() {
     assert_eq!(stdout.trim(), "42");
     proxy.stop().await;
     let sessions = proxy.sessions();
-    assert_eq!(sessions.len(), 4);
+    assert_eq!(sessions.len(), cases.len() + 1);
     for (events, (user, _, needle)) in sessions.iter().zip(cases) {
         assert_eq!(events.len(), 1, "{events:?}");
         assert_eq!(events[0]["code"], "TDB00W");
@@ -371,4 +373,43 @@ async fn protocol_3_2_clients_get_a_long_synthetic_cancel_key() {
     let real: Vec<u64> = sessions.iter().map(|s| s[0]["postgres_pid"].as_u64().unwrap()).collect();
     let shown = u32::from_be_bytes([key30[0], key30[1], key30[2], key30[3]]) as u64;
     assert!(!real.contains(&shown), "the client must not see the real backend pid");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_cancels_with_ctrl_c() {
+    let mut proxy = Proxy::start().await;
+    let conninfo = proxy.conninfo("alice", "");
+    let child = std::process::Command::new("psql")
+        .args([conninfo.as_str(), "-X", "-c", "SELECT pg_sleep(30)"])
+        .env("PGPASSWORD", ALICE_PASSWORD)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    // psql answers SIGINT by sending a CancelRequest on a new connection.
+    let status = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let started = std::time::Instant::now();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("canceling statement due to user request"), "{}", String::from_utf8_lossy(&out.stderr));
+    proxy.stop().await;
+    let briefs: Vec<String> = proxy.sessions()[0].iter().map(brief).collect();
+    assert_eq!(briefs[1..], ["query SELECT pg_sleep(30)", "error ERROR: canceling statement due to user request (SQLSTATE 57014)", "end"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_message_is_refused_without_reading_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut proxy = Proxy::start().await;
+    let mut s = login_raw(&proxy).await;
+    // A Query claiming 1 GiB: refused from its header alone.
+    s.write_all(&[b'Q', 0x40, 0, 0, 0, b'S', b'E']).await.unwrap();
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut reply)).await;
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.contains("08P01") && text.contains("exceeds the"), "{text}");
+    proxy.stop().await;
+    let kinds: Vec<String> = proxy.sessions()[0].iter().map(brief).collect();
+    assert_eq!(kinds[1..], ["db.session.malformed_packet", "end"]);
 }

@@ -75,6 +75,14 @@ database = "pg"
 db_users = ["reporting"]
 
 [[users]]
+name = "dave"
+scram_verifier = "{bob}"
+[[users.grants]]
+database = "pg"
+db_users = ["postgres"]
+db_names = ["app"]
+
+[[users]]
 name = "carol"
 cert_cn = "carol"
 [[users.grants]]
