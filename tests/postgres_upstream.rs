@@ -1,5 +1,6 @@
-//! IAM upstream auth: credentials from the default chain through AssumeRole (moto, with
-//! signature checks), RDS auth tokens delivered only over TLS.
+//! The upstream side of the PostgreSQL path: IAM auth (credentials from the default chain
+//! through AssumeRole on moto, with signature checks; RDS auth tokens only over TLS), and
+//! upstreams that misbehave, played by a small stand-in server.
 
 mod common;
 
@@ -54,6 +55,11 @@ async fn assumed_role_credentials_are_fetched_and_cached() {
 
 /// A stand-in upstream: asks for a cleartext password and reports what arrives.
 async fn fake_upstream(tls: Option<Arc<rustls::ServerConfig>>) -> (SocketAddr, tokio::sync::oneshot::Receiver<Option<String>>) {
+    fake_upstream_then(tls, &[]).await
+}
+
+/// As `fake_upstream`, then sends `after_ready` once the session is up.
+async fn fake_upstream_then(tls: Option<Arc<rustls::ServerConfig>>, after_ready: &'static [u8]) -> (SocketAddr, tokio::sync::oneshot::Receiver<Option<String>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -65,17 +71,17 @@ async fn fake_upstream(tls: Option<Arc<rustls::ServerConfig>>) -> (SocketAddr, t
                 tcp.read_exact(&mut request).await.unwrap();
                 tcp.write_all(b"S").await.unwrap();
                 let stream = tokio_rustls::TlsAcceptor::from(config).accept(tcp).await.unwrap();
-                let _ = tx.send(ask_password(stream).await);
+                let _ = tx.send(ask_password(stream, after_ready).await);
             }
             None => {
-                let _ = tx.send(ask_password(tcp).await);
+                let _ = tx.send(ask_password(tcp, after_ready).await);
             }
         }
     });
     (addr, rx)
 }
 
-async fn ask_password<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> Option<String> {
+async fn ask_password<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, after_ready: &[u8]) -> Option<String> {
     let mut len = [0u8; 4];
     s.read_exact(&mut len).await.ok()?;
     let mut startup = vec![0u8; i32::from_be_bytes(len) as usize - 4];
@@ -90,6 +96,10 @@ async fn ask_password<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> Option<Str
     let mut reply = vec![b'R', 0, 0, 0, 8, 0, 0, 0, 0, b'K', 0, 0, 0, 12, 0, 0, 0, 42, 1, 2, 3, 4];
     reply.extend_from_slice(&[b'Z', 0, 0, 0, 5, b'I']);
     s.write_all(&reply).await.ok()?;
+    if !after_ready.is_empty() {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        s.write_all(after_ready).await.ok()?;
+    }
     let mut rest = Vec::new();
     let _ = s.read_to_end(&mut rest).await;
     Some(password)
@@ -192,4 +202,43 @@ async fn a_cleartext_password_request_over_plaintext_gets_nothing() {
     let start = common::assert_schema_valid(&lines[0]);
     assert_eq!(start["code"], "TDB00W");
     assert!(start["error"].as_str().unwrap().contains("cleartext"));
+}
+
+fn stand_in_tls(s: &Services) -> Arc<rustls::ServerConfig> {
+    let certs = s.get("CERTS");
+    dbtape::proxy::tls::server_config(&dbtape::config::ClientTlsConfig {
+        mode: None,
+        cert: Some(format!("{certs}/server.crt").into()),
+        key: Some(format!("{certs}/server.key").into()),
+        client_ca: None,
+    })
+    .unwrap()
+    .unwrap()
+    .config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_bytes_from_the_upstream_end_the_session_with_an_event() {
+    let s = Services::load();
+    let (upstream, _password) = fake_upstream_then(Some(stand_in_tls(&s)), b"D\x00\x00\x00\x01garbage").await;
+    std::env::set_var("DBTAPE_FAKE_UPSTREAM_PASSWORD_TLS", "stand-in");
+    let extra = format!(
+        "[databases.upstream_tls]\nca = \"{}/ca.crt\"\n[databases.auth]\npassword = {{ env = \"DBTAPE_FAKE_UPSTREAM_PASSWORD_TLS\" }}\n",
+        s.get("CERTS")
+    );
+    let (addr, root, stop, task) = proxy_to(upstream, &extra).await;
+    let mut config = tokio_postgres::Config::new();
+    config.host("127.0.0.1").port(addr.port()).user("alice").password(ALICE_PASSWORD).dbname("app");
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+    let err = connection.await.unwrap_err();
+    let message = err.as_db_error().map(|e| e.message().to_string()).unwrap_or_default();
+    assert!(message.contains("the database sent a malformed message"), "{err:?}");
+    drop(client);
+    let _ = stop.send(());
+    task.await.unwrap();
+    let store = dbtape::recording::RecordingStore::new(root.path().join("recordings"));
+    let sid = store.summaries().unwrap()[0].as_ref().unwrap().sid.clone();
+    let (lines, _) = common::read_lines(&store, &sid);
+    let kinds: Vec<String> = lines.iter().map(|l| common::assert_schema_valid(l)["event"].as_str().unwrap().to_string()).collect();
+    assert_eq!(kinds, ["db.session.start", "db.session.malformed_packet", "db.session.end"]);
 }
