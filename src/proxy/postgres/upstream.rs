@@ -36,6 +36,9 @@ pub enum UpstreamError {
     Wire(#[from] WireError),
 }
 
+/// A blackholed upstream must not hold a client forever.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Where and how to connect, from the database's config.
 #[derive(Clone)]
 pub struct UpstreamTarget {
@@ -62,7 +65,10 @@ impl UpstreamTarget {
 
     async fn connect_tls(&self) -> Result<Stream, UpstreamError> {
         let addr = format!("{}:{}", self.host, self.port);
-        let mut tcp = TcpStream::connect(&addr).await.map_err(|source| UpstreamError::Connect { addr: addr.clone(), source })?;
+        let connecting = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await;
+        let mut tcp = connecting
+            .map_err(|_| UpstreamError::Connect { addr: addr.clone(), source: std::io::ErrorKind::TimedOut.into() })?
+            .map_err(|source| UpstreamError::Connect { addr: addr.clone(), source })?;
         let _ = tcp.set_nodelay(true);
         let Some(config) = &self.tls else { return Ok(Stream::Plain(tcp)) };
         let mut request = 8i32.to_be_bytes().to_vec();
