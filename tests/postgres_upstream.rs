@@ -9,8 +9,7 @@ use std::sync::Arc;
 
 use common::proxy::ALICE_PASSWORD;
 use common::services::Services;
-use dbtape::config::{AwsOptions, Config};
-use dbtape::server::{builtin_engines, Server};
+use dbtape::config::AwsOptions;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 fn aws_env(s: &Services) {
@@ -107,7 +106,7 @@ async fn ask_password<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, after_ready: 
 
 async fn proxy_to(upstream: SocketAddr, database_extra: &str) -> (SocketAddr, tempfile::TempDir, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
     let root = tempfile::tempdir().unwrap();
-    let verifier = dbtape::proxy::postgres::scram::Verifier::generate(ALICE_PASSWORD, 4096).unwrap().to_string();
+    let verifier = common::proxy::verifier(ALICE_PASSWORD);
     let text = format!(
         r#"
 [recording]
@@ -130,14 +129,7 @@ db_users = ["app_user"]
         root = root.path().display(),
         port = upstream.port(),
     );
-    let config = Arc::new(Config::parse(&text, &root.path().join("dbtape.toml")).unwrap());
-    let registry = builtin_engines(&config).unwrap();
-    let server = Server::bind(config, &registry).await.unwrap();
-    let addr = server.local_addrs()[0].1;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server.run(async move {
-        let _ = stopped.await;
-    }));
+    let (addr, stop, task) = common::proxy::run_server(&text, root.path()).await;
     (addr, root, stop, task)
 }
 

@@ -10,6 +10,23 @@ use dbtape::server::{builtin_engines, Server};
 use super::services::Services;
 
 pub const ALICE_PASSWORD: &str = "alice-password";
+
+/// Parses `config_text`, binds dbtape with the built-in engines and runs it until the
+/// returned sender fires; returns the first database's address.
+pub async fn run_server(
+    config_text: &str,
+    root: &std::path::Path,
+) -> (SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let config = Arc::new(Config::parse(config_text, &root.join("dbtape.toml")).unwrap());
+    let registry = builtin_engines(&config).unwrap();
+    let server = Server::bind(config, &registry).await.unwrap();
+    let addr = server.local_addrs()[0].1;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+    (addr, stop, task)
+}
 pub const BOB_PASSWORD: &str = "bob-password";
 
 pub struct Proxy {
@@ -21,7 +38,7 @@ pub struct Proxy {
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
-fn verifier(password: &str) -> String {
+pub fn verifier(password: &str) -> String {
     dbtape::proxy::postgres::scram::Verifier::generate(password, 4096).unwrap().to_string()
 }
 
@@ -94,14 +111,7 @@ db_users = ["postgres"]
             alice = verifier(ALICE_PASSWORD),
             bob = verifier(BOB_PASSWORD),
         );
-        let config = Arc::new(Config::parse(&text, &root.path().join("dbtape.toml")).unwrap());
-        let registry = builtin_engines(&config).unwrap();
-        let server = Server::bind(config, &registry).await.unwrap();
-        let addr = server.local_addrs()[0].1;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(server.run(async move {
-            let _ = stopped.await;
-        }));
+        let (addr, stop, task) = run_server(&text, root.path()).await;
         let store = RecordingStore::new(root.path().join("recordings"));
         Proxy { addr, store, root, services, stop: Some(stop), task: Some(task) }
     }
