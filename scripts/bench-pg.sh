@@ -144,10 +144,21 @@ run() { # path round
         perf record -F 999 -g -p "$DBTAPE_PID" -o "$WORK/perf.data" -- sleep "$DURATION" >/dev/null 2>&1 &
         perf=$!
     fi
+    local trace=
+    if [[ -n ${SYSCALLS:-} && ( $1 == dbtape || $1 == pgbouncer ) ]]; then
+        local pid=$DBTAPE_PID
+        [[ $1 == pgbouncer ]] && pid=$(cat "$WORK/pgbouncer.pid")
+        (sleep 2; timeout -s INT 3 strace -c -f -p "$pid" -o "$ROOT/target/syscalls-$1.txt") >/dev/null 2>&1 &
+        trace=$!
+    fi
     (cd "$dir" && pgbench -S -n -c "$CLIENTS" -j 2 -T "$DURATION" -l --log-prefix=tx "$(conninfo "$1")" > summary.txt 2>&1)
+    [[ -n $trace ]] && wait "$trace" || true
     if [[ -n $perf ]]; then
         wait "$perf" || true
-        perf report -i "$WORK/perf.data" --stdio --no-children --percent-limit 1.5 2>/dev/null | grep -v '^$' | head -120 > "$ROOT/target/perf-pg.txt" || true
+        {
+            perf report -i "$WORK/perf.data" --stdio --no-children --sort dso 2>/dev/null | grep -v '^#' | grep -v '^$' | head -15
+            perf report -i "$WORK/perf.data" --stdio --no-children --sort sym -g none --percent-limit 0.7 2>/dev/null | grep -v '^#' | grep -v '^$' | head -60
+        } > "$ROOT/target/perf-pg.txt" || true
         echo "   profile of dbtape written to target/perf-pg.txt"
     fi
     grep -oP 'tps = \K[0-9.]+(?= \(without initial)' "$dir/summary.txt" >> "$WORK/tps-$1"
