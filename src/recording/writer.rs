@@ -88,16 +88,37 @@ pub struct AppendTicket {
     pub ei: u64,
 }
 
-struct ReadyFrame {
-    bytes: Vec<u8>,
+/// Events taken off a session's pending buffer, not yet compressed.
+struct RawFrame {
     seq: u32,
-    chain: [u8; 32],
     events: u32,
-    last_ei: Option<u64>,
+    first_ei: u64,
     min_ms: i64,
     max_ms: i64,
+    data: Vec<u8>,
+    gap_reported: u64,
+    zstd_level: i32,
+}
+
+/// A compressed frame waiting to be written. Its chain link is computed when it is written,
+/// by the one writer thread, in sequence order.
+struct ReadyFrame {
+    seq: u32,
+    compressed: bool,
+    raw_len: u32,
+    events: u32,
+    first_ei: u64,
+    min_ms: i64,
+    max_ms: i64,
+    payload: Vec<u8>,
     /// Lost events reported by a gap event inside this frame; unreported again if it is lost.
     gap_reported: u64,
+}
+
+impl ReadyFrame {
+    fn last_ei(&self) -> u64 {
+        self.first_ei + u64::from(self.events).saturating_sub(1)
+    }
 }
 
 #[derive(Default, Clone)]
@@ -118,7 +139,6 @@ struct Inner {
     ready: Vec<ReadyFrame>,
     next_ei: u64,
     next_seq: u32,
-    chain: [u8; 32],
     /// The chain and sequence as of the last frame known to be in the file, for rolling back
     /// frames whose write failed.
     written_seq: u32,
@@ -268,7 +288,6 @@ impl Recorder {
                 ready: Vec::new(),
                 next_ei: 0,
                 next_seq: 1,
-                chain,
                 written_seq: 1,
                 written_chain: chain,
                 stats: Stats::default(),
@@ -376,7 +395,10 @@ impl SessionLog {
         let ei = push_event(&mut inner, &self.state.ctx, body, time_ms)?;
         let frame_full = inner.pending.len() >= config.frame_target_bytes;
         if frame_full {
-            cut_frame(&mut inner, &self.state.ctx);
+            if let Some(raw) = take_frame(&mut inner, &self.state.ctx) {
+                let frame = compress_frame(raw);
+                inner.ready.push(frame);
+            }
         }
         drop(inner);
         if frame_full || config.fsync == FsyncPolicy::Always {
@@ -485,9 +507,9 @@ fn push_event(inner: &mut Inner, ctx: &SessionContext, body: &EventBody, time_ms
     Ok(ei)
 }
 
-/// Compresses the pending events into a ready frame, ending it with a gap event when
-/// earlier events were lost (best_effort).
-fn cut_frame(inner: &mut Inner, ctx: &SessionContext) {
+/// Takes the pending events as the next frame, ending it with a gap event when earlier
+/// events were lost (best_effort). Cheap: compression happens in `compress_frame`.
+fn take_frame(inner: &mut Inner, ctx: &SessionContext) -> Option<RawFrame> {
     let mut gap_reported = 0;
     if inner.unreported_lost > 0 {
         let gap = EventBody::RecordingGap { lost_events: inner.unreported_lost, error: inner.gap_error.clone() };
@@ -496,55 +518,45 @@ fn cut_frame(inner: &mut Inner, ctx: &SessionContext) {
         }
     }
     if inner.pending_events == 0 {
-        return;
+        return None;
     }
-    let compressed = match compress(&inner.pending, inner.zstd_level) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "zstd compression failed; storing the frame uncompressed");
-            Vec::new()
-        }
-    };
-    let (payload, is_compressed) = if compressed.is_empty() {
-        (inner.pending.as_slice(), false)
-    } else {
-        (compressed.as_slice(), true)
-    };
-    let seq = inner.next_seq;
-    let mut bytes = Vec::new();
-    let chain = encode_frame(
-        &FrameSpec {
-            kind: FrameKind::Events,
-            seq,
-            compressed: is_compressed,
-            raw_len: inner.pending.len() as u32,
-            events: inner.pending_events,
-            first_ei: inner.pending_first_ei,
-            min_time_ms: inner.pending_min_ms,
-            max_time_ms: inner.pending_max_ms,
-            payload,
-        },
-        &inner.chain,
-        &mut bytes,
-    );
-    let events = inner.pending_events;
-    let last_ei = inner.pending_first_ei + u64::from(events) - 1;
-    inner.ready.push(ReadyFrame {
-        bytes,
-        seq,
-        chain,
-        events,
-        last_ei: Some(last_ei),
+    let capacity = inner.pending.len();
+    let raw = RawFrame {
+        seq: inner.next_seq,
+        events: inner.pending_events,
+        first_ei: inner.pending_first_ei,
         min_ms: inner.pending_min_ms,
         max_ms: inner.pending_max_ms,
+        data: std::mem::replace(&mut inner.pending, Vec::with_capacity(capacity)),
         gap_reported,
-    });
-    inner.chain = chain;
+        zstd_level: inner.zstd_level,
+    };
     inner.next_seq += 1;
-    inner.pending.clear();
     inner.pending_events = 0;
     inner.pending_min_ms = i64::MAX;
     inner.pending_max_ms = i64::MIN;
+    Some(raw)
+}
+
+fn compress_frame(raw: RawFrame) -> ReadyFrame {
+    let (payload, compressed) = match compress(&raw.data, raw.zstd_level) {
+        Ok(c) => (c, true),
+        Err(e) => {
+            tracing::error!(error = %e, "zstd compression failed; storing the frame uncompressed");
+            (raw.data.clone(), false)
+        }
+    };
+    ReadyFrame {
+        seq: raw.seq,
+        compressed,
+        raw_len: raw.data.len() as u32,
+        events: raw.events,
+        first_ei: raw.first_ei,
+        min_ms: raw.min_ms,
+        max_ms: raw.max_ms,
+        payload,
+        gap_reported: raw.gap_reported,
+    }
 }
 
 fn summary_of(state: &SessionState, inner: &Inner, bytes: u64, recording_state: RecordingState) -> SessionSummary {
@@ -622,13 +634,16 @@ fn write_pass(shared: &Shared, sessions: &[Arc<SessionState>], flush_all: bool, 
     let mut written: Vec<(Arc<SessionState>, Option<u64>)> = Vec::new();
     let mut closing = Vec::new();
     for session in sessions {
-        let (frames, is_closing) = {
+        let (mut frames, raw, is_closing) = {
             let mut inner = lock(&session.inner);
-            if flush_all || inner.closing {
-                cut_frame(&mut inner, &session.ctx);
-            }
-            (std::mem::take(&mut inner.ready), inner.closing)
+            let raw = if flush_all || inner.closing { take_frame(&mut inner, &session.ctx) } else { None };
+            (std::mem::take(&mut inner.ready), raw, inner.closing)
         };
+        // Compress outside the session's lock, so its connection never waits on it; frames
+        // cut meanwhile get later sequence numbers and go out in the next pass.
+        if let Some(raw) = raw {
+            frames.push(compress_frame(raw));
+        }
         let last_ei = write_frames(shared, session, frames);
         written.push((session.clone(), last_ei));
         if is_closing {
@@ -670,23 +685,44 @@ fn write_frames(shared: &Shared, session: &Arc<SessionState>, frames: Vec<ReadyF
     let mut last_ei = None;
     let mut done: usize = 0;
     let mut failure = None;
+    let mut chain = lock(&session.inner).written_chain;
+    let mut links = Vec::with_capacity(frames.len());
+    let mut bytes = Vec::new();
     for frame in &frames {
-        if let Err(e) = io.file.write_all(&frame.bytes) {
+        bytes.clear();
+        let link = encode_frame(
+            &FrameSpec {
+                kind: FrameKind::Events,
+                seq: frame.seq,
+                compressed: frame.compressed,
+                raw_len: frame.raw_len,
+                events: frame.events,
+                first_ei: frame.first_ei,
+                min_time_ms: frame.min_ms,
+                max_time_ms: frame.max_ms,
+                payload: &frame.payload,
+            },
+            &chain,
+            &mut bytes,
+        );
+        if let Err(e) = io.file.write_all(&bytes) {
             failure = Some(e.to_string());
             break;
         }
-        io.len += frame.bytes.len() as u64;
-        io.hasher.update(&frame.bytes);
+        io.len += bytes.len() as u64;
+        io.hasher.update(&bytes);
         io.dirty = true;
         io.summary_dirty = true;
-        last_ei = frame.last_ei.or(last_ei);
+        last_ei = Some(frame.last_ei());
+        chain = link;
+        links.push(link);
         done += 1;
     }
     {
         let mut inner = lock(&session.inner);
-        for frame in frames.iter().take(done) {
+        for (frame, link) in frames.iter().zip(links) {
             inner.written_seq = frame.seq + 1;
-            inner.written_chain = frame.chain;
+            inner.written_chain = link;
             inner.written_events += u64::from(frame.events);
             inner.written_first_ms.get_or_insert(frame.min_ms);
             inner.written_last_ms = Some(frame.max_ms);
@@ -703,7 +739,6 @@ fn write_frames(shared: &Shared, session: &Arc<SessionState>, frames: Vec<ReadyF
     let unwritten = frames.iter().skip(done).chain(dropped.iter());
     let lost: u64 = unwritten.map(|f| u64::from(f.events) + f.gap_reported).sum();
     inner.next_seq = inner.written_seq;
-    inner.chain = inner.written_chain;
     tracing::error!(sid = %session.ctx.sid, error = %reason, lost_events = lost, "recording write failed");
     if shared.config.mode == RecordingMode::Strict || rollback.is_err() {
         drop(inner);
