@@ -76,7 +76,7 @@ impl Default for RawRecording {
             batch_interval: "200ms".into(),
             signing_key: PathBuf::from("keys/recording-signing.key"),
             frame_target_bytes: 256 * 1024,
-            zstd_level: 3,
+            zstd_level: 1,
         }
     }
 }

@@ -99,7 +99,7 @@ fn check_recording(raw: &RawConfig, base: &Path, issues: &mut Issues<'_>) -> Rec
         issues.add("recording.frame_target_bytes", format!("{} is out of range", r.frame_target_bytes), "use a size between 4096 and 33554432 bytes; the default is 262144");
     }
     if !(1..=19).contains(&r.zstd_level) {
-        issues.add("recording.zstd_level", format!("{} is out of range", r.zstd_level), "use a zstd level from 1 to 19; the default is 3");
+        issues.add("recording.zstd_level", format!("{} is out of range", r.zstd_level), "use a zstd level from 1 to 19; the default is 1");
     }
     if r.dir.as_os_str().is_empty() {
         issues.add("recording.dir", "is empty", "name the folder recordings are written to, e.g. \"recordings\"");

@@ -55,7 +55,7 @@ impl RecorderConfig {
             fsync: FsyncPolicy::Batch,
             batch_interval: Duration::from_millis(200),
             frame_target_bytes: 256 * 1024,
-            zstd_level: 3,
+            zstd_level: 1,
         }
     }
 }
