@@ -245,3 +245,40 @@ fn the_audit_port_numbers_events_from_zero_and_seals_with_an_end_event() {
     }
     assert_eq!(events[3]["session_start"].as_str().map(str::len), Some(24));
 }
+
+#[test]
+fn the_recorders_spliced_json_equals_the_plain_serialisation() {
+    let mut c = ctx(Protocol::Postgres);
+    c.database.labels = BTreeMap::from([("env".to_string(), "prod".to_string()), ("team".to_string(), "a\"b".to_string())]);
+    c.database.aws_region = "eu-west-1".into();
+    c.user.aws_role_arn = "arn:aws:iam::123456789012:role/x".into();
+    let fixed = dbtape::audit::fixed_fields_json(&c);
+    let t = chrono::DateTime::from_timestamp_millis(TIME_MS).unwrap();
+    let bodies = vec![
+        EventBody::SessionStart { status: Status::ok(), postgres_pid: Some(1) },
+        EventBody::SessionStart { status: Status::failed("denied \"x\"", "m"), postgres_pid: None },
+        EventBody::SessionEnd { session_start: t, session_stop: t },
+        EventBody::Query { query: "SELECT '\u{e9}\n\t\\'".into(), parameters: vec!["p".into()], db_name: None },
+        EventBody::Query { query: "find".into(), parameters: vec![], db_name: Some("shop".into()) },
+        EventBody::QueryFailed { query: "x".into(), parameters: vec![], db_name: None, status: Status::failed("no", "") },
+        EventBody::Result { status: Status::ok(), affected_records: 5, query_ei: Some(3) },
+        EventBody::MalformedPacket { payload: vec![1, 2, 3] },
+        EventBody::PostgresParse { statement_name: "s".into(), query: "q".into() },
+        EventBody::PostgresBind { statement_name: "s".into(), portal_name: "p".into(), parameters: vec![] },
+        EventBody::PostgresExecute { portal_name: String::new() },
+        EventBody::PostgresClose { statement_name: "s".into(), portal_name: String::new() },
+        EventBody::PostgresFunctionCall { function_oid: 7, function_args: vec!["a".into()] },
+        EventBody::RecordingGap { lost_events: 3, error: "disk full".into() },
+    ];
+    for body in &bodies {
+        let event = AuditEvent { index: 9, uid: uuid::Uuid::parse_str(UID).unwrap(), time_ms: TIME_MS, context: &c, body };
+        let mut spliced = Vec::new();
+        event.write_json(&fixed, &mut spliced).unwrap();
+        let plain = serde_json::to_vec(&event).unwrap();
+        let a: serde_json::Value = serde_json::from_slice(&spliced).unwrap();
+        let b: serde_json::Value = serde_json::from_slice(&plain).unwrap();
+        assert_eq!(a, b, "{body:?}");
+        assert_schema_valid(&spliced);
+        assert!(spliced.starts_with(b"{\"ei\":9,\"event\":\""), "event type stays near the front for fast filtering");
+    }
+}

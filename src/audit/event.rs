@@ -268,7 +268,8 @@ struct Wire<'a> {
     user: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     aws_role_arn: Option<&'a str>,
-    sid: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sid: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     namespace: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -291,8 +292,10 @@ struct Wire<'a> {
     message: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     db_service: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     db_protocol: Option<Protocol>,
-    db_uri: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    db_uri: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     db_name: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -359,6 +362,110 @@ impl<'a> Wire<'a> {
 
 impl Serialize for AuditEvent<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.wire().serialize(s)
+    }
+}
+
+/// The session's fixed fields, serialised once per session and spliced into each event
+/// (`"cluster_name":…,"db_type":…`, without braces).
+pub fn fixed_fields_json(ctx: &SessionContext) -> Vec<u8> {
+    let db = &ctx.database;
+    let fixed = Wire {
+        cluster_name: some(&ctx.cluster_name),
+        user: some(&ctx.user.user),
+        aws_role_arn: some(&ctx.user.aws_role_arn),
+        sid: Some(&ctx.sid),
+        db_service: some(&db.service),
+        db_protocol: Some(db.protocol),
+        db_uri: Some(&db.uri),
+        db_name: some(&db.name),
+        db_user: some(&db.user),
+        db_labels: (!db.labels.is_empty()).then_some(&db.labels),
+        db_aws_region: some(&db.aws_region),
+        db_type: some(&db.db_type),
+        ..Wire::default()
+    };
+    let mut out = serde_json::to_vec(&FixedOnly(&fixed)).unwrap_or_default();
+    // Strip the braces: the fragment is spliced into each event's object.
+    if out.len() >= 2 {
+        out.remove(0);
+        out.pop();
+    }
+    out
+}
+
+/// Serialises only the fixed fields of a `Wire` (the rest are `None` there).
+struct FixedOnly<'a, 'b>(&'b Wire<'a>);
+
+impl Serialize for FixedOnly<'_, '_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let w = self.0;
+        let mut map = s.serialize_map(None)?;
+        let fields: [(&str, Option<&str>); 4] = [("cluster_name", w.cluster_name), ("user", w.user), ("aws_role_arn", w.aws_role_arn), ("sid", w.sid)];
+        for (key, value) in fields {
+            if let Some(v) = value {
+                map.serialize_entry(key, v)?;
+            }
+        }
+        if let Some(v) = w.db_service {
+            map.serialize_entry("db_service", v)?;
+        }
+        map.serialize_entry("db_protocol", &w.db_protocol)?;
+        map.serialize_entry("db_uri", &w.db_uri)?;
+        for (key, value) in [("db_name", w.db_name), ("db_user", w.db_user)] {
+            if let Some(v) = value {
+                map.serialize_entry(key, v)?;
+            }
+        }
+        if let Some(labels) = w.db_labels {
+            map.serialize_entry("db_labels", labels)?;
+        }
+        for (key, value) in [("db_aws_region", w.db_aws_region), ("db_type", w.db_type)] {
+            if let Some(v) = value {
+                map.serialize_entry(key, v)?;
+            }
+        }
+        map.end()
+    }
+}
+
+impl AuditEvent<'_> {
+    /// Appends the event's JSON to `out`, splicing in the session's pre-serialised fixed
+    /// fields (from `fixed_fields_json`) where the event does not override any of them. The
+    /// result equals the `Serialize` output as a JSON object; only the key order differs.
+    pub fn write_json(&self, fixed: &[u8], out: &mut Vec<u8>) -> serde_json::Result<()> {
+        let overrides = match self.body {
+            EventBody::Query { db_name, .. } | EventBody::QueryFailed { db_name, .. } => db_name.is_some(),
+            EventBody::DynamoDbRequest { .. } => true,
+            _ => false,
+        };
+        if overrides || fixed.is_empty() {
+            return serde_json::to_writer(out, self);
+        }
+        let mut w = self.wire();
+        w.cluster_name = None;
+        w.user = None;
+        w.aws_role_arn = None;
+        w.sid = None;
+        w.db_service = None;
+        w.db_protocol = None;
+        w.db_uri = None;
+        w.db_name = None;
+        w.db_user = None;
+        w.db_labels = None;
+        w.db_aws_region = None;
+        w.db_type = None;
+        serde_json::to_writer(&mut *out, &w)?;
+        // Replace the closing brace with `,<fixed>}`.
+        out.pop();
+        out.push(b',');
+        out.extend_from_slice(fixed);
+        out.push(b'}');
+        Ok(())
+    }
+
+    fn wire(&self) -> Wire<'_> {
         let ctx = self.context;
         let db = &ctx.database;
         let mut w = Wire {
@@ -370,10 +477,10 @@ impl Serialize for AuditEvent<'_> {
             cluster_name: some(&ctx.cluster_name),
             user: some(&ctx.user.user),
             aws_role_arn: some(&ctx.user.aws_role_arn),
-            sid: &ctx.sid,
+            sid: Some(&ctx.sid),
             db_service: some(&db.service),
             db_protocol: Some(db.protocol),
-            db_uri: &db.uri,
+            db_uri: Some(&db.uri),
             db_name: some(&db.name),
             db_user: some(&db.user),
             db_labels: (!db.labels.is_empty()).then_some(&db.labels),
@@ -447,7 +554,7 @@ impl Serialize for AuditEvent<'_> {
                 w.db_aws_region = None;
                 w.db_type = None;
                 if let Some(uri) = uri {
-                    w.db_uri = uri;
+                    w.db_uri = Some(uri);
                 }
                 w.status_code = Some(*status_code);
                 w.path = some(path);
@@ -462,7 +569,7 @@ impl Serialize for AuditEvent<'_> {
                 w.error = some(error);
             }
         }
-        w.serialize(s)
+        w
     }
 }
 

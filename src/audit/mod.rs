@@ -8,7 +8,7 @@ mod record;
 
 pub use codes::{EventCode, EventType, Protocol};
 pub use event::{
-    format_time, AuditEvent, ConnectionMeta, DatabaseMeta, EventBody, ServerMeta, SessionContext,
+    fixed_fields_json, format_time, AuditEvent, ConnectionMeta, DatabaseMeta, EventBody, ServerMeta, SessionContext,
     Status, UserMeta,
 };
 pub use port::{AuditError, AuditPort};

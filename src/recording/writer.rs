@@ -170,6 +170,8 @@ struct FileIo {
 
 struct SessionState {
     ctx: Arc<SessionContext>,
+    /// The context's fixed fields as JSON, serialised once for every event.
+    fixed_json: Vec<u8>,
     start_ms: i64,
     inner: Mutex<Inner>,
     io: Mutex<Option<FileIo>>,
@@ -275,8 +277,10 @@ impl Recorder {
         file.write_all(&bytes).map_err(|e| create(e.to_string()))?;
         let mut hasher = Sha256::new();
         hasher.update(&bytes);
+        let fixed_json = crate::audit::fixed_fields_json(&ctx);
         let state = Arc::new(SessionState {
             ctx: Arc::new(ctx),
+            fixed_json,
             start_ms,
             inner: Mutex::new(Inner {
                 // Grows as events come: an idle session costs almost nothing.
@@ -392,10 +396,10 @@ impl SessionLog {
             inner.stats.events += 1;
             return Ok(AppendTicket { ei });
         }
-        let ei = push_event(&mut inner, &self.state.ctx, body, time_ms)?;
+        let ei = push_event(&mut inner, &self.state, body, time_ms)?;
         let frame_full = inner.pending.len() >= config.frame_target_bytes;
         if frame_full {
-            if let Some(raw) = take_frame(&mut inner, &self.state.ctx) {
+            if let Some(raw) = take_frame(&mut inner, &self.state) {
                 let frame = compress_frame(raw);
                 inner.ready.push(frame);
             }
@@ -481,11 +485,11 @@ fn compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
 }
 
 /// Stamps `ei` and `uid`, serialises the event onto the pending buffer and counts it.
-fn push_event(inner: &mut Inner, ctx: &SessionContext, body: &EventBody, time_ms: i64) -> Result<u64, RecordingError> {
+fn push_event(inner: &mut Inner, session: &SessionState, body: &EventBody, time_ms: i64) -> Result<u64, RecordingError> {
     let ei = inner.next_ei;
-    let event = AuditEvent { index: ei, uid: uuid::Uuid::new_v4(), time_ms, context: ctx, body };
+    let event = AuditEvent { index: ei, uid: uuid::Uuid::new_v4(), time_ms, context: &session.ctx, body };
     let start = inner.pending.len();
-    if let Err(e) = serde_json::to_writer(&mut inner.pending, &event) {
+    if let Err(e) = event.write_json(&session.fixed_json, &mut inner.pending) {
         inner.pending.truncate(start);
         return Err(RecordingError::Encode(e.to_string()));
     }
@@ -509,11 +513,11 @@ fn push_event(inner: &mut Inner, ctx: &SessionContext, body: &EventBody, time_ms
 
 /// Takes the pending events as the next frame, ending it with a gap event when earlier
 /// events were lost (best_effort). Cheap: compression happens in `compress_frame`.
-fn take_frame(inner: &mut Inner, ctx: &SessionContext) -> Option<RawFrame> {
+fn take_frame(inner: &mut Inner, session: &SessionState) -> Option<RawFrame> {
     let mut gap_reported = 0;
     if inner.unreported_lost > 0 {
         let gap = EventBody::RecordingGap { lost_events: inner.unreported_lost, error: inner.gap_error.clone() };
-        if push_event(inner, ctx, &gap, chrono::Utc::now().timestamp_millis()).is_ok() {
+        if push_event(inner, session, &gap, chrono::Utc::now().timestamp_millis()).is_ok() {
             gap_reported = std::mem::take(&mut inner.unreported_lost);
         }
     }
@@ -636,7 +640,7 @@ fn write_pass(shared: &Shared, sessions: &[Arc<SessionState>], flush_all: bool, 
     for session in sessions {
         let (mut frames, raw, is_closing) = {
             let mut inner = lock(&session.inner);
-            let raw = if flush_all || inner.closing { take_frame(&mut inner, &session.ctx) } else { None };
+            let raw = if flush_all || inner.closing { take_frame(&mut inner, session) } else { None };
             (std::mem::take(&mut inner.ready), raw, inner.closing)
         };
         // Compress outside the session's lock, so its connection never waits on it; frames
