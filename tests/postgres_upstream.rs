@@ -44,6 +44,14 @@ async fn assumed_role_credentials_are_fetched_and_cached() {
     let second = source.get().await.unwrap();
     assert_eq!(first.access_key_id(), second.access_key_id(), "cached, not fetched again");
 
+    // Session tags go along with AssumeRole (the role's trust policy allows sts:TagSession).
+    let mut tagged = options(&s, "ext-123");
+    tagged.session_tags = std::collections::BTreeMap::from([("team".to_string(), "audit".to_string())]);
+    let with_tags = dbtape::aws::credentials::CredentialSource::new(&tagged, "dbtape-test").await.unwrap();
+    let creds = with_tags.get().await.unwrap();
+    assert!(creds.access_key_id().starts_with("ASIA"));
+    assert_ne!(creds.access_key_id(), first.access_key_id(), "a separate AssumeRole call");
+
     // The role's trust policy demands the external ID.
     let wrong = dbtape::aws::credentials::CredentialSource::new(&options(&s, "wrong-id"), "dbtape-test").await.unwrap();
     // moto answers in STS's EC2-style XML, which the SDK cannot name, so only the failure
