@@ -254,6 +254,53 @@ fn some_list(list: &[String]) -> Option<&[String]> {
     (!list.is_empty()).then_some(list)
 }
 
+/// A session's fixed fields. `ei`, `event`, `time`, `sid`, `db_protocol` and `db_uri` are
+/// always present in events; the rest are dropped when empty.
+#[derive(Serialize, Clone, Copy)]
+struct Fixed<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster_name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aws_role_arn: Option<&'a str>,
+    sid: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    db_service: Option<&'a str>,
+    db_protocol: Protocol,
+    db_uri: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    db_name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    db_user: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    db_labels: Option<&'a BTreeMap<String, String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    db_aws_region: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    db_type: Option<&'a str>,
+}
+
+impl<'a> Fixed<'a> {
+    fn of(ctx: &'a SessionContext) -> Self {
+        let db = &ctx.database;
+        Fixed {
+            cluster_name: some(&ctx.cluster_name),
+            user: some(&ctx.user.user),
+            aws_role_arn: some(&ctx.user.aws_role_arn),
+            sid: &ctx.sid,
+            db_service: some(&db.service),
+            db_protocol: db.protocol,
+            db_uri: &db.uri,
+            db_name: some(&db.name),
+            db_user: some(&db.user),
+            db_labels: (!db.labels.is_empty()).then_some(&db.labels),
+            db_aws_region: some(&db.aws_region),
+            db_type: some(&db.db_type),
+        }
+    }
+}
+
 /// The flat JSON view. Field order is fixed so recordings compress well and stay diffable.
 #[derive(Serialize, Default)]
 struct Wire<'a> {
@@ -262,14 +309,9 @@ struct Wire<'a> {
     uid: Option<Uuid>,
     code: Option<EventCode>,
     time: Option<TimeMs>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    cluster_name: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    user: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    aws_role_arn: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    sid: Option<&'a str>,
+    /// The session's fields; `None` when they are spliced in pre-serialised.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    fixed: Option<Fixed<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     namespace: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -290,22 +332,6 @@ struct Wire<'a> {
     error: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     message: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    db_service: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    db_protocol: Option<Protocol>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    db_uri: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    db_name: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    db_user: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    db_labels: Option<&'a BTreeMap<String, String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    db_aws_region: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    db_type: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     db_query: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -369,23 +395,7 @@ impl Serialize for AuditEvent<'_> {
 /// The session's fixed fields, serialised once per session and spliced into each event
 /// (`"cluster_name":…,"db_type":…`, without braces).
 pub fn fixed_fields_json(ctx: &SessionContext) -> Vec<u8> {
-    let db = &ctx.database;
-    let fixed = Wire {
-        cluster_name: some(&ctx.cluster_name),
-        user: some(&ctx.user.user),
-        aws_role_arn: some(&ctx.user.aws_role_arn),
-        sid: Some(&ctx.sid),
-        db_service: some(&db.service),
-        db_protocol: Some(db.protocol),
-        db_uri: Some(&db.uri),
-        db_name: some(&db.name),
-        db_user: some(&db.user),
-        db_labels: (!db.labels.is_empty()).then_some(&db.labels),
-        db_aws_region: some(&db.aws_region),
-        db_type: some(&db.db_type),
-        ..Wire::default()
-    };
-    let mut out = serde_json::to_vec(&FixedOnly(&fixed)).unwrap_or_default();
+    let mut out = serde_json::to_vec(&Fixed::of(ctx)).unwrap_or_default();
     // Strip the braces: the fragment is spliced into each event's object.
     if out.len() >= 2 {
         out.remove(0);
@@ -394,68 +404,21 @@ pub fn fixed_fields_json(ctx: &SessionContext) -> Vec<u8> {
     out
 }
 
-/// Serialises only the fixed fields of a `Wire` (the rest are `None` there).
-struct FixedOnly<'a, 'b>(&'b Wire<'a>);
-
-impl Serialize for FixedOnly<'_, '_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let w = self.0;
-        let mut map = s.serialize_map(None)?;
-        let fields: [(&str, Option<&str>); 4] = [("cluster_name", w.cluster_name), ("user", w.user), ("aws_role_arn", w.aws_role_arn), ("sid", w.sid)];
-        for (key, value) in fields {
-            if let Some(v) = value {
-                map.serialize_entry(key, v)?;
-            }
-        }
-        if let Some(v) = w.db_service {
-            map.serialize_entry("db_service", v)?;
-        }
-        map.serialize_entry("db_protocol", &w.db_protocol)?;
-        map.serialize_entry("db_uri", &w.db_uri)?;
-        for (key, value) in [("db_name", w.db_name), ("db_user", w.db_user)] {
-            if let Some(v) = value {
-                map.serialize_entry(key, v)?;
-            }
-        }
-        if let Some(labels) = w.db_labels {
-            map.serialize_entry("db_labels", labels)?;
-        }
-        for (key, value) in [("db_aws_region", w.db_aws_region), ("db_type", w.db_type)] {
-            if let Some(v) = value {
-                map.serialize_entry(key, v)?;
-            }
-        }
-        map.end()
-    }
-}
-
 impl AuditEvent<'_> {
     /// Appends the event's JSON to `out`, splicing in the session's pre-serialised fixed
     /// fields (from `fixed_fields_json`) where the event does not override any of them. The
     /// result equals the `Serialize` output as a JSON object; only the key order differs.
     pub fn write_json(&self, fixed: &[u8], out: &mut Vec<u8>) -> serde_json::Result<()> {
+        let mut w = self.wire();
         let overrides = match self.body {
             EventBody::Query { db_name, .. } | EventBody::QueryFailed { db_name, .. } => db_name.is_some(),
             EventBody::DynamoDbRequest { .. } => true,
             _ => false,
         };
         if overrides || fixed.is_empty() {
-            return serde_json::to_writer(out, self);
+            return serde_json::to_writer(out, &w);
         }
-        let mut w = self.wire();
-        w.cluster_name = None;
-        w.user = None;
-        w.aws_role_arn = None;
-        w.sid = None;
-        w.db_service = None;
-        w.db_protocol = None;
-        w.db_uri = None;
-        w.db_name = None;
-        w.db_user = None;
-        w.db_labels = None;
-        w.db_aws_region = None;
-        w.db_type = None;
+        w.fixed = None;
         serde_json::to_writer(&mut *out, &w)?;
         // Replace the closing brace with `,<fixed>}`.
         out.pop();
@@ -467,25 +430,13 @@ impl AuditEvent<'_> {
 
     fn wire(&self) -> Wire<'_> {
         let ctx = self.context;
-        let db = &ctx.database;
+        let mut fixed = Fixed::of(ctx);
         let mut w = Wire {
             ei: self.index,
             event: Some(self.body.event_type()),
             uid: Some(self.uid),
             code: Some(self.body.code()),
             time: Some(TimeMs(self.time_ms)),
-            cluster_name: some(&ctx.cluster_name),
-            user: some(&ctx.user.user),
-            aws_role_arn: some(&ctx.user.aws_role_arn),
-            sid: Some(&ctx.sid),
-            db_service: some(&db.service),
-            db_protocol: Some(db.protocol),
-            db_uri: Some(&db.uri),
-            db_name: some(&db.name),
-            db_user: some(&db.user),
-            db_labels: (!db.labels.is_empty()).then_some(&db.labels),
-            db_aws_region: some(&db.aws_region),
-            db_type: some(&db.db_type),
             ..Wire::default()
         };
         match self.body {
@@ -512,7 +463,7 @@ impl AuditEvent<'_> {
                 w.db_query_parameters = some_list(parameters);
                 w.success = Some(true);
                 if let Some(name) = db_name {
-                    w.db_name = some(name);
+                    fixed.db_name = some(name);
                 }
             }
             EventBody::QueryFailed { query, parameters, db_name, status } => {
@@ -520,7 +471,7 @@ impl AuditEvent<'_> {
                 w.db_query_parameters = some_list(parameters);
                 w.status(status);
                 if let Some(name) = db_name {
-                    w.db_name = some(name);
+                    fixed.db_name = some(name);
                 }
             }
             EventBody::Result { status, affected_records, query_ei } => {
@@ -550,11 +501,11 @@ impl AuditEvent<'_> {
                 w.function_args = some_list(function_args);
             }
             EventBody::DynamoDbRequest { status_code, path, raw_query, method, target, body, uri, .. } => {
-                w.db_labels = None;
-                w.db_aws_region = None;
-                w.db_type = None;
+                fixed.db_labels = None;
+                fixed.db_aws_region = None;
+                fixed.db_type = None;
                 if let Some(uri) = uri {
-                    w.db_uri = Some(uri);
+                    fixed.db_uri = uri;
                 }
                 w.status_code = Some(*status_code);
                 w.path = some(path);
@@ -569,6 +520,7 @@ impl AuditEvent<'_> {
                 w.error = some(error);
             }
         }
+        w.fixed = Some(fixed);
         w
     }
 }

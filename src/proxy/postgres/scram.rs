@@ -101,7 +101,7 @@ impl std::fmt::Display for Verifier {
     }
 }
 
-fn attr<'a>(message: &'a str, name: char) -> Option<&'a str> {
+fn attr(message: &str, name: char) -> Option<&str> {
     message.split(',').find_map(|part| part.strip_prefix(name).and_then(|p| p.strip_prefix('=')))
 }
 
