@@ -35,6 +35,10 @@ cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     [[ -f $WORK/pgbouncer.pid ]] && kill "$(cat "$WORK/pgbouncer.pid")" 2>/dev/null || true
     scripts/services stop >/dev/null 2>&1 || true
+    if [[ -n ${KEEP_RECORDINGS:-} ]]; then
+        rm -rf "$ROOT/target/bench-pg-recordings"
+        cp -r "$WORK/recordings" "$ROOT/target/bench-pg-recordings" 2>/dev/null || true
+    fi
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -60,7 +64,8 @@ listen pg
     server pg 127.0.0.1:$PG_PORT
 CONF
 haproxy -f "$WORK/haproxy.cfg" -db > "$WORK/haproxy.log" 2>&1 &
-PIDS+=($!)
+HAPROXY_PID=$!
+PIDS+=($HAPROXY_PID)
 
 # pgbouncer: session mode, terminating TLS on both legs like dbtape.
 BOUNCER_PORT=$(free_port)
@@ -96,6 +101,8 @@ DBTAPE_PORT=$(free_port)
 VERIFIER=$(echo "$PG_PASSWORD" | "$BIN" user add postgres --password-stdin | sed -n 's/^scram_verifier = //p')
 export BENCH_PG_PASSWORD=$PG_PASSWORD
 cat > "$WORK/dbtape.toml" <<CONF
+[server]
+workers = ${WORKERS:-0}
 [recording]
 dir = "recordings"
 signing_key = "key"
@@ -126,12 +133,39 @@ DBTAPE_PID=$!
 PIDS+=($DBTAPE_PID)
 for p in $HAPROXY_PORT $BOUNCER_PORT $DBTAPE_PORT; do wait_port "$p"; done
 
+# ALT_BIN=path: a second dbtape build (an experiment) run as a fifth path, same config and
+# port layout, so two builds are compared side by side in one run.
+ALT_PORT=
+if [[ -n ${ALT_BIN:-} ]]; then
+    ALT_PORT=$(free_port)
+    mkdir -p "$WORK/alt"
+    sed -e "s/127.0.0.1:$DBTAPE_PORT/127.0.0.1:$ALT_PORT/" -e 's|^dir = "recordings"|dir = "alt/recordings"|' \
+        -e "s/^workers = .*/workers = ${ALT_WORKERS:-${WORKERS:-0}}/" \
+        -e "s/^fsync = .*/fsync = \"${ALT_FSYNC:-batch}\"/" "$WORK/dbtape.toml" > "$WORK/alt.toml"
+    "$ALT_BIN" serve --config "$WORK/alt.toml" 2> "$WORK/alt.log" &
+    ALT_PID=$!
+    PIDS+=($ALT_PID)
+    wait_port "$ALT_PORT"
+fi
+
+# utime + stime of a process and its threads, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+user_ticks() { awk '{print $14}' "/proc/$1/stat"; }
+# Voluntary context switches (sleeps) over all of a process's threads.
+sleeps() { cat /proc/$1/task/*/status | awk '/^voluntary_ctxt_switches/ {n += $2} END {print n}'; }
+# Machine-wide busy and idle ticks (all CPUs): how much the whole chain spends per transaction.
+machine_busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
+# TCP segments sent machine-wide (loopback carries all of this benchmark's traffic).
+tcp_out_segs() { awk '/^Tcp:/ && $2 ~ /^[0-9]/ {print $12}' /proc/net/snmp; }
+machine_idle() { awk '/^cpu / {print $5 + $6}' /proc/stat; }
+
 conninfo() {
     case $1 in
         direct) echo "$DIRECT" ;;
         haproxy) echo "host=localhost port=$HAPROXY_PORT user=postgres dbname=postgres sslmode=verify-full sslrootcert=$CERTS/ca.crt" ;;
         pgbouncer) echo "host=localhost port=$BOUNCER_PORT user=postgres dbname=postgres sslmode=verify-full sslrootcert=$CERTS/ca.crt" ;;
         dbtape) echo "host=localhost port=$DBTAPE_PORT user=postgres dbname=postgres sslmode=verify-full sslrootcert=$CERTS/ca.crt" ;;
+        alt) echo "host=localhost port=$ALT_PORT user=postgres dbname=postgres sslmode=verify-full sslrootcert=$CERTS/ca.crt" ;;
     esac
 }
 
@@ -139,33 +173,63 @@ conninfo() {
 run() { # path round
     local dir="$WORK/run-$1-$2"
     mkdir -p "$dir"
+    local proxy_pid=
+    case $1 in
+        haproxy) proxy_pid=$HAPROXY_PID ;;
+        pgbouncer) proxy_pid=$(cat "$WORK/pgbouncer.pid") ;;
+        dbtape) proxy_pid=$DBTAPE_PID ;;
+        alt) proxy_pid=$ALT_PID ;;
+    esac
     local perf=
-    if [[ $1 == dbtape && -n ${PROFILE:-} ]]; then
-        perf record -F 999 -g -p "$DBTAPE_PID" -o "$WORK/perf.data" -- sleep "$DURATION" >/dev/null 2>&1 &
+    if [[ ( $1 == dbtape || $1 == pgbouncer ) && -n ${PROFILE:-} ]]; then
+        perf record -F 999 -g -p "$proxy_pid" -o "$ROOT/target/perf-$1.data" -- sleep "$DURATION" >/dev/null 2>&1 &
         perf=$!
     fi
     local trace=
     if [[ -n ${SYSCALLS:-} && ( $1 == dbtape || $1 == pgbouncer ) ]]; then
-        local pid=$DBTAPE_PID
-        [[ $1 == pgbouncer ]] && pid=$(cat "$WORK/pgbouncer.pid")
-        (sleep 2; timeout -s INT 3 strace -c -f -p "$pid" -o "$ROOT/target/syscalls-$1.txt") >/dev/null 2>&1 &
+        (sleep 2; timeout -s INT 3 strace -c -f -p "$proxy_pid" -o "$ROOT/target/syscalls-$1.txt") >/dev/null 2>&1 &
         trace=$!
+    fi
+    local cpu_before=0 user_before=0 sleeps_before=0 busy_before idle_before
+    busy_before=$(machine_busy)
+    local segs_before
+    segs_before=$(tcp_out_segs)
+    idle_before=$(machine_idle)
+    if [[ -n $proxy_pid ]]; then
+        cpu_before=$(cpu_ticks "$proxy_pid")
+        user_before=$(user_ticks "$proxy_pid")
+        sleeps_before=$(sleeps "$proxy_pid")
     fi
     (cd "$dir" && pgbench -S -n -c "$CLIENTS" -j 2 -T "$DURATION" -l --log-prefix=tx "$(conninfo "$1")" > summary.txt 2>&1)
     [[ -n $trace ]] && wait "$trace" || true
     if [[ -n $perf ]]; then
         wait "$perf" || true
         {
-            perf report -i "$WORK/perf.data" --stdio --no-children --sort dso 2>/dev/null | grep -v '^#' | grep -v '^$' | head -15
-            perf report -i "$WORK/perf.data" --stdio --no-children --sort sym -g none --percent-limit 0.7 2>/dev/null | grep -v '^#' | grep -v '^$' | head -60
-        } > "$ROOT/target/perf-pg.txt" || true
-        echo "   profile of dbtape written to target/perf-pg.txt"
+            perf report -i "$ROOT/target/perf-$1.data" --stdio --no-children --sort dso -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -15
+            perf report -i "$ROOT/target/perf-$1.data" --stdio --no-children --sort sym -g none --percent-limit 0.5 2>/dev/null | grep -v '^#' | grep -v '^$' | head -80
+        } > "$ROOT/target/perf-$1.txt" || true
+        echo "   profile of $1 written to target/perf-$1.txt"
     fi
     grep -oP 'tps = \K[0-9.]+(?= \(without initial)' "$dir/summary.txt" >> "$WORK/tps-$1"
+    local all_txns busy idle
+    all_txns=$(grep -oP 'actually processed: \K[0-9]+' "$dir/summary.txt")
+    busy=$(( $(machine_busy) - busy_before ))
+    idle=$(( $(machine_idle) - idle_before ))
+    python3 -c "print($busy * 1e6 / $(getconf CLK_TCK) / $all_txns, 100.0 * $idle / max(1, $busy + $idle), ($(tcp_out_segs) - $segs_before) / $all_txns)" >> "$WORK/machine-$1"
+    if [[ -n $proxy_pid ]]; then
+        # The proxy's own CPU per transaction: steadier than TPS on a shared machine.
+        local ticks=$(( $(cpu_ticks "$proxy_pid") - cpu_before ))
+        local uticks=$(( $(user_ticks "$proxy_pid") - user_before ))
+        local txns=$(grep -oP 'actually processed: \K[0-9]+' "$dir/summary.txt")
+        python3 -c "print($ticks * 1e6 / $(getconf CLK_TCK) / $txns)" >> "$WORK/cpu-$1"
+        python3 -c "print($uticks * 1e6 / $(getconf CLK_TCK) / $txns)" >> "$WORK/ucpu-$1"
+        python3 -c "print(($(sleeps "$proxy_pid") - $sleeps_before) / $txns)" >> "$WORK/sleeps-$1"
+    fi
     cat "$dir"/tx.* >> "$WORK/lat-$1"
 }
 
 PATHS=(direct haproxy pgbouncer dbtape)
+[[ -n $ALT_PORT ]] && PATHS+=(alt)
 for round in $(seq "$ROUNDS"); do
     for path in "${PATHS[@]}"; do
         echo "== round $round: $path (${DURATION}s, $CLIENTS clients, select-only, TLS)"
@@ -203,14 +267,23 @@ python3 - "$WORK" "$idle" "$before" "$after" <<'PY'
 import statistics, sys, pathlib
 work, idle, before, after = pathlib.Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 res = {}
-for path in ["direct", "haproxy", "pgbouncer", "dbtape"]:
+for path in ["direct", "haproxy", "pgbouncer", "dbtape", "alt"]:
+    if not (work / f"tps-{path}").exists():
+        continue
     tps = [float(x) for x in (work / f"tps-{path}").read_text().split()]
     lat = sorted(int(line.split()[2]) for line in (work / f"lat-{path}").read_text().splitlines() if line.strip())
     pct = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] / 1000.0
     res[path] = (statistics.mean(tps), pct(0.50), pct(0.99))
-    print(f"{path:10s} tps {res[path][0]:10.0f}   p50 {res[path][1]:7.3f} ms   p99 {res[path][2]:7.3f} ms")
+    cpu_file = work / f"cpu-{path}"
+    mean_of = lambda f: statistics.mean(float(x) for x in f.read_text().split())
+    cpu = f"   proxy CPU {mean_of(cpu_file):5.1f} us/txn ({mean_of(work / f'ucpu-{path}'):4.1f} user), {mean_of(work / f'sleeps-{path}'):4.2f} sleeps/txn" if cpu_file.exists() else ""
+    machine = [tuple(map(float, line.split())) for line in (work / f"machine-{path}").read_text().splitlines()]
+    whole = f"   machine {statistics.mean(m[0] for m in machine):5.1f} us/txn, {statistics.mean(m[1] for m in machine):4.1f}% idle, {statistics.mean(m[2] for m in machine):4.2f} segs/txn"
+    print(f"{path:10s} tps {res[path][0]:8.0f}   p50 {res[path][1]:6.3f} ms   p99 {res[path][2]:6.3f} ms{whole}{cpu}")
 d, h, b, t = (res[p][0] for p in ["direct", "haproxy", "pgbouncer", "dbtape"])
 print(f"ratios: haproxy/direct {h/d:.2f}  pgbouncer/direct {b/d:.2f}  dbtape/direct {t/d:.2f}  dbtape/haproxy {t/h:.2f}  dbtape/pgbouncer {t/b:.2f}")
+if "alt" in res:
+    print(f"alt (ALT_BIN): alt/dbtape {res['alt'][0]/t:.2f}  alt/pgbouncer {res['alt'][0]/b:.2f}")
 per_conn = (after - before) / max(idle, 1)
 print(f"idle connections: {idle}, dbtape RSS {before} KiB -> {after} KiB: {per_conn:.1f} KiB per idle connection")
 print(f"RESULT pg direct_tps={d:.0f} haproxy_tps={h:.0f} pgbouncer_tps={b:.0f} dbtape_tps={t:.0f} "

@@ -15,6 +15,8 @@ fn the_example_config_is_valid_and_documents_defaults() {
     std::env::set_var("DBTAPE_ORDERS_PASSWORD", "from-env");
     let config = Config::load(&example()).unwrap();
     assert_eq!(config.server.cluster_name, "dbtape");
+    assert_eq!(config.server.workers, 0);
+    assert!(config.server.worker_count() >= 1);
     assert_eq!(config.recording.mode, dbtape::recording::RecordingMode::Strict);
     assert_eq!(config.recording.fsync, dbtape::recording::FsyncPolicy::Batch);
     assert_eq!(config.recording.batch_interval, std::time::Duration::from_millis(200));
@@ -26,7 +28,7 @@ fn the_example_config_is_valid_and_documents_defaults() {
     // Every key the loader knows appears in the example, so the example stays complete.
     let text = std::fs::read_to_string(example()).unwrap();
     for key in [
-        "cluster_name", "server_id", "shutdown_grace", "log_format", "dir", "mode", "fsync", "batch_interval",
+        "cluster_name", "server_id", "shutdown_grace", "log_format", "workers", "dir", "mode", "fsync", "batch_interval",
         "signing_key", "frame_target_bytes", "zstd_level", "bucket", "prefix", "region", "endpoint",
         "assume_role_arn", "external_id", "upload_retries", "name", "protocol", "listen", "upstream", "db_type",
         "labels", "cert", "key", "client_ca", "ca", "server_name", "method", "password", "account_id",
@@ -37,6 +39,9 @@ fn the_example_config_is_valid_and_documents_defaults() {
 }
 
 const BAD: &str = r#"
+[server]
+workers = 100000
+
 [recording]
 mode = "sometimes"
 fsync = "weekly"
@@ -66,6 +71,7 @@ fn every_error_is_reported_with_its_key_and_a_fix() {
     let err = Config::parse(BAD, Path::new("/etc/dbtape/bad.toml")).unwrap_err();
     let keys: Vec<&str> = err.issues.iter().map(|i| i.key.as_str()).collect();
     for key in [
+        "server.workers",
         "recording.mode",
         "recording.fsync",
         "recording.batch_interval",

@@ -4,6 +4,8 @@
 //! fields are siblings at the top level and empty ones are dropped. We build the same shape
 //! from a borrowed view, so serialising an event copies no strings.
 
+mod json_writer;
+
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
@@ -416,10 +418,11 @@ impl AuditEvent<'_> {
             _ => false,
         };
         if overrides || fixed.is_empty() {
-            return serde_json::to_writer(out, &w);
+            w.write_to(out);
+            return Ok(());
         }
         w.fixed = None;
-        serde_json::to_writer(&mut *out, &w)?;
+        w.write_to(out);
         // Replace the closing brace with `,<fixed>}`.
         out.pop();
         out.push(b',');

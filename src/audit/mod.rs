@@ -11,5 +11,5 @@ pub use event::{
     fixed_fields_json, format_time, AuditEvent, ConnectionMeta, DatabaseMeta, EventBody, ServerMeta, SessionContext,
     Status, UserMeta,
 };
-pub use port::{AuditError, AuditPort};
+pub use port::{now_ms, AuditError, AuditPort};
 pub use record::RecordedEvent;

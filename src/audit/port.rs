@@ -20,6 +20,12 @@ impl AuditError {
     }
 }
 
+/// Milliseconds since the Unix epoch, straight from the clock: events need no calendar
+/// date here, and chrono's `Utc::now` computes one on every call.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
 pub struct AuditPort {
     log: SessionLog,
 }
@@ -43,7 +49,7 @@ impl AuditPort {
 
     /// Records an event stamped now; returns its `ei` (none if best_effort dropped it).
     pub async fn emit(&self, body: EventBody) -> Result<Option<u64>, AuditError> {
-        self.emit_at(body, Utc::now().timestamp_millis()).await
+        self.emit_at(body, now_ms()).await
     }
 
     /// Records an event. Strict mode returns an error when it cannot be recorded; with the

@@ -10,7 +10,8 @@ use crate::server::{builtin_engines, shutdown_signal, Server};
 pub fn run(config_path: &Path) -> Result<(), Failure> {
     let config = Config::load(config_path)?;
     super::init_logging(true, config.server.log_format == LogFormat::Json);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // Sessions run on the server's own worker threads; this runtime only accepts and signals.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
         let registry = builtin_engines(&config)?;
         let server = Server::bind(Arc::new(config), &registry).await?;

@@ -42,6 +42,18 @@ pub struct ServerSection {
     #[serde(with = "humantime_serde_compat")]
     pub shutdown_grace: std::time::Duration,
     pub log_format: LogFormat,
+    /// Connection worker threads; 0 means one per CPU.
+    pub workers: usize,
+}
+
+impl ServerSection {
+    /// How many connection workers to run.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            n => n,
+        }
+    }
 }
 
 impl Default for ServerSection {
@@ -51,6 +63,7 @@ impl Default for ServerSection {
             server_id: String::new(),
             shutdown_grace: std::time::Duration::from_secs(30),
             log_format: LogFormat::Text,
+            workers: 0,
         }
     }
 }

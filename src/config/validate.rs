@@ -21,6 +21,9 @@ impl Issues<'_> {
     }
 }
 
+/// More connection threads than this is a typo, not a tuning choice.
+const MAX_WORKERS: usize = 1024;
+
 fn resolve(base: &Path, path: &Path) -> PathBuf {
     if path.is_relative() { base.join(path) } else { path.to_path_buf() }
 }
@@ -31,6 +34,9 @@ pub(super) fn check(raw: RawConfig, file: &Path, base: &Path) -> Result<Config, 
     let mut server = raw.server;
     if server.cluster_name.trim().is_empty() {
         issues.add("server.cluster_name", "is empty", "set a name for this proxy fleet, e.g. \"dbtape\"");
+    }
+    if server.workers > MAX_WORKERS {
+        issues.add("server.workers", format!("{} is too many threads", server.workers), format!("use 0 (one per CPU) or a number up to {MAX_WORKERS}"));
     }
     if server.server_id.is_empty() {
         server.server_id = std::fs::read_to_string("/proc/sys/kernel/hostname")

@@ -136,7 +136,10 @@ struct Inner {
     pending_first_ei: u64,
     pending_min_ms: i64,
     pending_max_ms: i64,
-    ready: Vec<ReadyFrame>,
+    /// Frames cut from `pending` and waiting for the writer thread, which compresses them:
+    /// compressing a full frame takes a few hundred microseconds, too long to stall a
+    /// connection's thread (and every other connection it serves) for.
+    cut: Vec<RawFrame>,
     next_ei: u64,
     next_seq: u32,
     /// The chain and sequence as of the last frame known to be in the file, for rolling back
@@ -289,7 +292,7 @@ impl Recorder {
                 pending_first_ei: 0,
                 pending_min_ms: i64::MAX,
                 pending_max_ms: i64::MIN,
-                ready: Vec::new(),
+                cut: Vec::new(),
                 next_ei: 0,
                 next_seq: 1,
                 written_seq: 1,
@@ -400,8 +403,7 @@ impl SessionLog {
         let frame_full = inner.pending.len() >= config.frame_target_bytes;
         if frame_full {
             if let Some(raw) = take_frame(&mut inner, &self.state) {
-                let frame = compress_frame(raw);
-                inner.ready.push(frame);
+                inner.cut.push(raw);
             }
         }
         drop(inner);
@@ -638,16 +640,17 @@ fn write_pass(shared: &Shared, sessions: &[Arc<SessionState>], flush_all: bool, 
     let mut written: Vec<(Arc<SessionState>, Option<u64>)> = Vec::new();
     let mut closing = Vec::new();
     for session in sessions {
-        let (mut frames, raw, is_closing) = {
+        let (cut, is_closing) = {
             let mut inner = lock(&session.inner);
-            let raw = if flush_all || inner.closing { take_frame(&mut inner, session) } else { None };
-            (std::mem::take(&mut inner.ready), raw, inner.closing)
+            let mut cut = std::mem::take(&mut inner.cut);
+            if flush_all || inner.closing {
+                cut.extend(take_frame(&mut inner, session));
+            }
+            (cut, inner.closing)
         };
         // Compress outside the session's lock, so its connection never waits on it; frames
         // cut meanwhile get later sequence numbers and go out in the next pass.
-        if let Some(raw) = raw {
-            frames.push(compress_frame(raw));
-        }
+        let frames: Vec<ReadyFrame> = cut.into_iter().map(compress_frame).collect();
         let last_ei = write_frames(shared, session, frames);
         written.push((session.clone(), last_ei));
         if is_closing {
@@ -739,9 +742,8 @@ fn write_frames(shared: &Shared, session: &Arc<SessionState>, frames: Vec<ReadyF
     let reason = format!("write failed: {reason}");
     let mut inner = lock(&session.inner);
     // Frames cut after the failed one link to it: drop them too and relink from the file's end.
-    let dropped: Vec<ReadyFrame> = inner.ready.drain(..).collect();
-    let unwritten = frames.iter().skip(done).chain(dropped.iter());
-    let lost: u64 = unwritten.map(|f| u64::from(f.events) + f.gap_reported).sum();
+    let lost: u64 = frames.iter().skip(done).map(|f| u64::from(f.events) + f.gap_reported).sum::<u64>()
+        + inner.cut.drain(..).map(|f| u64::from(f.events) + f.gap_reported).sum::<u64>();
     inner.next_seq = inner.written_seq;
     tracing::error!(sid = %session.ctx.sid, error = %reason, lost_events = lost, "recording write failed");
     if shared.config.mode == RecordingMode::Strict || rollback.is_err() {

@@ -19,6 +19,10 @@ pub struct Connection {
     pub stream: TcpStream,
     pub peer: SocketAddr,
     pub local: Option<SocketAddr>,
+    /// The connection's log context (database, peer). Engines enter it for the handshake
+    /// and log the relay with it as the explicit parent: entering a span on every poll of a
+    /// busy relay costs more than the rest of the bookkeeping on that path.
+    pub span: tracing::Span,
 }
 
 impl Connection {

@@ -2,6 +2,7 @@
 //! session bookkeeping, and graceful shutdown that seals every open recording.
 
 mod engine;
+mod workers;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -12,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use workers::WorkerPool;
 pub use engine::{BoxFuture, Connection, ConnectionInfo, Engine, EngineRegistry, ListenerContext, SessionIdentity};
 
 use crate::audit::Protocol;
@@ -28,6 +30,8 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error("recording signing key: {0}")]
     Signing(#[from] crate::recording::signing::SigningError),
+    #[error("cannot start connection worker threads: {0}")]
+    Workers(std::io::Error),
 }
 
 /// A listener that is bound but not yet accepting.
@@ -40,6 +44,7 @@ struct BoundListener {
 pub struct Server {
     listeners: Vec<BoundListener>,
     recorder: Arc<Recorder>,
+    workers: Arc<WorkerPool>,
     shutdown_grace: Duration,
     shutdown: CancellationToken,
 }
@@ -79,7 +84,9 @@ impl Server {
             let context = Arc::new(ListenerContext::new(config.clone(), Arc::new(db.clone()), protocol, recorder.clone(), shutdown.clone()));
             listeners.push(BoundListener { listener, context, engine });
         }
-        Ok(Server { listeners, recorder, shutdown_grace: config.server.shutdown_grace, shutdown })
+        let workers = Arc::new(WorkerPool::start(config.server.worker_count()).map_err(ServerError::Workers)?);
+        tracing::debug!(workers = workers.len(), "connection workers started");
+        Ok(Server { listeners, recorder, workers, shutdown_grace: config.server.shutdown_grace, shutdown })
     }
 
     /// The address each served database actually listens on (useful with port 0).
@@ -101,7 +108,7 @@ impl Server {
         for bound in self.listeners {
             let tracker_inner = tracker.clone();
             let shutdown = self.shutdown.clone();
-            tracker.spawn(accept_loop(bound, tracker_inner, shutdown));
+            tracker.spawn(accept_loop(bound, tracker_inner, self.workers.clone(), shutdown));
         }
         stop.await;
         tracing::info!("shutting down: no new connections; ending open sessions");
@@ -113,10 +120,14 @@ impl Server {
         let recorder = self.recorder.clone();
         let _ = tokio::task::spawn_blocking(move || recorder.shutdown()).await;
         tracing::info!("all recordings sealed");
+        // The accept loops are gone, so this is the last handle to the pool.
+        if let Some(workers) = Arc::into_inner(self.workers) {
+            let _ = tokio::task::spawn_blocking(move || workers.stop()).await;
+        }
     }
 }
 
-async fn accept_loop(bound: BoundListener, tracker: TaskTracker, shutdown: CancellationToken) {
+async fn accept_loop(bound: BoundListener, tracker: TaskTracker, workers: Arc<WorkerPool>, shutdown: CancellationToken) {
     let BoundListener { listener, context, engine } = bound;
     let database = context.database().name.clone();
     tracing::info!(database = %database, addr = ?listener.local_addr().ok(), protocol = %context.protocol(), "listening");
@@ -129,10 +140,28 @@ async fn accept_loop(bound: BoundListener, tracker: TaskTracker, shutdown: Cance
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
                 let local = stream.local_addr().ok();
-                let conn = Connection { stream, peer, local };
-                let task = engine.handle(conn, context.clone());
-                let span = tracing::info_span!("conn", database = %database, peer = %peer);
-                tracker.spawn(tracing::Instrument::instrument(task, span));
+                // The socket moves to a worker's reactor, so it leaves this one first.
+                let stream = match stream.into_std() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(database = %database, error = %e, "cannot hand an accepted connection to a worker");
+                        continue;
+                    }
+                };
+                let (engine, context, database) = (engine.clone(), context.clone(), database.clone());
+                let token = tracker.token();
+                workers.spawn(move || async move {
+                    let _token = token;
+                    let stream = match tokio::net::TcpStream::from_std(stream) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::warn!(database = %database, error = %e, "a worker could not take an accepted connection");
+                            return;
+                        }
+                    };
+                    let span = tracing::info_span!("conn", database = %database, peer = %peer);
+                    engine.handle(Connection { stream, peer, local, span }, context).await;
+                });
             }
             Err(e) => {
                 // Usually EMFILE; back off instead of spinning.

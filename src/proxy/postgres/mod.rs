@@ -72,7 +72,7 @@ impl Engine for PostgresEngine {
         Box::pin(async move {
             match state {
                 Some(state) => session::run(conn, ctx, state, cancels).await,
-                None => tracing::error!("no postgres state for this database"),
+                None => tracing::error!(parent: &conn.span, "no postgres state for this database"),
             }
         })
     }

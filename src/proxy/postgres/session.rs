@@ -82,37 +82,51 @@ async fn send<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) {
 
 pub async fn run(conn: Connection, ctx: Arc<ListenerContext>, state: Arc<DbState>, cancels: CancelMap) {
     let info = conn.info();
-    let mut client = Stream::Plain(conn.stream);
+    let span = conn.span;
+    let client = Stream::Plain(conn.stream);
+    if let Some((client, established)) = tracing::Instrument::instrument(handshake(client, &ctx, &state, &cancels, info), span.clone()).await {
+        let Established { port, upstream, synthetic, real } = established;
+        if let Some((pid, key)) = real {
+            lock(&cancels).insert(synthetic.clone(), CancelTarget { upstream: state.upstream.clone(), pid, key });
+        }
+        relay_session(client, upstream, port, &ctx, &span).await;
+        lock(&cancels).remove(&synthetic);
+    }
+}
+
+/// Everything before the relay: TLS, cancel requests, authentication, the upstream login.
+/// Returns the session to relay, or none when the connection ended here.
+async fn handshake(mut client: Stream, ctx: &ListenerContext, state: &DbState, cancels: &CancelMap, info: ConnectionInfo) -> Option<(Stream, Established)> {
     // Startup phase: SSL / GSSENC negotiation and cancel requests come before the startup message.
     let (version, params) = loop {
         match read_startup(&mut client).await {
             Ok((StartupPacket::Ssl, _)) => match (&state.server_tls, client) {
                 (Some(tls), Stream::Plain(mut tcp)) => {
                     if tcp.write_all(b"S").await.is_err() {
-                        return;
+                        return None;
                     }
                     match tokio_rustls::TlsAcceptor::from(tls.config.clone()).accept(tcp).await {
                         Ok(tls) => client = Stream::Server(Box::new(tls)),
                         Err(e) => {
                             tracing::info!(error = %e, "client TLS handshake failed");
-                            return;
+                            return None;
                         }
                     }
                 }
                 (_, mut other) => {
                     if other.write_all(b"N").await.is_err() {
-                        return;
+                        return None;
                     }
                     client = other;
                 }
             },
             Ok((StartupPacket::GssEnc, _)) => {
                 if client.write_all(b"N").await.is_err() {
-                    return;
+                    return None;
                 }
             }
             Ok((StartupPacket::Cancel { pid, key }, _)) => {
-                let target = lock(&cancels).get(&(pid, key)).cloned();
+                let target = lock(cancels).get(&(pid, key)).cloned();
                 match target {
                     Some(t) => {
                         if let Err(e) = t.upstream.cancel(t.pid, &t.key).await {
@@ -121,25 +135,18 @@ pub async fn run(conn: Connection, ctx: Arc<ListenerContext>, state: Arc<DbState
                     }
                     None => tracing::info!("cancel request for an unknown session ignored"),
                 }
-                return;
+                return None;
             }
             Ok((StartupPacket::Startup { version, params }, _)) => break (version, params),
-            Err(WireError::Closed) => return,
+            Err(WireError::Closed) => return None,
             Err(e) => {
                 send(&mut client, &error_response("FATAL", "08P01", &format!("dbtape: {e}"))).await;
-                return;
+                return None;
             }
         }
     };
-    match establish(&mut client, &ctx, &state, info, version, &params).await {
-        Ok(Some(established)) => {
-            let Established { port, upstream, synthetic, real } = established;
-            if let Some((pid, key)) = real {
-                lock(&cancels).insert(synthetic.clone(), CancelTarget { upstream: state.upstream.clone(), pid, key });
-            }
-            relay_session(client, upstream, port, &ctx).await;
-            lock(&cancels).remove(&synthetic);
-        }
+    match establish(&mut client, ctx, state, info, version, &params).await {
+        Ok(Some(established)) => return Some((client, established)),
         Ok(None) | Err(Refusal::Gone) => {}
         Err(Refusal::Denied { login, db_user, db_name, reason }) => {
             tracing::info!(user = %login, %reason, "connection denied");
@@ -151,6 +158,7 @@ pub async fn run(conn: Connection, ctx: Arc<ListenerContext>, state: Arc<DbState
             }
         }
     }
+    None
 }
 
 /// What ended a connection before its session began.
@@ -382,7 +390,7 @@ enum Stop {
 }
 
 /// Relays both directions, auditing on the way, until either side ends.
-async fn relay_session(client: Stream, upstream: Stream, port: AuditPort, ctx: &ListenerContext) {
+async fn relay_session(client: Stream, upstream: Stream, port: AuditPort, ctx: &ListenerContext, span: &tracing::Span) {
     let (mut client_read, mut client_write) = tokio::io::split(client);
     let (mut upstream_read, mut upstream_write) = tokio::io::split(upstream);
     let pairing = Mutex::new(Pairing::default());
@@ -401,23 +409,23 @@ async fn relay_session(client: Stream, upstream: Stream, port: AuditPort, ctx: &
     match stop {
         Stop::ClientClosed | Stop::UpstreamClosed | Stop::Io => {}
         Stop::ClientMalformed(detail, sample) => {
-            tracing::warn!(%detail, "malformed message from the client; closing the connection");
+            tracing::warn!(parent: span, %detail, "malformed message from the client; closing the connection");
             let _ = port.emit(EventBody::MalformedPacket { payload: sample }).await;
             send(&mut client_write, &error_response("FATAL", "08P01", &format!("dbtape: protocol violation: {detail}"))).await;
         }
         Stop::UpstreamMalformed(detail, sample) => {
-            tracing::warn!(%detail, "malformed message from the upstream; closing the connection");
+            tracing::warn!(parent: span, %detail, "malformed message from the upstream; closing the connection");
             let _ = port.emit(EventBody::MalformedPacket { payload: sample }).await;
             send(&mut client_write, &error_response("FATAL", "08P01", "dbtape: the database sent a malformed message; connection closed")).await;
         }
         Stop::Audit(e) => {
-            tracing::error!(error = %e, "recording failed in strict mode; ending the session");
+            tracing::error!(parent: span, error = %e, "recording failed in strict mode; ending the session");
             send(&mut client_write, &error_response("FATAL", "58030", e.client_message())).await;
         }
     }
     let _ = upstream_write.shutdown().await;
     if let Err(e) = port.end().await {
-        tracing::error!(error = %e, "could not record the session end");
+        tracing::error!(parent: span, error = %e, "could not record the session end");
     }
 }
 
@@ -487,6 +495,8 @@ async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             }
             Ok(())
         });
+        // Everything in one chunk arrived at once; one clock read stamps it all.
+        let now_ms = if steps.is_empty() { 0 } else { crate::audit::now_ms() };
         for step in steps.drain(..) {
             let event = match step {
                 ClientStep::Sync => {
@@ -500,7 +510,7 @@ async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                 EventBody::PostgresExecute { .. } => Some(false),
                 _ => None,
             };
-            match port.emit(event).await {
+            match port.emit_at(event, now_ms).await {
                 Ok(Some(ei)) => match kind {
                     Some(true) => lock(pairing).simple_query(ei),
                     Some(false) => lock(pairing).execute(ei),

@@ -1,0 +1,100 @@
+//! Connection workers. Each worker is one thread running a single-threaded runtime, and a
+//! connection stays on the worker that took it from accept to close.
+//!
+//! Why not tokio's work-stealing pool: a proxy session is a chain of short wake-ups (read,
+//! record, write) and stealing hands them between threads, which costs futex calls and
+//! context switches on every hop. Pinned connections keep each session's wake-ups on one
+//! thread, the way pgbouncer (one thread) and nginx (one loop per worker) do; spreading
+//! sessions over workers still uses every core.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
+
+struct Worker {
+    handle: Handle,
+    /// Connections this worker is serving now, to send new ones to the least busy.
+    active: Arc<AtomicUsize>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+pub struct WorkerPool {
+    workers: Vec<Worker>,
+}
+
+/// Decrements a worker's count when its connection ends, however it ends.
+struct ActiveGuard(Arc<AtomicUsize>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl WorkerPool {
+    /// Starts `count` workers (at least one).
+    pub fn start(count: usize) -> std::io::Result<WorkerPool> {
+        let mut workers = Vec::new();
+        for index in 0..count.max(1) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let handle = runtime.handle().clone();
+            let (stop, stopped) = oneshot::channel::<()>();
+            let thread = std::thread::Builder::new().name(format!("dbtape-worker-{index}")).spawn(move || {
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+                // Sessions still here were given their grace period by the server already.
+                runtime.shutdown_timeout(Duration::from_secs(1));
+            })?;
+            workers.push(Worker { handle, active: Arc::new(AtomicUsize::new(0)), stop: Some(stop), thread: Some(thread) });
+        }
+        Ok(WorkerPool { workers })
+    }
+
+    pub fn len(&self) -> usize {
+        self.workers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.workers.is_empty()
+    }
+
+    /// Runs a connection's future on the least busy worker. The future is built on that
+    /// worker, so sockets it makes register with that worker's reactor.
+    pub fn spawn<F, Fut>(&self, make: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let Some(worker) = self.workers.iter().min_by_key(|w| w.active.load(Ordering::Relaxed)) else {
+            return;
+        };
+        worker.active.fetch_add(1, Ordering::Relaxed);
+        let guard = ActiveGuard(worker.active.clone());
+        // Detached: the server tracks the connection through the future itself.
+        drop(worker.handle.spawn(async move {
+            let _guard = guard;
+            make().await;
+        }));
+    }
+
+    /// Stops every worker and waits for its thread, dropping whatever is still running.
+    pub fn stop(mut self) {
+        for worker in &mut self.workers {
+            if let Some(stop) = worker.stop.take() {
+                let _ = stop.send(());
+            }
+        }
+        for worker in &mut self.workers {
+            if let Some(thread) = worker.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
