@@ -42,15 +42,17 @@ pub struct ServerSection {
     #[serde(with = "humantime_serde_compat")]
     pub shutdown_grace: std::time::Duration,
     pub log_format: LogFormat,
-    /// Connection worker threads; 0 means one per CPU.
+    /// Connection worker threads; 0 means half the CPUs, at least one.
     pub workers: usize,
 }
 
 impl ServerSection {
-    /// How many connection workers to run.
+    /// How many connection workers to run. The default leaves half the CPUs to the
+    /// database, clients and kernel work the proxy shares its host with: on a 2-core host
+    /// one worker served as many transactions as two at 15% less CPU each (BENCHMARKS.md).
     pub fn worker_count(&self) -> usize {
         match self.workers {
-            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            0 => std::thread::available_parallelism().map(|n| n.get() / 2).unwrap_or(1).max(1),
             n => n,
         }
     }

@@ -5,7 +5,7 @@
 //! record, write) and stealing hands them between threads, which costs futex calls and
 //! context switches on every hop. Pinned connections keep each session's wake-ups on one
 //! thread, the way pgbouncer (one thread) and nginx (one loop per worker) do; spreading
-//! sessions over workers still uses every core.
+//! sessions over several workers still uses several cores.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
