@@ -155,6 +155,9 @@ user_ticks() { awk '{print $14}' "/proc/$1/stat"; }
 sleeps() { cat /proc/$1/task/*/status | awk '/^voluntary_ctxt_switches/ {n += $2} END {print n}'; }
 # Machine-wide busy and idle ticks (all CPUs): how much the whole chain spends per transaction.
 machine_busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
+# Context switches machine-wide, and CPU migrations of a process's threads.
+machine_ctxt() { awk '/^ctxt/ {print $2}' /proc/stat; }
+migrations() { cat /proc/$1/task/*/sched 2>/dev/null | awk '/se.nr_migrations/ {n += $3} END {print n + 0}'; }
 # TCP segments sent machine-wide (loopback carries all of this benchmark's traffic).
 tcp_out_segs() { awk '/^Tcp:/ && $2 ~ /^[0-9]/ {print $12}' /proc/net/snmp; }
 machine_idle() { awk '/^cpu / {print $5 + $6}' /proc/stat; }
@@ -190,15 +193,17 @@ run() { # path round
         (sleep 2; timeout -s INT 3 strace -c -f -p "$proxy_pid" -o "$ROOT/target/syscalls-$1.txt") >/dev/null 2>&1 &
         trace=$!
     fi
-    local cpu_before=0 user_before=0 sleeps_before=0 busy_before idle_before
+    local cpu_before=0 user_before=0 sleeps_before=0 migrations_before=0 busy_before idle_before
     busy_before=$(machine_busy)
-    local segs_before
+    local segs_before ctxt_before
     segs_before=$(tcp_out_segs)
+    ctxt_before=$(machine_ctxt)
     idle_before=$(machine_idle)
     if [[ -n $proxy_pid ]]; then
         cpu_before=$(cpu_ticks "$proxy_pid")
         user_before=$(user_ticks "$proxy_pid")
         sleeps_before=$(sleeps "$proxy_pid")
+        migrations_before=$(migrations "$proxy_pid")
     fi
     (cd "$dir" && pgbench -S -n -c "$CLIENTS" -j 2 -T "$DURATION" -l --log-prefix=tx "$(conninfo "$1")" > summary.txt 2>&1)
     [[ -n $trace ]] && wait "$trace" || true
@@ -215,7 +220,7 @@ run() { # path round
     all_txns=$(grep -oP 'actually processed: \K[0-9]+' "$dir/summary.txt")
     busy=$(( $(machine_busy) - busy_before ))
     idle=$(( $(machine_idle) - idle_before ))
-    python3 -c "print($busy * 1e6 / $(getconf CLK_TCK) / $all_txns, 100.0 * $idle / max(1, $busy + $idle), ($(tcp_out_segs) - $segs_before) / $all_txns)" >> "$WORK/machine-$1"
+    python3 -c "print($busy * 1e6 / $(getconf CLK_TCK) / $all_txns, 100.0 * $idle / max(1, $busy + $idle), ($(tcp_out_segs) - $segs_before) / $all_txns, ($(machine_ctxt) - $ctxt_before) / $all_txns)" >> "$WORK/machine-$1"
     if [[ -n $proxy_pid ]]; then
         # The proxy's own CPU per transaction: steadier than TPS on a shared machine.
         local ticks=$(( $(cpu_ticks "$proxy_pid") - cpu_before ))
@@ -223,7 +228,7 @@ run() { # path round
         local txns=$(grep -oP 'actually processed: \K[0-9]+' "$dir/summary.txt")
         python3 -c "print($ticks * 1e6 / $(getconf CLK_TCK) / $txns)" >> "$WORK/cpu-$1"
         python3 -c "print($uticks * 1e6 / $(getconf CLK_TCK) / $txns)" >> "$WORK/ucpu-$1"
-        python3 -c "print(($(sleeps "$proxy_pid") - $sleeps_before) / $txns)" >> "$WORK/sleeps-$1"
+        python3 -c "print(($(sleeps "$proxy_pid") - $sleeps_before) / $txns, ($(migrations "$proxy_pid") - $migrations_before) / $txns)" >> "$WORK/sleeps-$1"
     fi
     cat "$dir"/tx.* >> "$WORK/lat-$1"
 }
@@ -276,9 +281,10 @@ for path in ["direct", "haproxy", "pgbouncer", "dbtape", "alt"]:
     res[path] = (statistics.mean(tps), pct(0.50), pct(0.99))
     cpu_file = work / f"cpu-{path}"
     mean_of = lambda f: statistics.mean(float(x) for x in f.read_text().split())
-    cpu = f"   proxy CPU {mean_of(cpu_file):5.1f} us/txn ({mean_of(work / f'ucpu-{path}'):4.1f} user), {mean_of(work / f'sleeps-{path}'):4.2f} sleeps/txn" if cpu_file.exists() else ""
+    col_mean = lambda f, i: statistics.mean(float(line.split()[i]) for line in f.read_text().splitlines())
+    cpu = f"   proxy CPU {mean_of(cpu_file):5.1f} us/txn ({mean_of(work / f'ucpu-{path}'):4.1f} user), {col_mean(work / f'sleeps-{path}', 0):4.2f} sleeps/txn, {col_mean(work / f'sleeps-{path}', 1):5.3f} migrations/txn" if cpu_file.exists() else ""
     machine = [tuple(map(float, line.split())) for line in (work / f"machine-{path}").read_text().splitlines()]
-    whole = f"   machine {statistics.mean(m[0] for m in machine):5.1f} us/txn, {statistics.mean(m[1] for m in machine):4.1f}% idle, {statistics.mean(m[2] for m in machine):4.2f} segs/txn"
+    whole = f"   machine {statistics.mean(m[0] for m in machine):5.1f} us/txn, {statistics.mean(m[1] for m in machine):4.1f}% idle, {statistics.mean(m[2] for m in machine):4.2f} segs/txn, {statistics.mean(m[3] for m in machine):4.2f} switches/txn"
     print(f"{path:10s} tps {res[path][0]:8.0f}   p50 {res[path][1]:6.3f} ms   p99 {res[path][2]:6.3f} ms{whole}{cpu}")
 d, h, b, t = (res[p][0] for p in ["direct", "haproxy", "pgbouncer", "dbtape"])
 print(f"ratios: haproxy/direct {h/d:.2f}  pgbouncer/direct {b/d:.2f}  dbtape/direct {t/d:.2f}  dbtape/haproxy {t/h:.2f}  dbtape/pgbouncer {t/b:.2f}")

@@ -242,3 +242,96 @@ async fn malformed_bytes_from_the_upstream_end_the_session_with_an_event() {
     let kinds: Vec<String> = lines.iter().map(|l| common::assert_schema_valid(l)["event"].as_str().unwrap().to_string()).collect();
     assert_eq!(kinds, ["db.session.start", "db.session.malformed_packet", "db.session.end"]);
 }
+
+/// Runs SQL on the real PostgreSQL as its superuser, over verified TLS.
+fn superuser_sql(s: &Services, sql: &str) -> String {
+    let out = std::process::Command::new("psql")
+        .arg(format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=verify-full sslrootcert={}/ca.crt",
+            s.get("PG_PORT"),
+            s.get("CERTS")
+        ))
+        .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .env("PGPASSWORD", s.get("PG_PASSWORD"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn md5_and_cleartext_passwords_log_in_to_the_real_postgres() {
+    let s = Services::load();
+    // scripts/services puts `md5` and `password` pg_hba lines on top for these two roles, so
+    // the server asks for exactly that method.
+    superuser_sql(
+        &s,
+        "SET password_encryption = 'md5'; \
+         DROP ROLE IF EXISTS dbtape_md5; CREATE ROLE dbtape_md5 LOGIN PASSWORD 'md5-secret'; \
+         DROP ROLE IF EXISTS dbtape_cleartext; CREATE ROLE dbtape_cleartext LOGIN PASSWORD 'clear-secret'",
+    );
+    assert_eq!(superuser_sql(&s, "SELECT left(rolpassword, 3) FROM pg_authid WHERE rolname = 'dbtape_md5'"), "md5");
+    let hba = superuser_sql(&s, "SELECT string_agg(auth_method, ',' ORDER BY line_number) FROM pg_hba_file_rules WHERE 'dbtape_md5' = ANY(user_name) OR 'dbtape_cleartext' = ANY(user_name)");
+    assert_eq!(hba, "md5,password");
+
+    for (db_user, password) in [("dbtape_md5", "md5-secret"), ("dbtape_cleartext", "clear-secret"), ("dbtape_md5", "wrong")] {
+        let root = tempfile::tempdir().unwrap();
+        let password_file = root.path().join("upstream-password");
+        std::fs::write(&password_file, password).unwrap();
+        let text = format!(
+            r#"
+[recording]
+dir = "{root}/recordings"
+signing_key = "{root}/key"
+[[databases]]
+name = "pg"
+protocol = "postgres"
+listen = "127.0.0.1:0"
+upstream = "postgres://127.0.0.1:{port}/postgres"
+[databases.upstream_tls]
+ca = "{certs}/ca.crt"
+[databases.auth]
+password = {{ file = "{password_file}" }}
+[[users]]
+name = "alice"
+scram_verifier = "{verifier}"
+[[users.grants]]
+database = "pg"
+db_users = ["{db_user}"]
+"#,
+            root = root.path().display(),
+            port = s.get("PG_PORT"),
+            certs = s.get("CERTS"),
+            password_file = password_file.display(),
+            verifier = common::proxy::verifier(ALICE_PASSWORD),
+        );
+        let (addr, stop, task) = common::proxy::run_server(&text, root.path()).await;
+        let mut config = tokio_postgres::Config::new();
+        config.host("127.0.0.1").port(addr.port()).user("alice").password(ALICE_PASSWORD).dbname("postgres");
+        let outcome = config.connect(tokio_postgres::NoTls).await;
+        if password == "wrong" {
+            // The server's own refusal reaches the client, and the attempt is recorded.
+            let err = outcome.err().and_then(|e| e.as_db_error().map(|d| d.message().to_string())).unwrap_or_default();
+            assert!(err.contains("password authentication failed for user \"dbtape_md5\""), "{err}");
+        } else {
+            let (client, connection) = outcome.unwrap();
+            let connection = tokio::spawn(connection);
+            let row = client.query_one("SELECT current_user::text, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).await.unwrap();
+            assert_eq!(row.get::<_, String>(0), db_user);
+            assert!(row.get::<_, bool>(1), "the upstream leg must be TLS");
+            drop(client);
+            let _ = connection.await;
+        }
+        let _ = stop.send(());
+        task.await.unwrap();
+        let store = dbtape::recording::RecordingStore::new(root.path().join("recordings"));
+        let summaries: Vec<_> = store.summaries().unwrap().into_iter().map(Result::unwrap).collect();
+        assert_eq!(summaries.len(), 1, "{db_user}");
+        let lines = common::read_lines(&store, &summaries[0].sid).0;
+        let start = common::assert_schema_valid(&lines[0]);
+        assert_eq!(start["db_user"], db_user);
+        assert_eq!(start["code"], if password == "wrong" { "TDB00W" } else { "TDB00I" }, "{start}");
+        let text = lines.iter().map(|l| String::from_utf8_lossy(l).into_owned()).collect::<String>();
+        assert!(!text.contains(password), "the upstream password must not be recorded");
+    }
+}
