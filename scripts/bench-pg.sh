@@ -63,7 +63,10 @@ listen pg
     bind 127.0.0.1:$HAPROXY_PORT
     server pg 127.0.0.1:$PG_PORT
 CONF
-haproxy -f "$WORK/haproxy.cfg" -db > "$WORK/haproxy.log" 2>&1 &
+# Every server runs in its own session, as a service would: the kernel's autogroup scheduler
+# shares CPU between sessions first, so a proxy left in this script's session would share
+# one scheduling group with pgbench while pgbouncer (-d) and PostgreSQL (pg_ctl) get their own.
+setsid haproxy -f "$WORK/haproxy.cfg" -db > "$WORK/haproxy.log" 2>&1 &
 HAPROXY_PID=$!
 PIDS+=($HAPROXY_PID)
 
@@ -128,7 +131,7 @@ scram_verifier = $VERIFIER
 database = "bench"
 db_users = ["postgres"]
 CONF
-"$BIN" serve --config "$WORK/dbtape.toml" 2> "$WORK/dbtape.log" &
+setsid "$BIN" serve --config "$WORK/dbtape.toml" 2> "$WORK/dbtape.log" &
 DBTAPE_PID=$!
 PIDS+=($DBTAPE_PID)
 for p in $HAPROXY_PORT $BOUNCER_PORT $DBTAPE_PORT; do wait_port "$p"; done
@@ -142,7 +145,7 @@ if [[ -n ${ALT_BIN:-} ]]; then
     sed -e "s/127.0.0.1:$DBTAPE_PORT/127.0.0.1:$ALT_PORT/" -e 's|^dir = "recordings"|dir = "alt/recordings"|' \
         -e "s/^workers = .*/workers = ${ALT_WORKERS:-${WORKERS:-0}}/" \
         -e "s/^fsync = .*/fsync = \"${ALT_FSYNC:-batch}\"/" "$WORK/dbtape.toml" > "$WORK/alt.toml"
-    "$ALT_BIN" serve --config "$WORK/alt.toml" 2> "$WORK/alt.log" &
+    setsid "$ALT_BIN" serve --config "$WORK/alt.toml" 2> "$WORK/alt.log" &
     ALT_PID=$!
     PIDS+=($ALT_PID)
     wait_port "$ALT_PORT"
@@ -184,7 +187,7 @@ run() { # path round
         alt) proxy_pid=$ALT_PID ;;
     esac
     local perf=
-    if [[ ( $1 == dbtape || $1 == pgbouncer ) && -n ${PROFILE:-} ]]; then
+    if [[ ( $1 == dbtape || $1 == pgbouncer || $1 == alt ) && -n ${PROFILE:-} ]]; then
         perf record -F 999 -g -p "$proxy_pid" -o "$ROOT/target/perf-$1.data" -- sleep "$DURATION" >/dev/null 2>&1 &
         perf=$!
     fi
@@ -198,6 +201,7 @@ run() { # path round
     local segs_before ctxt_before
     segs_before=$(tcp_out_segs)
     ctxt_before=$(machine_ctxt)
+    [[ -n ${SWITCHES:-} ]] && python3 /tmp/switches.py snap "$WORK/sw-$1"
     idle_before=$(machine_idle)
     if [[ -n $proxy_pid ]]; then
         cpu_before=$(cpu_ticks "$proxy_pid")
@@ -218,6 +222,7 @@ run() { # path round
     grep -oP 'tps = \K[0-9.]+(?= \(without initial)' "$dir/summary.txt" >> "$WORK/tps-$1"
     local all_txns busy idle
     all_txns=$(grep -oP 'actually processed: \K[0-9]+' "$dir/summary.txt")
+    [[ -n ${SWITCHES:-} ]] && echo "   switches per txn ($1): $(python3 /tmp/switches.py diff "$WORK/sw-$1" "$all_txns")"
     busy=$(( $(machine_busy) - busy_before ))
     idle=$(( $(machine_idle) - idle_before ))
     python3 -c "print($busy * 1e6 / $(getconf CLK_TCK) / $all_txns, 100.0 * $idle / max(1, $busy + $idle), ($(tcp_out_segs) - $segs_before) / $all_txns, ($(machine_ctxt) - $ctxt_before) / $all_txns)" >> "$WORK/machine-$1"
@@ -233,6 +238,17 @@ run() { # path round
     cat "$dir"/tx.* >> "$WORK/lat-$1"
 }
 
+for p in "haproxy $HAPROXY_PID" "pgbouncer $(cat "$WORK/pgbouncer.pid")" "dbtape $DBTAPE_PID"; do
+    set -- $p
+    echo "   $1 scheduling group: $(cat /proc/$2/autogroup 2>/dev/null || echo none) (this script: $(cat /proc/$$/autogroup 2>/dev/null || echo none))"
+done
+# The TLS each path negotiates with the client, so the comparison is like for like.
+for p in "direct $PG_PORT" "pgbouncer $BOUNCER_PORT" "dbtape $DBTAPE_PORT"; do
+    set -- $p
+    cipher=$(openssl s_client -starttls postgres -connect "127.0.0.1:$2" -CAfile "$CERTS/ca.crt" </dev/null 2>/dev/null | grep -m1 -oP '(New|Cipher is) \K\S+, Cipher is \S+|Cipher is \K\S+' || true)
+    echo "   $1 client TLS: ${cipher:-unknown}"
+done
+
 PATHS=(direct haproxy pgbouncer dbtape)
 [[ -n $ALT_PORT ]] && PATHS+=(alt)
 for round in $(seq "$ROUNDS"); do
@@ -246,7 +262,7 @@ done
 # Memory per idle connection: a fresh dbtape process, warmed by one session, then the RSS
 # growth while IDLE_CONNS clients sit connected doing nothing.
 kill "$DBTAPE_PID"; wait "$DBTAPE_PID" 2>/dev/null || true
-"$BIN" serve --config "$WORK/dbtape.toml" 2>> "$WORK/dbtape.log" &
+setsid "$BIN" serve --config "$WORK/dbtape.toml" 2>> "$WORK/dbtape.log" &
 DBTAPE_PID=$!
 PIDS+=($DBTAPE_PID)
 wait_port "$DBTAPE_PORT"
