@@ -220,7 +220,12 @@ impl Recorder {
         let worker = shared.clone();
         let thread = std::thread::Builder::new()
             .name("dbtape-recorder".into())
-            .spawn(move || writer_loop(&worker))
+            .spawn(move || {
+                if worker.config.fsync != FsyncPolicy::Always {
+                    lower_this_threads_priority();
+                }
+                writer_loop(&worker)
+            })
             .map_err(|source| StoreError::Io { path: PathBuf::from("<writer thread>"), source })?;
         Ok(Recorder { shared, thread: Mutex::new(Some(thread)) })
     }
@@ -587,6 +592,22 @@ fn summary_of(state: &SessionState, inner: &Inner, bytes: u64, recording_state: 
         bytes,
         state: recording_state,
         error: inner.failed.as_deref().unwrap_or_default().to_string(),
+    }
+}
+
+/// The writer's compression and file I/O are background work unless sessions wait on it
+/// (fsync `always`): at a lower priority it fills the gaps the relay leaves instead of
+/// preempting a connection thread in the middle of a batch. Nice 10 still gives it about a
+/// tenth of a contended CPU, many times what it needs, so it cannot starve. Raising a
+/// thread's own nice value needs no privilege.
+fn lower_this_threads_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain syscalls on this thread's own id, with no pointers involved.
+        let done = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) };
+        if done != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower the recorder thread's priority");
+        }
     }
 }
 
