@@ -201,7 +201,6 @@ run() { # path round
     local segs_before ctxt_before
     segs_before=$(tcp_out_segs)
     ctxt_before=$(machine_ctxt)
-    [[ -n ${SWITCHES:-} ]] && python3 /tmp/switches.py snap "$WORK/sw-$1"
     idle_before=$(machine_idle)
     if [[ -n $proxy_pid ]]; then
         cpu_before=$(cpu_ticks "$proxy_pid")
@@ -222,7 +221,6 @@ run() { # path round
     grep -oP 'tps = \K[0-9.]+(?= \(without initial)' "$dir/summary.txt" >> "$WORK/tps-$1"
     local all_txns busy idle
     all_txns=$(grep -oP 'actually processed: \K[0-9]+' "$dir/summary.txt")
-    [[ -n ${SWITCHES:-} ]] && echo "   switches per txn ($1): $(python3 /tmp/switches.py diff "$WORK/sw-$1" "$all_txns")"
     busy=$(( $(machine_busy) - busy_before ))
     idle=$(( $(machine_idle) - idle_before ))
     python3 -c "print($busy * 1e6 / $(getconf CLK_TCK) / $all_txns, 100.0 * $idle / max(1, $busy + $idle), ($(tcp_out_segs) - $segs_before) / $all_txns, ($(machine_ctxt) - $ctxt_before) / $all_txns)" >> "$WORK/machine-$1"
@@ -304,6 +302,9 @@ for path in ["direct", "haproxy", "pgbouncer", "dbtape", "alt"]:
     print(f"{path:10s} tps {res[path][0]:8.0f}   p50 {res[path][1]:6.3f} ms   p99 {res[path][2]:6.3f} ms{whole}{cpu}")
 d, h, b, t = (res[p][0] for p in ["direct", "haproxy", "pgbouncer", "dbtape"])
 print(f"ratios: haproxy/direct {h/d:.2f}  pgbouncer/direct {b/d:.2f}  dbtape/direct {t/d:.2f}  dbtape/haproxy {t/h:.2f}  dbtape/pgbouncer {t/b:.2f}")
+rounds = [dict(zip(["direct", "haproxy", "pgbouncer", "dbtape"], r)) for r in zip(*[[float(x) for x in (work / f"tps-{p}").read_text().split()] for p in ["direct", "haproxy", "pgbouncer", "dbtape"]])]
+if len(rounds) > 1:
+    print("per round: " + "  ".join(f"dbtape/pgbouncer {r['dbtape']/r['pgbouncer']:.2f}, dbtape/haproxy {r['dbtape']/r['haproxy']:.2f}" for r in rounds))
 if "alt" in res:
     print(f"alt (ALT_BIN): alt/dbtape {res['alt'][0]/t:.2f}  alt/pgbouncer {res['alt'][0]/b:.2f}")
 per_conn = (after - before) / max(idle, 1)
