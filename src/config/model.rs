@@ -49,7 +49,7 @@ pub struct ServerSection {
 impl ServerSection {
     /// How many connection workers to run. The default leaves half the CPUs to the
     /// database, clients and kernel work the proxy shares its host with: on a 2-core host
-    /// one worker served as many transactions as two at 15% less CPU each (BENCHMARKS.md).
+    /// one worker served as many transactions as two, at 13-15% less CPU each (BENCHMARKS.md).
     pub fn worker_count(&self) -> usize {
         match self.workers {
             0 => std::thread::available_parallelism().map(|n| n.get() / 2).unwrap_or(1).max(1),

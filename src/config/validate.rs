@@ -36,7 +36,7 @@ pub(super) fn check(raw: RawConfig, file: &Path, base: &Path) -> Result<Config, 
         issues.add("server.cluster_name", "is empty", "set a name for this proxy fleet, e.g. \"dbtape\"");
     }
     if server.workers > MAX_WORKERS {
-        issues.add("server.workers", format!("{} is too many threads", server.workers), format!("use 0 (one per CPU) or a number up to {MAX_WORKERS}"));
+        issues.add("server.workers", format!("{} is too many threads", server.workers), format!("use 0 (half the CPUs, at least one) or a number up to {MAX_WORKERS}"));
     }
     if server.server_id.is_empty() {
         server.server_id = std::fs::read_to_string("/proc/sys/kernel/hostname")
