@@ -113,6 +113,16 @@ async fn ask_password<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, after_ready: 
 }
 
 async fn proxy_to(upstream: SocketAddr, database_extra: &str) -> (SocketAddr, tempfile::TempDir, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    proxy_to_as(upstream, "app", "app_user", &format!("db_type = \"rds\"\n{database_extra}")).await
+}
+
+/// dbtape in front of `upstream` (database `db_name`), where alice is granted `db_user`.
+async fn proxy_to_as(
+    upstream: SocketAddr,
+    db_name: &str,
+    db_user: &str,
+    database_extra: &str,
+) -> (SocketAddr, tempfile::TempDir, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
     let root = tempfile::tempdir().unwrap();
     let verifier = common::proxy::verifier(ALICE_PASSWORD);
     let text = format!(
@@ -124,15 +134,14 @@ signing_key = "{root}/key"
 name = "rds"
 protocol = "postgres"
 listen = "127.0.0.1:0"
-upstream = "postgres://127.0.0.1:{port}/app"
-db_type = "rds"
+upstream = "postgres://127.0.0.1:{port}/{db_name}"
 {database_extra}
 [[users]]
 name = "alice"
 scram_verifier = "{verifier}"
 [[users.grants]]
 database = "rds"
-db_users = ["app_user"]
+db_users = ["{db_user}"]
 "#,
         root = root.path().display(),
         port = upstream.port(),
@@ -275,37 +284,16 @@ async fn md5_and_cleartext_passwords_log_in_to_the_real_postgres() {
     assert_eq!(hba, "md5,password");
 
     for (db_user, password) in [("dbtape_md5", "md5-secret"), ("dbtape_cleartext", "clear-secret"), ("dbtape_md5", "wrong")] {
-        let root = tempfile::tempdir().unwrap();
-        let password_file = root.path().join("upstream-password");
+        let secrets = tempfile::tempdir().unwrap();
+        let password_file = secrets.path().join("upstream-password");
         std::fs::write(&password_file, password).unwrap();
-        let text = format!(
-            r#"
-[recording]
-dir = "{root}/recordings"
-signing_key = "{root}/key"
-[[databases]]
-name = "pg"
-protocol = "postgres"
-listen = "127.0.0.1:0"
-upstream = "postgres://127.0.0.1:{port}/postgres"
-[databases.upstream_tls]
-ca = "{certs}/ca.crt"
-[databases.auth]
-password = {{ file = "{password_file}" }}
-[[users]]
-name = "alice"
-scram_verifier = "{verifier}"
-[[users.grants]]
-database = "pg"
-db_users = ["{db_user}"]
-"#,
-            root = root.path().display(),
-            port = s.get("PG_PORT"),
-            certs = s.get("CERTS"),
-            password_file = password_file.display(),
-            verifier = common::proxy::verifier(ALICE_PASSWORD),
+        let upstream: SocketAddr = format!("127.0.0.1:{}", s.get("PG_PORT")).parse().unwrap();
+        let extra = format!(
+            "[databases.upstream_tls]\nca = \"{}/ca.crt\"\n[databases.auth]\npassword = {{ file = \"{}\" }}",
+            s.get("CERTS"),
+            password_file.display()
         );
-        let (addr, stop, task) = common::proxy::run_server(&text, root.path()).await;
+        let (addr, root, stop, task) = proxy_to_as(upstream, "postgres", db_user, &extra).await;
         let mut config = tokio_postgres::Config::new();
         config.host("127.0.0.1").port(addr.port()).user("alice").password(ALICE_PASSWORD).dbname("postgres");
         let outcome = config.connect(tokio_postgres::NoTls).await;
