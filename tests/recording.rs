@@ -106,12 +106,23 @@ fn truncation_at_every_byte_keeps_every_whole_frame() {
         let mut reader = FrameReader::new(&bytes[..cut], &sid).unwrap();
         let mut frames = 0;
         let mut events = Vec::new();
+        let mut session: Option<dbtape::recording::format::SessionHeader> = None;
         let tail = loop {
             match reader.next_frame() {
                 Ok(Next::Frame(frame)) => {
                     frames += 1;
+                    if frame.header.kind == FrameKind::Session {
+                        session = Some(serde_json::from_slice(&frame.data).unwrap());
+                    }
                     if frame.header.kind == FrameKind::Events {
-                        events.extend(dbtape::recording::reader::event_lines(&frame.data).map(<[u8]>::to_vec));
+                        // Compact frames leave the session's fixed fields to frame 0.
+                        let compact = frame.header.flags & dbtape::recording::format::FLAG_COMPACT != 0;
+                        for line in dbtape::recording::reader::event_lines(&frame.data) {
+                            let mut whole = Vec::new();
+                            session.as_ref().unwrap().expand_line(line, compact, &mut whole);
+                            whole.pop();
+                            events.push(whole);
+                        }
                     }
                 }
                 Ok(Next::End(tail)) => break tail,
@@ -182,6 +193,7 @@ fn forge(bytes: &[u8], sid: &str, index: usize, rechain: bool, edit: impl Fn(&mu
             kind: h.kind,
             seq: h.seq,
             compressed,
+            compact: h.flags & dbtape::recording::format::FLAG_COMPACT != 0,
             raw_len: raw.len() as u32,
             events: h.events,
             first_ei: h.first_ei,
@@ -334,4 +346,49 @@ fn best_effort_mode_is_configurable_and_strict_is_default() {
     let cfg = dbtape::recording::RecorderConfig::new("x");
     assert_eq!(cfg.mode, RecordingMode::Strict);
     assert_eq!(cfg.fsync, FsyncPolicy::Batch);
+}
+
+#[test]
+fn compact_frames_read_back_as_whole_events_and_overrides_keep_their_own_fields() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rec = recorder(tmp.path(), |_| {});
+    let ctx = context(Protocol::Postgres);
+    let sid = ctx.sid.clone();
+    let log = rec.recorder.open(ctx.clone()).unwrap();
+    let per_db = |i: u64| EventBody::Query { query: format!("find {i}"), parameters: vec![], db_name: Some("other_db".into()) };
+    let bodies = [query(0), query(1), per_db(2), per_db(3), query(4), EventBody::Result { status: Status::ok(), affected_records: 1, query_ei: Some(4) }];
+    for (i, body) in bodies.iter().enumerate() {
+        log.append(body, 1_700_000_000_000 + i as i64).unwrap();
+    }
+    block_on(log.close()).unwrap();
+
+    // Each run of same-kind events is its own frame: compact, whole, compact.
+    let bytes = std::fs::read(rec.store().recording_path(&sid)).unwrap();
+    let mut reader = FrameReader::new(&bytes[..], &sid).unwrap();
+    let mut kinds = Vec::new();
+    while let Ok(Next::Frame(frame)) = reader.next_frame() {
+        if frame.header.kind == FrameKind::Events {
+            let compact = frame.header.flags & dbtape::recording::format::FLAG_COMPACT != 0;
+            kinds.push((compact, frame.header.events));
+            if compact {
+                assert!(!String::from_utf8_lossy(&frame.data).contains(&sid), "a compact frame repeats the session's fields");
+            }
+        }
+    }
+    assert_eq!(kinds, [(true, 2), (false, 2), (true, 2)]);
+
+    // Read back, every event is whole and equals what serde makes of it (uid aside).
+    let (lines, end) = read_lines(&rec.store(), &sid);
+    assert_eq!(end, StreamEnd::Sealed);
+    assert_eq!(lines.len(), bodies.len());
+    for (i, (line, body)) in lines.iter().zip(&bodies).enumerate() {
+        let got = assert_schema_valid(line);
+        let uid = uuid::Uuid::parse_str(got["uid"].as_str().unwrap()).unwrap();
+        let event = dbtape::audit::AuditEvent { index: i as u64, uid, time_ms: 1_700_000_000_000 + i as i64, context: &ctx, body };
+        assert_eq!(got, serde_json::to_value(&event).unwrap(), "event {i}");
+    }
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&lines[2]).unwrap()["db_name"], "other_db");
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&lines[4]).unwrap()["db_name"], ctx.database.name.as_str());
+    let report = verify_recording(&rec.store(), &sid, Some(&rec.public_key()));
+    assert_eq!(report.verdict, Verdict::Ok, "{report:?}");
 }

@@ -117,6 +117,16 @@ pub enum EventBody {
 }
 
 impl EventBody {
+    /// Whether the event replaces one of the session's fixed fields (MongoDB's per-command
+    /// database, DynamoDB's endpoint), so it cannot share the session's pre-serialised ones.
+    pub fn overrides_session_fields(&self) -> bool {
+        match self {
+            EventBody::Query { db_name, .. } | EventBody::QueryFailed { db_name, .. } => db_name.is_some(),
+            EventBody::DynamoDbRequest { .. } => true,
+            _ => false,
+        }
+    }
+
     pub fn event_type(&self) -> EventType {
         match self {
             EventBody::SessionStart { .. } => EventType::SessionStart,
@@ -412,12 +422,7 @@ impl AuditEvent<'_> {
     /// result equals the `Serialize` output as a JSON object; only the key order differs.
     pub fn write_json(&self, fixed: &[u8], out: &mut Vec<u8>) -> serde_json::Result<()> {
         let mut w = self.wire();
-        let overrides = match self.body {
-            EventBody::Query { db_name, .. } | EventBody::QueryFailed { db_name, .. } => db_name.is_some(),
-            EventBody::DynamoDbRequest { .. } => true,
-            _ => false,
-        };
-        if overrides || fixed.is_empty() {
+        if self.body.overrides_session_fields() || fixed.is_empty() {
             w.write_to(out);
             return Ok(());
         }
@@ -429,6 +434,14 @@ impl AuditEvent<'_> {
         out.extend_from_slice(fixed);
         out.push(b'}');
         Ok(())
+    }
+
+    /// Appends the event's JSON without the session's fixed fields, for recordings that store
+    /// those once (`FLAG_COMPACT` frames). Only for events that override none of them.
+    pub fn write_compact(&self, out: &mut Vec<u8>) {
+        let mut w = self.wire();
+        w.fixed = None;
+        w.write_to(out);
     }
 
     fn wire(&self) -> Wire<'_> {

@@ -9,6 +9,10 @@
 //!         | chain [32]
 //! ```
 //!
+//! flags: bit 0 `FLAG_ZSTD` (payload compressed), bit 1 `FLAG_COMPACT` (events leave out the
+//! session's fixed fields, which frame 0's header holds once; readers splice them back).
+//! Frame 0 (kind Session) is JSON: `SessionHeader`, `format` 2 since compact frames.
+//!
 //! `chain = SHA-256(previous chain || header[0..48] || payload)`, seeded per session, so a frame
 //! cannot be altered, dropped, reordered or moved to another recording without breaking every
 //! link after it. The CRC covers the header (chain included) and payload and catches plain
@@ -24,6 +28,11 @@ pub const CRC_LEN: usize = 4;
 /// Bound on any one frame, so a damaged or hostile length can't make a reader allocate wildly.
 pub const MAX_FRAME_BYTES: u32 = 64 * 1024 * 1024;
 pub const FLAG_ZSTD: u8 = 1;
+/// The frame's events leave out the session's fixed fields (cluster, user, sid, database…),
+/// which frame 0 holds once as `SessionHeader::fixed`; readers splice them back into each
+/// line. Repeating them in every event was over half of each event's bytes to copy and
+/// compress on the proxy's hot path.
+pub const FLAG_COMPACT: u8 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameKind {
@@ -165,6 +174,8 @@ pub struct FrameSpec<'a> {
     pub kind: FrameKind,
     pub seq: u32,
     pub compressed: bool,
+    /// Events without the session's fixed fields (`FLAG_COMPACT`).
+    pub compact: bool,
     pub raw_len: u32,
     pub events: u32,
     pub first_ei: u64,
@@ -176,7 +187,7 @@ pub struct FrameSpec<'a> {
 pub fn encode_frame(spec: &FrameSpec<'_>, prev_chain: &[u8; 32], out: &mut Vec<u8>) -> [u8; 32] {
     let mut header = FrameHeader {
         kind: spec.kind,
-        flags: if spec.compressed { FLAG_ZSTD } else { 0 },
+        flags: if spec.compressed { FLAG_ZSTD } else { 0 } | if spec.compact { FLAG_COMPACT } else { 0 },
         seq: spec.seq,
         payload_len: spec.payload.len() as u32,
         raw_len: spec.raw_len,
@@ -219,6 +230,27 @@ pub struct SessionHeader {
     pub db_name: String,
     pub db_user: String,
     pub remote_addr: String,
+    /// Format 2: the session's fixed event fields as a JSON fragment (`"cluster_name":…`,
+    /// no braces), spliced into the lines of `FLAG_COMPACT` frames. Absent in format 1.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub fixed: String,
+}
+
+impl SessionHeader {
+    /// Appends `line` (one event, without its newline) to `out` as a whole event: with the
+    /// session's fixed fields spliced in when `compact`, as it is otherwise; then a newline.
+    pub fn expand_line(&self, line: &[u8], compact: bool, out: &mut Vec<u8>) {
+        match line.split_last() {
+            Some((b'}', body)) if compact && !self.fixed.is_empty() => {
+                out.extend_from_slice(body);
+                out.push(b',');
+                out.extend_from_slice(self.fixed.as_bytes());
+                out.push(b'}');
+            }
+            _ => out.extend_from_slice(line),
+        }
+        out.push(b'\n');
+    }
 }
 
 /// What the last frame of a sealed recording holds.

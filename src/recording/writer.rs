@@ -98,6 +98,8 @@ struct RawFrame {
     data: Vec<u8>,
     gap_reported: u64,
     zstd_level: i32,
+    /// Events without the session's fixed fields (`FLAG_COMPACT`).
+    compact: bool,
 }
 
 /// A compressed frame waiting to be written. Its chain link is computed when it is written,
@@ -105,6 +107,7 @@ struct RawFrame {
 struct ReadyFrame {
     seq: u32,
     compressed: bool,
+    compact: bool,
     raw_len: u32,
     events: u32,
     first_ei: u64,
@@ -136,6 +139,9 @@ struct Inner {
     pending_first_ei: u64,
     pending_min_ms: i64,
     pending_max_ms: i64,
+    /// `pending` holds whole events (some override the session's fixed fields) rather than
+    /// compact ones; a frame holds one kind only, so a change of kind cuts the frame.
+    pending_full: bool,
     /// Frames cut from `pending` and waiting for the writer thread, which compresses them:
     /// compressing a full frame takes a few hundred microseconds, too long to stall a
     /// connection's thread (and every other connection it serves) for.
@@ -173,8 +179,6 @@ struct FileIo {
 
 struct SessionState {
     ctx: Arc<SessionContext>,
-    /// The context's fixed fields as JSON, serialised once for every event.
-    fixed_json: Vec<u8>,
     start_ms: i64,
     inner: Mutex<Inner>,
     io: Mutex<Option<FileIo>>,
@@ -251,7 +255,7 @@ impl Recorder {
         let path = self.shared.store.recording_path(&ctx.sid);
         let create = |reason: String| RecordingError::Create { path: path.clone(), reason };
         let header = SessionHeader {
-            format: 1,
+            format: 2,
             sid: ctx.sid.clone(),
             created: crate::audit::format_time(start_ms),
             user: ctx.user.user.clone(),
@@ -261,6 +265,7 @@ impl Recorder {
             db_name: ctx.database.name.clone(),
             db_user: ctx.database.user.clone(),
             remote_addr: ctx.connection.remote_addr.clone(),
+            fixed: String::from_utf8_lossy(&crate::audit::fixed_fields_json(&ctx)).into_owned(),
         };
         let payload = serde_json::to_vec(&header).map_err(|e| create(e.to_string()))?;
         let mut bytes = FILE_MAGIC.to_vec();
@@ -270,6 +275,7 @@ impl Recorder {
                 kind: FrameKind::Session,
                 seq: 0,
                 compressed: false,
+                compact: false,
                 raw_len: payload.len() as u32,
                 events: 0,
                 first_ei: 0,
@@ -285,10 +291,8 @@ impl Recorder {
         file.write_all(&bytes).map_err(|e| create(e.to_string()))?;
         let mut hasher = Sha256::new();
         hasher.update(&bytes);
-        let fixed_json = crate::audit::fixed_fields_json(&ctx);
         let state = Arc::new(SessionState {
             ctx: Arc::new(ctx),
-            fixed_json,
             start_ms,
             inner: Mutex::new(Inner {
                 // Grows as events come: an idle session costs almost nothing.
@@ -297,6 +301,7 @@ impl Recorder {
                 pending_first_ei: 0,
                 pending_min_ms: i64::MAX,
                 pending_max_ms: i64::MIN,
+                pending_full: false,
                 cut: Vec::new(),
                 next_ei: 0,
                 next_seq: 1,
@@ -404,6 +409,13 @@ impl SessionLog {
             inner.stats.events += 1;
             return Ok(AppendTicket { ei });
         }
+        let full = body.overrides_session_fields();
+        if full != inner.pending_full {
+            if let Some(raw) = take_frame(&mut inner, &self.state) {
+                inner.cut.push(raw);
+            }
+            inner.pending_full = full;
+        }
         let ei = push_event(&mut inner, &self.state, body, time_ms)?;
         let frame_full = inner.pending.len() >= config.frame_target_bytes;
         if frame_full {
@@ -496,9 +508,13 @@ fn push_event(inner: &mut Inner, session: &SessionState, body: &EventBody, time_
     let ei = inner.next_ei;
     let event = AuditEvent { index: ei, uid: uuid::Uuid::new_v4(), time_ms, context: &session.ctx, body };
     let start = inner.pending.len();
-    if let Err(e) = event.write_json(&session.fixed_json, &mut inner.pending) {
-        inner.pending.truncate(start);
-        return Err(RecordingError::Encode(e.to_string()));
+    if inner.pending_full {
+        if let Err(e) = event.write_json(&[], &mut inner.pending) {
+            inner.pending.truncate(start);
+            return Err(RecordingError::Encode(e.to_string()));
+        }
+    } else {
+        event.write_compact(&mut inner.pending);
     }
     inner.pending.push(b'\n');
     inner.next_ei += 1;
@@ -541,6 +557,7 @@ fn take_frame(inner: &mut Inner, session: &SessionState) -> Option<RawFrame> {
         data: std::mem::replace(&mut inner.pending, Vec::with_capacity(capacity)),
         gap_reported,
         zstd_level: inner.zstd_level,
+        compact: !inner.pending_full,
     };
     inner.next_seq += 1;
     inner.pending_events = 0;
@@ -560,6 +577,7 @@ fn compress_frame(raw: RawFrame) -> ReadyFrame {
     ReadyFrame {
         seq: raw.seq,
         compressed,
+        compact: raw.compact,
         raw_len: raw.data.len() as u32,
         events: raw.events,
         first_ei: raw.first_ei,
@@ -723,6 +741,7 @@ fn write_frames(shared: &Shared, session: &Arc<SessionState>, frames: Vec<ReadyF
                 kind: FrameKind::Events,
                 seq: frame.seq,
                 compressed: frame.compressed,
+                compact: frame.compact,
                 raw_len: frame.raw_len,
                 events: frame.events,
                 first_ei: frame.first_ei,
@@ -831,6 +850,7 @@ fn seal(shared: &Shared, session: &SessionState) {
                     kind: FrameKind::Trailer,
                     seq: inner.written_seq,
                     compressed: false,
+                    compact: false,
                     raw_len: payload.len() as u32,
                     events: 0,
                     first_ei: 0,

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::recording::format::FrameKind;
+use crate::recording::format::{SessionHeader, FLAG_COMPACT};
 use crate::recording::reader::{event_lines, Frame, FrameReader, Next, ReadError, Tail};
 use crate::recording::RecordingStore;
 
@@ -48,6 +49,10 @@ pub struct EventStream {
     reader: FrameReader<BufReader<File>>,
     follow: bool,
     is_live: Box<dyn Fn() -> bool + Send>,
+    /// Frame 0, once read: it holds the fixed fields that compact frames leave out.
+    header: Option<SessionHeader>,
+    /// Reused for compact frames' lines with the fixed fields spliced back in.
+    expanded: Vec<u8>,
 }
 
 impl EventStream {
@@ -56,13 +61,13 @@ impl EventStream {
         let reader = FrameReader::new(BufReader::with_capacity(256 * 1024, file), sid)?;
         let probe = store.clone();
         let owned_sid = sid.to_string();
-        Ok(EventStream { reader, follow, is_live: Box::new(move || probe.is_locked(&owned_sid)) })
+        Ok(EventStream { reader, follow, is_live: Box::new(move || probe.is_locked(&owned_sid)), header: None, expanded: Vec::new() })
     }
 
     pub fn open_path(path: &Path, sid: &str) -> std::io::Result<Self> {
         let file = File::open(path)?;
         let reader = FrameReader::new(BufReader::with_capacity(256 * 1024, file), sid)?;
-        Ok(EventStream { reader, follow: false, is_live: Box::new(|| false) })
+        Ok(EventStream { reader, follow: false, is_live: Box::new(|| false), header: None, expanded: Vec::new() })
     }
 
     /// Calls `on_frame` with each events frame's decompressed lines. `on_frame` returns false
@@ -78,12 +83,25 @@ impl EventStream {
                 Next::Frame(Frame { header, data, .. }) => match header.kind {
                     FrameKind::Events => {
                         let info = FrameInfo { min_time_ms: header.min_time_ms, max_time_ms: header.max_time_ms, events: header.events };
-                        if !on_frame(info, &data)? {
+                        let whole = match &self.header {
+                            Some(session) if header.flags & FLAG_COMPACT != 0 => {
+                                self.expanded.clear();
+                                for line in event_lines(&data) {
+                                    session.expand_line(line, true, &mut self.expanded);
+                                }
+                                &self.expanded
+                            }
+                            _ => &data,
+                        };
+                        if !on_frame(info, whole)? {
                             return Ok(StreamEnd::Sealed);
                         }
                     }
                     FrameKind::Trailer => return Ok(StreamEnd::Sealed),
-                    FrameKind::Session => {}
+                    FrameKind::Session => match serde_json::from_slice::<SessionHeader>(&data) {
+                        Ok(session) => self.header = Some(session),
+                        Err(e) => return Ok(StreamEnd::Damaged(format!("unreadable session header: {e}"))),
+                    },
                 },
                 Next::End(tail) => {
                     if self.follow && (self.is_live)() {
