@@ -119,6 +119,9 @@ pub enum EventBody {
 impl EventBody {
     /// Whether the event replaces one of the session's fixed fields (MongoDB's per-command
     /// database, DynamoDB's endpoint), so it cannot share the session's pre-serialised ones.
+    /// The recorder keeps such events in frames of whole events, and a switch between the
+    /// two kinds cuts a frame: engines should set `db_name` only when it differs from the
+    /// session's database, or a session that alternates gets many small frames.
     pub fn overrides_session_fields(&self) -> bool {
         match self {
             EventBody::Query { db_name, .. } | EventBody::QueryFailed { db_name, .. } => db_name.is_some(),
