@@ -98,3 +98,33 @@ impl WorkerPool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_spread_over_workers_and_stay_on_one() {
+        let pool = WorkerPool::start(3).unwrap_or_else(|e| panic!("{e}"));
+        let (tx, rx) = std::sync::mpsc::channel();
+        for _ in 0..6 {
+            let tx = tx.clone();
+            pool.spawn(move || async move {
+                let before = std::thread::current().name().map(str::to_string);
+                // Still counted as active while it waits, so the next ones go elsewhere.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let after = std::thread::current().name().map(str::to_string);
+                let _ = tx.send((before, after));
+            });
+        }
+        drop(tx);
+        let seen: Vec<_> = rx.iter().collect();
+        assert_eq!(seen.len(), 6);
+        assert!(seen.iter().all(|(before, after)| before == after), "a connection moved threads: {seen:?}");
+        let mut names: Vec<_> = seen.into_iter().filter_map(|(name, _)| name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names, ["dbtape-worker-0", "dbtape-worker-1", "dbtape-worker-2"]);
+        pool.stop();
+    }
+}

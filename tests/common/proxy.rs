@@ -57,6 +57,8 @@ impl Proxy {
             r#"
 [server]
 shutdown_grace = "2s"
+# More workers than the CI machine's default, so sessions, cancels and shutdown cross workers.
+workers = 3
 [recording]
 dir = "{root}/recordings"
 signing_key = "{root}/key"
