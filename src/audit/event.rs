@@ -324,7 +324,7 @@ struct Wire<'a> {
     uid: Option<Uuid>,
     code: Option<EventCode>,
     time: Option<TimeMs>,
-    /// The session's fields; `None` when they are spliced in pre-serialised.
+    /// The session's fields; `None` in compact form, where the recording holds them once.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     fixed: Option<Fixed<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -419,28 +419,30 @@ pub fn fixed_fields_json(ctx: &SessionContext) -> Vec<u8> {
     out
 }
 
-impl AuditEvent<'_> {
-    /// Appends the event's JSON to `out`, splicing in the session's pre-serialised fixed
-    /// fields (from `fixed_fields_json`) where the event does not override any of them. The
-    /// result equals the `Serialize` output as a JSON object; only the key order differs.
-    pub fn write_json(&self, fixed: &[u8], out: &mut Vec<u8>) -> serde_json::Result<()> {
-        let mut w = self.wire();
-        if self.body.overrides_session_fields() || fixed.is_empty() {
-            w.write_to(out);
-            return Ok(());
+/// Appends `compact` (one event from `AuditEvent::write_compact`) to `out` with `fixed` (from
+/// `fixed_fields_json`) spliced in before its closing brace: the whole event, equal as a JSON
+/// object to the `Serialize` output, with only the key order differing.
+pub fn splice_fixed_fields(compact: &[u8], fixed: &[u8], out: &mut Vec<u8>) {
+    match compact.split_last() {
+        Some((b'}', body)) if !fixed.is_empty() => {
+            out.extend_from_slice(body);
+            out.push(b',');
+            out.extend_from_slice(fixed);
+            out.push(b'}');
         }
-        w.fixed = None;
-        w.write_to(out);
-        // Replace the closing brace with `,<fixed>}`.
-        out.pop();
-        out.push(b',');
-        out.extend_from_slice(fixed);
-        out.push(b'}');
-        Ok(())
+        _ => out.extend_from_slice(compact),
+    }
+}
+
+impl AuditEvent<'_> {
+    /// Appends the event's whole JSON to `out`: what the `Serialize` impl gives, byte for byte.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        self.wire().write_to(out);
     }
 
     /// Appends the event's JSON without the session's fixed fields, for recordings that store
-    /// those once (`FLAG_COMPACT` frames). Only for events that override none of them.
+    /// those once (`FLAG_COMPACT` frames); `splice_fixed_fields` makes it whole again. Only for
+    /// events that override none of them.
     pub fn write_compact(&self, out: &mut Vec<u8>) {
         let mut w = self.wire();
         w.fixed = None;

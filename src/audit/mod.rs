@@ -8,7 +8,7 @@ mod record;
 
 pub use codes::{EventCode, EventType, Protocol};
 pub use event::{
-    fixed_fields_json, format_time, AuditEvent, ConnectionMeta, DatabaseMeta, EventBody, ServerMeta, SessionContext,
+    fixed_fields_json, format_time, splice_fixed_fields, AuditEvent, ConnectionMeta, DatabaseMeta, EventBody, ServerMeta, SessionContext,
     Status, UserMeta,
 };
 pub use port::{now_ms, AuditError, AuditPort};

@@ -240,14 +240,10 @@ impl SessionHeader {
     /// Appends `line` (one event, without its newline) to `out` as a whole event: with the
     /// session's fixed fields spliced in when `compact`, as it is otherwise; then a newline.
     pub fn expand_line(&self, line: &[u8], compact: bool, out: &mut Vec<u8>) {
-        match line.split_last() {
-            Some((b'}', body)) if compact && !self.fixed.is_empty() => {
-                out.extend_from_slice(body);
-                out.push(b',');
-                out.extend_from_slice(self.fixed.as_bytes());
-                out.push(b'}');
-            }
-            _ => out.extend_from_slice(line),
+        if compact {
+            crate::audit::splice_fixed_fields(line, self.fixed.as_bytes(), out);
+        } else {
+            out.extend_from_slice(line);
         }
         out.push(b'\n');
     }

@@ -70,8 +70,6 @@ pub enum RecordingError {
     ShutDown,
     #[error("cannot create recording {path}: {reason}")]
     Create { path: PathBuf, reason: String },
-    #[error("cannot encode event: {0}")]
-    Encode(String),
 }
 
 /// Where a session's durability stands, published to waiters.
@@ -416,7 +414,7 @@ impl SessionLog {
             }
             inner.pending_full = full;
         }
-        let ei = push_event(&mut inner, &self.state, body, time_ms)?;
+        let ei = push_event(&mut inner, &self.state, body, time_ms);
         let frame_full = inner.pending.len() >= config.frame_target_bytes;
         if frame_full {
             if let Some(raw) = take_frame(&mut inner, &self.state) {
@@ -504,15 +502,11 @@ fn compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
 }
 
 /// Stamps `ei` and `uid`, serialises the event onto the pending buffer and counts it.
-fn push_event(inner: &mut Inner, session: &SessionState, body: &EventBody, time_ms: i64) -> Result<u64, RecordingError> {
+fn push_event(inner: &mut Inner, session: &SessionState, body: &EventBody, time_ms: i64) -> u64 {
     let ei = inner.next_ei;
     let event = AuditEvent { index: ei, uid: uuid::Uuid::new_v4(), time_ms, context: &session.ctx, body };
-    let start = inner.pending.len();
     if inner.pending_full {
-        if let Err(e) = event.write_json(&[], &mut inner.pending) {
-            inner.pending.truncate(start);
-            return Err(RecordingError::Encode(e.to_string()));
-        }
+        event.write_json(&mut inner.pending);
     } else {
         event.write_compact(&mut inner.pending);
     }
@@ -531,7 +525,7 @@ fn push_event(inner: &mut Inner, session: &SessionState, body: &EventBody, time_
     let (queries, failed) = body.query_counts();
     stats.queries += queries;
     stats.failed_queries += failed;
-    Ok(ei)
+    ei
 }
 
 /// Takes the pending events as the next frame, ending it with a gap event when earlier
@@ -540,9 +534,8 @@ fn take_frame(inner: &mut Inner, session: &SessionState) -> Option<RawFrame> {
     let mut gap_reported = 0;
     if inner.unreported_lost > 0 {
         let gap = EventBody::RecordingGap { lost_events: inner.unreported_lost, error: inner.gap_error.clone() };
-        if push_event(inner, session, &gap, chrono::Utc::now().timestamp_millis()).is_ok() {
-            gap_reported = std::mem::take(&mut inner.unreported_lost);
-        }
+        push_event(inner, session, &gap, chrono::Utc::now().timestamp_millis());
+        gap_reported = std::mem::take(&mut inner.unreported_lost);
     }
     if inner.pending_events == 0 {
         return None;
