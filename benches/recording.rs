@@ -52,7 +52,10 @@ fn workload(n: u64) -> Vec<EventBody> {
             if i % 2 == 1 {
                 return if r % 50 == 0 {
                     EventBody::Result {
-                        status: Status::failed("ERROR: duplicate key value violates unique constraint \"orders_pkey\" (SQLSTATE 23505)", ""),
+                        status: Status::failed(
+                            "ERROR: duplicate key value violates unique constraint \"orders_pkey\" (SQLSTATE 23505)",
+                            "",
+                        ),
                         affected_records: 0,
                         query_ei: Some(i - 1),
                     }
@@ -64,8 +67,15 @@ fn workload(n: u64) -> Vec<EventBody> {
             let query = match r % 5 {
                 0 => format!("SELECT abalance FROM pgbench_accounts WHERE aid = {id};"),
                 1 => format!("UPDATE pgbench_accounts SET abalance = abalance + {} WHERE aid = {id};", (r >> 20) % 5000),
-                2 => format!("SELECT o.id, o.total, o.status FROM orders o WHERE o.customer_id = {id} ORDER BY o.created_at DESC LIMIT 20;"),
-                3 => format!("INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES ({}, {}, {id}, {}, CURRENT_TIMESTAMP);", r % 100, r % 10, (r >> 24) % 5000),
+                2 => {
+                    format!("SELECT o.id, o.total, o.status FROM orders o WHERE o.customer_id = {id} ORDER BY o.created_at DESC LIMIT 20;")
+                }
+                3 => format!(
+                    "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES ({}, {}, {id}, {}, CURRENT_TIMESTAMP);",
+                    r % 100,
+                    r % 10,
+                    (r >> 24) % 5000
+                ),
                 _ => "BEGIN;".to_string(),
             };
             EventBody::Query { query, parameters: vec![], db_name: None }
@@ -140,10 +150,12 @@ fn main() {
     let raw: usize = {
         let mut total = 0;
         let mut stream = dbtape::replay::events::EventStream::open(&setup.store, &sid, false).expect("open");
-        stream.for_each_event(|line| {
-            total += line.len() + 1;
-            Ok(true)
-        }).expect("read");
+        stream
+            .for_each_event(|line| {
+                total += line.len() + 1;
+                Ok(true)
+            })
+            .expect("read");
         total
     };
     let filter = ExportFilter { session: Some(sid.clone()), ..ExportFilter::default() };

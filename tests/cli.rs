@@ -25,7 +25,11 @@ fn pg_session(rec: &TestRecorder) -> String {
         q("SELECT id\n   FROM t;"),
         EventBody::Result { status: Status::ok(), affected_records: 3, query_ei: None },
         q("SELECT err;"),
-        EventBody::Result { status: Status::failed("ERROR: column \"err\" does not exist (SQLSTATE 42703)", ""), affected_records: 0, query_ei: None },
+        EventBody::Result {
+            status: Status::failed("ERROR: column \"err\" does not exist (SQLSTATE 42703)", ""),
+            affected_records: 0,
+            query_ei: None,
+        },
         EventBody::PostgresParse { statement_name: "s1".into(), query: "UPDATE t SET v = $1 WHERE id = $2".into() },
         EventBody::PostgresBind { statement_name: "s1".into(), portal_name: String::new(), parameters: vec!["a\"b".into(), "7".into()] },
         EventBody::PostgresExecute { portal_name: String::new() },
@@ -51,8 +55,25 @@ fn mongo_session(rec: &TestRecorder, user: &str) -> String {
     let sid = ctx.sid.clone();
     let log = rec.recorder.open_at(ctx, T0 + 500_000).unwrap();
     log.append(&EventBody::SessionStart { status: Status::ok(), postgres_pid: None }, T0 + 500_000).unwrap();
-    log.append(&EventBody::Query { query: "OpMsg(Body={\"find\": \"books\",\"$db\": \"shop\"}, Documents=[], Flags=)".into(), parameters: vec![], db_name: Some("shop".into()) }, T0 + 500_100).unwrap();
-    log.append(&EventBody::QueryFailed { query: "OpMsg(Body={\"saslStart\": 1}, Documents=[], Flags=)".into(), parameters: vec![], db_name: Some("admin".into()), status: Status::failed("access denied", "") }, T0 + 500_200).unwrap();
+    log.append(
+        &EventBody::Query {
+            query: "OpMsg(Body={\"find\": \"books\",\"$db\": \"shop\"}, Documents=[], Flags=)".into(),
+            parameters: vec![],
+            db_name: Some("shop".into()),
+        },
+        T0 + 500_100,
+    )
+    .unwrap();
+    log.append(
+        &EventBody::QueryFailed {
+            query: "OpMsg(Body={\"saslStart\": 1}, Documents=[], Flags=)".into(),
+            parameters: vec![],
+            db_name: Some("admin".into()),
+            status: Status::failed("access denied", ""),
+        },
+        T0 + 500_200,
+    )
+    .unwrap();
     block_on(log.close()).unwrap();
     sid
 }
@@ -105,7 +126,10 @@ fn play_json_and_yaml_print_every_event() {
     assert!(yaml.contains("  \"event\": \"db.session.query.failed\"\n"), "{yaml}");
     // The generic renderer shows Mongo sessions readably.
     let (_, text, _) = run(&["play", &sid, "--format", "text"], &rec.dir);
-    assert!(text.starts_with("Session started to database \"mongo1\" (mongodb) at Thu May  2 13:13 UTC by \"carol\" as \"reader\"\n"), "{text}");
+    assert!(
+        text.starts_with("Session started to database \"mongo1\" (mongodb) at Thu May  2 13:13 UTC by \"carol\" as \"reader\"\n"),
+        "{text}"
+    );
     assert!(text.contains("shop> OpMsg(Body={\"find\": \"books\",\"$db\": \"shop\"}, Documents=[], Flags=)\n"), "{text}");
     assert!(text.contains("admin> OpMsg(Body={\"saslStart\": 1}, Documents=[], Flags=)\nDENIED: access denied\n"), "{text}");
 }
@@ -185,7 +209,8 @@ fn export_streams_filtered_json_lines() {
     }
 
     let (_, out, _) = run(&["export", "--event", "db.session.query", "--event", "db.session.query.failed"], &rec.dir);
-    let kinds: Vec<String> = out.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].as_str().unwrap().to_string()).collect();
+    let kinds: Vec<String> =
+        out.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].as_str().unwrap().to_string()).collect();
     assert_eq!(kinds, ["db.session.query", "db.session.query", "db.session.query", "db.session.query.failed"]);
 
     let (_, out, _) = run(&["export", "--user", "carol"], &rec.dir);

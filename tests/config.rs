@@ -28,11 +28,46 @@ fn the_example_config_is_valid_and_documents_defaults() {
     // Every key the loader knows appears in the example, so the example stays complete.
     let text = std::fs::read_to_string(example()).unwrap();
     for key in [
-        "cluster_name", "server_id", "shutdown_grace", "log_format", "workers", "dir", "mode", "fsync", "batch_interval",
-        "signing_key", "frame_target_bytes", "zstd_level", "bucket", "prefix", "region", "endpoint",
-        "assume_role_arn", "external_id", "upload_retries", "name", "protocol", "listen", "upstream", "db_type",
-        "labels", "cert", "key", "client_ca", "ca", "server_name", "method", "password", "account_id",
-        "session_tags", "cert_cn", "scram_verifier", "aws_access_key_id", "database", "db_users", "db_names",
+        "cluster_name",
+        "server_id",
+        "shutdown_grace",
+        "log_format",
+        "workers",
+        "dir",
+        "mode",
+        "fsync",
+        "batch_interval",
+        "signing_key",
+        "frame_target_bytes",
+        "zstd_level",
+        "bucket",
+        "prefix",
+        "region",
+        "endpoint",
+        "assume_role_arn",
+        "external_id",
+        "upload_retries",
+        "name",
+        "protocol",
+        "listen",
+        "upstream",
+        "db_type",
+        "labels",
+        "cert",
+        "key",
+        "client_ca",
+        "ca",
+        "server_name",
+        "method",
+        "password",
+        "account_id",
+        "session_tags",
+        "cert_cn",
+        "scram_verifier",
+        "aws_access_key_id",
+        "database",
+        "db_users",
+        "db_names",
     ] {
         assert!(text.contains(&format!("{key} =")), "examples/dbtape.toml does not document {key}");
     }
@@ -120,12 +155,8 @@ fn config_check_command_reports_and_fails() {
     assert!(stderr.contains(&format!("{}: recording.mode", bad.display())), "{stderr}");
     assert!(stderr.contains("fix: use \"strict\""), "{stderr}");
 
-    let out = common::dbtape_bin()
-        .args(["config", "check", "--config"])
-        .arg(example())
-        .env("DBTAPE_ORDERS_PASSWORD", "x")
-        .output()
-        .unwrap();
+    let out =
+        common::dbtape_bin().args(["config", "check", "--config"]).arg(example()).env("DBTAPE_ORDERS_PASSWORD", "x").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("OK (1 database, 1 user"));
 

@@ -31,7 +31,11 @@ fn crash_child_writer() {
     println!("SID={}", ctx.sid);
     let log = rec.recorder.open(ctx).unwrap();
     for i in 0u64.. {
-        let body = EventBody::Query { query: format!("UPDATE accounts SET balance = balance - {i} WHERE id = {}", i % 97), parameters: vec![], db_name: None };
+        let body = EventBody::Query {
+            query: format!("UPDATE accounts SET balance = balance - {i} WHERE id = {}", i % 97),
+            parameters: vec![],
+            db_name: None,
+        };
         log.append(&body, chrono::Utc::now().timestamp_millis()).unwrap();
         if i % 50 == 0 {
             std::thread::sleep(Duration::from_micros(300));
@@ -80,7 +84,14 @@ fn killed_writer_leaves_a_readable_recoverable_recording() {
         let scan = scan_recording(&path, &sid).unwrap();
         assert!(matches!(scan.end, ScanEnd::Open | ScanEnd::Truncated { .. }), "round {round}: {:?}", scan.end);
         assert!(scan.tally.events > 100, "round {round}: only {} events", scan.tally.events);
-        assert_eq!(scan.valid_length + match scan.end { ScanEnd::Truncated { torn_bytes, .. } => torn_bytes, _ => 0 }, scan.size);
+        assert_eq!(
+            scan.valid_length
+                + match scan.end {
+                    ScanEnd::Truncated { torn_bytes, .. } => torn_bytes,
+                    _ => 0,
+                },
+            scan.size
+        );
 
         // The sidecar still says live, but no writer holds the lock: ls shows it unsealed.
         let listed = store.summaries().unwrap().pop().unwrap().unwrap();

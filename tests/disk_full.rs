@@ -118,10 +118,13 @@ fn best_effort_mode_continues_and_records_the_gap() {
 
     let store = rec.store();
     let (lines, _) = read_lines(&store, &sid);
-    let events: Vec<RecordedEvent> = lines.iter().map(|l| {
-        common::assert_schema_valid(l);
-        serde_json::from_slice(l).unwrap()
-    }).collect();
+    let events: Vec<RecordedEvent> = lines
+        .iter()
+        .map(|l| {
+            common::assert_schema_valid(l);
+            serde_json::from_slice(l).unwrap()
+        })
+        .collect();
     let gaps: Vec<&RecordedEvent> = events.iter().filter(|e| e.event == "dbtape.recording.gap").collect();
     assert!(!gaps.is_empty(), "the disk filled, so a gap must be recorded");
     let lost: u64 = gaps.iter().map(|g| g.lost_events.unwrap()).sum();

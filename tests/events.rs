@@ -7,8 +7,7 @@ use std::collections::BTreeMap;
 
 use common::{assert_schema_valid, block_on, read_lines, recorder};
 use dbtape::audit::{
-    AuditEvent, AuditPort, ConnectionMeta, DatabaseMeta, EventBody, EventType, Protocol, ServerMeta, SessionContext,
-    Status, UserMeta,
+    AuditEvent, AuditPort, ConnectionMeta, DatabaseMeta, EventBody, EventType, Protocol, ServerMeta, SessionContext, Status, UserMeta,
 };
 use serde_json::json;
 
@@ -31,7 +30,12 @@ fn ctx(protocol: Protocol) -> SessionContext {
             aws_region: String::new(),
             db_type: "self-hosted".into(),
         },
-        server: ServerMeta { server_id: "host-uuid".into(), hostname: "proxy-1".into(), addr: "10.0.0.5:5432".into(), version: "0.1.0".into() },
+        server: ServerMeta {
+            server_id: "host-uuid".into(),
+            hostname: "proxy-1".into(),
+            addr: "10.0.0.5:5432".into(),
+            version: "0.1.0".into(),
+        },
         connection: ConnectionMeta { local_addr: "10.0.0.5:5432".into(), remote_addr: "10.0.0.9:51000".into(), user_agent: "psql".into() },
     }
 }
@@ -83,7 +87,11 @@ fn session_start_and_denial() {
     expected["postgres_pid"] = json!(4242);
     assert_eq!(got, expected);
 
-    let denied = render(&c, 0, &EventBody::SessionStart { status: Status::failed("access denied", "user alice may not use db_user admin"), postgres_pid: None });
+    let denied = render(
+        &c,
+        0,
+        &EventBody::SessionStart { status: Status::failed("access denied", "user alice may not use db_user admin"), postgres_pid: None },
+    );
     let mut expected = with(base(0, "db.session.start", "TDB00W"), server);
     expected["success"] = json!(false);
     expected["error"] = json!("access denied");
@@ -109,9 +117,15 @@ fn failed_query_changes_type_and_code() {
     let got = render(
         &ctx(Protocol::Postgres),
         4,
-        &EventBody::QueryFailed { query: "DROP TABLE x".into(), parameters: vec![], db_name: Some("other".into()), status: Status::failed("access denied", "") },
+        &EventBody::QueryFailed {
+            query: "DROP TABLE x".into(),
+            parameters: vec![],
+            db_name: Some("other".into()),
+            status: Status::failed("access denied", ""),
+        },
     );
-    let mut expected = with(base(4, "db.session.query.failed", "TDB02W"), json!({"db_query": "DROP TABLE x", "success": false, "error": "access denied"}));
+    let mut expected =
+        with(base(4, "db.session.query.failed", "TDB02W"), json!({"db_query": "DROP TABLE x", "success": false, "error": "access denied"}));
     expected["db_name"] = json!("other");
     assert_eq!(got, expected);
 }
@@ -143,8 +157,19 @@ fn postgres_extended_protocol_events() {
         with(base(1, "db.session.postgres.statements.parse", "TPG00I"), json!({"statement_name": "s1", "query": "SELECT $1"}))
     );
     assert_eq!(
-        render(&c, 2, &EventBody::PostgresBind { statement_name: "s1".into(), portal_name: String::new(), parameters: vec!["42".into(), "AAEC".into()] }),
-        with(base(2, "db.session.postgres.statements.bind", "TPG01I"), json!({"statement_name": "s1", "portal_name": "", "parameters": ["42", "AAEC"]}))
+        render(
+            &c,
+            2,
+            &EventBody::PostgresBind {
+                statement_name: "s1".into(),
+                portal_name: String::new(),
+                parameters: vec!["42".into(), "AAEC".into()]
+            }
+        ),
+        with(
+            base(2, "db.session.postgres.statements.bind", "TPG01I"),
+            json!({"statement_name": "s1", "portal_name": "", "parameters": ["42", "AAEC"]})
+        )
     );
     assert_eq!(
         render(&c, 3, &EventBody::PostgresExecute { portal_name: String::new() }),

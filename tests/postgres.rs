@@ -19,7 +19,8 @@ async fn psql_session_is_recorded_and_plays_back() {
          \\copy t to stdout\n",
     )
     .unwrap();
-    let (ok, stdout, stderr) = proxy.psql(proxy.conninfo("alice", ""), Some(ALICE_PASSWORD), vec!["-f".into(), script.display().to_string()]).await;
+    let (ok, stdout, stderr) =
+        proxy.psql(proxy.conninfo("alice", ""), Some(ALICE_PASSWORD), vec!["-f".into(), script.display().to_string()]).await;
     assert!(ok, "{stderr}");
     assert!(stdout.contains("5\te"), "{stdout}");
     assert!(stderr.contains("column \"err\" does not exist"), "{stderr}");
@@ -91,7 +92,8 @@ async fn wrong_password_unknown_user_and_ungranted_db_user_are_denied() {
         assert!(stderr.contains(needle), "{user}: {stderr}");
     }
     // Still serving: a good login works after the refusals.
-    let (ok, stdout, stderr) = proxy.psql(proxy.conninfo("alice", ""), Some(ALICE_PASSWORD), vec!["-Atc".into(), "SELECT 40 + 2".into()]).await;
+    let (ok, stdout, stderr) =
+        proxy.psql(proxy.conninfo("alice", ""), Some(ALICE_PASSWORD), vec!["-Atc".into(), "SELECT 40 + 2".into()]).await;
     assert!(ok, "{stderr}");
     assert_eq!(stdout.trim(), "42");
     proxy.stop().await;
@@ -211,8 +213,10 @@ async fn a_pipeline_keeps_each_query_paired_with_its_result() {
     drop(s);
     proxy.stop().await;
     let events = &proxy.sessions()[0];
-    let executes: Vec<u64> = events.iter().filter(|e| e["event"] == "db.session.postgres.statements.execute").map(|e| e["ei"].as_u64().unwrap()).collect();
-    let results: Vec<(Option<u64>, bool)> = events.iter().filter(|e| e["event"] == "db.session.result").map(|e| (e["query_ei"].as_u64(), e["success"] == true)).collect();
+    let executes: Vec<u64> =
+        events.iter().filter(|e| e["event"] == "db.session.postgres.statements.execute").map(|e| e["ei"].as_u64().unwrap()).collect();
+    let results: Vec<(Option<u64>, bool)> =
+        events.iter().filter(|e| e["event"] == "db.session.result").map(|e| (e["query_ei"].as_u64(), e["success"] == true)).collect();
     assert_eq!(executes.len(), 3);
     // The third execute is skipped by the server after the error: no result.
     assert_eq!(results, [(Some(executes[0]), true), (Some(executes[1]), false)]);
@@ -259,7 +263,12 @@ async fn pgbench_runs_through_the_proxy_in_simple_and_prepared_modes() {
         let full: Vec<String> = full.into_iter().map(str::to_string).collect();
         async move {
             tokio::task::spawn_blocking(move || {
-                std::process::Command::new("pgbench").args(&full).env("PGPASSWORD", ALICE_PASSWORD).env("PGSSLMODE", "disable").output().unwrap()
+                std::process::Command::new("pgbench")
+                    .args(&full)
+                    .env("PGPASSWORD", ALICE_PASSWORD)
+                    .env("PGSSLMODE", "disable")
+                    .output()
+                    .unwrap()
             })
             .await
             .unwrap()
@@ -275,7 +284,11 @@ async fn pgbench_runs_through_the_proxy_in_simple_and_prepared_modes() {
     }
     proxy.stop().await;
     let sessions = proxy.sessions();
-    let queries: usize = sessions.iter().flatten().filter(|e| e["event"] == "db.session.query" || e["event"] == "db.session.postgres.statements.execute").count();
+    let queries: usize = sessions
+        .iter()
+        .flatten()
+        .filter(|e| e["event"] == "db.session.query" || e["event"] == "db.session.postgres.statements.execute")
+        .count();
     assert!(queries > 100, "only {queries} queries recorded");
     assert!(sessions.iter().all(|s| s.last().map(brief).as_deref() == Some("end")));
 }
@@ -307,7 +320,8 @@ async fn malformed_bytes_end_only_that_connection() {
     assert_eq!(row.get::<_, i32>(0), 7);
     drop(bystander);
     proxy.stop().await;
-    let malformed: Vec<serde_json::Value> = proxy.sessions().into_iter().flatten().filter(|e| e["event"] == "db.session.malformed_packet").collect();
+    let malformed: Vec<serde_json::Value> =
+        proxy.sessions().into_iter().flatten().filter(|e| e["event"] == "db.session.malformed_packet").collect();
     assert_eq!(malformed.len(), 1);
     assert_eq!(malformed[0]["payload"], "UQAAAAI=");
 }
@@ -392,7 +406,11 @@ async fn psql_cancels_with_ctrl_c() {
     let started = std::time::Instant::now();
     let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("canceling statement due to user request"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("canceling statement due to user request"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     proxy.stop().await;
     let briefs: Vec<String> = proxy.sessions()[0].iter().map(brief).collect();
     assert_eq!(briefs[1..], ["query SELECT pg_sleep(30)", "error ERROR: canceling statement due to user request (SQLSTATE 57014)", "end"]);

@@ -66,7 +66,10 @@ async fn fake_upstream(tls: Option<Arc<rustls::ServerConfig>>) -> (SocketAddr, t
 }
 
 /// As `fake_upstream`, then sends `after_ready` once the session is up.
-async fn fake_upstream_then(tls: Option<Arc<rustls::ServerConfig>>, after_ready: &'static [u8]) -> (SocketAddr, tokio::sync::oneshot::Receiver<Option<String>>) {
+async fn fake_upstream_then(
+    tls: Option<Arc<rustls::ServerConfig>>,
+    after_ready: &'static [u8],
+) -> (SocketAddr, tokio::sync::oneshot::Receiver<Option<String>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -112,7 +115,10 @@ async fn ask_password<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, after_ready: 
     Some(password)
 }
 
-async fn proxy_to(upstream: SocketAddr, database_extra: &str) -> (SocketAddr, tempfile::TempDir, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+async fn proxy_to(
+    upstream: SocketAddr,
+    database_extra: &str,
+) -> (SocketAddr, tempfile::TempDir, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
     proxy_to_as(upstream, "app", "app_user", &format!("db_type = \"rds\"\n{database_extra}")).await
 }
 

@@ -31,7 +31,11 @@ fn hundred_thousand_events_round_trip() {
             0 => query(i),
             1 => EventBody::Result { status: Status::ok(), affected_records: i % 7, query_ei: None },
             2 => EventBody::PostgresBind { statement_name: "s1".into(), portal_name: String::new(), parameters: vec![i.to_string()] },
-            _ => EventBody::Result { status: Status::failed(format!("ERROR: boom {i} (SQLSTATE 42000)"), ""), affected_records: 0, query_ei: None },
+            _ => EventBody::Result {
+                status: Status::failed(format!("ERROR: boom {i} (SQLSTATE 42000)"), ""),
+                affected_records: 0,
+                query_ei: None,
+            },
         };
         log.append(&body, base + i as i64).unwrap();
     }
@@ -356,7 +360,14 @@ fn compact_frames_read_back_as_whole_events_and_overrides_keep_their_own_fields(
     let sid = ctx.sid.clone();
     let log = rec.recorder.open(ctx.clone()).unwrap();
     let per_db = |i: u64| EventBody::Query { query: format!("find {i}"), parameters: vec![], db_name: Some("other_db".into()) };
-    let bodies = [query(0), query(1), per_db(2), per_db(3), query(4), EventBody::Result { status: Status::ok(), affected_records: 1, query_ei: Some(4) }];
+    let bodies = [
+        query(0),
+        query(1),
+        per_db(2),
+        per_db(3),
+        query(4),
+        EventBody::Result { status: Status::ok(), affected_records: 1, query_ei: Some(4) },
+    ];
     for (i, body) in bodies.iter().enumerate() {
         log.append(body, 1_700_000_000_000 + i as i64).unwrap();
     }

@@ -134,7 +134,8 @@ async fn startup_recovers_recordings_a_crash_left_open() {
         let sid = ctx.sid.clone();
         let log = rec.recorder.open(ctx).unwrap();
         for i in 0..50 {
-            log.append(&EventBody::Query { query: format!("SELECT {i}"), parameters: vec![], db_name: None }, 1_700_000_000_000 + i).unwrap();
+            log.append(&EventBody::Query { query: format!("SELECT {i}"), parameters: vec![], db_name: None }, 1_700_000_000_000 + i)
+                .unwrap();
         }
         log.close().await.unwrap();
         let store = rec.store();
@@ -164,12 +165,7 @@ fn the_serve_command_starts_and_stops_on_sigterm() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("dbtape.toml");
     std::fs::write(&cfg, format!("[recording]\ndir = \"{0}/rec\"\nsigning_key = \"{0}/key\"\n", tmp.path().display())).unwrap();
-    let mut child = common::dbtape_bin()
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = common::dbtape_bin().args(["serve", "--config"]).arg(&cfg).stderr(std::process::Stdio::piped()).spawn().unwrap();
     let stderr = child.stderr.take().unwrap();
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
     let ready = lines.by_ref().take(20).find_map(|l| l.ok().filter(|l| l.contains("dbtape ready")));

@@ -10,7 +10,10 @@ fn postgres_answers_psql_over_verified_tls() {
     let s = Services::load();
     let conninfo = format!(
         "host={} port={} user={} dbname=postgres sslmode=verify-full sslrootcert={}",
-        s.get("PG_HOST"), s.get("PG_PORT"), s.get("PG_USER"), s.get("PG_CA")
+        s.get("PG_HOST"),
+        s.get("PG_PORT"),
+        s.get("PG_USER"),
+        s.get("PG_CA")
     );
     let out = std::process::Command::new("psql")
         .args([conninfo.as_str(), "-Atc", "select ssl from pg_stat_ssl where pid = pg_backend_pid()"])
@@ -20,11 +23,8 @@ fn postgres_answers_psql_over_verified_tls() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "t");
 
-    let wrong = std::process::Command::new("psql")
-        .args([conninfo.as_str(), "-Atc", "select 1"])
-        .env("PGPASSWORD", "wrong")
-        .output()
-        .unwrap();
+    let wrong =
+        std::process::Command::new("psql").args([conninfo.as_str(), "-Atc", "select 1"]).env("PGPASSWORD", "wrong").output().unwrap();
     assert!(!wrong.status.success());
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("password authentication failed"));
 }

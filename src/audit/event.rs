@@ -86,21 +86,57 @@ impl Status {
 /// One event's own fields; the variant decides `event` and `code`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EventBody {
-    SessionStart { status: Status, postgres_pid: Option<u32> },
-    SessionEnd { session_start: DateTime<Utc>, session_stop: DateTime<Utc> },
+    SessionStart {
+        status: Status,
+        postgres_pid: Option<u32>,
+    },
+    SessionEnd {
+        session_start: DateTime<Utc>,
+        session_stop: DateTime<Utc>,
+    },
     /// `db_name` overrides the session's database for this one query (MongoDB's `$db`).
-    Query { query: String, parameters: Vec<String>, db_name: Option<String> },
+    Query {
+        query: String,
+        parameters: Vec<String>,
+        db_name: Option<String>,
+    },
     /// Becomes `db.session.query.failed` / `TDB02W`: the proxy refused the query.
-    QueryFailed { query: String, parameters: Vec<String>, db_name: Option<String>, status: Status },
+    QueryFailed {
+        query: String,
+        parameters: Vec<String>,
+        db_name: Option<String>,
+        status: Status,
+    },
     /// `query_ei` is dbtape's own addition: the `ei` of the query this result answers, so
     /// pipelined queries stay paired with their results.
-    Result { status: Status, affected_records: u64, query_ei: Option<u64> },
-    MalformedPacket { payload: Vec<u8> },
-    PostgresParse { statement_name: String, query: String },
-    PostgresBind { statement_name: String, portal_name: String, parameters: Vec<String> },
-    PostgresExecute { portal_name: String },
-    PostgresClose { statement_name: String, portal_name: String },
-    PostgresFunctionCall { function_oid: u32, function_args: Vec<String> },
+    Result {
+        status: Status,
+        affected_records: u64,
+        query_ei: Option<u64>,
+    },
+    MalformedPacket {
+        payload: Vec<u8>,
+    },
+    PostgresParse {
+        statement_name: String,
+        query: String,
+    },
+    PostgresBind {
+        statement_name: String,
+        portal_name: String,
+        parameters: Vec<String>,
+    },
+    PostgresExecute {
+        portal_name: String,
+    },
+    PostgresClose {
+        statement_name: String,
+        portal_name: String,
+    },
+    PostgresFunctionCall {
+        function_oid: u32,
+        function_args: Vec<String>,
+    },
     /// `failed` marks a request that never round-tripped (Teleport's status code 0, `TDY01E`).
     DynamoDbRequest {
         status_code: u32,
@@ -113,7 +149,10 @@ pub enum EventBody {
         failed: bool,
     },
     /// dbtape's own: in `best_effort` mode, events that could not be written.
-    RecordingGap { lost_events: u64, error: String },
+    RecordingGap {
+        lost_events: u64,
+        error: String,
+    },
 }
 
 impl EventBody {
@@ -553,9 +592,8 @@ mod tests {
     #[test]
     fn time_format_matches_chrono() {
         for ms in [0i64, 1, 999, 86_399_999, 951_782_400_000, 1_735_787_045_678, 4_102_444_800_123] {
-            let chrono = DateTime::<Utc>::from_timestamp_millis(ms)
-                .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
-                .unwrap_or_default();
+            let chrono =
+                DateTime::<Utc>::from_timestamp_millis(ms).map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()).unwrap_or_default();
             assert_eq!(format_time(ms), chrono, "ms={ms}");
         }
     }

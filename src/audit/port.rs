@@ -85,9 +85,8 @@ impl AuditPort {
     /// Records the end event and seals the recording.
     pub async fn end(self) -> Result<(), AuditError> {
         let stop = Utc::now();
-        let emitted = self
-            .emit_at(EventBody::SessionEnd { session_start: self.session_start(), session_stop: stop }, stop.timestamp_millis())
-            .await;
+        let emitted =
+            self.emit_at(EventBody::SessionEnd { session_start: self.session_start(), session_stop: stop }, stop.timestamp_millis()).await;
         let sealed = self.log.close().await;
         emitted.map(|_| ())?;
         match sealed {

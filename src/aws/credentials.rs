@@ -35,7 +35,8 @@ impl CredentialSource {
             loader = loader.endpoint_url(aws.endpoint.clone());
         }
         let sdk = loader.load().await;
-        let base = sdk.credentials_provider().ok_or_else(|| CredentialsError::Provider("no credential provider in the default chain".into()))?;
+        let base =
+            sdk.credentials_provider().ok_or_else(|| CredentialsError::Provider("no credential provider in the default chain".into()))?;
         let provider = if aws.assume_role_arn.is_empty() {
             base
         } else {

@@ -30,7 +30,14 @@ fn encode(value: &str) -> String {
     out
 }
 
-pub fn generate(host: &str, port: u16, db_user: &str, region: &str, credentials: &Credentials, now: SystemTime) -> Result<String, TokenError> {
+pub fn generate(
+    host: &str,
+    port: u16,
+    db_user: &str,
+    region: &str,
+    credentials: &Credentials,
+    now: SystemTime,
+) -> Result<String, TokenError> {
     let err = |e: &dyn std::fmt::Display| TokenError::Sign(e.to_string());
     let url = format!("https://{host}:{port}/?Action=connect&DBUser={}", encode(db_user));
     let mut settings = SigningSettings::default();
@@ -88,7 +95,9 @@ mod tests {
         let q = query(&token);
         assert_eq!(q["X-Amz-Security-Token"], "FwoG%2Fsession%2Btoken%3D");
         assert_eq!(q["X-Amz-Credential"], "ASIAEXAMPLE%2F20240826%2Feu-west-1%2Frds-db%2Faws4_request");
-        let without = generate("db.example", 5432, "app_user", "eu-west-1", &Credentials::new("ASIAEXAMPLE", "secret", None, None, "t"), now).unwrap();
+        let without =
+            generate("db.example", 5432, "app_user", "eu-west-1", &Credentials::new("ASIAEXAMPLE", "secret", None, None, "t"), now)
+                .unwrap();
         // The session token is signed too, so the signatures differ.
         assert_ne!(q["X-Amz-Signature"], query(&without)["X-Amz-Signature"]);
     }

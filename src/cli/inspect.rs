@@ -39,7 +39,11 @@ pub fn config_check(path: &Path) -> Result<(), Failure> {
 }
 
 fn plural(n: usize) -> &'static str {
-    if n == 1 { "" } else { "s" }
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
 }
 
 /// The folder and (where known) the signing key of the recordings these commands read.
@@ -80,14 +84,8 @@ fn time_filter(since: Option<String>, until: Option<String>) -> Result<(Option<i
 pub fn ls(args: &StoreArgs, filter: LsFilter, format: DataFormat) -> Result<(), Failure> {
     let located = locate(args)?;
     let (since_ms, until_ms) = time_filter(filter.since, filter.until)?;
-    let export_filter = ExportFilter {
-        since_ms,
-        until_ms,
-        user: filter.user,
-        db: filter.db,
-        protocol: filter.protocol,
-        ..ExportFilter::default()
-    };
+    let export_filter =
+        ExportFilter { since_ms, until_ms, user: filter.user, db: filter.db, protocol: filter.protocol, ..ExportFilter::default() };
     let mut warnings = Vec::new();
     let mut sessions = matching_sessions(&located.store, &export_filter, &mut warnings)?;
     sessions.reverse();
@@ -142,9 +140,7 @@ fn write_table(out: &mut impl Write, sessions: &[SessionSummary]) -> std::io::Re
                 s.user.clone(),
                 s.db_service.clone(),
                 s.db_protocol.clone(),
-                chrono::DateTime::from_timestamp_millis(s.start_ms)
-                    .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
-                    .unwrap_or_default(),
+                chrono::DateTime::from_timestamp_millis(s.start_ms).map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default(),
                 format_duration(s.duration_ms()),
                 s.queries.to_string(),
                 s.failed_queries.to_string(),
@@ -215,10 +211,7 @@ pub fn export(
 ) -> Result<(), Failure> {
     let located = locate(args)?;
     let (since_ms, until_ms) = time_filter(since, until)?;
-    let session = session
-        .map(|s| located.store.find(&s))
-        .transpose()
-        .map_err(|e| Failure { code: 2, message: e.to_string() })?;
+    let session = session.map(|s| located.store.find(&s)).transpose().map_err(|e| Failure { code: 2, message: e.to_string() })?;
     for kind in &events {
         if crate::audit::EventType::parse(kind).is_none() {
             eprintln!("note: --event {kind:?} is not an event type dbtape writes");
@@ -238,7 +231,13 @@ pub fn export(
     Ok(())
 }
 
-pub fn verify(args: &StoreArgs, session_ids: Vec<String>, all: bool, public_key: Option<PathBuf>, format: DataFormat) -> Result<(), Failure> {
+pub fn verify(
+    args: &StoreArgs,
+    session_ids: Vec<String>,
+    all: bool,
+    public_key: Option<PathBuf>,
+    format: DataFormat,
+) -> Result<(), Failure> {
     let located = locate(args)?;
     if all != session_ids.is_empty() {
         return Err(Failure { code: 2, message: "give session ids or --all (not both)".into() });

@@ -33,7 +33,9 @@ fn prompt(label: &str) -> Result<String, Failure> {
         match read() {
             Ok(Event::Key(key)) => match key.code {
                 KeyCode::Enter => break Ok(()),
-                KeyCode::Char('c') if key.modifiers.contains(KeyModifiers::CONTROL) => break Err(Failure { code: 130, message: String::new() }),
+                KeyCode::Char('c') if key.modifiers.contains(KeyModifiers::CONTROL) => {
+                    break Err(Failure { code: 130, message: String::new() })
+                }
                 KeyCode::Backspace => {
                     out.pop();
                 }

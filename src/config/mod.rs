@@ -8,9 +8,8 @@ mod validate;
 use std::path::{Path, PathBuf};
 
 pub use model::{
-    AuthMethod, AwsOptions, ClientTlsConfig, ClientTlsMode, DatabaseConfig, Grant, LogFormat,
-    RecordingSection, S3Storage, ServerSection, StorageSection, UpstreamAuth, UpstreamTlsConfig,
-    UpstreamTlsMode, UserConfig,
+    AuthMethod, AwsOptions, ClientTlsConfig, ClientTlsMode, DatabaseConfig, Grant, LogFormat, RecordingSection, S3Storage, ServerSection,
+    StorageSection, UpstreamAuth, UpstreamTlsConfig, UpstreamTlsMode, UserConfig,
 };
 pub use secret::{SecretError, SecretRef};
 
@@ -65,11 +64,7 @@ impl Config {
             issues: vec![ConfigIssue { file: path.to_path_buf(), key: key.into(), message, fix: fix.into() }],
         };
         let text = std::fs::read_to_string(path).map_err(|e| {
-            issue(
-                "(file)",
-                format!("cannot read: {e}"),
-                "pass the right file with --config, or copy examples/dbtape.toml to dbtape.toml",
-            )
+            issue("(file)", format!("cannot read: {e}"), "pass the right file with --config, or copy examples/dbtape.toml to dbtape.toml")
         })?;
         Self::parse(&text, path)
     }

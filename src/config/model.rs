@@ -205,11 +205,7 @@ pub struct ClientTlsConfig {
 
 impl ClientTlsConfig {
     pub fn effective_mode(&self) -> ClientTlsMode {
-        self.mode.unwrap_or(if self.cert.is_some() && self.key.is_some() {
-            ClientTlsMode::Optional
-        } else {
-            ClientTlsMode::Disabled
-        })
+        self.mode.unwrap_or(if self.cert.is_some() && self.key.is_some() { ClientTlsMode::Optional } else { ClientTlsMode::Disabled })
     }
 }
 

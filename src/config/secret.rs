@@ -7,8 +7,12 @@ use serde::Deserialize;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(untagged)]
 pub enum SecretRef {
-    Env { env: String },
-    File { file: PathBuf },
+    Env {
+        env: String,
+    },
+    File {
+        file: PathBuf,
+    },
     /// Accepted only where the value is not a secret (e.g. a SCRAM verifier); refused for
     /// passwords by validation.
     Inline(String),

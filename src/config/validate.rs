@@ -25,7 +25,11 @@ impl Issues<'_> {
 const MAX_WORKERS: usize = 1024;
 
 fn resolve(base: &Path, path: &Path) -> PathBuf {
-    if path.is_relative() { base.join(path) } else { path.to_path_buf() }
+    if path.is_relative() {
+        base.join(path)
+    } else {
+        path.to_path_buf()
+    }
 }
 
 pub(super) fn check(raw: RawConfig, file: &Path, base: &Path) -> Result<Config, ConfigError> {
@@ -36,12 +40,15 @@ pub(super) fn check(raw: RawConfig, file: &Path, base: &Path) -> Result<Config, 
         issues.add("server.cluster_name", "is empty", "set a name for this proxy fleet, e.g. \"dbtape\"");
     }
     if server.workers > MAX_WORKERS {
-        issues.add("server.workers", format!("{} is too many threads", server.workers), format!("use 0 (half the CPUs, at least one) or a number up to {MAX_WORKERS}"));
+        issues.add(
+            "server.workers",
+            format!("{} is too many threads", server.workers),
+            format!("use 0 (half the CPUs, at least one) or a number up to {MAX_WORKERS}"),
+        );
     }
     if server.server_id.is_empty() {
-        server.server_id = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "dbtape".into());
+        server.server_id =
+            std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "dbtape".into());
     }
     if let Some(s3) = &raw.storage.s3 {
         if s3.bucket.trim().is_empty() {
@@ -51,7 +58,11 @@ pub(super) fn check(raw: RawConfig, file: &Path, base: &Path) -> Result<Config, 
             issues.add("storage.s3.region", "is empty", "set the bucket's region, e.g. \"us-east-1\"");
         }
         if !s3.assume_role_arn.is_empty() && !is_role_arn(&s3.assume_role_arn) {
-            issues.add("storage.s3.assume_role_arn", format!("{:?} is not an IAM role ARN", s3.assume_role_arn), "use arn:aws:iam::<12-digit account>:role/<name>");
+            issues.add(
+                "storage.s3.assume_role_arn",
+                format!("{:?} is not an IAM role ARN", s3.assume_role_arn),
+                "use arn:aws:iam::<12-digit account>:role/<name>",
+            );
         }
     }
     let mut databases = raw.databases;
@@ -77,7 +88,11 @@ fn check_recording(raw: &RawConfig, base: &Path, issues: &mut Issues<'_>) -> Rec
         "strict" => RecordingMode::Strict,
         "best_effort" => RecordingMode::BestEffort,
         other => {
-            issues.add("recording.mode", format!("{other:?} is not a mode"), "use \"strict\" (the default: a recording failure stops the session) or \"best_effort\"");
+            issues.add(
+                "recording.mode",
+                format!("{other:?} is not a mode"),
+                "use \"strict\" (the default: a recording failure stops the session) or \"best_effort\"",
+            );
             RecordingMode::Strict
         }
     };
@@ -86,14 +101,22 @@ fn check_recording(raw: &RawConfig, base: &Path, issues: &mut Issues<'_>) -> Rec
         "batch" => FsyncPolicy::Batch,
         "never" => FsyncPolicy::Never,
         other => {
-            issues.add("recording.fsync", format!("{other:?} is not an fsync policy"), "use \"always\", \"batch\" (the default) or \"never\"");
+            issues.add(
+                "recording.fsync",
+                format!("{other:?} is not an fsync policy"),
+                "use \"always\", \"batch\" (the default) or \"never\"",
+            );
             FsyncPolicy::Batch
         }
     };
     let batch_interval = match humantime::parse_duration(&r.batch_interval) {
         Ok(d) if !d.is_zero() && d <= std::time::Duration::from_secs(60) => d,
         Ok(_) => {
-            issues.add("recording.batch_interval", format!("{:?} is out of range", r.batch_interval), "use a duration between 1ms and 60s, e.g. \"200ms\"");
+            issues.add(
+                "recording.batch_interval",
+                format!("{:?} is out of range", r.batch_interval),
+                "use a duration between 1ms and 60s, e.g. \"200ms\"",
+            );
             std::time::Duration::from_millis(200)
         }
         Err(e) => {
@@ -102,7 +125,11 @@ fn check_recording(raw: &RawConfig, base: &Path, issues: &mut Issues<'_>) -> Rec
         }
     };
     if !(4096..=32 * 1024 * 1024).contains(&r.frame_target_bytes) {
-        issues.add("recording.frame_target_bytes", format!("{} is out of range", r.frame_target_bytes), "use a size between 4096 and 33554432 bytes; the default is 262144");
+        issues.add(
+            "recording.frame_target_bytes",
+            format!("{} is out of range", r.frame_target_bytes),
+            "use a size between 4096 and 33554432 bytes; the default is 262144",
+        );
     }
     if !(1..=19).contains(&r.zstd_level) {
         issues.add("recording.zstd_level", format!("{} is out of range", r.zstd_level), "use a zstd level from 1 to 19; the default is 1");
@@ -134,7 +161,14 @@ fn check_file(key: String, path: &mut PathBuf, base: &Path, what: &str, issues: 
     }
 }
 
-fn check_database(i: usize, db: &mut DatabaseConfig, base: &Path, names: &mut BTreeSet<String>, listens: &mut BTreeSet<SocketAddr>, issues: &mut Issues<'_>) {
+fn check_database(
+    i: usize,
+    db: &mut DatabaseConfig,
+    base: &Path,
+    names: &mut BTreeSet<String>,
+    listens: &mut BTreeSet<SocketAddr>,
+    issues: &mut Issues<'_>,
+) {
     let key = |field: &str| format!("databases[{i}].{field}");
     let valid_name = !db.name.is_empty() && db.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
     if !valid_name {
@@ -152,7 +186,9 @@ fn check_database(i: usize, db: &mut DatabaseConfig, base: &Path, names: &mut BT
                 issues.add(key("listen"), format!("{addr} is used by another database"), "give every database its own port");
             }
         }
-        Err(_) => issues.add(key("listen"), format!("{:?} is not a socket address", db.listen), "write host:port, e.g. \"127.0.0.1:15432\""),
+        Err(_) => {
+            issues.add(key("listen"), format!("{:?} is not a socket address", db.listen), "write host:port, e.g. \"127.0.0.1:15432\"")
+        }
     }
     let scheme_ok = match protocol {
         Some(Protocol::Postgres) => db.upstream.starts_with("postgres://") || db.upstream.starts_with("postgresql://"),
@@ -163,24 +199,40 @@ fn check_database(i: usize, db: &mut DatabaseConfig, base: &Path, names: &mut BT
     if db.upstream.is_empty() && protocol != Some(Protocol::DynamoDb) {
         issues.add(key("upstream"), "is empty", "give the real database's URI, e.g. \"postgres://db.internal:5432/app\"");
     } else if !scheme_ok {
-        issues.add(key("upstream"), format!("{:?} does not suit protocol {}", db.upstream, db.protocol), "use postgres://host:port/db, mongodb://host:port or https://dynamodb.<region>.amazonaws.com");
+        issues.add(
+            key("upstream"),
+            format!("{:?} does not suit protocol {}", db.upstream, db.protocol),
+            "use postgres://host:port/db, mongodb://host:port or https://dynamodb.<region>.amazonaws.com",
+        );
     }
     let tls = &mut db.client_tls;
     let mode = tls.effective_mode();
     if mode != ClientTlsMode::Disabled {
         match tls.cert.as_mut() {
             Some(cert) => check_file(key("client_tls.cert"), cert, base, "proxy's certificate chain", issues),
-            None => issues.add(key("client_tls.cert"), format!("is required when client_tls.mode is {mode:?}"), "set cert and key, or set client_tls.mode = \"disabled\""),
+            None => issues.add(
+                key("client_tls.cert"),
+                format!("is required when client_tls.mode is {mode:?}"),
+                "set cert and key, or set client_tls.mode = \"disabled\"",
+            ),
         }
         match tls.key.as_mut() {
             Some(k) => check_file(key("client_tls.key"), k, base, "proxy's private key", issues),
-            None => issues.add(key("client_tls.key"), format!("is required when client_tls.mode is {mode:?}"), "set cert and key, or set client_tls.mode = \"disabled\""),
+            None => issues.add(
+                key("client_tls.key"),
+                format!("is required when client_tls.mode is {mode:?}"),
+                "set cert and key, or set client_tls.mode = \"disabled\"",
+            ),
         }
     }
     if let Some(ca) = tls.client_ca.as_mut() {
         check_file(key("client_tls.client_ca"), ca, base, "CA bundle for client certificates", issues);
         if mode == ClientTlsMode::Disabled {
-            issues.add(key("client_tls.client_ca"), "mTLS needs TLS, but client_tls.mode is \"disabled\"", "set client_tls.mode = \"required\"");
+            issues.add(
+                key("client_tls.client_ca"),
+                "mTLS needs TLS, but client_tls.mode is \"disabled\"",
+                "set client_tls.mode = \"required\"",
+            );
         }
     }
     if let Some(ca) = db.upstream_tls.ca.as_mut() {
@@ -188,9 +240,17 @@ fn check_database(i: usize, db: &mut DatabaseConfig, base: &Path, names: &mut BT
     }
     match db.auth.method {
         AuthMethod::Password => match db.auth.password.as_mut() {
-            None if protocol != Some(Protocol::DynamoDb) => issues.add(key("auth.password"), "is required when auth.method is \"password\"", "set auth.password = { env = \"NAME\" } or { file = \"path\" }, or choose auth.method = \"aws_iam\" or \"none\""),
+            None if protocol != Some(Protocol::DynamoDb) => issues.add(
+                key("auth.password"),
+                "is required when auth.method is \"password\"",
+                "set auth.password = { env = \"NAME\" } or { file = \"path\" }, or choose auth.method = \"aws_iam\" or \"none\"",
+            ),
             None => {}
-            Some(SecretRef::Inline(_)) => issues.add(key("auth.password"), "is written inline; secrets must not sit in the config file", "move it to an env var or a file: auth.password = { env = \"NAME\" } or { file = \"path\" }"),
+            Some(SecretRef::Inline(_)) => issues.add(
+                key("auth.password"),
+                "is written inline; secrets must not sit in the config file",
+                "move it to an env var or a file: auth.password = { env = \"NAME\" } or { file = \"path\" }",
+            ),
             Some(secret) => {
                 secret.resolve_paths(base);
                 if let Err(e) = secret.read() {
@@ -200,7 +260,11 @@ fn check_database(i: usize, db: &mut DatabaseConfig, base: &Path, names: &mut BT
         },
         AuthMethod::AwsIam => {
             if db.aws.region.is_empty() {
-                issues.add(key("aws.region"), "is required when auth.method is \"aws_iam\"", "set the database's AWS region, e.g. \"us-east-1\"");
+                issues.add(
+                    key("aws.region"),
+                    "is required when auth.method is \"aws_iam\"",
+                    "set the database's AWS region, e.g. \"us-east-1\"",
+                );
             }
             if db.upstream_tls.mode == UpstreamTlsMode::Disable && protocol != Some(Protocol::DynamoDb) {
                 issues.add(key("upstream_tls.mode"), "IAM tokens are never sent without TLS", "set upstream_tls.mode = \"verify-full\"");
@@ -214,28 +278,55 @@ fn check_database(i: usize, db: &mut DatabaseConfig, base: &Path, names: &mut BT
     let aws = &db.aws;
     let account_ok = aws.account_id.len() == 12 && aws.account_id.bytes().all(|b| b.is_ascii_digit());
     if !aws.account_id.is_empty() && !account_ok {
-        issues.add(key("aws.account_id"), format!("{:?} is not a 12-digit AWS account id", aws.account_id), "write the account id as 12 digits, quoted");
+        issues.add(
+            key("aws.account_id"),
+            format!("{:?} is not a 12-digit AWS account id", aws.account_id),
+            "write the account id as 12 digits, quoted",
+        );
     }
     if !aws.assume_role_arn.is_empty() && !is_role_arn(&aws.assume_role_arn) {
-        issues.add(key("aws.assume_role_arn"), format!("{:?} is not an IAM role ARN", aws.assume_role_arn), "use arn:aws:iam::<12-digit account>:role/<name>");
+        issues.add(
+            key("aws.assume_role_arn"),
+            format!("{:?} is not an IAM role ARN", aws.assume_role_arn),
+            "use arn:aws:iam::<12-digit account>:role/<name>",
+        );
     }
 }
 
-fn check_user(i: usize, user: &mut UserConfig, base: &Path, databases: &BTreeSet<String>, names: &mut BTreeSet<String>, issues: &mut Issues<'_>) {
+fn check_user(
+    i: usize,
+    user: &mut UserConfig,
+    base: &Path,
+    databases: &BTreeSet<String>,
+    names: &mut BTreeSet<String>,
+    issues: &mut Issues<'_>,
+) {
     let key = |field: &str| format!("users[{i}].{field}");
     if user.name.trim().is_empty() || user.name.contains('@') {
-        issues.add(key("name"), format!("{:?} is not a valid user name", user.name), "use a non-empty name without '@' (it separates user@database when connecting)");
+        issues.add(
+            key("name"),
+            format!("{:?} is not a valid user name", user.name),
+            "use a non-empty name without '@' (it separates user@database when connecting)",
+        );
     } else if !names.insert(user.name.clone()) {
         issues.add(key("name"), format!("{:?} is defined twice", user.name), "merge the two entries");
     }
     if user.scram_verifier.is_none() && user.cert_cn.is_none() && user.aws_access_key_id.is_none() {
-        issues.add(key("scram_verifier"), "the user has no way to be identified", "set scram_verifier (from `dbtape user add`), cert_cn for mTLS, or aws_access_key_id for DynamoDB");
+        issues.add(
+            key("scram_verifier"),
+            "the user has no way to be identified",
+            "set scram_verifier (from `dbtape user add`), cert_cn for mTLS, or aws_access_key_id for DynamoDB",
+        );
     }
     if let Some(verifier) = user.scram_verifier.as_mut() {
         verifier.resolve_paths(base);
         match verifier.read() {
             Ok(v) if v.starts_with("SCRAM-SHA-256$") => {}
-            Ok(_) => issues.add(key("scram_verifier"), "is not a SCRAM-SHA-256 verifier", "generate one with `dbtape user add NAME` and paste its output"),
+            Ok(_) => issues.add(
+                key("scram_verifier"),
+                "is not a SCRAM-SHA-256 verifier",
+                "generate one with `dbtape user add NAME` and paste its output",
+            ),
             Err(e) => issues.add(key("scram_verifier"), e.to_string(), "set the variable or create the file before starting dbtape"),
         }
     }
@@ -244,10 +335,18 @@ fn check_user(i: usize, user: &mut UserConfig, base: &Path, databases: &BTreeSet
     }
     for (g, grant) in user.grants.iter().enumerate() {
         if !databases.contains(&grant.database) {
-            issues.add(format!("users[{i}].grants[{g}].database"), format!("{:?} is not a configured database", grant.database), "use the name of one of the [[databases]] entries");
+            issues.add(
+                format!("users[{i}].grants[{g}].database"),
+                format!("{:?} is not a configured database", grant.database),
+                "use the name of one of the [[databases]] entries",
+            );
         }
         if grant.db_users.is_empty() || grant.db_users.iter().any(|u| u.trim().is_empty()) {
-            issues.add(format!("users[{i}].grants[{g}].db_users"), "is empty or holds an empty name", "list the upstream users this person may act as, e.g. [\"reader\"]");
+            issues.add(
+                format!("users[{i}].grants[{g}].db_users"),
+                "is empty or holds an empty name",
+                "list the upstream users this person may act as, e.g. [\"reader\"]",
+            );
         }
     }
 }

@@ -84,9 +84,7 @@ pub fn server_config(tls: &ClientTlsConfig) -> Result<Option<ServerTls>, TlsErro
         }
         None => (builder.with_no_client_auth(), None),
     };
-    let config = builder
-        .with_single_cert(read_certs(cert)?, read_key(key)?)
-        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let config = builder.with_single_cert(read_certs(cert)?, read_key(key)?).map_err(|e| TlsError::Config(e.to_string()))?;
     Ok(Some(ServerTls { config: Arc::new(config), client_verifier }))
 }
 
@@ -111,15 +109,30 @@ impl ClientCertVerifier for DeferredClientVerifier {
         self.inner.root_hint_subjects()
     }
 
-    fn verify_client_cert(&self, _end_entity: &CertificateDer<'_>, _intermediates: &[CertificateDer<'_>], _now: UnixTime) -> Result<ClientCertVerified, rustls::Error> {
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
         Ok(ClientCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.inner.verify_tls12_signature(message, cert, dss)
     }
 
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.inner.verify_tls13_signature(message, cert, dss)
     }
 
@@ -131,10 +144,7 @@ impl ClientCertVerifier for DeferredClientVerifier {
 /// Verifies a client's certificate chain against the configured CA.
 pub fn verify_client_chain(verifier: &dyn ClientCertVerifier, chain: &[CertificateDer<'static>]) -> Result<(), String> {
     let (end_entity, intermediates) = chain.split_first().ok_or("no certificate")?;
-    verifier
-        .verify_client_cert(end_entity, intermediates, UnixTime::now())
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    verifier.verify_client_cert(end_entity, intermediates, UnixTime::now()).map(|_| ()).map_err(|e| e.to_string())
 }
 
 /// Verified (or, for `require`, encrypted-only) client TLS to an upstream.
@@ -184,11 +194,21 @@ impl ServerCertVerifier for RelaxedVerifier {
         }
     }
 
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.inner.verify_tls12_signature(message, cert, dss)
     }
 
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.inner.verify_tls13_signature(message, cert, dss)
     }
 

@@ -12,6 +12,4 @@ pub mod writer;
 
 pub use reader::{FrameReader, Next, ReadError, Tail};
 pub use store::{validate_session_id, RecordingState, RecordingStore, SessionSummary, StoreError};
-pub use writer::{
-    AppendTicket, FsyncPolicy, Recorder, RecorderConfig, RecordingError, RecordingMode, SessionLog,
-};
+pub use writer::{AppendTicket, FsyncPolicy, Recorder, RecorderConfig, RecordingError, RecordingMode, SessionLog};

@@ -4,10 +4,7 @@
 
 use std::io::{self, Read, Seek, SeekFrom};
 
-use super::format::{
-    chain_next, chain_seed, frame_crc, FrameHeader, FrameKind, HeaderError, CRC_LEN, FILE_MAGIC,
-    FLAG_ZSTD, HEADER_LEN,
-};
+use super::format::{chain_next, chain_seed, frame_crc, FrameHeader, FrameKind, HeaderError, CRC_LEN, FILE_MAGIC, FLAG_ZSTD, HEADER_LEN};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {

@@ -7,9 +7,16 @@ use super::store::{RecordingState, RecordingStore, SessionSummary, StoreError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecoveryOutcome {
-    Recovered { sid: String, events: u64, torn_bytes: u64 },
+    Recovered {
+        sid: String,
+        events: u64,
+        torn_bytes: u64,
+    },
     /// Damaged beyond a torn tail; left in place, unsigned, for a human.
-    Damaged { sid: String, problem: String },
+    Damaged {
+        sid: String,
+        problem: String,
+    },
 }
 
 /// Recovers every recording that is neither sealed nor held open by a live writer.
@@ -28,12 +35,7 @@ pub fn recover_unsealed(store: &RecordingStore, signer: &Signer) -> Result<Vec<R
     Ok(outcomes)
 }
 
-fn recover_one(
-    store: &RecordingStore,
-    signer: &Signer,
-    sid: &str,
-    summary: Option<SessionSummary>,
-) -> Result<RecoveryOutcome, StoreError> {
+fn recover_one(store: &RecordingStore, signer: &Signer, sid: &str, summary: Option<SessionSummary>) -> Result<RecoveryOutcome, StoreError> {
     let path = store.recording_path(sid);
     let scan = scan_recording(&path, sid).map_err(|source| StoreError::Io { path: path.clone(), source })?;
     let torn_bytes = match &scan.end {
@@ -66,9 +68,7 @@ fn recover_one(
         key_id: signer.key_id().to_string(),
         signed_at_ms: chrono::Utc::now().timestamp_millis(),
     };
-    let manifest = signer
-        .sign(body)
-        .map_err(|e| StoreError::Parse { path: store.manifest_path(sid), reason: e.to_string() })?;
+    let manifest = signer.sign(body).map_err(|e| StoreError::Parse { path: store.manifest_path(sid), reason: e.to_string() })?;
     store.write_manifest(&manifest)?;
     let mut summary = summary.unwrap_or_else(|| blank_summary(sid, &scan));
     summary.events = scan.tally.events;

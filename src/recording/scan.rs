@@ -43,7 +43,10 @@ pub enum ScanEnd {
     Sealed(Trailer),
     /// EOF at a frame boundary with no trailer: live, or died between frames.
     Open,
-    Truncated { offset: u64, torn_bytes: u64 },
+    Truncated {
+        offset: u64,
+        torn_bytes: u64,
+    },
     /// Something is wrong; the message says what and where.
     Damaged(String),
 }

@@ -51,18 +51,13 @@ impl Signer {
     pub fn load_or_generate(path: &Path) -> Result<Self, SigningError> {
         let key = if path.exists() {
             let text = fs::read_to_string(path).map_err(io_err(path))?;
-            let encoded = text.trim().strip_prefix(SECRET_PREFIX).ok_or_else(|| SigningError::BadKey {
-                path: path.to_path_buf(),
-                reason: "missing header".into(),
-            })?;
-            let bytes = B64.decode(encoded).map_err(|e| SigningError::BadKey {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
-            let seed: [u8; 32] = bytes.try_into().map_err(|_| SigningError::BadKey {
-                path: path.to_path_buf(),
-                reason: "wrong length".into(),
-            })?;
+            let encoded = text
+                .trim()
+                .strip_prefix(SECRET_PREFIX)
+                .ok_or_else(|| SigningError::BadKey { path: path.to_path_buf(), reason: "missing header".into() })?;
+            let bytes = B64.decode(encoded).map_err(|e| SigningError::BadKey { path: path.to_path_buf(), reason: e.to_string() })?;
+            let seed: [u8; 32] =
+                bytes.try_into().map_err(|_| SigningError::BadKey { path: path.to_path_buf(), reason: "wrong length".into() })?;
             SigningKey::from_bytes(&seed)
         } else {
             let mut seed = [0u8; 32];
@@ -149,16 +144,11 @@ impl Manifest {
     /// Checks the signature against a trusted key (never a key the manifest carries).
     pub fn verify(&self, key: &VerifyingKey) -> Result<(), String> {
         if self.body.key_id != key_id(key) {
-            return Err(format!(
-                "signed by key {} but the trusted key is {}",
-                self.body.key_id,
-                key_id(key)
-            ));
+            return Err(format!("signed by key {} but the trusted key is {}", self.body.key_id, key_id(key)));
         }
         let bytes = serde_json::to_vec(&self.body).map_err(|e| e.to_string())?;
         let raw = B64.decode(&self.signature).map_err(|e| format!("signature is not base64: {e}"))?;
         let raw: [u8; 64] = raw.try_into().map_err(|_| "signature has the wrong length".to_string())?;
-        key.verify(&bytes, &Signature::from_bytes(&raw))
-            .map_err(|_| "signature does not match the manifest".to_string())
+        key.verify(&bytes, &Signature::from_bytes(&raw)).map_err(|_| "signature does not match the manifest".to_string())
     }
 }

@@ -37,9 +37,7 @@ pub fn validate_session_id(input: &str) -> Result<String, StoreError> {
         )));
     }
     match uuid::Uuid::try_parse(input) {
-        Ok(id) if id.hyphenated().to_string() == input.to_ascii_lowercase() => {
-            Ok(id.hyphenated().to_string())
-        }
+        Ok(id) if id.hyphenated().to_string() == input.to_ascii_lowercase() => Ok(id.hyphenated().to_string()),
         _ => Err(StoreError::BadSessionId(format!(
             "{input:?} is not a session id: expected a UUID such as 2f1c3e0a-5b7d-4c1e-9a8f-0123456789ab, as listed by `dbtape ls`"
         ))),
@@ -153,8 +151,7 @@ impl RecordingStore {
 
     pub fn write_manifest(&self, manifest: &Manifest) -> Result<(), StoreError> {
         let path = self.manifest_path(&manifest.body.sid);
-        let bytes = serde_json::to_vec_pretty(manifest)
-            .map_err(|e| StoreError::Parse { path: path.clone(), reason: e.to_string() })?;
+        let bytes = serde_json::to_vec_pretty(manifest).map_err(|e| StoreError::Parse { path: path.clone(), reason: e.to_string() })?;
         write_atomic(&path, &bytes)
     }
 

@@ -35,14 +35,8 @@ impl VerifyReport {
 }
 
 pub fn verify_recording(store: &RecordingStore, sid: &str, key: Option<&VerifyingKey>) -> VerifyReport {
-    let mut report = VerifyReport {
-        sid: sid.to_string(),
-        verdict: Verdict::Failed,
-        frames: 0,
-        events: 0,
-        problems: Vec::new(),
-        notes: Vec::new(),
-    };
+    let mut report =
+        VerifyReport { sid: sid.to_string(), verdict: Verdict::Failed, frames: 0, events: 0, problems: Vec::new(), notes: Vec::new() };
     let path = store.recording_path(sid);
     let scan = match scan_recording(&path, sid) {
         Ok(scan) => scan,

@@ -431,10 +431,7 @@ impl SessionLog {
     /// Resolves once the event is durable per the fsync policy (or the recording failed).
     pub async fn wait_durable(&self, ticket: AppendTicket) -> Result<(), RecordingError> {
         let mut rx = self.state.durable.subscribe();
-        let outcome = rx
-            .wait_for(|d| d.failed.is_some() || d.sealed || d.through.is_some_and(|t| t >= ticket.ei))
-            .await
-            .map(|d| d.clone());
+        let outcome = rx.wait_for(|d| d.failed.is_some() || d.sealed || d.through.is_some_and(|t| t >= ticket.ei)).await.map(|d| d.clone());
         match outcome {
             Ok(d) => match d.failed {
                 Some(reason) if self.shared.config.mode == RecordingMode::Strict => {
@@ -635,10 +632,7 @@ fn writer_loop(shared: &Shared) {
                 if now >= next_tick {
                     break;
                 }
-                let (guard, _) = shared
-                    .wake
-                    .wait_timeout(control, next_tick - now)
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                let (guard, _) = shared.wake.wait_timeout(control, next_tick - now).unwrap_or_else(|poisoned| poisoned.into_inner());
                 control = guard;
             }
             control.urgent = false;
@@ -879,9 +873,12 @@ fn seal(shared: &Shared, session: &SessionState) {
                     key_id: shared.signer.key_id().to_string(),
                     signed_at_ms: now_ms,
                 };
-                match shared.signer.sign(body).map_err(|e| e.to_string()).and_then(|m| {
-                    shared.store.write_manifest(&m).map_err(|e| e.to_string())
-                }) {
+                match shared
+                    .signer
+                    .sign(body)
+                    .map_err(|e| e.to_string())
+                    .and_then(|m| shared.store.write_manifest(&m).map_err(|e| e.to_string()))
+                {
                     Ok(()) => {}
                     Err(e) => {
                         tracing::error!(sid = %sid, error = %e, "cannot write the signed manifest");

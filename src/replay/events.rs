@@ -17,7 +17,10 @@ pub enum StreamEnd {
     Sealed,
     /// No trailer: the recording is live, or its writer died between frames.
     Unsealed,
-    Truncated { offset: u64, torn_bytes: u64 },
+    Truncated {
+        offset: u64,
+        torn_bytes: u64,
+    },
     Damaged(String),
     /// The viewer quit before the end.
     Stopped,
@@ -32,7 +35,9 @@ impl StreamEnd {
             StreamEnd::Truncated { offset, torn_bytes } => Some(format!(
                 "warning: recording {sid} is truncated at byte {offset} ({torn_bytes} torn bytes); every whole frame before it was shown"
             )),
-            StreamEnd::Damaged(problem) => Some(format!("error: recording {sid} is damaged: {problem}; events before the damage were shown")),
+            StreamEnd::Damaged(problem) => {
+                Some(format!("error: recording {sid} is damaged: {problem}; events before the damage were shown"))
+            }
         }
     }
 }

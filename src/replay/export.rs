@@ -41,7 +41,11 @@ pub struct ExportStats {
 }
 
 /// Sessions matching the filter, oldest first. Sidecars that cannot be read are reported.
-pub fn matching_sessions(store: &RecordingStore, filter: &ExportFilter, warnings: &mut Vec<String>) -> std::io::Result<Vec<SessionSummary>> {
+pub fn matching_sessions(
+    store: &RecordingStore,
+    filter: &ExportFilter,
+    warnings: &mut Vec<String>,
+) -> std::io::Result<Vec<SessionSummary>> {
     let mut sessions = Vec::new();
     for summary in store.summaries().map_err(std::io::Error::other)? {
         match summary {
@@ -68,8 +72,8 @@ pub fn export(store: &RecordingStore, filter: &ExportFilter, out: &mut impl Writ
         stats.sessions += 1;
         let end = stream.for_each_frame(|info, data| {
             let whole_frame_in_range = filter.time_in_range(info.min_time_ms) && filter.time_in_range(info.max_time_ms);
-            let frame_outside = filter.until_ms.is_some_and(|u| info.min_time_ms > u)
-                || filter.since_ms.is_some_and(|s| info.max_time_ms < s);
+            let frame_outside =
+                filter.until_ms.is_some_and(|u| info.min_time_ms > u) || filter.since_ms.is_some_and(|s| info.max_time_ms < s);
             if frame_outside {
                 return Ok(true);
             }

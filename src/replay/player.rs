@@ -142,10 +142,7 @@ fn pty_loop(rx: &mpsc::Receiver<Feed>, options: PlayOptions) -> std::io::Result<
                 return Ok(end);
             }
         }
-        let wait = chunks
-            .get(printed)
-            .map(|(at, _)| ((at - position) / speed).clamp(1.0, 50.0))
-            .unwrap_or(50.0);
+        let wait = chunks.get(printed).map(|(at, _)| ((at - position) / speed).clamp(1.0, 50.0)).unwrap_or(50.0);
         if event::poll(Duration::from_millis(wait as u64))? {
             if let Event::Key(key) = event::read()? {
                 let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);

@@ -86,7 +86,13 @@ pub struct ListenerContext {
 }
 
 impl ListenerContext {
-    pub fn new(config: Arc<Config>, database: Arc<DatabaseConfig>, protocol: Protocol, recorder: Arc<Recorder>, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        database: Arc<DatabaseConfig>,
+        protocol: Protocol,
+        recorder: Arc<Recorder>,
+        shutdown: CancellationToken,
+    ) -> Self {
         ListenerContext { config, database, protocol, recorder, shutdown }
     }
 
@@ -110,9 +116,7 @@ impl ListenerContext {
     pub async fn open_session(&self, identity: SessionIdentity, conn: ConnectionInfo) -> Result<AuditPort, RecordingError> {
         let ctx = self.session_context(identity, conn);
         let recorder = self.recorder.clone();
-        let log = tokio::task::spawn_blocking(move || recorder.open(ctx))
-            .await
-            .map_err(|_| RecordingError::ShutDown)??;
+        let log = tokio::task::spawn_blocking(move || recorder.open(ctx)).await.map_err(|_| RecordingError::ShutDown)??;
         Ok(AuditPort::new(log))
     }
 

@@ -13,8 +13,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use workers::WorkerPool;
 pub use engine::{BoxFuture, Connection, ConnectionInfo, Engine, EngineRegistry, ListenerContext, SessionIdentity};
+pub use workers::WorkerPool;
 
 use crate::audit::Protocol;
 use crate::config::{Config, DatabaseConfig};
@@ -81,7 +81,8 @@ impl Server {
                 addr: db.listen.clone(),
                 source,
             })?;
-            let context = Arc::new(ListenerContext::new(config.clone(), Arc::new(db.clone()), protocol, recorder.clone(), shutdown.clone()));
+            let context =
+                Arc::new(ListenerContext::new(config.clone(), Arc::new(db.clone()), protocol, recorder.clone(), shutdown.clone()));
             listeners.push(BoundListener { listener, context, engine });
         }
         let workers = Arc::new(WorkerPool::start(config.server.worker_count()).map_err(ServerError::Workers)?);
@@ -91,10 +92,7 @@ impl Server {
 
     /// The address each served database actually listens on (useful with port 0).
     pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
-        self.listeners
-            .iter()
-            .filter_map(|l| l.listener.local_addr().ok().map(|a| (l.context.database().name.clone(), a)))
-            .collect()
+        self.listeners.iter().filter_map(|l| l.listener.local_addr().ok().map(|a| (l.context.database().name.clone(), a))).collect()
     }
 
     pub fn recorder(&self) -> Arc<Recorder> {

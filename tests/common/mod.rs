@@ -28,8 +28,17 @@ pub fn context(protocol: Protocol) -> SessionContext {
             aws_region: String::new(),
             db_type: "self-hosted".into(),
         },
-        server: ServerMeta { server_id: "host-1".into(), hostname: "host-1".into(), addr: "127.0.0.1:15432".into(), version: "0.1.0".into() },
-        connection: ConnectionMeta { local_addr: "127.0.0.1:15432".into(), remote_addr: "127.0.0.1:50000".into(), user_agent: "psql".into() },
+        server: ServerMeta {
+            server_id: "host-1".into(),
+            hostname: "host-1".into(),
+            addr: "127.0.0.1:15432".into(),
+            version: "0.1.0".into(),
+        },
+        connection: ConnectionMeta {
+            local_addr: "127.0.0.1:15432".into(),
+            remote_addr: "127.0.0.1:50000".into(),
+            user_agent: "psql".into(),
+        },
     }
 }
 

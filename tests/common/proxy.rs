@@ -152,10 +152,7 @@ db_users = ["postgres"]
     pub fn sessions(&self) -> Vec<Vec<serde_json::Value>> {
         let mut summaries: Vec<_> = self.store.summaries().unwrap().into_iter().map(Result::unwrap).collect();
         summaries.sort_by_key(|s| (s.start_ms, s.sid.clone()));
-        summaries
-            .iter()
-            .map(|s| super::read_lines(&self.store, &s.sid).0.iter().map(|l| super::assert_schema_valid(l)).collect())
-            .collect()
+        summaries.iter().map(|s| super::read_lines(&self.store, &s.sid).0.iter().map(|l| super::assert_schema_valid(l)).collect()).collect()
     }
 }
 
@@ -166,7 +163,11 @@ pub fn brief(event: &serde_json::Value) -> String {
         "db.session.query" => format!("query {}", event["db_query"].as_str().unwrap_or_default()),
         "db.session.result" if event["success"] == false => format!("error {}", event["error"].as_str().unwrap_or_default()),
         "db.session.result" => format!("result {}", event["affected_records"].as_u64().unwrap_or(0)),
-        "db.session.start" => format!("start {} {}", event["code"].as_str().unwrap_or_default(), event["error"].as_str().unwrap_or_default()).trim_end().to_string(),
+        "db.session.start" => {
+            format!("start {} {}", event["code"].as_str().unwrap_or_default(), event["error"].as_str().unwrap_or_default())
+                .trim_end()
+                .to_string()
+        }
         "db.session.postgres.statements.parse" => format!("parse {}", event["query"].as_str().unwrap_or_default()),
         "db.session.postgres.statements.bind" => format!("bind {}", serde_json::to_string(&event["parameters"]).unwrap_or_default()),
         "db.session.postgres.statements.execute" => "execute".to_string(),

@@ -15,11 +15,7 @@ impl Services {
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
             panic!("{}: {e}; start the test services with `scripts/services start` (scripts/test does this)", path.display())
         });
-        let vars = text
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let vars = text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Services { vars }
     }
 

@@ -237,8 +237,17 @@ mod tests {
                 aws_region: if awkward { "eu-west-1".into() } else { String::new() },
                 db_type: text("rds"),
             },
-            server: ServerMeta { server_id: text("host-1"), hostname: text("host-1"), addr: "10.0.0.1:5432".into(), version: "0.1.0".into() },
-            connection: ConnectionMeta { local_addr: "10.0.0.1:5432".into(), remote_addr: "10.0.0.9:40000".into(), user_agent: text("psql") },
+            server: ServerMeta {
+                server_id: text("host-1"),
+                hostname: text("host-1"),
+                addr: "10.0.0.1:5432".into(),
+                version: "0.1.0".into(),
+            },
+            connection: ConnectionMeta {
+                local_addr: "10.0.0.1:5432".into(),
+                remote_addr: "10.0.0.9:40000".into(),
+                user_agent: text("psql"),
+            },
         }
     }
 
@@ -251,7 +260,12 @@ mod tests {
             EventBody::SessionEnd { session_start: t0, session_stop: t0 + chrono::Duration::milliseconds(5_001) },
             EventBody::Query { query: s("SELECT 1"), parameters: vec![], db_name: None },
             EventBody::Query { query: s("find"), parameters: vec![s("p1"), String::new()], db_name: Some(s("other")) },
-            EventBody::QueryFailed { query: s("DROP"), parameters: vec![s("x")], db_name: None, status: Status::failed(s("no"), "refused") },
+            EventBody::QueryFailed {
+                query: s("DROP"),
+                parameters: vec![s("x")],
+                db_name: None,
+                status: Status::failed(s("no"), "refused"),
+            },
             EventBody::Result { status: Status::ok(), affected_records: 0, query_ei: None },
             EventBody::Result { status: Status::ok(), affected_records: u64::MAX, query_ei: Some(7) },
             EventBody::Result { status: Status::failed(s("ERROR: boom (SQLSTATE 42P01)"), ""), affected_records: 0, query_ei: Some(0) },

@@ -59,10 +59,9 @@ pub async fn read_startup<R: AsyncRead + Unpin>(r: &mut R) -> Result<(StartupPac
     let packet = match code {
         SSL_REQUEST if rest.is_empty() => StartupPacket::Ssl,
         GSSENC_REQUEST if rest.is_empty() => StartupPacket::GssEnc,
-        CANCEL_REQUEST if rest.len() >= 8 && rest.len() <= 4 + 256 => StartupPacket::Cancel {
-            pid: i32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]),
-            key: rest[4..].to_vec(),
-        },
+        CANCEL_REQUEST if rest.len() >= 8 && rest.len() <= 4 + 256 => {
+            StartupPacket::Cancel { pid: i32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]), key: rest[4..].to_vec() }
+        }
         PROTOCOL_3_0 | PROTOCOL_3_2 => StartupPacket::Startup { version: code, params: parse_params(rest)? },
         other if other >> 16 == 3 => StartupPacket::Startup { version: other, params: parse_params(rest)? },
         other => return Err(malformed("startup packet", format!("unsupported protocol code {other}"))),
@@ -128,7 +127,10 @@ impl MessageScanner {
                 self.remaining = len as usize - 4;
                 self.capturing = (self.capture)(self.ty);
                 if self.capturing && self.remaining > self.limit {
-                    return Err(malformed("message", format!("type {:?} of {} bytes exceeds the {}-byte limit", self.ty as char, self.remaining, self.limit)));
+                    return Err(malformed(
+                        "message",
+                        format!("type {:?} of {} bytes exceeds the {}-byte limit", self.ty as char, self.remaining, self.limit),
+                    ));
                 }
                 self.body.clear();
             }

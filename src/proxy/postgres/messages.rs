@@ -73,7 +73,6 @@ fn values(data: &[u8], at: usize) -> Option<(Vec<Option<&[u8]>>, usize)> {
     Some((out, at))
 }
 
-
 pub fn client_event(ty: u8, body: &[u8]) -> Result<Option<EventBody>, WireError> {
     let bad = |what: &'static str| malformed(what, "truncated or inconsistent fields");
     Ok(Some(match ty {

@@ -63,12 +63,7 @@ impl Verifier {
     pub fn from_password(password: &str, salt: Vec<u8>, iterations: u32) -> Verifier {
         let salted = salted_password(password, &salt, iterations);
         let client_key = hmac(&salted, b"Client Key");
-        Verifier {
-            iterations,
-            salt,
-            stored_key: Sha256::digest(client_key).into(),
-            server_key: hmac(&salted, b"Server Key"),
-        }
+        Verifier { iterations, salt, stored_key: Sha256::digest(client_key).into(), server_key: hmac(&salted, b"Server Key") }
     }
 
     pub fn parse(text: &str) -> Result<Verifier, ScramError> {
@@ -130,10 +125,7 @@ impl ServerExchange {
         let client_nonce = attr(bare, 'r').ok_or(ScramError::Malformed("client nonce"))?;
         let nonce = format!("{client_nonce}{}", self::nonce()?);
         let server_first = format!("r={nonce},s={},i={}", B64.encode(&verifier.salt), verifier.iterations);
-        Ok((
-            ServerExchange { verifier, client_first_bare: bare.to_string(), server_first: server_first.clone(), nonce },
-            server_first,
-        ))
+        Ok((ServerExchange { verifier, client_first_bare: bare.to_string(), server_first: server_first.clone(), nonce }, server_first))
     }
 
     /// Checks the client-final message; returns the server-final message.

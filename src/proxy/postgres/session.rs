@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::codec::{auth_message, error_response, message, read_message, read_startup, MessageScanner, StartupPacket, WireError, PROTOCOL_3_2};
+use super::codec::{
+    auth_message, error_response, message, read_message, read_startup, MessageScanner, StartupPacket, WireError, PROTOCOL_3_2,
+};
 use super::identity::{authorize, split_login, user_by_cn, user_by_name};
 use super::messages::{client_captures, client_event, server_captures, server_result};
 use super::pairing::Pairing;
@@ -84,7 +86,9 @@ pub async fn run(conn: Connection, ctx: Arc<ListenerContext>, state: Arc<DbState
     let info = conn.info();
     let span = conn.span;
     let client = Stream::Plain(conn.stream);
-    if let Some((client, established)) = tracing::Instrument::instrument(handshake(client, &ctx, &state, &cancels, info), span.clone()).await {
+    if let Some((client, established)) =
+        tracing::Instrument::instrument(handshake(client, &ctx, &state, &cancels, info), span.clone()).await
+    {
         let Established { port, upstream, synthetic, real } = established;
         if let Some((pid, key)) = real {
             lock(&cancels).insert(synthetic.clone(), CancelTarget { upstream: state.upstream.clone(), pid, key });
@@ -96,7 +100,13 @@ pub async fn run(conn: Connection, ctx: Arc<ListenerContext>, state: Arc<DbState
 
 /// Everything before the relay: TLS, cancel requests, authentication, the upstream login.
 /// Returns the session to relay, or none when the connection ended here.
-async fn handshake(mut client: Stream, ctx: &ListenerContext, state: &DbState, cancels: &CancelMap, info: ConnectionInfo) -> Option<(Stream, Established)> {
+async fn handshake(
+    mut client: Stream,
+    ctx: &ListenerContext,
+    state: &DbState,
+    cancels: &CancelMap,
+    info: ConnectionInfo,
+) -> Option<(Stream, Established)> {
     // Startup phase: SSL / GSSENC negotiation and cancel requests come before the startup message.
     let (version, params) = loop {
         match read_startup(&mut client).await {
@@ -327,7 +337,8 @@ async fn establish(
         Ok(s) => s,
         Err(UpstreamError::Server { text, raw }) => {
             send(client, &raw).await;
-            let _ = port.emit(EventBody::SessionStart { status: Status::failed(text, "upstream refused the login"), postgres_pid: None }).await;
+            let _ =
+                port.emit(EventBody::SessionStart { status: Status::failed(text, "upstream refused the login"), postgres_pid: None }).await;
             port.seal().await;
             return Ok(None);
         }
@@ -356,7 +367,9 @@ async fn establish(
                 out.extend_from_slice(&message(b'E', &body));
                 send(client, &out).await;
                 let text = super::messages::error_text(&body);
-                let _ = port.emit(EventBody::SessionStart { status: Status::failed(text, "upstream refused the session"), postgres_pid: None }).await;
+                let _ = port
+                    .emit(EventBody::SessionStart { status: Status::failed(text, "upstream refused the session"), postgres_pid: None })
+                    .await;
                 port.seal().await;
                 return Ok(None);
             }
@@ -416,7 +429,8 @@ async fn relay_session(client: Stream, upstream: Stream, port: AuditPort, ctx: &
         Stop::UpstreamMalformed(detail, sample) => {
             tracing::warn!(parent: span, %detail, "malformed message from the upstream; closing the connection");
             let _ = port.emit(EventBody::MalformedPacket { payload: sample }).await;
-            send(&mut client_write, &error_response("FATAL", "08P01", "dbtape: the database sent a malformed message; connection closed")).await;
+            send(&mut client_write, &error_response("FATAL", "08P01", "dbtape: the database sent a malformed message; connection closed"))
+                .await;
         }
         Stop::Audit(e) => {
             tracing::error!(parent: span, error = %e, "recording failed in strict mode; ending the session");

@@ -101,7 +101,11 @@ impl UpstreamTarget {
                 b'E' => return Err(UpstreamError::Server { text: error_text(&body), raw: message(b'E', &body) }),
                 b'v' | b'N' => continue, // NegotiateProtocolVersion, NoticeResponse
                 b'R' => {}
-                _ => return Err(WireError::Malformed { what: "authentication", detail: format!("unexpected message {:?}", ty as char) }.into()),
+                _ => {
+                    return Err(
+                        WireError::Malformed { what: "authentication", detail: format!("unexpected message {:?}", ty as char) }.into()
+                    )
+                }
             }
             let code = body.get(..4).map(|c| i32::from_be_bytes([c[0], c[1], c[2], c[3]])).unwrap_or(-1);
             let data = body.get(4..).unwrap_or_default();
@@ -169,4 +173,3 @@ impl UpstreamTarget {
 fn hex(bytes: &[u8]) -> String {
     crate::recording::format::hex(bytes)
 }
-

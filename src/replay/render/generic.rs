@@ -6,9 +6,27 @@ use crate::audit::RecordedEvent;
 
 /// Fields every event carries; left out of the generic field listing.
 const COMMON_FIELDS: &[&str] = &[
-    "ei", "event", "uid", "code", "time", "cluster_name", "user", "sid", "db_service", "db_protocol", "db_uri",
-    "db_name", "db_user", "db_labels", "db_aws_region", "db_type", "namespace", "server_id", "server_hostname",
-    "server_addr", "server_version",
+    "ei",
+    "event",
+    "uid",
+    "code",
+    "time",
+    "cluster_name",
+    "user",
+    "sid",
+    "db_service",
+    "db_protocol",
+    "db_uri",
+    "db_name",
+    "db_user",
+    "db_labels",
+    "db_aws_region",
+    "db_type",
+    "namespace",
+    "server_id",
+    "server_hostname",
+    "server_addr",
+    "server_version",
 ];
 
 #[derive(Default)]

@@ -75,7 +75,11 @@ pub fn write_prompted(prompt: &str, text: &str, out: &mut String) {
 }
 
 pub fn rows_affected(n: u64) -> String {
-    if n == 1 { "(1 row affected)".to_string() } else { format!("({n} rows affected)") }
+    if n == 1 {
+        "(1 row affected)".to_string()
+    } else {
+        format!("({n} rows affected)")
+    }
 }
 
 /// Shared by every renderer: the gap notice for events a best_effort recording lost.
@@ -83,10 +87,6 @@ pub fn render_gap(event: &RecordedEvent, out: &mut String) -> bool {
     if event.event != "dbtape.recording.gap" {
         return false;
     }
-    out.push_str(&format!(
-        "\r\n[dbtape: {} event(s) could not be recorded here: {}]\r\n",
-        event.lost_events.unwrap_or(0),
-        event.error
-    ));
+    out.push_str(&format!("\r\n[dbtape: {} event(s) could not be recorded here: {}]\r\n", event.lost_events.unwrap_or(0), event.error));
     true
 }

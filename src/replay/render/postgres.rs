@@ -111,17 +111,10 @@ impl Renderer for PostgresRenderer {
                     self.expecting_result = false;
                     return;
                 };
-                let mut text = self
-                    .statements
-                    .get(statement)
-                    .cloned()
-                    .unwrap_or_else(|| format!("EXECUTE {statement}"));
+                let mut text = self.statements.get(statement).cloned().unwrap_or_else(|| format!("EXECUTE {statement}"));
                 if !parameters.is_empty() {
-                    let rendered: Vec<String> = parameters
-                        .iter()
-                        .enumerate()
-                        .map(|(i, p)| format!("${} = {}", i + 1, go_quote(p)))
-                        .collect();
+                    let rendered: Vec<String> =
+                        parameters.iter().enumerate().map(|(i, p)| format!("${} = {}", i + 1, go_quote(p))).collect();
                     text.push_str(&format!(" ({})", rendered.join(", ")));
                 }
                 self.query(event.ei, format!("{}=> ", event.db_name), text, out);
