@@ -174,7 +174,14 @@ fn main() {
         let start = Instant::now();
         let mut buf = Vec::with_capacity(64 << 20);
         for (i, body) in events.iter().enumerate() {
-            let event = dbtape::audit::AuditEvent { index: i as u64, uid: uuid::Uuid::new_v4(), time_ms: i as i64, context: &ctx, body };
+            let event = dbtape::audit::AuditEvent {
+                index: i as u64,
+                uid: uuid::Uuid::new_v4(),
+                time_ms: i as i64,
+                context: &ctx,
+                body,
+                notes: None,
+            };
             serde_json::to_writer(&mut buf, &event).expect("serialise");
             buf.push(b'\n');
         }

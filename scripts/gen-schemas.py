@@ -30,6 +30,17 @@ COMMON = {
     "db_labels": {"type": "object", "additionalProperties": {"type": "string"}},
     "db_aws_region": S,
     "db_type": S,
+    "truncated": {
+        "type": "array",
+        "description": "dbtape: captured text stored cut at recording.max_query_bytes, with the full text's length and SHA-256.",
+        "items": {
+            "type": "object",
+            "properties": {"field": S, "bytes": {"type": "integer", "minimum": 0},
+                           "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"}},
+            "required": ["field", "bytes", "sha256"],
+            "additionalProperties": False,
+        },
+    },
 }
 REQUIRED = ["ei", "event", "uid", "code", "time", "sid", "db_protocol", "db_uri"]
 STATUS = {"success": {"type": "boolean"}, "error": S, "message": S}

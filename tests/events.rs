@@ -41,7 +41,7 @@ fn ctx(protocol: Protocol) -> SessionContext {
 }
 
 fn render(ctx: &SessionContext, index: u64, body: &EventBody) -> serde_json::Value {
-    let event = AuditEvent { index, uid: uuid::Uuid::parse_str(UID).unwrap(), time_ms: TIME_MS, context: ctx, body };
+    let event = AuditEvent { index, uid: uuid::Uuid::parse_str(UID).unwrap(), time_ms: TIME_MS, context: ctx, body, notes: None };
     let line = serde_json::to_vec(&event).unwrap();
     assert_schema_valid(&line)
 }
@@ -296,7 +296,7 @@ fn the_recorders_spliced_json_equals_the_plain_serialisation() {
         EventBody::RecordingGap { lost_events: 3, error: "disk full".into() },
     ];
     for body in &bodies {
-        let event = AuditEvent { index: 9, uid: uuid::Uuid::parse_str(UID).unwrap(), time_ms: TIME_MS, context: &c, body };
+        let event = AuditEvent { index: 9, uid: uuid::Uuid::parse_str(UID).unwrap(), time_ms: TIME_MS, context: &c, body, notes: None };
         // As the recorder stores it (compact unless the event overrides a session field) and
         // as readers give it back.
         let mut spliced = Vec::new();

@@ -395,7 +395,8 @@ fn compact_frames_read_back_as_whole_events_and_overrides_keep_their_own_fields(
     for (i, (line, body)) in lines.iter().zip(&bodies).enumerate() {
         let got = assert_schema_valid(line);
         let uid = uuid::Uuid::parse_str(got["uid"].as_str().unwrap()).unwrap();
-        let event = dbtape::audit::AuditEvent { index: i as u64, uid, time_ms: 1_700_000_000_000 + i as i64, context: &ctx, body };
+        let event =
+            dbtape::audit::AuditEvent { index: i as u64, uid, time_ms: 1_700_000_000_000 + i as i64, context: &ctx, body, notes: None };
         assert_eq!(got, serde_json::to_value(&event).unwrap(), "event {i}");
     }
     assert_eq!(serde_json::from_slice::<serde_json::Value>(&lines[2]).unwrap()["db_name"], "other_db");

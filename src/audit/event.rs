@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::{Serialize, Serializer};
 use uuid::Uuid;
 
+use super::capture::{EventNotes, Truncation};
 use super::codes::{EventCode, EventType, Protocol};
 
 /// Who is behind the session.
@@ -233,6 +234,8 @@ pub struct AuditEvent<'a> {
     pub time_ms: i64,
     pub context: &'a SessionContext,
     pub body: &'a EventBody,
+    /// What the recorder did to the body before storing it (cut oversized text).
+    pub notes: Option<&'a EventNotes>,
 }
 
 /// RFC 3339, UTC, millisecond precision: `2025-01-02T03:04:05.678Z`.
@@ -430,6 +433,9 @@ struct Wire<'a> {
     user_agent: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     postgres_pid: Option<u32>,
+    /// dbtape's own: fields stored cut, with the full text's length and SHA-256.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    truncated: Option<&'a [Truncation]>,
 }
 
 impl<'a> Wire<'a> {
@@ -581,6 +587,9 @@ impl AuditEvent<'_> {
             }
         }
         w.fixed = Some(fixed);
+        if let Some(notes) = self.notes.filter(|n| !n.truncated.is_empty()) {
+            w.truncated = Some(&notes.truncated);
+        }
         w
     }
 }

@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
+use super::capture::EventNotes;
 use super::event::{EventBody, SessionContext, Status};
 use crate::recording::{FsyncPolicy, RecordingError, RecordingMode, SessionLog};
 
@@ -54,9 +55,11 @@ impl AuditPort {
 
     /// Records an event. Strict mode returns an error when it cannot be recorded; with the
     /// `always` fsync policy it also waits until the event is on disk.
-    pub async fn emit_at(&self, body: EventBody, time_ms: i64) -> Result<Option<u64>, AuditError> {
+    pub async fn emit_at(&self, mut body: EventBody, time_ms: i64) -> Result<Option<u64>, AuditError> {
         let strict = self.log.mode() == RecordingMode::Strict;
-        match self.log.append(&body, time_ms) {
+        let truncated = body.cap_captured_text(self.log.max_query_bytes());
+        let notes = (!truncated.is_empty()).then_some(EventNotes { truncated });
+        match self.log.append_noted(&body, notes.as_ref(), time_ms) {
             Ok(ticket) => {
                 if strict && self.log.fsync_policy() == FsyncPolicy::Always {
                     self.log.wait_durable(ticket).await?;

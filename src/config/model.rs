@@ -80,6 +80,7 @@ pub(super) struct RawRecording {
     pub signing_key: PathBuf,
     pub frame_target_bytes: usize,
     pub zstd_level: i32,
+    pub max_query_bytes: usize,
 }
 
 impl Default for RawRecording {
@@ -92,6 +93,7 @@ impl Default for RawRecording {
             signing_key: PathBuf::from("keys/recording-signing.key"),
             frame_target_bytes: 256 * 1024,
             zstd_level: 1,
+            max_query_bytes: 1024 * 1024,
         }
     }
 }
@@ -106,6 +108,8 @@ pub struct RecordingSection {
     pub signing_key: PathBuf,
     pub frame_target_bytes: usize,
     pub zstd_level: i32,
+    /// Captured text one event may carry before it is stored cut.
+    pub max_query_bytes: usize,
 }
 
 impl RecordingSection {
@@ -117,6 +121,7 @@ impl RecordingSection {
             batch_interval: self.batch_interval,
             frame_target_bytes: self.frame_target_bytes,
             zstd_level: self.zstd_level,
+            max_query_bytes: self.max_query_bytes,
         }
     }
 }

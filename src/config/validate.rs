@@ -124,11 +124,18 @@ fn check_recording(raw: &RawConfig, base: &Path, issues: &mut Issues<'_>) -> Rec
             std::time::Duration::from_millis(200)
         }
     };
-    if !(4096..=32 * 1024 * 1024).contains(&r.frame_target_bytes) {
+    if !(4096..=crate::recording::MAX_FRAME_TARGET_BYTES).contains(&r.frame_target_bytes) {
         issues.add(
             "recording.frame_target_bytes",
             format!("{} is out of range", r.frame_target_bytes),
             "use a size between 4096 and 33554432 bytes; the default is 262144",
+        );
+    }
+    if !(1024..=crate::recording::MAX_QUERY_BYTES_LIMIT).contains(&r.max_query_bytes) {
+        issues.add(
+            "recording.max_query_bytes",
+            format!("{} is out of range", r.max_query_bytes),
+            "use a size between 1024 and 2097152 bytes; the default is 1048576",
         );
     }
     if !(1..=19).contains(&r.zstd_level) {
@@ -145,6 +152,7 @@ fn check_recording(raw: &RawConfig, base: &Path, issues: &mut Issues<'_>) -> Rec
         signing_key: resolve(base, &r.signing_key),
         frame_target_bytes: r.frame_target_bytes,
         zstd_level: r.zstd_level,
+        max_query_bytes: r.max_query_bytes,
     }
 }
 

@@ -12,4 +12,7 @@ pub mod writer;
 
 pub use reader::{FrameReader, Next, ReadError, Tail};
 pub use store::{validate_session_id, RecordingState, RecordingStore, SessionSummary, StoreError};
-pub use writer::{AppendTicket, FsyncPolicy, Recorder, RecorderConfig, RecordingError, RecordingMode, SessionLog};
+pub use writer::{
+    AppendTicket, FsyncPolicy, Recorder, RecorderConfig, RecordingError, RecordingMode, SessionLog, MAX_EVENT_BYTES,
+    MAX_FRAME_TARGET_BYTES, MAX_QUERY_BYTES_LIMIT,
+};

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use super::format::{encode_frame, hex, FrameKind, FrameSpec, SessionHeader, Trailer, FILE_MAGIC};
 use super::signing::{ManifestBody, Signer};
 use super::store::{RecordingState, RecordingStore, SessionSummary, StoreError};
-use crate::audit::{AuditEvent, EventBody, SessionContext};
+use crate::audit::{AuditEvent, EventBody, EventNotes, SessionContext};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FsyncPolicy {
@@ -45,7 +45,21 @@ pub struct RecorderConfig {
     /// Uncompressed bytes at which a frame is cut.
     pub frame_target_bytes: usize,
     pub zstd_level: i32,
+    /// Captured text (queries, parameters, error text) one event may carry; more is stored
+    /// cut, with the full length and SHA-256.
+    pub max_query_bytes: usize,
 }
+
+/// No one event takes more than this many bytes of JSON. Frames are cut once they reach
+/// their target (at most `MAX_FRAME_TARGET_BYTES`), so a frame stays under what every reader
+/// accepts, whatever a client sends.
+pub const MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
+/// The largest `frame_target_bytes` the config accepts.
+pub const MAX_FRAME_TARGET_BYTES: usize = 32 * 1024 * 1024;
+/// The largest `max_query_bytes` the config accepts: escaped as JSON (up to six bytes per
+/// byte of text), it still fits in `MAX_EVENT_BYTES` with room for the rest of the event.
+pub const MAX_QUERY_BYTES_LIMIT: usize = 2 * 1024 * 1024;
+const _: () = assert!(MAX_FRAME_TARGET_BYTES + MAX_EVENT_BYTES < super::format::MAX_FRAME_BYTES as usize);
 
 impl RecorderConfig {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
@@ -56,6 +70,7 @@ impl RecorderConfig {
             batch_interval: Duration::from_millis(200),
             frame_target_bytes: 256 * 1024,
             zstd_level: 1,
+            max_query_bytes: 1024 * 1024,
         }
     }
 }
@@ -390,9 +405,18 @@ impl SessionLog {
         self.state.start_ms
     }
 
+    pub fn max_query_bytes(&self) -> usize {
+        self.shared.config.max_query_bytes
+    }
+
     /// Stamps `ei`, `uid` and `time` on the event and queues it. In strict mode an error
     /// means the event is not recorded and the session must stop.
     pub fn append(&self, body: &EventBody, time_ms: i64) -> Result<AppendTicket, RecordingError> {
+        self.append_noted(body, None, time_ms)
+    }
+
+    /// As `append`, with what was done to the body before (see `EventBody::cap_captured_text`).
+    pub fn append_noted(&self, body: &EventBody, notes: Option<&EventNotes>, time_ms: i64) -> Result<AppendTicket, RecordingError> {
         let config = &self.shared.config;
         let mut inner = lock(&self.state.inner);
         if inner.closing {
@@ -414,7 +438,7 @@ impl SessionLog {
             }
             inner.pending_full = full;
         }
-        let ei = push_event(&mut inner, &self.state, body, time_ms);
+        let ei = push_event(&mut inner, &self.state, body, notes, time_ms);
         let frame_full = inner.pending.len() >= config.frame_target_bytes;
         if frame_full {
             if let Some(raw) = take_frame(&mut inner, &self.state) {
@@ -499,13 +523,27 @@ fn compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
 }
 
 /// Stamps `ei` and `uid`, serialises the event onto the pending buffer and counts it.
-fn push_event(inner: &mut Inner, session: &SessionState, body: &EventBody, time_ms: i64) -> u64 {
+fn push_event(inner: &mut Inner, session: &SessionState, body: &EventBody, notes: Option<&EventNotes>, time_ms: i64) -> u64 {
     let ei = inner.next_ei;
-    let event = AuditEvent { index: ei, uid: uuid::Uuid::new_v4(), time_ms, context: &session.ctx, body };
-    if inner.pending_full {
-        event.write_json(&mut inner.pending);
-    } else {
-        event.write_compact(&mut inner.pending);
+    let before = inner.pending.len();
+    let full = inner.pending_full;
+    let write = |pending: &mut Vec<u8>, body: &EventBody, notes: Option<&EventNotes>| {
+        let event = AuditEvent { index: ei, uid: uuid::Uuid::new_v4(), time_ms, context: &session.ctx, body, notes };
+        if full {
+            event.write_json(pending);
+        } else {
+            event.write_compact(pending);
+        }
+    };
+    write(&mut inner.pending, body, notes);
+    let written = inner.pending.len() - before;
+    if written > MAX_EVENT_BYTES {
+        // Only reachable if captured text escaped past the cap's worst case; the event is
+        // lost rather than the readability of everything after it.
+        inner.pending.truncate(before);
+        let error = format!("a {} event of {written} bytes exceeds the {MAX_EVENT_BYTES}-byte event limit", body.event_type().as_str());
+        tracing::error!(sid = %session.ctx.sid, %error, "event not recorded");
+        write(&mut inner.pending, &EventBody::RecordingGap { lost_events: 1, error }, None);
     }
     inner.pending.push(b'\n');
     inner.next_ei += 1;
@@ -531,7 +569,7 @@ fn take_frame(inner: &mut Inner, session: &SessionState) -> Option<RawFrame> {
     let mut gap_reported = 0;
     if inner.unreported_lost > 0 {
         let gap = EventBody::RecordingGap { lost_events: inner.unreported_lost, error: inner.gap_error.clone() };
-        push_event(inner, session, &gap, chrono::Utc::now().timestamp_millis());
+        push_event(inner, session, &gap, None, chrono::Utc::now().timestamp_millis());
         gap_reported = std::mem::take(&mut inner.unreported_lost);
     }
     if inner.pending_events == 0 {

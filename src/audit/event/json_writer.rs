@@ -83,6 +83,11 @@ impl Wire<'_> {
         opt_u64(out, "lost_events", self.lost_events);
         opt_str(out, "user_agent", self.user_agent);
         opt_u64(out, "postgres_pid", self.postgres_pid.map(u64::from));
+        if let Some(truncated) = self.truncated {
+            key(out, "truncated");
+            // Rare (oversized events only): serde_json's own writer.
+            let _ = serde_json::to_writer(&mut *out, truncated);
+        }
         out.push(b'}');
     }
 }
@@ -307,8 +312,19 @@ mod tests {
             let ctx = context(awkward);
             let fixed = fixed_fields_json(&ctx);
             for (i, body) in bodies().iter().enumerate() {
+                // Odd events carry notes, as oversized ones do.
+                let notes = (i % 2 == 1).then(|| crate::audit::EventNotes {
+                    truncated: vec![crate::audit::Truncation { field: "query".into(), bytes: 1 << 40, sha256: "ab\"\u{1}".into() }],
+                });
                 for time_ms in [0, 1_790_000_000_123, 1_790_000_000_123, -1] {
-                    let event = AuditEvent { index: i as u64 * 1_000_003, uid: uuid::Uuid::new_v4(), time_ms, context: &ctx, body };
+                    let event = AuditEvent {
+                        index: i as u64 * 1_000_003,
+                        uid: uuid::Uuid::new_v4(),
+                        time_ms,
+                        context: &ctx,
+                        body,
+                        notes: notes.as_ref(),
+                    };
                     let reference = serde_json::to_vec(&event).unwrap_or_default();
                     let mut full = Vec::new();
                     event.write_json(&mut full);
