@@ -70,3 +70,86 @@ fn base64_len(n: usize) -> usize {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// Raises this process's descriptor limit to its hard limit: the flood below holds both
+/// ends of thousands of sockets in one process.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+    }
+    assert!(limit.rlim_cur >= 5000, "the flood test needs 5000 descriptors; the hard limit is {}", limit.rlim_cur);
+}
+
+async fn connect_from(source: [u8; 4], to: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind((std::net::Ipv4Addr::from(source), 0).into()).unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), socket.connect(to)).await.unwrap().unwrap()
+}
+
+/// Whether the proxy has closed the socket (EOF or reset), waiting until `by`.
+async fn closed_by(stream: &mut tokio::net::TcpStream, by: tokio::time::Instant) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut byte = [0u8; 64];
+    loop {
+        match tokio::time::timeout_at(by, stream.read(&mut byte)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            // The proxy may answer before closing (an error message); keep reading.
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Thousands of sockets that never log in (silent, or a byte a second) used to stay open
+/// forever and could hold every descriptor; now each is closed by the login deadline (or
+/// at once beyond the per-source cap) and a real psql logs in throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_that_never_log_in_are_closed_and_do_not_lock_out_psql() {
+    use tokio::io::AsyncWriteExt;
+    raise_fd_limit();
+    let mut proxy = Proxy::start_custom("login_timeout = \"2s\"", "").await;
+    let started = tokio::time::Instant::now();
+    let mut silent = Vec::new();
+    for _ in 0..2000 {
+        silent.push(connect_from([127, 0, 0, 2], proxy.addr).await);
+    }
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        slow.push(connect_from([127, 0, 0, 3], proxy.addr).await);
+    }
+    // A startup packet's length, one byte a second, from another task.
+    let dribble = tokio::spawn(async move {
+        for byte in [0u8, 0, 0, 80] {
+            for s in slow.iter_mut() {
+                let _ = s.write_all(&[byte]).await;
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        slow
+    });
+
+    let (ok, stdout, stderr) =
+        proxy.psql(proxy.conninfo("alice", ""), Some(ALICE_PASSWORD), vec!["-Atc".into(), "SELECT 'in'".into()]).await;
+    assert!(ok, "psql was locked out by the flood: {stderr}");
+    assert_eq!(stdout.trim(), "in");
+
+    // Deadline 2 s after each accept; allow generous slack for a loaded machine.
+    let by = started + std::time::Duration::from_secs(12);
+    let mut open = 0;
+    for s in silent.iter_mut() {
+        if !closed_by(s, by).await {
+            open += 1;
+        }
+    }
+    assert_eq!(open, 0, "{open} of 2000 silent sockets still open");
+    let mut slow = dribble.await.unwrap();
+    for s in slow.iter_mut() {
+        assert!(closed_by(s, by).await, "a slow-loris socket is still open");
+    }
+    let (ok, _, stderr) = proxy.psql(proxy.conninfo("alice", ""), Some(ALICE_PASSWORD), vec!["-Atc".into(), "SELECT 1".into()]).await;
+    assert!(ok, "{stderr}");
+    proxy.stop().await;
+}

@@ -44,9 +44,28 @@ pub struct ServerSection {
     pub log_format: LogFormat,
     /// Connection worker threads; 0 means half the CPUs, at least one.
     pub workers: usize,
+    /// How long a connection may take to log in: TLS handshake, client authentication and
+    /// upstream login. PostgreSQL's own `authentication_timeout` is 60 s; strangers get less.
+    #[serde(with = "humantime_serde_compat")]
+    pub login_timeout: std::time::Duration,
+    /// Connections still logging in, per listener; more are closed at accept.
+    pub max_pending_logins: usize,
+    /// Connections still logging in from one source address, per listener.
+    pub max_pending_logins_per_source: usize,
+    /// The machine's host name (`server_hostname` on events); read at start-up, not configured.
+    #[serde(skip)]
+    pub hostname: String,
 }
 
 impl ServerSection {
+    pub fn login_limits(&self) -> crate::server::LoginLimits {
+        crate::server::LoginLimits {
+            timeout: self.login_timeout,
+            max_pending: self.max_pending_logins,
+            max_pending_per_source: self.max_pending_logins_per_source,
+        }
+    }
+
     /// How many connection workers to run. The default leaves half the CPUs to the
     /// database, clients and kernel work the proxy shares its host with: on a 2-core host
     /// one worker served as many transactions as two, at 13-15% less CPU each (BENCHMARKS.md).
@@ -66,6 +85,10 @@ impl Default for ServerSection {
             shutdown_grace: std::time::Duration::from_secs(30),
             log_format: LogFormat::Text,
             workers: 0,
+            login_timeout: std::time::Duration::from_secs(10),
+            max_pending_logins: 1024,
+            max_pending_logins_per_source: 64,
+            hostname: String::new(),
         }
     }
 }

@@ -46,9 +46,23 @@ pub(super) fn check(raw: RawConfig, file: &Path, base: &Path) -> Result<Config, 
             format!("use 0 (half the CPUs, at least one) or a number up to {MAX_WORKERS}"),
         );
     }
+    if server.login_timeout.is_zero() || server.login_timeout > std::time::Duration::from_secs(600) {
+        issues.add(
+            "server.login_timeout",
+            format!("{:?} is out of range", server.login_timeout),
+            "use a duration between 1ms and 10m, e.g. \"10s\" (the default)",
+        );
+    }
+    if server.max_pending_logins == 0 {
+        issues.add("server.max_pending_logins", "is 0, so no one could log in", "use a positive number; the default is 1024");
+    }
+    if server.max_pending_logins_per_source == 0 {
+        issues.add("server.max_pending_logins_per_source", "is 0, so no one could log in", "use a positive number; the default is 64");
+    }
+    server.hostname =
+        std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "dbtape".into());
     if server.server_id.is_empty() {
-        server.server_id =
-            std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "dbtape".into());
+        server.server_id = server.hostname.clone();
     }
     if let Some(s3) = &raw.storage.s3 {
         if s3.bucket.trim().is_empty() {

@@ -23,6 +23,9 @@ pub struct Connection {
     /// and log the relay with it as the explicit parent: entering a span on every poll of a
     /// busy relay costs more than the rest of the bookkeeping on that path.
     pub span: tracing::Span,
+    /// Counts against the listener's pre-login limits until the engine calls `logged_in`;
+    /// the server core closes the connection if its deadline passes first.
+    pub login: super::LoginSlot,
 }
 
 impl Connection {
@@ -138,7 +141,7 @@ impl ListenerContext {
             },
             server: ServerMeta {
                 server_id: self.config.server.server_id.clone(),
-                hostname: self.config.server.server_id.clone(),
+                hostname: self.config.server.hostname.clone(),
                 addr: conn.local.map(|a| a.to_string()).unwrap_or_default(),
                 version: env!("CARGO_PKG_VERSION").to_string(),
             },

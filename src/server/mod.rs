@@ -2,6 +2,7 @@
 //! session bookkeeping, and graceful shutdown that seals every open recording.
 
 mod engine;
+mod login_gate;
 mod workers;
 
 use std::collections::HashMap;
@@ -14,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use engine::{BoxFuture, Connection, ConnectionInfo, Engine, EngineRegistry, ListenerContext, SessionIdentity};
+pub use login_gate::{GateRefusal, LoginGate, LoginLimits, LoginSlot};
 pub use workers::WorkerPool;
 
 use crate::audit::Protocol;
@@ -39,6 +41,7 @@ struct BoundListener {
     listener: TcpListener,
     context: Arc<ListenerContext>,
     engine: Arc<dyn Engine>,
+    gate: LoginGate,
 }
 
 pub struct Server {
@@ -83,7 +86,7 @@ impl Server {
             })?;
             let context =
                 Arc::new(ListenerContext::new(config.clone(), Arc::new(db.clone()), protocol, recorder.clone(), shutdown.clone()));
-            listeners.push(BoundListener { listener, context, engine });
+            listeners.push(BoundListener { listener, context, engine, gate: LoginGate::new(config.server.login_limits()) });
         }
         let workers = Arc::new(WorkerPool::start(config.server.worker_count()).map_err(ServerError::Workers)?);
         tracing::debug!(workers = workers.len(), "connection workers started");
@@ -126,7 +129,8 @@ impl Server {
 }
 
 async fn accept_loop(bound: BoundListener, tracker: TaskTracker, workers: Arc<WorkerPool>, shutdown: CancellationToken) {
-    let BoundListener { listener, context, engine } = bound;
+    let BoundListener { listener, context, engine, gate } = bound;
+    let mut refusals = RefusalLog::default();
     let database = context.database().name.clone();
     tracing::info!(database = %database, addr = ?listener.local_addr().ok(), protocol = %context.protocol(), "listening");
     loop {
@@ -136,6 +140,13 @@ async fn accept_loop(bound: BoundListener, tracker: TaskTracker, workers: Arc<Wo
         };
         match accepted {
             Ok((stream, peer)) => {
+                let login = match gate.admit(peer.ip()) {
+                    Ok(slot) => slot,
+                    Err(why) => {
+                        refusals.note(&database, peer, why);
+                        continue;
+                    }
+                };
                 let _ = stream.set_nodelay(true);
                 let local = stream.local_addr().ok();
                 // The socket moves to a worker's reactor, so it leaves this one first.
@@ -158,7 +169,13 @@ async fn accept_loop(bound: BoundListener, tracker: TaskTracker, workers: Arc<Wo
                         }
                     };
                     let span = tracing::info_span!("conn", database = %database, peer = %peer);
-                    engine.handle(Connection { stream, peer, local, span }, context).await;
+                    // The engine answers a late login in its own protocol at the deadline; this
+                    // is the backstop for one that does not.
+                    let expired = login.expiry(LOGIN_DEADLINE_GRACE);
+                    tokio::select! {
+                        () = engine.handle(Connection { stream, peer, local, span: span.clone(), login }, context) => {}
+                        () = expired => tracing::info!(parent: &span, "login deadline passed; connection closed"),
+                    }
                 });
             }
             Err(e) => {
@@ -167,6 +184,34 @@ async fn accept_loop(bound: BoundListener, tracker: TaskTracker, workers: Arc<Wo
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+    }
+}
+
+/// How long after the login deadline the server core closes a connection its engine has
+/// not ended.
+const LOGIN_DEADLINE_GRACE: Duration = Duration::from_secs(1);
+
+/// Logs connections turned away at accept at most once a second per listener, with a
+/// count: a flood must not become a flood of log lines.
+#[derive(Default)]
+struct RefusalLog {
+    since_last: u64,
+    last: Option<std::time::Instant>,
+}
+
+impl RefusalLog {
+    fn note(&mut self, database: &str, peer: SocketAddr, why: GateRefusal) {
+        self.since_last += 1;
+        if self.last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return;
+        }
+        let reason = match why {
+            GateRefusal::ListenerFull => "server.max_pending_logins",
+            GateRefusal::SourceFull => "server.max_pending_logins_per_source",
+        };
+        tracing::warn!(database = %database, %peer, limit = reason, refused = self.since_last, "too many connections still logging in; closing new ones");
+        self.since_last = 0;
+        self.last = Some(std::time::Instant::now());
     }
 }
 

@@ -49,6 +49,11 @@ impl Proxy {
 
     /// `extra_recording` is added to the [recording] section (e.g. `mode = "best_effort"`).
     pub async fn start_with(extra_recording: &str) -> Proxy {
+        Self::start_custom("", extra_recording).await
+    }
+
+    /// As `start_with`, with `extra_server` added to the [server] section.
+    pub async fn start_custom(extra_server: &str, extra_recording: &str) -> Proxy {
         let services = Services::load();
         let root = tempfile::tempdir().unwrap();
         let certs = services.get("CERTS").to_string();
@@ -59,6 +64,7 @@ impl Proxy {
 shutdown_grace = "2s"
 # More workers than the CI machine's default, so sessions, cancels and shutdown cross workers.
 workers = 3
+{extra_server}
 [recording]
 dir = "{root}/recordings"
 signing_key = "{root}/key"

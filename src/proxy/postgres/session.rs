@@ -85,10 +85,17 @@ async fn send<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) {
 pub async fn run(conn: Connection, ctx: Arc<ListenerContext>, state: Arc<DbState>, cancels: CancelMap) {
     let info = conn.info();
     let span = conn.span;
+    let mut login = conn.login;
     let client = Stream::Plain(conn.stream);
-    if let Some((client, established)) =
-        tracing::Instrument::instrument(handshake(client, &ctx, &state, &cancels, info), span.clone()).await
-    {
+    let handshake = tracing::Instrument::instrument(handshake(client, &ctx, &state, &cancels, info), span.clone());
+    // Like PostgreSQL's authentication_timeout: a login still unfinished at the deadline is
+    // dropped, closing the socket.
+    let Ok(handshake) = tokio::time::timeout_at(login.deadline(), handshake).await else {
+        tracing::info!(parent: &span, timeout = ?ctx.config().server.login_timeout, "login timed out; connection closed");
+        return;
+    };
+    login.logged_in();
+    if let Some((client, established)) = handshake {
         let Established { port, upstream, synthetic, real } = established;
         if let Some((pid, key)) = real {
             lock(&cancels).insert(synthetic.clone(), CancelTarget { upstream: state.upstream.clone(), pid, key });
