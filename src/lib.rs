@@ -3,6 +3,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::todo, clippy::unimplemented))]
 
 pub mod audit;
+pub mod auth;
 pub mod aws;
 pub mod cli;
 pub mod config;

@@ -153,3 +153,52 @@ async fn sockets_that_never_log_in_are_closed_and_do_not_lock_out_psql() {
     assert!(ok, "{stderr}");
     proxy.stop().await;
 }
+
+/// The SCRAM server-first message dbtape sends for a login name, without its nonce.
+async fn scram_salt_and_iterations(proxy: &Proxy, user: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let mut body = 196_608i32.to_be_bytes().to_vec();
+    body.extend_from_slice(format!("user\0{user}\0database\0postgres\0\0").as_bytes());
+    let mut startup = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    startup.extend_from_slice(&body);
+    s.write_all(&startup).await.unwrap();
+    let read_message = async |s: &mut tokio::net::TcpStream| {
+        let mut header = [0u8; 5];
+        s.read_exact(&mut header).await.unwrap();
+        let mut body = vec![0u8; i32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize - 4];
+        s.read_exact(&mut body).await.unwrap();
+        (header[0], body)
+    };
+    let (ty, body) = read_message(&mut s).await;
+    assert_eq!((ty, &body[..4]), (b'R', &10i32.to_be_bytes()[..]));
+    let first = "n,,n=,r=fyko+d2lbbFgONRv9qkxdawL";
+    let mut p = b"SCRAM-SHA-256\0".to_vec();
+    p.extend_from_slice(&(first.len() as i32).to_be_bytes());
+    p.extend_from_slice(first.as_bytes());
+    let mut m = vec![b'p'];
+    m.extend_from_slice(&((p.len() + 4) as i32).to_be_bytes());
+    m.extend_from_slice(&p);
+    s.write_all(&m).await.unwrap();
+    let (ty, body) = read_message(&mut s).await;
+    assert_eq!((ty, &body[..4]), (b'R', &11i32.to_be_bytes()[..]));
+    let server_first = String::from_utf8(body[4..].to_vec()).unwrap();
+    let field = |name: &str| server_first.split(',').find_map(|f| f.strip_prefix(name)).unwrap().to_string();
+    (field("s="), field("i="))
+}
+
+/// Unknown users used to get a fresh random salt on every try and known users always the
+/// same one, so two tries told who exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_does_not_reveal_which_users_exist() {
+    let mut proxy = Proxy::start().await;
+    let (nobody_salt, nobody_iterations) = scram_salt_and_iterations(&proxy, "nobody").await;
+    let again = scram_salt_and_iterations(&proxy, "nobody").await;
+    assert_eq!(again, (nobody_salt.clone(), nobody_iterations.clone()), "an unknown user's salt changes between tries");
+    let (alice_salt, alice_iterations) = scram_salt_and_iterations(&proxy, "alice").await;
+    assert_eq!(scram_salt_and_iterations(&proxy, "alice").await, (alice_salt.clone(), alice_iterations.clone()));
+    assert_eq!(nobody_iterations, alice_iterations, "an unknown user's iteration count differs from a real user's");
+    assert_eq!(nobody_salt.len(), alice_salt.len());
+    assert_ne!(nobody_salt, scram_salt_and_iterations(&proxy, "somebody-else").await.0);
+    proxy.stop().await;
+}

@@ -341,7 +341,7 @@ async fn login_raw_version(proxy: &Proxy, version: i32) -> (tokio::net::TcpStrea
     let mut startup = ((body.len() + 4) as i32).to_be_bytes().to_vec();
     startup.extend_from_slice(&body);
     s.write_all(&startup).await.unwrap();
-    let (mut scram, first) = dbtape::proxy::postgres::scram::ClientExchange::start(ALICE_PASSWORD).unwrap();
+    let (mut scram, first) = dbtape::auth::scram::ClientExchange::start(ALICE_PASSWORD).unwrap();
     loop {
         let mut header = [0u8; 5];
         s.read_exact(&mut header).await.unwrap();

@@ -329,3 +329,61 @@ async fn md5_and_cleartext_passwords_log_in_to_the_real_postgres() {
         assert!(!text.contains(password), "the upstream password must not be recorded");
     }
 }
+
+/// A stand-in upstream that asks for SCRAM with `iterations` PBKDF2 rounds.
+async fn scram_upstream(tls: Arc<rustls::ServerConfig>, iterations: u64) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let mut request = [0u8; 8];
+        tcp.read_exact(&mut request).await.unwrap();
+        tcp.write_all(b"S").await.unwrap();
+        let mut s = tokio_rustls::TlsAcceptor::from(tls).accept(tcp).await.unwrap();
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).await.unwrap();
+        let mut startup = vec![0u8; i32::from_be_bytes(len) as usize - 4];
+        s.read_exact(&mut startup).await.unwrap();
+        let sasl = b"SCRAM-SHA-256\0\0";
+        let mut m = vec![b'R'];
+        m.extend_from_slice(&((8 + sasl.len()) as i32).to_be_bytes());
+        m.extend_from_slice(&10i32.to_be_bytes());
+        m.extend_from_slice(sasl);
+        s.write_all(&m).await.unwrap();
+        let mut header = [0u8; 5];
+        s.read_exact(&mut header).await.unwrap();
+        let mut body = vec![0u8; i32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize - 4];
+        s.read_exact(&mut body).await.unwrap();
+        let text = String::from_utf8_lossy(&body).into_owned();
+        let nonce = text.split(',').find_map(|f| f.strip_prefix("r=")).unwrap().to_string();
+        let server_first = format!("r={nonce}srv,s=c2FsdHNhbHQ=,i={iterations}");
+        let mut m = vec![b'R'];
+        m.extend_from_slice(&((8 + server_first.len()) as i32).to_be_bytes());
+        m.extend_from_slice(&11i32.to_be_bytes());
+        m.extend_from_slice(server_first.as_bytes());
+        s.write_all(&m).await.unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest).await;
+    });
+    addr
+}
+
+/// An upstream asking for four billion PBKDF2 rounds used to pin the connection's worker
+/// (and every session on it) for hours; now the login fails at once with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_asking_for_endless_scram_work_is_refused() {
+    let s = Services::load();
+    let upstream = scram_upstream(stand_in_tls(&s), 4_000_000_000).await;
+    std::env::set_var("DBTAPE_FAKE_UPSTREAM_PASSWORD_SCRAM", "stand-in");
+    let extra = format!(
+        "[databases.upstream_tls]\nca = \"{}/ca.crt\"\n[databases.auth]\npassword = {{ env = \"DBTAPE_FAKE_UPSTREAM_PASSWORD_SCRAM\" }}\n",
+        s.get("CERTS")
+    );
+    let (addr, _root, stop, task) = proxy_to(upstream, &extra).await;
+    let outcome = tokio::time::timeout(std::time::Duration::from_secs(20), connect_alice(addr)).await;
+    let err = outcome.expect("the login hung on the upstream's PBKDF2 demand").unwrap_err();
+    let message = err.as_db_error().map(|e| e.message().to_string()).unwrap_or_default();
+    assert!(message.contains("4000000000 PBKDF2 iterations"), "{err:?}");
+    let _ = stop.send(());
+    task.await.unwrap();
+}

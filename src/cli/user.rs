@@ -4,7 +4,7 @@
 use std::io::{BufRead, IsTerminal, Write};
 
 use super::Failure;
-use crate::proxy::postgres::scram::Verifier;
+use crate::auth::scram::Verifier;
 
 const ITERATIONS: u32 = 4096;
 

@@ -79,6 +79,18 @@ impl Signer {
         Ok(Signer { key, key_id })
     }
 
+    /// A 32-byte secret for another purpose (`label` names it), derived from the signing
+    /// key so that the proxy keeps one secret file, not one per use.
+    pub fn derive_secret(&self, label: &str) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(b"dbtape derived secret\0");
+        h.update(label.as_bytes());
+        h.update([0]);
+        h.update(self.key.to_bytes());
+        h.finalize().into()
+    }
+
     pub fn key_id(&self) -> &str {
         &self.key_id
     }

@@ -86,6 +86,8 @@ pub struct ListenerContext {
     protocol: Protocol,
     recorder: Arc<Recorder>,
     shutdown: CancellationToken,
+    login_secret: [u8; 32],
+    usual_scram_iterations: u32,
 }
 
 impl ListenerContext {
@@ -95,8 +97,22 @@ impl ListenerContext {
         protocol: Protocol,
         recorder: Arc<Recorder>,
         shutdown: CancellationToken,
+        login_secret: [u8; 32],
     ) -> Self {
-        ListenerContext { config, database, protocol, recorder, shutdown }
+        let usual_scram_iterations = usual_scram_iterations(&config);
+        ListenerContext { config, database, protocol, recorder, shutdown, login_secret, usual_scram_iterations }
+    }
+
+    /// A server secret for login exchanges, e.g. the stand-in SCRAM salt of unknown users;
+    /// stable across restarts, never sent or recorded.
+    pub fn login_secret(&self) -> &[u8; 32] {
+        &self.login_secret
+    }
+
+    /// The PBKDF2 iteration count most users' verifiers have, which a stand-in verifier for
+    /// an unknown user copies so it looks like theirs.
+    pub fn usual_scram_iterations(&self) -> u32 {
+        self.usual_scram_iterations
     }
 
     pub fn config(&self) -> &Config {
@@ -152,4 +168,15 @@ impl ListenerContext {
             },
         }
     }
+}
+
+fn usual_scram_iterations(config: &Config) -> u32 {
+    let mut counts: HashMap<u32, usize> = HashMap::new();
+    for user in &config.users {
+        let verifier = user.scram_verifier.as_ref().and_then(|v| v.read().ok());
+        if let Some(v) = verifier.and_then(|v| crate::auth::scram::Verifier::parse(&v).ok()) {
+            *counts.entry(v.iterations).or_default() += 1;
+        }
+    }
+    counts.into_iter().max_by_key(|&(iterations, n)| (n, iterations)).map_or(4096, |(iterations, _)| iterations)
 }

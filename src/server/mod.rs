@@ -70,6 +70,7 @@ impl Server {
                 }
             }
         }
+        let login_secret = signer.derive_secret("login stand-ins");
         let recorder = Arc::new(Recorder::start(recorder_config, signer)?);
         let shutdown = CancellationToken::new();
         let mut listeners = Vec::new();
@@ -84,8 +85,14 @@ impl Server {
                 addr: db.listen.clone(),
                 source,
             })?;
-            let context =
-                Arc::new(ListenerContext::new(config.clone(), Arc::new(db.clone()), protocol, recorder.clone(), shutdown.clone()));
+            let context = Arc::new(ListenerContext::new(
+                config.clone(),
+                Arc::new(db.clone()),
+                protocol,
+                recorder.clone(),
+                shutdown.clone(),
+                login_secret,
+            ));
             listeners.push(BoundListener { listener, context, engine, gate: LoginGate::new(config.server.login_limits()) });
         }
         let workers = Arc::new(WorkerPool::start(config.server.worker_count()).map_err(ServerError::Workers)?);

@@ -39,7 +39,7 @@ pub struct Proxy {
 }
 
 pub fn verifier(password: &str) -> String {
-    dbtape::proxy::postgres::scram::Verifier::generate(password, 4096).unwrap().to_string()
+    dbtape::auth::scram::Verifier::generate(password, 4096).unwrap().to_string()
 }
 
 impl Proxy {

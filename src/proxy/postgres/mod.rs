@@ -2,17 +2,15 @@
 //! mTLS), logs in upstream as the granted db_user, and records every query and result.
 
 mod codec;
-mod identity;
 mod messages;
 mod pairing;
-pub mod scram;
 mod session;
 mod upstream;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-pub use identity::split_login;
+pub use crate::auth::split_login;
 pub use messages::{affected_rows, error_text};
 use session::{CancelMap, DbState};
 use upstream::UpstreamTarget;

@@ -9,12 +9,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::codec::{
     auth_message, error_response, message, read_message, read_startup, MessageScanner, StartupPacket, WireError, PROTOCOL_3_2,
 };
-use super::identity::{authorize, split_login, user_by_cn, user_by_name};
 use super::messages::{client_captures, client_event, server_captures, server_result};
 use super::pairing::Pairing;
-use super::scram::{ServerExchange, Verifier};
 use super::upstream::{UpstreamError, UpstreamTarget};
 use crate::audit::{AuditPort, EventBody, Status};
+use crate::auth::scram::{ServerExchange, Verifier};
+use crate::auth::{authorize, split_login, user_by_cn, user_by_name};
 use crate::config::{AuthMethod, ClientTlsMode};
 use crate::proxy::stream::Stream;
 use crate::server::{Connection, ConnectionInfo, ListenerContext, SessionIdentity};
@@ -228,7 +228,7 @@ async fn scram_login(client: &mut Stream, verifier: Verifier) -> Result<(), Scra
             client.write_all(&auth_message(12, server_final.as_bytes())).await.map_err(|_| ScramOutcome::Gone)?;
             Ok(())
         }
-        Err(super::scram::ScramError::WrongProof) => Err(ScramOutcome::WrongPassword),
+        Err(crate::auth::scram::ScramError::WrongProof) => Err(ScramOutcome::WrongPassword),
         Err(e) => Err(ScramOutcome::Protocol(e.to_string())),
     }
 }
@@ -294,13 +294,7 @@ async fn establish(
             // the answer does not reveal who exists.
             let verifier = match verifier {
                 Some(v) => v,
-                // Random keys, not a derived password: no PBKDF2 work for strangers.
-                None => Verifier {
-                    iterations: 4096,
-                    salt: random_bytes(16),
-                    stored_key: random_bytes(32).try_into().unwrap_or([0u8; 32]),
-                    server_key: random_bytes(32).try_into().unwrap_or([0u8; 32]),
-                },
+                None => Verifier::stand_in(ctx.login_secret(), person, ctx.usual_scram_iterations()),
             };
             match scram_login(client, verifier).await {
                 Ok(()) if known => {}

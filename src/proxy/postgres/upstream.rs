@@ -9,7 +9,7 @@ use tokio::net::TcpStream;
 
 use super::codec::{message, read_message, startup_message, WireError, PROTOCOL_3_0, SSL_REQUEST};
 use super::messages::error_text;
-use super::scram::ClientExchange;
+use crate::auth::scram::ClientExchange;
 use crate::proxy::stream::Stream;
 
 #[derive(Debug, thiserror::Error)]
@@ -27,7 +27,9 @@ pub enum UpstreamError {
     #[error("upstream requires a password but none is configured")]
     NoPassword,
     #[error("upstream authentication: {0}")]
-    Scram(#[from] super::scram::ScramError),
+    Scram(#[from] crate::auth::scram::ScramError),
+    #[error("a background task failed: {0}")]
+    Blocking(String),
     /// The server's own error, as `SEVERITY: message (SQLSTATE code)`; the raw message is kept
     /// so it can be passed to the client unchanged.
     #[error("{text}")]
@@ -145,8 +147,18 @@ impl UpstreamTarget {
                     scram = Some(exchange);
                 }
                 11 => {
-                    let exchange = scram.as_mut().ok_or(UpstreamError::UnsupportedAuth(11))?;
-                    let reply = exchange.respond(&String::from_utf8_lossy(data))?;
+                    let mut exchange = scram.take().ok_or(UpstreamError::UnsupportedAuth(11))?;
+                    let server_first = String::from_utf8_lossy(data).into_owned();
+                    // PBKDF2 takes milliseconds at the least: off the worker that serves
+                    // other connections.
+                    let (exchange, reply) = tokio::task::spawn_blocking(move || {
+                        let reply = exchange.respond(&server_first);
+                        (exchange, reply)
+                    })
+                    .await
+                    .map_err(|e| UpstreamError::Blocking(e.to_string()))?;
+                    let reply = reply?;
+                    scram = Some(exchange);
                     stream.write_all(&message(b'p', reply.as_bytes())).await.map_err(WireError::from)?;
                 }
                 12 => {

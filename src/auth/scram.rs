@@ -22,7 +22,14 @@ pub enum ScramError {
     BadServerSignature,
     #[error("no randomness: {0}")]
     Random(String),
+    #[error("the server asks for {0} PBKDF2 iterations, more than the {MAX_CLIENT_ITERATIONS} dbtape will compute")]
+    TooManyIterations(u32),
 }
+
+/// The most PBKDF2 iterations an upstream may ask of dbtape. A hostile or broken server could
+/// otherwise ask for billions and pin a CPU per login; 600,000 is OWASP's recommendation for
+/// PBKDF2-HMAC-SHA256, well above PostgreSQL's default of 4096.
+pub const MAX_CLIENT_ITERATIONS: u32 = 600_000;
 
 fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
     // HMAC takes keys of any length; the error arm is unreachable and fails closed (a zero
@@ -80,6 +87,27 @@ impl Verifier {
             stored_key: key(stored)?,
             server_key: key(server)?,
         })
+    }
+}
+
+impl Verifier {
+    /// What an unknown user is checked against, so that the exchange does not reveal who
+    /// exists: the salt comes from a server secret and the name, so every try for one name
+    /// sees the same salt, as for a real user; the keys are derived too, but from no
+    /// password, so they cost no PBKDF2 work and no password matches them. `iterations`
+    /// should be what real users' verifiers have.
+    pub fn stand_in(server_secret: &[u8; 32], user: &str, iterations: u32) -> Verifier {
+        let derive = |label: &[u8]| {
+            let mut data = label.to_vec();
+            data.extend_from_slice(user.as_bytes());
+            hmac(server_secret, &data)
+        };
+        Verifier {
+            iterations,
+            salt: derive(b"dbtape scram stand-in salt\0")[..16].to_vec(),
+            stored_key: derive(b"dbtape scram stand-in stored key\0"),
+            server_key: derive(b"dbtape scram stand-in server key\0"),
+        }
     }
 }
 
@@ -165,6 +193,8 @@ impl ClientExchange {
         Ok((ClientExchange { password: password.to_string(), client_first_bare: bare, expected_server_signature: None }, first))
     }
 
+    /// Answers the server-first message. The PBKDF2 work (up to `MAX_CLIENT_ITERATIONS`)
+    /// makes this a blocking call: run it off the connection's worker.
     pub fn respond(&mut self, server_first: &str) -> Result<String, ScramError> {
         let client_nonce = attr(&self.client_first_bare, 'r').ok_or(ScramError::Malformed("client nonce"))?;
         let nonce = attr(server_first, 'r').ok_or(ScramError::Malformed("server nonce"))?;
@@ -173,6 +203,12 @@ impl ClientExchange {
         }
         let salt = B64.decode(attr(server_first, 's').ok_or(ScramError::Malformed("salt"))?).map_err(|_| ScramError::Malformed("salt"))?;
         let iterations: u32 = attr(server_first, 'i').and_then(|i| i.parse().ok()).ok_or(ScramError::Malformed("iterations"))?;
+        if iterations > MAX_CLIENT_ITERATIONS {
+            return Err(ScramError::TooManyIterations(iterations));
+        }
+        if iterations == 0 {
+            return Err(ScramError::Malformed("iterations"));
+        }
         let salted = salted_password(&self.password, &salt, iterations);
         let client_key = hmac(&salted, b"Client Key");
         let stored_key: [u8; 32] = Sha256::digest(client_key).into();
@@ -196,6 +232,24 @@ impl ClientExchange {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stand_ins_are_stable_per_name_and_differ_between_names() {
+        let secret = [7u8; 32];
+        let a = Verifier::stand_in(&secret, "nobody", 4096);
+        assert_eq!(a, Verifier::stand_in(&secret, "nobody", 4096));
+        assert_ne!(a.salt, Verifier::stand_in(&secret, "somebody", 4096).salt);
+        assert_ne!(a.salt, Verifier::stand_in(&[8u8; 32], "nobody", 4096).salt);
+        assert_eq!(a.salt.len(), 16);
+    }
+
+    #[test]
+    fn servers_asking_for_too_much_work_are_refused() {
+        let (mut client, first) = ClientExchange::start("pw").unwrap();
+        let nonce = attr(first.trim_start_matches("n,,"), 'r').unwrap().to_string();
+        let server_first = format!("r={nonce}xyz,s=c2FsdA==,i={}", MAX_CLIENT_ITERATIONS + 1);
+        assert_eq!(client.respond(&server_first), Err(ScramError::TooManyIterations(MAX_CLIENT_ITERATIONS + 1)));
+    }
 
     #[test]
     fn client_and_server_agree_and_wrong_passwords_fail() {
