@@ -202,3 +202,41 @@ async fn scram_does_not_reveal_which_users_exist() {
     assert_ne!(nobody_salt, scram_salt_and_iterations(&proxy, "somebody-else").await.0);
     proxy.stop().await;
 }
+
+/// A recorded `ESC[2K\r` or OSC sequence used to reach the reviewer's terminal raw, so a
+/// statement could erase itself from `play`'s screen or retitle the window; user names from
+/// refused logins reached `ls` the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn playback_ls_and_verify_escape_terminal_controls() {
+    let mut proxy = Proxy::start().await;
+    let sneaky = "SELECT 'DROP TABLE audit_me;\u{1b}[2K\r' AS x, '\u{1b}]0;innocent\u{7}' AS y, '\u{9b}31m' AS z";
+    let (ok, _, stderr) = proxy.psql(proxy.conninfo("alice", ""), Some(ALICE_PASSWORD), vec!["-c".into(), sneaky.into()]).await;
+    assert!(ok, "{stderr}");
+    let mut config = tokio_postgres::Config::new();
+    config.host("127.0.0.1").port(proxy.addr.port()).user("mallory\u{1b}[2J\u{1b}]0;x\u{7}").password("x").dbname("postgres");
+    assert!(config.connect(tokio_postgres::NoTls).await.is_err());
+    proxy.stop().await;
+
+    let sessions = proxy.sessions();
+    let sid = sessions.iter().find(|s| s[0]["user"] == "alice").unwrap()[0]["sid"].as_str().unwrap().to_string();
+    let dir = proxy.store.dir().to_path_buf();
+    let run = |args: &[&str]| {
+        let out = common::dbtape_bin().args(args).arg("--dir").arg(&dir).output().unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let raw_controls = |text: &str| text.chars().any(|c| c.is_control() && c != '\n');
+    let screen = run(&["play", &sid, "--format", "text"]);
+    assert!(!raw_controls(&screen), "raw control characters reach the terminal: {screen:?}");
+    assert!(screen.contains(r"DROP TABLE audit_me;\x1b[2K\r"), "{screen}");
+    assert!(screen.contains(r"\x1b]0;innocent\x07"), "{screen}");
+    assert!(screen.contains(r"\u{009b}31m"), "{screen}");
+    let listing = run(&["ls"]);
+    assert!(!raw_controls(&listing), "{listing:?}");
+    assert!(listing.contains(r"mallory\x1b[2J"), "{listing}");
+    let key = proxy.root.path().join("key.pub");
+    let report = run(&["verify", "--all", "--public-key", key.to_str().unwrap()]);
+    assert!(!raw_controls(&report), "{report:?}");
+    // JSON output stays exact.
+    let json = run(&["play", &sid, "--format", "json"]);
+    assert!(json.contains(r#"DROP TABLE audit_me;\u001b[2K\r"#), "{json}");
+}

@@ -126,6 +126,10 @@ fn format_duration(ms: Option<i64>) -> String {
     }
 }
 
+fn safe(text: &str) -> String {
+    crate::replay::render::terminal_safe(text).into_owned()
+}
+
 fn write_table(out: &mut impl Write, sessions: &[SessionSummary]) -> std::io::Result<()> {
     if sessions.is_empty() {
         writeln!(out, "no recorded sessions match")?;
@@ -136,10 +140,11 @@ fn write_table(out: &mut impl Write, sessions: &[SessionSummary]) -> std::io::Re
         .iter()
         .map(|s| {
             [
-                s.sid.clone(),
-                s.user.clone(),
-                s.db_service.clone(),
-                s.db_protocol.clone(),
+                // Names come from clients and the config; a sidecar may have been edited.
+                safe(&s.sid),
+                safe(&s.user),
+                safe(&s.db_service),
+                safe(&s.db_protocol),
                 chrono::DateTime::from_timestamp_millis(s.start_ms).map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default(),
                 format_duration(s.duration_ms()),
                 s.queries.to_string(),
@@ -151,7 +156,7 @@ fn write_table(out: &mut impl Write, sessions: &[SessionSummary]) -> std::io::Re
     let mut widths = header.map(str::len);
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
+            *w = (*w).max(cell.chars().count());
         }
     }
     let line = |cells: &[&str]| {
@@ -277,12 +282,12 @@ pub fn verify(
                     Verdict::Live => "LIVE (not sealed yet)",
                     Verdict::Failed => "FAILED",
                 };
-                writeln!(out, "{}  {verdict}  {} events in {} frames", r.sid, r.events, r.frames)?;
+                writeln!(out, "{}  {verdict}  {} events in {} frames", safe(&r.sid), r.events, r.frames)?;
                 for p in &r.problems {
-                    writeln!(out, "    problem: {p}")?;
+                    writeln!(out, "    problem: {}", safe(p))?;
                 }
                 for n in &r.notes {
-                    writeln!(out, "    note: {n}")?;
+                    writeln!(out, "    note: {}", safe(n))?;
                 }
             }
             if reports.is_empty() {

@@ -55,7 +55,7 @@ pub fn play(store: &RecordingStore, sid: &str, protocol: &str, options: PlayOpti
                 let event: RecordedEvent = serde_json::from_slice(line).map_err(std::io::Error::other)?;
                 screen.clear();
                 renderer.render(&event, line, &mut screen);
-                out.write_all(screen.replace("\r\n", "\n").as_bytes())?;
+                out.write_all(super::render::screen_safe(&screen).replace("\r\n", "\n").as_bytes())?;
                 if options.follow {
                     out.flush()?;
                 }
@@ -87,6 +87,7 @@ fn play_pty(mut stream: EventStream, protocol: &str, options: PlayOptions) -> st
             let Ok(event) = serde_json::from_slice::<RecordedEvent>(line) else { return Ok(true) };
             let mut text = String::new();
             renderer.render(&event, line, &mut text);
+            let text = super::render::screen_safe(&text).into_owned();
             let time_ms = event.time_ms().unwrap_or_default();
             Ok(text.is_empty() || tx.send(Feed::Chunk { time_ms, text }).is_ok())
         });

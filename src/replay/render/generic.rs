@@ -1,7 +1,7 @@
 //! Shows any event readably: sessions, queries and results in a prompt layout, and every
 //! other event as its type and fields.
 
-use super::{go_quote, render_gap, rows_affected, screen_time, write_prompted, Renderer};
+use super::{go_quote, render_gap, rows_affected, screen_time, terminal_safe, write_prompted, Renderer};
 use crate::audit::RecordedEvent;
 
 /// Fields every event carries; left out of the generic field listing.
@@ -44,7 +44,7 @@ impl Renderer for GenericRenderer {
                     "Session to database {} refused at {}: {}\r\n",
                     go_quote(&event.db_service),
                     screen_time(&event.time),
-                    event.error
+                    terminal_safe(&event.error)
                 ));
             }
             "db.session.start" => {
@@ -61,11 +61,11 @@ impl Renderer for GenericRenderer {
             "db.session.query" => write_prompted(&prompt, event.db_query.as_deref().unwrap_or_default(), out),
             "db.session.query.failed" => {
                 write_prompted(&prompt, event.db_query.as_deref().unwrap_or_default(), out);
-                out.push_str(&format!("DENIED: {}\r\n", if event.error.is_empty() { &event.message } else { &event.error }));
+                out.push_str(&format!("DENIED: {}\r\n", terminal_safe(if event.error.is_empty() { &event.message } else { &event.error })));
             }
             "db.session.result" => {
                 if event.success == Some(false) {
-                    out.push_str(&format!("{}\r\n", event.error));
+                    out.push_str(&format!("{}\r\n", terminal_safe(&event.error)));
                 } else {
                     out.push_str(&format!("SUCCESS\r\n{}\r\n", rows_affected(event.affected_records)));
                 }
@@ -81,12 +81,12 @@ impl Renderer for GenericRenderer {
                     out.push_str("\r\n");
                 }
                 match event.status_code {
-                    Some(0) | None => out.push_str(&format!("FAILED: {}\r\n", event.error)),
+                    Some(0) | None => out.push_str(&format!("FAILED: {}\r\n", terminal_safe(&event.error))),
                     Some(code) => out.push_str(&format!("HTTP {code}\r\n")),
                 }
             }
             other => {
-                out.push_str(&format!("\r\n[{other} {}]", event.code));
+                out.push_str(&format!("\r\n[{} {}]", terminal_safe(other), terminal_safe(&event.code)));
                 if let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(raw) {
                     for (key, value) in map.iter().filter(|(k, _)| !COMMON_FIELDS.contains(&k.as_str())) {
                         out.push_str(&format!(" {key}={value}"));

@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use super::{go_quote, render_gap, rows_affected, screen_time, write_prompted, Renderer};
+use super::{go_quote, render_gap, rows_affected, screen_time, terminal_safe, write_prompted, Renderer};
 use crate::audit::RecordedEvent;
 
 #[derive(Default)]
@@ -35,7 +35,7 @@ impl PostgresRenderer {
 
     fn result_text(event: &RecordedEvent, out: &mut String) {
         if event.success == Some(false) {
-            out.push_str(&event.error);
+            out.push_str(&terminal_safe(&event.error));
             out.push_str("\r\n");
         } else {
             out.push_str("SUCCESS\r\n");
