@@ -315,3 +315,59 @@ fn play_pty_replays_in_a_terminal() {
     // Ten events, idle gaps capped at 500 ms, at 16x: well under the recorded two minutes.
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
 }
+
+/// An auditor with read access to recordings used to need the proxy's secrets (its upstream
+/// password's variable, its TLS files) just to list or verify them.
+#[test]
+fn review_commands_need_no_proxy_secrets() {
+    let root = tempfile::tempdir().unwrap();
+    let rec = recorder(root.path(), |_| {});
+    let sid = pg_session(&rec);
+    rec.recorder.shutdown();
+    let config = root.path().join("dbtape.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[recording]
+dir = "{dir}"
+signing_key = "{key}"
+[[databases]]
+name = "pg"
+protocol = "postgres"
+listen = "127.0.0.1:0"
+upstream = "postgres://db.internal:5432/app"
+[databases.client_tls]
+cert = "/nonexistent/server.crt"
+key = "/nonexistent/server.key"
+[databases.auth]
+password = {{ env = "DBTAPE_REVIEW_TEST_UNSET_PASSWORD" }}
+[[users]]
+name = "alice"
+scram_verifier = {{ file = "/nonexistent/verifier" }}
+[[users.grants]]
+database = "pg"
+db_users = ["app"]
+"#,
+            dir = rec.dir.display(),
+            key = rec.key_path.display()
+        ),
+    )
+    .unwrap();
+    let with_config = |args: &[&str]| {
+        let out =
+            common::dbtape_bin().args(args).arg("--config").arg(&config).env_remove("DBTAPE_REVIEW_TEST_UNSET_PASSWORD").output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let (ok, out) = with_config(&["ls"]);
+    assert!(ok && out.contains(&sid), "{out}");
+    let (ok, out) = with_config(&["verify", "--all"]);
+    assert!(ok && out.contains("OK"), "{out}");
+    let (ok, out) = with_config(&["play", &sid, "--format", "text"]);
+    assert!(ok && out.contains("SELECT err;"), "{out}");
+    let (ok, out) = with_config(&["export", "--session", &sid]);
+    assert!(ok && out.contains("db.session.start"), "{out}");
+    // Serving still demands every secret.
+    let (ok, out) = with_config(&["config", "check"]);
+    assert!(!ok && out.contains("DBTAPE_REVIEW_TEST_UNSET_PASSWORD"), "{out}");
+}

@@ -55,11 +55,11 @@ struct Located {
 fn locate(args: &StoreArgs) -> Result<Located, Failure> {
     let config_path = &args.config.config;
     let default_missing = config_path == Path::new(DEFAULT_CONFIG_FILE) && !config_path.exists();
-    let config = if default_missing { None } else { Some(Config::load(config_path)?) };
-    let signing_key = config.as_ref().map(|c| c.recording.signing_key.clone());
-    let dir = match (&args.dir, &config) {
+    let recording = if default_missing { None } else { Some(Config::load_recording_settings(config_path)?) };
+    let signing_key = recording.as_ref().map(|r| r.signing_key.clone());
+    let dir = match (&args.dir, &recording) {
         (Some(dir), _) => dir.clone(),
-        (None, Some(c)) => c.recording.dir.clone(),
+        (None, Some(r)) => r.dir.clone(),
         (None, None) => PathBuf::from("recordings"),
     };
     Ok(Located { store: RecordingStore::new(dir), signing_key })

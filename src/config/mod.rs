@@ -70,16 +70,38 @@ impl Config {
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let raw: model::RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+        let raw = Self::parse_raw(text, path)?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        validate::check(raw, path, &base)
+    }
+
+    /// The `[recording]` settings alone, for the review commands (`ls`, `play`, `export`,
+    /// `verify`): the rest of the file must parse, but no secret it references is read and
+    /// no other section is checked, so a reviewer needs neither the proxy's secrets nor its
+    /// certificates.
+    pub fn load_recording_settings(path: &Path) -> Result<RecordingSection, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            issues: vec![ConfigIssue {
+                file: path.to_path_buf(),
+                key: "(file)".into(),
+                message: format!("cannot read: {e}"),
+                fix: "pass the right file with --config, or use --dir to name the recordings folder".into(),
+            }],
+        })?;
+        let raw = Self::parse_raw(&text, path)?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        validate::check_recording_only(&raw, path, &base)
+    }
+
+    fn parse_raw(text: &str, path: &Path) -> Result<model::RawConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError {
             issues: vec![ConfigIssue {
                 file: path.to_path_buf(),
                 key: toml_error_key(text, &e),
                 message: e.message().to_string(),
                 fix: "compare with examples/dbtape.toml, which documents every key and its default".into(),
             }],
-        })?;
-        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        validate::check(raw, path, &base)
+        })
     }
 
     pub fn database(&self, name: &str) -> Option<&DatabaseConfig> {
