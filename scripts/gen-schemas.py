@@ -30,6 +30,7 @@ COMMON = {
     "db_labels": {"type": "object", "additionalProperties": {"type": "string"}},
     "db_aws_region": S,
     "db_type": S,
+    "redacted": {"const": True, "description": "dbtape: secrets in the captured text were masked before recording."},
     "truncated": {
         "type": "array",
         "description": "dbtape: captured text stored cut at recording.max_query_bytes, with the full text's length and SHA-256.",

@@ -240,3 +240,88 @@ async fn playback_ls_and_verify_escape_terminal_controls() {
     let json = run(&["play", &sid, "--format", "json"]);
     assert!(json.contains(r#"DROP TABLE audit_me;\u001b[2K\r"#), "{json}");
 }
+
+/// Everything the proxy logs, for tests that look for secrets in it.
+fn captured_logs() -> &'static std::sync::Mutex<Vec<u8>> {
+    static LOGS: std::sync::OnceLock<&'static std::sync::Mutex<Vec<u8>>> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer: &'static std::sync::Mutex<Vec<u8>> = Box::leak(Box::new(std::sync::Mutex::new(Vec::new())));
+        struct Sink(&'static std::sync::Mutex<Vec<u8>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(data);
+                Ok(data.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let subscriber = tracing_subscriber::fmt().with_max_level(tracing::Level::DEBUG).with_writer(move || Sink(buffer)).finish();
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+        buffer
+    })
+}
+
+/// Passwords in statements used to reach the recording, `export` and everything built on
+/// them. Each statement goes through psql; the secret must be nowhere afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_in_statements_never_reach_recordings_exports_or_logs() {
+    let logs = captured_logs();
+    let mut proxy = Proxy::start().await;
+    let statements = [
+        "DROP USER MAPPING IF EXISTS FOR redact_role SERVER redact_srv",
+        "DROP SERVER IF EXISTS redact_srv",
+        "DROP ROLE IF EXISTS redact_role",
+        "CREATE EXTENSION IF NOT EXISTS postgres_fdw",
+        "CREATE EXTENSION IF NOT EXISTS dblink",
+        "CREATE ROLE redact_role LOGIN PASSWORD 'hunter2-create'",
+        "ALTER ROLE redact_role WITH ENCRYPTED PASSWORD 'hunter2-alter'",
+        // The server echoes the second literal in its error; the session already gave it.
+        "ALTER ROLE redact_role PASSWORD 'hunter2-echo' VALID UNTIL 'hunter2-echo'",
+        "CREATE SERVER redact_srv FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host '127.0.0.1', dbname 'nowhere')",
+        "CREATE USER MAPPING FOR redact_role SERVER redact_srv OPTIONS (user 'x', password 'hunter2-mapping')",
+        "ALTER USER MAPPING FOR redact_role SERVER redact_srv OPTIONS (SET password 'hunter2-remap')",
+        "SELECT dblink_connect('redact', 'host=127.0.0.1 port=1 user=x password=hunter2-dblink connect_timeout=1')",
+        "SELECT dblink('postgresql://x:hunter2-uri@127.0.0.1:1/x?connect_timeout=1', 'select 1')",
+        "DROP USER MAPPING FOR redact_role SERVER redact_srv",
+        "DROP SERVER redact_srv",
+        "DROP ROLE redact_role",
+    ];
+    let mut stderr_all = String::new();
+    for sql in statements {
+        let (_, _, stderr) = proxy.psql(proxy.conninfo("alice", ""), Some(ALICE_PASSWORD), vec!["-c".into(), sql.into()]).await;
+        stderr_all.push_str(&stderr);
+    }
+    assert!(stderr_all.contains("hunter2-echo"), "the server should have echoed the secret to the client: {stderr_all}");
+    proxy.stop().await;
+
+    let secrets = ["hunter2-create", "hunter2-alter", "hunter2-echo", "hunter2-mapping", "hunter2-remap", "hunter2-dblink", "hunter2-uri"];
+    let dir = proxy.store.dir().to_path_buf();
+    let export = common::dbtape_bin().args(["export", "--dir"]).arg(&dir).output().unwrap();
+    assert!(export.status.success());
+    let export = String::from_utf8_lossy(&export.stdout).into_owned();
+    let mut everything = export.clone();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        everything.push_str(&String::from_utf8_lossy(&std::fs::read(entry.unwrap().path()).unwrap()));
+    }
+    everything.push_str(&String::from_utf8_lossy(&logs.lock().unwrap()));
+    for secret in secrets {
+        assert!(!everything.contains(secret), "{secret} leaked");
+    }
+    // The statements are still there, with the secret replaced, and say so.
+    let queries: Vec<serde_json::Value> =
+        export.lines().map(|l| serde_json::from_str(l).unwrap()).filter(|e: &serde_json::Value| e["event"] == "db.session.query").collect();
+    let create = queries.iter().find(|e| e["db_query"].as_str().unwrap().starts_with("CREATE ROLE redact_role")).unwrap();
+    assert_eq!(create["db_query"], "CREATE ROLE redact_role LOGIN PASSWORD '[REDACTED]'");
+    assert_eq!(create["redacted"], true);
+    let echo_error = export
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|e| e["error"].as_str().is_some_and(|t| t.contains("timestamp")))
+        .unwrap();
+    assert!(echo_error["error"].as_str().unwrap().contains("[REDACTED]"), "{echo_error}");
+    assert_eq!(echo_error["redacted"], true);
+    let sid = create["sid"].as_str().unwrap();
+    let screen = common::dbtape_bin().args(["play", sid, "--format", "text", "--dir"]).arg(&dir).output().unwrap();
+    assert!(String::from_utf8_lossy(&screen.stdout).contains("CREATE ROLE redact_role LOGIN PASSWORD '[REDACTED]'"));
+}

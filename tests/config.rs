@@ -44,6 +44,7 @@ fn the_example_config_is_valid_and_documents_defaults() {
         "frame_target_bytes",
         "zstd_level",
         "max_query_bytes",
+        "redact_patterns",
         "bucket",
         "prefix",
         "region",

@@ -26,11 +26,13 @@ pub struct Truncation {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EventNotes {
     pub truncated: Vec<Truncation>,
+    /// The protocol engine masked secrets in the captured text before handing it over.
+    pub redacted: bool,
 }
 
 impl EventNotes {
     pub fn is_empty(&self) -> bool {
-        self.truncated.is_empty()
+        self.truncated.is_empty() && !self.redacted
     }
 }
 

@@ -436,6 +436,9 @@ struct Wire<'a> {
     /// dbtape's own: fields stored cut, with the full text's length and SHA-256.
     #[serde(skip_serializing_if = "Option::is_none")]
     truncated: Option<&'a [Truncation]>,
+    /// dbtape's own: secrets in the captured text were masked before recording.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redacted: Option<bool>,
 }
 
 impl<'a> Wire<'a> {
@@ -587,8 +590,9 @@ impl AuditEvent<'_> {
             }
         }
         w.fixed = Some(fixed);
-        if let Some(notes) = self.notes.filter(|n| !n.truncated.is_empty()) {
-            w.truncated = Some(&notes.truncated);
+        if let Some(notes) = self.notes {
+            w.truncated = (!notes.truncated.is_empty()).then_some(&notes.truncated[..]);
+            w.redacted = notes.redacted.then_some(true);
         }
         w
     }

@@ -55,10 +55,16 @@ impl AuditPort {
 
     /// Records an event. Strict mode returns an error when it cannot be recorded; with the
     /// `always` fsync policy it also waits until the event is on disk.
-    pub async fn emit_at(&self, mut body: EventBody, time_ms: i64) -> Result<Option<u64>, AuditError> {
+    pub async fn emit_at(&self, body: EventBody, time_ms: i64) -> Result<Option<u64>, AuditError> {
+        self.emit_redacted_at(body, false, time_ms).await
+    }
+
+    /// As `emit_at`, for an event whose captured text the engine has already stripped of
+    /// secrets (`redacted`), which the event then says.
+    pub async fn emit_redacted_at(&self, mut body: EventBody, redacted: bool, time_ms: i64) -> Result<Option<u64>, AuditError> {
         let strict = self.log.mode() == RecordingMode::Strict;
         let truncated = body.cap_captured_text(self.log.max_query_bytes());
-        let notes = (!truncated.is_empty()).then_some(EventNotes { truncated });
+        let notes = (redacted || !truncated.is_empty()).then_some(EventNotes { truncated, redacted });
         match self.log.append_noted(&body, notes.as_ref(), time_ms) {
             Ok(ticket) => {
                 if strict && self.log.fsync_policy() == FsyncPolicy::Always {

@@ -104,6 +104,7 @@ pub(super) struct RawRecording {
     pub frame_target_bytes: usize,
     pub zstd_level: i32,
     pub max_query_bytes: usize,
+    pub redact_patterns: Vec<String>,
 }
 
 impl Default for RawRecording {
@@ -117,6 +118,7 @@ impl Default for RawRecording {
             frame_target_bytes: 256 * 1024,
             zstd_level: 1,
             max_query_bytes: 1024 * 1024,
+            redact_patterns: Vec::new(),
         }
     }
 }
@@ -133,6 +135,9 @@ pub struct RecordingSection {
     pub zstd_level: i32,
     /// Captured text one event may carry before it is stored cut.
     pub max_query_bytes: usize,
+    /// Regular expressions whose matches in statements are masked before recording, on top
+    /// of the built-in password rules.
+    pub redact_patterns: Vec<String>,
 }
 
 impl RecordingSection {

@@ -170,6 +170,15 @@ fn check_recording(raw: &RawConfig, base: &Path, issues: &mut Issues<'_>) -> Rec
             "use a size between 1024 and 2097152 bytes; the default is 1048576",
         );
     }
+    for (i, pattern) in r.redact_patterns.iter().enumerate() {
+        if let Err(e) = regex::Regex::new(pattern) {
+            issues.add(
+                format!("recording.redact_patterns[{i}]"),
+                format!("is not a regular expression: {e}"),
+                "fix the pattern (Rust regex syntax) or remove it",
+            );
+        }
+    }
     if !(1..=19).contains(&r.zstd_level) {
         issues.add("recording.zstd_level", format!("{} is out of range", r.zstd_level), "use a zstd level from 1 to 19; the default is 1");
     }
@@ -185,6 +194,7 @@ fn check_recording(raw: &RawConfig, base: &Path, issues: &mut Issues<'_>) -> Rec
         frame_target_bytes: r.frame_target_bytes,
         zstd_level: r.zstd_level,
         max_query_bytes: r.max_query_bytes,
+        redact_patterns: r.redact_patterns.clone(),
     }
 }
 

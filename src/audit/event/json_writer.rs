@@ -88,6 +88,10 @@ impl Wire<'_> {
             // Rare (oversized events only): serde_json's own writer.
             let _ = serde_json::to_writer(&mut *out, truncated);
         }
+        if self.redacted == Some(true) {
+            key(out, "redacted");
+            out.extend_from_slice(b"true");
+        }
         out.push(b'}');
     }
 }
@@ -315,6 +319,7 @@ mod tests {
                 // Odd events carry notes, as oversized ones do.
                 let notes = (i % 2 == 1).then(|| crate::audit::EventNotes {
                     truncated: vec![crate::audit::Truncation { field: "query".into(), bytes: 1 << 40, sha256: "ab\"\u{1}".into() }],
+                    redacted: i % 4 == 1,
                 });
                 for time_ms in [0, 1_790_000_000_123, 1_790_000_000_123, -1] {
                     let event = AuditEvent {

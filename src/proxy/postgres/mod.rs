@@ -4,6 +4,7 @@
 mod codec;
 mod messages;
 mod pairing;
+pub mod redact;
 mod session;
 mod upstream;
 
@@ -26,11 +27,14 @@ pub enum PostgresSetupError {
     Tls { database: String, source: TlsError },
     #[error("database {database:?}: upstream {uri:?} is not postgres://host[:port][/database]")]
     Upstream { database: String, uri: String },
+    #[error("recording.redact_patterns: {0}")]
+    RedactPattern(#[from] regex::Error),
 }
 
 pub struct PostgresEngine {
     databases: HashMap<String, Arc<DbState>>,
     cancels: CancelMap,
+    redactor: Arc<redact::Redactor>,
 }
 
 impl PostgresEngine {
@@ -55,7 +59,8 @@ impl PostgresEngine {
                 }),
             );
         }
-        Ok(PostgresEngine { databases, cancels: Arc::new(Mutex::new(HashMap::new())) })
+        let redactor = Arc::new(redact::Redactor::new(&config.recording.redact_patterns)?);
+        Ok(PostgresEngine { databases, cancels: Arc::new(Mutex::new(HashMap::new())), redactor })
     }
 }
 
@@ -67,9 +72,10 @@ impl Engine for PostgresEngine {
     fn handle(&self, conn: Connection, ctx: Arc<ListenerContext>) -> BoxFuture<'static, ()> {
         let state = self.databases.get(&ctx.database().name).cloned();
         let cancels = self.cancels.clone();
+        let redactor = self.redactor.clone();
         Box::pin(async move {
             match state {
-                Some(state) => session::run(conn, ctx, state, cancels).await,
+                Some(state) => session::run(conn, ctx, state, cancels, redactor).await,
                 None => tracing::error!(parent: &conn.span, "no postgres state for this database"),
             }
         })

@@ -11,6 +11,7 @@ use super::codec::{
 };
 use super::messages::{client_captures, client_event, server_captures, server_result};
 use super::pairing::Pairing;
+use super::redact::{Redactor, SessionSecrets};
 use super::upstream::{UpstreamError, UpstreamTarget};
 use crate::audit::{AuditPort, EventBody, Status};
 use crate::auth::scram::{ServerExchange, Verifier};
@@ -82,7 +83,7 @@ async fn send<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) {
     let _ = w.flush().await;
 }
 
-pub async fn run(conn: Connection, ctx: Arc<ListenerContext>, state: Arc<DbState>, cancels: CancelMap) {
+pub async fn run(conn: Connection, ctx: Arc<ListenerContext>, state: Arc<DbState>, cancels: CancelMap, redactor: Arc<Redactor>) {
     let info = conn.info();
     let span = conn.span;
     let mut login = conn.login;
@@ -100,7 +101,7 @@ pub async fn run(conn: Connection, ctx: Arc<ListenerContext>, state: Arc<DbState
         if let Some((pid, key)) = real {
             lock(&cancels).insert(synthetic.clone(), CancelTarget { upstream: state.upstream.clone(), pid, key });
         }
-        relay_session(client, upstream, port, &ctx, &span).await;
+        relay_session(client, upstream, port, &ctx, &span, &redactor).await;
         lock(&cancels).remove(&synthetic);
     }
 }
@@ -404,13 +405,21 @@ enum Stop {
 }
 
 /// Relays both directions, auditing on the way, until either side ends.
-async fn relay_session(client: Stream, upstream: Stream, port: AuditPort, ctx: &ListenerContext, span: &tracing::Span) {
+async fn relay_session(
+    client: Stream,
+    upstream: Stream,
+    port: AuditPort,
+    ctx: &ListenerContext,
+    span: &tracing::Span,
+    redactor: &Redactor,
+) {
     let (mut client_read, mut client_write) = tokio::io::split(client);
     let (mut upstream_read, mut upstream_write) = tokio::io::split(upstream);
     let pairing = Mutex::new(Pairing::default());
+    let redaction = Redaction { redactor, secrets: Mutex::new(SessionSecrets::default()) };
     let stop = {
-        let to_upstream = pump(&mut client_read, &mut upstream_write, &port, &pairing, Direction::FromClient);
-        let to_client = pump(&mut upstream_read, &mut client_write, &port, &pairing, Direction::FromUpstream);
+        let to_upstream = pump(&mut client_read, &mut upstream_write, &port, &pairing, &redaction, Direction::FromClient);
+        let to_client = pump(&mut upstream_read, &mut client_write, &port, &pairing, &redaction, Direction::FromUpstream);
         tokio::select! {
             stop = to_upstream => stop,
             stop = to_client => stop,
@@ -455,8 +464,33 @@ const MALFORMED_SAMPLE: usize = 1024;
 
 /// What a scanned client message asks of the audit.
 enum ClientStep {
-    Event(EventBody),
+    /// The event, and whether secrets were masked in it.
+    Event(EventBody, bool),
     Sync,
+}
+
+/// The session's redaction: the rules, and the secrets its statements held so far.
+struct Redaction<'a> {
+    redactor: &'a Redactor,
+    secrets: Mutex<SessionSecrets>,
+}
+
+impl Redaction<'_> {
+    fn step(&self, mut event: EventBody) -> ClientStep {
+        let redacted = self.redactor.redact_event(&mut event, &mut lock(&self.secrets));
+        ClientStep::Event(event, redacted)
+    }
+}
+
+/// What a malformed client chunk leaves in the recording: at most `MALFORMED_SAMPLE` bytes,
+/// cut before any mention of a password and with the session's known secrets masked.
+fn client_sample(chunk: &[u8], redaction: &Redaction<'_>) -> Vec<u8> {
+    let mut sample = chunk[..chunk.len().min(MALFORMED_SAMPLE)].to_vec();
+    if let Some(at) = sample.windows(8).position(|w| w.eq_ignore_ascii_case(b"password")) {
+        sample.truncate(at);
+    }
+    lock(&redaction.secrets).scrub_bytes(&mut sample);
+    sample
 }
 
 /// Copies one direction chunk by chunk. Each chunk is scanned and its events recorded
@@ -466,6 +500,7 @@ async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     to: &mut W,
     port: &AuditPort,
     pairing: &Mutex<Pairing>,
+    redaction: &Redaction<'_>,
     direction: Direction,
 ) -> Stop {
     let capture = match direction {
@@ -489,7 +524,7 @@ async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                 Direction::FromClient if ty == b'S' => steps.push(ClientStep::Sync),
                 Direction::FromClient => {
                     if let Some(event) = client_event(ty, body)? {
-                        steps.push(ClientStep::Event(event));
+                        steps.push(redaction.step(event));
                     }
                 }
                 Direction::FromUpstream => {
@@ -503,8 +538,9 @@ async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                         }
                         _ => None,
                     };
+                    drop(pairs);
                     if let Some(event) = server_result(ty, body, query_ei) {
-                        steps.push(ClientStep::Event(event));
+                        steps.push(redaction.step(event));
                     }
                 }
             }
@@ -513,19 +549,19 @@ async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         // Everything in one chunk arrived at once; one clock read stamps it all.
         let now_ms = if steps.is_empty() { 0 } else { crate::audit::now_ms() };
         for step in steps.drain(..) {
-            let event = match step {
+            let (event, redacted) = match step {
                 ClientStep::Sync => {
                     lock(pairing).sync();
                     continue;
                 }
-                ClientStep::Event(event) => event,
+                ClientStep::Event(event, redacted) => (event, redacted),
             };
             let kind = match &event {
                 EventBody::Query { .. } => Some(true),
                 EventBody::PostgresExecute { .. } => Some(false),
                 _ => None,
             };
-            match port.emit_at(event, now_ms).await {
+            match port.emit_redacted_at(event, redacted, now_ms).await {
                 Ok(Some(ei)) => match kind {
                     Some(true) => lock(pairing).simple_query(ei),
                     Some(false) => lock(pairing).execute(ei),
@@ -536,10 +572,11 @@ async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             }
         }
         if let Err(e) = scanned {
-            let sample = chunk[..chunk.len().min(MALFORMED_SAMPLE)].to_vec();
             return match direction {
-                Direction::FromClient => Stop::ClientMalformed(e.to_string(), sample),
-                Direction::FromUpstream => Stop::UpstreamMalformed(e.to_string(), sample),
+                Direction::FromClient => Stop::ClientMalformed(e.to_string(), client_sample(chunk, redaction)),
+                // Only the first message's header: what follows may be result rows, which
+                // the recording never holds.
+                Direction::FromUpstream => Stop::UpstreamMalformed(e.to_string(), chunk[..chunk.len().min(5)].to_vec()),
             };
         }
         if to.write_all(chunk).await.is_err() || to.flush().await.is_err() {
