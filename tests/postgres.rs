@@ -201,7 +201,7 @@ async fn a_pipeline_keeps_each_query_paired_with_its_result() {
     pipeline.extend(msg(b'S', b""));
     s.write_all(&pipeline).await.unwrap();
     let mut seen = Vec::new();
-    while !seen.ends_with(&[b'Z']) {
+    while !seen.ends_with(b"Z") {
         let mut header = [0u8; 5];
         s.read_exact(&mut header).await.unwrap();
         let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize - 4;

@@ -59,7 +59,7 @@ fn hundred_thousand_events_round_trip() {
             2 => assert_eq!(event.parameters, vec![i.to_string()]),
             _ => assert_eq!(event.error, format!("ERROR: boom {i} (SQLSTATE 42000)")),
         }
-        if i % 97 == 0 {
+        if i.is_multiple_of(97) {
             assert_schema_valid(line);
         }
     }
@@ -397,7 +397,7 @@ fn compact_frames_read_back_as_whole_events_and_overrides_keep_their_own_fields(
         let uid = uuid::Uuid::parse_str(got["uid"].as_str().unwrap()).unwrap();
         let event =
             dbtape::audit::AuditEvent { index: i as u64, uid, time_ms: 1_700_000_000_000 + i as i64, context: &ctx, body, notes: None };
-        assert_eq!(got, serde_json::to_value(&event).unwrap(), "event {i}");
+        assert_eq!(got, serde_json::to_value(event).unwrap(), "event {i}");
     }
     assert_eq!(serde_json::from_slice::<serde_json::Value>(&lines[2]).unwrap()["db_name"], "other_db");
     assert_eq!(serde_json::from_slice::<serde_json::Value>(&lines[4]).unwrap()["db_name"], ctx.database.name.as_str());

@@ -7,18 +7,6 @@ mod postgres;
 pub use generic::GenericRenderer;
 pub use postgres::PostgresRenderer;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn controls_are_escaped_and_line_ends_kept() {
-        assert_eq!(terminal_safe("a\u{1b}[2K\rb\u{9b}c\u{202e}d\te"), "a\\x1b[2K\\rb\\u{009b}c\\u{202e}d\\te");
-        assert_eq!(screen_safe("q\u{1b}]0;title\u{7}\r\nx\ry\n"), "q\\x1b]0;title\\x07\r\nx\\ry\n");
-        assert!(matches!(screen_safe("plain\r\n"), std::borrow::Cow::Borrowed(_)));
-    }
-}
-
 use crate::audit::RecordedEvent;
 
 pub trait Renderer {
@@ -169,4 +157,16 @@ pub fn render_gap(event: &RecordedEvent, out: &mut String) -> bool {
         terminal_safe(&event.error)
     ));
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn controls_are_escaped_and_line_ends_kept() {
+        assert_eq!(terminal_safe("a\u{1b}[2K\rb\u{9b}c\u{202e}d\te"), "a\\x1b[2K\\rb\\u{009b}c\\u{202e}d\\te");
+        assert_eq!(screen_safe("q\u{1b}]0;title\u{7}\r\nx\ry\n"), "q\\x1b]0;title\\x07\r\nx\\ry\n");
+        assert!(matches!(screen_safe("plain\r\n"), std::borrow::Cow::Borrowed(_)));
+    }
 }
