@@ -7,6 +7,8 @@ pub mod auth;
 pub mod aws;
 pub mod cli;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod proxy;
 pub mod recording;
 pub mod replay;

@@ -2,6 +2,8 @@
 //! mTLS), logs in upstream as the granted db_user, and records every query and result.
 
 mod codec;
+#[doc(hidden)]
+pub mod fuzz;
 mod messages;
 mod pairing;
 pub mod redact;

@@ -1,0 +1,43 @@
+//! The smoke pass of the fuzz targets that every test run makes: each committed corpus input
+//! (seeds, and whatever `scripts/fuzz` added or found) goes through its target's entry
+//! point on the stable toolchain. A crash found once stays a regression test.
+
+use std::path::Path;
+
+fn replay(target: &str, run: fn(&[u8])) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
+    let mut inputs = 0;
+    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.unwrap().path();
+        let data = std::fs::read(&path).unwrap();
+        let outcome = std::panic::catch_unwind(|| run(&data));
+        assert!(outcome.is_ok(), "{target}: {} crashes", path.display());
+        inputs += 1;
+    }
+    assert!(inputs > 0, "{target} has no corpus");
+}
+
+#[test]
+fn postgres_messages_corpus() {
+    replay("postgres_messages", dbtape::fuzzing::postgres_messages);
+}
+
+#[test]
+fn postgres_redaction_corpus() {
+    replay("postgres_redaction", dbtape::fuzzing::postgres_redaction);
+}
+
+#[test]
+fn scram_corpus() {
+    replay("scram", dbtape::fuzzing::scram);
+}
+
+#[test]
+fn recording_corpus() {
+    replay("recording", dbtape::fuzzing::recording);
+}
+
+#[test]
+fn config_corpus() {
+    replay("config", dbtape::fuzzing::config);
+}
