@@ -81,7 +81,9 @@ EVENTS = [
      {"status_code": U32, "path": S, "raw_query": S, "method": S, "target": S, "body": {"type": "object"}},
      ["status_code"]),
     ("dbtape.recording.gap", ["DTP01W"], "best_effort mode: events that could not be recorded.",
-     {"success": {"const": False}, "error": S, "lost_events": {"type": "integer", "minimum": 1}},
+     {"success": {"const": False}, "error": S, "lost_events": {"type": "integer", "minimum": 1},
+      "lost_from": {"type": "string", "pattern": TIME, "description": "When the first lost event happened."},
+      "lost_until": {"type": "string", "pattern": TIME, "description": "When the last lost event happened."}},
      ["lost_events", "success"]),
 ]
 

@@ -45,6 +45,7 @@ fn the_example_config_is_valid_and_documents_defaults() {
         "zstd_level",
         "max_query_bytes",
         "redact_patterns",
+        "max_backlog_bytes",
         "bucket",
         "prefix",
         "region",

@@ -129,6 +129,9 @@ fn best_effort_mode_continues_and_records_the_gap() {
     assert!(!gaps.is_empty(), "the disk filled, so a gap must be recorded");
     let lost: u64 = gaps.iter().map(|g| g.lost_events.unwrap()).sum();
     assert!(gaps[0].error.contains("write failed"), "{}", gaps[0].error);
+    // The gap says when the lost events happened, within the session's own times.
+    let (from, until) = (gaps[0].lost_from.clone().unwrap(), gaps[0].lost_until.clone().unwrap());
+    assert!(from <= until && from >= events[0].time, "{from}..{until}");
     let last_ei = events.last().unwrap().ei;
     // Every event index is accounted for: written, or counted in a gap.
     assert_eq!(events.len() as u64 + lost, last_ei + 1);

@@ -293,7 +293,12 @@ fn the_recorders_spliced_json_equals_the_plain_serialisation() {
         EventBody::PostgresExecute { portal_name: String::new() },
         EventBody::PostgresClose { statement_name: "s".into(), portal_name: String::new() },
         EventBody::PostgresFunctionCall { function_oid: 7, function_args: vec!["a".into()] },
-        EventBody::RecordingGap { lost_events: 3, error: "disk full".into() },
+        EventBody::RecordingGap {
+            lost_events: 3,
+            error: "disk full".into(),
+            lost_from_ms: Some(TIME_MS - 5),
+            lost_until_ms: Some(TIME_MS - 1),
+        },
     ];
     for body in &bodies {
         let event = AuditEvent { index: 9, uid: uuid::Uuid::parse_str(UID).unwrap(), time_ms: TIME_MS, context: &c, body, notes: None };

@@ -149,10 +149,13 @@ pub enum EventBody {
         uri: Option<String>,
         failed: bool,
     },
-    /// dbtape's own: in `best_effort` mode, events that could not be written.
+    /// dbtape's own: in `best_effort` mode, events that could not be written, and when the
+    /// first and last of them happened.
     RecordingGap {
         lost_events: u64,
         error: String,
+        lost_from_ms: Option<i64>,
+        lost_until_ms: Option<i64>,
     },
 }
 
@@ -430,6 +433,10 @@ struct Wire<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     lost_events: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    lost_from: Option<TimeMs>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lost_until: Option<TimeMs>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     user_agent: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     postgres_pid: Option<u32>,
@@ -583,8 +590,10 @@ impl AuditEvent<'_> {
                 w.target = some(target);
                 w.body = body.as_ref().filter(|b| b.is_object());
             }
-            EventBody::RecordingGap { lost_events, error } => {
+            EventBody::RecordingGap { lost_events, error, lost_from_ms, lost_until_ms } => {
                 w.lost_events = Some(*lost_events);
+                w.lost_from = lost_from_ms.map(TimeMs);
+                w.lost_until = lost_until_ms.map(TimeMs);
                 w.success = Some(false);
                 w.error = some(error);
             }

@@ -63,6 +63,11 @@ impl AuditPort {
     /// secrets (`redacted`), which the event then says.
     pub async fn emit_redacted_at(&self, mut body: EventBody, redacted: bool, time_ms: i64) -> Result<Option<u64>, AuditError> {
         let strict = self.log.mode() == RecordingMode::Strict;
+        if strict && self.log.backlog_full() {
+            // The disk is behind: the session waits (and so its client) rather than queue
+            // without bound.
+            self.log.wait_for_room().await;
+        }
         let truncated = body.cap_captured_text(self.log.max_query_bytes());
         let notes = (redacted || !truncated.is_empty()).then_some(EventNotes { truncated, redacted });
         match self.log.append_noted(&body, notes.as_ref(), time_ms) {

@@ -42,6 +42,10 @@ pub struct RecordedEvent {
     pub target: String,
     pub body: Option<serde_json::Value>,
     pub lost_events: Option<u64>,
+    #[serde(default)]
+    pub lost_from: Option<String>,
+    #[serde(default)]
+    pub lost_until: Option<String>,
 }
 
 impl RecordedEvent {

@@ -105,6 +105,7 @@ pub(super) struct RawRecording {
     pub zstd_level: i32,
     pub max_query_bytes: usize,
     pub redact_patterns: Vec<String>,
+    pub max_backlog_bytes: usize,
 }
 
 impl Default for RawRecording {
@@ -119,6 +120,7 @@ impl Default for RawRecording {
             zstd_level: 1,
             max_query_bytes: 1024 * 1024,
             redact_patterns: Vec::new(),
+            max_backlog_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -138,6 +140,9 @@ pub struct RecordingSection {
     /// Regular expressions whose matches in statements are masked before recording, on top
     /// of the built-in password rules.
     pub redact_patterns: Vec<String>,
+    /// Bytes of events queued for the writer before sessions wait (strict) or drop
+    /// (best_effort).
+    pub max_backlog_bytes: usize,
 }
 
 impl RecordingSection {
@@ -150,6 +155,7 @@ impl RecordingSection {
             frame_target_bytes: self.frame_target_bytes,
             zstd_level: self.zstd_level,
             max_query_bytes: self.max_query_bytes,
+            max_backlog_bytes: self.max_backlog_bytes,
         }
     }
 }

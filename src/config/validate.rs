@@ -170,6 +170,13 @@ fn check_recording(raw: &RawConfig, base: &Path, issues: &mut Issues<'_>) -> Rec
             "use a size between 1024 and 2097152 bytes; the default is 1048576",
         );
     }
+    if r.max_backlog_bytes < 1024 * 1024 {
+        issues.add(
+            "recording.max_backlog_bytes",
+            format!("{} is too small", r.max_backlog_bytes),
+            "use at least 1048576 bytes; the default is 268435456 (256 MiB)",
+        );
+    }
     for (i, pattern) in r.redact_patterns.iter().enumerate() {
         if let Err(e) = regex::Regex::new(pattern) {
             issues.add(
@@ -195,6 +202,7 @@ fn check_recording(raw: &RawConfig, base: &Path, issues: &mut Issues<'_>) -> Rec
         zstd_level: r.zstd_level,
         max_query_bytes: r.max_query_bytes,
         redact_patterns: r.redact_patterns.clone(),
+        max_backlog_bytes: r.max_backlog_bytes,
     }
 }
 

@@ -8,6 +8,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -48,6 +49,9 @@ pub struct RecorderConfig {
     /// Captured text (queries, parameters, error text) one event may carry; more is stored
     /// cut, with the full length and SHA-256.
     pub max_query_bytes: usize,
+    /// Bytes of events appended but not yet written, over all sessions, before strict
+    /// sessions wait and best_effort sessions drop (and later record a gap).
+    pub max_backlog_bytes: usize,
 }
 
 /// No one event takes more than this many bytes of JSON. Frames are cut once they reach
@@ -71,6 +75,7 @@ impl RecorderConfig {
             frame_target_bytes: 256 * 1024,
             zstd_level: 1,
             max_query_bytes: 1024 * 1024,
+            max_backlog_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -171,9 +176,12 @@ struct Inner {
     written_events: u64,
     written_first_ms: Option<i64>,
     written_last_ms: Option<i64>,
-    /// best_effort: events lost since the last gap event that reached the file.
+    /// best_effort: events lost since the last gap event that reached the file, and when
+    /// the first and last of them happened.
     unreported_lost: u64,
     gap_error: String,
+    gap_from_ms: Option<i64>,
+    gap_until_ms: Option<i64>,
     failed: Option<Arc<str>>,
     /// best_effort: the file itself is unusable, so events are only counted.
     dead: bool,
@@ -192,6 +200,7 @@ struct FileIo {
 
 struct SessionState {
     ctx: Arc<SessionContext>,
+    backlog: Arc<Backlog>,
     start_ms: i64,
     inner: Mutex<Inner>,
     io: Mutex<Option<FileIo>>,
@@ -204,7 +213,38 @@ struct Control {
     shutdown: bool,
 }
 
+/// Bytes appended but not yet written, over all sessions: the writer's backlog, bounded so
+/// that a disk slower than the sessions cannot grow the proxy's memory without end.
+struct Backlog {
+    queued: AtomicUsize,
+    peak: AtomicUsize,
+    limit: usize,
+    /// Woken whenever the writer takes bytes off the backlog.
+    room: tokio::sync::Notify,
+}
+
+impl Backlog {
+    fn add(&self, bytes: usize) {
+        let now = self.queued.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.peak.fetch_max(now, Ordering::Relaxed);
+    }
+
+    fn remove(&self, bytes: usize) {
+        let _ = self.queued.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| Some(q.saturating_sub(bytes)));
+        self.room.notify_waiters();
+    }
+
+    fn full(&self) -> bool {
+        self.queued.load(Ordering::Relaxed) >= self.limit
+    }
+
+    fn pressing(&self) -> bool {
+        self.queued.load(Ordering::Relaxed) >= self.limit / 2
+    }
+}
+
 struct Shared {
+    backlog: Arc<Backlog>,
     config: RecorderConfig,
     store: RecordingStore,
     signer: Arc<Signer>,
@@ -228,6 +268,12 @@ impl Recorder {
         let store = RecordingStore::new(config.dir.clone());
         store.ensure_dir()?;
         let shared = Arc::new(Shared {
+            backlog: Arc::new(Backlog {
+                queued: AtomicUsize::new(0),
+                peak: AtomicUsize::new(0),
+                limit: config.max_backlog_bytes,
+                room: tokio::sync::Notify::new(),
+            }),
             config,
             store,
             signer,
@@ -253,6 +299,11 @@ impl Recorder {
 
     pub fn config(&self) -> &RecorderConfig {
         &self.shared.config
+    }
+
+    /// The most bytes the writer's backlog has held since start-up.
+    pub fn peak_backlog_bytes(&self) -> usize {
+        self.shared.backlog.peak.load(Ordering::Relaxed)
     }
 
     /// Creates the session's recording file (frame 0 holds its context) and registers it.
@@ -306,6 +357,7 @@ impl Recorder {
         hasher.update(&bytes);
         let state = Arc::new(SessionState {
             ctx: Arc::new(ctx),
+            backlog: self.shared.backlog.clone(),
             start_ms,
             inner: Mutex::new(Inner {
                 // Grows as events come: an idle session costs almost nothing.
@@ -326,6 +378,8 @@ impl Recorder {
                 written_last_ms: None,
                 unreported_lost: 0,
                 gap_error: String::new(),
+                gap_from_ms: None,
+                gap_until_ms: None,
                 failed: None,
                 dead: false,
                 closing: false,
@@ -431,6 +485,22 @@ impl SessionLog {
             inner.stats.events += 1;
             return Ok(AppendTicket { ei });
         }
+        if self.shared.backlog.full() && config.mode == RecordingMode::BestEffort {
+            // The writer is behind and best_effort never waits: drop, and say so later.
+            let ei = inner.next_ei;
+            inner.next_ei += 1;
+            inner.stats.events += 1;
+            note_loss(
+                &mut inner,
+                1,
+                time_ms,
+                time_ms,
+                "the recording backlog was full (recording.max_backlog_bytes): the disk is slower than the sessions",
+            );
+            drop(inner);
+            self.shared.nudge();
+            return Ok(AppendTicket { ei });
+        }
         let full = body.overrides_session_fields();
         if full != inner.pending_full {
             if let Some(raw) = take_frame(&mut inner, &self.state) {
@@ -446,10 +516,33 @@ impl SessionLog {
             }
         }
         drop(inner);
-        if frame_full || config.fsync == FsyncPolicy::Always {
+        if frame_full || config.fsync == FsyncPolicy::Always || self.shared.backlog.pressing() {
             self.shared.nudge();
         }
         Ok(AppendTicket { ei })
+    }
+
+    /// Whether the writer's backlog is at its bound.
+    pub fn backlog_full(&self) -> bool {
+        self.shared.backlog.full()
+    }
+
+    /// Waits until the writer's backlog is below its bound: how strict sessions slow down
+    /// to the disk's pace instead of queueing without end.
+    pub async fn wait_for_room(&self) {
+        loop {
+            let room = self.shared.backlog.room.notified();
+            if !self.shared.backlog.full() {
+                return;
+            }
+            self.shared.nudge();
+            // A bounded wait as well: a notification between the check and the wait is
+            // not lost for notify_waiters, but a writer that stopped is noticed this way.
+            let _ = tokio::time::timeout(Duration::from_millis(100), room).await;
+            if lock(&self.state.inner).closing || lock(&self.shared.control).shutdown {
+                return;
+            }
+        }
     }
 
     /// Resolves once the event is durable per the fsync policy (or the recording failed).
@@ -536,16 +629,23 @@ fn push_event(inner: &mut Inner, session: &SessionState, body: &EventBody, notes
         }
     };
     write(&mut inner.pending, body, notes);
-    let written = inner.pending.len() - before;
+    let mut written = inner.pending.len() - before;
     if written > MAX_EVENT_BYTES {
         // Only reachable if captured text escaped past the cap's worst case; the event is
         // lost rather than the readability of everything after it.
         inner.pending.truncate(before);
         let error = format!("a {} event of {written} bytes exceeds the {MAX_EVENT_BYTES}-byte event limit", body.event_type().as_str());
         tracing::error!(sid = %session.ctx.sid, %error, "event not recorded");
-        write(&mut inner.pending, &EventBody::RecordingGap { lost_events: 1, error }, None);
+        let at = chrono::Utc::now().timestamp_millis();
+        write(
+            &mut inner.pending,
+            &EventBody::RecordingGap { lost_events: 1, error, lost_from_ms: Some(at), lost_until_ms: Some(at) },
+            None,
+        );
+        written = inner.pending.len() - before;
     }
     inner.pending.push(b'\n');
+    session.backlog.add(written + 1);
     inner.next_ei += 1;
     if inner.pending_events == 0 {
         inner.pending_first_ei = ei;
@@ -568,7 +668,12 @@ fn push_event(inner: &mut Inner, session: &SessionState, body: &EventBody, notes
 fn take_frame(inner: &mut Inner, session: &SessionState) -> Option<RawFrame> {
     let mut gap_reported = 0;
     if inner.unreported_lost > 0 {
-        let gap = EventBody::RecordingGap { lost_events: inner.unreported_lost, error: inner.gap_error.clone() };
+        let gap = EventBody::RecordingGap {
+            lost_events: inner.unreported_lost,
+            error: inner.gap_error.clone(),
+            lost_from_ms: inner.gap_from_ms.take(),
+            lost_until_ms: inner.gap_until_ms.take(),
+        };
         push_event(inner, session, &gap, None, chrono::Utc::now().timestamp_millis());
         gap_reported = std::mem::take(&mut inner.unreported_lost);
     }
@@ -681,7 +786,7 @@ fn writer_loop(shared: &Shared) {
         if tick {
             next_tick = now + config.batch_interval;
         }
-        let flush_all = tick || shutdown || config.fsync == FsyncPolicy::Always;
+        let flush_all = tick || shutdown || config.fsync == FsyncPolicy::Always || shared.backlog.pressing();
         let fsync = match config.fsync {
             FsyncPolicy::Always => true,
             FsyncPolicy::Batch => tick || shutdown,
@@ -715,7 +820,11 @@ fn write_pass(shared: &Shared, sessions: &[Arc<SessionState>], flush_all: bool, 
         // Compress outside the session's lock, so its connection never waits on it; frames
         // cut meanwhile get later sequence numbers and go out in the next pass.
         let frames: Vec<ReadyFrame> = cut.into_iter().map(compress_frame).collect();
+        let raw_bytes: usize = frames.iter().map(|f| f.raw_len as usize).sum();
         let last_ei = write_frames(shared, session, frames);
+        if raw_bytes > 0 {
+            session.backlog.remove(raw_bytes);
+        }
         written.push((session.clone(), last_ei));
         if is_closing {
             closing.push(session.clone());
@@ -807,8 +916,12 @@ fn write_frames(shared: &Shared, session: &Arc<SessionState>, frames: Vec<ReadyF
     let reason = format!("write failed: {reason}");
     let mut inner = lock(&session.inner);
     // Frames cut after the failed one link to it: drop them too and relink from the file's end.
+    let drained: Vec<RawFrame> = inner.cut.drain(..).collect();
+    session.backlog.remove(drained.iter().map(|f| f.data.len()).sum());
     let lost: u64 = frames.iter().skip(done).map(|f| u64::from(f.events) + f.gap_reported).sum::<u64>()
-        + inner.cut.drain(..).map(|f| u64::from(f.events) + f.gap_reported).sum::<u64>();
+        + drained.iter().map(|f| u64::from(f.events) + f.gap_reported).sum::<u64>();
+    let lost_from = frames.iter().skip(done).map(|f| f.min_ms).chain(drained.iter().map(|f| f.min_ms)).min().unwrap_or_default();
+    let lost_until = frames.iter().skip(done).map(|f| f.max_ms).chain(drained.iter().map(|f| f.max_ms)).max().unwrap_or_default();
     inner.next_seq = inner.written_seq;
     tracing::error!(sid = %session.ctx.sid, error = %reason, lost_events = lost, "recording write failed");
     if shared.config.mode == RecordingMode::Strict || rollback.is_err() {
@@ -817,9 +930,18 @@ fn write_frames(shared: &Shared, session: &Arc<SessionState>, frames: Vec<ReadyF
         return last_ei;
     }
     // best_effort: the next frame written starts by reporting the loss.
-    inner.unreported_lost += lost;
-    inner.gap_error = reason;
+    note_loss(&mut inner, lost, lost_from, lost_until, &reason);
     last_ei
+}
+
+/// best_effort: counts events lost (with when they happened) for the next gap event.
+fn note_loss(inner: &mut Inner, count: u64, from_ms: i64, until_ms: i64, reason: &str) {
+    inner.unreported_lost += count;
+    inner.gap_from_ms = Some(inner.gap_from_ms.map_or(from_ms, |t| t.min(from_ms)));
+    inner.gap_until_ms = Some(inner.gap_until_ms.map_or(until_ms, |t| t.max(until_ms)));
+    if inner.gap_error != reason {
+        inner.gap_error = reason.to_string();
+    }
 }
 
 fn fail_session(shared: &Shared, session: &SessionState, reason: String) {

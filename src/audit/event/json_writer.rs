@@ -81,6 +81,12 @@ impl Wire<'_> {
             let _ = serde_json::to_writer(&mut *out, body);
         }
         opt_u64(out, "lost_events", self.lost_events);
+        for (name, t) in [("lost_from", &self.lost_from), ("lost_until", &self.lost_until)] {
+            if let Some(t) = t {
+                key(out, name);
+                time(out, t);
+            }
+        }
         opt_str(out, "user_agent", self.user_agent);
         opt_u64(out, "postgres_pid", self.postgres_pid.map(u64::from));
         if let Some(truncated) = self.truncated {
@@ -306,7 +312,12 @@ mod tests {
                 uri: None,
                 failed: true,
             },
-            EventBody::RecordingGap { lost_events: 12, error: s("disk full") },
+            EventBody::RecordingGap {
+                lost_events: 12,
+                error: s("disk full"),
+                lost_from_ms: Some(1_790_000_000_123),
+                lost_until_ms: Some(1_790_000_000_999),
+            },
         ]
     }
 

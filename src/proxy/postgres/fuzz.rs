@@ -54,11 +54,15 @@ pub fn messages(data: &[u8]) {
     }
     crate::audit::fuzz_check_events(events, 256);
     // The same bytes as a startup-phase packet.
-    let runtime = tokio::runtime::Builder::new_current_thread().build();
-    if let Ok(runtime) = runtime {
-        let mut reader = stream;
-        let _ = runtime.block_on(read_startup(&mut reader));
+    thread_local! {
+        static RUNTIME: Option<tokio::runtime::Runtime> = tokio::runtime::Builder::new_current_thread().build().ok();
     }
+    RUNTIME.with(|runtime| {
+        if let Some(runtime) = runtime {
+            let mut reader = stream;
+            let _ = runtime.block_on(read_startup(&mut reader));
+        }
+    });
 }
 
 /// Arbitrary text through the statement redactor: it must never fail, and what it returns
