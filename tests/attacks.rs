@@ -218,7 +218,7 @@ async fn playback_ls_and_verify_escape_terminal_controls() {
     proxy.stop().await;
 
     let sessions = proxy.sessions();
-    let sid = sessions.iter().find(|s| s[0]["user"] == "alice").unwrap()[0]["sid"].as_str().unwrap().to_string();
+    let sid = sessions.iter().find(|s| s[0]["user"] == "alice" && s[0]["success"] == true).unwrap()[0]["sid"].as_str().unwrap().to_string();
     let dir = proxy.store.dir().to_path_buf();
     let run = |args: &[&str]| {
         let out = common::dbtape_bin().args(args).arg("--dir").arg(&dir).output().unwrap();
@@ -232,7 +232,9 @@ async fn playback_ls_and_verify_escape_terminal_controls() {
     assert!(screen.contains(r"\u{009b}31m"), "{screen}");
     let listing = run(&["ls"]);
     assert!(!raw_controls(&listing), "{listing:?}");
-    assert!(listing.contains(r"mallory\x1b[2J"), "{listing}");
+    let refused = run(&["ls", "--failed"]);
+    assert!(!raw_controls(&refused), "{refused:?}");
+    assert!(refused.contains(r"mallory\x1b[2J"), "{refused}");
     let key = proxy.root.path().join("key.pub");
     let report = run(&["verify", "--all", "--public-key", key.to_str().unwrap()]);
     assert!(!raw_controls(&report), "{report:?}");
@@ -324,4 +326,103 @@ async fn secrets_in_statements_never_reach_recordings_exports_or_logs() {
     let sid = create["sid"].as_str().unwrap();
     let screen = common::dbtape_bin().args(["play", sid, "--format", "text", "--dir"]).arg(&dir).output().unwrap();
     assert!(String::from_utf8_lossy(&screen.stdout).contains("CREATE ROLE redact_role LOGIN PASSWORD '[REDACTED]'"));
+}
+
+/// One failed SCRAM login as a stranger would try it: a made-up user and a garbage proof.
+/// Returns false when the proxy closed the connection before asking for a password.
+async fn failed_login_from(source: [u8; 4], to: std::net::SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = connect_from(source, to).await;
+    let mut body = 196_608i32.to_be_bytes().to_vec();
+    body.extend_from_slice(b"user\0intruder\0database\0postgres\0\0");
+    let mut startup = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    startup.extend_from_slice(&body);
+    if s.write_all(&startup).await.is_err() {
+        return false;
+    }
+    let message = |ty: u8, payload: &[u8]| {
+        let mut m = vec![ty];
+        m.extend_from_slice(&((payload.len() + 4) as i32).to_be_bytes());
+        m.extend_from_slice(payload);
+        m
+    };
+    let mut header = [0u8; 5];
+    if s.read_exact(&mut header).await.is_err() {
+        return false;
+    }
+    let mut rest = vec![0u8; i32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize - 4];
+    s.read_exact(&mut rest).await.unwrap();
+    let first = "n,,n=,r=abcdefghijklmnop";
+    let mut p = b"SCRAM-SHA-256\0".to_vec();
+    p.extend_from_slice(&(first.len() as i32).to_be_bytes());
+    p.extend_from_slice(first.as_bytes());
+    s.write_all(&message(b'p', &p)).await.unwrap();
+    s.read_exact(&mut header).await.unwrap();
+    let mut server_first = vec![0u8; i32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize - 4];
+    s.read_exact(&mut server_first).await.unwrap();
+    let nonce = String::from_utf8_lossy(&server_first[4..]).split(',').find_map(|f| f.strip_prefix("r=").map(str::to_string)).unwrap();
+    let last = format!("c=biws,r={nonce},p=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=");
+    s.write_all(&message(b'p', last.as_bytes())).await.unwrap();
+    let mut reply = Vec::new();
+    let _ = s.read_to_end(&mut reply).await;
+    assert_eq!(reply.first(), Some(&b'E'), "a garbage proof must be refused");
+    true
+}
+
+/// Every refusal used to create its own recording, sidecar and signed manifest: 1,500 wrong
+/// passwords left 2.9 MB. Now they share one log per listener and day, and a source that
+/// keeps failing is shut out for the minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_failed_logins_stay_small_and_do_not_lock_out_psql() {
+    raise_fd_limit();
+    let mut proxy = Proxy::start().await;
+    let addr = proxy.addr;
+    let sources = 100u8;
+    let per_source = 100;
+    let flood = tokio::spawn(async move {
+        let tasks: Vec<_> = (0..sources)
+            .map(|i| {
+                tokio::spawn(async move {
+                    let mut answered = 0;
+                    for _ in 0..per_source {
+                        if failed_login_from([127, 0, 1, 10 + i], addr).await {
+                            answered += 1;
+                        }
+                    }
+                    answered
+                })
+            })
+            .collect();
+        let mut answered = 0;
+        for t in tasks {
+            answered += t.await.unwrap();
+        }
+        answered
+    });
+    let (ok, stdout, stderr) =
+        proxy.psql(proxy.conninfo("alice", ""), Some(ALICE_PASSWORD), vec!["-Atc".into(), "SELECT 'in'".into()]).await;
+    assert!(ok, "psql was locked out by the flood: {stderr}");
+    assert_eq!(stdout.trim(), "in");
+    let answered = flood.await.unwrap();
+    proxy.stop().await;
+
+    // Each source got its 30 tries a minute (server.max_failed_logins_per_source), the rest
+    // were closed at accept.
+    assert_eq!(answered, u32::from(sources) * 30, "answered logins");
+    let bytes: u64 = std::fs::read_dir(proxy.store.dir()).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+    eprintln!("{} failed logins ({answered} answered) left {bytes} bytes of recordings", u32::from(sources) * per_source);
+    assert!(bytes < 10_000_000, "{bytes} bytes of recordings");
+    let dir = proxy.store.dir().to_path_buf();
+    let refused =
+        common::dbtape_bin().args(["ls", "--failed", "--limit", "100000", "--format", "json", "--dir"]).arg(&dir).output().unwrap();
+    assert!(refused.status.success());
+    let refused: Vec<serde_json::Value> = serde_json::from_slice(&refused.stdout).unwrap();
+    let denied = refused.iter().filter(|e| e["user"] == "intruder").count();
+    let shut_out = refused.iter().filter(|e| e["error"].as_str().unwrap().contains("max_failed_logins_per_source")).count();
+    assert_eq!((denied, shut_out), (answered as usize, sources as usize));
+    let listing = common::dbtape_bin().args(["ls", "--dir"]).arg(&dir).output().unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(listing.contains(&format!("({} refused logins)", answered + u32::from(sources))), "{listing}");
+    let (ok, report) = verify_all(&proxy);
+    assert!(ok, "{report}");
 }

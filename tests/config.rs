@@ -36,6 +36,7 @@ fn the_example_config_is_valid_and_documents_defaults() {
         "login_timeout",
         "max_pending_logins",
         "max_pending_logins_per_source",
+        "max_failed_logins_per_source",
         "dir",
         "mode",
         "fsync",

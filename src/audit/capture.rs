@@ -50,6 +50,14 @@ impl EventBody {
                 visit("error", None, &mut status.error);
                 visit("message", None, &mut status.message);
             }
+            EventBody::RefusedStart { status, user, db_user, db_name, user_agent, .. } => {
+                visit("error", None, &mut status.error);
+                visit("message", None, &mut status.message);
+                visit("user", None, user);
+                visit("db_user", None, db_user);
+                visit("db_name", None, db_name);
+                visit("user_agent", None, user_agent);
+            }
             EventBody::Query { query, parameters, .. } => {
                 visit("db_query", None, query);
                 list("db_query_parameters", parameters, &mut visit);
@@ -90,6 +98,9 @@ impl EventBody {
         let list = |items: &[String]| items.iter().map(String::len).sum::<usize>();
         match self {
             EventBody::SessionStart { status, .. } | EventBody::Result { status, .. } => status.error.len() + status.message.len(),
+            EventBody::RefusedStart { status, user, db_user, db_name, user_agent, .. } => {
+                status.error.len() + status.message.len() + user.len() + db_user.len() + db_name.len() + user_agent.len()
+            }
             EventBody::Query { query, parameters, .. } => query.len() + list(parameters),
             EventBody::QueryFailed { query, parameters, status, .. } => {
                 query.len() + list(parameters) + status.error.len() + status.message.len()

@@ -91,6 +91,16 @@ pub enum EventBody {
         status: Status,
         postgres_pid: Option<u32>,
     },
+    /// A refused login in a listener's refused-logins log, which holds many: `db.session.start`
+    /// TDB00W carrying the would-be session's own user, database and address.
+    RefusedStart {
+        status: Status,
+        user: String,
+        db_user: String,
+        db_name: String,
+        remote_addr: String,
+        user_agent: String,
+    },
     SessionEnd {
         session_start: DateTime<Utc>,
         session_stop: DateTime<Utc>,
@@ -168,14 +178,14 @@ impl EventBody {
     pub fn overrides_session_fields(&self) -> bool {
         match self {
             EventBody::Query { db_name, .. } | EventBody::QueryFailed { db_name, .. } => db_name.is_some(),
-            EventBody::DynamoDbRequest { .. } => true,
+            EventBody::DynamoDbRequest { .. } | EventBody::RefusedStart { .. } => true,
             _ => false,
         }
     }
 
     pub fn event_type(&self) -> EventType {
         match self {
-            EventBody::SessionStart { .. } => EventType::SessionStart,
+            EventBody::SessionStart { .. } | EventBody::RefusedStart { .. } => EventType::SessionStart,
             EventBody::SessionEnd { .. } => EventType::SessionEnd,
             EventBody::Query { .. } => EventType::SessionQuery,
             EventBody::QueryFailed { .. } => EventType::SessionQueryFailed,
@@ -194,7 +204,7 @@ impl EventBody {
     pub fn code(&self) -> EventCode {
         match self {
             EventBody::SessionStart { status, .. } if status.success => EventCode::SessionStartOk,
-            EventBody::SessionStart { .. } => EventCode::SessionStartDenied,
+            EventBody::SessionStart { .. } | EventBody::RefusedStart { .. } => EventCode::SessionStartDenied,
             EventBody::SessionEnd { .. } => EventCode::SessionEnd,
             EventBody::Query { .. } => EventCode::Query,
             EventBody::QueryFailed { .. } => EventCode::QueryFailed,
@@ -527,6 +537,20 @@ impl AuditEvent<'_> {
                 w.user_agent = some(&ctx.connection.user_agent);
                 w.status(status);
                 w.postgres_pid = *postgres_pid;
+            }
+            EventBody::RefusedStart { status, user, db_user, db_name, remote_addr, user_agent } => {
+                w.namespace = Some("default");
+                w.server_id = Some(&ctx.server.server_id);
+                w.server_hostname = some(&ctx.server.hostname);
+                w.server_addr = some(&ctx.server.addr);
+                w.server_version = some(&ctx.server.version);
+                w.addr_local = some(&ctx.connection.local_addr);
+                w.addr_remote = some(remote_addr);
+                w.user_agent = some(user_agent);
+                w.status(status);
+                fixed.user = some(user);
+                fixed.db_user = some(db_user);
+                fixed.db_name = some(db_name);
             }
             EventBody::SessionEnd { session_start, session_stop } => {
                 w.addr_local = some(&ctx.connection.local_addr);

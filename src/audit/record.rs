@@ -42,6 +42,8 @@ pub struct RecordedEvent {
     pub target: String,
     pub body: Option<serde_json::Value>,
     pub lost_events: Option<u64>,
+    #[serde(rename = "addr.remote")]
+    pub addr_remote: String,
     #[serde(default)]
     pub lost_from: Option<String>,
     #[serde(default)]

@@ -105,6 +105,65 @@ pub fn ls(args: &StoreArgs, filter: LsFilter, format: DataFormat) -> Result<(), 
     Ok(())
 }
 
+/// `ls --failed`: refused logins, newest first, read from the refused-logins logs (the only
+/// recordings whose sidecar counts any), filtered like sessions.
+pub fn ls_refused(args: &StoreArgs, filter: LsFilter, format: DataFormat) -> Result<(), Failure> {
+    let located = locate(args)?;
+    let (since_ms, until_ms) = time_filter(filter.since, filter.until)?;
+    let export_filter = ExportFilter { since_ms, until_ms, db: filter.db, protocol: filter.protocol, ..ExportFilter::default() };
+    let mut warnings = Vec::new();
+    let logs: Vec<SessionSummary> =
+        matching_sessions(&located.store, &export_filter, &mut warnings)?.into_iter().filter(|s| s.refused_logins > 0).collect();
+    for w in &warnings {
+        eprintln!("{w}");
+    }
+    let mut refused: Vec<(crate::audit::RecordedEvent, Vec<u8>)> = Vec::new();
+    for log in &logs {
+        let mut stream = crate::replay::events::EventStream::open(&located.store, &log.sid, false)
+            .map_err(|e| Failure { code: 1, message: format!("{}: {e}", log.sid) })?;
+        stream
+            .for_each_event(|line| {
+                let Ok(event) = serde_json::from_slice::<crate::audit::RecordedEvent>(line) else { return Ok(true) };
+                let time = event.time_ms().unwrap_or_default();
+                let wanted = event.event == "db.session.start"
+                    && event.success == Some(false)
+                    && since_ms.is_none_or(|t| time >= t)
+                    && until_ms.is_none_or(|t| time < t)
+                    && filter.user.as_ref().is_none_or(|u| *u == event.user);
+                if wanted {
+                    refused.push((event, line.to_vec()));
+                }
+                Ok(true)
+            })
+            .map_err(|e| Failure { code: 1, message: format!("{}: {e}", log.sid) })?;
+    }
+    refused.sort_by(|a, b| b.0.time.cmp(&a.0.time));
+    refused.truncate(filter.limit);
+    let mut out = std::io::stdout().lock();
+    match format {
+        DataFormat::Json => {
+            let rows: Vec<serde_json::Value> = refused.iter().filter_map(|(_, raw)| serde_json::from_slice(raw).ok()).collect();
+            serde_json::to_writer_pretty(&mut out, &rows)?;
+            writeln!(out)?;
+        }
+        DataFormat::Text if refused.is_empty() => writeln!(out, "no refused logins match")?,
+        DataFormat::Text => {
+            for (event, _) in &refused {
+                writeln!(
+                    out,
+                    "{}  {:<16}  {:<12}  {:<21}  {}",
+                    event.time,
+                    safe(if event.user.is_empty() { "-" } else { &event.user }),
+                    safe(&event.db_service),
+                    safe(&event.addr_remote),
+                    safe(&event.error)
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn summary_json(s: &SessionSummary) -> serde_json::Value {
     let mut value = serde_json::to_value(s).unwrap_or_default();
     if let serde_json::Value::Object(map) = &mut value {
@@ -142,7 +201,7 @@ fn write_table(out: &mut impl Write, sessions: &[SessionSummary]) -> std::io::Re
             [
                 // Names come from clients and the config; a sidecar may have been edited.
                 safe(&s.sid),
-                safe(&s.user),
+                if s.refused_logins > 0 { format!("({} refused logins)", s.refused_logins) } else { safe(&s.user) },
                 safe(&s.db_service),
                 safe(&s.db_protocol),
                 chrono::DateTime::from_timestamp_millis(s.start_ms).map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default(),

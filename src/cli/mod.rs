@@ -89,6 +89,9 @@ pub enum Command {
         /// At most this many sessions.
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// List refused logins (from each listener's refused-logins log) instead of sessions.
+        #[arg(long)]
+        failed: bool,
         #[arg(long, value_enum, default_value_t = DataFormat::Text)]
         format: DataFormat,
     },
@@ -199,9 +202,14 @@ pub fn main() -> ExitCode {
         Command::Config { command: ConfigCommand::Check { config } } => inspect::config_check(&config.config),
         Command::User { command: UserCommand::Add { name, password_stdin } } => user::add(&name, password_stdin),
         Command::User { command: UserCommand::Passwd { name, password_stdin } } => user::passwd(&name, password_stdin),
-        Command::Ls { store, since, until, user, db, protocol, limit, format } => {
+        Command::Ls { store, since, until, user, db, protocol, limit, failed, format } => {
             init_logging(verbose_default, false);
-            inspect::ls(&store, inspect::LsFilter { since, until, user, db, protocol, limit }, format)
+            let filter = inspect::LsFilter { since, until, user, db, protocol, limit };
+            if failed {
+                inspect::ls_refused(&store, filter, format)
+            } else {
+                inspect::ls(&store, filter, format)
+            }
         }
         Command::Play { session_id, store, speed, skip_idle, format, follow } => {
             init_logging(false, false);

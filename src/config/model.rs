@@ -52,6 +52,9 @@ pub struct ServerSection {
     pub max_pending_logins: usize,
     /// Connections still logging in from one source address, per listener.
     pub max_pending_logins_per_source: usize,
+    /// Failed logins from one source address per minute, per listener, after which its new
+    /// connections are closed at accept until the minute is over; 0 turns this off.
+    pub max_failed_logins_per_source: u32,
     /// The machine's host name (`server_hostname` on events); read at start-up, not configured.
     #[serde(skip)]
     pub hostname: String,
@@ -88,6 +91,7 @@ impl Default for ServerSection {
             login_timeout: std::time::Duration::from_secs(10),
             max_pending_logins: 1024,
             max_pending_logins_per_source: 64,
+            max_failed_logins_per_source: 30,
             hostname: String::new(),
         }
     }

@@ -110,5 +110,6 @@ fn blank_summary(sid: &str, scan: &super::scan::ScanReport) -> SessionSummary {
         bytes: scan.size,
         state: RecordingState::Unsealed,
         error: String::new(),
+        refused_logins: 0,
     }
 }

@@ -91,6 +91,13 @@ pub struct SessionSummary {
     pub state: RecordingState,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub error: String,
+    /// Refused logins the recording holds: non-zero only for a listener's refused-logins log.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub refused_logins: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl SessionSummary {

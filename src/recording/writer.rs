@@ -145,6 +145,7 @@ impl ReadyFrame {
 #[derive(Default, Clone)]
 struct Stats {
     events: u64,
+    refused_logins: u64,
     queries: u64,
     failed_queries: u64,
     first_ms: Option<i64>,
@@ -658,6 +659,7 @@ fn push_event(inner: &mut Inner, session: &SessionState, body: &EventBody, notes
     stats.first_ms.get_or_insert(time_ms);
     stats.last_ms = Some(time_ms);
     let (queries, failed) = body.query_counts();
+    stats.refused_logins += u64::from(matches!(body, EventBody::RefusedStart { .. }));
     stats.queries += queries;
     stats.failed_queries += failed;
     ei
@@ -743,6 +745,7 @@ fn summary_of(state: &SessionState, inner: &Inner, bytes: u64, recording_state: 
         bytes,
         state: recording_state,
         error: inner.failed.as_deref().unwrap_or_default().to_string(),
+        refused_logins: inner.stats.refused_logins,
     }
 }
 

@@ -88,6 +88,8 @@ pub struct ListenerContext {
     shutdown: CancellationToken,
     login_secret: [u8; 32],
     usual_scram_iterations: u32,
+    refusals: super::refusals::RefusalLog,
+    failed_logins: Arc<super::refusals::FailedLogins>,
 }
 
 impl ListenerContext {
@@ -100,7 +102,48 @@ impl ListenerContext {
         login_secret: [u8; 32],
     ) -> Self {
         let usual_scram_iterations = usual_scram_iterations(&config);
-        ListenerContext { config, database, protocol, recorder, shutdown, login_secret, usual_scram_iterations }
+        let refusals = super::refusals::RefusalLog::new(recorder.clone());
+        let failed_logins = Arc::new(super::refusals::FailedLogins::new(config.server.max_failed_logins_per_source));
+        ListenerContext { config, database, protocol, recorder, shutdown, login_secret, usual_scram_iterations, refusals, failed_logins }
+    }
+
+    /// Failed logins per source, which the server core consults at accept.
+    pub fn failed_logins(&self) -> &Arc<super::refusals::FailedLogins> {
+        &self.failed_logins
+    }
+
+    /// Audits a refused login (TDB00W) in the listener's refused-logins log, and counts it
+    /// against its source address.
+    pub async fn refuse(&self, identity: SessionIdentity, conn: ConnectionInfo, reason: String) {
+        let remote_addr = conn.peer.to_string();
+        let shuts_out = self.failed_logins.record(conn.peer.ip()) == super::refusals::Failure::ShutsOut;
+        let refusal = super::refusals::Refusal {
+            user: identity.user,
+            db_user: identity.db_user,
+            db_name: identity.db_name,
+            user_agent: identity.user_agent,
+            remote_addr: remote_addr.clone(),
+            reason,
+        };
+        let context = || self.session_context(SessionIdentity::default(), conn);
+        self.refusals.record(refusal, "access denied", context).await;
+        if shuts_out {
+            let limit = self.config.server.max_failed_logins_per_source;
+            tracing::warn!(source = %conn.peer.ip(), limit, "too many failed logins from one source; closing its connections for a minute");
+            let notice = super::refusals::Refusal {
+                user: String::new(),
+                db_user: String::new(),
+                db_name: String::new(),
+                user_agent: String::new(),
+                remote_addr,
+                reason: format!(
+                    "{} failed logins from {} within a minute (server.max_failed_logins_per_source): its new connections are closed unaudited for the rest of the minute",
+                    limit,
+                    conn.peer.ip()
+                ),
+            };
+            self.refusals.record(notice, "source shut out", || self.session_context(SessionIdentity::default(), conn)).await;
+        }
     }
 
     /// A server secret for login exchanges, e.g. the stand-in SCRAM salt of unknown users;

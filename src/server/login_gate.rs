@@ -37,6 +37,8 @@ pub struct LoginGate {
 pub enum GateRefusal {
     ListenerFull,
     SourceFull,
+    /// The source failed too many logins this minute.
+    ShutOut,
 }
 
 fn lock(m: &Mutex<Counts>) -> std::sync::MutexGuard<'_, Counts> {

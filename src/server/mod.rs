@@ -3,6 +3,7 @@
 
 mod engine;
 mod login_gate;
+pub mod refusals;
 mod workers;
 
 use std::collections::HashMap;
@@ -147,6 +148,10 @@ async fn accept_loop(bound: BoundListener, tracker: TaskTracker, workers: Arc<Wo
         };
         match accepted {
             Ok((stream, peer)) => {
+                if context.failed_logins().shut_out(peer.ip()) {
+                    refusals.note(&database, peer, GateRefusal::ShutOut);
+                    continue;
+                }
                 let login = match gate.admit(peer.ip()) {
                     Ok(slot) => slot,
                     Err(why) => {
@@ -215,6 +220,7 @@ impl RefusalLog {
         let reason = match why {
             GateRefusal::ListenerFull => "server.max_pending_logins",
             GateRefusal::SourceFull => "server.max_pending_logins_per_source",
+            GateRefusal::ShutOut => "server.max_failed_logins_per_source",
         };
         tracing::warn!(database = %database, %peer, limit = reason, refused = self.since_last, "too many connections still logging in; closing new ones");
         self.since_last = 0;

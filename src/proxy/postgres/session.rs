@@ -166,14 +166,11 @@ async fn handshake(
     match establish(&mut client, ctx, state, info, version, &params).await {
         Ok(Some(established)) => return Some((client, established)),
         Ok(None) | Err(Refusal::Gone) => {}
-        Err(Refusal::Denied { login, db_user, db_name, reason }) => {
+        Err(Refusal::Denied { login, db_user, db_name, user_agent, reason }) => {
             tracing::info!(user = %login, %reason, "connection denied");
             send(&mut client, &error_response("FATAL", "28000", &format!("dbtape: {reason}"))).await;
-            let identity = SessionIdentity { user: login, db_user, db_name, ..Default::default() };
-            if let Ok(port) = ctx.open_session(identity, info).await {
-                let _ = port.emit(EventBody::SessionStart { status: Status::failed(reason, "access denied"), postgres_pid: None }).await;
-                port.seal().await;
-            }
+            let identity = SessionIdentity { user: login, db_user, db_name, user_agent, ..Default::default() };
+            ctx.refuse(identity, info, reason).await;
         }
     }
     None
@@ -182,7 +179,7 @@ async fn handshake(
 /// What ended a connection before its session began.
 enum Refusal {
     /// Authentication or authorization failed: 28000, recorded as TDB00W.
-    Denied { login: String, db_user: String, db_name: String, reason: String },
+    Denied { login: String, db_user: String, db_name: String, user_agent: String, reason: String },
     /// The client went away mid-handshake.
     Gone,
 }
@@ -260,6 +257,7 @@ async fn establish(
         login: who.to_string(),
         db_user: requested_db_user.unwrap_or_default().to_string(),
         db_name: requested_db.clone().unwrap_or_default(),
+        user_agent: StartupPacket::param(params, "application_name").unwrap_or_default().to_string(),
         reason,
     };
     if state.client_tls_mode == ClientTlsMode::Required && !client.is_tls() {

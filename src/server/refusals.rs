@@ -1,0 +1,138 @@
+//! Refused logins: every one audited, none able to fill the disk.
+//!
+//! A refusal (wrong password, unknown user, ungranted database) is a `db.session.start`
+//! TDB00W event. Rather than a recording, sidecar and signed manifest each, with fsyncs,
+//! a listener writes them all into one recording per UTC day (and per process run): the same
+//! append-only, chained, signed format, so `export`, `verify` and `ls --failed` read them.
+//! A source address that keeps failing is then shut out for the rest of the minute: its new
+//! connections are closed at accept, and one event says so.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::audit::{EventBody, SessionContext, Status};
+use crate::recording::{Recorder, SessionLog};
+
+/// The window over which failed logins per source are counted.
+const WINDOW: Duration = Duration::from_secs(60);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Failed logins per source address in the current window.
+pub struct FailedLogins {
+    limit: u32,
+    by_source: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+/// What one more failure from a source means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Recorded as usual.
+    Counted,
+    /// This failure reached the limit: recorded, and the source is shut out until `until`.
+    ShutsOut,
+}
+
+impl FailedLogins {
+    /// `limit` failures per source per minute; 0 turns the shutting out off.
+    pub fn new(limit: u32) -> Self {
+        FailedLogins { limit, by_source: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn record(&self, source: IpAddr) -> Failure {
+        if self.limit == 0 {
+            return Failure::Counted;
+        }
+        let now = Instant::now();
+        let mut map = lock(&self.by_source);
+        if map.len() > 100_000 {
+            // Many sources at once: forget the ones whose window has passed.
+            map.retain(|_, (start, _)| now.duration_since(*start) < WINDOW);
+        }
+        let entry = map.entry(source).or_insert((now, 0));
+        if now.duration_since(entry.0) >= WINDOW {
+            *entry = (now, 0);
+        }
+        entry.1 += 1;
+        if entry.1 == self.limit {
+            Failure::ShutsOut
+        } else {
+            Failure::Counted
+        }
+    }
+
+    /// Whether the source has used up its failures for the current window.
+    pub fn shut_out(&self, source: IpAddr) -> bool {
+        if self.limit == 0 {
+            return false;
+        }
+        let map = lock(&self.by_source);
+        map.get(&source).is_some_and(|(start, n)| *n >= self.limit && start.elapsed() < WINDOW)
+    }
+}
+
+/// A listener's log of refused logins, one recording per UTC day.
+pub struct RefusalLog {
+    recorder: Arc<Recorder>,
+    current: tokio::sync::Mutex<Option<(String, Arc<SessionLog>)>>,
+}
+
+/// One refused login, as the engine saw it.
+pub struct Refusal {
+    pub user: String,
+    pub db_user: String,
+    pub db_name: String,
+    pub user_agent: String,
+    pub remote_addr: String,
+    pub reason: String,
+}
+
+impl RefusalLog {
+    pub fn new(recorder: Arc<Recorder>) -> Self {
+        RefusalLog { recorder, current: tokio::sync::Mutex::new(None) }
+    }
+
+    /// Appends the refusal to today's log, opening it (and sealing yesterday's) as needed.
+    /// `context` is the listener's context for a new log.
+    pub async fn record(&self, refusal: Refusal, message: &str, context: impl FnOnce() -> SessionContext) {
+        let now_ms = crate::audit::now_ms();
+        let day = crate::audit::format_time(now_ms).get(..10).unwrap_or_default().to_string();
+        let log = {
+            let mut current = self.current.lock().await;
+            match current.as_ref() {
+                Some((open_day, log)) if *open_day == day => log.clone(),
+                _ => {
+                    let recorder = self.recorder.clone();
+                    let ctx = context();
+                    let opened = tokio::task::spawn_blocking(move || recorder.open(ctx)).await;
+                    let log = match opened {
+                        Ok(Ok(log)) => Arc::new(log),
+                        Ok(Err(e)) => {
+                            tracing::error!(error = %e, user = %refusal.user, reason = %refusal.reason, "cannot open the refused-logins log; this refusal is only logged");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    // Yesterday's log is sealed when its last handle goes.
+                    *current = Some((day, log.clone()));
+                    log
+                }
+            }
+        };
+        let body = EventBody::RefusedStart {
+            status: Status::failed(refusal.reason, message),
+            user: refusal.user,
+            db_user: refusal.db_user,
+            db_name: refusal.db_name,
+            remote_addr: refusal.remote_addr,
+            user_agent: refusal.user_agent,
+        };
+        if let Err(e) = log.append(&body, now_ms) {
+            tracing::error!(error = %e, "cannot record a refused login");
+        }
+    }
+}
