@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use super::Failure;
 use crate::config::{Config, LogFormat};
-use crate::server::{builtin_engines, shutdown_signal, Server};
+use crate::proxy::builtin_engines;
+use crate::server::{shutdown_signal, Server};
 
 pub fn run(config_path: &Path) -> Result<(), Failure> {
     let config = Config::load(config_path)?;

@@ -3,3 +3,17 @@
 pub mod postgres;
 pub mod stream;
 pub mod tls;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::server::EngineRegistry;
+
+/// The engines this build ships, set up for the databases in `config`. It lives here, not in
+/// the server core, so that the core names no protocol.
+pub fn builtin_engines(config: &Config) -> Result<EngineRegistry, postgres::PostgresSetupError> {
+    let mut registry = EngineRegistry::new(HashMap::new());
+    registry.register(Arc::new(postgres::PostgresEngine::new(config)?));
+    Ok(registry)
+}

@@ -6,7 +6,6 @@ mod login_gate;
 pub mod refusals;
 mod workers;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -249,13 +248,6 @@ pub async fn shutdown_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
-}
-
-/// The engines this build ships, set up for the databases in `config`.
-pub fn builtin_engines(config: &Config) -> Result<EngineRegistry, crate::proxy::postgres::PostgresSetupError> {
-    let mut registry = EngineRegistry::new(HashMap::new());
-    registry.register(Arc::new(crate::proxy::postgres::PostgresEngine::new(config)?));
-    Ok(registry)
 }
 
 pub fn database_protocol(db: &DatabaseConfig) -> Option<Protocol> {

@@ -4,8 +4,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use dbtape::config::Config;
+use dbtape::proxy::builtin_engines;
 use dbtape::recording::RecordingStore;
-use dbtape::server::{builtin_engines, Server};
+use dbtape::server::Server;
 
 use super::services::Services;
 
