@@ -181,22 +181,25 @@ pub fn message(ty: u8, body: &[u8]) -> Vec<u8> {
     out
 }
 
-pub fn auth_message(code: i32, data: &[u8]) -> Vec<u8> {
-    let mut body = code.to_be_bytes().to_vec();
-    body.extend_from_slice(data);
-    message(b'R', &body)
+/// A message the proxy writes itself, encoded by pgwire.
+fn encode<M: pgwire::messages::Message>(message: &M) -> Vec<u8> {
+    let mut buf = bytes::BytesMut::with_capacity(message.message_length() + 1);
+    if let Err(e) = message.encode(&mut buf) {
+        // Only a message over pgwire's own size limit fails, and none of ours comes near.
+        tracing::error!(error = %e, "cannot encode a PostgreSQL message");
+    }
+    buf.to_vec()
+}
+
+/// An Authentication request or answer (`R`).
+pub fn auth_message(message: pgwire::messages::startup::Authentication) -> Vec<u8> {
+    encode(&message)
 }
 
 /// An ErrorResponse with severity, SQLSTATE and message.
 pub fn error_response(severity: &str, code: &str, text: &str) -> Vec<u8> {
-    let mut body = Vec::new();
-    for (field, value) in [(b'S', severity), (b'V', severity), (b'C', code), (b'M', text)] {
-        body.push(field);
-        body.extend_from_slice(value.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    message(b'E', &body)
+    let fields = [(b'S', severity), (b'V', severity), (b'C', code), (b'M', text)];
+    encode(&pgwire::messages::response::ErrorResponse::new(fields.iter().map(|(f, v)| (*f, v.to_string())).collect()))
 }
 
 pub fn startup_message(version: i32, params: &[(String, String)]) -> Vec<u8> {
@@ -220,4 +223,19 @@ pub fn cancel_request(pid: i32, key: &[u8]) -> Vec<u8> {
     let mut out = ((body.len() + 4) as i32).to_be_bytes().to_vec();
     out.extend_from_slice(&body);
     out
+}
+
+#[cfg(test)]
+mod pgwire_tests {
+    use super::*;
+    use pgwire::messages::startup::Authentication;
+
+    #[test]
+    fn messages_written_through_pgwire_have_the_wire_layout() {
+        assert_eq!(auth_message(Authentication::Ok), [b'R', 0, 0, 0, 8, 0, 0, 0, 0]);
+        assert_eq!(auth_message(Authentication::SASL(vec!["SCRAM-SHA-256".into()])), message(b'R', b"\0\0\0\x0aSCRAM-SHA-256\0\0"));
+        assert_eq!(auth_message(Authentication::SASLContinue("r=x".into())), message(b'R', b"\0\0\0\x0br=x"));
+        assert_eq!(auth_message(Authentication::SASLFinal("v=y".into())), message(b'R', b"\0\0\0\x0cv=y"));
+        assert_eq!(error_response("FATAL", "28000", "no"), message(b'E', b"SFATAL\0VFATAL\0C28000\0Mno\0\0"));
+    }
 }

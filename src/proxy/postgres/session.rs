@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use pgwire::messages::startup::Authentication;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::codec::{
@@ -203,7 +204,7 @@ async fn scram_login(client: &mut Stream, verifier: Verifier) -> Result<(), Scra
         WireError::Closed | WireError::Io(_) => ScramOutcome::Gone,
         other => ScramOutcome::Protocol(other.to_string()),
     };
-    client.write_all(&auth_message(10, b"SCRAM-SHA-256\0\0")).await.map_err(|_| ScramOutcome::Gone)?;
+    client.write_all(&auth_message(Authentication::SASL(vec!["SCRAM-SHA-256".into()]))).await.map_err(|_| ScramOutcome::Gone)?;
     let _ = client.flush().await;
     let (ty, body) = read_message(client, 16 * 1024).await.map_err(gone)?;
     if ty != b'p' {
@@ -215,7 +216,7 @@ async fn scram_login(client: &mut Stream, verifier: Verifier) -> Result<(), Scra
     }
     let first = String::from_utf8_lossy(rest.get(4..).unwrap_or_default()).into_owned();
     let (exchange, server_first) = ServerExchange::start(verifier, &first).map_err(|e| ScramOutcome::Protocol(e.to_string()))?;
-    client.write_all(&auth_message(11, server_first.as_bytes())).await.map_err(|_| ScramOutcome::Gone)?;
+    client.write_all(&auth_message(Authentication::SASLContinue(server_first.into()))).await.map_err(|_| ScramOutcome::Gone)?;
     let _ = client.flush().await;
     let (ty, body) = read_message(client, 16 * 1024).await.map_err(gone)?;
     if ty != b'p' {
@@ -223,7 +224,7 @@ async fn scram_login(client: &mut Stream, verifier: Verifier) -> Result<(), Scra
     }
     match exchange.finish(&String::from_utf8_lossy(&body)) {
         Ok(server_final) => {
-            client.write_all(&auth_message(12, server_final.as_bytes())).await.map_err(|_| ScramOutcome::Gone)?;
+            client.write_all(&auth_message(Authentication::SASLFinal(server_final.into()))).await.map_err(|_| ScramOutcome::Gone)?;
             Ok(())
         }
         Err(crate::auth::scram::ScramError::WrongProof) => Err(ScramOutcome::WrongPassword),
@@ -346,7 +347,7 @@ async fn establish(
     };
     // Finish the client's startup with what the upstream says, swapping in a synthetic
     // cancel key (3.2 clients get a 32-byte key).
-    let mut out = auth_message(0, &[]);
+    let mut out = auth_message(Authentication::Ok);
     let mut real = None;
     let pid_bytes: [u8; 4] = random_bytes(4).try_into().unwrap_or([0, 0, 0, 1]);
     let synthetic = ((i32::from_be_bytes(pid_bytes) & 0x7fff_ffff).max(1), random_bytes(if version == PROTOCOL_3_2 { 32 } else { 4 }));
