@@ -387,3 +387,58 @@ async fn an_upstream_asking_for_endless_scram_work_is_refused() {
     let _ = stop.send(());
     task.await.unwrap();
 }
+
+/// A self-hosted PostgreSQL with a self-signed certificate (which carries CA:TRUE): psql
+/// accepts it with `sslmode=verify-full` when that certificate is its root file, and so must
+/// dbtape when `upstream_tls.ca` is exactly that certificate. Any other CA still fails, and
+/// says what to change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_self_signed_upstream_certificate_is_accepted_when_pinned() {
+    let s = Services::load();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("self.crt"), dir.path().join("self.key"));
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-addext", "basicConstraints=critical,CA:TRUE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let tls = |ca: &std::path::Path| {
+        format!(
+            "[databases.upstream_tls]\nca = \"{}\"\n[databases.auth]\npassword = {{ env = \"DBTAPE_FAKE_UPSTREAM_PASSWORD_PINNED\" }}\n",
+            ca.display()
+        )
+    };
+    std::env::set_var("DBTAPE_FAKE_UPSTREAM_PASSWORD_PINNED", "pinned-secret");
+    let self_signed = dbtape::proxy::tls::server_config(&dbtape::config::ClientTlsConfig {
+        mode: None,
+        cert: Some(cert.clone()),
+        key: Some(key.clone()),
+        client_ca: None,
+    })
+    .unwrap()
+    .unwrap()
+    .config;
+
+    let (upstream, password) = fake_upstream(Some(self_signed.clone())).await;
+    let (addr, _root, stop, task) = proxy_to(upstream, &tls(&cert)).await;
+    connect_alice(addr).await.unwrap();
+    assert_eq!(password.await.unwrap().as_deref(), Some("pinned-secret"));
+    let _ = stop.send(());
+    task.await.unwrap();
+
+    let (upstream, password) = fake_upstream(Some(self_signed)).await;
+    let other_ca = std::path::PathBuf::from(format!("{}/ca.crt", s.get("CERTS")));
+    let (addr, _root, stop, task) = proxy_to(upstream, &tls(&other_ca)).await;
+    let err = connect_alice(addr).await.unwrap_err();
+    let message = err.as_db_error().map(|e| e.message().to_string()).unwrap_or_default();
+    assert!(message.contains("set upstream_tls.ca to a file holding exactly that certificate"), "{err:?}");
+    // The stand-in saw its handshake refused: no password reached it.
+    assert!(!matches!(password.await, Ok(Some(_))));
+    let _ = stop.send(());
+    task.await.unwrap();
+}

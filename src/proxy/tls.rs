@@ -152,24 +152,108 @@ pub fn client_config(tls: &UpstreamTlsConfig) -> Result<Option<Arc<ClientConfig>
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?;
+    if tls.mode == UpstreamTlsMode::Disable {
+        return Ok(None);
+    }
+    let pinned = match tls.ca.as_deref() {
+        Some(path) => read_certs(path)?,
+        None => Vec::new(),
+    };
+    let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots(tls.ca.as_deref())?), provider())
+        .build()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let verifier = Arc::new(PinningVerifier { inner: webpki, pinned });
     let config = match tls.mode {
-        UpstreamTlsMode::Disable => return Ok(None),
-        UpstreamTlsMode::VerifyFull => builder.with_root_certificates(roots(tls.ca.as_deref())?).with_no_client_auth(),
-        UpstreamTlsMode::VerifyCa | UpstreamTlsMode::Require => {
-            let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots(tls.ca.as_deref())?), provider())
-                .build()
-                .map_err(|e| TlsError::Config(e.to_string()))?;
-            let verifier = RelaxedVerifier { inner, check_chain: tls.mode == UpstreamTlsMode::VerifyCa };
-            builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth()
+        UpstreamTlsMode::VerifyFull => builder.dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth(),
+        _ => {
+            let relaxed = RelaxedVerifier { inner: verifier, check_chain: tls.mode == UpstreamTlsMode::VerifyCa };
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(relaxed)).with_no_client_auth()
         }
     };
     Ok(Some(Arc::new(config)))
 }
 
+/// WebPKI verification, plus pinning: a self-signed server certificate (which carries CA:TRUE,
+/// so WebPKI refuses it as an end entity) is accepted when `upstream_tls.ca` holds exactly
+/// that certificate, as psql accepts it with `sslmode=verify-full` and that file as its root.
+/// The name and validity period are still checked.
+#[derive(Debug)]
+struct PinningVerifier {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    pinned: Vec<CertificateDer<'static>>,
+}
+
+impl PinningVerifier {
+    fn verify_pinned(&self, end_entity: &CertificateDer<'_>, server_name: &ServerName<'_>, now: UnixTime) -> Result<(), rustls::Error> {
+        let (_, cert) = x509_parser::parse_x509_certificate(end_entity.as_ref())
+            .map_err(|e| rustls::Error::General(format!("cannot parse the pinned certificate: {e}")))?;
+        let now = x509_parser::time::ASN1Time::from_timestamp(now.as_secs() as i64)
+            .map_err(|e| rustls::Error::General(format!("bad clock: {e}")))?;
+        if !cert.validity().is_valid_at(now) {
+            return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Expired));
+        }
+        let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_name(&parsed, server_name)
+    }
+}
+
+impl ServerCertVerifier for PinningVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+            Err(rustls::Error::InvalidCertificate(error)) => {
+                // Exactly a certificate the operator configured: pinned, whatever WebPKI
+                // thought of it as an end entity.
+                if self.pinned.iter().any(|p| p.as_ref() == end_entity.as_ref()) {
+                    return self.verify_pinned(end_entity, server_name, now).map(|()| ServerCertVerified::assertion());
+                }
+                // webpki's CaUsedAsEndEntity reaches rustls only as an "other" error.
+                if format!("{error:?}").contains("CaUsedAsEndEntity") {
+                    return Err(rustls::Error::General(
+                        "the upstream's certificate is a CA certificate (CA:TRUE), as self-signed ones are; to trust it, \
+                         set upstream_tls.ca to a file holding exactly that certificate"
+                            .into(),
+                    ));
+                }
+                Err(rustls::Error::InvalidCertificate(error))
+            }
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
 /// `verify-ca` checks the chain but not the name; `require` only encrypts (as libpq's modes).
 #[derive(Debug)]
 struct RelaxedVerifier {
-    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    inner: Arc<PinningVerifier>,
     check_chain: bool,
 }
 
