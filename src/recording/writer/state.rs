@@ -1,0 +1,174 @@
+//! The state the session-log API and the writer thread share: each session's buffer and
+//! file, the sessions the writer serves, and the backlog bound.
+
+use std::fs::File;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
+
+use sha2::Sha256;
+use tokio::sync::watch;
+
+use super::{Durability, RecorderConfig};
+use crate::audit::SessionContext;
+use crate::recording::signing::Signer;
+use crate::recording::store::RecordingStore;
+
+/// Events taken off a session's pending buffer, not yet compressed.
+pub(super) struct RawFrame {
+    pub(super) seq: u32,
+    pub(super) events: u32,
+    pub(super) first_ei: u64,
+    pub(super) min_ms: i64,
+    pub(super) max_ms: i64,
+    pub(super) data: Vec<u8>,
+    pub(super) gap_reported: u64,
+    pub(super) zstd_level: i32,
+    /// Events without the session's fixed fields (`FLAG_COMPACT`).
+    pub(super) compact: bool,
+}
+
+/// A compressed frame waiting to be written. Its chain link is computed when it is written,
+/// by the one writer thread, in sequence order.
+pub(super) struct ReadyFrame {
+    pub(super) seq: u32,
+    pub(super) compressed: bool,
+    pub(super) compact: bool,
+    pub(super) raw_len: u32,
+    pub(super) events: u32,
+    pub(super) first_ei: u64,
+    pub(super) min_ms: i64,
+    pub(super) max_ms: i64,
+    pub(super) payload: Vec<u8>,
+    /// Lost events reported by a gap event inside this frame; unreported again if it is lost.
+    pub(super) gap_reported: u64,
+}
+
+impl ReadyFrame {
+    pub(super) fn last_ei(&self) -> u64 {
+        self.first_ei + u64::from(self.events).saturating_sub(1)
+    }
+}
+
+#[derive(Default, Clone)]
+pub(super) struct Stats {
+    pub(super) events: u64,
+    pub(super) refused_logins: u64,
+    pub(super) queries: u64,
+    pub(super) failed_queries: u64,
+    pub(super) first_ms: Option<i64>,
+    pub(super) last_ms: Option<i64>,
+}
+
+pub(super) struct Inner {
+    pub(super) pending: Vec<u8>,
+    pub(super) pending_events: u32,
+    pub(super) pending_first_ei: u64,
+    pub(super) pending_min_ms: i64,
+    pub(super) pending_max_ms: i64,
+    /// `pending` holds whole events (some override the session's fixed fields) rather than
+    /// compact ones; a frame holds one kind only, so a change of kind cuts the frame.
+    pub(super) pending_full: bool,
+    /// Frames cut from `pending` and waiting for the writer thread, which compresses them:
+    /// compressing a full frame takes a few hundred microseconds, too long to stall a
+    /// connection's thread (and every other connection it serves) for.
+    pub(super) cut: Vec<RawFrame>,
+    pub(super) next_ei: u64,
+    pub(super) next_seq: u32,
+    /// The chain and sequence as of the last frame known to be in the file, for rolling back
+    /// frames whose write failed.
+    pub(super) written_seq: u32,
+    pub(super) written_chain: [u8; 32],
+    /// Everything appended (written or not).
+    pub(super) stats: Stats,
+    /// What is in the file.
+    pub(super) written_events: u64,
+    pub(super) written_first_ms: Option<i64>,
+    pub(super) written_last_ms: Option<i64>,
+    /// best_effort: events lost since the last gap event that reached the file, and when
+    /// the first and last of them happened.
+    pub(super) unreported_lost: u64,
+    pub(super) gap_error: String,
+    pub(super) gap_from_ms: Option<i64>,
+    pub(super) gap_until_ms: Option<i64>,
+    pub(super) failed: Option<Arc<str>>,
+    /// best_effort: the file itself is unusable, so events are only counted.
+    pub(super) dead: bool,
+    pub(super) closing: bool,
+    pub(super) zstd_level: i32,
+}
+
+pub(super) struct FileIo {
+    pub(super) file: File,
+    pub(super) len: u64,
+    pub(super) hasher: Sha256,
+    pub(super) dirty: bool,
+    pub(super) last_summary: Instant,
+    pub(super) summary_dirty: bool,
+}
+
+pub(super) struct SessionState {
+    pub(super) ctx: Arc<SessionContext>,
+    pub(super) backlog: Arc<Backlog>,
+    pub(super) start_ms: i64,
+    pub(super) inner: Mutex<Inner>,
+    pub(super) io: Mutex<Option<FileIo>>,
+    pub(super) durable: watch::Sender<Durability>,
+}
+
+pub(super) struct Control {
+    pub(super) sessions: Vec<Arc<SessionState>>,
+    pub(super) urgent: bool,
+    pub(super) shutdown: bool,
+}
+
+/// Bytes appended but not yet written, over all sessions: the writer's backlog, bounded so
+/// that a disk slower than the sessions cannot grow the proxy's memory without end.
+pub(super) struct Backlog {
+    pub(super) queued: AtomicUsize,
+    pub(super) peak: AtomicUsize,
+    pub(super) limit: usize,
+    /// Woken whenever the writer takes bytes off the backlog.
+    pub(super) room: tokio::sync::Notify,
+}
+
+impl Backlog {
+    pub(super) fn add(&self, bytes: usize) {
+        let now = self.queued.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.peak.fetch_max(now, Ordering::Relaxed);
+    }
+
+    pub(super) fn remove(&self, bytes: usize) {
+        let _ = self.queued.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| Some(q.saturating_sub(bytes)));
+        self.room.notify_waiters();
+    }
+
+    pub(super) fn full(&self) -> bool {
+        self.queued.load(Ordering::Relaxed) >= self.limit
+    }
+
+    pub(super) fn pressing(&self) -> bool {
+        self.queued.load(Ordering::Relaxed) >= self.limit / 2
+    }
+}
+
+pub(super) struct Shared {
+    pub(super) backlog: Arc<Backlog>,
+    pub(super) config: RecorderConfig,
+    pub(super) store: RecordingStore,
+    pub(super) signer: Arc<Signer>,
+    pub(super) control: Mutex<Control>,
+    pub(super) wake: Condvar,
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks is a bug elsewhere; the data is still usable.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Shared {
+    pub(super) fn nudge(&self) {
+        lock(&self.control).urgent = true;
+        self.wake.notify_one();
+    }
+}

@@ -1,0 +1,230 @@
+//! The writer thread: group commit over every session, and rollback of a failed write.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::Digest;
+
+use super::buffer::{compress_frame, note_loss, take_frame};
+use super::seal::{seal, summary_of};
+use super::state::{lock, RawFrame, ReadyFrame, SessionState, Shared};
+use super::{FsyncPolicy, RecordingMode};
+use crate::recording::format::{encode_frame, FrameKind, FrameSpec};
+use crate::recording::store::RecordingState;
+
+/// The writer's compression and file I/O are background work unless sessions wait on it
+/// (fsync `always`): at a lower priority it fills the gaps the relay leaves instead of
+/// preempting a connection thread in the middle of a batch. Nice 10 still gives it about a
+/// tenth of a contended CPU, many times what it needs, so it cannot starve. Raising a
+/// thread's own nice value needs no privilege.
+pub(super) fn lower_this_threads_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain syscalls on this thread's own id, with no pointers involved.
+        let done = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) };
+        if done != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower the recorder thread's priority");
+        }
+    }
+}
+
+const SUMMARY_REFRESH: Duration = Duration::from_secs(2);
+
+pub(super) fn writer_loop(shared: &Shared) {
+    let config = &shared.config;
+    let mut next_tick = Instant::now() + config.batch_interval;
+    loop {
+        let (shutdown, sessions) = {
+            let mut control = lock(&shared.control);
+            while !control.urgent && !control.shutdown {
+                let now = Instant::now();
+                if now >= next_tick {
+                    break;
+                }
+                let (guard, _) = shared.wake.wait_timeout(control, next_tick - now).unwrap_or_else(|poisoned| poisoned.into_inner());
+                control = guard;
+            }
+            control.urgent = false;
+            (control.shutdown, control.sessions.clone())
+        };
+        let now = Instant::now();
+        let tick = now >= next_tick;
+        if tick {
+            next_tick = now + config.batch_interval;
+        }
+        let flush_all = tick || shutdown || config.fsync == FsyncPolicy::Always || shared.backlog.pressing();
+        let fsync = match config.fsync {
+            FsyncPolicy::Always => true,
+            FsyncPolicy::Batch => tick || shutdown,
+            FsyncPolicy::Never => false,
+        };
+        let sealed = write_pass(shared, &sessions, flush_all, fsync);
+        let remaining = {
+            let mut control = lock(&shared.control);
+            control.sessions.retain(|s| !sealed.iter().any(|done| Arc::ptr_eq(done, s)));
+            control.sessions.len()
+        };
+        if shutdown && remaining == 0 {
+            break;
+        }
+    }
+}
+
+/// One group commit over all sessions. Returns the sessions it sealed.
+pub(super) fn write_pass(shared: &Shared, sessions: &[Arc<SessionState>], flush_all: bool, fsync: bool) -> Vec<Arc<SessionState>> {
+    let mut written: Vec<(Arc<SessionState>, Option<u64>)> = Vec::new();
+    let mut closing = Vec::new();
+    for session in sessions {
+        let (cut, is_closing) = {
+            let mut inner = lock(&session.inner);
+            let mut cut = std::mem::take(&mut inner.cut);
+            if flush_all || inner.closing {
+                cut.extend(take_frame(&mut inner, session));
+            }
+            (cut, inner.closing)
+        };
+        // Compress outside the session's lock, so its connection never waits on it; frames
+        // cut meanwhile get later sequence numbers and go out in the next pass.
+        let frames: Vec<ReadyFrame> = cut.into_iter().map(compress_frame).collect();
+        let raw_bytes: usize = frames.iter().map(|f| f.raw_len as usize).sum();
+        let last_ei = write_frames(shared, session, frames);
+        if raw_bytes > 0 {
+            session.backlog.remove(raw_bytes);
+        }
+        written.push((session.clone(), last_ei));
+        if is_closing {
+            closing.push(session.clone());
+        }
+    }
+    if fsync {
+        for (session, _) in &written {
+            let synced = match lock(&session.io).as_mut().filter(|io| io.dirty) {
+                Some(io) => io.file.sync_data().map(|()| io.dirty = false),
+                None => Ok(()),
+            };
+            if let Err(e) = synced {
+                fail_session(shared, session, format!("fsync failed: {e}"));
+            }
+        }
+    }
+    for (session, last_ei) in &written {
+        if let Some(ei) = last_ei {
+            if fsync || shared.config.fsync != FsyncPolicy::Always {
+                session.durable.send_modify(|d| d.through = Some(d.through.map_or(*ei, |t| t.max(*ei))));
+            }
+        }
+        refresh_summary(shared, session);
+    }
+    for session in &closing {
+        seal(shared, session);
+    }
+    closing
+}
+
+/// Writes frames in order; on failure rolls the file and chain back to the last good frame.
+pub(super) fn write_frames(shared: &Shared, session: &Arc<SessionState>, frames: Vec<ReadyFrame>) -> Option<u64> {
+    if frames.is_empty() {
+        return None;
+    }
+    let mut io_guard = lock(&session.io);
+    let io = io_guard.as_mut()?;
+    let mut last_ei = None;
+    let mut done: usize = 0;
+    let mut failure = None;
+    let mut chain = lock(&session.inner).written_chain;
+    let mut links = Vec::with_capacity(frames.len());
+    let mut bytes = Vec::new();
+    for frame in &frames {
+        bytes.clear();
+        let link = encode_frame(
+            &FrameSpec {
+                kind: FrameKind::Events,
+                seq: frame.seq,
+                compressed: frame.compressed,
+                compact: frame.compact,
+                raw_len: frame.raw_len,
+                events: frame.events,
+                first_ei: frame.first_ei,
+                min_time_ms: frame.min_ms,
+                max_time_ms: frame.max_ms,
+                payload: &frame.payload,
+            },
+            &chain,
+            &mut bytes,
+        );
+        if let Err(e) = io.file.write_all(&bytes) {
+            failure = Some(e.to_string());
+            break;
+        }
+        io.len += bytes.len() as u64;
+        io.hasher.update(&bytes);
+        io.dirty = true;
+        io.summary_dirty = true;
+        last_ei = Some(frame.last_ei());
+        chain = link;
+        links.push(link);
+        done += 1;
+    }
+    {
+        let mut inner = lock(&session.inner);
+        for (frame, link) in frames.iter().zip(links) {
+            inner.written_seq = frame.seq + 1;
+            inner.written_chain = link;
+            inner.written_events += u64::from(frame.events);
+            inner.written_first_ms.get_or_insert(frame.min_ms);
+            inner.written_last_ms = Some(frame.max_ms);
+        }
+    }
+    let Some(reason) = failure else { return last_ei };
+    // Cut off any torn bytes so later frames still follow a whole one.
+    let rollback = io.file.set_len(io.len);
+    drop(io_guard);
+    let reason = format!("write failed: {reason}");
+    let mut inner = lock(&session.inner);
+    // Frames cut after the failed one link to it: drop them too and relink from the file's end.
+    let drained: Vec<RawFrame> = inner.cut.drain(..).collect();
+    session.backlog.remove(drained.iter().map(|f| f.data.len()).sum());
+    let lost: u64 = frames.iter().skip(done).map(|f| u64::from(f.events) + f.gap_reported).sum::<u64>()
+        + drained.iter().map(|f| u64::from(f.events) + f.gap_reported).sum::<u64>();
+    let lost_from = frames.iter().skip(done).map(|f| f.min_ms).chain(drained.iter().map(|f| f.min_ms)).min().unwrap_or_default();
+    let lost_until = frames.iter().skip(done).map(|f| f.max_ms).chain(drained.iter().map(|f| f.max_ms)).max().unwrap_or_default();
+    inner.next_seq = inner.written_seq;
+    tracing::error!(sid = %session.ctx.sid, error = %reason, lost_events = lost, "recording write failed");
+    if shared.config.mode == RecordingMode::Strict || rollback.is_err() {
+        drop(inner);
+        fail_session(shared, session, reason);
+        return last_ei;
+    }
+    // best_effort: the next frame written starts by reporting the loss.
+    note_loss(&mut inner, lost, lost_from, lost_until, &reason);
+    last_ei
+}
+
+pub(super) fn fail_session(shared: &Shared, session: &SessionState, reason: String) {
+    let reason: Arc<str> = Arc::from(reason);
+    {
+        let mut inner = lock(&session.inner);
+        if shared.config.mode == RecordingMode::Strict && inner.failed.is_none() {
+            inner.failed = Some(reason.clone());
+        }
+        inner.dead = true;
+    }
+    session.durable.send_modify(|d| d.failed = Some(reason.clone()));
+}
+
+pub(super) fn refresh_summary(shared: &Shared, session: &SessionState) {
+    let mut io_guard = lock(&session.io);
+    let Some(io) = io_guard.as_mut() else { return };
+    if !io.summary_dirty || io.last_summary.elapsed() < SUMMARY_REFRESH {
+        return;
+    }
+    io.summary_dirty = false;
+    io.last_summary = Instant::now();
+    let len = io.len;
+    drop(io_guard);
+    let summary = summary_of(session, &lock(&session.inner), len, RecordingState::Live);
+    if let Err(e) = shared.store.write_summary(&summary) {
+        tracing::warn!(sid = %session.ctx.sid, error = %e, "cannot refresh the recording's sidecar");
+    }
+}
