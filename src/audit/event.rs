@@ -459,6 +459,19 @@ struct Wire<'a> {
 }
 
 impl<'a> Wire<'a> {
+    /// What every `db.session.start` carries: the proxy, the connection and the outcome.
+    fn start(&mut self, ctx: &'a SessionContext, status: &'a Status, remote_addr: &'a str, user_agent: &'a str) {
+        self.namespace = Some("default");
+        self.server_id = Some(&ctx.server.server_id);
+        self.server_hostname = some(&ctx.server.hostname);
+        self.server_addr = some(&ctx.server.addr);
+        self.server_version = some(&ctx.server.version);
+        self.addr_local = some(&ctx.connection.local_addr);
+        self.addr_remote = some(remote_addr);
+        self.user_agent = some(user_agent);
+        self.status(status);
+    }
+
     fn status(&mut self, status: &'a Status) {
         self.success = Some(status.success);
         self.error = some(&status.error);
@@ -527,27 +540,11 @@ impl AuditEvent<'_> {
         };
         match self.body {
             EventBody::SessionStart { status, postgres_pid } => {
-                w.namespace = Some("default");
-                w.server_id = Some(&ctx.server.server_id);
-                w.server_hostname = some(&ctx.server.hostname);
-                w.server_addr = some(&ctx.server.addr);
-                w.server_version = some(&ctx.server.version);
-                w.addr_local = some(&ctx.connection.local_addr);
-                w.addr_remote = some(&ctx.connection.remote_addr);
-                w.user_agent = some(&ctx.connection.user_agent);
-                w.status(status);
+                w.start(ctx, status, &ctx.connection.remote_addr, &ctx.connection.user_agent);
                 w.postgres_pid = *postgres_pid;
             }
             EventBody::RefusedStart { status, user, db_user, db_name, remote_addr, user_agent } => {
-                w.namespace = Some("default");
-                w.server_id = Some(&ctx.server.server_id);
-                w.server_hostname = some(&ctx.server.hostname);
-                w.server_addr = some(&ctx.server.addr);
-                w.server_version = some(&ctx.server.version);
-                w.addr_local = some(&ctx.connection.local_addr);
-                w.addr_remote = some(remote_addr);
-                w.user_agent = some(user_agent);
-                w.status(status);
+                w.start(ctx, status, remote_addr, user_agent);
                 fixed.user = some(user);
                 fixed.db_user = some(db_user);
                 fixed.db_name = some(db_name);
