@@ -112,6 +112,13 @@ impl ListenerContext {
         &self.failed_logins
     }
 
+    /// The context of a refused-logins recording: the listener's, with no one's address.
+    fn refusals_context(&self, conn: ConnectionInfo) -> SessionContext {
+        let mut ctx = self.session_context(SessionIdentity::default(), conn);
+        ctx.connection.remote_addr.clear();
+        ctx
+    }
+
     /// Audits a refused login (TDB00W) in the listener's refused-logins log, and counts it
     /// against its source address.
     pub async fn refuse(&self, identity: SessionIdentity, conn: ConnectionInfo, reason: String) {
@@ -125,8 +132,7 @@ impl ListenerContext {
             remote_addr: remote_addr.clone(),
             reason,
         };
-        let context = || self.session_context(SessionIdentity::default(), conn);
-        self.refusals.record(refusal, "access denied", context).await;
+        self.refusals.record(refusal, "access denied", || self.refusals_context(conn)).await;
         if shuts_out {
             let limit = self.config.server.max_failed_logins_per_source;
             tracing::warn!(source = %conn.peer.ip(), limit, "too many failed logins from one source; closing its connections for a minute");
@@ -142,7 +148,7 @@ impl ListenerContext {
                     conn.peer.ip()
                 ),
             };
-            self.refusals.record(notice, "source shut out", || self.session_context(SessionIdentity::default(), conn)).await;
+            self.refusals.record(notice, "source shut out", || self.refusals_context(conn)).await;
         }
     }
 

@@ -17,6 +17,8 @@ use crate::recording::{Recorder, SessionLog};
 
 /// The window over which failed logins per source are counted.
 const WINDOW: Duration = Duration::from_secs(60);
+/// Source addresses tracked at once, per listener.
+const MAX_TRACKED: usize = 100_000;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -49,9 +51,14 @@ impl FailedLogins {
         }
         let now = Instant::now();
         let mut map = lock(&self.by_source);
-        if map.len() > 100_000 {
-            // Many sources at once: forget the ones whose window has passed.
+        if map.len() >= MAX_TRACKED && !map.contains_key(&source) {
+            // Many sources at once: forget the ones whose window has passed, and past the
+            // bound track no more (their refusals are still recorded), so that memory stays
+            // bounded however many addresses an attacker has.
             map.retain(|_, (start, _)| now.duration_since(*start) < WINDOW);
+            if map.len() >= MAX_TRACKED {
+                return Failure::Counted;
+            }
         }
         let entry = map.entry(source).or_insert((now, 0));
         if now.duration_since(entry.0) >= WINDOW {
@@ -134,5 +141,24 @@ impl RefusalLog {
         if let Err(e) = log.append(&body, now_ms) {
             tracing::error!(error = %e, "cannot record a refused login");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_is_shut_out_at_the_limit_and_others_are_not() {
+        let failed = FailedLogins::new(3);
+        let a: IpAddr = [10, 0, 0, 1].into();
+        let b: IpAddr = [10, 0, 0, 2].into();
+        assert_eq!(failed.record(a), Failure::Counted);
+        assert_eq!(failed.record(a), Failure::Counted);
+        assert!(!failed.shut_out(a));
+        assert_eq!(failed.record(a), Failure::ShutsOut);
+        assert!(failed.shut_out(a));
+        assert!(!failed.shut_out(b));
+        assert!(!FailedLogins::new(0).shut_out(a), "0 turns shutting out off");
     }
 }
