@@ -11,6 +11,7 @@ use dbtape::recording::RecordingMode;
 
 const LIMIT: usize = 1024 * 1024;
 const SESSIONS: usize = 2;
+const FRAME: usize = 64 * 1024;
 const EVENTS: u64 = 6_000;
 
 fn query(i: u64) -> EventBody {
@@ -64,14 +65,14 @@ fn strict_sessions_wait_for_a_slow_writer_and_lose_nothing() {
     let rec = recorder(root.path(), |c| {
         c.mode = RecordingMode::Strict;
         c.zstd_level = 15;
-        c.frame_target_bytes = 256 * 1024;
+        c.frame_target_bytes = FRAME;
         c.max_backlog_bytes = LIMIT;
     });
     let sids = flood(&rec);
     let peak = rec.recorder.peak_backlog_bytes();
     eprintln!("strict: peak backlog {peak} bytes (limit {LIMIT}), peak RSS {} KiB", peak_rss_kib());
-    // Each session may pass the check with one event in hand.
-    assert!(peak <= LIMIT + SESSIONS * 1024, "backlog reached {peak} bytes");
+    // Each session may pass the check with one frame in hand.
+    assert!(peak <= LIMIT + SESSIONS * FRAME, "backlog reached {peak} bytes");
     assert!(peak >= LIMIT / 2, "the writer never fell behind ({peak} bytes), so nothing was tested");
     for sid in sids {
         let events = events_of(&rec, &sid);
@@ -86,13 +87,13 @@ fn best_effort_sessions_drop_under_a_slow_writer_and_record_the_gap() {
     let rec = recorder(root.path(), |c| {
         c.mode = RecordingMode::BestEffort;
         c.zstd_level = 15;
-        c.frame_target_bytes = 256 * 1024;
+        c.frame_target_bytes = FRAME;
         c.max_backlog_bytes = LIMIT;
     });
     let sids = flood(&rec);
     let peak = rec.recorder.peak_backlog_bytes();
     eprintln!("best_effort: peak backlog {peak} bytes (limit {LIMIT}), peak RSS {} KiB", peak_rss_kib());
-    assert!(peak <= LIMIT + SESSIONS * 1024 + 64 * 1024, "backlog reached {peak} bytes");
+    assert!(peak <= LIMIT + SESSIONS * FRAME, "backlog reached {peak} bytes");
     let mut any_gap = false;
     for sid in sids {
         let events = events_of(&rec, &sid);

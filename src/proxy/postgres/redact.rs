@@ -46,6 +46,10 @@ impl SessionSecrets {
         self.seen.push_back(secret.to_string());
     }
 
+    pub fn any(&self) -> bool {
+        !self.seen.is_empty()
+    }
+
     /// Replaces every remembered secret in `text`; says whether any was there.
     pub fn scrub(&self, text: &mut String) -> bool {
         let mut hit = false;
@@ -82,20 +86,12 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Whether `text` holds `word` in any ASCII case: the cheap test every statement goes
-/// through, so that only the rare ones pay for the lexer.
+/// Whether `text` holds `word` (lowercase ASCII) in any ASCII case: the cheap test every
+/// statement goes through, so that only the rare ones pay for the lexer.
 fn contains_ignore_case(text: &[u8], word: &[u8]) -> bool {
     let Some((&first, _)) = word.split_first() else { return true };
-    let (lower, upper) = (first.to_ascii_lowercase(), first.to_ascii_uppercase());
-    let mut at = 0;
-    while let Some(i) = text.get(at..).and_then(|rest| rest.iter().position(|&b| b == lower || b == upper)) {
-        let start = at + i;
-        if text.get(start..start + word.len()).is_some_and(|w| w.eq_ignore_ascii_case(word)) {
-            return true;
-        }
-        at = start + 1;
-    }
-    false
+    memchr::memchr2_iter(first, first.to_ascii_uppercase(), text)
+        .any(|start| text.get(start..start + word.len()).is_some_and(|w| w.eq_ignore_ascii_case(word)))
 }
 
 fn is_comment(token: i32) -> bool {
@@ -107,6 +103,12 @@ fn is_string(token: i32) -> bool {
 }
 
 impl Redactor {
+    /// Whether the statement could hold a secret the rules would mask; false for almost all.
+    pub fn may_hold_secrets(&self, sql: &str) -> bool {
+        let bytes = sql.as_bytes();
+        !self.patterns.is_empty() || contains_ignore_case(bytes, b"password") || memchr::memmem::find(bytes, b"://").is_some()
+    }
+
     pub fn new(patterns: &[String]) -> Result<Redactor, regex::Error> {
         Ok(Redactor { patterns: patterns.iter().map(|p| regex::Regex::new(p)).collect::<Result<_, _>>()? })
     }
@@ -115,7 +117,7 @@ impl Redactor {
     /// remembered in `secrets`.
     pub fn redact_sql(&self, sql: &str, secrets: &mut SessionSecrets) -> Option<String> {
         let bytes = sql.as_bytes();
-        let suspicious = contains_ignore_case(bytes, b"password") || find(bytes, b"://").is_some();
+        let suspicious = contains_ignore_case(bytes, b"password") || memchr::memmem::find(bytes, b"://").is_some();
         let mut out = if suspicious { self.mask_literals(sql, secrets) } else { None };
         // A secret the session already gave may come again outside a PASSWORD clause
         // (`VALID UNTIL 'secret'`, a later SELECT): masked wherever it appears.

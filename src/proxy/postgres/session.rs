@@ -415,7 +415,7 @@ async fn relay_session(
     let (mut client_read, mut client_write) = tokio::io::split(client);
     let (mut upstream_read, mut upstream_write) = tokio::io::split(upstream);
     let pairing = Mutex::new(Pairing::default());
-    let redaction = Redaction { redactor, secrets: Mutex::new(SessionSecrets::default()) };
+    let redaction = Redaction { redactor, secrets: Mutex::new(SessionSecrets::default()), seen_any: Default::default() };
     let stop = {
         let to_upstream = pump(&mut client_read, &mut upstream_write, &port, &pairing, &redaction, Direction::FromClient);
         let to_client = pump(&mut upstream_read, &mut client_write, &port, &pairing, &redaction, Direction::FromUpstream);
@@ -474,11 +474,25 @@ enum ClientStep {
 struct Redaction<'a> {
     redactor: &'a Redactor,
     secrets: Mutex<SessionSecrets>,
+    /// Whether `secrets` holds any, readable without the lock.
+    seen_any: std::sync::atomic::AtomicBool,
 }
 
 impl Redaction<'_> {
     fn step(&self, mut event: EventBody) -> ClientStep {
-        let redacted = self.redactor.redact_event(&mut event, &mut lock(&self.secrets));
+        // The common case takes no lock: a statement with nothing that looks like a secret,
+        // or any other event while the session has given no secret yet.
+        let quiet = !self.seen_any.load(std::sync::atomic::Ordering::Relaxed)
+            && match &event {
+                EventBody::Query { query, .. } | EventBody::PostgresParse { query, .. } => !self.redactor.may_hold_secrets(query),
+                _ => true,
+            };
+        if quiet {
+            return ClientStep::Event(event, false);
+        }
+        let mut secrets = lock(&self.secrets);
+        let redacted = self.redactor.redact_event(&mut event, &mut secrets);
+        self.seen_any.store(secrets.any(), std::sync::atomic::Ordering::Relaxed);
         ClientStep::Event(event, redacted)
     }
 }

@@ -38,7 +38,7 @@ pub(super) fn push_event(inner: &mut Inner, session: &SessionState, body: &Event
         }
     };
     write(&mut inner.pending, body, notes);
-    let mut written = inner.pending.len() - before;
+    let written = inner.pending.len() - before;
     if written > MAX_EVENT_BYTES {
         // Only reachable if captured text escaped past the cap's worst case; the event is
         // lost rather than the readability of everything after it.
@@ -51,10 +51,8 @@ pub(super) fn push_event(inner: &mut Inner, session: &SessionState, body: &Event
             &EventBody::RecordingGap { lost_events: 1, error, lost_from_ms: Some(at), lost_until_ms: Some(at) },
             None,
         );
-        written = inner.pending.len() - before;
     }
     inner.pending.push(b'\n');
-    session.backlog.add(written + 1);
     inner.next_ei += 1;
     if inner.pending_events == 0 {
         inner.pending_first_ei = ei;
@@ -102,6 +100,11 @@ pub(super) fn take_frame(inner: &mut Inner, session: &SessionState) -> Option<Ra
         zstd_level: inner.zstd_level,
         compact: !inner.pending_full,
     };
+    // Counted per frame, not per event: one atomic update per frame keeps the relay's hot
+    // path off a cache line the writer thread and every worker share. A session's current,
+    // uncut frame (at most `frame_target_bytes`, and cut at every batch interval) is not
+    // counted.
+    session.backlog.add(raw.data.len());
     inner.next_seq += 1;
     inner.pending_events = 0;
     inner.pending_min_ms = i64::MAX;

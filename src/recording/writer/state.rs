@@ -135,7 +135,9 @@ pub(super) struct Backlog {
 impl Backlog {
     pub(super) fn add(&self, bytes: usize) {
         let now = self.queued.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        self.peak.fetch_max(now, Ordering::Relaxed);
+        if now > self.peak.load(Ordering::Relaxed) {
+            self.peak.fetch_max(now, Ordering::Relaxed);
+        }
     }
 
     pub(super) fn remove(&self, bytes: usize) {
