@@ -86,6 +86,10 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
+/// `://`, as in a connection URI; built once, since building a searcher per statement would
+/// cost more than the search.
+static URI_SCHEME: std::sync::LazyLock<memchr::memmem::Finder<'static>> = std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"://"));
+
 /// Whether `text` holds `word` (lowercase ASCII) in any ASCII case: the cheap test every
 /// statement goes through, so that only the rare ones pay for the lexer.
 fn contains_ignore_case(text: &[u8], word: &[u8]) -> bool {
@@ -106,7 +110,7 @@ impl Redactor {
     /// Whether the statement could hold a secret the rules would mask; false for almost all.
     pub fn may_hold_secrets(&self, sql: &str) -> bool {
         let bytes = sql.as_bytes();
-        !self.patterns.is_empty() || contains_ignore_case(bytes, b"password") || memchr::memmem::find(bytes, b"://").is_some()
+        !self.patterns.is_empty() || contains_ignore_case(bytes, b"password") || URI_SCHEME.find(bytes).is_some()
     }
 
     pub fn new(patterns: &[String]) -> Result<Redactor, regex::Error> {
@@ -117,7 +121,7 @@ impl Redactor {
     /// remembered in `secrets`.
     pub fn redact_sql(&self, sql: &str, secrets: &mut SessionSecrets) -> Option<String> {
         let bytes = sql.as_bytes();
-        let suspicious = contains_ignore_case(bytes, b"password") || memchr::memmem::find(bytes, b"://").is_some();
+        let suspicious = contains_ignore_case(bytes, b"password") || URI_SCHEME.find(bytes).is_some();
         let mut out = if suspicious { self.mask_literals(sql, secrets) } else { None };
         // A secret the session already gave may come again outside a PASSWORD clause
         // (`VALID UNTIL 'secret'`, a later SELECT): masked wherever it appears.
