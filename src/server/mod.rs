@@ -137,7 +137,7 @@ impl Server {
 
 async fn accept_loop(bound: BoundListener, tracker: TaskTracker, workers: Arc<WorkerPool>, shutdown: CancellationToken) {
     let BoundListener { listener, context, engine, gate } = bound;
-    let mut refusals = RefusalLog::default();
+    let mut turned_away = TurnedAwayLog::default();
     let database = context.database().name.clone();
     tracing::info!(database = %database, addr = ?listener.local_addr().ok(), protocol = %context.protocol(), "listening");
     loop {
@@ -148,13 +148,13 @@ async fn accept_loop(bound: BoundListener, tracker: TaskTracker, workers: Arc<Wo
         match accepted {
             Ok((stream, peer)) => {
                 if context.failed_logins().shut_out(peer.ip()) {
-                    refusals.note(&database, peer, GateRefusal::ShutOut);
+                    turned_away.note(&database, peer, GateRefusal::ShutOut);
                     continue;
                 }
                 let login = match gate.admit(peer.ip()) {
                     Ok(slot) => slot,
                     Err(why) => {
-                        refusals.note(&database, peer, why);
+                        turned_away.note(&database, peer, why);
                         continue;
                     }
                 };
@@ -180,7 +180,7 @@ async fn accept_loop(bound: BoundListener, tracker: TaskTracker, workers: Arc<Wo
                         }
                     };
                     let span = tracing::info_span!("conn", database = %database, peer = %peer);
-                    // The engine answers a late login in its own protocol at the deadline; this
+                    // The engine ends a late login itself at the deadline (PostgreSQL closes it); this
                     // is the backstop for one that does not.
                     let expired = login.expiry(LOGIN_DEADLINE_GRACE);
                     tokio::select! {
@@ -205,12 +205,12 @@ const LOGIN_DEADLINE_GRACE: Duration = Duration::from_secs(1);
 /// Logs connections turned away at accept at most once a second per listener, with a
 /// count: a flood must not become a flood of log lines.
 #[derive(Default)]
-struct RefusalLog {
+struct TurnedAwayLog {
     since_last: u64,
     last: Option<std::time::Instant>,
 }
 
-impl RefusalLog {
+impl TurnedAwayLog {
     fn note(&mut self, database: &str, peer: SocketAddr, why: GateRefusal) {
         self.since_last += 1;
         if self.last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
