@@ -169,9 +169,12 @@ async fn handshake(
         Ok(None) | Err(Refusal::Gone) => {}
         Err(Refusal::Denied { login, db_user, db_name, user_agent, reason }) => {
             tracing::info!(user = %login, %reason, "connection denied");
-            send(&mut client, &error_response("FATAL", "28000", &format!("dbtape: {reason}"))).await;
+            let error = error_response("FATAL", "28000", &format!("dbtape: {reason}"));
+            // Audited and counted against its source before the client hears: a client that
+            // retries at once meets the count its last failure made.
             let identity = SessionIdentity { user: login, db_user, db_name, user_agent, ..Default::default() };
             ctx.refuse(identity, info, reason).await;
+            send(&mut client, &error).await;
         }
     }
     None
