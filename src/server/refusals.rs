@@ -35,7 +35,8 @@ pub struct FailedLogins {
 pub enum Failure {
     /// Recorded as usual.
     Counted,
-    /// This failure reached the limit: recorded, and the source is shut out until `until`.
+    /// This failure reached the limit: recorded, and the source is shut out for the rest of
+    /// the window.
     ShutsOut,
 }
 
