@@ -1,5 +1,6 @@
-//! Who a client is and what they may reach, for every protocol: SCRAM-SHA-256 (the same
-//! verifier serves PostgreSQL and MongoDB logins) and the grants from the config.
+//! Who a client is and what they may reach, for every protocol: SCRAM-SHA-256 (MongoDB's
+//! SCRAM-SHA-256 uses the same math, so one stored verifier can serve both paths) and the
+//! grants from the config.
 
 pub mod grants;
 pub mod scram;
