@@ -13,6 +13,13 @@ pub use model::{
 };
 pub use secret::{SecretError, SecretRef};
 
+/// Compiles one of `recording.redact_patterns`. Nesting is bounded well below the regex
+/// crate's default: a pattern of a thousand nested classes (fuzzing found one) otherwise
+/// parses deep enough to overflow a 2 MiB thread stack in a debug build.
+pub fn redact_pattern(pattern: &str) -> Result<regex::Regex, regex::Error> {
+    regex::RegexBuilder::new(pattern).nest_limit(32).build()
+}
+
 pub const DEFAULT_CONFIG_FILE: &str = "dbtape.toml";
 
 /// One problem in a config file.

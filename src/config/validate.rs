@@ -178,7 +178,7 @@ fn check_recording(raw: &RawConfig, base: &Path, issues: &mut Issues<'_>) -> Rec
         );
     }
     for (i, pattern) in r.redact_patterns.iter().enumerate() {
-        if let Err(e) = regex::Regex::new(pattern) {
+        if let Err(e) = super::redact_pattern(pattern) {
             issues.add(
                 format!("recording.redact_patterns[{i}]"),
                 format!("is not a regular expression: {e}"),

@@ -114,7 +114,7 @@ impl Redactor {
     }
 
     pub fn new(patterns: &[String]) -> Result<Redactor, regex::Error> {
-        Ok(Redactor { patterns: patterns.iter().map(|p| regex::Regex::new(p)).collect::<Result<_, _>>()? })
+        Ok(Redactor { patterns: patterns.iter().map(|p| crate::config::redact_pattern(p)).collect::<Result<_, _>>()? })
     }
 
     /// The statement with its secrets masked, or `None` when it has none. Secrets found are
