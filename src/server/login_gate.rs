@@ -85,17 +85,6 @@ pub struct LoginSlot {
 }
 
 impl LoginSlot {
-    /// A slot bound by no gate, for connections the server core did not accept (tests,
-    /// embedding); it still carries a deadline.
-    pub fn unlimited(timeout: Duration) -> Self {
-        LoginSlot {
-            counts: None,
-            source: IpAddr::from([0, 0, 0, 0]),
-            deadline: Instant::now() + timeout,
-            done: Arc::new(AtomicBool::new(false)),
-        }
-    }
-
     /// When the login must be finished: handshake, client authentication and upstream login.
     pub fn deadline(&self) -> Instant {
         self.deadline
