@@ -162,28 +162,23 @@ pub fn client_config(tls: &UpstreamTlsConfig) -> Result<Option<Arc<ClientConfig>
     let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots(tls.ca.as_deref())?), provider())
         .build()
         .map_err(|e| TlsError::Config(e.to_string()))?;
-    let verifier = Arc::new(PinningVerifier { inner: webpki, pinned });
-    let config = match tls.mode {
-        UpstreamTlsMode::VerifyFull => builder.dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth(),
-        _ => {
-            let relaxed = RelaxedVerifier { inner: verifier, check_chain: tls.mode == UpstreamTlsMode::VerifyCa };
-            builder.dangerous().with_custom_certificate_verifier(Arc::new(relaxed)).with_no_client_auth()
-        }
-    };
-    Ok(Some(Arc::new(config)))
+    let verifier = UpstreamVerifier { inner: webpki, pinned, mode: tls.mode };
+    Ok(Some(Arc::new(builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth())))
 }
 
-/// WebPKI verification, plus pinning: a self-signed server certificate (which carries CA:TRUE,
-/// so WebPKI refuses it as an end entity) is accepted when `upstream_tls.ca` holds exactly
-/// that certificate, as psql accepts it with `sslmode=verify-full` and that file as its root.
-/// The name and validity period are still checked.
+/// WebPKI verification in libpq's modes (`verify-full`; `verify-ca` checks the chain but not
+/// the name; `require` only encrypts), plus pinning: a self-signed server certificate (which
+/// carries CA:TRUE, so WebPKI refuses it as an end entity) is accepted when `upstream_tls.ca`
+/// holds exactly that certificate, as psql accepts it with `sslmode=verify-full` and that file
+/// as its root. Its validity period, and for `verify-full` its name, are still checked.
 #[derive(Debug)]
-struct PinningVerifier {
+struct UpstreamVerifier {
     inner: Arc<rustls::client::WebPkiServerVerifier>,
     pinned: Vec<CertificateDer<'static>>,
+    mode: UpstreamTlsMode,
 }
 
-impl PinningVerifier {
+impl UpstreamVerifier {
     fn verify_pinned(&self, end_entity: &CertificateDer<'_>, server_name: &ServerName<'_>, now: UnixTime) -> Result<(), rustls::Error> {
         let (_, cert) = x509_parser::parse_x509_certificate(end_entity.as_ref())
             .map_err(|e| rustls::Error::General(format!("cannot parse the pinned certificate: {e}")))?;
@@ -192,12 +187,15 @@ impl PinningVerifier {
         if !cert.validity().is_valid_at(now) {
             return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Expired));
         }
+        if self.mode != UpstreamTlsMode::VerifyFull {
+            return Ok(());
+        }
         let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
         rustls::client::verify_server_name(&parsed, server_name)
     }
 }
 
-impl ServerCertVerifier for PinningVerifier {
+impl ServerCertVerifier for UpstreamVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -206,75 +204,31 @@ impl ServerCertVerifier for PinningVerifier {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
-            Err(rustls::Error::InvalidCertificate(error)) => {
-                // Exactly a certificate the operator configured: pinned, whatever WebPKI
-                // thought of it as an end entity.
-                if self.pinned.iter().any(|p| p.as_ref() == end_entity.as_ref()) {
-                    return self.verify_pinned(end_entity, server_name, now).map(|()| ServerCertVerified::assertion());
-                }
-                // webpki's CaUsedAsEndEntity reaches rustls only as an "other" error.
-                if format!("{error:?}").contains("CaUsedAsEndEntity") {
-                    return Err(rustls::Error::General(
-                        "the upstream's certificate is a CA certificate (CA:TRUE), as self-signed ones are; to trust it, \
-                         set upstream_tls.ca to a file holding exactly that certificate"
-                            .into(),
-                    ));
-                }
-                Err(rustls::Error::InvalidCertificate(error))
-            }
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
-/// `verify-ca` checks the chain but not the name; `require` only encrypts (as libpq's modes).
-#[derive(Debug)]
-struct RelaxedVerifier {
-    inner: Arc<PinningVerifier>,
-    check_chain: bool,
-}
-
-impl ServerCertVerifier for RelaxedVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if !self.check_chain {
+        if self.mode == UpstreamTlsMode::Require {
             return Ok(ServerCertVerified::assertion());
         }
-        match self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
-            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))
-            | Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext { .. })) => {
+        let error = match self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+            Err(rustls::Error::InvalidCertificate(error)) => error,
+            other => return other,
+        };
+        // Exactly a certificate the operator configured: pinned, whatever WebPKI thought of
+        // it as an end entity.
+        if self.pinned.iter().any(|p| p.as_ref() == end_entity.as_ref()) {
+            return self.verify_pinned(end_entity, server_name, now).map(|()| ServerCertVerified::assertion());
+        }
+        match error {
+            rustls::CertificateError::NotValidForName | rustls::CertificateError::NotValidForNameContext { .. }
+                if self.mode == UpstreamTlsMode::VerifyCa =>
+            {
                 Ok(ServerCertVerified::assertion())
             }
-            other => other,
+            // webpki's CaUsedAsEndEntity reaches rustls only as an "other" error.
+            error if format!("{error:?}").contains("CaUsedAsEndEntity") => Err(rustls::Error::General(
+                "the upstream's certificate is a CA certificate (CA:TRUE), as self-signed ones are; to trust it, \
+                 set upstream_tls.ca to a file holding exactly that certificate"
+                    .into(),
+            )),
+            error => Err(rustls::Error::InvalidCertificate(error)),
         }
     }
 

@@ -137,16 +137,13 @@ impl ListenerContext {
             let limit = self.config.server.max_failed_logins_per_source;
             tracing::warn!(source = %conn.peer.ip(), limit, "too many failed logins from one source; closing its connections for a minute");
             let notice = super::refusals::Refusal {
-                user: String::new(),
-                db_user: String::new(),
-                db_name: String::new(),
-                user_agent: String::new(),
                 remote_addr,
                 reason: format!(
                     "{} failed logins from {} within a minute (server.max_failed_logins_per_source): its new connections are closed unaudited for the rest of the minute",
                     limit,
                     conn.peer.ip()
                 ),
+                ..Default::default()
             };
             self.refusals.record(notice, "source shut out", || self.refusals_context(conn)).await;
         }

@@ -90,6 +90,7 @@ pub struct RefusalLog {
 }
 
 /// One refused login, as the engine saw it.
+#[derive(Default)]
 pub struct Refusal {
     pub user: String,
     pub db_user: String,

@@ -26,16 +26,7 @@ pub fn messages(data: &[u8]) {
                 }
                 client_event(ty, body)?
             } else {
-                let query_ei = match ty {
-                    b'C' | b'I' | b's' => pairing.completed(),
-                    b'E' => pairing.failed(),
-                    b'Z' => {
-                        pairing.ready();
-                        None
-                    }
-                    _ => None,
-                };
-                server_result(ty, body, query_ei)
+                server_result(ty, body, pairing.on_server_message(ty))
             };
             if let Some(mut event) = event {
                 redactor.redact_event(&mut event, &mut secrets);

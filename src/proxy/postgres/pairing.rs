@@ -57,6 +57,19 @@ impl Pairing {
         }
     }
 
+    /// Advances on a server message of type `ty`; returns the query a result answers.
+    pub fn on_server_message(&mut self, ty: u8) -> Option<u64> {
+        match ty {
+            b'C' | b'I' | b's' => self.completed(),
+            b'E' => self.failed(),
+            b'Z' => {
+                self.ready();
+                None
+            }
+            _ => None,
+        }
+    }
+
     /// ReadyForQuery ends a simple query, or everything up to the oldest Sync.
     pub fn ready(&mut self) {
         match self.pending.front() {

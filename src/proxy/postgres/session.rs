@@ -546,17 +546,7 @@ async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                     }
                 }
                 Direction::FromUpstream => {
-                    let mut pairs = lock(pairing);
-                    let query_ei = match ty {
-                        b'C' | b'I' | b's' => pairs.completed(),
-                        b'E' => pairs.failed(),
-                        b'Z' => {
-                            pairs.ready();
-                            None
-                        }
-                        _ => None,
-                    };
-                    drop(pairs);
+                    let query_ei = lock(pairing).on_server_message(ty);
                     if let Some(event) = server_result(ty, body, query_ei) {
                         steps.push(redaction.step(event));
                     }
