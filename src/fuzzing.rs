@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+pub use crate::proxy::mongodb::fuzz::message as mongodb_message;
 pub use crate::proxy::postgres::fuzz::{messages as postgres_messages, redaction as postgres_redaction};
 
 /// SCRAM-SHA-256 messages from a hostile peer, split at NUL bytes: a verifier to parse, then

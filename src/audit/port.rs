@@ -61,14 +61,27 @@ impl AuditPort {
 
     /// As `emit_at`, for an event whose captured text the engine has already stripped of
     /// secrets (`redacted`), which the event then says.
-    pub async fn emit_redacted_at(&self, mut body: EventBody, redacted: bool, time_ms: i64) -> Result<Option<u64>, AuditError> {
+    pub async fn emit_redacted_at(&self, body: EventBody, redacted: bool, time_ms: i64) -> Result<Option<u64>, AuditError> {
+        self.emit_captured_at(body, Vec::new(), redacted, time_ms).await
+    }
+
+    /// As `emit_redacted_at`, for text the engine already cut while capturing it (`cut`
+    /// names each cut field with the length and SHA-256 of its whole text).
+    pub async fn emit_captured_at(
+        &self,
+        mut body: EventBody,
+        cut: Vec<super::capture::Truncation>,
+        redacted: bool,
+        time_ms: i64,
+    ) -> Result<Option<u64>, AuditError> {
         let strict = self.log.mode() == RecordingMode::Strict;
         if strict && self.log.backlog_full() {
             // The disk is behind: the session waits (and so its client) rather than queue
             // without bound.
             self.log.wait_for_room().await;
         }
-        let truncated = body.cap_captured_text(self.log.max_query_bytes());
+        let mut truncated = cut;
+        truncated.extend(body.cap_captured_text(self.log.max_query_bytes()));
         let notes = (redacted || !truncated.is_empty()).then_some(EventNotes { truncated, redacted });
         match self.log.append_noted(&body, notes.as_ref(), time_ms) {
             Ok(ticket) => {
@@ -85,8 +98,20 @@ impl AuditPort {
         }
     }
 
+    /// The session began (TDB00I). `postgres_pid` is the PostgreSQL backend's, where there is one.
     pub async fn session_started(&self, postgres_pid: Option<u32>) -> Result<(), AuditError> {
         self.emit(EventBody::SessionStart { status: Status::ok(), postgres_pid }).await.map(|_| ())
+    }
+
+    /// The session could not begin after its recording opened (TDB00W), and the recording is sealed.
+    pub async fn start_failed(self, error: String, message: &str) {
+        let _ = self.emit(EventBody::SessionStart { status: Status::failed(error, message), postgres_pid: None }).await;
+        self.seal().await;
+    }
+
+    /// The largest captured text an event keeps (`recording.max_query_bytes`).
+    pub fn max_query_bytes(&self) -> usize {
+        self.log.max_query_bytes()
     }
 
     /// Seals the recording without an end event (a session that never started).

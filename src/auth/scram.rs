@@ -128,6 +128,12 @@ fn attr(message: &str, name: char) -> Option<&str> {
     message.split(',').find_map(|part| part.strip_prefix(name).and_then(|p| p.strip_prefix('=')))
 }
 
+/// The user a client-first message names (`n=`), with RFC 5802's `=2C`/`=3D` decoded.
+pub fn client_first_user(client_first: &str) -> Option<String> {
+    let bare = client_first.splitn(3, ',').nth(2)?;
+    Some(attr(bare, 'n')?.replace("=2C", ",").replace("=3D", "="))
+}
+
 /// Server side: one exchange against one verifier.
 pub struct ServerExchange {
     verifier: Verifier,
@@ -188,7 +194,14 @@ pub struct ClientExchange {
 
 impl ClientExchange {
     pub fn start(password: &str) -> Result<(ClientExchange, String), ScramError> {
-        let bare = format!("n=,r={}", nonce()?);
+        Self::start_as("", password)
+    }
+
+    /// As `start`, naming the user in the exchange (MongoDB wants it; PostgreSQL takes the
+    /// startup packet's).
+    pub fn start_as(user: &str, password: &str) -> Result<(ClientExchange, String), ScramError> {
+        let name = user.replace('=', "=3D").replace(',', "=2C");
+        let bare = format!("n={name},r={}", nonce()?);
         let first = format!("n,,{bare}");
         Ok((ClientExchange { password: password.to_string(), client_first_bare: bare, expected_server_signature: None }, first))
     }

@@ -1,5 +1,6 @@
 //! Protocol engines. Each plugs into `server::Engine`; none touches recordings directly.
 
+pub mod mongodb;
 pub mod postgres;
 pub mod stream;
 pub mod tls;
@@ -10,10 +11,19 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::server::EngineRegistry;
 
+#[derive(Debug, thiserror::Error)]
+pub enum EngineSetupError {
+    #[error(transparent)]
+    Postgres(#[from] postgres::PostgresSetupError),
+    #[error(transparent)]
+    MongoDb(#[from] mongodb::MongoSetupError),
+}
+
 /// The engines this build ships, set up for the databases in `config`. It lives here, not in
 /// the server core, so that the core names no protocol.
-pub fn builtin_engines(config: &Config) -> Result<EngineRegistry, postgres::PostgresSetupError> {
+pub fn builtin_engines(config: &Config) -> Result<EngineRegistry, EngineSetupError> {
     let mut registry = EngineRegistry::new(HashMap::new());
     registry.register(Arc::new(postgres::PostgresEngine::new(config)?));
+    registry.register(Arc::new(mongodb::MongoEngine::new(config)?));
     Ok(registry)
 }

@@ -1,0 +1,168 @@
+//! The MongoDB path (self-hosted MongoDB and Amazon DocumentDB): an audited proxy that
+//! terminates the client's login (SCRAM-SHA-256 against the same stored verifier the
+//! PostgreSQL path uses, or an X.509 certificate), logs in upstream as the granted db_user
+//! (SCRAM-SHA-256 or MONGODB-AWS), and records every command and reply.
+
+mod client;
+mod commands;
+#[doc(hidden)]
+pub mod fuzz;
+mod login;
+mod relay;
+pub mod render;
+mod upstream;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use upstream::UpstreamTarget;
+
+use crate::audit::Protocol;
+use crate::config::{ClientTlsMode, Config};
+use crate::proxy::stream::Stream;
+use crate::proxy::tls::{client_config, server_config, TlsError};
+use crate::server::{BoxFuture, Connection, Engine, ListenerContext};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MongoSetupError {
+    #[error("database {database:?}: {source}")]
+    Tls { database: String, source: TlsError },
+    #[error("database {database:?}: upstream {uri:?} is not mongodb://host[:port][/?authSource=…] with one host")]
+    Upstream { database: String, uri: String },
+}
+
+/// Per-database state built once at start-up.
+pub struct DbState {
+    server_tls: Option<crate::proxy::tls::ServerTls>,
+    upstream: UpstreamTarget,
+    client_tls_mode: ClientTlsMode,
+    aws_credentials: tokio::sync::OnceCell<Arc<crate::aws::credentials::CredentialSource>>,
+    hello_cache: tokio::sync::Mutex<Option<(std::time::Instant, bson::RawDocumentBuf)>>,
+    /// Unauthenticated driver monitors being served now.
+    monitors: AtomicUsize,
+}
+
+pub struct MongoEngine {
+    databases: HashMap<String, Arc<DbState>>,
+}
+
+impl MongoEngine {
+    pub fn new(config: &Config) -> Result<Self, MongoSetupError> {
+        let mut databases = HashMap::new();
+        for db in config.databases.iter().filter(|d| Protocol::parse(&d.protocol) == Some(Protocol::MongoDb)) {
+            let tls_err = |source| MongoSetupError::Tls { database: db.name.clone(), source };
+            let server_tls = server_config(&db.client_tls).map_err(tls_err)?;
+            let client_tls = client_config(&db.upstream_tls).map_err(tls_err)?;
+            let (host, port, auth_source) = UpstreamTarget::parse(&db.upstream)
+                .ok_or_else(|| MongoSetupError::Upstream { database: db.name.clone(), uri: db.upstream.clone() })?;
+            let server_name = db.upstream_tls.server_name.clone().unwrap_or_else(|| host.clone());
+            let upstream = UpstreamTarget { host, port, auth_source, tls: client_tls, server_name };
+            let state = DbState {
+                server_tls,
+                upstream,
+                client_tls_mode: db.client_tls.effective_mode(),
+                aws_credentials: tokio::sync::OnceCell::new(),
+                hello_cache: tokio::sync::Mutex::new(None),
+                monitors: AtomicUsize::new(0),
+            };
+            databases.insert(db.name.clone(), Arc::new(state));
+        }
+        Ok(MongoEngine { databases })
+    }
+}
+
+impl Engine for MongoEngine {
+    fn protocol(&self) -> Protocol {
+        Protocol::MongoDb
+    }
+
+    fn handle(&self, conn: Connection, ctx: Arc<ListenerContext>) -> BoxFuture<'static, ()> {
+        let state = self.databases.get(&ctx.database().name).cloned();
+        Box::pin(async move {
+            match state {
+                Some(state) => run(conn, ctx, state).await,
+                None => tracing::error!(parent: &conn.span, "no mongodb state for this database"),
+            }
+        })
+    }
+}
+
+/// TLS for MongoDB starts at the first byte (there is no request to upgrade): a TLS
+/// handshake record begins 0x16 0x03, which no MongoDB message length does.
+async fn accept_tls(conn_stream: tokio::net::TcpStream, state: &DbState) -> Option<Stream> {
+    let Some(tls) = &state.server_tls else {
+        return Some(Stream::Plain(conn_stream));
+    };
+    if state.client_tls_mode == ClientTlsMode::Disabled {
+        return Some(Stream::Plain(conn_stream));
+    }
+    let mut first = [0u8; 2];
+    let looks_tls = match conn_stream.peek(&mut first).await {
+        Ok(2) => first == [0x16, 0x03],
+        Ok(_) => {
+            // One byte so far: wait for the second before deciding.
+            let _ = conn_stream.readable().await;
+            matches!(conn_stream.peek(&mut first).await, Ok(2)) && first == [0x16, 0x03]
+        }
+        Err(_) => return None,
+    };
+    if !looks_tls {
+        if state.client_tls_mode == ClientTlsMode::Required {
+            tracing::info!("plaintext client on a TLS-only database; connection closed");
+            return None;
+        }
+        return Some(Stream::Plain(conn_stream));
+    }
+    match tokio_rustls::TlsAcceptor::from(tls.config.clone()).accept(conn_stream).await {
+        Ok(s) => Some(Stream::Server(Box::new(s))),
+        Err(e) => {
+            tracing::info!(error = %e, "client TLS handshake failed");
+            None
+        }
+    }
+}
+
+/// The verified client certificate's CN, an error if one was presented but is not trusted,
+/// or `None` without one.
+fn client_cn(client: &Stream, state: &DbState) -> Option<Result<String, String>> {
+    let Stream::Server(tls) = client else { return None };
+    let chain = tls.get_ref().1.peer_certificates()?.to_vec();
+    let verifier = state.server_tls.as_ref()?.client_verifier.as_ref()?;
+    if chain.is_empty() {
+        return None;
+    }
+    if let Err(e) = crate::proxy::tls::verify_client_chain(verifier.as_ref(), &chain) {
+        return Some(Err(format!("client certificate not trusted: {e}")));
+    }
+    chain.first().and_then(crate::proxy::tls::subject_cn).map(Ok)
+}
+
+async fn run(conn: Connection, ctx: Arc<ListenerContext>, state: Arc<DbState>) {
+    let info = conn.info();
+    let span = conn.span;
+    let mut login_slot = conn.login;
+    let deadline = login_slot.deadline();
+    let handshake = async {
+        let mut client = accept_tls(conn.stream, &state).await?;
+        let cn = client_cn(&client, &state);
+        let mut login = login::Login::new(&ctx, &state, info, cn);
+        let outcome = login.run(&mut client).await;
+        Some((client, outcome, login))
+    };
+    let handshake = tracing::Instrument::instrument(handshake, span.clone());
+    let Ok(Some((mut client, outcome, login))) = tokio::time::timeout_at(deadline, handshake).await else {
+        tracing::info!(parent: &span, "login unfinished at the deadline, or the client left; connection closed");
+        return;
+    };
+    login_slot.logged_in();
+    match outcome {
+        login::Outcome::LoggedIn(established) => {
+            drop(login);
+            relay::run(client, established, &ctx).await;
+        }
+        login::Outcome::Monitor => login::serve_monitor(&mut client, &login, ctx.shutdown()).await,
+        login::Outcome::Closed => {}
+    }
+}

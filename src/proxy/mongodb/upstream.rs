@@ -1,0 +1,196 @@
+//! The proxy's own connection to the MongoDB server: TCP, TLS when configured, `hello`, and
+//! a login as the session's db_user with SCRAM-SHA-256 or MONGODB-AWS.
+
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+
+use bson::spec::BinarySubtype;
+use bson::{rawdoc, Binary, RawDocument, RawDocumentBuf};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::commands::summarize_reply;
+use super::wire::{frame, op_msg_body, read_message, OpMsg, WireError, DEFAULT_MAX_MESSAGE_BYTES, OP_MSG};
+use crate::auth::scram::{ClientExchange, ScramError};
+use crate::aws::mongodb_aws;
+use crate::proxy::stream::Stream;
+
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect { addr: String, source: std::io::Error },
+    #[error("TLS with {host}: {reason}")]
+    Tls { host: String, reason: String },
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("the server refused: {0}")]
+    Refused(String),
+    #[error("SCRAM: {0}")]
+    Scram(#[from] ScramError),
+    #[error("MONGODB-AWS: {0}")]
+    Aws(String),
+    #[error("no upstream password is configured (databases.auth.password)")]
+    NoPassword,
+    #[error("unexpected reply: {0}")]
+    Unexpected(String),
+}
+
+/// Where and how to connect, from `mongodb://host[:port][/?authSource=…]`.
+#[derive(Clone)]
+pub struct UpstreamTarget {
+    pub host: String,
+    pub port: u16,
+    pub auth_source: Option<String>,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub server_name: String,
+}
+
+/// The proxy's own request ids on upstream connections, apart from any client's.
+static NEXT_REQUEST_ID: AtomicI32 = AtomicI32::new(0x4000_0000);
+
+fn next_request_id() -> i32 {
+    NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed) & 0x7fff_ffff
+}
+
+impl UpstreamTarget {
+    pub fn parse(uri: &str) -> Option<(String, u16, Option<String>)> {
+        let rest = uri.strip_prefix("mongodb://")?;
+        let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+        let (authority, tail) = rest.split_once(['/', '?']).unwrap_or((rest, ""));
+        let auth_source = tail
+            .split_once('?')
+            .map_or(tail, |(_, q)| q)
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("authSource="))
+            .map(|s| s.replace("%24", "$"));
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => (h.trim_matches(['[', ']']).to_string(), p.parse().ok()?),
+            _ => (authority.trim_matches(['[', ']']).to_string(), 27017),
+        };
+        (!host.is_empty() && !host.contains(',')).then_some((host, port, auth_source))
+    }
+
+    pub async fn connect(&self) -> Result<Stream, UpstreamError> {
+        let addr = format!("{}:{}", self.host, self.port);
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr))
+            .await
+            .map_err(|_| UpstreamError::Connect { addr: addr.clone(), source: std::io::ErrorKind::TimedOut.into() })?
+            .map_err(|source| UpstreamError::Connect { addr: addr.clone(), source })?;
+        let _ = tcp.set_nodelay(true);
+        let Some(config) = &self.tls else { return Ok(Stream::Plain(tcp)) };
+        let tls_err = |reason: String| UpstreamError::Tls { host: self.server_name.clone(), reason };
+        let name = rustls::pki_types::ServerName::try_from(self.server_name.clone()).map_err(|e| tls_err(e.to_string()))?;
+        let tls = tokio_rustls::TlsConnector::from(config.clone()).connect(name, tcp).await.map_err(|e| tls_err(e.to_string()))?;
+        Ok(Stream::Client(Box::new(tls)))
+    }
+}
+
+/// Sends one command and returns its reply's body.
+pub async fn command(stream: &mut Stream, body: &RawDocument) -> Result<RawDocumentBuf, UpstreamError> {
+    let request_id = next_request_id();
+    stream.write_all(&frame(request_id, 0, OP_MSG, &op_msg_body(0, &body.to_raw_document_buf()))).await.map_err(WireError::from)?;
+    stream.flush().await.map_err(WireError::from)?;
+    let reply = read_message(stream, DEFAULT_MAX_MESSAGE_BYTES).await?;
+    if reply.header.op_code != OP_MSG || reply.header.response_to != request_id {
+        return Err(UpstreamError::Unexpected(format!("opcode {} answering {}", reply.header.op_code, reply.header.response_to)));
+    }
+    Ok(OpMsg::parse(&reply.header, &reply.body)?.body)
+}
+
+/// A command that must succeed; its failure becomes `Refused` with the server's text.
+async fn checked(stream: &mut Stream, body: &RawDocument) -> Result<RawDocumentBuf, UpstreamError> {
+    let reply = command(stream, body).await?;
+    let summary = summarize_reply(&reply);
+    if !summary.ok {
+        return Err(UpstreamError::Refused(format!("{} {}", summary.error, summary.message).trim().to_string()));
+    }
+    Ok(reply)
+}
+
+fn payload(reply: &RawDocument) -> Result<Vec<u8>, UpstreamError> {
+    match reply.get("payload") {
+        Ok(Some(bson::RawBsonRef::Binary(b))) => Ok(b.bytes.to_vec()),
+        _ => Err(UpstreamError::Unexpected("SASL reply without a binary payload".into())),
+    }
+}
+
+fn binary(bytes: Vec<u8>) -> Binary {
+    Binary { subtype: BinarySubtype::Generic, bytes }
+}
+
+fn conversation_id(reply: &RawDocument) -> bson::RawBson {
+    reply.get("conversationId").ok().flatten().map_or(bson::RawBson::Int32(1), |v| v.to_raw_bson())
+}
+
+fn done(reply: &RawDocument) -> bool {
+    reply.get_bool("done").unwrap_or(false)
+}
+
+/// SCRAM-SHA-256 as `user` on `auth_db`.
+pub async fn scram_login(stream: &mut Stream, auth_db: &str, user: &str, password: &str) -> Result<(), UpstreamError> {
+    let (mut exchange, first) = ClientExchange::start_as(user, password)?;
+    let start = rawdoc! {
+        "saslStart": 1, "mechanism": "SCRAM-SHA-256", "payload": binary(first.into_bytes()),
+        "options": { "skipEmptyExchange": true }, "$db": auth_db,
+    };
+    let reply = checked(stream, &start).await?;
+    let server_first = String::from_utf8_lossy(&payload(&reply)?).into_owned();
+    let (exchange_back, client_final) = tokio::task::spawn_blocking(move || {
+        let answer = exchange.respond(&server_first);
+        (exchange, answer)
+    })
+    .await
+    .map_err(|e| UpstreamError::Unexpected(e.to_string()))?;
+    exchange = exchange_back;
+    let mut reply = checked(
+        stream,
+        &rawdoc! { "saslContinue": 1, "conversationId": conversation_id(&reply), "payload": binary(client_final?.into_bytes()), "$db": auth_db },
+    )
+    .await?;
+    exchange.verify_final(&String::from_utf8_lossy(&payload(&reply)?))?;
+    while !done(&reply) {
+        reply = checked(
+            stream,
+            &rawdoc! { "saslContinue": 1, "conversationId": conversation_id(&reply), "payload": binary(Vec::new()), "$db": auth_db },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// MONGODB-AWS on `$external` with `credentials`.
+pub async fn aws_login(stream: &mut Stream, credentials: &aws_credential_types::Credentials) -> Result<(), UpstreamError> {
+    let mut nonce = [0u8; 32];
+    getrandom::getrandom(&mut nonce).map_err(|e| UpstreamError::Aws(e.to_string()))?;
+    let first = mongodb_aws::client_first(&nonce);
+    let start = rawdoc! { "saslStart": 1, "mechanism": mongodb_aws::MECHANISM, "payload": binary(first.into_bytes()), "$db": "$external" };
+    let reply = checked(stream, &start).await?;
+    let server = mongodb_aws::parse_server_first(&payload(&reply)?, &nonce).map_err(|e| UpstreamError::Aws(e.to_string()))?;
+    let last =
+        mongodb_aws::client_final(&server, credentials, std::time::SystemTime::now()).map_err(|e| UpstreamError::Aws(e.to_string()))?;
+    let reply = checked(
+        stream,
+        &rawdoc! { "saslContinue": 1, "conversationId": conversation_id(&reply), "payload": binary(last.into_bytes()), "$db": "$external" },
+    )
+    .await?;
+    if !done(&reply) {
+        return Err(UpstreamError::Aws("the server did not finish the conversation".into()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_uris() {
+        assert_eq!(UpstreamTarget::parse("mongodb://db:27018"), Some(("db".into(), 27018, None)));
+        assert_eq!(UpstreamTarget::parse("mongodb://db/?authSource=%24external"), Some(("db".into(), 27017, Some("$external".into()))));
+        assert_eq!(UpstreamTarget::parse("mongodb://db:1/app?tls=true&authSource=admin"), Some(("db".into(), 1, Some("admin".into()))));
+        assert_eq!(UpstreamTarget::parse("mongodb://a:1,b:2"), None);
+        assert_eq!(UpstreamTarget::parse("postgres://x"), None);
+    }
+}
