@@ -2,6 +2,7 @@
 //! shows any event readably. Output uses CRLF line ends, as a terminal in raw mode needs.
 
 mod generic;
+pub mod mongodb;
 mod postgres;
 
 pub use generic::GenericRenderer;
@@ -18,6 +19,7 @@ pub trait Renderer {
 pub fn renderer_for(protocol: &str) -> Box<dyn Renderer> {
     match protocol {
         "postgres" => Box::new(PostgresRenderer::default()),
+        "mongodb" => Box::new(mongodb::MongoRenderer::default()),
         _ => Box::new(GenericRenderer),
     }
 }
