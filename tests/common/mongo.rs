@@ -1,0 +1,135 @@
+//! Runs dbtape in-process in front of the services' MongoDB-compatible server (secantusdb,
+//! with --auth and a replica-set advertisement), and drives it with pymongo.
+
+use std::net::SocketAddr;
+
+use dbtape::recording::RecordingStore;
+
+use super::proxy::{run_server, verifier, ALICE_PASSWORD};
+use super::services::Services;
+
+pub struct MongoProxy {
+    pub addr: SocketAddr,
+    pub store: RecordingStore,
+    pub root: tempfile::TempDir,
+    pub services: Services,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl MongoProxy {
+    pub async fn start() -> MongoProxy {
+        let services = Services::load();
+        let root = tempfile::tempdir().unwrap();
+        let certs = services.get("CERTS").to_string();
+        std::env::set_var("DBTAPE_TEST_MONGO_PASSWORD", services.get("MONGO_PASSWORD"));
+        let text = format!(
+            r#"
+[server]
+shutdown_grace = "2s"
+[recording]
+dir = "{root}/recordings"
+signing_key = "{root}/key"
+batch_interval = "10ms"
+[[databases]]
+name = "mongo"
+protocol = "mongodb"
+listen = "127.0.0.1:0"
+upstream = "mongodb://127.0.0.1:{port}/?authSource=admin"
+[databases.client_tls]
+mode = "optional"
+cert = "{certs}/server.crt"
+key = "{certs}/server.key"
+client_ca = "{certs}/ca.crt"
+[databases.upstream_tls]
+mode = "disable"
+[databases.auth]
+method = "password"
+password = {{ env = "DBTAPE_TEST_MONGO_PASSWORD" }}
+
+[[users]]
+name = "alice"
+scram_verifier = "{alice}"
+[[users.grants]]
+database = "mongo"
+db_users = ["dbtape_app"]
+db_names = ["lib", "admin"]
+
+[[users]]
+name = "carol"
+cert_cn = "carol"
+[[users.grants]]
+database = "mongo"
+db_users = ["dbtape_app"]
+db_names = ["lib"]
+"#,
+            root = root.path().display(),
+            port = services.get("MONGO_PORT"),
+            alice = verifier(ALICE_PASSWORD),
+        );
+        let (addr, stop, task) = run_server(&text, root.path()).await;
+        let store = RecordingStore::new(root.path().join("recordings"));
+        MongoProxy { addr, store, root, services, stop: Some(stop), task: Some(task) }
+    }
+
+    pub fn uri(&self, user: &str, password: &str, options: &str) -> String {
+        format!("mongodb://{user}:{password}@{}/lib?authSource=admin{options}", self.addr)
+    }
+
+    /// Runs a Python script with pymongo; `argv[1]` is `uri`. Returns (success, stdout, stderr).
+    pub async fn pymongo(&self, script: &str, uri: String) -> (bool, String, String) {
+        let mut cmd = self.services.python();
+        cmd.args(["-c", script, &uri]);
+        tokio::task::spawn_blocking(move || {
+            let out = cmd.output().unwrap();
+            (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        })
+        .await
+        .unwrap()
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+
+    /// Events of every recording, sessions in start order, each checked against its schema.
+    pub fn sessions(&self) -> Vec<Vec<serde_json::Value>> {
+        let mut summaries: Vec<_> = self.store.summaries().unwrap().into_iter().map(Result::unwrap).collect();
+        summaries.sort_by_key(|s| (s.start_ms, s.sid.clone()));
+        summaries.iter().map(|s| super::read_lines(&self.store, &s.sid).0.iter().map(|l| super::assert_schema_valid(l)).collect()).collect()
+    }
+
+    /// `dbtape play --format text` of a session.
+    pub fn play_text(&self, sid: &str) -> String {
+        let out = super::dbtape_bin()
+            .args(["play", "--dir"])
+            .arg(self.root.path().join("recordings"))
+            .args(["--format", "text", sid])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).replace('\r', "")
+    }
+}
+
+/// An event as `kind command db → outcome`, for exact assertions.
+pub fn brief(event: &serde_json::Value) -> String {
+    let command = |e: &serde_json::Value| {
+        let q = e["db_query"].as_str().unwrap_or_default();
+        q.strip_prefix("OpMsg(Body={\"").and_then(|r| r.split('"').next()).unwrap_or(q).to_string()
+    };
+    match event["event"].as_str().unwrap_or_default() {
+        "db.session.start" => format!("start {} {}", event["code"].as_str().unwrap_or_default(), event["db_user"].as_str().unwrap_or_default()),
+        "db.session.query" => format!("query {} {}", command(event), event["db_name"].as_str().unwrap_or_default()),
+        "db.session.query.failed" => format!("denied {} {} {}", command(event), event["db_name"].as_str().unwrap_or_default(), event["error"].as_str().unwrap_or_default()),
+        "db.session.result" if event["success"] == false => format!("error {}", event["error"].as_str().unwrap_or_default()),
+        "db.session.result" => format!("result {}", event["affected_records"].as_u64().unwrap_or(0)),
+        "db.session.end" => "end".into(),
+        other => other.to_string(),
+    }
+}
