@@ -112,3 +112,177 @@ async fn pymongo_crud_is_recorded_and_plays_back_as_mongosh() {
         "{screen}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_leg_compression_with_zlib_zstd_and_snappy() {
+    let mut proxy = MongoProxy::start().await;
+    let script = r#"
+import sys, pymongo
+for comp in ["zlib", "zstd", "snappy"]:
+    c = pymongo.MongoClient(sys.argv[1] + "&compressors=" + comp, serverSelectionTimeoutMS=5000)
+    c.lib.comp.insert_one({"c": comp, "pad": "x" * 4000})
+    n = c.lib.comp.count_documents({"c": comp})
+    conn = c._topology.select_server(pymongo.read_preferences.ReadPreference.PRIMARY, "t").pool.conns[0]
+    ctx = conn.compression_context
+    print(comp, n, ctx.compressor_id if ctx else None)
+    c.lib.comp.delete_many({"c": comp})
+    c.close()
+"#;
+    let (ok, out, err) = proxy.pymongo(script, proxy.uri("alice", ALICE_PASSWORD, "")).await;
+    assert!(ok, "{err}");
+    // The driver negotiated each compressor with the proxy (ids 2, 3, 1) and used it.
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["zlib 1 2", "zstd 1 3", "snappy 1 1"], "{out}");
+    proxy.stop().await;
+    let sessions = proxy.sessions();
+    assert_eq!(sessions.len(), 3);
+    for session in &sessions {
+        let events: Vec<String> = session.iter().map(brief).collect();
+        assert_eq!(
+            events[..5],
+            ["start TDB00I dbtape_app", "query insert lib", "result 1", "query aggregate lib", "result 1"],
+            "{events:?}"
+        );
+        assert!(session[1]["db_query"].as_str().unwrap().contains(&"x".repeat(4000)));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_passwords_ungranted_databases_and_secrets() {
+    let mut proxy = MongoProxy::start().await;
+    let wrong = r#"
+import sys, pymongo
+c = pymongo.MongoClient(sys.argv[1], serverSelectionTimeoutMS=5000)
+try:
+    c.lib.books.find_one()
+except pymongo.errors.OperationFailure as e:
+    print("refused", e.code)
+"#;
+    let (ok, out, err) = proxy.pymongo(wrong, proxy.uri("alice", "not-her-password", "&authMechanism=SCRAM-SHA-256")).await;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "refused 18");
+    let (ok, out, err) = proxy.pymongo(wrong, proxy.uri("nobody", "whatever-password", "")).await;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "refused 18");
+
+    let session = r#"
+import sys, pymongo
+c = pymongo.MongoClient(sys.argv[1], serverSelectionTimeoutMS=5000)
+try:
+    c.secret.payroll.find_one()
+except pymongo.errors.OperationFailure as e:
+    print("denied", e.code)
+print(c.lib.books.count_documents({}) >= 0)
+c.admin.command("createUser", "eve", pwd="eve-hunter2-secret", roles=[])
+c.admin.command("updateUser", "eve", pwd="eve-second-secret")
+c.admin.command("dropUser", "eve")
+c.close()
+"#;
+    let (ok, out, err) = proxy.pymongo(session, proxy.uri("alice", ALICE_PASSWORD, "")).await;
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["denied 13", "True"]);
+    proxy.stop().await;
+
+    let sessions = proxy.sessions();
+    let refused: Vec<&serde_json::Value> = sessions.iter().flatten().filter(|e| e["code"] == "TDB00W").collect();
+    assert_eq!(refused.len(), 2, "{refused:#?}");
+    assert_eq!(refused[0]["user"], "alice");
+    assert_eq!(refused[1]["user"], "nobody");
+    assert!(refused[0]["error"].as_str().unwrap().contains("password authentication failed"), "{}", refused[0]);
+
+    let session = sessions.iter().find(|s| s[0]["code"] == "TDB00I").unwrap();
+    let events: Vec<String> = session.iter().map(brief).collect();
+    assert_eq!(events[1], "denied find secret 13 Unauthorized", "{events:?}");
+    assert!(events.contains(&"query createUser admin".to_string()), "{events:?}");
+    let create = session.iter().find(|e| brief(e) == "query createUser admin").unwrap();
+    assert!(create["db_query"].as_str().unwrap().contains(r#""pwd": "[REDACTED]""#), "{create}");
+    assert_eq!(create["redacted"], true);
+    // No secret anywhere in the recordings' bytes, compressed or exported.
+    let export = common::dbtape_bin().args(["export", "--dir"]).arg(proxy.root.path().join("recordings")).output().unwrap();
+    let text = String::from_utf8_lossy(&export.stdout);
+    assert!(text.contains("createUser"));
+    for secret in ["eve-hunter2-secret", "eve-second-secret", "not-her-password", ALICE_PASSWORD] {
+        assert!(!text.contains(secret), "{secret} reached the export");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificate_login_over_tls() {
+    let mut proxy = MongoProxy::start().await;
+    let certs = proxy.services.get("CERTS").to_string();
+    let pem = proxy.root.path().join("carol.pem");
+    let mut both = std::fs::read(format!("{certs}/carol.crt")).unwrap();
+    both.extend(std::fs::read(format!("{certs}/carol.key")).unwrap());
+    std::fs::write(&pem, both).unwrap();
+    let script = r#"
+import sys, pymongo
+c = pymongo.MongoClient(sys.argv[1], serverSelectionTimeoutMS=5000)
+c.lib.certs.insert_one({"who": "carol"})
+print(c.lib.certs.count_documents({"who": "carol"}) >= 1)
+c.lib.certs.delete_many({"who": "carol"})
+c.close()
+"#;
+    let uri = format!(
+        "mongodb://{}/lib?authMechanism=MONGODB-X509&authSource=%24external&tls=true&tlsCAFile={certs}/ca.crt&tlsCertificateKeyFile={}",
+        proxy.addr,
+        pem.display()
+    );
+    let (ok, out, err) = proxy.pymongo(script, uri).await;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "True");
+    // A certificate from another CA is refused.
+    let rogue = proxy.root.path().join("mallory.pem");
+    let mut both = std::fs::read(format!("{certs}/mallory.crt")).unwrap();
+    both.extend(std::fs::read(format!("{certs}/mallory.key")).unwrap());
+    std::fs::write(&rogue, both).unwrap();
+    let uri = format!(
+        "mongodb://{}/lib?authMechanism=MONGODB-X509&authSource=%24external&tls=true&tlsCAFile={certs}/ca.crt&tlsCertificateKeyFile={}",
+        proxy.addr,
+        rogue.display()
+    );
+    let (ok, _, _) = proxy
+        .pymongo("import sys, pymongo\npymongo.MongoClient(sys.argv[1], serverSelectionTimeoutMS=3000).lib.certs.find_one()\n", uri)
+        .await;
+    assert!(!ok, "a rogue certificate logged in");
+    proxy.stop().await;
+    let sessions = proxy.sessions();
+    let carol: Vec<String> = sessions.iter().find(|s| s[0]["code"] == "TDB00I").unwrap().iter().map(brief).collect();
+    assert_eq!(carol[..3], ["start TDB00I dbtape_app", "query insert lib", "result 1"]);
+    let starts: Vec<&serde_json::Value> = sessions.iter().flatten().filter(|e| e["event"] == "db.session.start").collect();
+    assert_eq!(starts[0]["user"], "carol");
+    assert!(starts.iter().any(|e| e["code"] == "TDB00W" && e["error"].as_str().unwrap_or_default().contains("not trusted")), "{starts:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_driver_works_through_the_proxy() {
+    use mongodb::bson::doc;
+    let mut proxy = MongoProxy::start().await;
+    let client = mongodb::Client::with_uri_str(proxy.uri("alice", ALICE_PASSWORD, "")).await.unwrap();
+    let books = client.database("lib").collection::<mongodb::bson::Document>("rust_books");
+    books.drop().await.unwrap();
+    books.insert_many((0..5).map(|i| doc! { "_id": i, "n": i })).await.unwrap();
+    let n = books.count_documents(doc! { "n": { "$gte": 2 } }).await.unwrap();
+    assert_eq!(n, 3);
+    let mut cursor = books.find(doc! {}).batch_size(2).await.unwrap();
+    let mut seen = 0;
+    while cursor.advance().await.unwrap() {
+        seen += 1;
+    }
+    assert_eq!(seen, 5);
+    // The driver's shutdown waits for every cursor to be dropped.
+    drop(cursor);
+    let denied = client.database("secret").collection::<mongodb::bson::Document>("x").find_one(doc! {}).await;
+    let code = match denied.unwrap_err().kind.as_ref() {
+        mongodb::error::ErrorKind::Command(e) => e.code,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(code, 13);
+    client.shutdown().await;
+    proxy.stop().await;
+    let sessions = proxy.sessions();
+    let events: Vec<String> = sessions.iter().flatten().map(brief).collect();
+    for expected in
+        ["query insert lib", "result 5", "query aggregate lib", "query find lib", "query getMore lib", "denied find secret 13 Unauthorized"]
+    {
+        assert!(events.iter().any(|e| e == expected), "{expected} missing from {events:#?}");
+    }
+}

@@ -124,9 +124,16 @@ pub fn brief(event: &serde_json::Value) -> String {
         q.strip_prefix("OpMsg(Body={\"").and_then(|r| r.split('"').next()).unwrap_or(q).to_string()
     };
     match event["event"].as_str().unwrap_or_default() {
-        "db.session.start" => format!("start {} {}", event["code"].as_str().unwrap_or_default(), event["db_user"].as_str().unwrap_or_default()),
+        "db.session.start" => {
+            format!("start {} {}", event["code"].as_str().unwrap_or_default(), event["db_user"].as_str().unwrap_or_default())
+        }
         "db.session.query" => format!("query {} {}", command(event), event["db_name"].as_str().unwrap_or_default()),
-        "db.session.query.failed" => format!("denied {} {} {}", command(event), event["db_name"].as_str().unwrap_or_default(), event["error"].as_str().unwrap_or_default()),
+        "db.session.query.failed" => format!(
+            "denied {} {} {}",
+            command(event),
+            event["db_name"].as_str().unwrap_or_default(),
+            event["error"].as_str().unwrap_or_default()
+        ),
         "db.session.result" if event["success"] == false => format!("error {}", event["error"].as_str().unwrap_or_default()),
         "db.session.result" => format!("result {}", event["affected_records"].as_u64().unwrap_or(0)),
         "db.session.end" => "end".into(),

@@ -49,7 +49,8 @@ pub fn parse_op_msg(text: &str) -> Option<(Map<String, Value>, Vec<Value>)> {
 
 fn is_identifier(key: &str) -> bool {
     let mut chars = key.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_' || c == '$') && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_' || c == '$')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
 }
 
 fn quoted(s: &str) -> String {
@@ -79,7 +80,9 @@ pub fn shell(value: &Value) -> String {
                     let sub = inner.get("subType").and_then(Value::as_str).unwrap_or("00");
                     format!("Binary.createFromBase64({}, {})", quoted(b64), u8::from_str_radix(sub, 16).unwrap_or(0))
                 }
-                "$timestamp" => format!("Timestamp({{ t: {}, i: {} }})", inner.get("t").unwrap_or(&Value::Null), inner.get("i").unwrap_or(&Value::Null)),
+                "$timestamp" => {
+                    format!("Timestamp({{ t: {}, i: {} }})", inner.get("t").unwrap_or(&Value::Null), inner.get("i").unwrap_or(&Value::Null))
+                }
                 "$regularExpression" => format!(
                     "/{}/{}",
                     inner.get("pattern").and_then(Value::as_str).unwrap_or_default(),
@@ -112,8 +115,22 @@ fn object(map: &Map<String, Value>) -> String {
 
 /// Fields drivers add to every command, which a person does not type.
 const DRIVER_FIELDS: &[&str] = &[
-    "$db", "lsid", "txnNumber", "$clusterTime", "$readPreference", "autocommit", "startTransaction", "apiVersion", "apiStrict",
-    "apiDeprecationErrors", "writeConcern", "readConcern", "ordered", "cursor", "comment", "maxTimeMS",
+    "$db",
+    "lsid",
+    "txnNumber",
+    "$clusterTime",
+    "$readPreference",
+    "autocommit",
+    "startTransaction",
+    "apiVersion",
+    "apiStrict",
+    "apiDeprecationErrors",
+    "writeConcern",
+    "readConcern",
+    "ordered",
+    "cursor",
+    "comment",
+    "maxTimeMS",
 ];
 
 fn field<'a>(body: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
@@ -122,7 +139,9 @@ fn field<'a>(body: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
 
 fn int(value: Option<&Value>) -> Option<i64> {
     let v = value?;
-    v.as_i64().or_else(|| v.as_object().and_then(|o| o.values().next()).and_then(Value::as_str).and_then(|s| s.parse::<f64>().ok()).map(|f| f as i64))
+    v.as_i64().or_else(|| {
+        v.as_object().and_then(|o| o.values().next()).and_then(Value::as_str).and_then(|s| s.parse::<f64>().ok()).map(|f| f as i64)
+    })
 }
 
 /// The mongosh line for a command, and what its reply will count.
@@ -218,7 +237,8 @@ fn command_line(body: &Map<String, Value>, docs: &[Value]) -> (String, Kind) {
         ("listCollections", _) => ("show collections".into(), Kind::Documents),
         ("listDatabases", _) => ("show dbs".into(), Kind::Other),
         _ => {
-            let cleaned: Map<String, Value> = body.iter().filter(|(k, _)| !DRIVER_FIELDS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
+            let cleaned: Map<String, Value> =
+                body.iter().filter(|(k, _)| !DRIVER_FIELDS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
             (format!("db.runCommand({})", object(&cleaned)), Kind::Other)
         }
     }
