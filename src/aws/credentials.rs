@@ -23,6 +23,9 @@ pub enum CredentialsError {
 pub struct CredentialSource {
     provider: SharedCredentialsProvider,
     cached: Mutex<Option<Credentials>>,
+    /// The SDK settings (region, endpoint) with `provider` as their credentials, for a
+    /// further AssumeRole hop from these credentials.
+    sdk: aws_config::SdkConfig,
 }
 
 impl CredentialSource {
@@ -49,7 +52,20 @@ impl CredentialSource {
             }
             SharedCredentialsProvider::new(builder.configure(&sdk).build().await)
         };
-        Ok(Arc::new(CredentialSource { provider, cached: Mutex::new(None) }))
+        let sdk = sdk.to_builder().credentials_provider(provider.clone()).build();
+        Ok(Arc::new(CredentialSource { provider, cached: Mutex::new(None), sdk }))
+    }
+
+    /// Credentials for `role_arn`, assumed with these (a chained hop when these are already
+    /// an assumed role's; AWS caps chained sessions at one hour, the provider's default).
+    pub async fn assume(&self, role_arn: &str, external_id: &str, session_name: &str) -> Arc<Self> {
+        let mut builder = aws_config::sts::AssumeRoleProvider::builder(role_arn.to_string()).session_name(session_name);
+        if !external_id.is_empty() {
+            builder = builder.external_id(external_id.to_string());
+        }
+        let provider = SharedCredentialsProvider::new(builder.configure(&self.sdk).build().await);
+        let sdk = self.sdk.to_builder().credentials_provider(provider.clone()).build();
+        Arc::new(CredentialSource { provider, cached: Mutex::new(None), sdk })
     }
 
     /// Current credentials, fetched again when missing or close to expiry.

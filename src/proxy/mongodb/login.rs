@@ -339,7 +339,11 @@ impl<'a> Login<'a> {
             db_user: db_user.clone(),
             db_name,
             user_agent: self.agent(),
-            aws_role_arn: if ctx.database().auth.method == AuthMethod::AwsIam { db_user.clone() } else { String::new() },
+            aws_role_arn: if ctx.database().auth.method == AuthMethod::AwsIam && is_role_arn(&db_user) {
+                db_user.clone()
+            } else {
+                String::new()
+            },
         };
         let port = match ctx.open_session(identity, self.info).await {
             Ok(port) => port,
@@ -471,13 +475,34 @@ pub async fn serve_monitor(client: &mut Stream, login: &Login<'_>, shutdown: &to
 }
 
 impl DbState {
-    async fn aws_credentials(&self, ctx: &ListenerContext, _db_user: &str) -> Result<aws_credential_types::Credentials, String> {
+    /// Credentials for MONGODB-AWS: the AWS chain (through `aws.assume_role_arn` when set),
+    /// then, when the db_user is an IAM role ARN (DocumentDB's IAM users are), that role.
+    async fn aws_credentials(&self, ctx: &ListenerContext, db_user: &str) -> Result<aws_credential_types::Credentials, String> {
         let aws = &ctx.database().aws;
-        let source = self
+        let base = self
             .aws_credentials
             .get_or_try_init(|| crate::aws::credentials::CredentialSource::new(aws, "dbtape"))
             .await
             .map_err(|e| e.to_string())?;
+        if !is_role_arn(db_user) {
+            return base.get().await.map_err(|e| e.to_string());
+        }
+        let source = {
+            let mut roles = self.role_credentials.lock().await;
+            match roles.get(db_user) {
+                Some(source) => source.clone(),
+                None => {
+                    let source = base.assume(db_user, &aws.external_id, "dbtape").await;
+                    roles.insert(db_user.to_string(), source.clone());
+                    source
+                }
+            }
+        };
         source.get().await.map_err(|e| e.to_string())
     }
+}
+
+/// `arn:aws:iam::<account>:role/<name>`, as DocumentDB names IAM-authenticated users.
+fn is_role_arn(name: &str) -> bool {
+    name.starts_with("arn:aws") && name.split(':').nth(2) == Some("iam") && name.split(':').nth(5).is_some_and(|r| r.starts_with("role/"))
 }

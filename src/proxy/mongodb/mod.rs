@@ -39,6 +39,8 @@ pub struct DbState {
     upstream: UpstreamTarget,
     client_tls_mode: ClientTlsMode,
     aws_credentials: tokio::sync::OnceCell<Arc<crate::aws::credentials::CredentialSource>>,
+    /// Per IAM role db_user (DocumentDB), assumed from `aws_credentials`.
+    role_credentials: tokio::sync::Mutex<HashMap<String, Arc<crate::aws::credentials::CredentialSource>>>,
     hello_cache: tokio::sync::Mutex<Option<(std::time::Instant, bson::RawDocumentBuf)>>,
     /// Unauthenticated driver monitors being served now.
     monitors: AtomicUsize,
@@ -64,6 +66,7 @@ impl MongoEngine {
                 upstream,
                 client_tls_mode: db.client_tls.effective_mode(),
                 aws_credentials: tokio::sync::OnceCell::new(),
+                role_credentials: tokio::sync::Mutex::new(HashMap::new()),
                 hello_cache: tokio::sync::Mutex::new(None),
                 monitors: AtomicUsize::new(0),
             };
