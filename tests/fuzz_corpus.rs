@@ -41,3 +41,8 @@ fn recording_corpus() {
 fn config_corpus() {
     replay("config", dbtape::fuzzing::config);
 }
+
+#[test]
+fn mongodb_message_corpus() {
+    replay("mongodb_message", dbtape::fuzzing::mongodb_message);
+}
