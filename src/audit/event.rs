@@ -175,6 +175,17 @@ impl EventBody {
     /// The recorder keeps such events in frames of whole events, and a switch between the
     /// two kinds cuts a frame: engines should set `db_name` only when it differs from the
     /// session's database, or a session that alternates gets many small frames.
+    /// As `overrides_session_fields`, but a per-query database equal to the session's own is
+    /// no override: MongoDB names `$db` on every command, mostly the session's database.
+    pub fn overrides_fields_of(&self, ctx: &SessionContext) -> bool {
+        match self {
+            EventBody::Query { db_name, .. } | EventBody::QueryFailed { db_name, .. } => {
+                db_name.as_deref().is_some_and(|name| name != ctx.database.name)
+            }
+            _ => self.overrides_session_fields(),
+        }
+    }
+
     pub fn overrides_session_fields(&self) -> bool {
         match self {
             EventBody::Query { db_name, .. } | EventBody::QueryFailed { db_name, .. } => db_name.is_some(),

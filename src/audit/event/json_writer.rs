@@ -275,6 +275,7 @@ mod tests {
             EventBody::SessionEnd { session_start: t0, session_stop: t0 + chrono::Duration::milliseconds(5_001) },
             EventBody::Query { query: s("SELECT 1"), parameters: vec![], db_name: None },
             EventBody::Query { query: s("find"), parameters: vec![s("p1"), String::new()], db_name: Some(s("other")) },
+            EventBody::Query { query: s("find"), parameters: vec![], db_name: Some(s("orders")) },
             EventBody::QueryFailed {
                 query: s("DROP"),
                 parameters: vec![s("x")],
@@ -347,7 +348,7 @@ mod tests {
                     assert_eq!(String::from_utf8_lossy(&full), String::from_utf8_lossy(&reference), "event {i}, awkward={awkward}");
                     // The compact form made whole again differs only in key order.
                     let mut spliced = Vec::new();
-                    if body.overrides_session_fields() {
+                    if body.overrides_fields_of(&ctx) {
                         event.write_json(&mut spliced);
                     } else {
                         let mut compact = Vec::new();

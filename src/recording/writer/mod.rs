@@ -360,7 +360,7 @@ impl SessionLog {
             self.shared.nudge();
             return Ok(AppendTicket { ei });
         }
-        let full = body.overrides_session_fields();
+        let full = body.overrides_fields_of(&self.state.ctx);
         if full != inner.pending_full {
             if let Some(raw) = take_frame(&mut inner, &self.state) {
                 inner.cut.push(raw);
