@@ -2,7 +2,6 @@
 //! user's stored verifier, or an X.509 client certificate), authorization and the upstream
 //! login. Driver monitoring connections, which only ever send hello, are served here too.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bson::raw::RawBsonRef;
@@ -21,8 +20,11 @@ use crate::config::{AuthMethod, UserConfig};
 use crate::proxy::stream::Stream;
 use crate::server::{ConnectionInfo, ListenerContext, SessionIdentity};
 
-/// Messages before login are handshakes and SASL steps: small.
-const MAX_LOGIN_MESSAGE: usize = 1024 * 1024;
+/// Messages before login are handshakes and SASL steps: small (a hello's client metadata is
+/// at most 512 bytes).
+const MAX_LOGIN_MESSAGE: usize = 64 * 1024;
+/// Failed logins one connection may make before it is closed.
+const MAX_FAILURES_PER_CONNECTION: u32 = 3;
 /// A cached upstream hello serves logins and monitors for this long.
 const HELLO_CACHE_FOR: Duration = Duration::from_secs(10);
 /// The longest an awaitable hello from a monitor is held before its answer.
@@ -80,6 +82,7 @@ pub struct Login<'a> {
     first_hello: Option<RawDocumentBuf>,
     compressors: Vec<Compressor>,
     hellos: u32,
+    failures: u32,
     scram: Option<Scram>,
 }
 
@@ -90,7 +93,7 @@ pub enum Step {
 
 impl<'a> Login<'a> {
     pub fn new(ctx: &'a ListenerContext, state: &'a DbState, info: ConnectionInfo, cert_cn: Option<Result<String, String>>) -> Self {
-        Login { ctx, state, info, cert_cn, first_hello: None, compressors: Vec::new(), hellos: 0, scram: None }
+        Login { ctx, state, info, cert_cn, first_hello: None, compressors: Vec::new(), hellos: 0, failures: 0, scram: None }
     }
 
     /// Serves messages until the client is logged in, turns out to be a monitor, or leaves.
@@ -132,7 +135,7 @@ impl<'a> Login<'a> {
             };
             match step {
                 Step::Reply(reply) => {
-                    if !send(client, &reply_bytes(&msg, &request, &reply)).await {
+                    if !send(client, &reply_bytes(&msg, &request, &reply)).await || self.failures >= MAX_FAILURES_PER_CONNECTION {
                         return Outcome::Closed;
                     }
                 }
@@ -308,6 +311,7 @@ impl<'a> Login<'a> {
 
     async fn refused(&mut self, login: &str, reason: String) -> RawDocumentBuf {
         self.scram = None;
+        self.failures += 1;
         let (person, db_user) = split_login(login);
         tracing::info!(user = %person, %reason, "login refused");
         let identity = SessionIdentity {
@@ -438,13 +442,7 @@ async fn cached_hello(state: &DbState) -> Result<RawDocumentBuf, UpstreamError> 
 
 /// Serves a driver's monitoring connection: hellos only, awaitable ones held up to 10 s.
 pub async fn serve_monitor(client: &mut Stream, login: &Login<'_>, shutdown: &tokio_util::sync::CancellationToken) {
-    let monitors = &login.state.monitors;
-    let limit = login.ctx.config().server.max_pending_logins;
-    if monitors.fetch_add(1, Ordering::AcqRel) >= limit {
-        monitors.fetch_sub(1, Ordering::AcqRel);
-        tracing::warn!(limit, "too many unauthenticated monitoring connections (server.max_pending_logins); closing one");
-        return;
-    }
+    let Some(_slot) = MonitorSlot::take(login) else { return };
     loop {
         let next = tokio::select! {
             m = tokio::time::timeout(MAX_AWAIT * 6, read_message(client, MAX_LOGIN_MESSAGE)) => m,
@@ -471,7 +469,42 @@ pub async fn serve_monitor(client: &mut Stream, login: &Login<'_>, shutdown: &to
             break;
         }
     }
-    monitors.fetch_sub(1, Ordering::AcqRel);
+}
+
+/// A monitoring connection's place, within `server.max_pending_logins` per listener and
+/// `server.max_pending_logins_per_source` per address, so one source cannot take every
+/// place and leave other drivers' monitors (and so their applications) without a server.
+struct MonitorSlot<'a> {
+    state: &'a DbState,
+    source: std::net::IpAddr,
+}
+
+impl<'a> MonitorSlot<'a> {
+    fn take(login: &'a Login<'_>) -> Option<MonitorSlot<'a>> {
+        let server = &login.ctx.config().server;
+        let source = login.info.peer.ip();
+        let mut monitors = login.state.monitors.lock().unwrap_or_else(|p| p.into_inner());
+        let total: usize = monitors.values().sum();
+        let from_source = monitors.get(&source).copied().unwrap_or(0);
+        if total >= server.max_pending_logins || from_source >= server.max_pending_logins_per_source {
+            tracing::warn!(%source, "too many unauthenticated monitoring connections (server.max_pending_logins[_per_source]); closing one");
+            return None;
+        }
+        *monitors.entry(source).or_insert(0) += 1;
+        Some(MonitorSlot { state: login.state, source })
+    }
+}
+
+impl Drop for MonitorSlot<'_> {
+    fn drop(&mut self) {
+        let mut monitors = self.state.monitors.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = monitors.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                monitors.remove(&self.source);
+            }
+        }
+    }
 }
 
 impl DbState {

@@ -14,7 +14,6 @@ mod upstream;
 pub mod wire;
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use upstream::UpstreamTarget;
@@ -42,8 +41,8 @@ pub struct DbState {
     /// Per IAM role db_user (DocumentDB), assumed from `aws_credentials`.
     role_credentials: tokio::sync::Mutex<HashMap<String, Arc<crate::aws::credentials::CredentialSource>>>,
     hello_cache: tokio::sync::Mutex<Option<(std::time::Instant, bson::RawDocumentBuf)>>,
-    /// Unauthenticated driver monitors being served now.
-    monitors: AtomicUsize,
+    /// Unauthenticated driver monitors being served now, per source address.
+    monitors: std::sync::Mutex<HashMap<std::net::IpAddr, usize>>,
 }
 
 pub struct MongoEngine {
@@ -68,7 +67,7 @@ impl MongoEngine {
                 aws_credentials: tokio::sync::OnceCell::new(),
                 role_credentials: tokio::sync::Mutex::new(HashMap::new()),
                 hello_cache: tokio::sync::Mutex::new(None),
-                monitors: AtomicUsize::new(0),
+                monitors: std::sync::Mutex::new(HashMap::new()),
             };
             databases.insert(db.name.clone(), Arc::new(state));
         }

@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# A mixed find/insert load (examples/mongo_load.rs on the Rust driver, CLIENTS connections)
+# through three paths, interleaved in one run, plaintext on every leg:
+#   direct    client ──> secantusd-rs
+#   haproxy   client ──(TCP passthrough)──> secantusd-rs
+#   dbtape    client ──> dbtape (SCRAM login, strict, batch fsync, recording every command
+#             and reply) ──> secantusd-rs
+# secantusd-rs is the Rust MongoDB-compatible server (crates.io `secantus-mdb`), built once
+# into BENCH_CACHE (default ~/.cache/dbtape-bench): the Python server would hide the
+# proxy's cost. Sourced by scripts/bench.
+set -euo pipefail
+
+DURATION=${DURATION:-20}
+ROUNDS=${ROUNDS:-3}
+CLIENTS=${CLIENTS:-8}
+CACHE=${BENCH_CACHE:-$HOME/.cache/dbtape-bench}
+SECANTUS_VERSION=0.5.3-beta.196
+
+need=()
+command -v haproxy >/dev/null || need+=(haproxy)
+command -v cmake >/dev/null || need+=(cmake)
+if ((${#need[@]})); then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+systemctl stop haproxy >/dev/null 2>&1 || service haproxy stop >/dev/null 2>&1 || true
+
+SERVER="$CACHE/bin/secantusd-rs"
+if [[ ! -x $SERVER ]]; then
+    echo "== building secantus-mdb $SECANTUS_VERSION into $CACHE (once; about 4 minutes)"
+    # It declares a newer rust-version than this toolchain but builds and runs with it.
+    CARGO_TARGET_DIR="$CACHE/secantus-target" cargo install -q secantus-mdb --version "$SECANTUS_VERSION" \
+        --ignore-rust-version --root "$CACHE"
+fi
+
+echo "== building dbtape and the load client (release)"
+cargo build --locked --release -q
+cargo build --locked --release -q --example mongo_load
+BIN="$ROOT/target/release/dbtape"
+LOAD="$ROOT/target/release/examples/mongo_load"
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do python3 -c "import socket; socket.create_connection(('127.0.0.1', $1), 0.5)" 2>/dev/null && return; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+MONGO_PORT=$(free_port)
+mkdir -p "$WORK/data"
+setsid "$SERVER" --host 127.0.0.1 --port "$MONGO_PORT" --storage-path "$WORK/data" --cache-size 256M \
+    --log-file-max 16MB --standalone > "$WORK/server.log" 2>&1 &
+PIDS+=($!)
+wait_port "$MONGO_PORT"
+
+HAPROXY_PORT=$(free_port)
+cat > "$WORK/haproxy.cfg" <<CONF
+global
+    maxconn 1000
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 5m
+    timeout server 5m
+listen mongo
+    bind 127.0.0.1:$HAPROXY_PORT
+    server mongo 127.0.0.1:$MONGO_PORT
+CONF
+setsid haproxy -f "$WORK/haproxy.cfg" -db > "$WORK/haproxy.log" 2>&1 &
+HAPROXY_PID=$!
+PIDS+=($HAPROXY_PID)
+
+DBTAPE_PORT=$(free_port)
+VERIFIER=$(echo "bench-password" | "$BIN" user add bench --password-stdin | sed -n 's/^scram_verifier = //p')
+cat > "$WORK/dbtape.toml" <<CONF
+[recording]
+dir = "$WORK/recordings"
+signing_key = "$WORK/key"
+[[databases]]
+name = "bench-mongo"
+protocol = "mongodb"
+listen = "127.0.0.1:$DBTAPE_PORT"
+upstream = "mongodb://127.0.0.1:$MONGO_PORT"
+[databases.upstream_tls]
+mode = "disable"
+[databases.auth]
+method = "none"
+[[users]]
+name = "bench"
+scram_verifier = $VERIFIER
+[[users.grants]]
+database = "bench-mongo"
+db_users = ["bench"]
+db_names = ["bench"]
+CONF
+setsid "$BIN" serve --config "$WORK/dbtape.toml" > "$WORK/dbtape.log" 2>&1 &
+DBTAPE_PID=$!
+PIDS+=($DBTAPE_PID)
+wait_port "$DBTAPE_PORT"
+
+DIRECT_URI="mongodb://127.0.0.1:$MONGO_PORT/?directConnection=true"
+"$LOAD" "$DIRECT_URI" 1 1 --preload
+
+uri_of() {
+    case $1 in
+        direct) echo "$DIRECT_URI" ;;
+        haproxy) echo "mongodb://127.0.0.1:$HAPROXY_PORT/?directConnection=true" ;;
+        dbtape) echo "mongodb://bench:bench-password@127.0.0.1:$DBTAPE_PORT/bench?authSource=admin&directConnection=true" ;;
+    esac
+}
+pid_of() {
+    case $1 in
+        haproxy) echo "$HAPROXY_PID" ;;
+        dbtape) echo "$DBTAPE_PID" ;;
+        *) echo "" ;;
+    esac
+}
+
+echo "== $ROUNDS round(s) of ${DURATION}s per path, $CLIENTS clients, interleaved"
+for round in $(seq "$ROUNDS"); do
+    for path in direct haproxy dbtape; do
+        pid=$(pid_of $path)
+        before=0
+        [[ -n $pid ]] && before=$(cpu_ticks "$pid")
+        out=$("$LOAD" "$(uri_of $path)" "$CLIENTS" "$DURATION")
+        ops=$(sed -n 's/.*ops=\([0-9]*\).*/\1/p' <<< "$out")
+        secs=$(sed -n 's/.*seconds=\([0-9.]*\).*/\1/p' <<< "$out")
+        p99=$(sed -n 's/.*p99_us=\([0-9]*\).*/\1/p' <<< "$out")
+        cpu_us=""
+        if [[ -n $pid ]]; then
+            ticks=$(( $(cpu_ticks "$pid") - before ))
+            cpu_us=$(python3 -c "print(f'{$ticks * 1e6 / $(getconf CLK_TCK) / $ops:.1f}')")
+        fi
+        python3 -c "print(f'   round $round  $path: {$ops / $secs:9.0f} ops/s  p99 {$p99 / 1000:.2f} ms' + ('  proxy CPU $cpu_us us/op' if '$cpu_us' else ''))"
+        echo "$path $(python3 -c "print($ops / $secs)") $p99 $cpu_us" >> "$WORK/results"
+    done
+done
+
+python3 - "$WORK/results" <<'PY'
+import statistics, sys
+rows = [line.split() for line in open(sys.argv[1])]
+def mean(path, col):
+    values = [float(r[col]) for r in rows if r[0] == path and len(r) > col]
+    return statistics.mean(values) if values else 0.0
+ops = {p: mean(p, 1) for p in ("direct", "haproxy", "dbtape")}
+cpu = {p: mean(p, 3) for p in ("haproxy", "dbtape")}
+rounds = [float(r[1]) for r in rows if r[0] == "dbtape"]
+ha_rounds = [float(r[1]) for r in rows if r[0] == "haproxy"]
+ratios = ", ".join(f"{d / h:.2f}" for d, h in zip(rounds, ha_rounds))
+print(f"   dbtape/haproxy {ops['dbtape'] / ops['haproxy']:.2f} (rounds {ratios}); dbtape/direct {ops['dbtape'] / ops['direct']:.2f}")
+print(f"   proxy CPU per operation: dbtape {cpu['dbtape']:.1f} us, haproxy {cpu['haproxy']:.1f} us")
+print(f"RESULT mongo direct_ops={ops['direct']:.0f} haproxy_ops={ops['haproxy']:.0f} dbtape_ops={ops['dbtape']:.0f} "
+      f"dbtape_cpu_us={cpu['dbtape']:.1f} haproxy_cpu_us={cpu['haproxy']:.1f} dbtape_p99_us={mean('dbtape', 2):.0f} direct_p99_us={mean('direct', 2):.0f}")
+PY
+"$BIN" ls --dir "$WORK/recordings" --limit 3
