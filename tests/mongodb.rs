@@ -286,3 +286,90 @@ async fn the_rust_driver_works_through_the_proxy() {
         assert!(events.iter().any(|e| e == expected), "{expected} missing from {events:#?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_messages_are_recorded_and_end_only_their_connection() {
+    let mut proxy = MongoProxy::start().await;
+    // Logged in by pymongo, then raw bytes on the driver's own socket.
+    let script = r#"
+import sys, struct, pymongo
+from pymongo.read_preferences import ReadPreference
+def raw(client):
+    client.lib.command("ping")
+    return client._topology.select_server(ReadPreference.PRIMARY, "t").pool.conns[0].conn.get_conn
+def reply_doc(sock):
+    import bson
+    head = sock.recv(16, 0x100)
+    length = struct.unpack("<i", head[:4])[0]
+    body = b""
+    while len(body) < length - 16:
+        body += sock.recv(length - 16 - len(body))
+    return bson.decode(body[5:])
+bad_bson = struct.pack("<I", 0) + b"\x00" + struct.pack("<i", 13) + b"\x02abc\x00\xff\xff\xff\x7f\x00"
+a = pymongo.MongoClient(sys.argv[1], serverSelectionTimeoutMS=5000)
+sock = raw(a)
+sock.sendall(struct.pack("<iiii", 16 + len(bad_bson), 99, 0, 2013) + bad_bson)
+r = reply_doc(sock)
+print("bad bson:", r["code"], r["codeName"])
+sock.sendall(struct.pack("<iiii", 16 + 4, 100, 0, 2001) + b"\x00\x00\x00\x00")
+print("unknown opcode closes:", sock.recv(100) == b"")
+b = pymongo.MongoClient(sys.argv[1], serverSelectionTimeoutMS=5000)
+sock = raw(b)
+sock.sendall(struct.pack("<iiii", 100_000_000, 101, 0, 2013))
+print("oversized closes:", sock.recv(100) == b"")
+c = pymongo.MongoClient(sys.argv[1], serverSelectionTimeoutMS=5000)
+print("others carry on:", c.lib.command("ping")["ok"])
+"#;
+    let (ok, out, err) = proxy.pymongo(script, proxy.uri("alice", ALICE_PASSWORD, "&directConnection=true")).await;
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["bad bson: 9 FailedToParse", "unknown opcode closes: True", "oversized closes: True", "others carry on: 1.0"],
+        "{out}"
+    );
+    proxy.stop().await;
+    let malformed: Vec<serde_json::Value> =
+        proxy.sessions().into_iter().flatten().filter(|e| e["event"] == "db.session.malformed_packet").collect();
+    assert_eq!(malformed.len(), 3, "{malformed:#?}");
+    let payloads: Vec<String> = malformed
+        .iter()
+        .map(|e| {
+            use base64::Engine as _;
+            String::from_utf8_lossy(&base64::engine::general_purpose::STANDARD.decode(e["payload"].as_str().unwrap()).unwrap()).into_owned()
+        })
+        .collect();
+    assert!(payloads.iter().any(|p| p.contains("unsupported opcode 2001")), "{payloads:?}");
+    assert!(payloads.iter().any(|p| p.contains("message length 100000000")), "{payloads:?}");
+    assert!(payloads.iter().any(|p| p.contains("abc")), "the bad BSON's own bytes: {payloads:?}");
+    // Every recording still verifies.
+    let verify = common::dbtape_bin()
+        .args(["verify", "--all", "--dir"])
+        .arg(proxy.root.path().join("recordings"))
+        .arg("--public-key")
+        .arg(proxy.root.path().join("key.pub"))
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_op_query_handshake_gets_an_op_reply_pointing_at_the_proxy() {
+    let mut proxy = MongoProxy::start().await;
+    let script = r#"
+import sys, socket, struct, bson
+host, port = sys.argv[1].rsplit(":", 1)
+s = socket.create_connection((host, int(port)))
+query = struct.pack("<i", 0) + b"admin.$cmd\x00" + struct.pack("<ii", 0, -1) + bson.encode({"isMaster": 1, "client": {"driver": {"name": "legacy", "version": "1"}}})
+s.sendall(struct.pack("<iiii", 16 + len(query), 42, 0, 2004) + query)
+head = s.recv(16, socket.MSG_WAITALL)
+length, _, response_to, opcode = struct.unpack("<iiii", head)
+body = s.recv(length - 16, socket.MSG_WAITALL)
+flags, cursor, start, count = struct.unpack("<iqii", body[:20])
+reply = bson.decode(body[20:])
+print(opcode, response_to, count, reply["ok"], reply.get("ismaster", reply.get("isWritablePrimary")), reply["me"] == sys.argv[1], reply["hosts"] == [sys.argv[1]])
+"#;
+    let (ok, out, err) = proxy.pymongo(script, proxy.addr.to_string()).await;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "1 42 1 1.0 True True True");
+    proxy.stop().await;
+}
