@@ -7,7 +7,8 @@
 #             and reply) ──> secantusd-rs
 # secantusd-rs is the Rust MongoDB-compatible server (crates.io `secantus-mdb`), built once
 # into BENCH_CACHE (default ~/.cache/dbtape-bench): the Python server would hide the
-# proxy's cost. Sourced by scripts/bench.
+# proxy's cost. PROFILE=1 writes a perf profile of dbtape to target/perf-mongo.txt.
+# Sourced by scripts/bench.
 set -euo pipefail
 
 DURATION=${DURATION:-20}
@@ -127,7 +128,17 @@ for round in $(seq "$ROUNDS"); do
         pid=$(pid_of $path)
         before=0
         [[ -n $pid ]] && before=$(cpu_ticks "$pid")
+        perf=
+        if [[ $path == dbtape && -n ${PROFILE:-} ]]; then
+            perf record -F 999 -g -p "$pid" -o "$ROOT/target/perf-mongo.data" -- sleep "$DURATION" >/dev/null 2>&1 &
+            perf=$!
+        fi
         out=$("$LOAD" "$(uri_of $path)" "$CLIENTS" "$DURATION")
+        if [[ -n $perf ]]; then
+            wait "$perf" || true
+            perf report -i "$ROOT/target/perf-mongo.data" --no-children --percent-limit 0.7 --stdio 2>/dev/null |
+                grep -E '^ +[0-9]' > "$ROOT/target/perf-mongo.txt" || true
+        fi
         ops=$(sed -n 's/.*ops=\([0-9]*\).*/\1/p' <<< "$out")
         secs=$(sed -n 's/.*seconds=\([0-9.]*\).*/\1/p' <<< "$out")
         p99=$(sed -n 's/.*p99_us=\([0-9]*\).*/\1/p' <<< "$out")

@@ -20,9 +20,9 @@ pub enum Request {
 impl Request {
     pub fn parse(msg: &Message) -> Result<Request, WireError> {
         match msg.header.op_code {
-            OP_MSG => Ok(Request::Msg(OpMsg::parse(&msg.header, &msg.body)?)),
+            OP_MSG => Ok(Request::Msg(OpMsg::parse(&msg.header, msg.body())?)),
             OP_QUERY => {
-                let query = OpQuery::parse(&msg.body)?;
+                let query = OpQuery::parse(msg.body())?;
                 // Old drivers wrap the command as {$query: {...}, $readPreference: ...}.
                 let command = match query.query.get("$query") {
                     Ok(Some(RawBsonRef::Document(inner))) => inner.to_raw_document_buf(),

@@ -16,7 +16,7 @@ pub fn message(data: &[u8]) {
         _ => i32::from_le_bytes(*op),
     };
     let header = Header { request_id: 1, response_to: 0, op_code };
-    let Ok(msg) = decode_message(header, body.to_vec(), 1 << 20) else { return };
+    let Ok(msg) = decode_message(header, super::wire::frame(1, 0, op_code, body), 1 << 20) else { return };
     if let Ok(request) = Request::parse(&msg) {
         let _ = request.database();
         let _ = super::commands::summarize_reply(request.body());
@@ -40,5 +40,8 @@ pub fn message(data: &[u8]) {
     }
     if let Ok(m) = OpMsg::parse(&header, body) {
         let _ = OpMsg::parse(&header, &m.encode());
+    }
+    if let Ok((_, doc)) = super::wire::op_msg_body_ref(&header, body) {
+        let _ = super::commands::summarize_reply(doc);
     }
 }

@@ -1,7 +1,7 @@
 //! The audited relay of a logged-in session: one command at a time, as the protocol runs,
 //! with every command recorded before it reaches the server and every reply after.
 
-use bson::RawDocumentBuf;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::client::{reply_bytes, send, Request};
 use super::commands::{self, error_reply, is_hello, is_login_command, summarize_reply, UNAUTHORIZED};
@@ -27,8 +27,14 @@ enum Stop {
     Audit(AuditError),
 }
 
-pub async fn run(mut client: Stream, established: Established, ctx: &ListenerContext) {
-    let Established { port, mut upstream, max_message, names, .. } = established;
+/// Read buffers: one read usually takes a whole message, header and body.
+const READ_BUFFER: usize = 8 * 1024;
+
+pub async fn run(client: Stream, established: Established, ctx: &ListenerContext) {
+    let Established { port, upstream, max_message, names, .. } = established;
+    let advertised = advertised_address(&client);
+    let mut client = tokio::io::BufReader::with_capacity(READ_BUFFER, client);
+    let mut upstream = tokio::io::BufReader::with_capacity(READ_BUFFER, upstream);
     let shutdown = ctx.shutdown().clone();
     // Replies can be a little over the limit a command has (the server's own fields).
     let reply_max = max_message + 16 * 1024;
@@ -48,7 +54,7 @@ pub async fn run(mut client: Stream, established: Established, ctx: &ListenerCon
                 break Stop::Closed;
             }
         };
-        match serve(&mut client, &mut upstream, &port, &names, msg, reply_max).await {
+        match serve(&mut client, &mut upstream, &port, &names, &advertised, msg, reply_max).await {
             Ok(true) => {}
             Ok(false) => break Stop::Closed,
             Err(e) => break Stop::Audit(e),
@@ -63,18 +69,23 @@ pub async fn run(mut client: Stream, established: Established, ctx: &ListenerCon
 }
 
 /// One request and its replies. `Ok(false)` ends the session.
-async fn serve(
-    client: &mut Stream,
-    upstream: &mut Stream,
+async fn serve<C, U>(
+    client: &mut C,
+    upstream: &mut U,
     port: &AuditPort,
     names: &super::login::NameGrant,
-    msg: Message,
+    advertised: &str,
+    mut msg: Message,
     reply_max: usize,
-) -> Result<bool, AuditError> {
+) -> Result<bool, AuditError>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
     let request = match Request::parse(&msg) {
         Ok(r) => r,
         Err(e) => {
-            let sample = msg.body.get(..MALFORMED_SAMPLE).unwrap_or(&msg.body).to_vec();
+            let sample = msg.body().get(..MALFORMED_SAMPLE).unwrap_or(msg.body()).to_vec();
             tracing::info!(error = %e, "unparsable client message");
             port.emit(EventBody::MalformedPacket { payload: sample }).await?;
             return Ok(send(client, &reply_for_unparsed(&msg, &error_reply(9, "FailedToParse", &format!("dbtape: {e}")))).await);
@@ -112,9 +123,8 @@ async fn serve(
         port.emit_captured_at(EventBody::Query { query, parameters: Vec::new(), db_name }, cut, redacted, crate::audit::now_ms()).await?;
     let hello = is_hello(&name);
     let outgoing = match &request {
-        Request::Msg(m) if !hello && msg.compressor.is_none() && m.flags & super::wire::FLAG_CHECKSUM_PRESENT == 0 => {
-            frame(msg.header.request_id, msg.header.response_to, OP_MSG, &msg.body)
-        }
+        // As it came (decompressed): the server never sees the client's compression.
+        Request::Msg(m) if !hello && m.flags & super::wire::FLAG_CHECKSUM_PRESENT == 0 => std::mem::take(&mut msg.raw),
         Request::Msg(m) if !hello => {
             frame(msg.header.request_id, msg.header.response_to, OP_MSG, &OpMsg { flags: m.flags, ..m.clone() }.encode())
         }
@@ -144,34 +154,37 @@ async fn serve(
             }
         };
         let parsed = match reply.header.op_code {
-            OP_MSG => OpMsg::parse(&reply.header, &reply.body),
+            OP_MSG => super::wire::op_msg_body_ref(&reply.header, reply.body()),
             other => Err(WireError::UnknownOpcode(other)),
         };
-        let parsed = match parsed {
+        let (flags, body) = match parsed {
             Ok(p) => p,
             Err(e) => {
-                // The header only: a reply's bytes are result data.
+                // The error only: a reply's bytes are result data.
                 tracing::warn!(error = %e, "unparsable upstream reply; session closed");
                 port.emit(EventBody::MalformedPacket { payload: format!("upstream: {e}").into_bytes() }).await?;
                 return Ok(false);
             }
         };
-        let summary = summarize_reply(&parsed.body);
+        let summary = summarize_reply(body);
         let status = if summary.ok { Status::ok() } else { Status::failed(summary.error.clone(), summary.message.clone()) };
         port.emit(EventBody::Result { status, affected_records: summary.affected, query_ei }).await?;
-        let more = parsed.more_to_come();
-        let to_client = if hello || matches!(request, Request::Query { .. }) {
-            let doc = hello_reply(&parsed.body, client);
-            let mut bytes = reply_bytes(&msg, &request, &doc);
-            if more {
+        let more = flags & super::wire::FLAG_MORE_TO_COME != 0;
+        let rewritten = if hello || matches!(request, Request::Query { .. }) {
+            let doc = commands::rewrite_topology(body, advertised);
+            Some(if more {
                 // Keep the streaming flag on a rewritten exhaust reply.
-                bytes =
-                    frame(reply.header.request_id, reply.header.response_to, OP_MSG, &op_msg_body(super::wire::FLAG_MORE_TO_COME, &doc));
-            }
-            bytes
+                frame(reply.header.request_id, reply.header.response_to, OP_MSG, &op_msg_body(super::wire::FLAG_MORE_TO_COME, &doc))
+            } else {
+                reply_bytes(&msg, &request, &doc)
+            })
         } else {
-            let compressor = msg.compressor;
-            frame_maybe_compressed(reply.header.request_id, reply.header.response_to, OP_MSG, &reply.body, compressor)
+            None
+        };
+        let to_client = match (rewritten, msg.compressor) {
+            (Some(bytes), _) => bytes,
+            (None, None) => reply.raw,
+            (None, Some(c)) => frame_maybe_compressed(reply.header.request_id, reply.header.response_to, OP_MSG, reply.body(), Some(c)),
         };
         if !send(client, &to_client).await {
             return Ok(false);
@@ -182,14 +195,14 @@ async fn serve(
     }
 }
 
-/// A hello reply from the server as the client must see it: pointed at the proxy.
-fn hello_reply(body: &bson::RawDocument, client: &Stream) -> RawDocumentBuf {
+/// The proxy's address as this client reached it, which hello replies name.
+fn advertised_address(client: &Stream) -> String {
     let local = match client {
         Stream::Plain(tcp) => tcp.local_addr().ok(),
         Stream::Server(tls) => tls.get_ref().0.local_addr().ok(),
         Stream::Client(_) => None,
     };
-    commands::rewrite_topology(body, &local.map(|a| a.to_string()).unwrap_or_default())
+    local.map(|a| a.to_string()).unwrap_or_default()
 }
 
 /// The command's `db_query` text with secrets replaced, any cut made while rendering, and

@@ -96,7 +96,7 @@ pub async fn command(stream: &mut Stream, body: &RawDocument) -> Result<RawDocum
     if reply.header.op_code != OP_MSG || reply.header.response_to != request_id {
         return Err(UpstreamError::Unexpected(format!("opcode {} answering {}", reply.header.op_code, reply.header.response_to)));
     }
-    Ok(OpMsg::parse(&reply.header, &reply.body)?.body)
+    Ok(OpMsg::parse(&reply.header, reply.body())?.body)
 }
 
 /// A command that must succeed; its failure becomes `Refused` with the server's text.

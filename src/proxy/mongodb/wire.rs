@@ -48,13 +48,21 @@ pub struct Header {
     pub op_code: i32,
 }
 
-/// One message as read: its header and the bytes after it.
+/// One message as read, whole (header included, so it can be forwarded as it came), with
+/// OP_COMPRESSED already unwrapped.
 #[derive(Debug, Clone)]
 pub struct Message {
     pub header: Header,
-    pub body: Vec<u8>,
-    /// The compressor the peer used, if it came as OP_COMPRESSED (the body is decompressed).
+    pub raw: Vec<u8>,
+    /// The compressor the peer used, if it came as OP_COMPRESSED (`raw` is decompressed).
     pub compressor: Option<Compressor>,
+}
+
+impl Message {
+    /// The bytes after the header.
+    pub fn body(&self) -> &[u8] {
+        self.raw.get(HEADER_LEN..).unwrap_or_default()
+    }
 }
 
 fn le_i32(bytes: &[u8], at: usize) -> Option<i32> {
@@ -81,18 +89,21 @@ pub async fn read_message<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result
     // The buffer grows as bytes arrive: a peer that announces 48 MB and sends nothing costs
     // nothing.
     let want = len as usize - HEADER_LEN;
-    let mut body = Vec::with_capacity(want.min(64 * 1024));
-    r.take(want as u64).read_to_end(&mut body).await?;
-    if body.len() != want {
+    let mut raw = Vec::with_capacity((len as usize).min(64 * 1024));
+    raw.extend_from_slice(&head);
+    r.take(want as u64).read_to_end(&mut raw).await?;
+    if raw.len() != len as usize {
         return Err(WireError::Closed);
     }
-    decode_message(header, body, max)
+    decode_message(header, raw, max)
 }
 
-/// Checks the opcode and unwraps OP_COMPRESSED; the fuzz target enters here.
-pub fn decode_message(header: Header, body: Vec<u8>, max: usize) -> Result<Message, WireError> {
+/// Checks the opcode and unwraps OP_COMPRESSED in a whole message (`raw` starts with its
+/// header); the fuzz target enters here.
+pub fn decode_message(header: Header, raw: Vec<u8>, max: usize) -> Result<Message, WireError> {
+    let body = raw.get(HEADER_LEN..).unwrap_or_default();
     match header.op_code {
-        OP_MSG | OP_QUERY | OP_REPLY => Ok(Message { header, body, compressor: None }),
+        OP_MSG | OP_QUERY | OP_REPLY => Ok(Message { header, raw, compressor: None }),
         OP_COMPRESSED => {
             let original = le_i32(&body, 0).ok_or_else(|| malformed("OP_COMPRESSED", "short header"))?;
             let size = le_i32(&body, 4).ok_or_else(|| malformed("OP_COMPRESSED", "short header"))?;
@@ -106,7 +117,8 @@ pub fn decode_message(header: Header, body: Vec<u8>, max: usize) -> Result<Messa
             let compressor =
                 Compressor::from_id(id).ok_or_else(|| malformed("OP_COMPRESSED", format!("unsupported compressor id {id}")))?;
             let inner = compressor.decompress(&body[9..], size as usize)?;
-            Ok(Message { header: Header { op_code: original, ..header }, body: inner, compressor: Some(compressor) })
+            let raw = frame(header.request_id, header.response_to, original, &inner);
+            Ok(Message { header: Header { op_code: original, ..header }, raw, compressor: Some(compressor) })
         }
         other => Err(WireError::UnknownOpcode(other)),
     }
@@ -338,6 +350,36 @@ impl OpMsg {
     }
 }
 
+/// The flags and body document of an OP_MSG, borrowed: what the relay needs of a reply,
+/// without copying result documents.
+pub fn op_msg_body_ref<'a>(header: &Header, body: &'a [u8]) -> Result<(u32, &'a bson::RawDocument), WireError> {
+    let flags = le_i32(body, 0).ok_or_else(|| malformed("OP_MSG", "no flag bits"))? as u32;
+    if flags & FLAG_CHECKSUM_PRESENT != 0 || flags & 0xffff & !KNOWN_REQUIRED_FLAGS != 0 {
+        // Rare: the full parse checks the checksum and the flags.
+        OpMsg::parse(header, body)?;
+    }
+    let mut at = 4;
+    while at < body.len() {
+        match body[at] {
+            0 => {
+                let len = le_i32(body, at + 1).ok_or_else(|| malformed("OP_MSG body", "short document"))?;
+                let doc = body.get(at + 1..at + 1 + len.max(0) as usize).ok_or_else(|| malformed("OP_MSG body", "overruns the message"))?;
+                let doc = bson::RawDocument::from_bytes(doc).map_err(|e| malformed("OP_MSG body", e.to_string()))?;
+                return Ok((flags, doc));
+            }
+            1 => {
+                let size = le_i32(body, at + 1).ok_or_else(|| malformed("OP_MSG", "short document sequence"))?;
+                if size < 5 {
+                    return Err(malformed("OP_MSG", "bad document sequence size"));
+                }
+                at += 1 + size as usize;
+            }
+            other => return Err(malformed("OP_MSG", format!("unknown section kind {other}"))),
+        }
+    }
+    Err(malformed("OP_MSG", "no body section"))
+}
+
 /// The body of a single-document OP_MSG reply or request.
 pub fn op_msg_body(flags: u32, doc: &RawDocumentBuf) -> Vec<u8> {
     OpMsg { flags, body: doc.clone(), sequences: Vec::new() }.encode()
@@ -446,20 +488,20 @@ mod tests {
         let inner = op_msg_body(0, &rawdoc! { "ping": 1, "$db": "admin" });
         for c in [Compressor::Snappy, Compressor::Zlib, Compressor::Zstd] {
             let framed = frame_maybe_compressed(3, 0, OP_MSG, &inner, Some(c));
-            let body = framed[HEADER_LEN..].to_vec();
             let h = Header { request_id: 3, response_to: 0, op_code: OP_COMPRESSED };
-            let msg = decode_message(h, body.clone(), DEFAULT_MAX_MESSAGE_BYTES).unwrap();
-            assert_eq!(msg.body, inner);
+            let msg = decode_message(h, framed.clone(), DEFAULT_MAX_MESSAGE_BYTES).unwrap();
+            assert_eq!(msg.body(), &inner[..]);
+            assert_eq!(msg.raw, frame(3, 0, OP_MSG, &inner));
             assert_eq!(msg.compressor, Some(c));
-            let mut lying = body;
-            lying[4..8].copy_from_slice(&((inner.len() - 1) as i32).to_le_bytes());
+            let mut lying = framed;
+            lying[HEADER_LEN + 4..HEADER_LEN + 8].copy_from_slice(&((inner.len() - 1) as i32).to_le_bytes());
             assert!(decode_message(h, lying, DEFAULT_MAX_MESSAGE_BYTES).is_err(), "{c:?}");
         }
     }
 
     #[test]
     fn bad_sections_and_opcodes_are_errors() {
-        assert!(matches!(decode_message(Header { op_code: 2001, ..header() }, vec![], 100), Err(WireError::UnknownOpcode(2001))));
+        assert!(matches!(decode_message(Header { op_code: 2001, ..header() }, vec![0; 16], 100), Err(WireError::UnknownOpcode(2001))));
         assert!(OpMsg::parse(&header(), &[0, 0, 0, 0]).is_err());
         assert!(OpMsg::parse(&header(), &[0, 0, 0, 0, 9, 5, 0, 0, 0, 0]).is_err());
         assert!(OpMsg::parse(&header(), &[4, 0, 0, 0]).is_err());
