@@ -195,7 +195,8 @@ impl<'a> Login<'a> {
             }
         };
         let advertised = self.info.local.map(|a| a.to_string()).unwrap_or_default();
-        let mut reply = commands::rewrite_topology(&upstream, &advertised);
+        let reply = commands::rewrite_topology(&upstream, &advertised);
+        // `ok` goes last, after the proxy's own answers, as servers order it.
         let ok = reply.get("ok").ok().flatten().map(|v| v.to_raw_bson());
         let mut out = commands::without(&reply, &["ok"]);
         if !self.compressors.is_empty() {
@@ -214,8 +215,7 @@ impl<'a> Login<'a> {
             out.append("speculativeAuthenticate", spec);
         }
         out.append("ok", ok.unwrap_or(bson::RawBson::Double(1.0)));
-        reply = out;
-        reply
+        out
     }
 
     async fn sasl_start(&mut self, body: &RawDocument) -> Step {

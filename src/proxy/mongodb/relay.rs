@@ -119,8 +119,18 @@ where
         }
         return Ok(send(client, &reply_bytes(&msg, &request, &error_reply(code, code_name, &reason))).await);
     }
-    let query_ei =
-        port.emit_captured_at(EventBody::Query { query, parameters: Vec::new(), db_name }, cut, redacted, crate::audit::now_ms()).await?;
+    let emitted =
+        port.emit_captured_at(EventBody::Query { query, parameters: Vec::new(), db_name }, cut, redacted, crate::audit::now_ms()).await;
+    let query_ei = match emitted {
+        Ok(ei) => ei,
+        Err(e) => {
+            // Strict mode: nothing unrecorded reaches the server; the client hears why.
+            if !request.more_to_come() {
+                send(client, &reply_bytes(&msg, &request, &error_reply(8000, "AuditRecordingFailed", e.client_message()))).await;
+            }
+            return Err(e);
+        }
+    };
     let hello = is_hello(&name);
     let outgoing = match &request {
         // As it came (decompressed): the server never sees the client's compression.

@@ -105,8 +105,8 @@ pub fn decode_message(header: Header, raw: Vec<u8>, max: usize) -> Result<Messag
     match header.op_code {
         OP_MSG | OP_QUERY | OP_REPLY => Ok(Message { header, raw, compressor: None }),
         OP_COMPRESSED => {
-            let original = le_i32(&body, 0).ok_or_else(|| malformed("OP_COMPRESSED", "short header"))?;
-            let size = le_i32(&body, 4).ok_or_else(|| malformed("OP_COMPRESSED", "short header"))?;
+            let original = le_i32(body, 0).ok_or_else(|| malformed("OP_COMPRESSED", "short header"))?;
+            let size = le_i32(body, 4).ok_or_else(|| malformed("OP_COMPRESSED", "short header"))?;
             let id = *body.get(8).ok_or_else(|| malformed("OP_COMPRESSED", "short header"))?;
             if !matches!(original, OP_MSG | OP_QUERY | OP_REPLY) {
                 return Err(malformed("OP_COMPRESSED", format!("cannot wrap opcode {original}")));
