@@ -373,3 +373,48 @@ print(opcode, response_to, count, reply["ok"], reply.get("ismaster", reply.get("
     assert_eq!(out.trim(), "1 42 1 1.0 True True True");
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_mode_stops_a_session_whose_recording_disk_is_full_and_says_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let status = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"]).arg(&mnt).status().unwrap();
+    assert!(status.success(), "mounting a tmpfs failed: this test needs root (CI runs as root)");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.clone());
+    let mut proxy = MongoProxy::start_recording_in(Some(mnt.join("recordings"))).await;
+    // The client fills the disk itself once logged in, then keeps writing.
+    let script = r#"
+import os, sys, time, pymongo
+c = pymongo.MongoClient(sys.argv[1], serverSelectionTimeoutMS=5000, retryWrites=False)
+c.lib.full.insert_one({"first": True})
+st = os.statvfs(sys.argv[2])
+with open(os.path.join(sys.argv[2], "filler"), "wb") as f:
+    f.write(b"\0" * (st.f_bavail * st.f_frsize - 4096))
+for i in range(2000):
+    try:
+        c.lib.full.insert_one({"i": i, "pad": os.urandom(2048).hex()})
+    except pymongo.errors.OperationFailure as e:
+        print("refused", e.code, e.details.get("codeName"))
+        break
+    except pymongo.errors.AutoReconnect:
+        print("closed")
+        break
+    time.sleep(0.005)
+else:
+    print("never refused")
+"#;
+    let mut cmd = proxy.services.python();
+    cmd.args(["-c", script, &proxy.uri("alice", ALICE_PASSWORD, "&directConnection=true"), mnt.to_str().unwrap()]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "refused 8000 AuditRecordingFailed");
+    std::fs::remove_file(mnt.join("filler")).unwrap();
+    proxy.stop().await;
+}

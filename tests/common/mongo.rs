@@ -19,8 +19,14 @@ pub struct MongoProxy {
 
 impl MongoProxy {
     pub async fn start() -> MongoProxy {
+        Self::start_recording_in(None).await
+    }
+
+    /// As `start`, with the recordings in `recordings` instead of the temporary root.
+    pub async fn start_recording_in(recordings: Option<std::path::PathBuf>) -> MongoProxy {
         let services = Services::load();
         let root = tempfile::tempdir().unwrap();
+        let recordings = recordings.unwrap_or_else(|| root.path().join("recordings"));
         let certs = services.get("CERTS").to_string();
         std::env::set_var("DBTAPE_TEST_MONGO_PASSWORD", services.get("MONGO_PASSWORD"));
         let text = format!(
@@ -28,7 +34,7 @@ impl MongoProxy {
 [server]
 shutdown_grace = "2s"
 [recording]
-dir = "{root}/recordings"
+dir = "{recordings}"
 signing_key = "{root}/key"
 batch_interval = "10ms"
 [[databases]]
@@ -66,9 +72,10 @@ db_names = ["lib"]
             root = root.path().display(),
             port = services.get("MONGO_PORT"),
             alice = verifier(ALICE_PASSWORD),
+            recordings = recordings.display(),
         );
         let (addr, stop, task) = run_server(&text, root.path()).await;
-        let store = RecordingStore::new(root.path().join("recordings"));
+        let store = RecordingStore::new(recordings);
         MongoProxy { addr, store, root, services, stop: Some(stop), task: Some(task) }
     }
 
