@@ -254,10 +254,16 @@ pub fn shell_line(db_query: &str) -> (String, Kind) {
 }
 
 fn error_line(event: &RecordedEvent) -> String {
-    // `error` is "<code> <codeName>" or "<code>".
-    let name = event.error.split_once(' ').map_or(event.error.as_str(), |(_, n)| n);
-    let name = if name.is_empty() { "Error" } else { name };
-    format!("MongoServerError[{}]: {}\r\n", terminal_safe(name), terminal_safe(&event.message))
+    // dbtape writes "<code> <codeName>" (or just the code); anything else is shown whole.
+    let (code, name) = event.error.split_once(' ').unwrap_or((event.error.as_str(), ""));
+    let numeric = !code.is_empty() && code.chars().all(|c| c.is_ascii_digit());
+    let (name, message) = match (numeric, name.is_empty()) {
+        (true, false) => (name.to_string(), event.message.clone()),
+        (true, true) => ("Error".to_string(), event.message.clone()),
+        (false, _) if event.message.is_empty() => ("Error".to_string(), event.error.clone()),
+        (false, _) => ("Error".to_string(), format!("{}: {}", event.error, event.message)),
+    };
+    format!("MongoServerError[{}]: {}\r\n", terminal_safe(&name), terminal_safe(&message))
 }
 
 fn summary(kind: Kind, n: u64) -> String {
