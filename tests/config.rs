@@ -13,6 +13,7 @@ fn example() -> std::path::PathBuf {
 #[test]
 fn the_example_config_is_valid_and_documents_defaults() {
     std::env::set_var("DBTAPE_ORDERS_PASSWORD", "from-env");
+    std::env::set_var("DBTAPE_LIBRARY_PASSWORD", "from-env-too");
     let config = Config::load(&example()).unwrap();
     assert_eq!(config.server.cluster_name, "dbtape");
     assert_eq!(config.server.workers, 0);
@@ -25,6 +26,9 @@ fn the_example_config_is_valid_and_documents_defaults() {
     assert_eq!(db.auth.password.as_ref().unwrap().read().unwrap(), "from-env");
     assert_eq!(db.client_tls.effective_mode(), dbtape::config::ClientTlsMode::Disabled);
     assert_eq!(db.upstream_tls.mode, dbtape::config::UpstreamTlsMode::VerifyFull);
+    let mongo = config.database("library-mongo").unwrap();
+    assert_eq!(mongo.protocol, "mongodb");
+    assert_eq!(mongo.auth.password.as_ref().unwrap().read().unwrap(), "from-env-too");
     // Every key the loader knows appears in the example, so the example stays complete.
     let text = std::fs::read_to_string(example()).unwrap();
     for key in [
@@ -162,10 +166,15 @@ fn config_check_command_reports_and_fails() {
     assert!(stderr.contains(&format!("{}: recording.mode", bad.display())), "{stderr}");
     assert!(stderr.contains("fix: use \"strict\""), "{stderr}");
 
-    let out =
-        common::dbtape_bin().args(["config", "check", "--config"]).arg(example()).env("DBTAPE_ORDERS_PASSWORD", "x").output().unwrap();
+    let out = common::dbtape_bin()
+        .args(["config", "check", "--config"])
+        .arg(example())
+        .env("DBTAPE_ORDERS_PASSWORD", "x")
+        .env("DBTAPE_LIBRARY_PASSWORD", "y")
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("OK (1 database, 1 user"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK (2 databases, 1 user"));
 
     let out = common::dbtape_bin().args(["config", "check", "--config", "/nonexistent/dbtape.toml"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
