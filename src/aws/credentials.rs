@@ -83,6 +83,17 @@ impl CredentialSource {
     }
 }
 
+/// A database's credential source, made on first use (so a config that never logs in
+/// upstream never asks the AWS chain) and then shared by every session of that database.
+#[derive(Default)]
+pub struct LazySource(tokio::sync::OnceCell<Arc<CredentialSource>>);
+
+impl LazySource {
+    pub async fn get(&self, aws: &AwsOptions) -> Result<&Arc<CredentialSource>, CredentialsError> {
+        self.0.get_or_try_init(|| CredentialSource::new(aws, "dbtape")).await
+    }
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();

@@ -1,6 +1,7 @@
 //! Protocol engines. Each plugs into `server::Engine`; none touches recordings directly.
 
 pub mod mongodb;
+pub mod net;
 pub mod postgres;
 pub mod stream;
 pub mod tls;

@@ -512,11 +512,7 @@ impl DbState {
     /// then, when the db_user is an IAM role ARN (DocumentDB's IAM users are), that role.
     async fn aws_credentials(&self, ctx: &ListenerContext, db_user: &str) -> Result<aws_credential_types::Credentials, String> {
         let aws = &ctx.database().aws;
-        let base = self
-            .aws_credentials
-            .get_or_try_init(|| crate::aws::credentials::CredentialSource::new(aws, "dbtape"))
-            .await
-            .map_err(|e| e.to_string())?;
+        let base = self.aws_credentials.get(aws).await.map_err(|e| e.to_string())?;
         if !is_role_arn(db_user) {
             return base.get().await.map_err(|e| e.to_string());
         }

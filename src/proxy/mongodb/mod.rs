@@ -37,7 +37,7 @@ pub struct DbState {
     server_tls: Option<crate::proxy::tls::ServerTls>,
     upstream: UpstreamTarget,
     client_tls_mode: ClientTlsMode,
-    aws_credentials: tokio::sync::OnceCell<Arc<crate::aws::credentials::CredentialSource>>,
+    aws_credentials: crate::aws::credentials::LazySource,
     /// Per IAM role db_user (DocumentDB), assumed from `aws_credentials`.
     role_credentials: tokio::sync::Mutex<HashMap<String, Arc<crate::aws::credentials::CredentialSource>>>,
     hello_cache: tokio::sync::Mutex<Option<(std::time::Instant, bson::RawDocumentBuf)>>,
@@ -64,7 +64,7 @@ impl MongoEngine {
                 server_tls,
                 upstream,
                 client_tls_mode: db.client_tls.effective_mode(),
-                aws_credentials: tokio::sync::OnceCell::new(),
+                aws_credentials: Default::default(),
                 role_credentials: tokio::sync::Mutex::new(HashMap::new()),
                 hello_cache: tokio::sync::Mutex::new(None),
                 monitors: std::sync::Mutex::new(HashMap::new()),

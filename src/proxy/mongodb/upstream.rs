@@ -7,15 +7,13 @@ use std::sync::Arc;
 use bson::spec::BinarySubtype;
 use bson::{rawdoc, Binary, RawDocument, RawDocumentBuf};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use super::commands::summarize_reply;
 use super::wire::{frame, op_msg_body, read_message, OpMsg, WireError, DEFAULT_MAX_MESSAGE_BYTES, OP_MSG};
 use crate::auth::scram::{ClientExchange, ScramError};
 use crate::aws::mongodb_aws;
+use crate::proxy::net::{connect_tcp, tls_connect};
 use crate::proxy::stream::Stream;
-
-const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -65,25 +63,15 @@ impl UpstreamTarget {
             .split('&')
             .find_map(|kv| kv.strip_prefix("authSource="))
             .map(|s| s.replace("%24", "$"));
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => (h.trim_matches(['[', ']']).to_string(), p.parse().ok()?),
-            _ => (authority.trim_matches(['[', ']']).to_string(), 27017),
-        };
+        let (host, port) = crate::proxy::net::host_port(authority, 27017)?;
         (!host.is_empty() && !host.contains(',')).then_some((host, port, auth_source))
     }
 
+    /// TLS starts at once (MongoDB has no upgrade request).
     pub async fn connect(&self) -> Result<Stream, UpstreamError> {
-        let addr = format!("{}:{}", self.host, self.port);
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr))
-            .await
-            .map_err(|_| UpstreamError::Connect { addr: addr.clone(), source: std::io::ErrorKind::TimedOut.into() })?
-            .map_err(|source| UpstreamError::Connect { addr: addr.clone(), source })?;
-        let _ = tcp.set_nodelay(true);
+        let tcp = connect_tcp(&self.host, self.port).await.map_err(|(addr, source)| UpstreamError::Connect { addr, source })?;
         let Some(config) = &self.tls else { return Ok(Stream::Plain(tcp)) };
-        let tls_err = |reason: String| UpstreamError::Tls { host: self.server_name.clone(), reason };
-        let name = rustls::pki_types::ServerName::try_from(self.server_name.clone()).map_err(|e| tls_err(e.to_string()))?;
-        let tls = tokio_rustls::TlsConnector::from(config.clone()).connect(name, tcp).await.map_err(|e| tls_err(e.to_string()))?;
-        Ok(Stream::Client(Box::new(tls)))
+        tls_connect(config, &self.server_name, tcp).await.map_err(|reason| UpstreamError::Tls { host: self.server_name.clone(), reason })
     }
 }
 

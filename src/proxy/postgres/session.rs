@@ -27,18 +27,14 @@ pub struct DbState {
     pub upstream: UpstreamTarget,
     pub client_tls_mode: ClientTlsMode,
     /// For `aws_iam`: made on first use, then shared by every session of this database.
-    pub aws_credentials: tokio::sync::OnceCell<Arc<crate::aws::credentials::CredentialSource>>,
+    pub aws_credentials: crate::aws::credentials::LazySource,
 }
 
 impl DbState {
     /// An RDS IAM auth token for `db_user`, from cached (assumed-role) credentials.
     async fn iam_token(&self, ctx: &ListenerContext, db_user: &str) -> Result<String, String> {
         let aws = &ctx.database().aws;
-        let source = self
-            .aws_credentials
-            .get_or_try_init(|| crate::aws::credentials::CredentialSource::new(aws, "dbtape"))
-            .await
-            .map_err(|e| e.to_string())?;
+        let source = self.aws_credentials.get(aws).await.map_err(|e| e.to_string())?;
         let creds = source.get().await.map_err(|e| e.to_string())?;
         crate::aws::rds_token::generate(&self.upstream.host, self.upstream.port, db_user, &aws.region, &creds, std::time::SystemTime::now())
             .map_err(|e| e.to_string())

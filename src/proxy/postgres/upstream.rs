@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use md5::{Digest, Md5};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::codec::{message, read_message, startup_message, WireError, PROTOCOL_3_0, SSL_REQUEST};
 use super::messages::error_text;
 use crate::auth::scram::ClientExchange;
+use crate::proxy::net::{connect_tcp, tls_connect};
 use crate::proxy::stream::Stream;
 
 #[derive(Debug, thiserror::Error)]
@@ -38,9 +38,6 @@ pub enum UpstreamError {
     Wire(#[from] WireError),
 }
 
-/// A blackholed upstream must not hold a client forever.
-const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// Where and how to connect, from the database's config.
 #[derive(Clone)]
 pub struct UpstreamTarget {
@@ -58,20 +55,12 @@ impl UpstreamTarget {
         let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
         let database = path.split('?').next().unwrap_or_default().to_string();
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => (h.trim_matches(['[', ']']).to_string(), p.parse().ok()?),
-            _ => (authority.trim_matches(['[', ']']).to_string(), 5432),
-        };
+        let (host, port) = crate::proxy::net::host_port(authority, 5432)?;
         (!host.is_empty()).then_some((host, port, database))
     }
 
     async fn connect_tls(&self) -> Result<Stream, UpstreamError> {
-        let addr = format!("{}:{}", self.host, self.port);
-        let connecting = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await;
-        let mut tcp = connecting
-            .map_err(|_| UpstreamError::Connect { addr: addr.clone(), source: std::io::ErrorKind::TimedOut.into() })?
-            .map_err(|source| UpstreamError::Connect { addr: addr.clone(), source })?;
-        let _ = tcp.set_nodelay(true);
+        let mut tcp = connect_tcp(&self.host, self.port).await.map_err(|(addr, source)| UpstreamError::Connect { addr, source })?;
         let Some(config) = &self.tls else { return Ok(Stream::Plain(tcp)) };
         let mut request = 8i32.to_be_bytes().to_vec();
         request.extend_from_slice(&SSL_REQUEST.to_be_bytes());
@@ -81,13 +70,7 @@ impl UpstreamTarget {
         if answer[0] != b'S' {
             return Err(UpstreamError::TlsRefused);
         }
-        let name = rustls::pki_types::ServerName::try_from(self.server_name.clone())
-            .map_err(|e| UpstreamError::Tls { host: self.server_name.clone(), reason: e.to_string() })?;
-        let tls = tokio_rustls::TlsConnector::from(config.clone())
-            .connect(name, tcp)
-            .await
-            .map_err(|e| UpstreamError::Tls { host: self.server_name.clone(), reason: e.to_string() })?;
-        Ok(Stream::Client(Box::new(tls)))
+        tls_connect(config, &self.server_name, tcp).await.map_err(|reason| UpstreamError::Tls { host: self.server_name.clone(), reason })
     }
 
     /// Connects and authenticates. Returns the stream positioned right after

@@ -1,0 +1,38 @@
+//! Upstream connection steps every engine shares: the host and port of a URI's authority,
+//! a TCP connection that cannot hang, and the TLS handshake over it.
+
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+
+use super::stream::Stream;
+
+/// A blackholed upstream must not hold a client forever.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `host`, `host:port`, `[v6]` or `[v6]:port`, with `default_port` when none is given.
+pub fn host_port(authority: &str, default_port: u16) -> Option<(String, u16)> {
+    match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => Some((h.trim_matches(['[', ']']).to_string(), p.parse().ok()?)),
+        _ => Some((authority.trim_matches(['[', ']']).to_string(), default_port)),
+    }
+}
+
+/// Connects with `CONNECT_TIMEOUT`, Nagle off. The error names the address.
+pub async fn connect_tcp(host: &str, port: u16) -> Result<TcpStream, (String, std::io::Error)> {
+    let addr = format!("{host}:{port}");
+    let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => return Err((addr, e)),
+        Err(_) => return Err((addr, std::io::ErrorKind::TimedOut.into())),
+    };
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
+/// The client side of a TLS handshake with the upstream, verified by `config`.
+pub async fn tls_connect(config: &Arc<rustls::ClientConfig>, server_name: &str, tcp: TcpStream) -> Result<Stream, String> {
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_string()).map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(config.clone()).connect(name, tcp).await.map_err(|e| e.to_string())?;
+    Ok(Stream::Client(Box::new(tls)))
+}
