@@ -124,10 +124,8 @@ where
     let query_ei = match emitted {
         Ok(ei) => ei,
         Err(e) => {
-            // Strict mode: nothing unrecorded reaches the server; the client hears why.
-            if !request.more_to_come() {
-                send(client, &reply_bytes(&msg, &request, &error_reply(8000, "AuditRecordingFailed", e.client_message()))).await;
-            }
+            // Strict mode: nothing unrecorded reaches the server.
+            stopped_unrecorded(client, &msg, &request, &e).await;
             return Err(e);
         }
     };
@@ -178,7 +176,11 @@ where
         };
         let summary = summarize_reply(body);
         let status = if summary.ok { Status::ok() } else { Status::failed(summary.error.clone(), summary.message.clone()) };
-        port.emit(EventBody::Result { status, affected_records: summary.affected, query_ei }).await?;
+        if let Err(e) = port.emit(EventBody::Result { status, affected_records: summary.affected, query_ei }).await {
+            // Nor does a reply that cannot be recorded reach the client.
+            stopped_unrecorded(client, &msg, &request, &e).await;
+            return Err(e);
+        }
         let more = flags & super::wire::FLAG_MORE_TO_COME != 0;
         let rewritten = if hello || matches!(request, Request::Query { .. }) {
             let doc = commands::rewrite_topology(body, advertised);
@@ -202,6 +204,14 @@ where
         if !more {
             return Ok(true);
         }
+    }
+}
+
+/// Strict mode stops a session whose recording fails; the client hears why, in its own
+/// wire format, as the answer to the command it is waiting on.
+async fn stopped_unrecorded<C: AsyncWrite + Unpin>(client: &mut C, msg: &Message, request: &Request, e: &AuditError) {
+    if !request.more_to_come() {
+        send(client, &reply_bytes(msg, request, &error_reply(8000, "AuditRecordingFailed", e.client_message()))).await;
     }
 }
 
