@@ -205,14 +205,24 @@ c.close()
     }
 }
 
+/// A MONGODB-X509 URI over TLS with `who`'s test certificate and key (pymongo wants them in
+/// one PEM file).
+fn x509_uri(proxy: &MongoProxy, who: &str) -> String {
+    let certs = proxy.services.get("CERTS");
+    let pem = proxy.root.path().join(format!("{who}.pem"));
+    let mut both = std::fs::read(format!("{certs}/{who}.crt")).unwrap();
+    both.extend(std::fs::read(format!("{certs}/{who}.key")).unwrap());
+    std::fs::write(&pem, both).unwrap();
+    format!(
+        "mongodb://{}/lib?authMechanism=MONGODB-X509&authSource=%24external&tls=true&tlsCAFile={certs}/ca.crt&tlsCertificateKeyFile={}",
+        proxy.addr,
+        pem.display()
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_certificate_login_over_tls() {
     let mut proxy = MongoProxy::start().await;
-    let certs = proxy.services.get("CERTS").to_string();
-    let pem = proxy.root.path().join("carol.pem");
-    let mut both = std::fs::read(format!("{certs}/carol.crt")).unwrap();
-    both.extend(std::fs::read(format!("{certs}/carol.key")).unwrap());
-    std::fs::write(&pem, both).unwrap();
     let script = r#"
 import sys, pymongo
 c = pymongo.MongoClient(sys.argv[1], serverSelectionTimeoutMS=5000)
@@ -221,24 +231,11 @@ print(c.lib.certs.count_documents({"who": "carol"}) >= 1)
 c.lib.certs.delete_many({"who": "carol"})
 c.close()
 "#;
-    let uri = format!(
-        "mongodb://{}/lib?authMechanism=MONGODB-X509&authSource=%24external&tls=true&tlsCAFile={certs}/ca.crt&tlsCertificateKeyFile={}",
-        proxy.addr,
-        pem.display()
-    );
-    let (ok, out, err) = proxy.pymongo(script, uri).await;
+    let (ok, out, err) = proxy.pymongo(script, x509_uri(&proxy, "carol")).await;
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "True");
     // A certificate from another CA is refused.
-    let rogue = proxy.root.path().join("mallory.pem");
-    let mut both = std::fs::read(format!("{certs}/mallory.crt")).unwrap();
-    both.extend(std::fs::read(format!("{certs}/mallory.key")).unwrap());
-    std::fs::write(&rogue, both).unwrap();
-    let uri = format!(
-        "mongodb://{}/lib?authMechanism=MONGODB-X509&authSource=%24external&tls=true&tlsCAFile={certs}/ca.crt&tlsCertificateKeyFile={}",
-        proxy.addr,
-        rogue.display()
-    );
+    let uri = x509_uri(&proxy, "mallory");
     let (ok, _, _) = proxy
         .pymongo("import sys, pymongo\npymongo.MongoClient(sys.argv[1], serverSelectionTimeoutMS=3000).lib.certs.find_one()\n", uri)
         .await;
@@ -410,11 +407,10 @@ for i in range(2000):
 else:
     print("never refused")
 "#;
-    let mut cmd = proxy.services.python();
-    cmd.args(["-c", script, &proxy.uri("alice", ALICE_PASSWORD, "&directConnection=true"), mnt.to_str().unwrap()]);
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "refused 8000 AuditRecordingFailed");
+    let uri = proxy.uri("alice", ALICE_PASSWORD, "&directConnection=true");
+    let (ok, out, err) = proxy.pymongo_with(script, &[&uri, mnt.to_str().unwrap()]).await;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "refused 8000 AuditRecordingFailed");
     std::fs::remove_file(mnt.join("filler")).unwrap();
     proxy.stop().await;
 }

@@ -194,9 +194,9 @@ const PING: &str = "import sys, pymongo\nc = pymongo.MongoClient(sys.argv[1], se
 async fn pymongo(services: &Services, addr: std::net::SocketAddr) -> String {
     let mut cmd = services.python();
     cmd.args(["-c", PING, &format!("mongodb://alice:{ALICE_PASSWORD}@{addr}/lib?authSource=admin&directConnection=true")]);
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    let (ok, out, err) = common::output(cmd).await;
+    assert!(ok, "{err}");
+    out.trim().to_string()
 }
 
 /// One test, because the AWS credential chain reads the process environment.

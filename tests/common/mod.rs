@@ -113,6 +113,24 @@ pub fn assert_schema_valid(line: &[u8]) -> serde_json::Value {
     value
 }
 
+/// Runs `cmd` off the async runtime: (success, stdout, stderr).
+pub async fn output(mut cmd: std::process::Command) -> (bool, String, String) {
+    tokio::task::spawn_blocking(move || {
+        let out = cmd.output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    })
+    .await
+    .unwrap()
+}
+
+/// Events of every recording in `store`, sessions in start order, each checked against its
+/// event type's schema.
+pub fn sessions_in(store: &RecordingStore) -> Vec<Vec<serde_json::Value>> {
+    let mut summaries: Vec<_> = store.summaries().unwrap().into_iter().map(Result::unwrap).collect();
+    summaries.sort_by_key(|s| (s.start_ms, s.sid.clone()));
+    summaries.iter().map(|s| read_lines(store, &s.sid).0.iter().map(|l| assert_schema_valid(l)).collect()).collect()
+}
+
 pub fn dbtape_bin() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_dbtape"))
 }

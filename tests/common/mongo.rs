@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use dbtape::recording::RecordingStore;
 
-use super::proxy::{run_server, verifier, ALICE_PASSWORD};
+use super::proxy::{run_server, verifier, Running, ALICE_PASSWORD};
 use super::services::Services;
 
 pub struct MongoProxy {
@@ -13,8 +13,8 @@ pub struct MongoProxy {
     pub store: RecordingStore,
     pub root: tempfile::TempDir,
     pub services: Services,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    recordings: std::path::PathBuf,
+    server: Running,
 }
 
 impl MongoProxy {
@@ -75,8 +75,8 @@ db_names = ["lib"]
             recordings = recordings.display(),
         );
         let (addr, stop, task) = run_server(&text, root.path()).await;
-        let store = RecordingStore::new(recordings);
-        MongoProxy { addr, store, root, services, stop: Some(stop), task: Some(task) }
+        let store = RecordingStore::new(recordings.clone());
+        MongoProxy { addr, store, root, services, recordings, server: Running::new(stop, task) }
     }
 
     pub fn uri(&self, user: &str, password: &str, options: &str) -> String {
@@ -85,40 +85,28 @@ db_names = ["lib"]
 
     /// Runs a Python script with pymongo; `argv[1]` is `uri`. Returns (success, stdout, stderr).
     pub async fn pymongo(&self, script: &str, uri: String) -> (bool, String, String) {
+        self.pymongo_with(script, &[&uri]).await
+    }
+
+    /// As `pymongo`, with `args` as `argv[1..]`.
+    pub async fn pymongo_with(&self, script: &str, args: &[&str]) -> (bool, String, String) {
         let mut cmd = self.services.python();
-        cmd.args(["-c", script, &uri]);
-        tokio::task::spawn_blocking(move || {
-            let out = cmd.output().unwrap();
-            (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-        })
-        .await
-        .unwrap()
+        cmd.args(["-c", script]).args(args);
+        super::output(cmd).await
     }
 
     pub async fn stop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.await.unwrap();
-        }
+        self.server.stop().await;
     }
 
     /// Events of every recording, sessions in start order, each checked against its schema.
     pub fn sessions(&self) -> Vec<Vec<serde_json::Value>> {
-        let mut summaries: Vec<_> = self.store.summaries().unwrap().into_iter().map(Result::unwrap).collect();
-        summaries.sort_by_key(|s| (s.start_ms, s.sid.clone()));
-        summaries.iter().map(|s| super::read_lines(&self.store, &s.sid).0.iter().map(|l| super::assert_schema_valid(l)).collect()).collect()
+        super::sessions_in(&self.store)
     }
 
     /// `dbtape play --format text` of a session.
     pub fn play_text(&self, sid: &str) -> String {
-        let out = super::dbtape_bin()
-            .args(["play", "--dir"])
-            .arg(self.root.path().join("recordings"))
-            .args(["--format", "text", sid])
-            .output()
-            .unwrap();
+        let out = super::dbtape_bin().args(["play", "--dir"]).arg(&self.recordings).args(["--format", "text", sid]).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).replace('\r', "")
     }

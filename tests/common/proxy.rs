@@ -30,13 +30,34 @@ pub async fn run_server(
 }
 pub const BOB_PASSWORD: &str = "bob-password";
 
+/// A dbtape server the tests run in-process, until `stop`.
+pub struct Running {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    pub fn new(stop: tokio::sync::oneshot::Sender<()>, task: tokio::task::JoinHandle<()>) -> Self {
+        Running { stop: Some(stop), task: Some(task) }
+    }
+
+    /// Stops the server, sealing every recording.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+}
+
 pub struct Proxy {
     pub addr: SocketAddr,
     pub store: RecordingStore,
     pub root: tempfile::TempDir,
     pub services: Services,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    server: Running,
 }
 
 pub fn verifier(password: &str) -> String {
@@ -122,17 +143,12 @@ db_users = ["postgres"]
         );
         let (addr, stop, task) = run_server(&text, root.path()).await;
         let store = RecordingStore::new(root.path().join("recordings"));
-        Proxy { addr, store, root, services, stop: Some(stop), task: Some(task) }
+        Proxy { addr, store, root, services, server: Running::new(stop, task) }
     }
 
     /// Stops the proxy, sealing every recording.
     pub async fn stop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.await.unwrap();
-        }
+        self.server.stop().await;
     }
 
     pub fn conninfo(&self, user: &str, extra: &str) -> String {
@@ -141,25 +157,17 @@ db_users = ["postgres"]
 
     /// Runs psql with the given connection string, returning (success, stdout, stderr).
     pub async fn psql(&self, conninfo: String, password: Option<&str>, args: Vec<String>) -> (bool, String, String) {
-        let password = password.map(str::to_string);
-        tokio::task::spawn_blocking(move || {
-            let mut cmd = std::process::Command::new("psql");
-            cmd.arg(conninfo).args(["-X", "-q", "-v", "ON_ERROR_STOP=0"]).args(args).env_remove("PGPASSWORD");
-            if let Some(p) = password {
-                cmd.env("PGPASSWORD", p);
-            }
-            let out = cmd.output().unwrap();
-            (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-        })
-        .await
-        .unwrap()
+        let mut cmd = std::process::Command::new("psql");
+        cmd.arg(conninfo).args(["-X", "-q", "-v", "ON_ERROR_STOP=0"]).args(args).env_remove("PGPASSWORD");
+        if let Some(p) = password {
+            cmd.env("PGPASSWORD", p);
+        }
+        super::output(cmd).await
     }
 
     /// Events of every recording, sessions in start order.
     pub fn sessions(&self) -> Vec<Vec<serde_json::Value>> {
-        let mut summaries: Vec<_> = self.store.summaries().unwrap().into_iter().map(Result::unwrap).collect();
-        summaries.sort_by_key(|s| (s.start_ms, s.sid.clone()));
-        summaries.iter().map(|s| super::read_lines(&self.store, &s.sid).0.iter().map(|l| super::assert_schema_valid(l)).collect()).collect()
+        super::sessions_in(&self.store)
     }
 }
 
