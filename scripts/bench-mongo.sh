@@ -48,9 +48,7 @@ cleanup() {
     rm -rf "$WORK"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do python3 -c "import socket; socket.create_connection(('127.0.0.1', $1), 0.5)" 2>/dev/null && return; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+source scripts/bench-common.sh
 
 MONGO_PORT=$(free_port)
 mkdir -p "$WORK/data"
@@ -60,21 +58,7 @@ PIDS+=($!)
 wait_port "$MONGO_PORT"
 
 HAPROXY_PORT=$(free_port)
-cat > "$WORK/haproxy.cfg" <<CONF
-global
-    maxconn 1000
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 5m
-    timeout server 5m
-listen mongo
-    bind 127.0.0.1:$HAPROXY_PORT
-    server mongo 127.0.0.1:$MONGO_PORT
-CONF
-setsid haproxy -f "$WORK/haproxy.cfg" -db > "$WORK/haproxy.log" 2>&1 &
-HAPROXY_PID=$!
-PIDS+=($HAPROXY_PID)
+start_haproxy mongo "$HAPROXY_PORT" "$MONGO_PORT"
 
 DBTAPE_PORT=$(free_port)
 VERIFIER=$(echo "bench-password" | "$BIN" user add bench --password-stdin | sed -n 's/^scram_verifier = //p')

@@ -42,33 +42,16 @@ cleanup() {
     rm -rf "$WORK"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do python3 -c "import socket; socket.create_connection(('127.0.0.1', $1), 0.5)" 2>/dev/null && return; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+source scripts/bench-common.sh
 
 export PGPASSWORD=$PG_PASSWORD
 DIRECT="host=localhost port=$PG_PORT user=postgres dbname=postgres sslmode=verify-full sslrootcert=$CERTS/ca.crt"
 pgbench -i -s 10 -q "$DIRECT" >/dev/null 2>&1
 
 # haproxy: plain TCP passthrough; TLS stays end to end between client and PostgreSQL.
+# (pgbouncer -d and PostgreSQL's pg_ctl get sessions of their own too.)
 HAPROXY_PORT=$(free_port)
-cat > "$WORK/haproxy.cfg" <<CONF
-global
-    maxconn 1000
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 5m
-    timeout server 5m
-listen pg
-    bind 127.0.0.1:$HAPROXY_PORT
-    server pg 127.0.0.1:$PG_PORT
-CONF
-# Every server runs in its own session, as a service would: the kernel's autogroup scheduler
-# shares CPU between sessions first, so a proxy left in this script's session would share
-# one scheduling group with pgbench while pgbouncer (-d) and PostgreSQL (pg_ctl) get their own.
-setsid haproxy -f "$WORK/haproxy.cfg" -db > "$WORK/haproxy.log" 2>&1 &
-HAPROXY_PID=$!
-PIDS+=($HAPROXY_PID)
+start_haproxy pg "$HAPROXY_PORT" "$PG_PORT"
 
 # pgbouncer: session mode, terminating TLS on both legs like dbtape.
 BOUNCER_PORT=$(free_port)
@@ -151,8 +134,7 @@ if [[ -n ${ALT_BIN:-} ]]; then
     wait_port "$ALT_PORT"
 fi
 
-# utime + stime of a process and its threads, in clock ticks.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# utime of a process and its threads, in clock ticks.
 user_ticks() { awk '{print $14}' "/proc/$1/stat"; }
 # Voluntary context switches (sleeps) over all of a process's threads.
 sleeps() { cat /proc/$1/task/*/status | awk '/^voluntary_ctxt_switches/ {n += $2} END {print n}'; }
