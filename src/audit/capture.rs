@@ -22,6 +22,13 @@ pub struct Truncation {
     pub sha256: String,
 }
 
+impl Truncation {
+    /// A field not stored at all because `whole` was over the cap.
+    pub fn omitted(field: &str, whole: &[u8]) -> Self {
+        Truncation { field: field.to_string(), bytes: whole.len() as u64, sha256: crate::recording::format::hex(&Sha256::digest(whole)) }
+    }
+}
+
 /// What the recorder did to an event before storing it; empty for almost every event.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EventNotes {

@@ -17,6 +17,11 @@ pub enum AuditError {
 impl AuditError {
     /// Text safe to show the client in its own protocol's error message.
     pub fn client_message(&self) -> &'static str {
+        Self::client_message_text()
+    }
+
+    /// As `client_message`, for an engine that no longer holds the error.
+    pub fn client_message_text() -> &'static str {
         "dbtape: the audit recording for this session cannot be written, so the session has been stopped"
     }
 }

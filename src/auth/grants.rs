@@ -81,6 +81,7 @@ mod tests {
             scram_verifier: None,
             cert_cn: None,
             aws_access_key_id: None,
+            aws_secret_access_key: None,
             grants: vec![Grant { database: "pg".into(), db_users: vec!["reader".into(), "writer".into()], db_names: vec!["app".into()] }],
         }
     }

@@ -1,5 +1,7 @@
-//! AWS: credentials (default chain, optionally through AssumeRole) and RDS IAM auth tokens.
+//! AWS: credentials, STS, SigV4 signing and verification, RDS tokens, MONGODB-AWS.
 
 pub mod credentials;
 pub mod mongodb_aws;
 pub mod rds_token;
+pub mod roles;
+pub mod sigv4_verify;

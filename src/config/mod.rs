@@ -12,6 +12,7 @@ pub use model::{
     StorageSection, UpstreamAuth, UpstreamTlsConfig, UpstreamTlsMode, UserConfig,
 };
 pub use secret::{SecretError, SecretRef};
+pub use validate::role_arn_for;
 
 /// Compiles one of `recording.redact_patterns`. Nesting is bounded well below the regex
 /// crate's default: a pattern of a thousand nested classes (fuzzing found one) otherwise

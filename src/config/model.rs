@@ -219,6 +219,13 @@ pub struct DatabaseConfig {
     pub auth: UpstreamAuth,
     #[serde(default)]
     pub aws: AwsOptions,
+    /// DynamoDB: the largest request body accepted (DynamoDB's own limit is 16 MB).
+    #[serde(default = "default_max_request_bytes")]
+    pub max_request_bytes: usize,
+}
+
+fn default_max_request_bytes() -> usize {
+    16 * 1024 * 1024 + 64 * 1024
 }
 
 fn default_db_type() -> String {
@@ -295,7 +302,7 @@ pub struct UpstreamAuth {
     pub password: Option<SecretRef>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AwsOptions {
     #[serde(default)]
@@ -308,9 +315,40 @@ pub struct AwsOptions {
     pub external_id: String,
     #[serde(default)]
     pub session_tags: BTreeMap<String, String>,
-    /// Override the AWS endpoint (STS/DynamoDB stand-ins in tests).
+    /// Override the AWS endpoint the proxy's own AWS calls go to (STS: a stand-in, a VPC
+    /// endpoint). DynamoDB requests go to the database's `upstream`.
     #[serde(default)]
     pub endpoint: String,
+    /// How long assumed-role sessions (DynamoDB) last: 15 minutes to 12 hours, at most one
+    /// hour with `assume_role_arn` (AWS's limit for a chain).
+    #[serde(default = "default_session_duration", with = "humantime_serde_compat")]
+    pub session_duration: std::time::Duration,
+    /// Assumed-role credentials are replaced this long before they expire.
+    #[serde(default = "default_refresh_before_expiry", with = "humantime_serde_compat")]
+    pub refresh_before_expiry: std::time::Duration,
+}
+
+impl Default for AwsOptions {
+    fn default() -> Self {
+        AwsOptions {
+            region: String::new(),
+            account_id: String::new(),
+            assume_role_arn: String::new(),
+            external_id: String::new(),
+            session_tags: BTreeMap::new(),
+            endpoint: String::new(),
+            session_duration: default_session_duration(),
+            refresh_before_expiry: default_refresh_before_expiry(),
+        }
+    }
+}
+
+fn default_session_duration() -> std::time::Duration {
+    std::time::Duration::from_secs(3600)
+}
+
+fn default_refresh_before_expiry() -> std::time::Duration {
+    std::time::Duration::from_secs(5 * 60)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -325,6 +363,8 @@ pub struct UserConfig {
     pub cert_cn: Option<String>,
     /// For DynamoDB: the access key id the user's client signs with.
     pub aws_access_key_id: Option<String>,
+    /// For DynamoDB: the secret that goes with `aws_access_key_id`; `{ env }` or `{ file }`.
+    pub aws_secret_access_key: Option<SecretRef>,
     #[serde(default)]
     pub grants: Vec<Grant>,
 }

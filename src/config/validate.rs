@@ -97,6 +97,7 @@ pub(super) fn check(raw: RawConfig, file: &Path, base: &Path) -> Result<Config, 
     for (i, user) in users.iter_mut().enumerate() {
         check_user(i, user, base, &names, &mut user_names, &mut issues);
     }
+    check_dynamodb_identities(&databases, &users, &mut issues);
     if !issues.list.is_empty() {
         return Err(ConfigError { issues: issues.list });
     }
@@ -204,6 +205,73 @@ fn check_recording(raw: &RawConfig, base: &Path, issues: &mut Issues<'_>) -> Rec
         redact_patterns: r.redact_patterns.clone(),
         max_backlog_bytes: r.max_backlog_bytes,
     }
+}
+
+/// DynamoDB users sign with a key id and secret dbtape issued them, and act as IAM roles.
+fn check_dynamodb_identities(databases: &[DatabaseConfig], users: &[UserConfig], issues: &mut Issues<'_>) {
+    let mut key_ids = BTreeSet::new();
+    for (i, user) in users.iter().enumerate() {
+        let key = |field: &str| format!("users[{i}].{field}");
+        if let Some(id) = &user.aws_access_key_id {
+            let well_formed = (4..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric());
+            if !well_formed {
+                issues.add(
+                    key("aws_access_key_id"),
+                    format!("{id:?} is not an access key id"),
+                    "use 4 to 128 letters and digits, e.g. \"DBTAPEALICE0001\"",
+                );
+            } else if !key_ids.insert(id.clone()) {
+                issues.add(
+                    key("aws_access_key_id"),
+                    format!("{id:?} is given to another user too"),
+                    "give every user their own access key id",
+                );
+            }
+            if user.aws_secret_access_key.is_none() {
+                issues.add(
+                    key("aws_secret_access_key"),
+                    "is required with aws_access_key_id",
+                    "set aws_secret_access_key = { env = \"NAME\" } or { file = \"path\" } (any long random string)",
+                );
+            }
+        }
+        for (g, grant) in user.grants.iter().enumerate() {
+            let Some(db) = databases.iter().find(|d| d.name == grant.database) else { continue };
+            if Protocol::parse(&db.protocol) != Some(Protocol::DynamoDb) {
+                continue;
+            }
+            if user.aws_access_key_id.is_none() {
+                issues.add(
+                    key("aws_access_key_id"),
+                    format!("is required to reach DynamoDB database {:?}", db.name),
+                    "give the user an access key id and secret for their AWS clients",
+                );
+            }
+            for role in &grant.db_users {
+                if role_arn_for(role, &db.aws.account_id).is_none() {
+                    issues.add(
+                        format!("users[{i}].grants[{g}].db_users"),
+                        format!("{role:?} is neither an IAM role ARN nor a role name with the database's aws.account_id set"),
+                        "write the role's ARN, arn:aws:iam::<account>:role/<name>, or set aws.account_id on the database",
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The IAM role a DynamoDB db_user names: an ARN as written, or a role name (or `role/path/name`)
+/// in the database's account.
+pub fn role_arn_for(db_user: &str, account_id: &str) -> Option<String> {
+    if db_user.starts_with("arn:") {
+        return is_role_arn(db_user).then(|| db_user.to_string());
+    }
+    let ok = !db_user.is_empty() && db_user.bytes().all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-/".contains(&b));
+    if !ok || account_id.is_empty() {
+        return None;
+    }
+    let resource = if db_user.starts_with("role/") { db_user.to_string() } else { format!("role/{db_user}") };
+    Some(format!("arn:aws:iam::{account_id}:{resource}"))
 }
 
 fn is_role_arn(arn: &str) -> bool {
@@ -333,6 +401,23 @@ fn check_database(
     if protocol == Some(Protocol::DynamoDb) && db.aws.region.is_empty() {
         issues.add(key("aws.region"), "is required for dynamodb", "set the table's AWS region, e.g. \"us-east-1\"");
     }
+    let duration = db.aws.session_duration;
+    if duration < std::time::Duration::from_secs(900) || duration > std::time::Duration::from_secs(12 * 3600) {
+        issues.add(key("aws.session_duration"), format!("{duration:?} is out of range"), "use 15m to 12h; AWS refuses other lengths");
+    } else if !db.aws.assume_role_arn.is_empty() && duration > crate::aws::roles::CHAINED_SESSION_LIMIT {
+        issues.add(
+            key("aws.session_duration"),
+            format!("{duration:?} is longer than AWS allows a chained role session (assume_role_arn is set)"),
+            "use at most 1h",
+        );
+    }
+    if db.aws.refresh_before_expiry >= duration {
+        issues.add(
+            key("aws.refresh_before_expiry"),
+            "is not shorter than aws.session_duration, so credentials would never be fresh",
+            "use a few minutes, e.g. \"5m\" (the default)",
+        );
+    }
     let aws = &db.aws;
     let account_ok = aws.account_id.len() == 12 && aws.account_id.bytes().all(|b| b.is_ascii_digit());
     if !aws.account_id.is_empty() && !account_ok {
@@ -375,6 +460,20 @@ fn check_user(
             "the user has no way to be identified",
             "set scram_verifier (from `dbtape user add`), cert_cn for mTLS, or aws_access_key_id for DynamoDB",
         );
+    }
+    match user.aws_secret_access_key.as_mut() {
+        Some(SecretRef::Inline(_)) => issues.add(
+            key("aws_secret_access_key"),
+            "is written inline; secrets must not sit in the config file",
+            "move it to an env var or a file: aws_secret_access_key = { env = \"NAME\" } or { file = \"path\" }",
+        ),
+        Some(secret) => {
+            secret.resolve_paths(base);
+            if let Err(e) = secret.read() {
+                issues.add(key("aws_secret_access_key"), e.to_string(), "set the variable or create the file before starting dbtape");
+            }
+        }
+        None => {}
     }
     if let Some(verifier) = user.scram_verifier.as_mut() {
         verifier.resolve_paths(base);

@@ -1,5 +1,6 @@
 //! Protocol engines. Each plugs into `server::Engine`; none touches recordings directly.
 
+pub mod dynamodb;
 pub mod mongodb;
 pub mod net;
 pub mod postgres;
@@ -18,6 +19,8 @@ pub enum EngineSetupError {
     Postgres(#[from] postgres::PostgresSetupError),
     #[error(transparent)]
     MongoDb(#[from] mongodb::MongoSetupError),
+    #[error(transparent)]
+    DynamoDb(#[from] dynamodb::DynamoSetupError),
 }
 
 /// The engines this build ships, set up for the databases in `config`. It lives here, not in
@@ -26,5 +29,6 @@ pub fn builtin_engines(config: &Config) -> Result<EngineRegistry, EngineSetupErr
     let mut registry = EngineRegistry::new(HashMap::new());
     registry.register(Arc::new(postgres::PostgresEngine::new(config)?));
     registry.register(Arc::new(mongodb::MongoEngine::new(config)?));
+    registry.register(Arc::new(dynamodb::DynamoEngine::new(config)?));
     Ok(registry)
 }

@@ -36,3 +36,37 @@ pub async fn tls_connect(config: &Arc<rustls::ClientConfig>, server_name: &str, 
     let tls = tokio_rustls::TlsConnector::from(config.clone()).connect(name, tcp).await.map_err(|e| e.to_string())?;
     Ok(Stream::Client(Box::new(tls)))
 }
+
+/// Accepts a client whose protocol has no request to upgrade (MongoDB, HTTP): TLS starts at
+/// the first byte or not at all. A TLS handshake record begins 0x16 0x03, which neither a
+/// MongoDB message length nor an HTTP method does.
+pub async fn accept_tls(tcp: TcpStream, tls: Option<&crate::proxy::tls::ServerTls>, mode: crate::config::ClientTlsMode) -> Option<Stream> {
+    use crate::config::ClientTlsMode;
+    let Some(tls) = tls.filter(|_| mode != ClientTlsMode::Disabled) else {
+        return Some(Stream::Plain(tcp));
+    };
+    let mut first = [0u8; 2];
+    let looks_tls = match tcp.peek(&mut first).await {
+        Ok(2) => first == [0x16, 0x03],
+        Ok(_) => {
+            // One byte so far: wait for the second before deciding.
+            let _ = tcp.readable().await;
+            matches!(tcp.peek(&mut first).await, Ok(2)) && first == [0x16, 0x03]
+        }
+        Err(_) => return None,
+    };
+    if !looks_tls {
+        if mode == ClientTlsMode::Required {
+            tracing::info!("plaintext client on a TLS-only database; connection closed");
+            return None;
+        }
+        return Some(Stream::Plain(tcp));
+    }
+    match tokio_rustls::TlsAcceptor::from(tls.config.clone()).accept(tcp).await {
+        Ok(s) => Some(Stream::Server(Box::new(s))),
+        Err(e) => {
+            tracing::info!(error = %e, "client TLS handshake failed");
+            None
+        }
+    }
+}

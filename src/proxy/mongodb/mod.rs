@@ -91,41 +91,6 @@ impl Engine for MongoEngine {
     }
 }
 
-/// TLS for MongoDB starts at the first byte (there is no request to upgrade): a TLS
-/// handshake record begins 0x16 0x03, which no MongoDB message length does.
-async fn accept_tls(conn_stream: tokio::net::TcpStream, state: &DbState) -> Option<Stream> {
-    let Some(tls) = &state.server_tls else {
-        return Some(Stream::Plain(conn_stream));
-    };
-    if state.client_tls_mode == ClientTlsMode::Disabled {
-        return Some(Stream::Plain(conn_stream));
-    }
-    let mut first = [0u8; 2];
-    let looks_tls = match conn_stream.peek(&mut first).await {
-        Ok(2) => first == [0x16, 0x03],
-        Ok(_) => {
-            // One byte so far: wait for the second before deciding.
-            let _ = conn_stream.readable().await;
-            matches!(conn_stream.peek(&mut first).await, Ok(2)) && first == [0x16, 0x03]
-        }
-        Err(_) => return None,
-    };
-    if !looks_tls {
-        if state.client_tls_mode == ClientTlsMode::Required {
-            tracing::info!("plaintext client on a TLS-only database; connection closed");
-            return None;
-        }
-        return Some(Stream::Plain(conn_stream));
-    }
-    match tokio_rustls::TlsAcceptor::from(tls.config.clone()).accept(conn_stream).await {
-        Ok(s) => Some(Stream::Server(Box::new(s))),
-        Err(e) => {
-            tracing::info!(error = %e, "client TLS handshake failed");
-            None
-        }
-    }
-}
-
 /// The verified client certificate's CN, an error if one was presented but is not trusted,
 /// or `None` without one.
 fn client_cn(client: &Stream, state: &DbState) -> Option<Result<String, String>> {
@@ -147,7 +112,7 @@ async fn run(conn: Connection, ctx: Arc<ListenerContext>, state: Arc<DbState>) {
     let mut login_slot = conn.login;
     let deadline = login_slot.deadline();
     let handshake = async {
-        let mut client = accept_tls(conn.stream, &state).await?;
+        let mut client = crate::proxy::net::accept_tls(conn.stream, state.server_tls.as_ref(), state.client_tls_mode).await?;
         let cn = client_cn(&client, &state);
         let mut login = login::Login::new(&ctx, &state, info, cn);
         let outcome = login.run(&mut client).await;

@@ -1,0 +1,126 @@
+//! Who sent a request: the user whose access key id and secret signed it, and the IAM role
+//! they act as. A user granted several roles picks one by signing with the access key id
+//! `KEYID@role` (any profile of the aws CLI can hold that), as `user@db_user` picks on the
+//! other paths. The key id is not covered by the signature, so the suffix can only choose
+//! among the signer's own grants.
+
+use std::time::SystemTime;
+
+use super::errors::ErrorKind;
+use super::DbState;
+use crate::aws::sigv4_verify::{verify, Authorization, SignedRequest, VerifyError};
+use crate::server::ListenerContext;
+
+/// An authenticated request's identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Who {
+    pub user: String,
+    /// As granted in the config: a role name or ARN.
+    pub db_user: String,
+    pub role_arn: String,
+}
+
+/// A refused request: the error the client gets and what the audit records.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub kind: ErrorKind,
+    /// The user, when the key id named one.
+    pub user: String,
+    pub db_user: String,
+    pub reason: String,
+}
+
+impl Refusal {
+    pub fn new(kind: ErrorKind, user: &str, reason: String) -> Self {
+        Refusal { kind, user: user.to_string(), db_user: String::new(), reason }
+    }
+
+    /// What AWS says in the same case; it never confirms which part was wrong beyond that.
+    pub fn client_message(&self) -> String {
+        match self.kind {
+            ErrorKind::MissingAuthenticationToken => "Request is missing Authentication Token".into(),
+            ErrorKind::UnrecognizedClient => "The security token included in the request is invalid.".into(),
+            ErrorKind::InvalidSignature if self.reason.starts_with("signature expired") => format!("Signature expired: {}", self.reason),
+            ErrorKind::InvalidSignature => "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.".into(),
+            _ => self.reason.clone(),
+        }
+    }
+}
+
+/// A user's signing key, read from its secret reference at start-up.
+pub struct ClientKey {
+    pub user: String,
+    pub secret: String,
+}
+
+pub fn authenticate(ctx: &ListenerContext, state: &DbState, parts: &http::request::Parts, body: &[u8]) -> Result<Who, Refusal> {
+    let Some(header) = parts.headers.get(http::header::AUTHORIZATION) else {
+        return Err(Refusal::new(ErrorKind::MissingAuthenticationToken, "", "the request is not signed".into()));
+    };
+    let header =
+        header.to_str().map_err(|_| Refusal::new(ErrorKind::IncompleteSignature, "", "the Authorization header is not text".into()))?;
+    let auth = Authorization::parse(header).map_err(|e| Refusal::new(ErrorKind::IncompleteSignature, "", e.to_string()))?;
+    let (key_id, wanted_role) = crate::auth::grants::split_login(auth.access_key_id);
+    let Some(key) = state.keys.get(key_id) else {
+        let shown = super::session::truncate(key_id, 128);
+        return Err(Refusal::new(ErrorKind::UnrecognizedClient, "", format!("unknown access key id {shown:?}")));
+    };
+    if auth.service != "dynamodb" {
+        return Err(Refusal::new(
+            ErrorKind::InvalidSignature,
+            &key.user,
+            "Credential should be scoped to correct service: 'dynamodb'".into(),
+        ));
+    }
+    let request = SignedRequest {
+        method: parts.method.as_str(),
+        path_and_query: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+        headers: parts.headers.iter().filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?))).collect(),
+        body,
+    };
+    verify(&auth, &request, &key.secret, SystemTime::now()).map_err(|e| {
+        let kind = match e {
+            VerifyError::Missing => ErrorKind::MissingAuthenticationToken,
+            VerifyError::Malformed(_) => ErrorKind::IncompleteSignature,
+            VerifyError::Expired { .. } | VerifyError::Mismatch => ErrorKind::InvalidSignature,
+        };
+        Refusal::new(kind, &key.user, e.to_string())
+    })?;
+    let user = crate::auth::grants::user_by_name(ctx.config(), &key.user)
+        .ok_or_else(|| Refusal::new(ErrorKind::AccessDenied, &key.user, "the user is no longer configured".into()))?;
+    choose_role(user, ctx.database(), wanted_role).map_err(|reason| Refusal {
+        kind: ErrorKind::AccessDenied,
+        user: key.user.clone(),
+        db_user: wanted_role.unwrap_or_default().to_string(),
+        reason,
+    })
+}
+
+/// The granted role the request acts as.
+fn choose_role(user: &crate::config::UserConfig, database: &crate::config::DatabaseConfig, wanted: Option<&str>) -> Result<Who, String> {
+    let roles: Vec<&String> = user.grants.iter().filter(|g| g.database == database.name).flat_map(|g| g.db_users.iter()).collect();
+    if roles.is_empty() {
+        return Err(format!("user {:?} is not granted database {:?}", user.name, database.name));
+    }
+    let role_name = |db_user: &str| db_user.rsplit('/').next().unwrap_or(db_user).to_string();
+    let chosen = match wanted {
+        Some(wanted) => roles
+            .iter()
+            .find(|r| r.as_str() == wanted || role_name(r) == wanted)
+            .ok_or_else(|| format!("user {:?} is not granted role {wanted:?} on database {:?}", user.name, database.name))?,
+        None => match roles.as_slice() {
+            [only] => only,
+            _ => {
+                let names: Vec<String> = roles.iter().map(|r| role_name(r)).collect();
+                return Err(format!(
+                    "user {:?} is granted several roles ({}); sign with the access key id <key>@<role> to choose one",
+                    user.name,
+                    names.join(", ")
+                ));
+            }
+        },
+    };
+    let role_arn = crate::config::role_arn_for(chosen, &database.aws.account_id)
+        .ok_or_else(|| format!("db_user {chosen:?} names no IAM role (set aws.account_id or write the role's ARN)"))?;
+    Ok(Who { user: user.name.clone(), db_user: chosen.to_string(), role_arn })
+}

@@ -1,0 +1,152 @@
+//! The DynamoDB path: an HTTP/1.1 proxy (hyper) that verifies each request's SigV4
+//! signature against the key dbtape issued its user, records it, re-signs it with the
+//! credentials of the user's IAM role (STS AssumeRole, optionally chained) and streams
+//! DynamoDB's answer back unchanged.
+
+mod auth;
+mod errors;
+#[doc(hidden)]
+pub mod fuzz;
+mod session;
+mod summary;
+mod tee;
+mod upstream;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+
+use crate::audit::Protocol;
+use crate::aws::roles::RoleCredentials;
+use crate::config::{ClientTlsMode, Config};
+use crate::proxy::tls::{client_config, server_config, TlsError};
+use crate::server::{BoxFuture, Connection, Engine, ListenerContext};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DynamoSetupError {
+    #[error("database {database:?}: {source}")]
+    Tls { database: String, source: TlsError },
+    #[error("database {database:?}: upstream {uri:?} is not http(s)://host[:port]")]
+    Upstream { database: String, uri: String },
+    #[error("user {user:?}: aws_secret_access_key: {error}")]
+    Secret { user: String, error: String },
+}
+
+/// How long a client may take to send a request's headers, once it has started one.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Per-database state built once at start-up.
+pub struct DbState {
+    server_tls: Option<crate::proxy::tls::ServerTls>,
+    client_tls_mode: ClientTlsMode,
+    endpoint: upstream::Endpoint,
+    roles: RoleCredentials,
+    max_request_bytes: usize,
+    /// Users' signing keys by access key id.
+    keys: HashMap<String, auth::ClientKey>,
+}
+
+pub struct DynamoEngine {
+    databases: HashMap<String, Arc<DbState>>,
+}
+
+impl DynamoEngine {
+    pub fn new(config: &Config) -> Result<Self, DynamoSetupError> {
+        let mut keys_by_id = HashMap::new();
+        for user in &config.users {
+            if let (Some(id), Some(secret)) = (&user.aws_access_key_id, &user.aws_secret_access_key) {
+                let secret = secret.read().map_err(|e| DynamoSetupError::Secret { user: user.name.clone(), error: e.to_string() })?;
+                keys_by_id.insert(id.clone(), (user.name.clone(), secret));
+            }
+        }
+        let mut databases = HashMap::new();
+        for db in config.databases.iter().filter(|d| Protocol::parse(&d.protocol) == Some(Protocol::DynamoDb)) {
+            let tls_err = |source| DynamoSetupError::Tls { database: db.name.clone(), source };
+            let server_tls = server_config(&db.client_tls).map_err(tls_err)?;
+            let client_tls = client_config(&db.upstream_tls).map_err(tls_err)?;
+            let endpoint = upstream::Endpoint::parse(&db.upstream, &db.aws.region, client_tls, db.upstream_tls.server_name.as_deref())
+                .ok_or_else(|| DynamoSetupError::Upstream { database: db.name.clone(), uri: db.upstream.clone() })?;
+            let keys = keys_by_id
+                .iter()
+                .map(|(id, (user, secret))| (id.clone(), auth::ClientKey { user: user.clone(), secret: secret.clone() }))
+                .collect();
+            let state = DbState {
+                server_tls,
+                client_tls_mode: db.client_tls.effective_mode(),
+                endpoint,
+                roles: RoleCredentials::new(db.aws.clone()),
+                max_request_bytes: db.max_request_bytes,
+                keys,
+            };
+            databases.insert(db.name.clone(), Arc::new(state));
+        }
+        Ok(DynamoEngine { databases })
+    }
+}
+
+impl Engine for DynamoEngine {
+    fn protocol(&self) -> Protocol {
+        Protocol::DynamoDb
+    }
+
+    fn handle(&self, conn: Connection, ctx: Arc<ListenerContext>) -> BoxFuture<'static, ()> {
+        let state = self.databases.get(&ctx.database().name).cloned();
+        Box::pin(async move {
+            match state {
+                Some(state) => run(conn, ctx, state).await,
+                None => tracing::error!(parent: &conn.span, "no dynamodb state for this database"),
+            }
+        })
+    }
+}
+
+async fn run(conn: Connection, ctx: Arc<ListenerContext>, state: Arc<DbState>) {
+    let info = conn.info();
+    let span = conn.span;
+    let mut login_slot = conn.login;
+    let deadline = login_slot.deadline();
+    let accept = crate::proxy::net::accept_tls(conn.stream, state.server_tls.as_ref(), state.client_tls_mode);
+    let stream = match tokio::time::timeout_at(deadline, tracing::Instrument::instrument(accept, span.clone())).await {
+        Ok(Some(stream)) => stream,
+        _ => return,
+    };
+    let (session, mut logged_in) = session::Conn::new(ctx.clone(), state.clone(), info);
+    let service = {
+        let session = session.clone();
+        hyper::service::service_fn(move |request| session::serve(session.clone(), request))
+    };
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.keep_alive(true).timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let shutdown = ctx.shutdown().clone();
+    let mut login_pending = true;
+    let mut shutting_down = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(parent: &span, error = %e, "DynamoDB client connection ended");
+                }
+                break;
+            }
+            changed = logged_in.changed(), if login_pending => {
+                if changed.is_ok() && *logged_in.borrow() {
+                    login_pending = false;
+                    login_slot.logged_in();
+                }
+            }
+            _ = tokio::time::sleep_until(deadline), if login_pending => {
+                tracing::info!(parent: &span, "no signed request before the login deadline; connection closed");
+                break;
+            }
+            _ = shutdown.cancelled(), if !shutting_down => {
+                shutting_down = true;
+                connection.as_mut().graceful_shutdown();
+            }
+        }
+    }
+    session.finish().await;
+}

@@ -1,0 +1,183 @@
+//! The DynamoDB endpoint: one HTTP/1.1 connection per client connection, opened on first use
+//! and again after the endpoint closes it, and each request re-signed with the role's
+//! credentials.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use aws_credential_types::Credentials;
+use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+use aws_sigv4::sign::v4;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Request};
+use http_body_util::Full;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+
+use crate::proxy::net::{connect_tcp, tls_connect};
+use crate::proxy::stream::Stream;
+
+/// Where DynamoDB is: the configured `upstream`, or the region's public endpoint.
+pub struct Endpoint {
+    /// `https://dynamodb.us-east-1.amazonaws.com`, as events name it.
+    pub uri: String,
+    pub host: String,
+    pub port: u16,
+    /// The Host header: the host, with the port unless it is the scheme's default.
+    pub authority: String,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub server_name: String,
+    pub region: String,
+}
+
+impl Endpoint {
+    /// `upstream` is `http(s)://host[:port]` or empty for the region's endpoint.
+    pub fn parse(upstream: &str, region: &str, tls: Option<Arc<rustls::ClientConfig>>, server_name: Option<&str>) -> Option<Endpoint> {
+        let uri = if upstream.is_empty() {
+            format!("https://dynamodb.{region}.amazonaws.com")
+        } else {
+            upstream.trim_end_matches('/').to_string()
+        };
+        let (https, authority) = match uri.split_once("://")? {
+            ("https", rest) => (true, rest),
+            ("http", rest) => (false, rest),
+            _ => return None,
+        };
+        if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
+            return None;
+        }
+        let default_port = if https { 443 } else { 80 };
+        let (host, port) = crate::proxy::net::host_port(authority, default_port)?;
+        let authority = if port == default_port { host.clone() } else { authority.to_string() };
+        let tls = if https { Some(tls?) } else { None };
+        let server_name = server_name.map_or_else(|| host.clone(), str::to_string);
+        Some(Endpoint { uri, host, port, authority, tls, server_name, region: region.to_string() })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect { addr: String, source: std::io::Error },
+    #[error("TLS with {0}")]
+    Tls(String),
+    #[error("HTTP with the endpoint: {0}")]
+    Http(#[from] hyper::Error),
+    #[error("signing the request: {0}")]
+    Sign(String),
+}
+
+/// A client connection's line to the endpoint.
+#[derive(Default)]
+pub struct Line {
+    sender: Option<SendRequest<Full<Bytes>>>,
+}
+
+impl Line {
+    pub async fn send(
+        &mut self,
+        endpoint: &Endpoint,
+        request: Request<Full<Bytes>>,
+    ) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
+        let sender = match self.sender.as_mut().filter(|s| !s.is_closed()) {
+            Some(sender) => sender,
+            None => self.sender.insert(connect(endpoint).await?),
+        };
+        // A connection the endpoint closed while idle is found here, before anything is
+        // sent on it, so opening another cannot send the request twice.
+        if sender.ready().await.is_err() {
+            *sender = connect(endpoint).await?;
+            sender.ready().await?;
+        }
+        match sender.send_request(request).await {
+            Ok(response) => Ok(response),
+            Err(e) => {
+                self.sender = None;
+                Err(e.into())
+            }
+        }
+    }
+}
+
+async fn connect(endpoint: &Endpoint) -> Result<SendRequest<Full<Bytes>>, UpstreamError> {
+    let tcp = connect_tcp(&endpoint.host, endpoint.port).await.map_err(|(addr, source)| UpstreamError::Connect { addr, source })?;
+    let stream = match &endpoint.tls {
+        Some(config) => tls_connect(config, &endpoint.server_name, tcp)
+            .await
+            .map_err(|e| UpstreamError::Tls(format!("{}: {e}", endpoint.server_name)))?,
+        None => Stream::Plain(tcp),
+    };
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "DynamoDB endpoint connection ended");
+        }
+    });
+    Ok(sender)
+}
+
+/// Headers never forwarded: the client's signature and the hop's own.
+const DROPPED: &[&str] = &[
+    "authorization",
+    "x-amz-date",
+    "x-amz-security-token",
+    "x-amz-content-sha256",
+    "host",
+    "content-length",
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "expect",
+];
+
+/// The client's request for the endpoint, signed with `credentials`.
+pub fn resign(
+    endpoint: &Endpoint,
+    method: &http::Method,
+    path_and_query: &str,
+    client_headers: &HeaderMap,
+    body: Bytes,
+    credentials: &Credentials,
+) -> Result<Request<Full<Bytes>>, UpstreamError> {
+    let mut headers = HeaderMap::with_capacity(client_headers.len() + 4);
+    for (name, value) in client_headers {
+        // A value that is not visible ASCII cannot be signed, so it is not sent either.
+        if !DROPPED.contains(&name.as_str()) && value.to_str().is_ok() {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    let host = HeaderValue::from_str(&endpoint.authority).map_err(|e| UpstreamError::Sign(e.to_string()))?;
+    headers.insert(http::header::HOST, host);
+    headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    let identity = credentials.clone().into();
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region(&endpoint.region)
+        .name("dynamodb")
+        .time(SystemTime::now())
+        .settings(SigningSettings::default())
+        .build()
+        .map_err(|e| UpstreamError::Sign(e.to_string()))?
+        .into();
+    let uri = format!("{}{}", endpoint.uri, path_and_query);
+    let pairs: Vec<(&str, &str)> = headers.iter().filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?))).collect();
+    let signable = SignableRequest::new(method.as_str(), uri.as_str(), pairs.into_iter(), SignableBody::Bytes(&body))
+        .map_err(|e| UpstreamError::Sign(e.to_string()))?;
+    let (instructions, _signature) = sign(signable, &params).map_err(|e| UpstreamError::Sign(e.to_string()))?.into_parts();
+    for (name, value) in instructions.headers() {
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| UpstreamError::Sign(e.to_string()))?;
+        let value = HeaderValue::from_str(value).map_err(|e| UpstreamError::Sign(e.to_string()))?;
+        headers.insert(name, value);
+    }
+    let mut request = Request::new(Full::new(body));
+    *request.method_mut() = method.clone();
+    *request.uri_mut() = path_and_query.parse().map_err(|e: http::uri::InvalidUri| UpstreamError::Sign(e.to_string()))?;
+    *request.headers_mut() = headers;
+    Ok(request)
+}
