@@ -235,7 +235,12 @@ async fn forward(conn: &Conn, parts: http::request::Parts, body: Bytes, who: Who
             return audit_failed();
         }
     };
-    let (parts, upstream_body) = response.into_parts();
+    let (mut parts, upstream_body) = response.into_parts();
+    // The endpoint's connection management is its own: whether the client's connection
+    // stays open is between the client and dbtape.
+    for name in super::upstream::HOP_BY_HOP {
+        parts.headers.remove(*name);
+    }
     let gzip = parts.headers.get(http::header::CONTENT_ENCODING).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
     let cap = port.max_query_bytes();
     let (tee, captured) = Tee::new(upstream_body, cap, gzip);

@@ -36,7 +36,14 @@ pub fn summarize(status_code: u16, captured: &Captured, head_cap: usize) -> (Sta
             Some(b) => {
                 (error_type(b), b.get("message").or_else(|| b.get("Message")).and_then(|m| m.as_str()).unwrap_or_default().to_string())
             }
-            None => (format!("HTTP {status_code}"), String::from_utf8_lossy(&captured.head).chars().take(512).collect()),
+            // Query-protocol XML, as AWS's front door (and moto) answer some refusals.
+            None => {
+                let text = String::from_utf8_lossy(&captured.head);
+                match (between(&text, "<Code>", "</Code>"), between(&text, "<Message>", "</Message>")) {
+                    (Some(code), message) => (code.to_string(), message.unwrap_or_default().to_string()),
+                    (None, _) => (format!("HTTP {status_code}"), text.chars().take(512).collect()),
+                }
+            }
         };
         return (Status::failed(kind, message), 0);
     }
@@ -77,6 +84,12 @@ pub fn summarize(status_code: u16, captured: &Captured, head_cap: usize) -> (Sta
         items.unwrap_or(0)
     });
     (Status { success: true, error: String::new(), message: parts.join(", ") }, affected)
+}
+
+fn between<'a>(text: &'a str, open: &str, close: &str) -> Option<&'a str> {
+    let start = text.find(open)? + open.len();
+    let len = text[start..].find(close)?;
+    Some(&text[start..start + len])
 }
 
 /// `com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException` → the part after `#`.

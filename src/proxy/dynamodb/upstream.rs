@@ -116,6 +116,19 @@ async fn connect(endpoint: &Endpoint) -> Result<SendRequest<Full<Bytes>>, Upstre
     Ok(sender)
 }
 
+/// Headers that describe one connection, not the message.
+pub const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
 /// Headers never forwarded: the client's signature and the hop's own.
 const DROPPED: &[&str] = &[
     "authorization",

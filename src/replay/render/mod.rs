@@ -1,6 +1,7 @@
 //! Screen renderers for `dbtape play`. Each protocol plugs one in; the generic renderer
 //! shows any event readably. Output uses CRLF line ends, as a terminal in raw mode needs.
 
+pub mod dynamodb;
 mod generic;
 pub mod mongodb;
 mod postgres;
@@ -20,6 +21,7 @@ pub fn renderer_for(protocol: &str) -> Box<dyn Renderer> {
     match protocol {
         "postgres" => Box::new(PostgresRenderer::default()),
         "mongodb" => Box::new(mongodb::MongoRenderer::default()),
+        "dynamodb" => Box::new(dynamodb::DynamoRenderer::default()),
         _ => Box::new(GenericRenderer),
     }
 }
