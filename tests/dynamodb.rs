@@ -192,7 +192,8 @@ async fn a_boto3_client_is_one_session_and_reads_back_in_order() {
         assert_eq!(pair[1]["query_ei"], pair[0]["ei"], "each result names its request");
     }
     let play = proxy.play_text(s[0]["sid"].as_str().unwrap());
-    assert!(play.contains("boto3/"), "user agent shown: {play}");
+    assert!(s[0]["user_agent"].as_str().unwrap().starts_with("Boto3/"), "{}", s[0]["user_agent"]);
+    assert!(play.contains("\n200 OK · 1 item\n"), "GetItem's item count: {play}");
     // The recorded escape sequence stays inert on a reviewer's screen.
     assert!(!play.contains('\u{1b}'), "{play:?}");
     let put_line = format!("ddb> PutItem {shelf} ") + r#"{"Item":{"id":{"S":"1"},"note":{"S":"first \u001b[2K line"}}}"#;

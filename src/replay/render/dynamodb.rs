@@ -58,6 +58,9 @@ impl Renderer for DynamoRenderer {
                         if !event.message.is_empty() {
                             text.push_str(" · ");
                             text.push_str(&event.message);
+                        } else if event.affected_records > 0 {
+                            let n = event.affected_records;
+                            text.push_str(&format!(" · {n} item{}", if n == 1 { "" } else { "s" }));
                         }
                         text
                     }
