@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+pub use crate::proxy::dynamodb::fuzz::request as dynamodb_request;
 pub use crate::proxy::mongodb::fuzz::message as mongodb_message;
 pub use crate::proxy::postgres::fuzz::{messages as postgres_messages, redaction as postgres_redaction};
 

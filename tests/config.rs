@@ -14,6 +14,7 @@ fn example() -> std::path::PathBuf {
 fn the_example_config_is_valid_and_documents_defaults() {
     std::env::set_var("DBTAPE_ORDERS_PASSWORD", "from-env");
     std::env::set_var("DBTAPE_LIBRARY_PASSWORD", "from-env-too");
+    std::env::set_var("DBTAPE_ALICE_AWS_SECRET", "alice-aws-secret");
     let config = Config::load(&example()).unwrap();
     assert_eq!(config.server.cluster_name, "dbtape");
     assert_eq!(config.server.workers, 0);
@@ -29,6 +30,12 @@ fn the_example_config_is_valid_and_documents_defaults() {
     let mongo = config.database("library-mongo").unwrap();
     assert_eq!(mongo.protocol, "mongodb");
     assert_eq!(mongo.auth.password.as_ref().unwrap().read().unwrap(), "from-env-too");
+    let ddb = config.database("catalog-ddb").unwrap();
+    assert_eq!(ddb.aws.session_duration, std::time::Duration::from_secs(3600));
+    assert_eq!(
+        dbtape::config::role_arn_for("catalog-reader", &ddb.aws.account_id).unwrap(),
+        "arn:aws:iam::123456789012:role/catalog-reader"
+    );
     // Every key the loader knows appears in the example, so the example stays complete.
     let text = std::fs::read_to_string(example()).unwrap();
     for key in [
@@ -76,6 +83,10 @@ fn the_example_config_is_valid_and_documents_defaults() {
         "cert_cn",
         "scram_verifier",
         "aws_access_key_id",
+        "aws_secret_access_key",
+        "session_duration",
+        "refresh_before_expiry",
+        "max_request_bytes",
         "database",
         "db_users",
         "db_names",
@@ -143,6 +154,47 @@ fn every_error_is_reported_with_its_key_and_a_fix() {
     assert!(!text.contains("hunter2"), "a config error must not echo a secret");
 }
 
+const BAD_DYNAMODB: &str = r#"
+[[databases]]
+name = "ddb"
+protocol = "dynamodb"
+listen = "127.0.0.1:0"
+aws = { region = "us-east-1", assume_role_arn = "arn:aws:iam::123456789012:role/hop", session_duration = "2h" }
+
+[[users]]
+name = "carol"
+aws_access_key_id = "DBTAPECAROL"
+aws_secret_access_key = "carols-secret-inline"
+grants = [{ database = "ddb", db_users = ["reader"] }]
+
+[[users]]
+name = "dave"
+aws_access_key_id = "DBTAPECAROL"
+grants = [{ database = "ddb", db_users = ["arn:aws:iam::123456789012:role/reader"] }]
+
+[[users]]
+name = "erin"
+scram_verifier = { env = "NOT_SET_ANYWHERE_12345" }
+grants = [{ database = "ddb", db_users = ["arn:aws:iam::123456789012:role/reader"] }]
+"#;
+
+#[test]
+fn dynamodb_identities_and_roles_are_checked() {
+    let err = Config::parse(BAD_DYNAMODB, Path::new("ddb.toml")).unwrap_err();
+    let text = err.to_string();
+    for expected in [
+        "databases[0].aws.session_duration: 7200s is longer than AWS allows a chained role session",
+        "users[0].aws_secret_access_key: is written inline",
+        "users[0].grants[0].db_users: \"reader\" is neither an IAM role ARN nor a role name with the database's aws.account_id set",
+        "users[1].aws_access_key_id: \"DBTAPECAROL\" is given to another user too",
+        "users[1].aws_secret_access_key: is required with aws_access_key_id",
+        "users[2].aws_access_key_id: is required to reach DynamoDB database \"ddb\"",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    assert!(!text.contains("carols-secret-inline"), "a config error must not echo a secret");
+}
+
 #[test]
 fn syntax_errors_and_unknown_keys_name_the_line() {
     let err = Config::parse("[recording]\nmoed = \"strict\"\n", Path::new("x.toml")).unwrap_err();
@@ -171,10 +223,11 @@ fn config_check_command_reports_and_fails() {
         .arg(example())
         .env("DBTAPE_ORDERS_PASSWORD", "x")
         .env("DBTAPE_LIBRARY_PASSWORD", "y")
+        .env("DBTAPE_ALICE_AWS_SECRET", "z")
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("OK (2 databases, 1 user"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK (3 databases, 1 user"));
 
     let out = common::dbtape_bin().args(["config", "check", "--config", "/nonexistent/dbtape.toml"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));

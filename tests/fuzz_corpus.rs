@@ -43,6 +43,11 @@ fn config_corpus() {
 }
 
 #[test]
+fn dynamodb_request_corpus() {
+    replay("dynamodb_request", dbtape::fuzzing::dynamodb_request);
+}
+
+#[test]
 fn mongodb_message_corpus() {
     replay("mongodb_message", dbtape::fuzzing::mongodb_message);
 }

@@ -204,7 +204,8 @@ pub struct DatabaseConfig {
     pub protocol: String,
     /// Required: the proxy's listen address, host:port.
     pub listen: String,
-    /// Required: where the real database is.
+    /// Where the real database is; required except for DynamoDB (default: the region's endpoint).
+    #[serde(default)]
     pub upstream: String,
     /// `db_type` on events: self-hosted, rds, aurora, rds-proxy, documentdb, dynamodb.
     #[serde(default = "default_db_type")]
