@@ -182,6 +182,9 @@ impl EventBody {
             EventBody::Query { db_name, .. } | EventBody::QueryFailed { db_name, .. } => {
                 db_name.as_deref().is_some_and(|name| name != ctx.database.name)
             }
+            // A DynamoDB session alternates requests (which override) and results: kept in
+            // the same kind of frame, they are not cut into a frame each.
+            EventBody::Result { .. } => ctx.database.protocol == Protocol::DynamoDb,
             _ => self.overrides_session_fields(),
         }
     }
