@@ -502,3 +502,48 @@ async fn reqwest_json(url: &str) -> serde_json::Value {
     let text = String::from_utf8_lossy(&response);
     serde_json::from_str(text.split_once("\r\n\r\n").unwrap().1).unwrap()
 }
+
+/// Sends only a request head (no body) and reads the answer: dbtape must refuse from the
+/// headers alone, without waiting for (or buffering) the body.
+async fn head_only(addr: std::net::SocketAddr, extra_headers: &str) -> String {
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-amz-json-1.0\r\nX-Amz-Target: DynamoDB_20120810.BatchWriteItem\r\n{extra_headers}\r\n"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut response = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut response)).await.expect("answered without the body").unwrap();
+    String::from_utf8_lossy(&response[..n]).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_or_unsigned_bodies_are_refused_before_they_are_read() {
+    let mut proxy = DynamoProxy::start("").await;
+    let addr = proxy.addrs["ddb"];
+    // 16 MB announced, nothing signed: refused at once, the connection closed.
+    let unsigned = head_only(addr, "Content-Length: 16000000\r\n").await;
+    assert!(unsigned.starts_with("HTTP/1.1 400") && unsigned.contains("MissingAuthenticationTokenException"), "{unsigned}");
+    assert!(unsigned.to_ascii_lowercase().contains("connection: close"), "{unsigned}");
+    // A known key id but a body over max_request_bytes: 413 before anything is read.
+    let auth = format!(
+        "Content-Length: 17000000\r\nX-Amz-Date: 20260101T000000Z\r\nAuthorization: AWS4-HMAC-SHA256 Credential={ALICE_KEY}/20260101/us-east-1/dynamodb/aws4_request, SignedHeaders=host;x-amz-date, Signature={}\r\n",
+        "0".repeat(64)
+    );
+    let large = head_only(addr, &auth).await;
+    assert!(large.starts_with("HTTP/1.1 413") && large.contains("RequestEntityTooLarge"), "{large}");
+    proxy.stop().await;
+    let refused: Vec<String> = proxy
+        .sessions()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["code"] == "TDB00W")
+        .map(|e| e["error"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        refused,
+        [
+            "MissingAuthenticationTokenException: the request is not signed",
+            "RequestEntityTooLarge: request body of 17000000 bytes is over the limit of 16842752"
+        ]
+    );
+}

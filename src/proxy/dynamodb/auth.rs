@@ -53,7 +53,12 @@ pub struct ClientKey {
     pub secret: String,
 }
 
-pub fn authenticate(ctx: &ListenerContext, state: &DbState, parts: &http::request::Parts, body: &[u8]) -> Result<Who, Refusal> {
+/// What the headers alone show: a well-formed signature by a known key. Checked before the
+/// body is read, so a stranger cannot make dbtape buffer request bodies.
+pub fn identify<'a>(
+    state: &'a DbState,
+    parts: &'a http::request::Parts,
+) -> Result<(Authorization<'a>, &'a ClientKey, Option<&'a str>), Refusal> {
     let Some(header) = parts.headers.get(http::header::AUTHORIZATION) else {
         return Err(Refusal::new(ErrorKind::MissingAuthenticationToken, "", "the request is not signed".into()));
     };
@@ -65,6 +70,11 @@ pub fn authenticate(ctx: &ListenerContext, state: &DbState, parts: &http::reques
         let shown = super::session::truncate(key_id, 128);
         return Err(Refusal::new(ErrorKind::UnrecognizedClient, "", format!("unknown access key id {shown:?}")));
     };
+    Ok((auth, key, wanted_role))
+}
+
+pub fn authenticate(ctx: &ListenerContext, state: &DbState, parts: &http::request::Parts, body: &[u8]) -> Result<Who, Refusal> {
+    let (auth, key, wanted_role) = identify(state, parts)?;
     if auth.service != "dynamodb" {
         return Err(Refusal::new(
             ErrorKind::InvalidSignature,

@@ -46,6 +46,13 @@ pub struct DbState {
     max_request_bytes: usize,
     /// Users' signing keys by access key id.
     keys: HashMap<String, auth::ClientKey>,
+    /// KiB of request bodies being read at once, over all connections.
+    body_budget: tokio::sync::Semaphore,
+}
+
+/// Request bodies buffered at once per database: four of the largest, at least 64 MiB.
+fn body_budget_kib(max_request_bytes: usize) -> usize {
+    session::kib(max_request_bytes.saturating_mul(4).max(64 << 20)) as usize
 }
 
 pub struct DynamoEngine {
@@ -79,6 +86,7 @@ impl DynamoEngine {
                 roles: RoleCredentials::new(db.aws.clone()),
                 max_request_bytes: db.max_request_bytes,
                 keys,
+                body_budget: tokio::sync::Semaphore::new(body_budget_kib(db.max_request_bytes).min(tokio::sync::Semaphore::MAX_PERMITS)),
             };
             databases.insert(db.name.clone(), Arc::new(state));
         }

@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
-use super::auth::{authenticate, Refusal, Who};
+use super::auth::{authenticate, identify, Refusal, Who};
 use super::errors::{error_response, ErrorKind};
 use super::summary::summarize;
 use super::tee::Tee;
@@ -119,6 +119,19 @@ async fn handle(conn: &Conn, request: Request<Incoming>) -> Response<ResponseBod
         .await;
         return too_large();
     }
+    if let Err(refusal) = identify(&conn.state, &parts) {
+        let mut response = error(refusal.kind, &refusal.client_message());
+        // Its body is never read, so the connection cannot carry another request.
+        response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+        refuse(conn, &parts, refusal).await;
+        return response;
+    }
+    // Bodies being read count against one budget for the database, so many connections
+    // sending large bodies at once wait their turn instead of exhausting memory.
+    let reserve = declared.map_or(max, |n| n as usize).min(max);
+    let Ok(_permit) = conn.state.body_budget.acquire_many(kib(reserve)).await else {
+        return error(ErrorKind::ServiceUnavailable, "dbtape is shutting down");
+    };
     let body = match Limited::new(body, max).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
@@ -305,6 +318,11 @@ fn captured_body(headers: &http::HeaderMap, body: &[u8], cap: usize) -> (Option<
         Ok(value) if value.is_object() => (Some(value), Vec::new()),
         _ => (None, Vec::new()),
     }
+}
+
+/// A byte count in the body budget's units (KiB, rounded up).
+pub fn kib(bytes: usize) -> u32 {
+    u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX)
 }
 
 pub fn truncate(text: &str, max: usize) -> &str {
