@@ -193,6 +193,17 @@ async fn a_boto3_client_is_one_session_and_reads_back_in_order() {
     }
     let play = proxy.play_text(s[0]["sid"].as_str().unwrap());
     assert!(s[0]["user_agent"].as_str().unwrap().starts_with("Boto3/"), "{}", s[0]["user_agent"]);
+
+    // The same listener over TLS (client_tls.mode = "optional"), the certificate verified.
+    let mut proxy = DynamoProxy::start("").await;
+    let tls = format!("https://localhost:{}", proxy.addrs["ddb"].port());
+    let script = "import sys, boto3\nprint(len(boto3.client('dynamodb', endpoint_url=sys.argv[2], verify=sys.argv[3]).list_tables()['TableNames']) >= 0)";
+    let ca = format!("{}/ca.crt", proxy.services.get("CERTS"));
+    let (ok, out, err) = proxy.boto3("ddb", &format!("{ALICE_KEY}@audit-target"), ALICE_SECRET, script, &[&tls, &ca]).await;
+    assert!(ok && out.trim() == "True", "{out}{err}");
+    proxy.stop().await;
+    let tls_sessions = proxy.sessions_of("alice");
+    assert_eq!(briefs(&tls_sessions[0])[1], "request TDY01I ListTables 200");
     assert!(play.contains("\n200 OK · 1 item\n"), "GetItem's item count: {play}");
     // The recorded escape sequence stays inert on a reviewer's screen.
     assert!(!play.contains('\u{1b}'), "{play:?}");

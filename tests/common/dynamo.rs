@@ -50,6 +50,10 @@ protocol = "dynamodb"
 listen = "127.0.0.1:0"
 upstream = "{aws}"
 db_type = "dynamodb"
+[databases.client_tls]
+mode = "optional"
+cert = "{certs}/server.crt"
+key = "{certs}/server.key"
 [databases.auth]
 method = "aws_iam"
 [databases.aws]
@@ -78,6 +82,7 @@ db_users = ["audit-target"]
             root = root.path().display(),
             aws = services.get("AWS_ENDPOINT"),
             account = services.get("MOTO_ACCOUNT_ID"),
+            certs = services.get("CERTS"),
             extra = extra.split("#alice#").next().unwrap_or_default(),
             alice_extra = extra.split("#alice#").nth(1).unwrap_or_default(),
         );
