@@ -7,6 +7,7 @@
 #             result event per request, re-signed with the assumed role) ──> dynalite
 # dynalite (npm) is the fastest DynamoDB stand-in here; it checks no signatures, so it shows
 # the proxy's own cost. dbtape assumes its role once from moto (STS, no signature checks).
+# PROFILE=1 writes a perf profile of dbtape to target/perf-dynamodb.txt.
 # Sourced by scripts/bench.
 set -euo pipefail
 
@@ -114,8 +115,18 @@ for round in $(seq "$ROUNDS"); do
         pid=$(pid_of $path)
         before=0
         [[ -n $pid ]] && before=$(cpu_ticks "$pid")
+        perf=
+        if [[ $path == dbtape && -n ${PROFILE:-} ]]; then
+            perf record -F 999 -g -p "$pid" -o "$ROOT/target/perf-dynamodb.data" -- sleep "$DURATION" >/dev/null 2>&1 &
+            perf=$!
+        fi
         # shellcheck disable=SC2046
         out=$("$LOAD" $(args_of $path) "$CLIENTS" "$DURATION")
+        if [[ -n $perf ]]; then
+            wait "$perf" || true
+            perf report -i "$ROOT/target/perf-dynamodb.data" --no-children --percent-limit 0.7 --stdio 2>/dev/null |
+                grep -E '^ +[0-9]' > "$ROOT/target/perf-dynamodb.txt" || true
+        fi
         requests=$(sed -n 's/.*requests=\([0-9]*\).*/\1/p' <<< "$out")
         secs=$(sed -n 's/.*seconds=\([0-9.]*\).*/\1/p' <<< "$out")
         p99=$(sed -n 's/.*p99_us=\([0-9]*\).*/\1/p' <<< "$out")

@@ -103,6 +103,27 @@ impl AuditPort {
         }
     }
 
+    /// Records an event now if that needs no waiting (no full backlog in strict mode, no
+    /// per-event fsync); otherwise gives the event back for `emit_at`. For callers that are
+    /// not async, such as a response body finishing as it is polled.
+    pub fn emit_now_or_return(&self, body: EventBody, time_ms: i64) -> Result<Result<Option<u64>, AuditError>, EventBody> {
+        let strict = self.log.mode() == RecordingMode::Strict;
+        if strict && (self.log.backlog_full() || self.log.fsync_policy() == FsyncPolicy::Always) {
+            return Err(body);
+        }
+        let mut body = body;
+        let truncated = body.cap_captured_text(self.log.max_query_bytes());
+        let notes = (!truncated.is_empty()).then_some(EventNotes { truncated, redacted: false });
+        Ok(match self.log.append_noted(&body, notes.as_ref(), time_ms) {
+            Ok(ticket) => Ok(Some(ticket.ei)),
+            Err(e) if strict => Err(e.into()),
+            Err(e) => {
+                tracing::warn!(sid = %self.sid(), error = %e, "best_effort: event not recorded");
+                Ok(None)
+            }
+        })
+    }
+
     /// The session began (TDB00I). `postgres_pid` is the PostgreSQL backend's, where there is one.
     pub async fn session_started(&self, postgres_pid: Option<u32>) -> Result<(), AuditError> {
         self.emit(EventBody::SessionStart { status: Status::ok(), postgres_pid }).await.map(|_| ())

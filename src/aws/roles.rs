@@ -122,7 +122,8 @@ impl RoleCredentials {
         Ok(assumed)
     }
 
-    fn fresh(&self, assumed: &Assumed) -> bool {
+    /// Whether credentials can still be used without asking STS again.
+    pub fn fresh(&self, assumed: &Assumed) -> bool {
         assumed.expires > SystemTime::now() + self.aws.refresh_before_expiry
     }
 

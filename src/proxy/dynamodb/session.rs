@@ -43,15 +43,18 @@ pub struct Conn {
 struct Inner {
     session: Option<Open>,
     line: Line,
-    /// The previous response's result event, written once its body has gone to the client;
-    /// awaited before the next request so events stay in order.
-    pending_result: Option<JoinHandle<()>>,
+    /// The previous response's result event when it had to be written by a task (the
+    /// recorder could not take it at once); awaited before the next request so events stay
+    /// in order.
+    pending_result: Option<tokio::sync::oneshot::Receiver<JoinHandle<()>>>,
 }
 
 struct Open {
     port: Arc<AuditPort>,
     user: String,
     role_arn: String,
+    /// The role's credentials as last fetched, reused while fresh.
+    credentials: Option<crate::aws::roles::Assumed>,
 }
 
 impl Conn {
@@ -64,11 +67,19 @@ impl Conn {
     /// Ends the open session, if any, once its last result is written.
     pub async fn finish(&self) {
         let mut inner = self.inner.lock().await;
-        if let Some(pending) = inner.pending_result.take() {
-            let _ = pending.await;
-        }
+        wait_for_result(&mut inner).await;
         if let Some(open) = inner.session.take() {
             end_session(open).await;
+        }
+    }
+}
+
+/// Waits for the previous response's result event if a task is writing it. The body has
+/// been sent (hyper reads the next request only after it), so the tee has already ended.
+async fn wait_for_result(inner: &mut Inner) {
+    if let Some(pending) = inner.pending_result.take() {
+        if let Ok(task) = pending.await {
+            let _ = task.await;
         }
     }
 }
@@ -170,9 +181,7 @@ fn header<'a>(parts: &'a http::request::Parts, name: &str) -> &'a str {
 async fn forward(conn: &Conn, parts: http::request::Parts, body: Bytes, who: Who) -> Response<ResponseBody> {
     let audit_failed = || error(ErrorKind::InternalServerError, crate::audit::AuditError::client_message_text());
     let mut inner = conn.inner.lock().await;
-    if let Some(pending) = inner.pending_result.take() {
-        let _ = pending.await;
-    }
+    wait_for_result(&mut inner).await;
     if conn.stopped.load(Ordering::Acquire) {
         return audit_failed();
     }
@@ -186,13 +195,15 @@ async fn forward(conn: &Conn, parts: http::request::Parts, body: Bytes, who: Who
     let endpoint = &conn.state.endpoint;
     let target = header(&parts, "x-amz-target").to_string();
     let (captured_body, cut) = captured_body(&parts.headers, &body, port.max_query_bytes());
+    // Taken by the one request event this request gets, whichever it is.
+    let captured_body = std::sync::Mutex::new(captured_body);
     let request_event = |status_code: u16, failed: bool| EventBody::DynamoDbRequest {
         status_code: u32::from(status_code),
         path: parts.uri.path().to_string(),
         raw_query: parts.uri.query().unwrap_or_default().to_string(),
         method: parts.method.to_string(),
         target: target.clone(),
-        body: captured_body.clone(),
+        body: captured_body.lock().ok().and_then(|mut b| b.take()),
         uri: Some(endpoint.uri.clone()),
         failed,
     };
@@ -220,8 +231,18 @@ async fn forward(conn: &Conn, parts: http::request::Parts, body: Bytes, who: Who
             format!("dbtape forwards DynamoDB and DynamoDB Streams operations only; X-Amz-Target {:?} is not one", truncate(&target, 128));
         return failed(ErrorKind::UnknownOperation, message.clone(), message).await;
     }
-    let assumed = match conn.state.roles.get(&who.user, &who.role_arn).await {
-        Ok(assumed) => assumed,
+    let cached = inner.session.as_ref().and_then(|o| o.credentials.clone()).filter(|a| conn.state.roles.fresh(a));
+    let fetched = match cached {
+        Some(assumed) => Ok(assumed),
+        None => conn.state.roles.get(&who.user, &who.role_arn).await,
+    };
+    let assumed = match fetched {
+        Ok(assumed) => {
+            if let Some(open) = inner.session.as_mut() {
+                open.credentials = Some(assumed.clone());
+            }
+            assumed
+        }
         Err(e) => {
             let client = format!("dbtape could not obtain credentials for role {}; the cause is in the audit log", who.role_arn);
             return failed(ErrorKind::AccessDenied, e.to_string(), client).await;
@@ -256,15 +277,38 @@ async fn forward(conn: &Conn, parts: http::request::Parts, body: Bytes, who: Who
     }
     let gzip = parts.headers.get(http::header::CONTENT_ENCODING).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
     let cap = port.max_query_bytes();
-    let (tee, captured) = Tee::new(upstream_body, cap, gzip);
     let stopped = conn.stopped.clone();
-    inner.pending_result = Some(tokio::spawn(async move {
-        let captured = captured.await.unwrap_or_default();
+    let (spawned_tx, spawned_rx) = tokio::sync::oneshot::channel();
+    // The result is recorded as the body ends, right there when the recorder can take it at
+    // once (almost always), else by a task the next request waits for.
+    let on_end: super::tee::OnEnd = Box::new(move |captured| {
         let (status, affected_records) = summarize(status, &captured, cap);
-        if port.emit(EventBody::Result { status, affected_records, query_ei: ei }).await.is_err() {
-            stopped.store(true, Ordering::Release);
+        let result = EventBody::Result { status, affected_records, query_ei: ei };
+        match port.emit_now_or_return(result, now_ms()) {
+            Ok(recorded) => {
+                if recorded.is_err() {
+                    stopped.store(true, Ordering::Release);
+                }
+            }
+            Err(result) => {
+                let task = tokio::spawn(async move {
+                    if port.emit(result).await.is_err() {
+                        stopped.store(true, Ordering::Release);
+                    }
+                });
+                let _ = spawned_tx.send(task);
+            }
         }
-    }));
+    });
+    let tee = match Tee::new(upstream_body, cap, gzip, on_end).await {
+        Ok(tee) => tee,
+        Err(e) => {
+            // The result event (a cut-off response) was written as the tee was dropped.
+            tracing::info!(error = %e, "the DynamoDB endpoint's response broke off");
+            return error(ErrorKind::ServiceUnavailable, "dbtape: DynamoDB's response broke off");
+        }
+    };
+    inner.pending_result = Some(spawned_rx);
     Response::from_parts(parts, tee.boxed_unsync())
 }
 
@@ -297,7 +341,7 @@ async fn session_for(conn: &Conn, inner: &mut Inner, who: &Who, user_agent: &str
         return None;
     }
     let port = Arc::new(port);
-    inner.session = Some(Open { port: port.clone(), user: who.user.clone(), role_arn: who.role_arn.clone() });
+    inner.session = Some(Open { port: port.clone(), user: who.user.clone(), role_arn: who.role_arn.clone(), credentials: None });
     Some(port)
 }
 

@@ -6,22 +6,55 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use tokio::sync::oneshot;
 
 use super::summary::{Captured, TAIL_BYTES};
 
+/// Called once with what was captured, when the body has ended (or was dropped).
+pub type OnEnd = Box<dyn FnOnce(Captured) + Send>;
+
+/// Bytes of a response read before it is handed to the client: a typical DynamoDB answer
+/// whole, so its head and body leave in one write rather than two.
+const PREFETCH: usize = 64 * 1024;
+
 pub struct Tee {
-    inner: hyper::body::Incoming,
+    /// Read already, not yet given out.
+    prefix: std::collections::VecDeque<Bytes>,
+    /// The rest of the body; `None` once it has ended.
+    inner: Option<hyper::body::Incoming>,
     captured: Captured,
     cap: usize,
-    done: Option<oneshot::Sender<Captured>>,
+    done: Option<OnEnd>,
 }
 
 impl Tee {
-    pub fn new(inner: hyper::body::Incoming, cap: usize, gzip: bool) -> (Self, oneshot::Receiver<Captured>) {
-        let (tx, rx) = oneshot::channel();
+    /// Reads up to `PREFETCH` bytes of `inner` (all of a small response) before returning. If
+    /// the body breaks off meanwhile, `on_end` hears of it (incomplete) before the error returns.
+    pub async fn new(mut inner: hyper::body::Incoming, cap: usize, gzip: bool, on_end: OnEnd) -> Result<Self, hyper::Error> {
+        use http_body_util::BodyExt;
+        let mut prefix = std::collections::VecDeque::new();
+        let mut read = 0;
+        let mut rest = None;
+        while read < PREFETCH {
+            match inner.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        read += data.len();
+                        prefix.push_back(data);
+                    }
+                }
+                Some(Err(e)) => {
+                    let total = read as u64;
+                    on_end(Captured { head: prefix.iter().flat_map(|b| b.iter().copied()).take(cap).collect(), total, gzip, ..Captured::default() });
+                    return Err(e);
+                }
+                None => break,
+            }
+        }
+        if read >= PREFETCH {
+            rest = Some(inner);
+        }
         let captured = Captured { gzip, ..Captured::default() };
-        (Tee { inner, captured, cap, done: Some(tx) }, rx)
+        Ok(Tee { prefix, inner: rest, captured, cap, done: Some(on_end) })
     }
 
     fn keep(&mut self, data: &[u8]) {
@@ -40,7 +73,7 @@ impl Tee {
     fn finish(&mut self, complete: bool) {
         if let Some(done) = self.done.take() {
             self.captured.complete = complete;
-            let _ = done.send(std::mem::take(&mut self.captured));
+            done(std::mem::take(&mut self.captured));
         }
     }
 }
@@ -51,7 +84,18 @@ impl Body for Tee {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        if let Some(data) = this.prefix.pop_front() {
+            this.keep(&data);
+            if this.prefix.is_empty() && this.inner.is_none() {
+                this.finish(true);
+            }
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        let Some(inner) = this.inner.as_mut() else {
+            this.finish(true);
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.keep(data);
@@ -71,18 +115,30 @@ impl Body for Tee {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.prefix.is_empty() && self.inner.as_ref().is_none_or(|i| i.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let ready: u64 = self.prefix.iter().map(|b| b.len() as u64).sum();
+        match &self.inner {
+            None => SizeHint::with_exact(ready),
+            Some(inner) => {
+                let rest = inner.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower() + ready);
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper + ready);
+                }
+                hint
+            }
+        }
     }
 }
 
 impl Drop for Tee {
     fn drop(&mut self) {
         // hyper may drop a body it saw end (by its length) without polling it to `None`.
-        let complete = self.inner.is_end_stream();
+        let complete = self.is_end_stream();
         self.finish(complete);
     }
 }
