@@ -106,10 +106,10 @@ impl AuditPort {
     /// Records an event now if that needs no waiting (no full backlog in strict mode, no
     /// per-event fsync); otherwise gives the event back for `emit_at`. For callers that are
     /// not async, such as a response body finishing as it is polled.
-    pub fn emit_now_or_return(&self, body: EventBody, time_ms: i64) -> Result<Result<Option<u64>, AuditError>, EventBody> {
+    pub fn emit_now_or_return(&self, body: EventBody, time_ms: i64) -> Result<Result<Option<u64>, AuditError>, Box<EventBody>> {
         let strict = self.log.mode() == RecordingMode::Strict;
         if strict && (self.log.backlog_full() || self.log.fsync_policy() == FsyncPolicy::Always) {
-            return Err(body);
+            return Err(Box::new(body));
         }
         let mut body = body;
         let truncated = body.cap_captured_text(self.log.max_query_bytes());

@@ -57,6 +57,19 @@ fn locate(args: &StoreArgs) -> Result<Located, Failure> {
     let default_missing = config_path == Path::new(DEFAULT_CONFIG_FILE) && !config_path.exists();
     let recording = if default_missing { None } else { Some(Config::load_recording_settings(config_path)?) };
     let signing_key = recording.as_ref().map(|r| r.signing_key.clone());
+    if args.source == super::Source::S3 {
+        let s3 = Config::load_storage_settings(config_path)?.ok_or_else(|| Failure {
+            code: 2,
+            message: format!("{}: --source s3 needs a [storage.s3] section naming the bucket", config_path.display()),
+        })?;
+        let dir = args.dir.clone().unwrap_or_else(|| crate::recording::upload::remote::cache_dir(&s3));
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let copied = runtime.block_on(crate::recording::upload::remote::sync(&s3, &dir))?;
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            eprintln!("{copied} file(s) copied from s3://{}/{} into {}", s3.bucket, s3.prefix, dir.display());
+        }
+        return Ok(Located { store: RecordingStore::new(dir), signing_key });
+    }
     let dir = match (&args.dir, &recording) {
         (Some(dir), _) => dir.clone(),
         (None, Some(r)) => r.dir.clone(),

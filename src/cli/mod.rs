@@ -26,7 +26,9 @@ pub struct ConfigArg {
     pub config: PathBuf,
 }
 
-/// Where recordings are read from: `--dir`, else the config's `recording.dir`.
+/// Where recordings are read from: `--dir`, else the config's `recording.dir`; with
+/// `--source s3`, the bucket of the config's `[storage.s3]`, copied into `--dir` (default a
+/// cache folder) first.
 #[derive(Args, Debug, Clone)]
 pub struct StoreArgs {
     #[command(flatten)]
@@ -34,6 +36,15 @@ pub struct StoreArgs {
     /// Recordings folder; overrides the config file's recording.dir.
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// local: the recordings folder; s3: the bucket (needs only read access to it).
+    #[arg(long, value_enum, default_value_t = Source::Local)]
+    pub source: Source,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Local,
+    S3,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +150,11 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Upload recordings the proxy has not uploaded yet to [storage.s3], now.
+    Upload {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Check recordings' CRCs, hash chain, trailer and signature.
     Verify {
         /// Session ids to verify.
@@ -199,6 +215,10 @@ pub fn main() -> ExitCode {
     let verbose_default = matches!(cli.command, Command::Serve { .. });
     let result = match cli.command {
         Command::Serve { config } => serve::run(&config.config),
+        Command::Upload { config } => {
+            init_logging(false, false);
+            serve::upload(&config.config)
+        }
         Command::Config { command: ConfigCommand::Check { config } } => inspect::config_check(&config.config),
         Command::User { command: UserCommand::Add { name, password_stdin } } => user::add(&name, password_stdin),
         Command::User { command: UserCommand::Passwd { name, password_stdin } } => user::passwd(&name, password_stdin),

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use super::Failure;
 use crate::config::{Config, LogFormat};
 use crate::proxy::builtin_engines;
+use crate::recording::upload::Uploader;
 use crate::server::{shutdown_signal, Server};
 
 pub fn run(config_path: &Path) -> Result<(), Failure> {
@@ -15,12 +16,58 @@ pub fn run(config_path: &Path) -> Result<(), Failure> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
         let registry = builtin_engines(&config)?;
+        let uploads = tokio_util::sync::CancellationToken::new();
+        let uploader = match &config.storage.s3 {
+            Some(s3) => {
+                let store = crate::recording::RecordingStore::new(&config.recording.dir);
+                let public_key = crate::recording::signing::public_key_path(&config.recording.signing_key);
+                let uploader = Uploader::new(s3, store, public_key, config.server.server_id.clone()).await;
+                Some(tokio::spawn(uploader.run(uploads.clone())))
+            }
+            None => None,
+        };
         let server = Server::bind(Arc::new(config), &registry).await?;
         for (name, addr) in server.local_addrs() {
             tracing::info!(database = %name, %addr, "serving");
         }
         tracing::info!("dbtape ready");
         server.run(shutdown_signal()).await;
+        // Every session is sealed now: the uploader's last pass takes them along.
+        uploads.cancel();
+        if let Some(task) = uploader {
+            let _ = task.await;
+        }
         Ok::<(), Failure>(())
+    })
+}
+
+/// `dbtape upload`: one upload pass now, for recordings the running proxy has not sent yet
+/// (or with no proxy running). Exits non-zero if any upload failed.
+pub fn upload(config_path: &Path) -> Result<(), Failure> {
+    let config = Config::load(config_path)?;
+    let Some(s3) = config.storage.s3.clone() else {
+        return Err(Failure {
+            code: 2,
+            message: format!("{}: no [storage.s3] section, so there is nowhere to upload to", config_path.display()),
+        });
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let store = crate::recording::RecordingStore::new(&config.recording.dir);
+        let public_key = crate::recording::signing::public_key_path(&config.recording.signing_key);
+        let uploader = Uploader::new(&s3, store, public_key, config.server.server_id.clone()).await;
+        let report = uploader.pass().await;
+        for sid in &report.uploaded {
+            println!("uploaded {sid}");
+        }
+        for (sid, error) in &report.failed {
+            eprintln!("failed {sid}: {error}");
+        }
+        println!("{} uploaded, {} failed", report.uploaded.len(), report.failed.len());
+        if report.failed.is_empty() {
+            Ok(())
+        } else {
+            Err(Failure { code: 1, message: String::new() })
+        }
     })
 }

@@ -83,6 +83,19 @@ impl Config {
         validate::check(raw, path, &base)
     }
 
+    /// The `[storage.s3]` settings alone (no secret is read), for reviewing from the bucket.
+    pub fn load_storage_settings(path: &Path) -> Result<Option<S3Storage>, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            issues: vec![ConfigIssue {
+                file: path.to_path_buf(),
+                key: "(file)".into(),
+                message: format!("cannot read: {e}"),
+                fix: "pass the config file that names the bucket with --config".into(),
+            }],
+        })?;
+        Ok(Self::parse_raw(&text, path)?.storage.s3)
+    }
+
     /// The `[recording]` settings alone, for the review commands (`ls`, `play`, `export`,
     /// `verify`): the rest of the file must parse, but no secret it references is read and
     /// no other section is checked, so a reviewer needs neither the proxy's secrets nor its

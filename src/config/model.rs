@@ -183,12 +183,50 @@ pub struct S3Storage {
     /// A custom endpoint (S3-compatible stores, tests); empty means AWS.
     #[serde(default)]
     pub endpoint: String,
+    /// Path-style addressing (`endpoint/bucket/key`), as most S3-compatible stores need.
+    #[serde(default)]
+    pub force_path_style: bool,
     #[serde(default)]
     pub assume_role_arn: String,
     #[serde(default)]
     pub external_id: String,
+    /// Attempts per upload pass before a recording waits for the next pass.
     #[serde(default = "default_upload_retries")]
     pub upload_retries: u32,
+    /// "" (the bucket's default), "AES256" or "aws:kms".
+    #[serde(default)]
+    pub server_side_encryption: String,
+    /// The KMS key for "aws:kms"; empty means the account's default key.
+    #[serde(default)]
+    pub kms_key_id: String,
+    /// "" (none), "GOVERNANCE" or "COMPLIANCE": S3 Object Lock on every object uploaded.
+    #[serde(default)]
+    pub object_lock_mode: String,
+    /// Days each object is locked for, with `object_lock_mode`.
+    #[serde(default)]
+    pub object_lock_days: u32,
+    /// Recordings larger than this go up as multipart uploads of parts this size (S3's
+    /// minimum is 5 MiB).
+    #[serde(default = "default_part_size")]
+    pub part_size: usize,
+    /// What happens to the local copy once the upload is confirmed: "keep" or "delete".
+    #[serde(default = "default_local_retention")]
+    pub local_retention: String,
+    /// How often the uploader looks for recordings to upload or retry.
+    #[serde(default = "default_scan_interval", with = "humantime_serde_compat")]
+    pub scan_interval: std::time::Duration,
+}
+
+fn default_part_size() -> usize {
+    8 * 1024 * 1024
+}
+
+fn default_local_retention() -> String {
+    "keep".into()
+}
+
+fn default_scan_interval() -> std::time::Duration {
+    std::time::Duration::from_secs(5)
 }
 
 fn default_upload_retries() -> u32 {

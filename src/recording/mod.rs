@@ -7,6 +7,7 @@ pub mod recover;
 pub mod scan;
 pub mod signing;
 pub mod store;
+pub mod upload;
 pub mod verify;
 pub mod writer;
 

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use super::signing::Manifest;
 
 pub const RECORDING_EXT: &str = "dbt";
-const META_SUFFIX: &str = ".meta.json";
-const MANIFEST_SUFFIX: &str = ".manifest.json";
+pub const META_SUFFIX: &str = ".meta.json";
+pub const MANIFEST_SUFFIX: &str = ".manifest.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -292,7 +292,7 @@ async fn forward(conn: &Conn, parts: http::request::Parts, body: Bytes, who: Who
             }
             Err(result) => {
                 let task = tokio::spawn(async move {
-                    if port.emit(result).await.is_err() {
+                    if port.emit(*result).await.is_err() {
                         stopped.store(true, Ordering::Release);
                     }
                 });

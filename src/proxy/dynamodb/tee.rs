@@ -44,7 +44,12 @@ impl Tee {
                 }
                 Some(Err(e)) => {
                     let total = read as u64;
-                    on_end(Captured { head: prefix.iter().flat_map(|b| b.iter().copied()).take(cap).collect(), total, gzip, ..Captured::default() });
+                    on_end(Captured {
+                        head: prefix.iter().flat_map(|b| b.iter().copied()).take(cap).collect(),
+                        total,
+                        gzip,
+                        ..Captured::default()
+                    });
                     return Err(e);
                 }
                 None => break,

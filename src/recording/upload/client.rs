@@ -1,0 +1,67 @@
+//! The S3 client for `[storage.s3]`: region, endpoint, path-style addressing, credentials
+//! from the default chain or through `assume_role_arn`, and the protection every object gets
+//! (server-side encryption, Object Lock).
+
+use aws_config::BehaviorVersion;
+use aws_credential_types::provider::SharedCredentialsProvider;
+
+use crate::config::S3Storage;
+
+pub async fn s3_client(settings: &S3Storage) -> aws_sdk_s3::Client {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(aws_config::Region::new(settings.region.clone()));
+    if !settings.endpoint.is_empty() {
+        loader = loader.endpoint_url(settings.endpoint.clone());
+    }
+    let sdk = loader.load().await;
+    let mut config = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(settings.force_path_style);
+    if !settings.assume_role_arn.is_empty() {
+        let mut role = aws_config::sts::AssumeRoleProvider::builder(settings.assume_role_arn.clone()).session_name("dbtape-upload");
+        if !settings.external_id.is_empty() {
+            role = role.external_id(settings.external_id.clone());
+        }
+        config = config.credentials_provider(SharedCredentialsProvider::new(role.configure(&sdk).build().await));
+    }
+    aws_sdk_s3::Client::from_conf(config.build())
+}
+
+fn lock_until(settings: &S3Storage) -> aws_sdk_s3::primitives::DateTime {
+    let until = std::time::SystemTime::now() + std::time::Duration::from_secs(u64::from(settings.object_lock_days) * 86_400);
+    aws_sdk_s3::primitives::DateTime::from(until)
+}
+
+macro_rules! protect {
+    ($request:expr, $settings:expr) => {{
+        let mut request = $request;
+        let settings = $settings;
+        match settings.server_side_encryption.as_str() {
+            "AES256" => request = request.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::Aes256),
+            "aws:kms" => {
+                request = request.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::AwsKms);
+                if !settings.kms_key_id.is_empty() {
+                    request = request.ssekms_key_id(&settings.kms_key_id);
+                }
+            }
+            _ => {}
+        }
+        if !settings.object_lock_mode.is_empty() {
+            request = request
+                .object_lock_mode(aws_sdk_s3::types::ObjectLockMode::from(settings.object_lock_mode.as_str()))
+                .object_lock_retain_until_date(lock_until(settings));
+        }
+        request
+    }};
+}
+
+pub fn with_protection(
+    request: aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder,
+    settings: &S3Storage,
+) -> aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder {
+    protect!(request, settings)
+}
+
+pub fn with_protection_mpu(
+    request: aws_sdk_s3::operation::create_multipart_upload::builders::CreateMultipartUploadFluentBuilder,
+    settings: &S3Storage,
+) -> aws_sdk_s3::operation::create_multipart_upload::builders::CreateMultipartUploadFluentBuilder {
+    protect!(request, settings)
+}

@@ -1,0 +1,347 @@
+//! Sealed recordings to S3. The recordings folder is the queue: a sealed recording (it has
+//! a signed manifest) without an `.uploaded.json` marker is pending, so nothing is lost when
+//! the process or S3 fails; the next pass, or the next run, picks it up. A multipart upload
+//! keeps a checkpoint beside the recording (upload id and parts sent) and resumes from it.
+//! A recording counts as uploaded only once S3 confirmed every object's MD5.
+
+mod checkpoint;
+mod client;
+pub mod remote;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use aws_sdk_s3::primitives::ByteStream;
+use base64::Engine as _;
+use md5::{Digest, Md5};
+use serde::{Deserialize, Serialize};
+
+use checkpoint::{Checkpoint, Part};
+pub use client::s3_client;
+
+use super::store::{write_atomic, RecordingState, RecordingStore, StoreError};
+use crate::config::S3Storage;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("S3 {operation} {key}: {cause}")]
+    S3 { operation: &'static str, key: String, cause: String },
+    #[error("S3 {operation} {key}: its ETag {got} is not the MD5 {want} of what was sent")]
+    Mismatch { operation: &'static str, key: String, got: String, want: String },
+}
+
+/// Written beside a recording once every object of it is confirmed in the bucket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UploadedMarker {
+    pub bucket: String,
+    pub keys: Vec<String>,
+    /// The recording object's ETag as S3 confirmed it.
+    pub etag: String,
+    pub uploaded_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// What one pass did.
+#[derive(Debug, Default)]
+pub struct PassReport {
+    pub uploaded: Vec<String>,
+    pub failed: Vec<(String, String)>,
+}
+
+pub struct Uploader {
+    settings: S3Storage,
+    client: aws_sdk_s3::Client,
+    store: RecordingStore,
+    /// This instance's public signing key, published beside its recordings.
+    public_key: PathBuf,
+    server_id: String,
+}
+
+pub fn marker_path(store: &RecordingStore, sid: &str) -> PathBuf {
+    store.dir().join(format!("{sid}.uploaded.json"))
+}
+
+/// `<prefix><yyyy>/<mm>/<dd>/<sid>`: the session's start day (UTC), so a bucket lists by date.
+pub fn key_base(prefix: &str, sid: &str, start_ms: i64) -> String {
+    let day = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(start_ms).unwrap_or_default();
+    format!("{prefix}{}/{sid}", day.format("%Y/%m/%d"))
+}
+
+/// Where an instance publishes its public key: `<prefix>keys/<server_id>.pub`.
+pub fn public_key_key(prefix: &str, server_id: &str) -> String {
+    format!("{prefix}keys/{server_id}.pub")
+}
+
+fn md5_hex(bytes: &[u8]) -> String {
+    super::format::hex(&Md5::digest(bytes))
+}
+
+fn md5_b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(Md5::digest(bytes))
+}
+
+impl Uploader {
+    pub async fn new(settings: &S3Storage, store: RecordingStore, public_key: PathBuf, server_id: String) -> Self {
+        let client = s3_client(settings).await;
+        Uploader { settings: settings.clone(), client, store, public_key, server_id }
+    }
+
+    /// Sealed recordings with no upload marker, oldest first.
+    pub fn pending(&self) -> Result<Vec<String>, StoreError> {
+        let mut pending = Vec::new();
+        for sid in self.store.session_ids()? {
+            if marker_path(&self.store, &sid).exists() || self.store.is_locked(&sid) {
+                continue;
+            }
+            let Ok(summary) = self.store.read_summary(&sid) else { continue };
+            let sealed = matches!(summary.state, RecordingState::Sealed | RecordingState::Recovered);
+            if sealed && self.store.manifest_path(&sid).exists() {
+                pending.push((summary.start_ms, sid));
+            }
+        }
+        pending.sort();
+        Ok(pending.into_iter().map(|(_, sid)| sid).collect())
+    }
+
+    /// Uploads every pending recording once (with retries); failures wait for the next pass.
+    pub async fn pass(&self) -> PassReport {
+        let mut report = PassReport::default();
+        let pending = match self.pending() {
+            Ok(p) => p,
+            Err(e) => {
+                report.failed.push((String::new(), e.to_string()));
+                return report;
+            }
+        };
+        for sid in pending {
+            match self.upload_with_retries(&sid).await {
+                Ok(()) => report.uploaded.push(sid),
+                Err(e) => {
+                    tracing::warn!(sid, error = %e, "upload failed; the recording stays queued");
+                    report.failed.push((sid, e.to_string()));
+                }
+            }
+        }
+        report
+    }
+
+    /// Runs passes every `scan_interval` until `shutdown`, then one last pass.
+    pub async fn run(self, shutdown: tokio_util::sync::CancellationToken) {
+        if let Err(e) = self.publish_public_key().await {
+            tracing::warn!(error = %e, "publishing the public signing key failed; retried at the next start");
+        }
+        loop {
+            let report = self.pass().await;
+            if !report.uploaded.is_empty() {
+                tracing::info!(uploaded = report.uploaded.len(), failed = report.failed.len(), "upload pass");
+            }
+            tokio::select! {
+                () = tokio::time::sleep(self.settings.scan_interval) => {}
+                () = shutdown.cancelled() => break,
+            }
+        }
+        // Sessions sealed during shutdown: one bounded last pass; the rest stays queued.
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.pass()).await;
+    }
+
+    async fn publish_public_key(&self) -> Result<(), UploadError> {
+        let key = public_key_key(&self.settings.prefix, &self.server_id);
+        let bytes = std::fs::read(&self.public_key).map_err(|source| StoreError::Io { path: self.public_key.clone(), source })?;
+        self.put(&key, bytes, "application/octet-stream").await.map(|_| ())
+    }
+
+    async fn upload_with_retries(&self, sid: &str) -> Result<(), UploadError> {
+        let attempts = self.settings.upload_retries.max(1);
+        let mut delay = Duration::from_millis(200);
+        let mut attempt = 1;
+        loop {
+            match self.upload_one(sid).await {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt >= attempts => return Err(e),
+                Err(e) => {
+                    tracing::info!(sid, attempt, error = %e, "upload attempt failed; retrying");
+                    // Exponential backoff with full jitter, capped at 30 s.
+                    let jitter = rand_fraction();
+                    tokio::time::sleep(delay.mul_f64(0.5 + jitter / 2.0)).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    async fn upload_one(&self, sid: &str) -> Result<(), UploadError> {
+        let summary = self.store.read_summary(sid)?;
+        let base = key_base(&self.settings.prefix, sid, summary.start_ms);
+        let recording_key = format!("{base}.{}", super::store::RECORDING_EXT);
+        let recording = self.store.recording_path(sid);
+        let size = std::fs::metadata(&recording).map_err(|source| StoreError::Io { path: recording.clone(), source })?.len();
+        let etag = if size as usize > self.settings.part_size {
+            self.multipart(sid, &recording, &recording_key, size).await?
+        } else {
+            let bytes = read_file(&recording)?;
+            self.put(&recording_key, bytes, "application/octet-stream").await?
+        };
+        // The manifest and sidecar follow the recording, so whoever finds a manifest in the
+        // bucket also finds what it signs.
+        let manifest_key = format!("{base}{}", super::store::MANIFEST_SUFFIX);
+        self.put(&manifest_key, read_file(&self.store.manifest_path(sid))?, "application/json").await?;
+        let meta_key = format!("{base}{}", super::store::META_SUFFIX);
+        self.put(&meta_key, read_file(&self.store.meta_path(sid))?, "application/json").await?;
+        let marker = UploadedMarker {
+            bucket: self.settings.bucket.clone(),
+            keys: vec![recording_key, manifest_key, meta_key],
+            etag,
+            uploaded_at: chrono::Utc::now(),
+        };
+        let bytes = serde_json::to_vec_pretty(&marker).unwrap_or_default();
+        write_atomic(&marker_path(&self.store, sid), &bytes)?;
+        let _ = std::fs::remove_file(checkpoint::path(&self.store, sid));
+        if self.settings.local_retention == "delete" {
+            for path in [recording, self.store.manifest_path(sid), self.store.meta_path(sid)] {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        tracing::info!(sid, bucket = %self.settings.bucket, "recording uploaded");
+        Ok(())
+    }
+
+    /// Whether S3 returns MD5 ETags for our objects (not with SSE-KMS).
+    fn etag_is_md5(&self) -> bool {
+        self.settings.server_side_encryption != "aws:kms"
+    }
+
+    /// One object, sent with Content-MD5 (S3 refuses a body that does not match it) and
+    /// checked against the ETag. Returns the ETag.
+    async fn put(&self, key: &str, bytes: Vec<u8>, content_type: &str) -> Result<String, UploadError> {
+        let want = md5_hex(&bytes);
+        let mut request = self
+            .client
+            .put_object()
+            .bucket(&self.settings.bucket)
+            .key(key)
+            .content_type(content_type)
+            .content_md5(md5_b64(&bytes))
+            .body(ByteStream::from(bytes));
+        request = client::with_protection(request, &self.settings);
+        let output = request.send().await.map_err(|e| s3_error("PutObject", key, &e))?;
+        let etag = output.e_tag().unwrap_or_default().trim_matches('"').to_string();
+        if self.etag_is_md5() && etag != want {
+            return Err(UploadError::Mismatch { operation: "PutObject", key: key.into(), got: etag, want });
+        }
+        Ok(etag)
+    }
+
+    /// A large recording in parts, resumable from its checkpoint. Each part is read again
+    /// from the (immutable, sealed) file on retry, so it is always the same bytes.
+    async fn multipart(&self, sid: &str, path: &Path, key: &str, size: u64) -> Result<String, UploadError> {
+        let part_size = self.settings.part_size as u64;
+        let mut checkpoint = match Checkpoint::load(&self.store, sid) {
+            Some(c) if c.key == key && c.part_size == part_size => c,
+            _ => {
+                let request = client::with_protection_mpu(
+                    self.client.create_multipart_upload().bucket(&self.settings.bucket).key(key).content_type("application/octet-stream"),
+                    &self.settings,
+                );
+                let output = request.send().await.map_err(|e| s3_error("CreateMultipartUpload", key, &e))?;
+                let upload_id = output.upload_id().unwrap_or_default().to_string();
+                let c = Checkpoint { key: key.to_string(), upload_id, part_size, parts: Vec::new() };
+                c.save(&self.store, sid)?;
+                c
+            }
+        };
+        let count = size.div_ceil(part_size);
+        for number in (checkpoint.parts.len() as u64 + 1)..=count {
+            let offset = (number - 1) * part_size;
+            let bytes = read_range(path, offset, part_size.min(size - offset))?;
+            let md5 = md5_hex(&bytes);
+            let sent = self
+                .client
+                .upload_part()
+                .bucket(&self.settings.bucket)
+                .key(key)
+                .upload_id(&checkpoint.upload_id)
+                .part_number(number as i32)
+                .content_md5(md5_b64(&bytes))
+                .body(ByteStream::from(bytes))
+                .send()
+                .await;
+            let output = match sent {
+                Ok(o) => o,
+                Err(e) => {
+                    let text = s3_error("UploadPart", key, &e);
+                    if text.to_string().contains("NoSuchUpload") {
+                        // The upload was aborted (a sweeper, or it expired): start over.
+                        let _ = std::fs::remove_file(checkpoint::path(&self.store, sid));
+                    }
+                    return Err(text);
+                }
+            };
+            let etag = output.e_tag().unwrap_or_default().trim_matches('"').to_string();
+            if self.etag_is_md5() && etag != md5 {
+                return Err(UploadError::Mismatch { operation: "UploadPart", key: key.into(), got: etag, want: md5 });
+            }
+            checkpoint.parts.push(Part { number: number as u32, etag, md5 });
+            checkpoint.save(&self.store, sid)?;
+        }
+        let parts: Vec<_> = checkpoint
+            .parts
+            .iter()
+            .map(|p| aws_sdk_s3::types::CompletedPart::builder().part_number(p.number as i32).e_tag(format!("\"{}\"", p.etag)).build())
+            .collect();
+        let output = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.settings.bucket)
+            .key(key)
+            .upload_id(&checkpoint.upload_id)
+            .multipart_upload(aws_sdk_s3::types::CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .send()
+            .await
+            .map_err(|e| s3_error("CompleteMultipartUpload", key, &e))?;
+        let etag = output.e_tag().unwrap_or_default().trim_matches('"').to_string();
+        // A multipart ETag is the MD5 of the parts' MD5s, then "-" and the part count.
+        let mut concatenated = Vec::new();
+        for part in &checkpoint.parts {
+            concatenated.extend(hex_bytes(&part.md5));
+        }
+        let want = format!("{}-{}", md5_hex(&concatenated), checkpoint.parts.len());
+        if self.etag_is_md5() && etag != want {
+            return Err(UploadError::Mismatch { operation: "CompleteMultipartUpload", key: key.into(), got: etag, want });
+        }
+        Ok(etag)
+    }
+}
+
+fn s3_error<E: std::error::Error + 'static, R: std::fmt::Debug>(
+    operation: &'static str,
+    key: &str,
+    e: &aws_sdk_s3::error::SdkError<E, R>,
+) -> UploadError {
+    UploadError::S3 { operation, key: key.to_string(), cause: aws_sdk_s3::error::DisplayErrorContext(e).to_string() }
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, StoreError> {
+    std::fs::read(path).map_err(|source| StoreError::Io { path: path.to_path_buf(), source })
+}
+
+fn read_range(path: &Path, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let io = |source| StoreError::Io { path: path.to_path_buf(), source };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    file.seek(SeekFrom::Start(offset)).map_err(io)?;
+    let mut bytes = vec![0u8; len as usize];
+    file.read_exact(&mut bytes).map_err(io)?;
+    Ok(bytes)
+}
+
+fn hex_bytes(hex: &str) -> Vec<u8> {
+    (0..hex.len() / 2).filter_map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()).collect()
+}
+
+fn rand_fraction() -> f64 {
+    let mut b = [0u8; 8];
+    let _ = getrandom::getrandom(&mut b);
+    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+}

@@ -1,0 +1,305 @@
+//! Recordings to S3 (moto, signatures checked) with the real binary: uploads (single and
+//! multipart), review from the bucket alone, and nothing lost through an S3 outage and a
+//! SIGKILL of the proxy mid-session.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::proxy::{verifier, ALICE_PASSWORD};
+use common::services::Services;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A bucket of its own for each test, made with the proxy's moto identity.
+fn make_bucket(services: &Services) -> String {
+    let bucket = format!("rec-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let script =
+        "import sys, boto3\nboto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1').create_bucket(Bucket=sys.argv[2])";
+    let out = services.python().args(["-c", script, services.get("AWS_ENDPOINT"), &bucket]).envs(aws_env(services)).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    bucket
+}
+
+fn aws_env(services: &Services) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ACCESS_KEY_ID", services.get("MOTO_ACCESS_KEY_ID").to_string()),
+        ("AWS_SECRET_ACCESS_KEY", services.get("MOTO_SECRET_ACCESS_KEY").to_string()),
+        ("AWS_CONFIG_FILE", "/nonexistent".into()),
+        ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent".into()),
+    ]
+}
+
+/// Object keys and ETags in the bucket.
+fn objects(services: &Services, bucket: &str) -> Vec<(String, String)> {
+    let script = "import sys, boto3\nfor o in boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1').list_objects_v2(Bucket=sys.argv[2]).get('Contents', []): print(o['Key'], o['ETag'].strip('\"'))";
+    let out = services.python().args(["-c", script, services.get("AWS_ENDPOINT"), bucket]).envs(aws_env(services)).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split_once(' ')).map(|(k, e)| (k.to_string(), e.to_string())).collect()
+}
+
+struct Setup {
+    root: tempfile::TempDir,
+    services: Services,
+    port: u16,
+    config: std::path::PathBuf,
+}
+
+impl Setup {
+    fn new(bucket: &str, s3_endpoint: &str) -> Setup {
+        let services = Services::load();
+        let root = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let certs = services.get("CERTS");
+        let text = format!(
+            r#"
+[server]
+shutdown_grace = "2s"
+[recording]
+dir = "{root}/recordings"
+signing_key = "{root}/key"
+batch_interval = "10ms"
+[storage.s3]
+bucket = "{bucket}"
+prefix = "dbtape/"
+region = "us-east-1"
+endpoint = "{s3_endpoint}"
+force_path_style = true
+part_size = 65536
+upload_retries = 2
+scan_interval = "200ms"
+[[databases]]
+name = "pg"
+protocol = "postgres"
+listen = "127.0.0.1:{port}"
+upstream = "postgres://127.0.0.1:{pg_port}/postgres"
+[databases.client_tls]
+cert = "{certs}/server.crt"
+key = "{certs}/server.key"
+[databases.upstream_tls]
+ca = "{certs}/ca.crt"
+[databases.auth]
+password = {{ env = "DBTAPE_TEST_PG_PASSWORD" }}
+[[users]]
+name = "alice"
+scram_verifier = "{alice}"
+[[users.grants]]
+database = "pg"
+db_users = ["postgres"]
+"#,
+            root = root.path().display(),
+            pg_port = services.get("PG_PORT"),
+            alice = verifier(ALICE_PASSWORD),
+        );
+        let config = root.path().join("dbtape.toml");
+        std::fs::write(&config, text).unwrap();
+        Setup { root, services, port, config }
+    }
+
+    fn serve(&self) -> Child {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.root.path().join("serve.log")).unwrap();
+        let child = common::dbtape_bin()
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env("DBTAPE_TEST_PG_PASSWORD", self.services.get("PG_PASSWORD"))
+            .envs(aws_env(&self.services))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "dbtape did not start: {}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.root.path().join("serve.log")).unwrap_or_default()
+    }
+
+    fn psql(&self, sql: &str) -> Child {
+        let mut child = Command::new("psql")
+            .arg(format!(
+                "host=localhost port={} user=alice dbname=postgres sslmode=verify-full sslrootcert={}/ca.crt",
+                self.port,
+                self.services.get("CERTS")
+            ))
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
+            .env("PGPASSWORD", ALICE_PASSWORD)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Statements on stdin: a 400 KB one would be too long for an argument.
+        let mut stdin = child.stdin.take().unwrap();
+        std::io::Write::write_all(&mut stdin, format!("{sql}\n").as_bytes()).unwrap();
+        drop(stdin);
+        child
+    }
+
+    fn recordings(&self) -> std::path::PathBuf {
+        self.root.path().join("recordings")
+    }
+
+    fn markers(&self) -> usize {
+        std::fs::read_dir(self.recordings())
+            .map_or(0, |d| d.filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".uploaded.json")).count())
+    }
+
+    fn wait_for_markers(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.markers() < n {
+            assert!(Instant::now() < deadline, "{} of {n} recordings uploaded; log:\n{}", self.markers(), self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// A review command against the bucket alone, copying into a fresh folder.
+    fn review(&self, args: &[&str]) -> String {
+        let copy = self.root.path().join("from-bucket");
+        let out = common::dbtape_bin()
+            .args(args)
+            .args(["--source", "s3", "--dir"])
+            .arg(&copy)
+            .arg("--config")
+            .arg(&self.config)
+            .envs(aws_env(&self.services))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).replace('\r', "")
+    }
+}
+
+fn stop(mut child: Child) {
+    unsafe_sigterm(child.id());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "dbtape did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn unsafe_sigterm(pid: u32) {
+    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut raw = vec![0u8; bytes];
+    getrandom::getrandom(&mut raw).unwrap();
+    raw.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn recordings_are_uploaded_whole_and_reviewable_from_the_bucket() {
+    let services = Services::load();
+    let bucket = make_bucket(&services);
+    let setup = Setup::new(&bucket, services.get("AWS_ENDPOINT"));
+    let serve = setup.serve();
+    let small = setup.psql("SELECT 'small session' AS note").wait_with_output().unwrap();
+    assert!(small.status.success(), "{}", String::from_utf8_lossy(&small.stderr));
+    // 400 KB of random hex in the statement: the recording passes the 64 KiB part size.
+    let large = setup.psql(&format!("SELECT length('{}') AS big", random_hex(200_000))).wait_with_output().unwrap();
+    assert!(large.status.success(), "{}", String::from_utf8_lossy(&large.stderr));
+    setup.wait_for_markers(2);
+    stop(serve);
+
+    let objects = objects(&services, &bucket);
+    let today = chrono::Utc::now().format("%Y/%m/%d").to_string();
+    let recordings: Vec<&(String, String)> = objects.iter().filter(|(k, _)| k.ends_with(".dbt")).collect();
+    assert_eq!(recordings.len(), 2, "{objects:?}");
+    for (key, _) in &recordings {
+        assert!(key.starts_with(&format!("dbtape/{today}/")), "{key}");
+        for suffix in [".meta.json", ".manifest.json"] {
+            let sibling = key.replace(".dbt", suffix);
+            assert!(objects.iter().any(|(k, _)| *k == sibling), "{sibling} missing");
+        }
+    }
+    assert!(recordings.iter().any(|(_, etag)| etag.contains('-')), "one recording went up in parts: {recordings:?}");
+    assert!(recordings.iter().any(|(_, etag)| !etag.contains('-')), "one went up whole: {recordings:?}");
+    assert!(objects.iter().any(|(k, _)| k.starts_with("dbtape/keys/") && k.ends_with(".pub")), "the instance's public key is published");
+
+    // Review from the bucket alone.
+    let listed: serde_json::Value = serde_json::from_str(&setup.review(&["ls", "--format", "json"])).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+    let verified = setup.review(&["verify", "--all"]);
+    assert_eq!(verified.lines().filter(|l| l.contains("  OK  ")).count(), 2, "{verified}");
+    let plays: Vec<String> =
+        listed.as_array().unwrap().iter().map(|s| setup.review(&["play", "--format", "text", s["sid"].as_str().unwrap()])).collect();
+    assert!(plays.iter().any(|p| p.contains("SELECT 'small session' AS note")), "the small session plays from the bucket");
+}
+
+/// A TCP relay to S3 that can be taken down (it refuses connections) and brought back.
+fn switchable_relay(target: &str) -> (String, Arc<AtomicBool>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let up = Arc::new(AtomicBool::new(false));
+    let flag = up.clone();
+    let target = target.trim_start_matches("http://").to_string();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            if !flag.load(Ordering::Acquire) {
+                drop(client);
+                continue;
+            }
+            let target = target.clone();
+            std::thread::spawn(move || {
+                let Ok(server) = std::net::TcpStream::connect(target) else { return };
+                let (mut c1, mut s1) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (mut c2, mut s2) = (client, server);
+                let a = std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c1, &mut s1);
+                    let _ = s1.shutdown(std::net::Shutdown::Write);
+                });
+                let _ = std::io::copy(&mut s2, &mut c2);
+                let _ = c2.shutdown(std::net::Shutdown::Write);
+                let _ = a.join();
+            });
+        }
+    });
+    (format!("http://{addr}"), up)
+}
+
+#[test]
+fn an_s3_outage_and_a_killed_proxy_lose_nothing() {
+    let services = Services::load();
+    let bucket = make_bucket(&services);
+    let (relay, s3_up) = switchable_relay(services.get("AWS_ENDPOINT"));
+    let setup = Setup::new(&bucket, &relay);
+    let mut serve = setup.serve();
+    // S3 is down: a finished session stays queued.
+    let done = setup.psql("SELECT 'during the outage' AS note").wait_with_output().unwrap();
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(setup.markers(), 0, "nothing can be uploaded while S3 is down");
+    // A session in progress when the proxy is killed.
+    let mut running = setup.psql("SELECT 'before the crash' AS note; SELECT pg_sleep(30)");
+    std::thread::sleep(Duration::from_millis(1500));
+    serve.kill().unwrap(); // SIGKILL
+    let _ = serve.wait();
+    let _ = running.kill();
+    let _ = running.wait();
+    // S3 comes back and the proxy restarts: recovery seals the killed session, and both go up.
+    s3_up.store(true, Ordering::Release);
+    let serve = setup.serve();
+    setup.wait_for_markers(2);
+    stop(serve);
+    let objects = objects(&services, &bucket);
+    assert_eq!(objects.iter().filter(|(k, _)| k.ends_with(".dbt")).count(), 2, "{objects:?}");
+    let verified = setup.review(&["verify", "--all"]);
+    assert!(verified.contains("OK (recovered after a crash)"), "{verified}");
+    assert_eq!(verified.lines().filter(|l| l.contains("  OK")).count(), 2, "{verified}");
+    let listed: serde_json::Value = serde_json::from_str(&setup.review(&["ls", "--format", "json"])).unwrap();
+    let crashed = listed.as_array().unwrap().iter().find(|s| s["state"] == "recovered").expect("the killed session, recovered");
+    let play = setup.review(&["play", "--format", "text", crashed["sid"].as_str().unwrap()]);
+    assert!(play.contains("before the crash"), "every query the client saw answered is there: {play}");
+}
