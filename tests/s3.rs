@@ -203,6 +203,10 @@ fn recordings_are_uploaded_whole_and_reviewable_from_the_bucket() {
     let services = Services::load();
     let bucket = make_bucket(&services);
     let setup = Setup::new(&bucket, services.get("AWS_ENDPOINT"));
+    // A damaged recording left from before: quarantined, kept, and no obstacle to the rest.
+    let damaged = uuid::Uuid::new_v4().to_string();
+    std::fs::create_dir_all(setup.recordings()).unwrap();
+    std::fs::write(setup.recordings().join(format!("{damaged}.dbt")), b"not a dbtape recording at all").unwrap();
     let serve = setup.serve();
     let small = setup.psql("SELECT 'small session' AS note").wait_with_output().unwrap();
     assert!(small.status.success(), "{}", String::from_utf8_lossy(&small.stderr));
@@ -211,6 +215,8 @@ fn recordings_are_uploaded_whole_and_reviewable_from_the_bucket() {
     assert!(large.status.success(), "{}", String::from_utf8_lossy(&large.stderr));
     setup.wait_for_markers(2);
     stop(serve);
+    assert!(setup.recordings().join("quarantine").join(format!("{damaged}.dbt")).exists(), "the damaged file is kept in quarantine");
+    assert!(!setup.recordings().join(format!("{damaged}.dbt")).exists());
 
     let objects = objects(&services, &bucket);
     let today = chrono::Utc::now().format("%Y/%m/%d").to_string();

@@ -1,6 +1,10 @@
 //! What a DynamoDB response says, for the result event: its error type and message, or its
 //! counts. Read from a copy of the response taken while it streams to the client.
 
+use std::collections::HashMap;
+
+use serde::de::IgnoredAny;
+
 use crate::audit::Status;
 
 /// A response's first bytes (up to the recording's cap) and last few, as it streamed past.
@@ -18,11 +22,43 @@ pub struct Captured {
 /// counts after the items.
 pub const TAIL_BYTES: usize = 4096;
 
+/// The parts of a response the result event needs; items themselves are skipped unread
+/// into any tree, so summarising a Query costs no allocation per item.
+#[derive(Debug, Default, serde::Deserialize)]
+struct Reply {
+    #[serde(rename = "__type")]
+    kind: Option<String>,
+    #[serde(alias = "Message")]
+    message: Option<String>,
+    #[serde(rename = "Count")]
+    count: Option<u64>,
+    #[serde(rename = "ScannedCount")]
+    scanned_count: Option<u64>,
+    #[serde(rename = "ConsumedCapacity")]
+    consumed_capacity: Option<serde_json::Value>,
+    #[serde(rename = "UnprocessedItems")]
+    unprocessed_items: Option<HashMap<String, Vec<IgnoredAny>>>,
+    #[serde(rename = "UnprocessedKeys")]
+    unprocessed_keys: Option<HashMap<String, KeysAndAttributes>>,
+    #[serde(rename = "LastEvaluatedKey")]
+    last_evaluated_key: Option<IgnoredAny>,
+    #[serde(rename = "Item")]
+    item: Option<IgnoredAny>,
+    #[serde(rename = "Responses")]
+    responses: Option<HashMap<String, Vec<IgnoredAny>>>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct KeysAndAttributes {
+    #[serde(rename = "Keys", default)]
+    keys: Vec<IgnoredAny>,
+}
+
 /// The result of one request: success with the number of items it returned or wrote, or
 /// the error.
 pub fn summarize(status_code: u16, captured: &Captured, head_cap: usize) -> (Status, u64) {
     let whole = captured.complete && captured.total <= captured.head.len() as u64;
-    let body: Option<serde_json::Value> = if whole {
+    let body: Option<Reply> = if whole {
         if captured.gzip {
             gunzip(&captured.head, head_cap).and_then(|b| serde_json::from_slice(&b).ok())
         } else {
@@ -32,9 +68,10 @@ pub fn summarize(status_code: u16, captured: &Captured, head_cap: usize) -> (Sta
         None
     };
     if !(200..300).contains(&status_code) {
-        let (kind, message) = match &body {
+        let (kind, message) = match body {
             Some(b) => {
-                (error_type(b), b.get("message").or_else(|| b.get("Message")).and_then(|m| m.as_str()).unwrap_or_default().to_string())
+                let full = b.kind.unwrap_or_else(|| "UnknownError".into());
+                (full.rsplit('#').next().unwrap_or(&full).to_string(), b.message.unwrap_or_default())
             }
             // Query-protocol XML, as AWS's front door (and moto) answer some refusals.
             None => {
@@ -53,34 +90,29 @@ pub fn summarize(status_code: u16, captured: &Captured, head_cap: usize) -> (Sta
     let Some(body) = body else {
         return (Status { success: true, error: String::new(), message: counts_from_text(&captured.head, &captured.tail) }, 0);
     };
-    let count = |key: &str| body.get(key).and_then(|v| v.as_u64());
     let mut parts = Vec::new();
-    for key in ["Count", "ScannedCount"] {
-        if let Some(n) = count(key) {
+    for (key, n) in [("Count", body.count), ("ScannedCount", body.scanned_count)] {
+        if let Some(n) = n {
             parts.push(format!("{key} {n}"));
         }
     }
-    if let Some(units) = consumed_units(body.get("ConsumedCapacity")) {
+    if let Some(units) = consumed_units(body.consumed_capacity.as_ref()) {
         parts.push(format!("ConsumedCapacity {units}"));
     }
-    let unprocessed = body.get("UnprocessedItems").or_else(|| body.get("UnprocessedKeys")).and_then(|u| u.as_object()).map(|tables| {
-        tables
-            .values()
-            .map(|v| v.as_array().map_or_else(|| v.get("Keys").and_then(|k| k.as_array()).map_or(0, Vec::len), Vec::len))
-            .sum::<usize>()
-    });
+    let unprocessed = match (&body.unprocessed_items, &body.unprocessed_keys) {
+        (Some(items), _) => Some(items.values().map(Vec::len).sum::<usize>()),
+        (None, Some(keys)) => Some(keys.values().map(|k| k.keys.len()).sum::<usize>()),
+        (None, None) => None,
+    };
     if let Some(n) = unprocessed {
         parts.push(format!("UnprocessedItems {n}"));
     }
-    if body.get("LastEvaluatedKey").is_some() {
+    if body.last_evaluated_key.is_some() {
         parts.push("more pages (LastEvaluatedKey)".into());
     }
-    let affected = count("Count").unwrap_or_else(|| {
-        let items = body.get("Item").map(|_| 1).or_else(|| {
-            body.get("Responses")
-                .and_then(|r| r.as_object())
-                .map(|t| t.values().filter_map(|v| v.as_array()).map(Vec::len).sum::<usize>() as u64)
-        });
+    let affected = body.count.unwrap_or_else(|| {
+        let items =
+            body.item.as_ref().map(|_| 1).or_else(|| body.responses.as_ref().map(|t| t.values().map(Vec::len).sum::<usize>() as u64));
         items.unwrap_or(0)
     });
     (Status { success: true, error: String::new(), message: parts.join(", ") }, affected)
@@ -90,12 +122,6 @@ fn between<'a>(text: &'a str, open: &str, close: &str) -> Option<&'a str> {
     let start = text.find(open)? + open.len();
     let len = text[start..].find(close)?;
     Some(&text[start..start + len])
-}
-
-/// `com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException` → the part after `#`.
-fn error_type(body: &serde_json::Value) -> String {
-    let full = body.get("__type").and_then(|t| t.as_str()).unwrap_or("UnknownError");
-    full.rsplit('#').next().unwrap_or(full).to_string()
 }
 
 fn consumed_units(value: Option<&serde_json::Value>) -> Option<f64> {

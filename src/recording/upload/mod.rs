@@ -95,6 +95,10 @@ impl Uploader {
                 continue;
             }
             let Ok(summary) = self.store.read_summary(&sid) else { continue };
+            if summary.state == RecordingState::Unsealed && summary.error.starts_with("damaged") {
+                self.quarantine(&sid);
+                continue;
+            }
             let sealed = matches!(summary.state, RecordingState::Sealed | RecordingState::Recovered);
             if sealed && self.store.manifest_path(&sid).exists() {
                 pending.push((summary.start_ms, sid));
@@ -102,6 +106,27 @@ impl Uploader {
         }
         pending.sort();
         Ok(pending.into_iter().map(|(_, sid)| sid).collect())
+    }
+
+    /// Moves a recording crash recovery found damaged (so never signed, never uploaded) into
+    /// `quarantine/`, out of the queue's way. It is kept, never deleted: it may still be
+    /// evidence.
+    fn quarantine(&self, sid: &str) {
+        let dir = self.store.dir().join("quarantine");
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            tracing::error!(sid, error = %e, "cannot create the quarantine folder");
+            return;
+        }
+        for path in [self.store.recording_path(sid), self.store.meta_path(sid), self.store.manifest_path(sid)] {
+            if let Some(name) = path.file_name() {
+                if path.exists() {
+                    if let Err(e) = std::fs::rename(&path, dir.join(name)) {
+                        tracing::error!(sid, error = %e, "cannot move a damaged recording into quarantine");
+                    }
+                }
+            }
+        }
+        tracing::warn!(sid, "damaged recording moved to quarantine/ (kept, not uploaded)");
     }
 
     /// Uploads every pending recording once (with retries); failures wait for the next pass.
