@@ -204,7 +204,7 @@ fn dynamodb_request_has_no_status_block() {
         raw_query: String::new(),
         method: "POST".into(),
         target: "DynamoDB_20120810.GetItem".into(),
-        body: Some(json!({"TableName": "t", "Key": {"pk": {"S": "a"}}})),
+        body: dbtape::audit::JsonBody::from_value(&json!({"TableName": "t", "Key": {"pk": {"S": "a"}}})),
         uri: Some("https://dynamodb.us-east-1.amazonaws.com".into()),
         failed: false,
     };

@@ -84,6 +84,66 @@ impl Status {
     }
 }
 
+/// A JSON object recorded as sent (DynamoDB request bodies): validated and stored compact,
+/// never built into a tree, since a nested item would be dozens of allocations per request.
+#[derive(Debug, Clone)]
+pub struct JsonBody(Box<serde_json::value::RawValue>);
+
+impl JsonBody {
+    /// The body if it is a JSON object, with the whitespace between tokens removed (a line
+    /// break there would end the event's line in the recording).
+    pub fn object(bytes: &[u8]) -> Option<JsonBody> {
+        let first = bytes.iter().find(|b| !b.is_ascii_whitespace())?;
+        if *first != b'{' {
+            return None;
+        }
+        let text = std::str::from_utf8(bytes).ok()?;
+        let raw = serde_json::value::RawValue::from_string(compact(text)).ok()?;
+        Some(JsonBody(raw))
+    }
+
+    pub fn from_value(value: &serde_json::Value) -> Option<JsonBody> {
+        serde_json::value::to_raw_value(value).ok().filter(|_| value.is_object()).map(JsonBody)
+    }
+
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    pub fn raw(&self) -> &serde_json::value::RawValue {
+        &self.0
+    }
+}
+
+impl PartialEq for JsonBody {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+/// JSON text without whitespace outside strings.
+fn compact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in text.chars() {
+        if in_string {
+            out.push(c);
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+        } else if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// One event's own fields; the variant decides `event` and `code`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EventBody {
@@ -155,7 +215,7 @@ pub enum EventBody {
         raw_query: String,
         method: String,
         target: String,
-        body: Option<serde_json::Value>,
+        body: Option<JsonBody>,
         uri: Option<String>,
         failed: bool,
     },
@@ -453,7 +513,7 @@ struct Wire<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     target: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    body: Option<&'a serde_json::Value>,
+    body: Option<&'a serde_json::value::RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
     lost_events: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -623,7 +683,7 @@ impl AuditEvent<'_> {
                 w.raw_query = some(raw_query);
                 w.method = some(method);
                 w.target = some(target);
-                w.body = body.as_ref().filter(|b| b.is_object());
+                w.body = body.as_ref().map(JsonBody::raw);
             }
             EventBody::RecordingGap { lost_events, error, lost_from_ms, lost_until_ms } => {
                 w.lost_events = Some(*lost_events);

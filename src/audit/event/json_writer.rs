@@ -77,8 +77,8 @@ impl Wire<'_> {
         opt_str(out, "target", self.target);
         if let Some(body) = self.body {
             key(out, "body");
-            // Rare (DynamoDB bodies) and arbitrary: serde_json's own writer.
-            let _ = serde_json::to_writer(&mut *out, body);
+            // Validated and compacted when captured.
+            out.extend_from_slice(body.get().as_bytes());
         }
         opt_u64(out, "lost_events", self.lost_events);
         for (name, t) in [("lost_from", &self.lost_from), ("lost_until", &self.lost_until)] {
@@ -299,7 +299,10 @@ mod tests {
                 raw_query: s("a=b"),
                 method: "POST".into(),
                 target: "DynamoDB_20120810.GetItem".into(),
-                body: Some(serde_json::json!({"TableName": s("t"), "Key": {"id": {"S": "1"}}})),
+                body: crate::audit::JsonBody::object(
+                    br#" { "TableName" : "t\u0001 \" x" ,
+  "Key": {"id": {"S": "1"}}}"#,
+                ),
                 uri: Some("https://dynamodb.eu-west-1.amazonaws.com".into()),
                 failed: false,
             },
@@ -309,7 +312,7 @@ mod tests {
                 raw_query: String::new(),
                 method: String::new(),
                 target: String::new(),
-                body: Some(serde_json::json!([1, 2])),
+                body: crate::audit::JsonBody::object(b"[1, 2]"),
                 uri: None,
                 failed: true,
             },

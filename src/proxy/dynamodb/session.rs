@@ -21,7 +21,7 @@ use super::summary::summarize;
 use super::tee::Tee;
 use super::upstream::{resign, Line};
 use super::DbState;
-use crate::audit::{now_ms, AuditPort, EventBody, Status, Truncation};
+use crate::audit::{now_ms, AuditPort, EventBody, JsonBody, Status, Truncation};
 use crate::server::{ConnectionInfo, ListenerContext, SessionIdentity};
 
 pub type ResponseBody = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -347,7 +347,7 @@ async fn session_for(conn: &Conn, inner: &mut Inner, who: &Who, user_agent: &str
 
 /// The request body as the event's JSON object, or why it is not stored: over the
 /// recording's cap (length and SHA-256 kept), or not JSON.
-fn captured_body(headers: &http::HeaderMap, body: &[u8], cap: usize) -> (Option<serde_json::Value>, Vec<Truncation>) {
+fn captured_body(headers: &http::HeaderMap, body: &[u8], cap: usize) -> (Option<JsonBody>, Vec<Truncation>) {
     let content_type = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
     let essence = content_type.split(';').next().unwrap_or_default().trim();
     let json =
@@ -358,10 +358,7 @@ fn captured_body(headers: &http::HeaderMap, body: &[u8], cap: usize) -> (Option<
     if body.len() > cap {
         return (None, vec![Truncation::omitted("body", body)]);
     }
-    match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(value) if value.is_object() => (Some(value), Vec::new()),
-        _ => (None, Vec::new()),
-    }
+    (JsonBody::object(body), Vec::new())
 }
 
 /// A byte count in the body budget's units (KiB, rounded up).
