@@ -291,7 +291,13 @@ async fn forward(conn: &Conn, parts: http::request::Parts, body: Bytes, who: Who
                 }
             }
             Err(result) => {
-                let task = tokio::spawn(async move {
+                // The tee can be dropped while a runtime shuts down, where nothing can be
+                // spawned any more.
+                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                    tracing::error!("a DynamoDB result could not be recorded: the runtime is shutting down");
+                    return;
+                };
+                let task = runtime.spawn(async move {
                     if port.emit(*result).await.is_err() {
                         stopped.store(true, Ordering::Release);
                     }
