@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Helpers the protocol benchmarks share. Sourced by scripts/bench-pg.sh and scripts/bench-mongo.sh,
+# Helpers the protocol benchmarks share. Sourced by scripts/bench-pg.sh, bench-mongo.sh and bench-dynamodb.sh,
 # which set WORK (a scratch folder) and PIDS (processes to stop) first.
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
@@ -27,4 +27,57 @@ CONF
     setsid haproxy -f "$WORK/haproxy.cfg" -db > "$WORK/haproxy.log" 2>&1 &
     HAPROXY_PID=$!
     PIDS+=($HAPROXY_PID)
+}
+
+# ROUNDS interleaved rounds of DURATION over direct, haproxy and dbtape, then the summary and
+# one `RESULT NAME …` line. The caller defines `load_of PATH` (runs the load for that path and
+# prints its line: `<COUNT>=<n> seconds=<s> p99_us=<p99> [errors=<n>]`) and `pid_of PATH` (the
+# proxy's pid, empty for direct). PROFILE=1 profiles dbtape into target/perf-NAME.txt.
+bench_rounds() { # NAME COUNT UNIT RATE
+    local name=$1 count=$2 unit=$3 rate=$4
+    echo "== $ROUNDS round(s) of ${DURATION}s per path, $CLIENTS clients, interleaved"
+    for round in $(seq "$ROUNDS"); do
+        for path in direct haproxy dbtape; do
+            local pid before=0 perf= out n secs p99 errors cpu_us=""
+            pid=$(pid_of $path)
+            [[ -n $pid ]] && before=$(cpu_ticks "$pid")
+            if [[ $path == dbtape && -n ${PROFILE:-} ]]; then
+                perf record -F 999 -g -p "$pid" -o "$ROOT/target/perf-$name.data" -- sleep "$DURATION" >/dev/null 2>&1 &
+                perf=$!
+            fi
+            out=$(load_of $path)
+            if [[ -n $perf ]]; then
+                wait "$perf" || true
+                perf report -i "$ROOT/target/perf-$name.data" --no-children --percent-limit 0.7 --stdio 2>/dev/null |
+                    grep -E '^ +[0-9]' > "$ROOT/target/perf-$name.txt" || true
+            fi
+            n=$(sed -n "s/.*$count=\([0-9]*\).*/\1/p" <<< "$out")
+            secs=$(sed -n 's/.*seconds=\([0-9.]*\).*/\1/p' <<< "$out")
+            p99=$(sed -n 's/.*p99_us=\([0-9]*\).*/\1/p' <<< "$out")
+            errors=$(sed -n 's/.*errors=\([0-9]*\).*/\1/p' <<< "$out")
+            [[ ${errors:-0} == 0 ]] || { echo "bench: $path answered $errors $unit(s) with errors" >&2; exit 1; }
+            if [[ -n $pid ]]; then
+                cpu_us=$(python3 -c "print(f'{($(cpu_ticks "$pid") - $before) * 1e6 / $(getconf CLK_TCK) / $n:.1f}')")
+            fi
+            python3 -c "print(f'   round $round  $path: {$n / $secs:9.0f} $unit/s  p99 {$p99 / 1000:.2f} ms' + ('  proxy CPU $cpu_us us/$unit' if '$cpu_us' else ''))"
+            echo "$path $(python3 -c "print($n / $secs)") $p99 $cpu_us" >> "$WORK/results"
+        done
+    done
+    python3 - "$WORK/results" "$name" "$unit" "$rate" <<'PY'
+import statistics, sys
+path, name, unit, rate = sys.argv[1:]
+rows = [line.split() for line in open(path)]
+def mean(p, col):
+    values = [float(r[col]) for r in rows if r[0] == p and len(r) > col]
+    return statistics.mean(values) if values else 0.0
+speed = {p: mean(p, 1) for p in ("direct", "haproxy", "dbtape")}
+cpu = {p: mean(p, 3) for p in ("haproxy", "dbtape")}
+rounds = [float(r[1]) for r in rows if r[0] == "dbtape"]
+ha_rounds = [float(r[1]) for r in rows if r[0] == "haproxy"]
+ratios = ", ".join(f"{d / h:.2f}" for d, h in zip(rounds, ha_rounds))
+print(f"   dbtape/haproxy {speed['dbtape'] / speed['haproxy']:.2f} (rounds {ratios}); dbtape/direct {speed['dbtape'] / speed['direct']:.2f}")
+print(f"   proxy CPU per {unit}: dbtape {cpu['dbtape']:.1f} us, haproxy {cpu['haproxy']:.1f} us")
+print(f"RESULT {name} direct_{rate}={speed['direct']:.0f} haproxy_{rate}={speed['haproxy']:.0f} dbtape_{rate}={speed['dbtape']:.0f} "
+      f"dbtape_cpu_us={cpu['dbtape']:.1f} haproxy_cpu_us={cpu['haproxy']:.1f} dbtape_p99_us={mean('dbtape', 2):.0f} direct_p99_us={mean('direct', 2):.0f}")
+PY
 }

@@ -106,50 +106,7 @@ pid_of() {
     esac
 }
 
-echo "== $ROUNDS round(s) of ${DURATION}s per path, $CLIENTS clients, interleaved"
-for round in $(seq "$ROUNDS"); do
-    for path in direct haproxy dbtape; do
-        pid=$(pid_of $path)
-        before=0
-        [[ -n $pid ]] && before=$(cpu_ticks "$pid")
-        perf=
-        if [[ $path == dbtape && -n ${PROFILE:-} ]]; then
-            perf record -F 999 -g -p "$pid" -o "$ROOT/target/perf-mongo.data" -- sleep "$DURATION" >/dev/null 2>&1 &
-            perf=$!
-        fi
-        out=$("$LOAD" "$(uri_of $path)" "$CLIENTS" "$DURATION")
-        if [[ -n $perf ]]; then
-            wait "$perf" || true
-            perf report -i "$ROOT/target/perf-mongo.data" --no-children --percent-limit 0.7 --stdio 2>/dev/null |
-                grep -E '^ +[0-9]' > "$ROOT/target/perf-mongo.txt" || true
-        fi
-        ops=$(sed -n 's/.*ops=\([0-9]*\).*/\1/p' <<< "$out")
-        secs=$(sed -n 's/.*seconds=\([0-9.]*\).*/\1/p' <<< "$out")
-        p99=$(sed -n 's/.*p99_us=\([0-9]*\).*/\1/p' <<< "$out")
-        cpu_us=""
-        if [[ -n $pid ]]; then
-            ticks=$(( $(cpu_ticks "$pid") - before ))
-            cpu_us=$(python3 -c "print(f'{$ticks * 1e6 / $(getconf CLK_TCK) / $ops:.1f}')")
-        fi
-        python3 -c "print(f'   round $round  $path: {$ops / $secs:9.0f} ops/s  p99 {$p99 / 1000:.2f} ms' + ('  proxy CPU $cpu_us us/op' if '$cpu_us' else ''))"
-        echo "$path $(python3 -c "print($ops / $secs)") $p99 $cpu_us" >> "$WORK/results"
-    done
-done
+load_of() { "$LOAD" "$(uri_of "$1")" "$CLIENTS" "$DURATION"; }
 
-python3 - "$WORK/results" <<'PY'
-import statistics, sys
-rows = [line.split() for line in open(sys.argv[1])]
-def mean(path, col):
-    values = [float(r[col]) for r in rows if r[0] == path and len(r) > col]
-    return statistics.mean(values) if values else 0.0
-ops = {p: mean(p, 1) for p in ("direct", "haproxy", "dbtape")}
-cpu = {p: mean(p, 3) for p in ("haproxy", "dbtape")}
-rounds = [float(r[1]) for r in rows if r[0] == "dbtape"]
-ha_rounds = [float(r[1]) for r in rows if r[0] == "haproxy"]
-ratios = ", ".join(f"{d / h:.2f}" for d, h in zip(rounds, ha_rounds))
-print(f"   dbtape/haproxy {ops['dbtape'] / ops['haproxy']:.2f} (rounds {ratios}); dbtape/direct {ops['dbtape'] / ops['direct']:.2f}")
-print(f"   proxy CPU per operation: dbtape {cpu['dbtape']:.1f} us, haproxy {cpu['haproxy']:.1f} us")
-print(f"RESULT mongo direct_ops={ops['direct']:.0f} haproxy_ops={ops['haproxy']:.0f} dbtape_ops={ops['dbtape']:.0f} "
-      f"dbtape_cpu_us={cpu['dbtape']:.1f} haproxy_cpu_us={cpu['haproxy']:.1f} dbtape_p99_us={mean('dbtape', 2):.0f} direct_p99_us={mean('direct', 2):.0f}")
-PY
+bench_rounds mongo ops op ops
 "$BIN" ls --dir "$WORK/recordings" --limit 3

@@ -129,25 +129,10 @@ pub const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
-/// Headers never forwarded: the client's signature and the hop's own.
-const DROPPED: &[&str] = &[
-    "authorization",
-    "x-amz-date",
-    "x-amz-security-token",
-    "x-amz-content-sha256",
-    "host",
-    "content-length",
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "expect",
-];
+/// Client headers never forwarded besides the hop-by-hop ones: the client's signature, and
+/// what dbtape sets itself for the endpoint.
+const DROPPED: &[&str] =
+    &["authorization", "x-amz-date", "x-amz-security-token", "x-amz-content-sha256", "host", "content-length", "expect"];
 
 /// The client's request for the endpoint, signed with `credentials`.
 pub fn resign(
@@ -161,7 +146,8 @@ pub fn resign(
     let mut headers = HeaderMap::with_capacity(client_headers.len() + 4);
     for (name, value) in client_headers {
         // A value that is not visible ASCII cannot be signed, so it is not sent either.
-        if !DROPPED.contains(&name.as_str()) && value.to_str().is_ok() {
+        let dropped = DROPPED.contains(&name.as_str()) || HOP_BY_HOP.contains(&name.as_str());
+        if !dropped && value.to_str().is_ok() {
             headers.append(name.clone(), value.clone());
         }
     }
