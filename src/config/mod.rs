@@ -68,12 +68,7 @@ pub struct Config {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let issue = |key: &str, message: String, fix: &str| ConfigError {
-            issues: vec![ConfigIssue { file: path.to_path_buf(), key: key.into(), message, fix: fix.into() }],
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            issue("(file)", format!("cannot read: {e}"), "pass the right file with --config, or copy examples/dbtape.toml to dbtape.toml")
-        })?;
+        let text = read_text(path, "pass the right file with --config, or copy examples/dbtape.toml to dbtape.toml")?;
         Self::parse(&text, path)
     }
 
@@ -85,14 +80,7 @@ impl Config {
 
     /// The `[storage.s3]` settings alone (no secret is read), for reviewing from the bucket.
     pub fn load_storage_settings(path: &Path) -> Result<Option<S3Storage>, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            issues: vec![ConfigIssue {
-                file: path.to_path_buf(),
-                key: "(file)".into(),
-                message: format!("cannot read: {e}"),
-                fix: "pass the config file that names the bucket with --config".into(),
-            }],
-        })?;
+        let text = read_text(path, "pass the config file that names the bucket with --config")?;
         Ok(Self::parse_raw(&text, path)?.storage.s3)
     }
 
@@ -101,14 +89,7 @@ impl Config {
     /// no other section is checked, so a reviewer needs neither the proxy's secrets nor its
     /// certificates.
     pub fn load_recording_settings(path: &Path) -> Result<RecordingSection, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            issues: vec![ConfigIssue {
-                file: path.to_path_buf(),
-                key: "(file)".into(),
-                message: format!("cannot read: {e}"),
-                fix: "pass the right file with --config, or use --dir to name the recordings folder".into(),
-            }],
-        })?;
+        let text = read_text(path, "pass the right file with --config, or use --dir to name the recordings folder")?;
         let raw = Self::parse_raw(&text, path)?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         validate::check_recording_only(&raw, path, &base)
@@ -140,4 +121,11 @@ fn toml_error_key(text: &str, error: &toml::de::Error) -> String {
         }
         None => "(file)".into(),
     }
+}
+
+/// The config file's text, or an error naming the file and `fix`.
+fn read_text(path: &Path, fix: &str) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
+        issues: vec![ConfigIssue { file: path.to_path_buf(), key: "(file)".into(), message: format!("cannot read: {e}"), fix: fix.into() }],
+    })
 }
