@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{sign, PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings};
 use aws_sigv4::sign::v4;
+use sha2::Digest;
 
 /// How far a request's `X-Amz-Date` may be from the proxy's clock, either way (AWS's own limit).
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
@@ -89,7 +90,14 @@ pub struct SignedRequest<'a> {
     pub path_and_query: &'a str,
     /// Every header as received (names in any case; repeated names allowed).
     pub headers: Vec<(&'a str, &'a str)>,
-    pub body: &'a [u8],
+    /// The body's SHA-256 (hex), from `payload_sha256`: computed once per request, for this
+    /// check and for signing the request anew.
+    pub payload_sha256: &'a str,
+}
+
+/// The body's SHA-256 in hex, as SigV4's canonical request carries it.
+pub fn payload_sha256(body: &[u8]) -> String {
+    crate::recording::format::hex(&sha2::Sha256::digest(body))
 }
 
 /// Parses `X-Amz-Date` (`20261126T205342Z`).
@@ -140,8 +148,9 @@ pub fn verify(auth: &Authorization<'_>, request: &SignedRequest<'_>, secret: &st
         .build()
         .map_err(|e| VerifyError::Malformed(e.to_string()))?
         .into();
-    let signable = SignableRequest::new(request.method, uri, signed.into_iter(), SignableBody::Bytes(request.body))
-        .map_err(|e| VerifyError::Malformed(e.to_string()))?;
+    let signable =
+        SignableRequest::new(request.method, uri, signed.into_iter(), SignableBody::Precomputed(request.payload_sha256.to_string()))
+            .map_err(|e| VerifyError::Malformed(e.to_string()))?;
     let output = sign(signable, &params).map_err(|e| VerifyError::Malformed(e.to_string()))?;
     if constant_time_eq(output.signature().as_bytes(), auth.signature.to_ascii_lowercase().as_bytes()) {
         Ok(())
@@ -200,7 +209,7 @@ mod tests {
                 ("X-Amz-Date", date),
                 ("User-Agent", "not signed"),
             ],
-            body,
+            payload_sha256: &payload_sha256(body),
         };
         verify(&auth, &request, SECRET, now)
     }

@@ -53,12 +53,16 @@ pub struct ClientKey {
     pub secret: String,
 }
 
+/// A request's signature header, parsed, and the key it names.
+pub struct Identified<'a> {
+    auth: Authorization<'a>,
+    key: &'a ClientKey,
+    wanted_role: Option<&'a str>,
+}
+
 /// What the headers alone show: a well-formed signature by a known key. Checked before the
 /// body is read, so a stranger cannot make dbtape buffer request bodies.
-pub fn identify<'a>(
-    state: &'a DbState,
-    parts: &'a http::request::Parts,
-) -> Result<(Authorization<'a>, &'a ClientKey, Option<&'a str>), Refusal> {
+pub fn identify<'a>(state: &'a DbState, parts: &'a http::request::Parts) -> Result<Identified<'a>, Refusal> {
     let Some(header) = parts.headers.get(http::header::AUTHORIZATION) else {
         return Err(Refusal::new(ErrorKind::MissingAuthenticationToken, "", "the request is not signed".into()));
     };
@@ -70,11 +74,17 @@ pub fn identify<'a>(
         let shown = super::session::truncate(key_id, 128);
         return Err(Refusal::new(ErrorKind::UnrecognizedClient, "", format!("unknown access key id {shown:?}")));
     };
-    Ok((auth, key, wanted_role))
+    Ok(Identified { auth, key, wanted_role })
 }
 
-pub fn authenticate(ctx: &ListenerContext, state: &DbState, parts: &http::request::Parts, body: &[u8]) -> Result<Who, Refusal> {
-    let (auth, key, wanted_role) = identify(state, parts)?;
+/// Checks the signature of an identified request over its body's hash, then its role.
+pub fn authenticate(
+    ctx: &ListenerContext,
+    parts: &http::request::Parts,
+    identified: Identified<'_>,
+    payload_sha256: &str,
+) -> Result<Who, Refusal> {
+    let Identified { auth, key, wanted_role } = identified;
     if auth.service != "dynamodb" {
         return Err(Refusal::new(
             ErrorKind::InvalidSignature,
@@ -86,7 +96,7 @@ pub fn authenticate(ctx: &ListenerContext, state: &DbState, parts: &http::reques
         method: parts.method.as_str(),
         path_and_query: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
         headers: parts.headers.iter().filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?))).collect(),
-        body,
+        payload_sha256,
     };
     verify(&auth, &request, &key.secret, SystemTime::now()).map_err(|e| {
         let kind = match e {

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::aws::sigv4_verify::{verify, Authorization, SignedRequest};
+use crate::aws::sigv4_verify::{payload_sha256, verify, Authorization, SignedRequest};
 
 pub fn request(data: &[u8]) {
     let Some((head, body)) = split_at_blank_line(data) else { return };
@@ -12,7 +12,8 @@ pub fn request(data: &[u8]) {
     let first = lines.next().unwrap_or_default();
     let (method, path) = first.split_once(' ').unwrap_or(("POST", "/"));
     let headers: Vec<(&str, &str)> = lines.filter_map(|l| l.split_once(':')).map(|(n, v)| (n.trim(), v.trim())).collect();
-    let request = SignedRequest { method, path_and_query: path, headers: headers.clone(), body };
+    let hash = payload_sha256(body);
+    let request = SignedRequest { method, path_and_query: path, headers: headers.clone(), payload_sha256: &hash };
     if let Some((_, value)) = headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("authorization")) {
         if let Ok(auth) = Authorization::parse(value) {
             let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000);

@@ -22,6 +22,7 @@ use super::tee::Tee;
 use super::upstream::{resign, Line};
 use super::DbState;
 use crate::audit::{now_ms, AuditPort, EventBody, JsonBody, Status, Truncation};
+use crate::aws::sigv4_verify::payload_sha256;
 use crate::server::{ConnectionInfo, ListenerContext, SessionIdentity};
 
 pub type ResponseBody = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -130,13 +131,16 @@ async fn handle(conn: &Conn, request: Request<Incoming>) -> Response<ResponseBod
         .await;
         return too_large();
     }
-    if let Err(refusal) = identify(&conn.state, &parts) {
-        let mut response = error(refusal.kind, &refusal.client_message());
-        // Its body is never read, so the connection cannot carry another request.
-        response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
-        refuse(conn, &parts, refusal).await;
-        return response;
-    }
+    let identified = match identify(&conn.state, &parts) {
+        Ok(identified) => identified,
+        Err(refusal) => {
+            let mut response = error(refusal.kind, &refusal.client_message());
+            // Its body is never read, so the connection cannot carry another request.
+            response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+            refuse(conn, &parts, refusal).await;
+            return response;
+        }
+    };
     // Bodies being read count against one budget for the database, so many connections
     // sending large bodies at once wait their turn instead of exhausting memory.
     let reserve = declared.map_or(max, |n| n as usize).min(max);
@@ -151,7 +155,8 @@ async fn handle(conn: &Conn, request: Request<Incoming>) -> Response<ResponseBod
         }
         Err(e) => return error(ErrorKind::Validation, &format!("the request body could not be read: {e}")),
     };
-    let who = match authenticate(&conn.ctx, &conn.state, &parts, &body) {
+    let payload_sha256 = payload_sha256(&body);
+    let who = match authenticate(&conn.ctx, &parts, identified, &payload_sha256) {
         Ok(who) => who,
         Err(refusal) => {
             let response = error(refusal.kind, &refusal.client_message());
@@ -160,7 +165,7 @@ async fn handle(conn: &Conn, request: Request<Incoming>) -> Response<ResponseBod
         }
     };
     let _ = conn.logged_in.send(true);
-    forward(conn, parts, body, who).await
+    forward(conn, parts, body, &payload_sha256, who).await
 }
 
 async fn refuse(conn: &Conn, parts: &http::request::Parts, refusal: Refusal) {
@@ -178,7 +183,7 @@ fn header<'a>(parts: &'a http::request::Parts, name: &str) -> &'a str {
     parts.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default()
 }
 
-async fn forward(conn: &Conn, parts: http::request::Parts, body: Bytes, who: Who) -> Response<ResponseBody> {
+async fn forward(conn: &Conn, parts: http::request::Parts, body: Bytes, payload_sha256: &str, who: Who) -> Response<ResponseBody> {
     let audit_failed = || error(ErrorKind::InternalServerError, crate::audit::AuditError::client_message_text());
     let mut inner = conn.inner.lock().await;
     wait_for_result(&mut inner).await;
@@ -249,7 +254,8 @@ async fn forward(conn: &Conn, parts: http::request::Parts, body: Bytes, who: Who
         }
     };
     let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let upstream_request = match resign(endpoint, &parts.method, path_and_query, &parts.headers, body, &assumed.credentials) {
+    let upstream_request = match resign(endpoint, &parts.method, path_and_query, &parts.headers, body, payload_sha256, &assumed.credentials)
+    {
         Ok(r) => r,
         Err(e) => return failed(ErrorKind::Validation, e.to_string(), format!("dbtape could not sign the request: {e}")).await,
     };

@@ -141,6 +141,7 @@ pub fn resign(
     path_and_query: &str,
     client_headers: &HeaderMap,
     body: Bytes,
+    payload_sha256: &str,
     credentials: &Credentials,
 ) -> Result<Request<Full<Bytes>>, UpstreamError> {
     let mut headers = HeaderMap::with_capacity(client_headers.len() + 4);
@@ -166,8 +167,9 @@ pub fn resign(
         .into();
     let uri = format!("{}{}", endpoint.uri, path_and_query);
     let pairs: Vec<(&str, &str)> = headers.iter().filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?))).collect();
-    let signable = SignableRequest::new(method.as_str(), uri.as_str(), pairs.into_iter(), SignableBody::Bytes(&body))
-        .map_err(|e| UpstreamError::Sign(e.to_string()))?;
+    let signable =
+        SignableRequest::new(method.as_str(), uri.as_str(), pairs.into_iter(), SignableBody::Precomputed(payload_sha256.to_string()))
+            .map_err(|e| UpstreamError::Sign(e.to_string()))?;
     let (instructions, _signature) = sign(signable, &params).map_err(|e| UpstreamError::Sign(e.to_string()))?.into_parts();
     for (name, value) in instructions.headers() {
         let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| UpstreamError::Sign(e.to_string()))?;
