@@ -1,6 +1,42 @@
 #!/usr/bin/env bash
-# Helpers the protocol benchmarks share. Sourced by scripts/bench-pg.sh, bench-mongo.sh and bench-dynamodb.sh,
-# which set WORK (a scratch folder) and PIDS (processes to stop) first.
+# Helpers the protocol benchmarks share, sourced by scripts/bench-pg.sh, bench-mongo.sh and
+# bench-dynamodb.sh. The helpers that start processes need WORK (a scratch folder) and PIDS
+# (processes to stop): bench_workdir sets both, or the bench sets them itself.
+
+# Installs, from Debian, what the bench needs: each argument is COMMAND[:PACKAGES], the
+# packages (comma-separated, default COMMAND) installed when COMMAND is missing.
+bench_need() {
+    local item need=() pkgs
+    for item in "$@"; do
+        command -v "${item%%:*}" >/dev/null && continue
+        if [[ $item == *:* ]]; then IFS=, read -r -a pkgs <<< "${item#*:}"; need+=("${pkgs[@]}"); else need+=("$item"); fi
+    done
+    if ((${#need[@]})); then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    fi
+}
+
+# dbtape and one load client (examples/NAME.rs) in release; sets BIN and LOAD.
+bench_build() { # EXAMPLE
+    echo "== building dbtape and the load client (release)"
+    cargo build --locked --release -q
+    cargo build --locked --release -q --example "$1"
+    BIN="$ROOT/target/release/dbtape"
+    LOAD="$ROOT/target/release/examples/$1"
+}
+
+# A scratch folder WORK and the list PIDS of processes started, both cleaned up at exit.
+bench_workdir() {
+    WORK=$(mktemp -d)
+    PIDS=()
+    trap bench_cleanup EXIT
+}
+bench_cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 100); do python3 -c "import socket; socket.create_connection(('127.0.0.1', $1), 0.5)" 2>/dev/null && return; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }

@@ -16,13 +16,8 @@ ROUNDS=${ROUNDS:-3}
 CLIENTS=${CLIENTS:-8}
 CACHE=${BENCH_CACHE:-$HOME/.cache/dbtape-bench}
 
-need=()
-command -v haproxy >/dev/null || need+=(haproxy)
-command -v npm >/dev/null || need+=(nodejs npm)
-if ((${#need[@]})); then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+source scripts/bench-common.sh
+bench_need haproxy npm:nodejs,npm
 systemctl stop haproxy >/dev/null 2>&1 || service haproxy stop >/dev/null 2>&1 || true
 if [[ ! -x $CACHE/node/node_modules/.bin/dynalite ]]; then
     echo "== installing dynalite (npm) into $CACHE/node"
@@ -32,21 +27,8 @@ fi
 # moto comes from the test services' venv.
 [[ -x $ROOT/.services/venv/bin/moto_server ]] || { scripts/services start >/dev/null; scripts/services stop >/dev/null; }
 
-echo "== building dbtape and the load client (release)"
-cargo build --locked --release -q
-cargo build --locked --release -q --example dynamo_load
-BIN="$ROOT/target/release/dbtape"
-LOAD="$ROOT/target/release/examples/dynamo_load"
-
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-source scripts/bench-common.sh
+bench_build dynamo_load
+bench_workdir
 
 DYNALITE_PORT=$(free_port)
 setsid node "$CACHE/node/node_modules/.bin/dynalite" --host 127.0.0.1 --port "$DYNALITE_PORT" --createTableMs 0 \

@@ -17,13 +17,8 @@ CLIENTS=${CLIENTS:-8}
 CACHE=${BENCH_CACHE:-$HOME/.cache/dbtape-bench}
 SECANTUS_VERSION=0.5.3-beta.196
 
-need=()
-command -v haproxy >/dev/null || need+=(haproxy)
-command -v cmake >/dev/null || need+=(cmake)
-if ((${#need[@]})); then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+source scripts/bench-common.sh
+bench_need haproxy cmake
 systemctl stop haproxy >/dev/null 2>&1 || service haproxy stop >/dev/null 2>&1 || true
 
 SERVER="$CACHE/bin/secantusd-rs"
@@ -34,21 +29,8 @@ if [[ ! -x $SERVER ]]; then
         --ignore-rust-version --root "$CACHE"
 fi
 
-echo "== building dbtape and the load client (release)"
-cargo build --locked --release -q
-cargo build --locked --release -q --example mongo_load
-BIN="$ROOT/target/release/dbtape"
-LOAD="$ROOT/target/release/examples/mongo_load"
-
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-source scripts/bench-common.sh
+bench_build mongo_load
+bench_workdir
 
 MONGO_PORT=$(free_port)
 mkdir -p "$WORK/data"

@@ -12,13 +12,8 @@ ROUNDS=${ROUNDS:-1}
 CLIENTS=${CLIENTS:-8}
 IDLE_CONNS=${IDLE_CONNS:-100}
 
-need=()
-command -v haproxy >/dev/null || need+=(haproxy)
-command -v pgbouncer >/dev/null || need+=(pgbouncer)
-if ((${#need[@]})); then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+source scripts/bench-common.sh
+bench_need haproxy pgbouncer
 # Debian starts packaged daemons; the bench runs its own.
 systemctl stop haproxy pgbouncer >/dev/null 2>&1 || service haproxy stop >/dev/null 2>&1 || true
 
@@ -42,7 +37,6 @@ cleanup() {
     rm -rf "$WORK"
 }
 trap cleanup EXIT
-source scripts/bench-common.sh
 
 export PGPASSWORD=$PG_PASSWORD
 DIRECT="host=localhost port=$PG_PORT user=postgres dbname=postgres sslmode=verify-full sslrootcert=$CERTS/ca.crt"
