@@ -156,13 +156,7 @@ async fn proxy_for(
 ) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
     let text = format!(
         r#"
-[server]
-shutdown_grace = "2s"
-[recording]
-dir = "{root}/recordings"
-signing_key = "{root}/key"
-batch_interval = "10ms"
-[[databases]]
+{preamble}[[databases]]
 name = "docdb"
 protocol = "mongodb"
 db_type = "documentdb"
@@ -183,7 +177,7 @@ scram_verifier = "{alice}"
 database = "docdb"
 db_users = ["{db_user}"]
 "#,
-        root = root.display(),
+        preamble = common::test_server_toml(root),
         alice = verifier(ALICE_PASSWORD),
     );
     run_server(&text, root).await
@@ -210,10 +204,7 @@ async fn mongodb_aws_logins_are_checked_by_sts_and_documentdb_users_are_role_arn
     let seen = Arc::new(Mutex::new(Seen::default()));
     let certs = services.get("CERTS").to_string();
     tokio::spawn(stand_in_server(listener, tls_acceptor(&certs), sts.clone(), seen.clone()));
-    std::env::set_var("AWS_ACCESS_KEY_ID", services.get("MOTO_ACCESS_KEY_ID"));
-    std::env::set_var("AWS_SECRET_ACCESS_KEY", services.get("MOTO_SECRET_ACCESS_KEY"));
-    std::env::remove_var("AWS_SESSION_TOKEN");
-    std::env::remove_var("AWS_PROFILE");
+    services.use_proxy_aws_identity();
 
     // DocumentDB: the db_user is the role's ARN; the proxy assumes it (external ID from the
     // config) and proves that identity to the server.

@@ -12,16 +12,6 @@ use common::services::Services;
 use dbtape::config::AwsOptions;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-fn aws_env(s: &Services) {
-    std::env::set_var("AWS_ACCESS_KEY_ID", s.get("MOTO_ACCESS_KEY_ID"));
-    std::env::set_var("AWS_SECRET_ACCESS_KEY", s.get("MOTO_SECRET_ACCESS_KEY"));
-    std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
-    std::env::set_var("AWS_CONFIG_FILE", "/nonexistent");
-    std::env::set_var("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent");
-    std::env::remove_var("AWS_CA_BUNDLE");
-    std::env::remove_var("AWS_PROFILE");
-}
-
 fn options(s: &Services, external_id: &str) -> AwsOptions {
     AwsOptions {
         region: "us-east-1".into(),
@@ -35,7 +25,7 @@ fn options(s: &Services, external_id: &str) -> AwsOptions {
 #[tokio::test]
 async fn assumed_role_credentials_are_fetched_and_cached() {
     let s = Services::load();
-    aws_env(&s);
+    s.use_proxy_aws_identity();
     let source = dbtape::aws::credentials::CredentialSource::new(&options(&s, "ext-123"), "dbtape-test").await.unwrap();
     let first = source.get().await.unwrap();
     assert!(first.access_key_id().starts_with("ASIA"), "{}", first.access_key_id());
@@ -168,7 +158,7 @@ async fn connect_alice(addr: SocketAddr) -> Result<(), tokio_postgres::Error> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxy_logs_in_upstream_with_an_rds_iam_token_over_tls() {
     let s = Services::load();
-    aws_env(&s);
+    s.use_proxy_aws_identity();
     let certs = s.get("CERTS");
     let tls = dbtape::proxy::tls::server_config(&dbtape::config::ClientTlsConfig {
         mode: None,

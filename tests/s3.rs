@@ -21,24 +21,17 @@ fn make_bucket(services: &Services) -> String {
     let bucket = format!("rec-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let script =
         "import sys, boto3\nboto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1').create_bucket(Bucket=sys.argv[2])";
-    let out = services.python().args(["-c", script, services.get("AWS_ENDPOINT"), &bucket]).envs(aws_env(services)).output().unwrap();
+    let out =
+        services.python().args(["-c", script, services.get("AWS_ENDPOINT"), &bucket]).envs(services.proxy_aws_vars()).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     bucket
-}
-
-fn aws_env(services: &Services) -> Vec<(&'static str, String)> {
-    vec![
-        ("AWS_ACCESS_KEY_ID", services.get("MOTO_ACCESS_KEY_ID").to_string()),
-        ("AWS_SECRET_ACCESS_KEY", services.get("MOTO_SECRET_ACCESS_KEY").to_string()),
-        ("AWS_CONFIG_FILE", "/nonexistent".into()),
-        ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent".into()),
-    ]
 }
 
 /// Object keys and ETags in the bucket.
 fn objects(services: &Services, bucket: &str) -> Vec<(String, String)> {
     let script = "import sys, boto3\nfor o in boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1').list_objects_v2(Bucket=sys.argv[2]).get('Contents', []): print(o['Key'], o['ETag'].strip('\"'))";
-    let out = services.python().args(["-c", script, services.get("AWS_ENDPOINT"), bucket]).envs(aws_env(services)).output().unwrap();
+    let out =
+        services.python().args(["-c", script, services.get("AWS_ENDPOINT"), bucket]).envs(services.proxy_aws_vars()).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split_once(' ')).map(|(k, e)| (k.to_string(), e.to_string())).collect()
 }
@@ -58,13 +51,7 @@ impl Setup {
         let certs = services.get("CERTS");
         let text = format!(
             r#"
-[server]
-shutdown_grace = "2s"
-[recording]
-dir = "{root}/recordings"
-signing_key = "{root}/key"
-batch_interval = "10ms"
-[storage.s3]
+{preamble}[storage.s3]
 bucket = "{bucket}"
 prefix = "dbtape/"
 region = "us-east-1"
@@ -92,7 +79,7 @@ scram_verifier = "{alice}"
 database = "pg"
 db_users = ["postgres"]
 "#,
-            root = root.path().display(),
+            preamble = common::test_server_toml(root.path()),
             pg_port = services.get("PG_PORT"),
             alice = verifier(ALICE_PASSWORD),
         );
@@ -107,7 +94,7 @@ db_users = ["postgres"]
             .args(["serve", "--config"])
             .arg(&self.config)
             .env("DBTAPE_TEST_PG_PASSWORD", self.services.get("PG_PASSWORD"))
-            .envs(aws_env(&self.services))
+            .envs(self.services.proxy_aws_vars())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -171,7 +158,7 @@ db_users = ["postgres"]
             .arg(&copy)
             .arg("--config")
             .arg(&self.config)
-            .envs(aws_env(&self.services))
+            .envs(self.services.proxy_aws_vars())
             .output()
             .unwrap();
         assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));

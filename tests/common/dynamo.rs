@@ -29,22 +29,12 @@ impl DynamoProxy {
     pub async fn start(extra: &str) -> DynamoProxy {
         let services = Services::load();
         let root = tempfile::tempdir().unwrap();
-        // The proxy's own AWS identity (the default chain): moto's IAM user "proxy".
-        std::env::set_var("AWS_ACCESS_KEY_ID", services.get("MOTO_ACCESS_KEY_ID"));
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", services.get("MOTO_SECRET_ACCESS_KEY"));
-        std::env::remove_var("AWS_SESSION_TOKEN");
-        std::env::remove_var("AWS_PROFILE");
+        services.use_proxy_aws_identity();
         std::env::set_var("DBTAPE_TEST_ALICE_AWS_SECRET", ALICE_SECRET);
         std::env::set_var("DBTAPE_TEST_BOB_AWS_SECRET", BOB_SECRET);
         let text = format!(
             r#"
-[server]
-shutdown_grace = "2s"
-[recording]
-dir = "{root}/recordings"
-signing_key = "{root}/key"
-batch_interval = "10ms"
-[[databases]]
+{preamble}[[databases]]
 name = "ddb"
 protocol = "dynamodb"
 listen = "127.0.0.1:0"
@@ -79,7 +69,7 @@ aws_secret_access_key = {{ env = "DBTAPE_TEST_BOB_AWS_SECRET" }}
 database = "ddb"
 db_users = ["audit-target"]
 "#,
-            root = root.path().display(),
+            preamble = super::test_server_toml(root.path()),
             aws = services.get("AWS_ENDPOINT"),
             account = services.get("MOTO_ACCOUNT_ID"),
             certs = services.get("CERTS"),

@@ -135,3 +135,12 @@ pub fn sessions_in(store: &RecordingStore) -> Vec<Vec<serde_json::Value>> {
 pub fn dbtape_bin() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_dbtape"))
 }
+
+/// The `[server]` and `[recording]` sections of an in-test proxy: a short shutdown grace and
+/// recordings under `root`, flushed every 10 ms.
+pub fn test_server_toml(root: &Path) -> String {
+    format!(
+        "[server]\nshutdown_grace = \"2s\"\n[recording]\ndir = \"{root}/recordings\"\nsigning_key = \"{root}/key\"\nbatch_interval = \"10ms\"\n",
+        root = root.display()
+    )
+}

@@ -26,4 +26,28 @@ impl Services {
     pub fn python(&self) -> std::process::Command {
         std::process::Command::new(format!("{}/bin/python", self.get("SERVICES_VENV")))
     }
+
+    /// The environment that gives a process dbtape's own AWS identity (moto's IAM user
+    /// "proxy") through the default credential chain, and nothing from this machine's AWS
+    /// configuration.
+    pub fn proxy_aws_vars(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", self.get("MOTO_ACCESS_KEY_ID").to_string()),
+            ("AWS_SECRET_ACCESS_KEY", self.get("MOTO_SECRET_ACCESS_KEY").to_string()),
+            ("AWS_EC2_METADATA_DISABLED", "true".into()),
+            ("AWS_CONFIG_FILE", "/nonexistent".into()),
+            ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent".into()),
+        ]
+    }
+
+    /// `proxy_aws_vars` for this test process, for dbtape run in-process (the credential chain
+    /// reads the process environment).
+    pub fn use_proxy_aws_identity(&self) {
+        for (name, value) in self.proxy_aws_vars() {
+            std::env::set_var(name, value);
+        }
+        for name in ["AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_CA_BUNDLE"] {
+            std::env::remove_var(name);
+        }
+    }
 }
