@@ -88,7 +88,7 @@ db_users = ["postgres"]
         Setup { root, services, port, config }
     }
 
-    fn serve(&self) -> Child {
+    fn serve(&self) -> Serving {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.root.path().join("serve.log")).unwrap();
         let child = common::dbtape_bin()
             .args(["serve", "--config"])
@@ -104,7 +104,7 @@ db_users = ["postgres"]
             assert!(Instant::now() < deadline, "dbtape did not start: {}", self.log());
             std::thread::sleep(Duration::from_millis(50));
         }
-        child
+        Serving(child)
     }
 
     fn log(&self) -> String {
@@ -166,17 +166,26 @@ db_users = ["postgres"]
     }
 }
 
-fn stop(mut child: Child) {
-    unsafe_sigterm(child.id());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "dbtape did not stop");
-        std::thread::sleep(Duration::from_millis(50));
+/// A running `dbtape serve`, killed if a failing test leaves it running.
+struct Serving(Child);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
     }
 }
 
-fn unsafe_sigterm(pid: u32) {
-    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+/// SIGTERM, as a service manager stops dbtape, and waits for it to exit.
+fn stop(mut serving: Serving) {
+    let _ = Command::new("kill").args(["-TERM", &serving.0.id().to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while serving.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "dbtape did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -277,8 +286,8 @@ fn an_s3_outage_and_a_killed_proxy_lose_nothing() {
     // A session in progress when the proxy is killed.
     let mut running = setup.psql("SELECT 'before the crash' AS note; SELECT pg_sleep(30)");
     std::thread::sleep(Duration::from_millis(1500));
-    serve.kill().unwrap(); // SIGKILL
-    let _ = serve.wait();
+    serve.0.kill().unwrap(); // SIGKILL
+    let _ = serve.0.wait();
     let _ = running.kill();
     let _ = running.wait();
     // S3 comes back and the proxy restarts: recovery seals the killed session, and both go up.
