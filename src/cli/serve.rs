@@ -30,8 +30,9 @@ pub fn run(config_path: &Path) -> Result<(), Failure> {
         for (name, addr) in server.local_addrs() {
             tracing::info!(database = %name, %addr, "serving");
         }
+        let shutdown = shutdown_signal();
         tracing::info!("dbtape ready");
-        server.run(shutdown_signal()).await;
+        server.run(shutdown).await;
         // Every session is sealed now: the uploader's last pass takes them along.
         uploads.cancel();
         if let Some(task) = uploader {
