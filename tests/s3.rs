@@ -302,6 +302,17 @@ fn an_s3_outage_and_a_killed_proxy_lose_nothing() {
     assert_eq!(verified.lines().filter(|l| l.contains("  OK")).count(), 2, "{verified}");
     let listed: serde_json::Value = serde_json::from_str(&setup.review(&["ls", "--format", "json"])).unwrap();
     let crashed = listed.as_array().unwrap().iter().find(|s| s["state"] == "recovered").expect("the killed session, recovered");
-    let play = setup.review(&["play", "--format", "text", crashed["sid"].as_str().unwrap()]);
+    let crashed_sid = crashed["sid"].as_str().unwrap();
+    let play = setup.review(&["play", "--format", "text", crashed_sid]);
     assert!(play.contains("before the crash"), "every query the client saw answered is there: {play}");
+    // The end the dead proxy never wrote is rebuilt from the last recorded event, and says so.
+    let exported = setup.review(&["export", "--session", crashed_sid]);
+    let events: Vec<serde_json::Value> = exported.lines().map(|l| common::assert_schema_valid(l.as_bytes())).collect();
+    let (end, before) = events.split_last().unwrap();
+    assert_eq!(end["event"], "db.session.end", "{exported}");
+    assert_eq!(end["rebuilt"], true);
+    assert_eq!(end["ei"].as_u64(), before.last().unwrap()["ei"].as_u64().map(|ei| ei + 1));
+    assert_eq!(end["session_stop"], before.last().unwrap()["time"]);
+    assert_eq!(end["user"], "alice");
+    assert!(events.iter().filter(|e| e["event"] == "db.session.end").count() == 1);
 }

@@ -215,6 +215,15 @@ pub struct S3Storage {
     /// How often the uploader looks for recordings to upload or retry.
     #[serde(default = "default_scan_interval", with = "humantime_serde_compat")]
     pub scan_interval: std::time::Duration,
+    /// A multipart upload in the bucket that no local checkpoint owns and that began longer
+    /// ago than this is an orphan (its proxy host died): the sweeper completes it from the
+    /// parts it has, or aborts it if it has none.
+    #[serde(default = "default_stale_upload_after", with = "humantime_serde_compat")]
+    pub stale_upload_after: std::time::Duration,
+}
+
+fn default_stale_upload_after() -> std::time::Duration {
+    std::time::Duration::from_secs(24 * 3600)
 }
 
 fn default_part_size() -> usize {

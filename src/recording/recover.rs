@@ -67,6 +67,7 @@ fn recover_one(store: &RecordingStore, signer: &Signer, sid: &str, summary: Opti
         valid_length: scan.valid_length,
         key_id: signer.key_id().to_string(),
         signed_at_ms: chrono::Utc::now().timestamp_millis(),
+        rebuilt_end: if state == "recovered" { rebuild_end_event(&path, sid) } else { None },
     };
     let manifest = signer.sign(body).map_err(|e| StoreError::Parse { path: store.manifest_path(sid), reason: e.to_string() })?;
     store.write_manifest(&manifest)?;
@@ -83,6 +84,61 @@ fn recover_one(store: &RecordingStore, signer: &Signer, sid: &str, summary: Opti
     store.write_summary(&summary)?;
     tracing::warn!(sid, events = scan.tally.events, torn_bytes, "recovered an unsealed recording");
     Ok(RecoveryOutcome::Recovered { sid: sid.to_string(), events: scan.tally.events, torn_bytes })
+}
+
+/// The `db.session.end` a dead proxy never wrote: the session's fields from its start event,
+/// the time of its last recorded event, and `"rebuilt": true`. None when the session never
+/// started (a refused login) or its end is already recorded.
+fn rebuild_end_event(path: &std::path::Path, sid: &str) -> Option<serde_json::Value> {
+    use serde_json::{Map, Value};
+    let mut start: Option<Map<String, Value>> = None;
+    let mut last: Option<Vec<u8>> = None;
+    let mut stream = crate::replay::events::EventStream::open_path(path, sid).ok()?;
+    stream
+        .for_each_event(|line| {
+            if start.is_none() && crate::replay::events::peek_event_type(line).as_deref() == Some("db.session.start") {
+                start = serde_json::from_slice(line).ok();
+            }
+            last = Some(line.to_vec());
+            Ok(true)
+        })
+        .ok()?;
+    let start = start?;
+    let last: Map<String, Value> = serde_json::from_slice(&last?).ok()?;
+    if start.get("success") == Some(&Value::Bool(false)) || last.get("event").and_then(Value::as_str) == Some("db.session.end") {
+        return None;
+    }
+    let last_time = last.get("time")?.clone();
+    let mut end = Map::new();
+    end.insert("ei".into(), Value::from(last.get("ei")?.as_u64()? + 1));
+    end.insert("event".into(), Value::from(crate::audit::EventType::SessionEnd.as_str()));
+    end.insert("uid".into(), Value::from(uuid::Uuid::new_v4().to_string()));
+    end.insert("code".into(), Value::from(crate::audit::EventCode::SessionEnd.as_str()));
+    end.insert("time".into(), last_time.clone());
+    for field in [
+        "cluster_name",
+        "user",
+        "aws_role_arn",
+        "sid",
+        "db_service",
+        "db_protocol",
+        "db_uri",
+        "db_name",
+        "db_user",
+        "db_labels",
+        "db_aws_region",
+        "db_type",
+        "addr.local",
+        "addr.remote",
+    ] {
+        if let Some(value) = start.get(field) {
+            end.insert(field.into(), value.clone());
+        }
+    }
+    end.insert("session_start".into(), start.get("time")?.clone());
+    end.insert("session_stop".into(), last_time);
+    end.insert("rebuilt".into(), Value::Bool(true));
+    Some(Value::Object(end))
 }
 
 fn blank_summary(sid: &str, scan: &super::scan::ScanReport) -> SessionSummary {

@@ -143,6 +143,11 @@ pub struct ManifestBody {
     pub valid_length: u64,
     pub key_id: String,
     pub signed_at_ms: i64,
+    /// For a recording whose proxy died before its `db.session.end`: the end event crash
+    /// recovery rebuilt from the last recorded one, marked `"rebuilt": true`. It is signed
+    /// here rather than appended, because recovery never modifies the recording.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebuilt_end: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -58,6 +58,9 @@ pub struct EventStream {
     header: Option<SessionHeader>,
     /// Reused for compact frames' lines with the fixed fields spliced back in.
     expanded: Vec<u8>,
+    /// The end event crash recovery rebuilt and signed in the manifest, given after the
+    /// recording's own events.
+    rebuilt_end: Option<Vec<u8>>,
 }
 
 impl EventStream {
@@ -66,13 +69,25 @@ impl EventStream {
         let reader = FrameReader::new(BufReader::with_capacity(256 * 1024, file), sid)?;
         let probe = store.clone();
         let owned_sid = sid.to_string();
-        Ok(EventStream { reader, follow, is_live: Box::new(move || probe.is_locked(&owned_sid)), header: None, expanded: Vec::new() })
+        let rebuilt_end = store.read_manifest(sid).ok().flatten().and_then(|m| m.body.rebuilt_end).and_then(|event| {
+            let mut line = serde_json::to_vec(&event).ok()?;
+            line.push(b'\n');
+            Some(line)
+        });
+        Ok(EventStream {
+            reader,
+            follow,
+            is_live: Box::new(move || probe.is_locked(&owned_sid)),
+            header: None,
+            expanded: Vec::new(),
+            rebuilt_end,
+        })
     }
 
     pub fn open_path(path: &Path, sid: &str) -> std::io::Result<Self> {
         let file = File::open(path)?;
         let reader = FrameReader::new(BufReader::with_capacity(256 * 1024, file), sid)?;
-        Ok(EventStream { reader, follow: false, is_live: Box::new(|| false), header: None, expanded: Vec::new() })
+        Ok(EventStream { reader, follow: false, is_live: Box::new(|| false), header: None, expanded: Vec::new(), rebuilt_end: None })
     }
 
     /// Calls `on_frame` with each events frame's decompressed lines. `on_frame` returns false
@@ -119,6 +134,10 @@ impl EventStream {
                         self.reader.rewind_to_boundary()?;
                         self.follow = false;
                         continue;
+                    }
+                    if let Some(line) = self.rebuilt_end.take() {
+                        let time = peek_time_ms(&line).unwrap_or_default();
+                        on_frame(FrameInfo { min_time_ms: time, max_time_ms: time, events: 1 }, &line)?;
                     }
                     return Ok(match tail {
                         Tail::Clean => StreamEnd::Unsealed,

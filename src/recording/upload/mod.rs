@@ -6,7 +6,9 @@
 
 mod checkpoint;
 mod client;
+mod multipart;
 pub mod remote;
+mod sweeper;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,8 +18,8 @@ use base64::Engine as _;
 use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 
-use checkpoint::{Checkpoint, Part};
 pub use client::s3_client;
+pub use sweeper::SweepReport;
 
 use super::store::{write_atomic, RecordingState, RecordingStore, StoreError};
 use crate::config::S3Storage;
@@ -39,6 +41,9 @@ pub struct UploadedMarker {
     pub keys: Vec<String>,
     /// The recording object's ETag as S3 confirmed it.
     pub etag: String,
+    /// The multipart upload that carried it, if it went up in parts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_id: Option<String>,
     pub uploaded_at: chrono::DateTime<chrono::Utc>,
 }
 
@@ -47,6 +52,7 @@ pub struct UploadedMarker {
 pub struct PassReport {
     pub uploaded: Vec<String>,
     pub failed: Vec<(String, String)>,
+    pub swept: SweepReport,
 }
 
 pub struct Uploader {
@@ -56,6 +62,13 @@ pub struct Uploader {
     /// This instance's public signing key, published beside its recordings.
     public_key: PathBuf,
     server_id: String,
+    /// Multipart checkpoints this process wrote or checked against the file, by session id.
+    checkpoints: std::sync::Mutex<std::collections::HashMap<String, checkpoint::Checkpoint>>,
+    last_sweep: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 pub fn marker_path(store: &RecordingStore, sid: &str) -> PathBuf {
@@ -84,7 +97,29 @@ fn md5_b64(bytes: &[u8]) -> String {
 impl Uploader {
     pub async fn new(settings: &S3Storage, store: RecordingStore, public_key: PathBuf, server_id: String) -> Self {
         let client = s3_client(settings).await;
-        Uploader { settings: settings.clone(), client, store, public_key, server_id }
+        Uploader {
+            settings: settings.clone(),
+            client,
+            store,
+            public_key,
+            server_id,
+            checkpoints: Default::default(),
+            last_sweep: Default::default(),
+        }
+    }
+
+    fn key_base(&self, sid: &str, start_ms: i64) -> String {
+        key_base(&self.settings.prefix, sid, start_ms)
+    }
+
+    fn recording_key(&self, sid: &str, start_ms: i64) -> String {
+        format!("{}.{}", self.key_base(sid, start_ms), super::store::RECORDING_EXT)
+    }
+
+    /// Recordings being written now, by this process or another one on this folder.
+    fn live(&self) -> Vec<String> {
+        let Ok(ids) = self.store.session_ids() else { return Vec::new() };
+        ids.into_iter().filter(|sid| !marker_path(&self.store, sid).exists() && self.store.is_locked(sid)).collect()
     }
 
     /// Sealed recordings with no upload marker, oldest first.
@@ -148,7 +183,30 @@ impl Uploader {
                 }
             }
         }
+        // Long sessions still running: their whole parts go up now, not only once sealed.
+        for sid in self.live() {
+            if let Err(e) = self.upload_live_parts(&sid).await {
+                tracing::info!(sid, error = %e, "sending a live recording's parts failed; retried at the next pass");
+            }
+        }
+        if self.sweep_due() {
+            match self.sweep().await {
+                Ok(swept) => report.swept = swept,
+                Err(e) => tracing::info!(error = %e, "sweeping orphaned multipart uploads failed; retried later"),
+            }
+        }
         report
+    }
+
+    /// Sweeps run at most every half `stale_upload_after` (and at least every 10 minutes).
+    fn sweep_due(&self) -> bool {
+        let every = (self.settings.stale_upload_after / 2).min(Duration::from_secs(600));
+        let mut last = lock(&self.last_sweep);
+        if last.is_some_and(|t| t.elapsed() < every) {
+            return false;
+        }
+        *last = Some(std::time::Instant::now());
+        true
     }
 
     /// Runs passes every `scan_interval` until `shutdown`, then one last pass.
@@ -198,15 +256,17 @@ impl Uploader {
 
     async fn upload_one(&self, sid: &str) -> Result<(), UploadError> {
         let summary = self.store.read_summary(sid)?;
-        let base = key_base(&self.settings.prefix, sid, summary.start_ms);
-        let recording_key = format!("{base}.{}", super::store::RECORDING_EXT);
+        let base = self.key_base(sid, summary.start_ms);
+        let recording_key = self.recording_key(sid, summary.start_ms);
         let recording = self.store.recording_path(sid);
         let size = std::fs::metadata(&recording).map_err(|source| StoreError::Io { path: recording.clone(), source })?.len();
-        let etag = if size as usize > self.settings.part_size {
-            self.multipart(sid, &recording, &recording_key, size).await?
+        let in_parts = size as usize > self.settings.part_size || checkpoint::path(&self.store, sid).exists();
+        let (etag, upload_id) = if in_parts {
+            let (etag, id) = self.upload_multipart(sid, &recording, &recording_key, size).await?;
+            (etag, Some(id))
         } else {
             let bytes = read_file(&recording)?;
-            self.put(&recording_key, bytes, "application/octet-stream").await?
+            (self.put(&recording_key, bytes, "application/octet-stream").await?, None)
         };
         // The manifest and sidecar follow the recording, so whoever finds a manifest in the
         // bucket also finds what it signs.
@@ -218,6 +278,7 @@ impl Uploader {
             bucket: self.settings.bucket.clone(),
             keys: vec![recording_key, manifest_key, meta_key],
             etag,
+            upload_id,
             uploaded_at: chrono::Utc::now(),
         };
         let bytes = serde_json::to_vec_pretty(&marker).unwrap_or_default();
@@ -254,86 +315,6 @@ impl Uploader {
         let etag = output.e_tag().unwrap_or_default().trim_matches('"').to_string();
         if self.etag_is_md5() && etag != want {
             return Err(UploadError::Mismatch { operation: "PutObject", key: key.into(), got: etag, want });
-        }
-        Ok(etag)
-    }
-
-    /// A large recording in parts, resumable from its checkpoint. Each part is read again
-    /// from the (immutable, sealed) file on retry, so it is always the same bytes.
-    async fn multipart(&self, sid: &str, path: &Path, key: &str, size: u64) -> Result<String, UploadError> {
-        let part_size = self.settings.part_size as u64;
-        let mut checkpoint = match Checkpoint::load(&self.store, sid) {
-            Some(c) if c.key == key && c.part_size == part_size => c,
-            _ => {
-                let request = client::with_protection_mpu(
-                    self.client.create_multipart_upload().bucket(&self.settings.bucket).key(key).content_type("application/octet-stream"),
-                    &self.settings,
-                );
-                let output = request.send().await.map_err(|e| s3_error("CreateMultipartUpload", key, &e))?;
-                let upload_id = output.upload_id().unwrap_or_default().to_string();
-                let c = Checkpoint { key: key.to_string(), upload_id, part_size, parts: Vec::new() };
-                c.save(&self.store, sid)?;
-                c
-            }
-        };
-        let count = size.div_ceil(part_size);
-        for number in (checkpoint.parts.len() as u64 + 1)..=count {
-            let offset = (number - 1) * part_size;
-            let bytes = read_range(path, offset, part_size.min(size - offset))?;
-            let md5 = md5_hex(&bytes);
-            let sent = self
-                .client
-                .upload_part()
-                .bucket(&self.settings.bucket)
-                .key(key)
-                .upload_id(&checkpoint.upload_id)
-                .part_number(number as i32)
-                .content_md5(md5_b64(&bytes))
-                .body(ByteStream::from(bytes))
-                .send()
-                .await;
-            let output = match sent {
-                Ok(o) => o,
-                Err(e) => {
-                    let text = s3_error("UploadPart", key, &e);
-                    if text.to_string().contains("NoSuchUpload") {
-                        // The upload was aborted (a sweeper, or it expired): start over.
-                        let _ = std::fs::remove_file(checkpoint::path(&self.store, sid));
-                    }
-                    return Err(text);
-                }
-            };
-            let etag = output.e_tag().unwrap_or_default().trim_matches('"').to_string();
-            if self.etag_is_md5() && etag != md5 {
-                return Err(UploadError::Mismatch { operation: "UploadPart", key: key.into(), got: etag, want: md5 });
-            }
-            checkpoint.parts.push(Part { number: number as u32, etag, md5 });
-            checkpoint.save(&self.store, sid)?;
-        }
-        let parts: Vec<_> = checkpoint
-            .parts
-            .iter()
-            .map(|p| aws_sdk_s3::types::CompletedPart::builder().part_number(p.number as i32).e_tag(format!("\"{}\"", p.etag)).build())
-            .collect();
-        let output = self
-            .client
-            .complete_multipart_upload()
-            .bucket(&self.settings.bucket)
-            .key(key)
-            .upload_id(&checkpoint.upload_id)
-            .multipart_upload(aws_sdk_s3::types::CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
-            .send()
-            .await
-            .map_err(|e| s3_error("CompleteMultipartUpload", key, &e))?;
-        let etag = output.e_tag().unwrap_or_default().trim_matches('"').to_string();
-        // A multipart ETag is the MD5 of the parts' MD5s, then "-" and the part count.
-        let mut concatenated = Vec::new();
-        for part in &checkpoint.parts {
-            concatenated.extend(hex_bytes(&part.md5));
-        }
-        let want = format!("{}-{}", md5_hex(&concatenated), checkpoint.parts.len());
-        if self.etag_is_md5() && etag != want {
-            return Err(UploadError::Mismatch { operation: "CompleteMultipartUpload", key: key.into(), got: etag, want });
         }
         Ok(etag)
     }

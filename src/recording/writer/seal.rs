@@ -97,6 +97,7 @@ pub(super) fn seal(shared: &Shared, session: &SessionState) {
                     valid_length: io.len,
                     key_id: shared.signer.key_id().to_string(),
                     signed_at_ms: now_ms,
+                    rebuilt_end: None,
                 };
                 match shared
                     .signer

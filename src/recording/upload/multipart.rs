@@ -1,0 +1,193 @@
+//! Multipart uploads: parts sent while a session is still running (so a host that dies takes
+//! at most one part's worth with it), resumed from the checkpoint after a restart, and
+//! completed once the recording is sealed. A part is always a byte range of the append-only
+//! recording; on resume every confirmed part is read and hashed again, and an upload whose
+//! parts no longer match the file is aborted and started over.
+
+use std::path::Path;
+
+use aws_sdk_s3::primitives::ByteStream;
+
+use super::checkpoint::{self, Checkpoint, Part};
+use super::{client, md5_b64, md5_hex, read_range, s3_error, UploadError, Uploader};
+use crate::recording::store::{RecordingState, StoreError};
+
+impl Uploader {
+    /// For a recording still being written: once whole parts of it are on disk (as far as its
+    /// writer has confirmed them), start its multipart upload and send them.
+    pub(super) async fn upload_live_parts(&self, sid: &str) -> Result<(), UploadError> {
+        let summary = self.store.read_summary(sid)?;
+        if summary.state != RecordingState::Live {
+            return Ok(());
+        }
+        let path = self.store.recording_path(sid);
+        let on_disk = std::fs::metadata(&path).map_err(|source| StoreError::Io { path: path.clone(), source })?.len();
+        // Only bytes the writer counted as written: a failed write's torn bytes are cut off
+        // again, so they must never go up.
+        let stable = summary.bytes.min(on_disk);
+        let part_size = self.settings.part_size as u64;
+        let key = self.recording_key(sid, summary.start_ms);
+        let known = super::lock(&self.checkpoints).get(sid).cloned();
+        if known.is_none() && Checkpoint::load(&self.store, sid).is_none() && stable < part_size {
+            return Ok(());
+        }
+        let mut cp = self.checkpoint_for(sid, &path, &key, on_disk).await?;
+        if cp.parts.is_empty() {
+            // The sidecar goes up with the first part, so that a reviewer can list the
+            // session even if this host never comes back.
+            let meta_key = format!("{}{}", self.key_base(sid, summary.start_ms), crate::recording::store::META_SUFFIX);
+            self.put(&meta_key, super::read_file(&self.store.meta_path(sid))?, "application/json").await?;
+        }
+        while cp.sent() + part_size <= stable {
+            self.send_part(sid, &path, &mut cp, part_size).await?;
+        }
+        Ok(())
+    }
+
+    /// A sealed recording's multipart upload: the parts not yet sent, then completion.
+    /// Returns the object's ETag and the upload id.
+    pub(super) async fn upload_multipart(&self, sid: &str, path: &Path, key: &str, size: u64) -> Result<(String, String), UploadError> {
+        let part_size = self.settings.part_size as u64;
+        let mut cp = self.checkpoint_for(sid, path, key, size).await?;
+        if cp.parts.is_empty() {
+            tracing::info!(sid, upload_id = %cp.upload_id, "multipart upload started");
+        } else {
+            tracing::info!(sid, upload_id = %cp.upload_id, parts = cp.parts.len(), "resuming multipart upload");
+        }
+        while cp.sent() < size {
+            let len = part_size.min(size - cp.sent());
+            self.send_part(sid, path, &mut cp, len).await?;
+        }
+        let etag = self.complete(key, &cp.upload_id, &cp.parts).await?;
+        super::lock(&self.checkpoints).remove(sid);
+        Ok((etag, cp.upload_id))
+    }
+
+    /// The checkpoint this process already trusts, or the one on disk once each of its parts
+    /// is checked against the file, or a new upload.
+    async fn checkpoint_for(&self, sid: &str, path: &Path, key: &str, size: u64) -> Result<Checkpoint, UploadError> {
+        if let Some(cp) = super::lock(&self.checkpoints).get(sid).filter(|c| c.key == key) {
+            return Ok(cp.clone());
+        }
+        if let Some(cp) = Checkpoint::load(&self.store, sid) {
+            match parts_match(path, &cp, size) {
+                Ok(()) if cp.key == key => {
+                    super::lock(&self.checkpoints).insert(sid.to_string(), cp.clone());
+                    return Ok(cp);
+                }
+                outcome => {
+                    let why = outcome.err().unwrap_or_else(|| format!("it was for {}", cp.key));
+                    tracing::warn!(sid, upload_id = %cp.upload_id, why, "multipart checkpoint no longer matches; starting over");
+                    let _ = self
+                        .client
+                        .abort_multipart_upload()
+                        .bucket(&self.settings.bucket)
+                        .key(&cp.key)
+                        .upload_id(&cp.upload_id)
+                        .send()
+                        .await;
+                }
+            }
+        }
+        let request = client::with_protection_mpu(
+            self.client.create_multipart_upload().bucket(&self.settings.bucket).key(key).content_type("application/octet-stream"),
+            &self.settings,
+        );
+        let output = request.send().await.map_err(|e| s3_error("CreateMultipartUpload", key, &e))?;
+        let cp = Checkpoint { key: key.to_string(), upload_id: output.upload_id().unwrap_or_default().to_string(), parts: Vec::new() };
+        cp.save(&self.store, sid)?;
+        super::lock(&self.checkpoints).insert(sid.to_string(), cp.clone());
+        Ok(cp)
+    }
+
+    /// The next `len` bytes as the next part. Read again from the file on every attempt, and
+    /// the file never changes below what was confirmed, so a retried part is the same bytes.
+    async fn send_part(&self, sid: &str, path: &Path, cp: &mut Checkpoint, len: u64) -> Result<(), UploadError> {
+        let offset = cp.sent();
+        let number = cp.parts.len() as u32 + 1;
+        let bytes = read_range(path, offset, len)?;
+        let md5 = md5_hex(&bytes);
+        let sent = self
+            .client
+            .upload_part()
+            .bucket(&self.settings.bucket)
+            .key(&cp.key)
+            .upload_id(&cp.upload_id)
+            .part_number(number as i32)
+            .content_md5(md5_b64(&bytes))
+            .body(ByteStream::from(bytes))
+            .send()
+            .await;
+        let output = match sent {
+            Ok(o) => o,
+            Err(e) => {
+                let error = s3_error("UploadPart", &cp.key, &e);
+                if error.to_string().contains("NoSuchUpload") {
+                    // Aborted (or completed by another instance's sweeper): start over.
+                    let _ = std::fs::remove_file(checkpoint::path(&self.store, sid));
+                    super::lock(&self.checkpoints).remove(sid);
+                }
+                return Err(error);
+            }
+        };
+        let etag = output.e_tag().unwrap_or_default().trim_matches('"').to_string();
+        if self.etag_is_md5() && etag != md5 {
+            return Err(UploadError::Mismatch { operation: "UploadPart", key: cp.key.clone(), got: etag, want: md5 });
+        }
+        cp.parts.push(Part { number, offset, len, etag, md5 });
+        cp.save(&self.store, sid)?;
+        super::lock(&self.checkpoints).insert(sid.to_string(), cp.clone());
+        Ok(())
+    }
+
+    /// Completes an upload from its parts and checks the ETag S3 gives the whole.
+    pub(super) async fn complete(&self, key: &str, upload_id: &str, parts: &[Part]) -> Result<String, UploadError> {
+        let completed: Vec<_> = parts
+            .iter()
+            .map(|p| aws_sdk_s3::types::CompletedPart::builder().part_number(p.number as i32).e_tag(format!("\"{}\"", p.etag)).build())
+            .collect();
+        let output = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.settings.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(aws_sdk_s3::types::CompletedMultipartUpload::builder().set_parts(Some(completed)).build())
+            .send()
+            .await
+            .map_err(|e| s3_error("CompleteMultipartUpload", key, &e))?;
+        let etag = output.e_tag().unwrap_or_default().trim_matches('"').to_string();
+        let want = multipart_etag(parts.iter().map(|p| p.md5.as_str()));
+        if self.etag_is_md5() && !parts.iter().any(|p| p.md5.is_empty()) && etag != want {
+            return Err(UploadError::Mismatch { operation: "CompleteMultipartUpload", key: key.into(), got: etag, want });
+        }
+        Ok(etag)
+    }
+}
+
+/// A multipart ETag: the MD5 of the parts' MD5s, then "-" and the part count.
+pub(super) fn multipart_etag<'a>(part_md5s: impl Iterator<Item = &'a str>) -> String {
+    let mut concatenated = Vec::new();
+    let mut count = 0;
+    for md5 in part_md5s {
+        concatenated.extend(super::hex_bytes(md5));
+        count += 1;
+    }
+    format!("{}-{count}", md5_hex(&concatenated))
+}
+
+/// Whether every confirmed part is still, byte for byte, the file's range it claims.
+fn parts_match(path: &Path, cp: &Checkpoint, size: u64) -> Result<(), String> {
+    let mut expected_offset = 0;
+    for part in &cp.parts {
+        if part.offset != expected_offset || part.offset + part.len > size {
+            return Err(format!("part {} (bytes {}+{}) is not in the {size}-byte file", part.number, part.offset, part.len));
+        }
+        let bytes = read_range(path, part.offset, part.len).map_err(|e| e.to_string())?;
+        if md5_hex(&bytes) != part.md5 {
+            return Err(format!("part {} no longer has the bytes that were sent", part.number));
+        }
+        expected_offset += part.len;
+    }
+    Ok(())
+}
