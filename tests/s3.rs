@@ -45,6 +45,11 @@ struct Setup {
 
 impl Setup {
     fn new(bucket: &str, s3_endpoint: &str) -> Setup {
+        Setup::with(bucket, s3_endpoint, "")
+    }
+
+    /// With more `[storage.s3]` lines.
+    fn with(bucket: &str, s3_endpoint: &str, more_s3: &str) -> Setup {
         let services = Services::load();
         let root = tempfile::tempdir().unwrap();
         let port = free_port();
@@ -60,6 +65,7 @@ force_path_style = true
 part_size = 65536
 upload_retries = 2
 scan_interval = "200ms"
+{more_s3}
 [[databases]]
 name = "pg"
 protocol = "postgres"
@@ -139,6 +145,23 @@ db_users = ["postgres"]
     fn markers(&self) -> usize {
         std::fs::read_dir(self.recordings())
             .map_or(0, |d| d.filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".uploaded.json")).count())
+    }
+
+    /// The multipart checkpoint of the one live session, once it has at least `parts` parts.
+    fn wait_for_checkpoint(&self, parts: usize) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let found = std::fs::read_dir(self.recordings()).ok().into_iter().flatten().flatten().find_map(|e| {
+                let name = e.file_name().to_string_lossy().to_string();
+                let text = std::fs::read_to_string(e.path()).ok().filter(|_| name.ends_with(".upload.json"))?;
+                serde_json::from_str::<serde_json::Value>(&text).ok().filter(|c| c["parts"].as_array().map_or(0, Vec::len) >= parts)
+            });
+            if let Some(checkpoint) = found {
+                return checkpoint;
+            }
+            assert!(Instant::now() < deadline, "no live multipart upload with {parts} parts; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     fn wait_for_markers(&self, n: usize) {
@@ -315,4 +338,91 @@ fn an_s3_outage_and_a_killed_proxy_lose_nothing() {
     assert_eq!(end["session_stop"], before.last().unwrap()["time"]);
     assert_eq!(end["user"], "alice");
     assert!(events.iter().filter(|e| e["event"] == "db.session.end").count() == 1);
+}
+
+/// Statements that make a recording of several 64 KiB parts, then a session that stays open.
+fn long_session_sql() -> String {
+    format!(
+        "SELECT length('{}') AS first_half; SELECT length('{}') AS second_half; SELECT pg_sleep(60)",
+        random_hex(150_000),
+        random_hex(150_000)
+    )
+}
+
+#[test]
+fn a_proxy_killed_mid_upload_resumes_the_same_multipart_upload() {
+    let services = Services::load();
+    let bucket = make_bucket(&services);
+    let (relay, s3_up) = switchable_relay(services.get("AWS_ENDPOINT"));
+    s3_up.store(true, Ordering::Release);
+    let setup = Setup::new(&bucket, &relay);
+    let mut serve = setup.serve();
+    let mut running = setup.psql(&long_session_sql());
+    // Parts go up while the session runs; then S3 goes away and the proxy is killed mid-upload.
+    let checkpoint = setup.wait_for_checkpoint(2);
+    s3_up.store(false, Ordering::Release);
+    serve.0.kill().unwrap();
+    let _ = serve.0.wait();
+    let _ = running.kill();
+    let _ = running.wait();
+    assert_eq!(objects(&services, &bucket).iter().filter(|(k, _)| k.ends_with(".dbt")).count(), 0, "not complete yet");
+    s3_up.store(true, Ordering::Release);
+    let serve = setup.serve();
+    setup.wait_for_markers(1);
+    stop(serve);
+    let marker = std::fs::read_dir(setup.recordings())
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().ends_with(".uploaded.json"))
+        .unwrap();
+    let marker: serde_json::Value = serde_json::from_slice(&std::fs::read(marker.path()).unwrap()).unwrap();
+    assert_eq!(marker["upload_id"], checkpoint["upload_id"], "the upload begun before the crash was resumed, not begun again");
+    assert!(setup.log().contains("resuming multipart upload"), "{}", setup.log());
+    let recording = objects(&services, &bucket).into_iter().find(|(k, _)| k.ends_with(".dbt")).unwrap();
+    let parts: usize = recording.1.split('-').nth(1).unwrap().parse().unwrap();
+    assert!(parts > checkpoint["parts"].as_array().unwrap().len(), "{recording:?}");
+    let verified = setup.review(&["verify", "--all"]);
+    assert!(verified.contains("OK (recovered after a crash)"), "{verified}");
+    let listed: serde_json::Value = serde_json::from_str(&setup.review(&["ls", "--format", "json"])).unwrap();
+    let play = setup.review(&["play", "--format", "text", listed[0]["sid"].as_str().unwrap()]);
+    assert!(play.contains("second_half"), "{play}");
+}
+
+#[test]
+fn the_parts_of_a_host_that_never_returns_are_completed_by_another_instance() {
+    let services = Services::load();
+    let bucket = make_bucket(&services);
+    let first = Setup::new(&bucket, services.get("AWS_ENDPOINT"));
+    let mut serve = first.serve();
+    let mut running = first.psql(&long_session_sql());
+    let checkpoint = first.wait_for_checkpoint(2);
+    serve.0.kill().unwrap();
+    let _ = serve.0.wait();
+    let _ = running.kill();
+    let _ = running.wait();
+    // The host and its disk are gone. Another instance on the same bucket sweeps the orphan.
+    let sent = checkpoint["parts"].as_array().unwrap().len();
+    let key = checkpoint["key"].as_str().unwrap().to_string();
+    drop(first);
+    let second = Setup::with(&bucket, services.get("AWS_ENDPOINT"), "stale_upload_after = \"1s\"");
+    let serve = second.serve();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let completed = loop {
+        if let Some(found) = objects(&services, &bucket).into_iter().find(|(k, _)| *k == key) {
+            break found;
+        }
+        assert!(Instant::now() < deadline, "the orphaned upload was never completed; log:\n{}", second.log());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    stop(serve);
+    assert!(
+        completed.1.ends_with(&format!("-{sent}")) || completed.1.split('-').nth(1).unwrap().parse::<usize>().unwrap() >= sent,
+        "{completed:?}"
+    );
+    assert!(second.log().contains("completed an orphaned multipart upload"), "{}", second.log());
+    // What reached the bucket can be listed and played, though it was never signed.
+    let listed: serde_json::Value = serde_json::from_str(&second.review(&["ls", "--format", "json"])).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    let play = second.review(&["play", "--format", "text", listed[0]["sid"].as_str().unwrap()]);
+    assert!(play.contains("first_half"), "the first part's statements survive the host: {play}");
 }

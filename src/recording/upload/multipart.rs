@@ -38,8 +38,15 @@ impl Uploader {
             let meta_key = format!("{}{}", self.key_base(sid, summary.start_ms), crate::recording::store::META_SUFFIX);
             self.put(&meta_key, super::read_file(&self.store.meta_path(sid))?, "application/json").await?;
         }
+        let before = cp.parts.len();
         while cp.sent() + part_size <= stable {
             self.send_part(sid, &path, &mut cp, part_size).await?;
+        }
+        if cp.parts.len() > before {
+            // The checkpoint beside the parts: whoever sweeps them up after this host is gone
+            // can complete the upload even where the store's ListParts cannot be read.
+            let bytes = serde_json::to_vec(&cp).unwrap_or_default();
+            self.put(&bucket_checkpoint_key(&cp.key), bytes, "application/json").await?;
         }
         Ok(())
     }
@@ -163,6 +170,12 @@ impl Uploader {
         }
         Ok(etag)
     }
+}
+
+/// `<base>.upload.json` beside `<base>.dbt`.
+pub(super) fn bucket_checkpoint_key(recording_key: &str) -> String {
+    let base = recording_key.strip_suffix(&format!(".{}", crate::recording::store::RECORDING_EXT)).unwrap_or(recording_key);
+    format!("{base}.upload.json")
 }
 
 /// A multipart ETag: the MD5 of the parts' MD5s, then "-" and the part count.

@@ -39,7 +39,16 @@ impl Uploader {
                 if owned.contains(id) || started.is_none_or(|t| t > cutoff) {
                     continue;
                 }
-                let parts = self.listed_parts(key, id).await?;
+                let parts = match self.listed_parts(key, id).await {
+                    Ok(parts) => parts,
+                    Err(e) => match self.bucket_checkpoint(key, id).await {
+                        Some(parts) => parts,
+                        None => {
+                            tracing::warn!(key, upload_id = id, error = %e, "cannot list an orphaned upload's parts; left for a later sweep");
+                            continue;
+                        }
+                    },
+                };
                 let is_recording = key.ends_with(&format!(".{}", crate::recording::store::RECORDING_EXT));
                 if is_recording && !parts.is_empty() {
                     self.complete(key, id, &parts).await?;
@@ -73,6 +82,15 @@ impl Uploader {
             }
         }
         Ok(report)
+    }
+
+    /// The parts the dead host's checkpoint in the bucket names, if it is for this upload.
+    async fn bucket_checkpoint(&self, key: &str, upload_id: &str) -> Option<Vec<Part>> {
+        let object =
+            self.client.get_object().bucket(&self.settings.bucket).key(super::multipart::bucket_checkpoint_key(key)).send().await.ok()?;
+        let bytes = object.body.collect().await.ok()?.into_bytes();
+        let checkpoint: Checkpoint = serde_json::from_slice(&bytes).ok()?;
+        (checkpoint.upload_id == upload_id && checkpoint.key == key).then_some(checkpoint.parts)
     }
 
     /// The parts S3 holds for an upload, in order, up to the first gap (S3 would refuse to
