@@ -143,3 +143,23 @@ fn best_effort_mode_continues_and_records_the_gap() {
     assert_eq!(report.verdict, Verdict::Ok, "{report:?}");
     assert_eq!(store.read_summary(&sid).unwrap().lost_events, lost);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_mode_refuses_new_sessions_below_the_free_space_minimum() {
+    // A minimum far above what this disk has free: the guard must refuse, and say why.
+    let free = dbtape::recording::disk::free_bytes(&std::env::temp_dir()).unwrap();
+    let mut proxy = common::proxy::Proxy::start_with(&format!("min_free_bytes = {}", free + (64 << 30))).await;
+    let (ok, _, stderr) =
+        proxy.psql(proxy.conninfo("alice", ""), Some(common::proxy::ALICE_PASSWORD), vec!["-c".into(), "SELECT 'never runs'".into()]).await;
+    assert!(!ok);
+    assert!(stderr.contains("the recording disk is nearly full"), "the client hears why: {stderr}");
+    proxy.stop().await;
+    let sessions = proxy.sessions();
+    assert!(sessions.iter().flatten().all(|e| e["db_query"].is_null()), "no session ran: {sessions:?}");
+    let out = common::dbtape_bin().args(["ls", "--failed", "--format", "json", "--dir"]).arg(proxy.store.dir()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let refused: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0]["user"], "alice");
+    assert!(refused[0]["error"].as_str().unwrap().contains("recording.min_free_bytes"), "{refused:?}");
+}

@@ -27,6 +27,14 @@ fn make_bucket(services: &Services) -> String {
     bucket
 }
 
+/// An object's JSON, if it exists.
+fn fetch(services: &Services, bucket: &str, key: &str) -> Option<serde_json::Value> {
+    let script = "import sys, boto3\ntry: sys.stdout.buffer.write(boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1').get_object(Bucket=sys.argv[2], Key=sys.argv[3])['Body'].read())\nexcept Exception: pass";
+    let out =
+        services.python().args(["-c", script, services.get("AWS_ENDPOINT"), bucket, key]).envs(services.proxy_aws_vars()).output().unwrap();
+    serde_json::from_slice(&out.stdout).ok()
+}
+
 /// Object keys and ETags in the bucket.
 fn objects(services: &Services, bucket: &str) -> Vec<(String, String)> {
     let script = "import sys, boto3\nfor o in boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1').list_objects_v2(Bucket=sys.argv[2]).get('Contents', []): print(o['Key'], o['ETag'].strip('\"'))";
@@ -85,7 +93,8 @@ scram_verifier = "{alice}"
 database = "pg"
 db_users = ["postgres"]
 "#,
-            preamble = common::test_server_toml(root.path()),
+            // Each instance its own server_id, as a fleet's would be.
+            preamble = common::test_server_toml(root.path()).replace("[server]\n", &format!("[server]\nserver_id = \"proxy-{port}\"\n")),
             pg_port = services.get("PG_PORT"),
             alice = verifier(ALICE_PASSWORD),
         );
@@ -174,6 +183,13 @@ db_users = ["postgres"]
 
     /// A review command against the bucket alone, copying into a fresh folder.
     fn review(&self, args: &[&str]) -> String {
+        let (ok, stdout, stderr) = self.try_review(args);
+        assert!(ok, "{args:?}: {stderr}");
+        stdout
+    }
+
+    /// As `review`, for a command that may fail: (success, stdout, stderr).
+    fn try_review(&self, args: &[&str]) -> (bool, String, String) {
         let copy = self.root.path().join("from-bucket");
         let out = common::dbtape_bin()
             .args(args)
@@ -184,8 +200,7 @@ db_users = ["postgres"]
             .envs(self.services.proxy_aws_vars())
             .output()
             .unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).replace('\r', "")
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).replace('\r', ""), String::from_utf8_lossy(&out.stderr).into_owned())
     }
 }
 
@@ -395,7 +410,20 @@ fn the_parts_of_a_host_that_never_returns_are_completed_by_another_instance() {
     let first = Setup::new(&bucket, services.get("AWS_ENDPOINT"));
     let mut serve = first.serve();
     let mut running = first.psql(&long_session_sql());
-    let checkpoint = first.wait_for_checkpoint(2);
+    let mut checkpoint = first.wait_for_checkpoint(2);
+    // Once the session idles, its whole parts are all sent and the bucket's copy of the
+    // checkpoint names every one of them.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let sent = first.wait_for_checkpoint(2);
+        let key = sent["key"].as_str().unwrap().replace(".dbt", ".upload.json");
+        if fetch(&services, &bucket, &key).is_some_and(|copy| copy["parts"] == sent["parts"]) && sent == checkpoint {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the bucket's checkpoint never caught up: {sent}");
+        checkpoint = sent;
+        std::thread::sleep(Duration::from_millis(500));
+    }
     serve.0.kill().unwrap();
     let _ = serve.0.wait();
     let _ = running.kill();
@@ -403,6 +431,7 @@ fn the_parts_of_a_host_that_never_returns_are_completed_by_another_instance() {
     // The host and its disk are gone. Another instance on the same bucket sweeps the orphan.
     let sent = checkpoint["parts"].as_array().unwrap().len();
     let key = checkpoint["key"].as_str().unwrap().to_string();
+    let first_log = first.log();
     drop(first);
     let second = Setup::with(&bucket, services.get("AWS_ENDPOINT"), "stale_upload_after = \"1s\"");
     let serve = second.serve();
@@ -411,18 +440,60 @@ fn the_parts_of_a_host_that_never_returns_are_completed_by_another_instance() {
         if let Some(found) = objects(&services, &bucket).into_iter().find(|(k, _)| *k == key) {
             break found;
         }
-        assert!(Instant::now() < deadline, "the orphaned upload was never completed; log:\n{}", second.log());
+        assert!(
+            Instant::now() < deadline,
+            "the orphaned upload was never completed; objects {:?}; first log:\n{first_log}\nsecond log:\n{}",
+            objects(&services, &bucket),
+            second.log()
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     stop(serve);
-    assert!(
-        completed.1.ends_with(&format!("-{sent}")) || completed.1.split('-').nth(1).unwrap().parse::<usize>().unwrap() >= sent,
-        "{completed:?}"
-    );
+    assert!(completed.1.ends_with(&format!("-{sent}")), "every part the dead host sent: {completed:?}");
     assert!(second.log().contains("completed an orphaned multipart upload"), "{}", second.log());
     // What reached the bucket can be listed and played, though it was never signed.
     let listed: serde_json::Value = serde_json::from_str(&second.review(&["ls", "--format", "json"])).unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
     let play = second.review(&["play", "--format", "text", listed[0]["sid"].as_str().unwrap()]);
     assert!(play.contains("first_half"), "the first part's statements survive the host: {play}");
+}
+
+#[test]
+fn a_fleet_shares_one_bucket_and_each_recording_names_its_signer() {
+    let services = Services::load();
+    let bucket = make_bucket(&services);
+    let a = Setup::new(&bucket, services.get("AWS_ENDPOINT"));
+    let b = Setup::new(&bucket, services.get("AWS_ENDPOINT"));
+    let (serve_a, serve_b) = (a.serve(), b.serve());
+    for (setup, note) in [(&a, "via proxy a"), (&b, "via proxy b")] {
+        let done = setup.psql(&format!("SELECT '{note}' AS note")).wait_with_output().unwrap();
+        assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    }
+    a.wait_for_markers(1);
+    b.wait_for_markers(1);
+    stop(serve_a);
+    stop(serve_b);
+    let objects = objects(&services, &bucket);
+    assert_eq!(objects.iter().filter(|(k, _)| k.starts_with("dbtape/keys/")).count(), 2, "each instance publishes its key: {objects:?}");
+
+    // A's reviewer trusts only A's key: B's recording is named as B's, and not trusted.
+    let listed: serde_json::Value = serde_json::from_str(&a.review(&["ls", "--format", "json"])).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2, "both instances' sessions: {listed}");
+    let (ok, report, _) = a.try_review(&["verify", "--all"]);
+    assert!(!ok, "{report}");
+    assert_eq!(report.matches("  OK  ").count(), 1, "{report}");
+    assert!(report.contains(&format!("published as keys/proxy-{}-", b.port)) && report.contains("not trusted"), "{report}");
+    // Once B's public key is in A's config, the whole bucket verifies, each recording naming its signer.
+    let config = std::fs::read_to_string(&a.config).unwrap();
+    let trusted = format!("[recording]\ntrusted_keys = [\"{}\"]\n", b.root.path().join("key.pub").display());
+    std::fs::write(&a.config, config.replacen("[recording]\n", &trusted, 1)).unwrap();
+    let report = a.review(&["verify", "--all"]);
+    assert_eq!(report.matches("  OK  ").count(), 2, "{report}");
+    for setup in [&a, &b] {
+        assert!(report.contains(&format!("published as keys/proxy-{}-", setup.port)), "{report}");
+    }
+    assert_eq!(report.matches(", trusted)").count(), 2, "{report}");
+    let plays: Vec<String> =
+        listed.as_array().unwrap().iter().map(|s| a.review(&["play", "--format", "text", s["sid"].as_str().unwrap()])).collect();
+    assert!(plays.iter().any(|p| p.contains("via proxy a")) && plays.iter().any(|p| p.contains("via proxy b")), "{plays:?}");
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use super::{parse_when, DataFormat, Failure, PlayFormatArg, StoreArgs};
 use crate::config::{Config, DEFAULT_CONFIG_FILE};
 use crate::recording::signing::{load_public_key, public_key_path};
-use crate::recording::verify::{verify_recording, Verdict};
+use crate::recording::verify::{verify_with, KeyRing, Verdict};
 use crate::recording::{RecordingStore, SessionSummary};
 use crate::replay::export::{export as export_events, matching_sessions, ExportFilter};
 use crate::replay::player::{play as play_session, PlayFormat, PlayOptions};
@@ -50,6 +50,7 @@ fn plural(n: usize) -> &'static str {
 struct Located {
     store: RecordingStore,
     signing_key: Option<PathBuf>,
+    trusted_keys: Vec<PathBuf>,
 }
 
 fn locate(args: &StoreArgs) -> Result<Located, Failure> {
@@ -57,6 +58,7 @@ fn locate(args: &StoreArgs) -> Result<Located, Failure> {
     let default_missing = config_path == Path::new(DEFAULT_CONFIG_FILE) && !config_path.exists();
     let recording = if default_missing { None } else { Some(Config::load_recording_settings(config_path)?) };
     let signing_key = recording.as_ref().map(|r| r.signing_key.clone());
+    let trusted_keys = recording.as_ref().map(|r| r.trusted_keys.clone()).unwrap_or_default();
     if args.source == super::Source::S3 {
         let s3 = Config::load_storage_settings(config_path)?.ok_or_else(|| Failure {
             code: 2,
@@ -68,14 +70,14 @@ fn locate(args: &StoreArgs) -> Result<Located, Failure> {
         if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
             eprintln!("{copied} file(s) copied from s3://{}/{} into {}", s3.bucket, s3.prefix, dir.display());
         }
-        return Ok(Located { store: RecordingStore::new(dir), signing_key });
+        return Ok(Located { store: RecordingStore::new(dir), signing_key, trusted_keys });
     }
     let dir = match (&args.dir, &recording) {
         (Some(dir), _) => dir.clone(),
         (None, Some(r)) => r.dir.clone(),
         (None, None) => PathBuf::from("recordings"),
     };
-    Ok(Located { store: RecordingStore::new(dir), signing_key })
+    Ok(Located { store: RecordingStore::new(dir), signing_key, trusted_keys })
 }
 
 pub struct LsFilter {
@@ -308,27 +310,12 @@ pub fn export(
     Ok(())
 }
 
-pub fn verify(
-    args: &StoreArgs,
-    session_ids: Vec<String>,
-    all: bool,
-    public_key: Option<PathBuf>,
-    format: DataFormat,
-) -> Result<(), Failure> {
+pub fn verify(args: &StoreArgs, session_ids: Vec<String>, all: bool, public_keys: Vec<PathBuf>, format: DataFormat) -> Result<(), Failure> {
     let located = locate(args)?;
     if all != session_ids.is_empty() {
         return Err(Failure { code: 2, message: "give session ids or --all (not both)".into() });
     }
-    let key_path = public_key
-        .or_else(|| located.signing_key.as_deref().map(public_key_path))
-        .unwrap_or_else(|| public_key_path(Path::new("keys/recording-signing.key")));
-    let key = match load_public_key(&key_path) {
-        Ok(k) => Some(k),
-        Err(e) => {
-            eprintln!("warning: {e}");
-            None
-        }
-    };
+    let keys = key_ring(&located, public_keys);
     let mut sids = Vec::new();
     if all {
         sids = located.store.session_ids()?;
@@ -338,7 +325,7 @@ pub fn verify(
             sids.push(located.store.find(input).map_err(|e| Failure { code: 2, message: e.to_string() })?);
         }
     }
-    let reports: Vec<_> = sids.iter().map(|sid| verify_recording(&located.store, sid, key.as_ref())).collect();
+    let reports: Vec<_> = sids.iter().map(|sid| verify_with(&located.store, sid, &keys)).collect();
     let failed = reports.iter().filter(|r| !r.passed()).count();
     let mut out = std::io::stdout().lock();
     match format {
@@ -358,6 +345,11 @@ pub fn verify(
                 for p in &r.problems {
                     writeln!(out, "    problem: {}", safe(p))?;
                 }
+                if let Some(key) = &r.signed_by {
+                    let origin = r.key_origin.as_deref().unwrap_or("unknown key");
+                    let trust = if r.key_trusted { "trusted" } else { "not trusted" };
+                    writeln!(out, "    signed by {} ({}, {trust})", safe(key), safe(origin))?;
+                }
                 for n in &r.notes {
                     writeln!(out, "    note: {}", safe(n))?;
                 }
@@ -371,4 +363,35 @@ pub fn verify(
         return Err(Failure { code: 1, message: format!("{failed} of {} recording(s) failed verification", reports.len()) });
     }
     Ok(())
+}
+
+/// The keys a review trusts: those passed with --public-key, or else this instance's own and
+/// the config's recording.trusted_keys. The keys instances published under `keys/` (copied
+/// from the bucket) are added untrusted, so that each recording's signer can be named.
+fn key_ring(located: &Located, public_keys: Vec<PathBuf>) -> KeyRing {
+    let mut ring = KeyRing::default();
+    let trusted = if public_keys.is_empty() {
+        let own =
+            located.signing_key.as_deref().map(public_key_path).unwrap_or_else(|| public_key_path(Path::new("keys/recording-signing.key")));
+        std::iter::once(own).chain(located.trusted_keys.iter().cloned()).collect()
+    } else {
+        public_keys
+    };
+    for path in trusted {
+        match load_public_key(&path) {
+            Ok(key) => ring.add(key, path.display().to_string(), true),
+            Err(e) => eprintln!("warning: {e}"),
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(located.store.dir().join("keys")) {
+        let mut published: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
+        published.sort();
+        for path in published.into_iter().filter(|p| p.extension().is_some_and(|e| e == "pub")) {
+            if let Ok(key) = load_public_key(&path) {
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                ring.add(key, format!("published as keys/{name}"), false);
+            }
+        }
+    }
+    ring
 }

@@ -164,9 +164,11 @@ pub enum Command {
         all: bool,
         #[command(flatten)]
         store: StoreArgs,
-        /// Trusted public key; default: the config's recording.signing_key with `.pub`.
+        /// Trusted public key (repeatable); default: the config's recording.signing_key with
+        /// `.pub` and its recording.trusted_keys. Keys a fleet published in the bucket name
+        /// each recording's signer but are not trusted unless given here or in the config.
         #[arg(long)]
-        public_key: Option<PathBuf>,
+        public_key: Vec<PathBuf>,
         #[arg(long, value_enum, default_value_t = DataFormat::Text)]
         format: DataFormat,
     },

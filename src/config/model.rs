@@ -110,6 +110,8 @@ pub(super) struct RawRecording {
     pub max_query_bytes: usize,
     pub redact_patterns: Vec<String>,
     pub max_backlog_bytes: usize,
+    pub min_free_bytes: u64,
+    pub trusted_keys: Vec<PathBuf>,
 }
 
 impl Default for RawRecording {
@@ -125,6 +127,8 @@ impl Default for RawRecording {
             max_query_bytes: 1024 * 1024,
             redact_patterns: Vec::new(),
             max_backlog_bytes: 256 * 1024 * 1024,
+            min_free_bytes: 256 * 1024 * 1024,
+            trusted_keys: Vec::new(),
         }
     }
 }
@@ -147,6 +151,12 @@ pub struct RecordingSection {
     /// Bytes of events queued for the writer before sessions wait (strict) or drop
     /// (best_effort).
     pub max_backlog_bytes: usize,
+    /// Free bytes the recordings' filesystem must keep; below it a strict proxy refuses new
+    /// sessions. 0 turns the guard off.
+    pub min_free_bytes: u64,
+    /// Public keys of other instances (a fleet sharing one bucket) whose recordings a
+    /// review trusts, besides this instance's own.
+    pub trusted_keys: Vec<PathBuf>,
 }
 
 impl RecordingSection {

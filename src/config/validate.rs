@@ -220,6 +220,16 @@ fn check_recording(raw: &RawConfig, base: &Path, issues: &mut Issues<'_>) -> Rec
     if !(1..=19).contains(&r.zstd_level) {
         issues.add("recording.zstd_level", format!("{} is out of range", r.zstd_level), "use a zstd level from 1 to 19; the default is 1");
     }
+    for (i, key) in r.trusted_keys.iter().enumerate() {
+        let path = resolve(base, key);
+        if let Err(e) = crate::recording::signing::load_public_key(&path) {
+            issues.add(
+                format!("recording.trusted_keys[{i}]"),
+                format!("{e}"),
+                "name a public key file another instance wrote (its signing_key with .pub appended, also published as keys/<server_id>.pub in the bucket), or remove the entry",
+            );
+        }
+    }
     if r.dir.as_os_str().is_empty() {
         issues.add("recording.dir", "is empty", "name the folder recordings are written to, e.g. \"recordings\"");
     }
@@ -234,6 +244,8 @@ fn check_recording(raw: &RawConfig, base: &Path, issues: &mut Issues<'_>) -> Rec
         max_query_bytes: r.max_query_bytes,
         redact_patterns: r.redact_patterns.clone(),
         max_backlog_bytes: r.max_backlog_bytes,
+        min_free_bytes: r.min_free_bytes,
+        trusted_keys: r.trusted_keys.iter().map(|k| resolve(base, k)).collect(),
     }
 }
 

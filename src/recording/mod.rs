@@ -1,6 +1,7 @@
 //! Recording log: format, writer, reader, store, signing, verification and crash recovery.
 //! Protocols never touch this module directly; they go through `audit::AuditPort`.
 
+pub mod disk;
 pub mod format;
 pub mod reader;
 pub mod recover;

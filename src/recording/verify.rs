@@ -24,8 +24,54 @@ pub struct VerifyReport {
     pub verdict: Verdict,
     pub frames: u32,
     pub events: u64,
+    /// The key id the manifest names, and where the reviewer's key ring found that key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signed_by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_origin: Option<String>,
+    pub key_trusted: bool,
     pub problems: Vec<String>,
     pub notes: Vec<String>,
+}
+
+/// A public key the reviewer knows, and whether they trust it.
+#[derive(Debug, Clone)]
+pub struct KnownKey {
+    pub key: VerifyingKey,
+    /// Where it came from: a file the reviewer named, or one a fleet member published.
+    pub origin: String,
+    pub trusted: bool,
+}
+
+/// The keys a review checks signatures with. A fleet's instances each sign with their own
+/// key and publish it in the bucket; a published key identifies the signer, but only a key
+/// the reviewer's own config names is trusted, since whoever can write to the bucket can
+/// publish a key too.
+#[derive(Debug, Clone, Default)]
+pub struct KeyRing {
+    keys: Vec<KnownKey>,
+}
+
+impl KeyRing {
+    pub fn add(&mut self, key: VerifyingKey, origin: impl Into<String>, trusted: bool) {
+        let origin = origin.into();
+        if let Some(known) = self.keys.iter_mut().find(|k| k.key == key) {
+            known.trusted |= trusted;
+            if !known.origin.contains(&origin) {
+                known.origin = format!("{}; {origin}", known.origin);
+            }
+            return;
+        }
+        self.keys.push(KnownKey { key, origin, trusted });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    pub fn find(&self, key_id: &str) -> Option<&KnownKey> {
+        self.keys.iter().find(|k| super::signing::key_id(&k.key) == key_id)
+    }
 }
 
 impl VerifyReport {
@@ -34,9 +80,27 @@ impl VerifyReport {
     }
 }
 
+/// Verifies against one trusted key.
 pub fn verify_recording(store: &RecordingStore, sid: &str, key: Option<&VerifyingKey>) -> VerifyReport {
-    let mut report =
-        VerifyReport { sid: sid.to_string(), verdict: Verdict::Failed, frames: 0, events: 0, problems: Vec::new(), notes: Vec::new() };
+    let mut ring = KeyRing::default();
+    if let Some(key) = key {
+        ring.add(*key, "the trusted key", true);
+    }
+    verify_with(store, sid, &ring)
+}
+
+pub fn verify_with(store: &RecordingStore, sid: &str, keys: &KeyRing) -> VerifyReport {
+    let mut report = VerifyReport {
+        sid: sid.to_string(),
+        verdict: Verdict::Failed,
+        frames: 0,
+        events: 0,
+        signed_by: None,
+        key_origin: None,
+        key_trusted: false,
+        problems: Vec::new(),
+        notes: Vec::new(),
+    };
     let path = store.recording_path(sid);
     let scan = match scan_recording(&path, sid) {
         Ok(scan) => scan,
@@ -82,13 +146,27 @@ pub fn verify_recording(store: &RecordingStore, sid: &str, key: Option<&Verifyin
         return report;
     };
     let body = &manifest.body;
-    match key {
-        Some(key) => {
-            if let Err(e) = manifest.verify(key) {
+    report.signed_by = Some(body.key_id.clone());
+    match keys.find(&body.key_id) {
+        Some(known) => {
+            report.key_origin = Some(known.origin.clone());
+            report.key_trusted = known.trusted;
+            if let Err(e) = manifest.verify(&known.key) {
                 report.problems.push(format!("manifest: {e}"));
+            } else if !known.trusted {
+                report.problems.push(format!(
+                    "signed by key {} ({}), which this review does not trust: if that instance is yours, add its public key to recording.trusted_keys or pass it with --public-key",
+                    body.key_id, known.origin
+                ));
             }
         }
-        None => report.problems.push("no trusted public key to check the signature with (pass --public-key or --config)".into()),
+        None if keys.is_empty() => {
+            report.problems.push("no trusted public key to check the signature with (pass --public-key or --config)".into())
+        }
+        None => report.problems.push(format!(
+            "signed by key {}, which is neither trusted nor published under keys/ (pass its public key with --public-key)",
+            body.key_id
+        )),
     }
     let mut mismatch = |what: &str, signed: String, found: String| {
         if signed != found {

@@ -179,6 +179,25 @@ impl ListenerContext {
 
     /// Opens a recording for a new session and returns its audit port.
     pub async fn open_session(&self, identity: SessionIdentity, conn: ConnectionInfo) -> Result<AuditPort, RecordingError> {
+        let recording = &self.config.recording;
+        if let Some(shortage) = crate::recording::disk::shortage(&recording.dir, recording.min_free_bytes) {
+            if recording.mode == crate::recording::RecordingMode::Strict {
+                tracing::error!(reason = %shortage, "refusing a new session: too little free space to record it");
+                // Audited like a refused login, but not counted against the client's address:
+                // the disk filling up is not its doing.
+                let refusal = super::refusals::Refusal {
+                    user: identity.user.clone(),
+                    db_user: identity.db_user.clone(),
+                    db_name: identity.db_name.clone(),
+                    user_agent: identity.user_agent.clone(),
+                    remote_addr: conn.peer.to_string(),
+                    reason: shortage.clone(),
+                };
+                self.refusals.record(refusal, "recording disk nearly full", || self.refusals_context(conn)).await;
+                return Err(RecordingError::LowDisk(shortage));
+            }
+            tracing::warn!(reason = %shortage, "recording disk nearly full; best_effort mode records what it still can");
+        }
         let ctx = self.session_context(identity, conn);
         let recorder = self.recorder.clone();
         let log = tokio::task::spawn_blocking(move || recorder.open(ctx)).await.map_err(|_| RecordingError::ShutDown)??;

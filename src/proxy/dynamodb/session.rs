@@ -191,10 +191,10 @@ async fn forward(conn: &Conn, parts: http::request::Parts, body: Bytes, payload_
         return audit_failed();
     }
     let port = match session_for(conn, &mut inner, &who, header(&parts, "user-agent")).await {
-        Some(port) => port,
-        None => {
+        Ok(port) => port,
+        Err(message) => {
             conn.stopped.store(true, Ordering::Release);
-            return audit_failed();
+            return error(ErrorKind::InternalServerError, &message);
         }
     };
     let endpoint = &conn.state.endpoint;
@@ -326,9 +326,10 @@ async fn forward(conn: &Conn, parts: http::request::Parts, body: Bytes, payload_
 
 /// The audit port of the session for `who`, opening it (and ending another identity's) as
 /// needed; `None` if its recording cannot be opened or started.
-async fn session_for(conn: &Conn, inner: &mut Inner, who: &Who, user_agent: &str) -> Option<Arc<AuditPort>> {
+/// The session's audit port, or what the client is told when none can be opened.
+async fn session_for(conn: &Conn, inner: &mut Inner, who: &Who, user_agent: &str) -> Result<Arc<AuditPort>, String> {
     if let Some(open) = inner.session.as_ref().filter(|o| o.user == who.user && o.role_arn == who.role_arn) {
-        return Some(open.port.clone());
+        return Ok(open.port.clone());
     }
     if let Some(previous) = inner.session.take() {
         end_session(previous).await;
@@ -344,17 +345,17 @@ async fn session_for(conn: &Conn, inner: &mut Inner, who: &Who, user_agent: &str
         Ok(port) => port,
         Err(e) => {
             tracing::error!(error = %e, "cannot open a recording for a DynamoDB session");
-            return None;
+            return Err(format!("dbtape: {}, so the request is refused", e.client_reason()));
         }
     };
     if let Err(e) = port.session_started(None).await {
         tracing::error!(error = %e, "cannot record the start of a DynamoDB session");
         port.seal().await;
-        return None;
+        return Err(crate::audit::AuditError::client_message_text().to_string());
     }
     let port = Arc::new(port);
     inner.session = Some(Open { port: port.clone(), user: who.user.clone(), role_arn: who.role_arn.clone(), credentials: None });
-    Some(port)
+    Ok(port)
 }
 
 /// The request body as the event's JSON object, or why it is not stored: over the

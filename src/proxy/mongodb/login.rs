@@ -356,7 +356,7 @@ impl<'a> Login<'a> {
                 return Err(error_reply(
                     AUTHENTICATION_FAILED.0,
                     AUTHENTICATION_FAILED.1,
-                    "dbtape: the session cannot be recorded, so it is refused",
+                    &format!("dbtape: {}, so it is refused", e.client_reason()),
                 ));
             }
         };

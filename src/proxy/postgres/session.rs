@@ -319,7 +319,7 @@ async fn establish(
         Ok(port) => port,
         Err(e) => {
             tracing::error!(error = %e, "cannot open a recording; refusing the session");
-            send(client, &error_response("FATAL", "58030", "dbtape: the session cannot be recorded, so it is refused")).await;
+            send(client, &error_response("FATAL", "58030", &format!("dbtape: {}, so it is refused", e.client_reason()))).await;
             return Ok(None);
         }
     };

@@ -81,9 +81,15 @@ pub fn key_base(prefix: &str, sid: &str, start_ms: i64) -> String {
     format!("{prefix}{}/{sid}", day.format("%Y/%m/%d"))
 }
 
-/// Where an instance publishes its public key: `<prefix>keys/<server_id>.pub`.
-pub fn public_key_key(prefix: &str, server_id: &str) -> String {
-    format!("{prefix}keys/{server_id}.pub")
+/// Where an instance publishes its public key: `<prefix>keys/<server_id>-<key id>.pub`. The
+/// key id keeps two instances that share a `server_id` (the host name, by default) from
+/// overwriting each other's key; the name is made safe as one path segment.
+pub fn public_key_key(prefix: &str, server_id: &str, key_id: &str) -> String {
+    let safe = |s: &str| -> String {
+        s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' }).collect()
+    };
+    let id = key_id.strip_prefix("ed25519:").unwrap_or(key_id);
+    format!("{prefix}keys/{}-{}.pub", safe(server_id), safe(id))
 }
 
 fn md5_hex(bytes: &[u8]) -> String {
@@ -229,8 +235,11 @@ impl Uploader {
     }
 
     async fn publish_public_key(&self) -> Result<(), UploadError> {
-        let key = public_key_key(&self.settings.prefix, &self.server_id);
         let bytes = std::fs::read(&self.public_key).map_err(|source| StoreError::Io { path: self.public_key.clone(), source })?;
+        let key_id = super::signing::load_public_key(&self.public_key)
+            .map(|k| super::signing::key_id(&k))
+            .map_err(|e| StoreError::Parse { path: self.public_key.clone(), reason: e.to_string() })?;
+        let key = public_key_key(&self.settings.prefix, &self.server_id, &key_id);
         self.put(&key, bytes, "application/octet-stream").await.map(|_| ())
     }
 

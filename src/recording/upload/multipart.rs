@@ -38,13 +38,11 @@ impl Uploader {
             let meta_key = format!("{}{}", self.key_base(sid, summary.start_ms), crate::recording::store::META_SUFFIX);
             self.put(&meta_key, super::read_file(&self.store.meta_path(sid))?, "application/json").await?;
         }
-        let before = cp.parts.len();
         while cp.sent() + part_size <= stable {
             self.send_part(sid, &path, &mut cp, part_size).await?;
-        }
-        if cp.parts.len() > before {
-            // The checkpoint beside the parts: whoever sweeps them up after this host is gone
-            // can complete the upload even where the store's ListParts cannot be read.
+            // The checkpoint beside the parts, after each one: whoever sweeps them up after
+            // this host is gone can complete the upload even where the store's ListParts
+            // cannot be read.
             let bytes = serde_json::to_vec(&cp).unwrap_or_default();
             self.put(&bucket_checkpoint_key(&cp.key), bytes, "application/json").await?;
         }

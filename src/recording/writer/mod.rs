@@ -100,6 +100,18 @@ pub enum RecordingError {
     ShutDown,
     #[error("cannot create recording {path}: {reason}")]
     Create { path: PathBuf, reason: String },
+    #[error("{0}")]
+    LowDisk(String),
+}
+
+impl RecordingError {
+    /// What the refused client is told: why, without paths or sizes of the proxy's disk.
+    pub fn client_reason(&self) -> &'static str {
+        match self {
+            RecordingError::LowDisk(_) => "the session cannot be recorded: the recording disk is nearly full",
+            _ => "the session cannot be recorded",
+        }
+    }
 }
 
 /// Where a session's durability stands, published to waiters.
