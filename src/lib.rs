@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod metrics;
 pub mod proxy;
 pub mod recording;
 pub mod replay;

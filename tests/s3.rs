@@ -48,6 +48,7 @@ struct Setup {
     root: tempfile::TempDir,
     services: Services,
     port: u16,
+    admin: u16,
     config: std::path::PathBuf,
 }
 
@@ -61,6 +62,7 @@ impl Setup {
         let services = Services::load();
         let root = tempfile::tempdir().unwrap();
         let port = free_port();
+        let admin = free_port();
         let certs = services.get("CERTS");
         let text = format!(
             r#"
@@ -94,13 +96,25 @@ database = "pg"
 db_users = ["postgres"]
 "#,
             // Each instance its own server_id, as a fleet's would be.
-            preamble = common::test_server_toml(root.path()).replace("[server]\n", &format!("[server]\nserver_id = \"proxy-{port}\"\n")),
+            preamble = common::test_server_toml(root.path())
+                .replace("[server]\n", &format!("[server]\nserver_id = \"proxy-{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n")),
             pg_port = services.get("PG_PORT"),
             alice = verifier(ALICE_PASSWORD),
         );
         let config = root.path().join("dbtape.toml");
         std::fs::write(&config, text).unwrap();
-        Setup { root, services, port, config }
+        Setup { root, services, port, admin, config }
+    }
+
+    /// A GET on the admin listener: (status line, body).
+    fn admin_get(&self, path: &str) -> (String, String) {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.admin)).unwrap();
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        (head.lines().next().unwrap().to_string(), body.to_string())
     }
 
     fn serve(&self) -> Serving {
@@ -248,6 +262,22 @@ fn recordings_are_uploaded_whole_and_reviewable_from_the_bucket() {
     let large = setup.psql(&format!("SELECT length('{}') AS big", random_hex(200_000))).wait_with_output().unwrap();
     assert!(large.status.success(), "{}", String::from_utf8_lossy(&large.stderr));
     setup.wait_for_markers(2);
+    // The admin listener counts what happened.
+    let (status, health) = setup.admin_get("/healthz");
+    assert!(status.contains(" 200 "), "{status} {health}");
+    let (status, metrics) = setup.admin_get("/metrics");
+    assert!(status.contains(" 200 "), "{status}");
+    let value = |line: &str| -> f64 {
+        let found = metrics.lines().find(|l| l.starts_with(line)).unwrap_or_else(|| panic!("{line} missing: {metrics}"));
+        found.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(value("dbtape_sessions_total{protocol=\"postgres\"}"), 2.0, "{metrics}");
+    assert_eq!(value("dbtape_sessions_active{protocol=\"postgres\"}"), 0.0, "{metrics}");
+    assert!(value("dbtape_queries_total{protocol=\"postgres\"}") >= 2.0, "{metrics}");
+    assert_eq!(value("dbtape_uploads_total"), 2.0, "{metrics}");
+    assert_eq!(value("dbtape_upload_backlog"), 0.0, "{metrics}");
+    assert!(value("dbtape_recorded_bytes_total") > 200_000.0, "{metrics}");
+    assert!(value("dbtape_recording_write_seconds_count") >= 1.0, "{metrics}");
     stop(serve);
     assert!(setup.recordings().join("quarantine").join(format!("{damaged}.dbt")).exists(), "the damaged file is kept in quarantine");
     assert!(!setup.recordings().join(format!("{damaged}.dbt")).exists());

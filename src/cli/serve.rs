@@ -16,17 +16,34 @@ pub fn run(config_path: &Path) -> Result<(), Failure> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
         let registry = builtin_engines(&config)?;
-        let uploads = tokio_util::sync::CancellationToken::new();
+        let config = Arc::new(config);
+        let server = Server::bind(config.clone(), &registry).await?;
+        let metrics = server.recorder().metrics().clone();
+        let background = tokio_util::sync::CancellationToken::new();
         let uploader = match &config.storage.s3 {
             Some(s3) => {
                 let store = crate::recording::RecordingStore::new(&config.recording.dir);
                 let public_key = crate::recording::signing::public_key_path(&config.recording.signing_key);
-                let uploader = Uploader::new(s3, store, public_key, config.server.server_id.clone()).await;
-                Some(tokio::spawn(uploader.run(uploads.clone())))
+                let uploader = Uploader::new(s3, store, public_key, config.server.server_id.clone(), metrics.clone()).await;
+                Some(tokio::spawn(uploader.run(background.clone())))
             }
             None => None,
         };
-        let server = Server::bind(Arc::new(config), &registry).await?;
+        if !config.server.admin_listen.is_empty() {
+            let listener = tokio::net::TcpListener::bind(&config.server.admin_listen).await.map_err(|e| Failure {
+                code: 1,
+                message: format!(
+                    "{}: server.admin_listen {:?}: cannot listen there: {e}; name a free address such as \"127.0.0.1:9187\", or leave it empty",
+                    config_path.display(),
+                    config.server.admin_listen
+                ),
+            })?;
+            let health = crate::server::admin::Health { recordings: config.recording.dir.clone(), min_free_bytes: config.recording.min_free_bytes };
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "admin listener: /metrics and /healthz");
+            }
+            tokio::spawn(crate::server::admin::serve(listener, metrics, health, background.clone()));
+        }
         for (name, addr) in server.local_addrs() {
             tracing::info!(database = %name, %addr, "serving");
         }
@@ -34,7 +51,7 @@ pub fn run(config_path: &Path) -> Result<(), Failure> {
         tracing::info!("dbtape ready");
         server.run(shutdown).await;
         // Every session is sealed now: the uploader's last pass takes them along.
-        uploads.cancel();
+        background.cancel();
         if let Some(task) = uploader {
             let _ = task.await;
         }
@@ -56,7 +73,7 @@ pub fn upload(config_path: &Path) -> Result<(), Failure> {
     runtime.block_on(async move {
         let store = crate::recording::RecordingStore::new(&config.recording.dir);
         let public_key = crate::recording::signing::public_key_path(&config.recording.signing_key);
-        let uploader = Uploader::new(&s3, store, public_key, config.server.server_id.clone()).await;
+        let uploader = Uploader::new(&s3, store, public_key, config.server.server_id.clone(), Default::default()).await;
         let report = uploader.pass().await;
         for sid in &report.uploaded {
             println!("uploaded {sid}");

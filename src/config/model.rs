@@ -55,6 +55,10 @@ pub struct ServerSection {
     /// Failed logins from one source address per minute, per listener, after which its new
     /// connections are closed at accept until the minute is over; 0 turns this off.
     pub max_failed_logins_per_source: u32,
+    /// Where `/metrics` (Prometheus) and `/healthz` are served, e.g. "127.0.0.1:9187";
+    /// empty turns the admin listener off. It has no authentication: keep it on a loopback
+    /// or management address.
+    pub admin_listen: String,
     /// The machine's host name (`server_hostname` on events); read at start-up, not configured.
     #[serde(skip)]
     pub hostname: String,
@@ -92,6 +96,7 @@ impl Default for ServerSection {
             max_pending_logins: 1024,
             max_pending_logins_per_source: 64,
             max_failed_logins_per_source: 30,
+            admin_listen: String::new(),
             hostname: String::new(),
         }
     }

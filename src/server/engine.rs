@@ -183,6 +183,7 @@ impl ListenerContext {
         if let Some(shortage) = crate::recording::disk::shortage(&recording.dir, recording.min_free_bytes) {
             if recording.mode == crate::recording::RecordingMode::Strict {
                 tracing::error!(reason = %shortage, "refusing a new session: too little free space to record it");
+                self.recorder.metrics().refused_low_disk();
                 // Audited like a refused login, but not counted against the client's address:
                 // the disk filling up is not its doing.
                 let refusal = super::refusals::Refusal {

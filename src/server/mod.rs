@@ -1,6 +1,7 @@
 //! The server core: one listener per configured database, a protocol-keyed engine registry,
 //! session bookkeeping, and graceful shutdown that seals every open recording.
 
+pub mod admin;
 mod engine;
 mod login_gate;
 pub mod refusals;

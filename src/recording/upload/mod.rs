@@ -65,6 +65,7 @@ pub struct Uploader {
     /// Multipart checkpoints this process wrote or checked against the file, by session id.
     checkpoints: std::sync::Mutex<std::collections::HashMap<String, checkpoint::Checkpoint>>,
     last_sweep: std::sync::Mutex<Option<std::time::Instant>>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -101,7 +102,13 @@ fn md5_b64(bytes: &[u8]) -> String {
 }
 
 impl Uploader {
-    pub async fn new(settings: &S3Storage, store: RecordingStore, public_key: PathBuf, server_id: String) -> Self {
+    pub async fn new(
+        settings: &S3Storage,
+        store: RecordingStore,
+        public_key: PathBuf,
+        server_id: String,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+    ) -> Self {
         let client = s3_client(settings).await;
         Uploader {
             settings: settings.clone(),
@@ -111,6 +118,7 @@ impl Uploader {
             server_id,
             checkpoints: Default::default(),
             last_sweep: Default::default(),
+            metrics,
         }
     }
 
@@ -180,9 +188,14 @@ impl Uploader {
                 return report;
             }
         };
+        self.metrics.upload_backlog(pending.len());
+        let total = pending.len();
         for sid in pending {
             match self.upload_with_retries(&sid).await {
-                Ok(()) => report.uploaded.push(sid),
+                Ok(()) => {
+                    report.uploaded.push(sid);
+                    self.metrics.upload_backlog(total - report.uploaded.len());
+                }
                 Err(e) => {
                     tracing::warn!(sid, error = %e, "upload failed; the recording stays queued");
                     report.failed.push((sid, e.to_string()));
@@ -250,8 +263,12 @@ impl Uploader {
         loop {
             match self.upload_one(sid).await {
                 Ok(()) => return Ok(()),
-                Err(e) if attempt >= attempts => return Err(e),
+                Err(e) if attempt >= attempts => {
+                    self.metrics.upload_failed();
+                    return Err(e);
+                }
                 Err(e) => {
+                    self.metrics.upload_failed();
                     tracing::info!(sid, attempt, error = %e, "upload attempt failed; retrying");
                     // Exponential backoff with full jitter, capped at 30 s.
                     let jitter = rand_fraction();
@@ -298,6 +315,7 @@ impl Uploader {
                 let _ = std::fs::remove_file(path);
             }
         }
+        self.metrics.uploaded(size);
         tracing::info!(sid, bucket = %self.settings.bucket, "recording uploaded");
         Ok(())
     }

@@ -150,6 +150,7 @@ impl Recorder {
             signer,
             control: Mutex::new(Control { sessions: Vec::new(), urgent: false, shutdown: false }),
             wake: Condvar::new(),
+            metrics: Arc::default(),
         });
         let worker = shared.clone();
         let thread = std::thread::Builder::new()
@@ -170,6 +171,11 @@ impl Recorder {
 
     pub fn config(&self) -> &RecorderConfig {
         &self.shared.config
+    }
+
+    /// The process's counters, for the admin listener.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.shared.metrics
     }
 
     /// The most bytes the writer's backlog has held since start-up.
@@ -276,6 +282,9 @@ impl Recorder {
                 let _ = dir.sync_all();
             }
         }
+        if counts_as_session(&state.ctx) {
+            self.shared.metrics.session_opened(state.ctx.database.protocol);
+        }
         lock(&self.shared.control).sessions.push(state.clone());
         Ok(SessionLog { state, shared: self.shared.clone(), closed: false })
     }
@@ -300,6 +309,11 @@ impl Drop for Recorder {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// A listener's refused-logins log is a recording with no user; it is not a session.
+pub(super) fn counts_as_session(ctx: &SessionContext) -> bool {
+    !ctx.user.user.is_empty()
 }
 
 /// A session's handle on its recording. Dropping it seals the recording.
@@ -379,7 +393,12 @@ impl SessionLog {
             }
             inner.pending_full = full;
         }
+        let counted = (inner.stats.queries, inner.stats.failed_queries);
         let ei = push_event(&mut inner, &self.state, body, notes, time_ms);
+        let (queries, failed) = (inner.stats.queries - counted.0, inner.stats.failed_queries - counted.1);
+        if queries + failed > 0 {
+            self.shared.metrics.queries(self.state.ctx.database.protocol, queries, failed);
+        }
         let frame_full = inner.pending.len() >= config.frame_target_bytes;
         if frame_full {
             if let Some(raw) = take_frame(&mut inner, &self.state) {

@@ -45,6 +45,9 @@ pub(super) fn seal(shared: &Shared, session: &SessionState) {
     let now_ms = chrono::Utc::now().timestamp_millis();
     let mut final_state = if inner.failed.is_some() { RecordingState::Failed } else { RecordingState::Sealed };
     let mut len = 0;
+    if io_guard.is_some() && super::counts_as_session(&session.ctx) {
+        shared.metrics.session_sealed(session.ctx.database.protocol);
+    }
     if let Some(mut io) = io_guard.take() {
         let trailer = Trailer {
             event_count: inner.written_events,

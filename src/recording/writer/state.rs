@@ -161,6 +161,7 @@ pub(super) struct Shared {
     pub(super) signer: Arc<Signer>,
     pub(super) control: Mutex<Control>,
     pub(super) wake: Condvar,
+    pub(super) metrics: Arc<crate::metrics::Metrics>,
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

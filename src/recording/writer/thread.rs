@@ -73,6 +73,8 @@ pub(super) fn writer_loop(shared: &Shared) {
 
 /// One group commit over all sessions. Returns the sessions it sealed.
 pub(super) fn write_pass(shared: &Shared, sessions: &[Arc<SessionState>], flush_all: bool, fsync: bool) -> Vec<Arc<SessionState>> {
+    let started = Instant::now();
+    let mut wrote_any = false;
     let mut written: Vec<(Arc<SessionState>, Option<u64>)> = Vec::new();
     let mut closing = Vec::new();
     for session in sessions {
@@ -91,6 +93,7 @@ pub(super) fn write_pass(shared: &Shared, sessions: &[Arc<SessionState>], flush_
         let last_ei = write_frames(shared, session, frames);
         if raw_bytes > 0 {
             session.backlog.remove(raw_bytes);
+            wrote_any = true;
         }
         written.push((session.clone(), last_ei));
         if is_closing {
@@ -107,6 +110,9 @@ pub(super) fn write_pass(shared: &Shared, sessions: &[Arc<SessionState>], flush_
                 fail_session(shared, session, format!("fsync failed: {e}"));
             }
         }
+    }
+    if wrote_any {
+        shared.metrics.write_latency(started.elapsed());
     }
     for (session, last_ei) in &written {
         if let Some(ei) = last_ei {
@@ -158,6 +164,7 @@ pub(super) fn write_frames(shared: &Shared, session: &Arc<SessionState>, frames:
             break;
         }
         io.len += bytes.len() as u64;
+        shared.metrics.written(u64::from(frame.events), bytes.len() as u64);
         io.hasher.update(&bytes);
         io.dirty = true;
         io.summary_dirty = true;
@@ -202,6 +209,7 @@ pub(super) fn write_frames(shared: &Shared, session: &Arc<SessionState>, frames:
 }
 
 pub(super) fn fail_session(shared: &Shared, session: &SessionState, reason: String) {
+    shared.metrics.write_failed();
     let reason: Arc<str> = Arc::from(reason);
     {
         let mut inner = lock(&session.inner);
