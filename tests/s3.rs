@@ -305,6 +305,29 @@ fn recordings_are_uploaded_whole_and_reviewable_from_the_bucket() {
     let plays: Vec<String> =
         listed.as_array().unwrap().iter().map(|s| setup.review(&["play", "--format", "text", s["sid"].as_str().unwrap()])).collect();
     assert!(plays.iter().any(|p| p.contains("SELECT 'small session' AS note")), "the small session plays from the bucket");
+
+    // A recording gone from the proxy's disk is found in the bucket without --source s3.
+    let at = plays.iter().position(|p| p.contains("small session")).unwrap();
+    let small = listed[at]["sid"].as_str().unwrap().to_string();
+    for file in std::fs::read_dir(setup.recordings()).unwrap().flatten() {
+        if file.file_name().to_string_lossy().starts_with(&small) {
+            std::fs::remove_file(file.path()).unwrap();
+        }
+    }
+    for args in [vec!["play", "--format", "text", &small], vec!["verify", &small], vec!["export", "--session", &small]] {
+        let out = common::dbtape_bin()
+            .args(&args)
+            .arg("--config")
+            .arg(&setup.config)
+            .env("XDG_CACHE_HOME", setup.root.path().join("cache"))
+            .envs(services.proxy_aws_vars())
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        assert!(stderr.contains("reading it from s3://"), "{args:?}: {stderr}");
+        assert!(stdout.contains("small session") || stdout.contains("  OK  "), "{args:?}: {stdout}");
+    }
 }
 
 /// A TCP relay to S3 that can be taken down (it refuses connections) and brought back.

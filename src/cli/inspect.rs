@@ -65,11 +65,7 @@ fn locate(args: &StoreArgs) -> Result<Located, Failure> {
             message: format!("{}: --source s3 needs a [storage.s3] section naming the bucket", config_path.display()),
         })?;
         let dir = args.dir.clone().unwrap_or_else(|| crate::recording::upload::remote::cache_dir(&s3));
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let copied = runtime.block_on(crate::recording::upload::remote::sync(&s3, &dir))?;
-        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-            eprintln!("{copied} file(s) copied from s3://{}/{} into {}", s3.bucket, s3.prefix, dir.display());
-        }
+        copy_from_bucket(&s3, &dir)?;
         return Ok(Located { store: RecordingStore::new(dir), signing_key, trusted_keys });
     }
     let dir = match (&args.dir, &recording) {
@@ -78,6 +74,38 @@ fn locate(args: &StoreArgs) -> Result<Located, Failure> {
         (None, None) => PathBuf::from("recordings"),
     };
     Ok(Located { store: RecordingStore::new(dir), signing_key, trusted_keys })
+}
+
+fn copy_from_bucket(s3: &crate::config::S3Storage, dir: &Path) -> Result<(), Failure> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let copied = runtime.block_on(crate::recording::upload::remote::sync(s3, dir))?;
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        eprintln!("{copied} file(s) copied from s3://{}/{} into {}", s3.bucket, s3.prefix, dir.display());
+    }
+    Ok(())
+}
+
+/// The recording a session id names: in the local folder or, when it is not there (the
+/// proxy deleted it after upload, or it was recorded on another instance) and the config
+/// has a `[storage.s3]`, in the bucket.
+fn locate_session(args: &StoreArgs, input: &str) -> Result<(Located, String), Failure> {
+    let located = locate(args)?;
+    let missing = match located.store.find(input) {
+        Ok(sid) => return Ok((located, sid)),
+        Err(e @ crate::recording::StoreError::NotFound { .. }) if args.source == super::Source::Local => e,
+        Err(e) => return Err(Failure { code: 2, message: e.to_string() }),
+    };
+    let config_path = &args.config.config;
+    let s3 = match config_path.exists().then(|| Config::load_storage_settings(config_path)).transpose()? {
+        Some(Some(s3)) => s3,
+        _ => return Err(Failure { code: 2, message: missing.to_string() }),
+    };
+    let dir = crate::recording::upload::remote::cache_dir(&s3);
+    copy_from_bucket(&s3, &dir)?;
+    let store = RecordingStore::new(dir);
+    let sid = store.find(input).map_err(|_| Failure { code: 2, message: format!("{missing}, nor in s3://{}/{}", s3.bucket, s3.prefix) })?;
+    eprintln!("note: {sid} is not in the local recordings folder; reading it from s3://{}/{}", s3.bucket, s3.prefix);
+    Ok((Located { store, ..located }, sid))
 }
 
 pub struct LsFilter {
@@ -256,8 +284,7 @@ pub fn play(args: &StoreArgs, session_id: &str, speed: f64, skip_idle: bool, for
     if !(0.25..=16.0).contains(&speed) {
         return Err(Failure { code: 2, message: format!("--speed {speed} is out of range: use 0.25 to 16") });
     }
-    let located = locate(args)?;
-    let sid = located.store.find(session_id).map_err(|e| Failure { code: 2, message: e.to_string() })?;
+    let (located, sid) = locate_session(args, session_id)?;
     let protocol = located.store.read_summary(&sid).map(|s| s.db_protocol).unwrap_or_default();
     let format = match format {
         PlayFormatArg::Pty => PlayFormat::Pty,
@@ -288,9 +315,11 @@ pub fn export(
     session: Option<String>,
     out: Option<PathBuf>,
 ) -> Result<(), Failure> {
-    let located = locate(args)?;
+    let (located, session) = match session {
+        Some(input) => locate_session(args, &input).map(|(located, sid)| (located, Some(sid)))?,
+        None => (locate(args)?, None),
+    };
     let (since_ms, until_ms) = time_filter(since, until)?;
-    let session = session.map(|s| located.store.find(&s)).transpose().map_err(|e| Failure { code: 2, message: e.to_string() })?;
     for kind in &events {
         if crate::audit::EventType::parse(kind).is_none() {
             eprintln!("note: --event {kind:?} is not an event type dbtape writes");
@@ -311,9 +340,13 @@ pub fn export(
 }
 
 pub fn verify(args: &StoreArgs, session_ids: Vec<String>, all: bool, public_keys: Vec<PathBuf>, format: DataFormat) -> Result<(), Failure> {
-    let located = locate(args)?;
+    let mut located = locate(args)?;
     if all != session_ids.is_empty() {
         return Err(Failure { code: 2, message: "give session ids or --all (not both)".into() });
+    }
+    // A session id the local folder lacks sends the whole review to the bucket (if any).
+    if let Some(missing) = session_ids.iter().find(|input| located.store.find(input).is_err()) {
+        located = locate_session(args, missing)?.0;
     }
     let keys = key_ring(&located, public_keys);
     let mut sids = Vec::new();
