@@ -406,6 +406,21 @@ fn an_s3_outage_and_a_killed_proxy_lose_nothing() {
     assert_eq!(end["session_stop"], before.last().unwrap()["time"]);
     assert_eq!(end["user"], "alice");
     assert!(events.iter().filter(|e| e["event"] == "db.session.end").count() == 1);
+
+    // By hand: nothing is pending; --all sends everything again.
+    let upload = |all: bool| {
+        let mut command = common::dbtape_bin();
+        command.arg("upload").arg("--config").arg(&setup.config).envs(services.proxy_aws_vars());
+        if all {
+            command.arg("--all");
+        }
+        let out = command.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(upload(false).contains("0 uploaded, 0 failed"), "{}", upload(false));
+    let again = upload(true);
+    assert!(again.contains("2 uploaded, 0 failed"), "{again}");
 }
 
 /// Statements that make a recording of several 64 KiB parts, then a session that stays open.

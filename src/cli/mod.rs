@@ -154,6 +154,10 @@ pub enum Command {
     Upload {
         #[command(flatten)]
         config: ConfigArg,
+        /// Upload every sealed recording again, also those already confirmed (for example
+        /// to a new bucket); the local copies must still be there.
+        #[arg(long)]
+        all: bool,
     },
     /// Check recordings' CRCs, hash chain, trailer and signature.
     Verify {
@@ -217,9 +221,9 @@ pub fn main() -> ExitCode {
     let verbose_default = matches!(cli.command, Command::Serve { .. });
     let result = match cli.command {
         Command::Serve { config } => serve::run(&config.config),
-        Command::Upload { config } => {
+        Command::Upload { config, all } => {
             init_logging(false, false);
-            serve::upload(&config.config)
+            serve::upload(&config.config, all)
         }
         Command::Config { command: ConfigCommand::Check { config } } => inspect::config_check(&config.config),
         Command::User { command: UserCommand::Add { name, password_stdin } } => user::add(&name, password_stdin),

@@ -61,9 +61,9 @@ pub fn run(config_path: &Path) -> Result<(), Failure> {
 
 /// `dbtape upload`: one upload pass now, for recordings the running proxy has not sent yet
 /// (or with no proxy running). Exits non-zero if any upload failed.
-pub fn upload(config_path: &Path) -> Result<(), Failure> {
-    let config = Config::load(config_path)?;
-    let Some(s3) = config.storage.s3.clone() else {
+pub fn upload(config_path: &Path, all: bool) -> Result<(), Failure> {
+    let (recording, s3, server_id) = Config::load_upload_settings(config_path)?;
+    let Some(s3) = s3 else {
         return Err(Failure {
             code: 2,
             message: format!("{}: no [storage.s3] section, so there is nowhere to upload to", config_path.display()),
@@ -71,9 +71,12 @@ pub fn upload(config_path: &Path) -> Result<(), Failure> {
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
-        let store = crate::recording::RecordingStore::new(&config.recording.dir);
-        let public_key = crate::recording::signing::public_key_path(&config.recording.signing_key);
-        let uploader = Uploader::new(&s3, store, public_key, config.server.server_id.clone(), Default::default()).await;
+        let store = crate::recording::RecordingStore::new(&recording.dir);
+        let public_key = crate::recording::signing::public_key_path(&recording.signing_key);
+        let uploader = Uploader::new(&s3, store, public_key, server_id, Default::default()).await;
+        if all {
+            uploader.forget_uploads();
+        }
         let report = uploader.pass().await;
         for sid in &report.uploaded {
             println!("uploaded {sid}");

@@ -84,6 +84,20 @@ impl Config {
         Ok(Self::parse_raw(&text, path)?.storage.s3)
     }
 
+    /// What `dbtape upload` needs: the recordings, the bucket and this instance's id. Like
+    /// the review loaders, it reads none of the databases' secrets.
+    pub fn load_upload_settings(path: &Path) -> Result<(RecordingSection, Option<S3Storage>, String), ConfigError> {
+        let text = read_text(path, "pass the config file that names the bucket with --config")?;
+        let raw = Self::parse_raw(&text, path)?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let recording = validate::check_recording_only(&raw, path, &base)?;
+        let server_id = match raw.server.server_id.as_str() {
+            "" => std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "dbtape".into()),
+            id => id.to_string(),
+        };
+        Ok((recording, raw.storage.s3, server_id))
+    }
+
     /// The `[recording]` settings alone, for the review commands (`ls`, `play`, `export`,
     /// `verify`): the rest of the file must parse, but no secret it references is read and
     /// no other section is checked, so a reviewer needs neither the proxy's secrets nor its

@@ -136,6 +136,22 @@ impl Uploader {
         ids.into_iter().filter(|sid| !marker_path(&self.store, sid).exists() && self.store.is_locked(sid)).collect()
     }
 
+    /// Puts every sealed recording whose local copy is still here back in the queue, by
+    /// setting its upload marker aside (as `<sid>.uploaded.json.previous`).
+    pub fn forget_uploads(&self) {
+        let Ok(ids) = self.store.session_ids() else { return };
+        for sid in ids {
+            let marker = marker_path(&self.store, &sid);
+            if marker.exists() {
+                let mut previous = marker.clone().into_os_string();
+                previous.push(".previous");
+                if let Err(e) = std::fs::rename(&marker, previous) {
+                    tracing::warn!(sid, error = %e, "cannot requeue a recording for upload");
+                }
+            }
+        }
+    }
+
     /// Sealed recordings with no upload marker, oldest first.
     pub fn pending(&self) -> Result<Vec<String>, StoreError> {
         let mut pending = Vec::new();
