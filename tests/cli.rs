@@ -240,9 +240,16 @@ fn verify_all_passes_on_intact_recordings() {
     assert_eq!(code, 0);
     let reports: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
     assert!(reports.iter().all(|r| r["verdict"] == "ok"));
+    assert!(!err.contains("verify ["), "no progress bar when stderr is not a terminal: {err}");
     // Without the trusted key, verification cannot pass.
     let (code, _, err) = run(&["verify", "--all", "--public-key", "/nonexistent.pub"], &rec.dir);
     assert_eq!(code, 1, "{err}");
+    // In a terminal, a progress bar counts the recordings.
+    let cmd = format!("{} verify --all --dir {} --public-key {}", env!("CARGO_BIN_EXE_dbtape"), rec.dir.display(), key.display());
+    let out = std::process::Command::new("script").args(["-qec", &cmd, "/dev/null"]).stdin(std::process::Stdio::null()).output().unwrap();
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{screen}");
+    assert!(screen.contains("verify [") && screen.contains("2/2"), "{screen}");
 }
 
 #[test]

@@ -8,7 +8,7 @@ use crate::config::{Config, DEFAULT_CONFIG_FILE};
 use crate::recording::signing::{load_public_key, public_key_path};
 use crate::recording::verify::{verify_with, KeyRing, Verdict};
 use crate::recording::{RecordingStore, SessionSummary};
-use crate::replay::export::{export as export_events, matching_sessions, ExportFilter};
+use crate::replay::export::{export_reporting, matching_sessions, ExportFilter};
 use crate::replay::player::{play as play_session, PlayFormat, PlayOptions};
 
 pub fn config_check(path: &Path) -> Result<(), Failure> {
@@ -326,13 +326,28 @@ pub fn export(
         }
     }
     let filter = ExportFilter { since_ms, until_ms, user, db, protocol: None, event_types: events, session };
+    let progress = super::progress::bar(0, "export", false);
     let stats = match out {
         Some(path) => {
             let file = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            export_events(&located.store, &filter, &mut std::io::BufWriter::with_capacity(1 << 20, file))?
+            export_reporting(&located.store, &filter, &mut std::io::BufWriter::with_capacity(1 << 20, file), |done, of| {
+                progress.set_length(of as u64);
+                progress.set_position(done as u64);
+            })?
         }
-        None => export_events(&located.store, &filter, &mut std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock()))?,
+        None => {
+            // Events on the terminal itself leave no room for a bar.
+            if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            }
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+            export_reporting(&located.store, &filter, &mut out, |done, of| {
+                progress.set_length(of as u64);
+                progress.set_position(done as u64);
+            })?
+        }
     };
+    progress.finish_and_clear();
     for w in &stats.warnings {
         eprintln!("{w}");
     }
@@ -358,7 +373,16 @@ pub fn verify(args: &StoreArgs, session_ids: Vec<String>, all: bool, public_keys
             sids.push(located.store.find(input).map_err(|e| Failure { code: 2, message: e.to_string() })?);
         }
     }
-    let reports: Vec<_> = sids.iter().map(|sid| verify_with(&located.store, sid, &keys)).collect();
+    let progress = super::progress::bar(sids.len() as u64, "verify", false);
+    let reports: Vec<_> = sids
+        .iter()
+        .map(|sid| {
+            let report = verify_with(&located.store, sid, &keys);
+            progress.inc(1);
+            report
+        })
+        .collect();
+    progress.finish_and_clear();
     let failed = reports.iter().filter(|r| !r.passed()).count();
     let mut out = std::io::stdout().lock();
     match format {

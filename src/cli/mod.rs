@@ -1,6 +1,7 @@
 //! The `dbtape` command line.
 
 mod inspect;
+mod progress;
 mod serve;
 mod user;
 mod when;

@@ -73,11 +73,21 @@ pub fn upload(config_path: &Path, all: bool) -> Result<(), Failure> {
     runtime.block_on(async move {
         let store = crate::recording::RecordingStore::new(&recording.dir);
         let public_key = crate::recording::signing::public_key_path(&recording.signing_key);
-        let uploader = Uploader::new(&s3, store, public_key, server_id, Default::default()).await;
+        let mut uploader = Uploader::new(&s3, store.clone(), public_key, server_id, Default::default()).await;
         if all {
             uploader.forget_uploads();
         }
+        let bytes: u64 = uploader
+            .pending()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|sid| std::fs::metadata(store.recording_path(sid)).ok())
+            .map(|m| m.len())
+            .sum();
+        let progress = super::progress::bar(bytes, "upload", true);
+        uploader.show_progress(progress.clone());
         let report = uploader.pass().await;
+        progress.finish_and_clear();
         for sid in &report.uploaded {
             println!("uploaded {sid}");
         }

@@ -59,9 +59,21 @@ pub fn matching_sessions(
 }
 
 pub fn export(store: &RecordingStore, filter: &ExportFilter, out: &mut impl Write) -> std::io::Result<ExportStats> {
+    export_reporting(store, filter, out, |_, _| {})
+}
+
+/// As `export`, calling `progress(done, of)` as each matching session is finished.
+pub fn export_reporting(
+    store: &RecordingStore,
+    filter: &ExportFilter,
+    out: &mut impl Write,
+    mut progress: impl FnMut(usize, usize),
+) -> std::io::Result<ExportStats> {
     let mut stats = ExportStats::default();
     let sessions = matching_sessions(store, filter, &mut stats.warnings)?;
-    for session in sessions {
+    let total = sessions.len();
+    for (done, session) in sessions.into_iter().enumerate() {
+        progress(done, total);
         let mut stream = match EventStream::open(store, &session.sid, false) {
             Ok(s) => s,
             Err(e) => {
@@ -105,6 +117,7 @@ pub fn export(store: &RecordingStore, filter: &ExportFilter, out: &mut impl Writ
             }
         }
     }
+    progress(total, total);
     out.flush()?;
     Ok(stats)
 }

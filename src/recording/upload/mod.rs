@@ -66,6 +66,8 @@ pub struct Uploader {
     checkpoints: std::sync::Mutex<std::collections::HashMap<String, checkpoint::Checkpoint>>,
     last_sweep: std::sync::Mutex<Option<std::time::Instant>>,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// `dbtape upload`'s progress bar, counting recording bytes confirmed.
+    progress: Option<indicatif::ProgressBar>,
 }
 
 fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -119,6 +121,7 @@ impl Uploader {
             checkpoints: Default::default(),
             last_sweep: Default::default(),
             metrics,
+            progress: None,
         }
     }
 
@@ -134,6 +137,16 @@ impl Uploader {
     fn live(&self) -> Vec<String> {
         let Ok(ids) = self.store.session_ids() else { return Vec::new() };
         ids.into_iter().filter(|sid| !marker_path(&self.store, sid).exists() && self.store.is_locked(sid)).collect()
+    }
+
+    pub fn show_progress(&mut self, bar: indicatif::ProgressBar) {
+        self.progress = Some(bar);
+    }
+
+    fn progressed(&self, bytes: u64) {
+        if let Some(bar) = &self.progress {
+            bar.inc(bytes);
+        }
     }
 
     /// Puts every sealed recording whose local copy is still here back in the queue, by
@@ -308,7 +321,9 @@ impl Uploader {
             (etag, Some(id))
         } else {
             let bytes = read_file(&recording)?;
-            (self.put(&recording_key, bytes, "application/octet-stream").await?, None)
+            let etag = self.put(&recording_key, bytes, "application/octet-stream").await?;
+            self.progressed(size);
+            (etag, None)
         };
         // The manifest and sidecar follow the recording, so whoever finds a manifest in the
         // bucket also finds what it signs.

@@ -58,6 +58,7 @@ impl Uploader {
             tracing::info!(sid, upload_id = %cp.upload_id, "multipart upload started");
         } else {
             tracing::info!(sid, upload_id = %cp.upload_id, parts = cp.parts.len(), "resuming multipart upload");
+            self.progressed(cp.sent());
         }
         while cp.sent() < size {
             let len = part_size.min(size - cp.sent());
@@ -140,6 +141,7 @@ impl Uploader {
             return Err(UploadError::Mismatch { operation: "UploadPart", key: cp.key.clone(), got: etag, want: md5 });
         }
         cp.parts.push(Part { number, offset, len, etag, md5 });
+        self.progressed(len);
         cp.save(&self.store, sid)?;
         super::lock(&self.checkpoints).insert(sid.to_string(), cp.clone());
         Ok(())
