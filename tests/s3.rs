@@ -565,3 +565,47 @@ fn a_fleet_shares_one_bucket_and_each_recording_names_its_signer() {
         listed.as_array().unwrap().iter().map(|s| a.review(&["play", "--format", "text", s["sid"].as_str().unwrap()])).collect();
     assert!(plays.iter().any(|p| p.contains("via proxy a")) && plays.iter().any(|p| p.contains("via proxy b")), "{plays:?}");
 }
+
+/// SIGKILL right after the client saw its queries answered. With fsync `always`, strict mode
+/// answers a query only once its event is on disk, so every answered query is in the
+/// recording that reaches the bucket. With `batch`, the last batch interval may be lost, but
+/// never a query from before it: what is recorded is always a prefix of what was answered.
+#[test]
+fn a_proxy_killed_right_after_answering_keeps_every_answered_query() {
+    let services = Services::load();
+    for fsync in ["always", "batch"] {
+        let bucket = make_bucket(&services);
+        let setup = Setup::new(&bucket, services.get("AWS_ENDPOINT"));
+        let config = std::fs::read_to_string(&setup.config).unwrap();
+        std::fs::write(&setup.config, config.replacen("[recording]\n", &format!("[recording]\nfsync = \"{fsync}\"\n"), 1)).unwrap();
+        let mut serve = setup.serve();
+        let answered = setup.root.path().join("answered");
+        let mut sql: String = (1..=20).map(|i| format!("SELECT 'answered {i}' AS q;\n")).collect();
+        sql.push_str(&format!("\\! touch {}\nSELECT pg_sleep(30);\n", answered.display()));
+        let mut client = setup.psql(&sql);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !answered.exists() {
+            assert!(Instant::now() < deadline, "psql never got its answers: {}", setup.log());
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        serve.0.kill().unwrap();
+        let _ = serve.0.wait();
+        let _ = client.kill();
+        let _ = client.wait();
+        let serve = setup.serve();
+        setup.wait_for_markers(1);
+        stop(serve);
+        let exported = setup.review(&["export", "--event", "db.session.query"]);
+        let recorded: Vec<u32> = exported
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|e| e["db_query"].as_str().and_then(|q| q.strip_prefix("SELECT 'answered ")).and_then(|q| q.split('\'').next()?.parse().ok()))
+            .collect();
+        let prefix: Vec<u32> = (1..=recorded.len() as u32).collect();
+        assert_eq!(recorded, prefix, "fsync {fsync}: recorded queries are a prefix of the answered ones");
+        if fsync == "always" {
+            assert_eq!(recorded.len(), 20, "fsync always: every answered query survives the kill");
+        }
+        eprintln!("fsync {fsync}: {} of 20 answered queries recorded after SIGKILL", recorded.len());
+    }
+}
