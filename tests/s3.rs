@@ -599,7 +599,9 @@ fn a_proxy_killed_right_after_answering_keeps_every_answered_query() {
         let recorded: Vec<u32> = exported
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter_map(|e| e["db_query"].as_str().and_then(|q| q.strip_prefix("SELECT 'answered ")).and_then(|q| q.split('\'').next()?.parse().ok()))
+            .filter_map(|e| {
+                e["db_query"].as_str().and_then(|q| q.strip_prefix("SELECT 'answered ")).and_then(|q| q.split('\'').next()?.parse().ok())
+            })
             .collect();
         let prefix: Vec<u32> = (1..=recorded.len() as u32).collect();
         assert_eq!(recorded, prefix, "fsync {fsync}: recorded queries are a prefix of the answered ones");
