@@ -18,11 +18,20 @@ fn free_port() -> u16 {
 
 /// A bucket of its own for each test, made with the proxy's moto identity.
 fn make_bucket(services: &Services) -> String {
+    make_bucket_with(services, false)
+}
+
+/// As `make_bucket`, with S3 Object Lock (and so versioning) on if `locked`.
+fn make_bucket_with(services: &Services, locked: bool) -> String {
     let bucket = format!("rec-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let script =
-        "import sys, boto3\nboto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1').create_bucket(Bucket=sys.argv[2])";
-    let out =
-        services.python().args(["-c", script, services.get("AWS_ENDPOINT"), &bucket]).envs(services.proxy_aws_vars()).output().unwrap();
+    let script = "import sys, boto3\nboto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1').create_bucket(Bucket=sys.argv[2], ObjectLockEnabledForBucket=sys.argv[3] == 'locked')";
+    let lock = if locked { "locked" } else { "plain" };
+    let out = services
+        .python()
+        .args(["-c", script, services.get("AWS_ENDPOINT"), &bucket, lock])
+        .envs(services.proxy_aws_vars())
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     bucket
 }
@@ -610,4 +619,42 @@ fn a_proxy_killed_right_after_answering_keeps_every_answered_query() {
         }
         eprintln!("fsync {fsync}: {} of 20 answered queries recorded after SIGKILL", recorded.len());
     }
+}
+
+#[test]
+fn object_lock_keeps_even_the_proxys_credentials_from_deleting_a_recording() {
+    let services = Services::load();
+    let bucket = make_bucket_with(&services, true);
+    let setup = Setup::with(&bucket, services.get("AWS_ENDPOINT"), "object_lock_mode = \"COMPLIANCE\"\nobject_lock_days = 1");
+    let serve = setup.serve();
+    for sql in ["SELECT 'locked small' AS note".to_string(), format!("SELECT length('{}') AS locked_big", random_hex(200_000))] {
+        let done = setup.psql(&sql).wait_with_output().unwrap();
+        assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    }
+    setup.wait_for_markers(2);
+    stop(serve);
+    // Every recording, the one sent whole and the one sent in parts, is under COMPLIANCE
+    // retention, and deleting its version is refused even with the proxy's own credentials.
+    let script = r#"
+import sys, boto3
+s3 = boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1')
+for o in s3.list_object_versions(Bucket=sys.argv[2], Prefix='dbtape/20')['Versions']:
+    if not o['Key'].endswith('.dbt'):
+        continue
+    # GetObjectRetention answers 500 in moto 5.2.5; HeadObject carries the same retention.
+    r = {'Mode': s3.head_object(Bucket=sys.argv[2], Key=o['Key'], VersionId=o['VersionId']).get('ObjectLockMode', 'none')}
+    try:
+        s3.delete_object(Bucket=sys.argv[2], Key=o['Key'], VersionId=o['VersionId'])
+        outcome = 'deleted'
+    except s3.exceptions.ClientError as e:
+        outcome = e.response['Error']['Code']
+    print(r['Mode'], outcome)
+"#;
+    let out =
+        services.python().args(["-c", script, services.get("AWS_ENDPOINT"), &bucket]).envs(services.proxy_aws_vars()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+    assert_eq!(lines, ["COMPLIANCE AccessDenied", "COMPLIANCE AccessDenied"], "{lines:?}");
+    let objects = objects(&services, &bucket);
+    assert!(objects.iter().any(|(k, etag)| k.ends_with(".dbt") && etag.contains('-')), "one went up in parts: {objects:?}");
 }

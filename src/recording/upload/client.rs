@@ -24,7 +24,7 @@ pub async fn s3_client(settings: &S3Storage) -> aws_sdk_s3::Client {
     aws_sdk_s3::Client::from_conf(config.build())
 }
 
-fn lock_until(settings: &S3Storage) -> aws_sdk_s3::primitives::DateTime {
+pub fn lock_until(settings: &S3Storage) -> aws_sdk_s3::primitives::DateTime {
     let until = std::time::SystemTime::now() + std::time::Duration::from_secs(u64::from(settings.object_lock_days) * 86_400);
     aws_sdk_s3::primitives::DateTime::from(until)
 }

@@ -65,6 +65,22 @@ impl Uploader {
             self.send_part(sid, path, &mut cp, len).await?;
         }
         let etag = self.complete(key, &cp.upload_id, &cp.parts).await?;
+        if !self.settings.object_lock_mode.is_empty() {
+            // S3 applies the lock the upload was created with; some S3-compatible stores do
+            // not, so it is set again on the completed object (extending it is always allowed).
+            let retention = aws_sdk_s3::types::ObjectLockRetention::builder()
+                .mode(aws_sdk_s3::types::ObjectLockRetentionMode::from(self.settings.object_lock_mode.as_str()))
+                .retain_until_date(client::lock_until(&self.settings))
+                .build();
+            self.client
+                .put_object_retention()
+                .bucket(&self.settings.bucket)
+                .key(key)
+                .retention(retention)
+                .send()
+                .await
+                .map_err(|e| s3_error("PutObjectRetention", key, &e))?;
+        }
         super::lock(&self.checkpoints).remove(sid);
         Ok((etag, cp.upload_id))
     }
