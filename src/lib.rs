@@ -13,4 +13,5 @@ pub mod metrics;
 pub mod proxy;
 pub mod recording;
 pub mod replay;
+pub mod search;
 pub mod server;

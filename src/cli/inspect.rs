@@ -47,13 +47,13 @@ fn plural(n: usize) -> &'static str {
 }
 
 /// The folder and (where known) the signing key of the recordings these commands read.
-struct Located {
-    store: RecordingStore,
+pub(super) struct Located {
+    pub(super) store: RecordingStore,
     signing_key: Option<PathBuf>,
     trusted_keys: Vec<PathBuf>,
 }
 
-fn locate(args: &StoreArgs) -> Result<Located, Failure> {
+pub(super) fn locate(args: &StoreArgs) -> Result<Located, Failure> {
     let config_path = &args.config.config;
     let default_missing = config_path == Path::new(DEFAULT_CONFIG_FILE) && !config_path.exists();
     let recording = if default_missing { None } else { Some(Config::load_recording_settings(config_path)?) };
@@ -117,7 +117,7 @@ pub struct LsFilter {
     pub limit: usize,
 }
 
-fn time_filter(since: Option<String>, until: Option<String>) -> Result<(Option<i64>, Option<i64>), Failure> {
+pub(super) fn time_filter(since: Option<String>, until: Option<String>) -> Result<(Option<i64>, Option<i64>), Failure> {
     let now = chrono::Utc::now().timestamp_millis();
     let since = since.map(|s| parse_when(&s, now)).transpose().map_err(|m| Failure { code: 2, message: format!("--since: {m}") })?;
     let until = until.map(|s| parse_when(&s, now)).transpose().map_err(|m| Failure { code: 2, message: format!("--until: {m}") })?;
@@ -228,7 +228,7 @@ fn format_duration(ms: Option<i64>) -> String {
     }
 }
 
-fn safe(text: &str) -> String {
+pub(super) fn safe(text: &str) -> String {
     crate::replay::render::terminal_safe(text).into_owned()
 }
 
@@ -280,7 +280,15 @@ fn write_table(out: &mut impl Write, sessions: &[SessionSummary]) -> std::io::Re
     Ok(())
 }
 
-pub fn play(args: &StoreArgs, session_id: &str, speed: f64, skip_idle: bool, format: PlayFormatArg, follow: bool) -> Result<(), Failure> {
+pub fn play(
+    args: &StoreArgs,
+    session_id: &str,
+    speed: f64,
+    skip_idle: bool,
+    format: PlayFormatArg,
+    follow: bool,
+    from_ei: u64,
+) -> Result<(), Failure> {
     if !(0.25..=16.0).contains(&speed) {
         return Err(Failure { code: 2, message: format!("--speed {speed} is out of range: use 0.25 to 16") });
     }
@@ -293,7 +301,7 @@ pub fn play(args: &StoreArgs, session_id: &str, speed: f64, skip_idle: bool, for
         PlayFormatArg::Yaml => PlayFormat::Yaml,
     };
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let end = play_session(&located.store, &sid, &protocol, PlayOptions { format, speed, skip_idle, follow }, &mut out)?;
+    let end = play_session(&located.store, &sid, &protocol, PlayOptions { format, speed, skip_idle, follow, from_ei }, &mut out)?;
     out.flush()?;
     if let Some(warning) = end.warning(&sid) {
         eprintln!("{warning}");
@@ -425,7 +433,7 @@ pub fn verify(args: &StoreArgs, session_ids: Vec<String>, all: bool, public_keys
 /// The keys a review trusts: those passed with --public-key, or else this instance's own and
 /// the config's recording.trusted_keys. The keys instances published under `keys/` (copied
 /// from the bucket) are added untrusted, so that each recording's signer can be named.
-fn key_ring(located: &Located, public_keys: Vec<PathBuf>) -> KeyRing {
+pub(super) fn key_ring(located: &Located, public_keys: Vec<PathBuf>) -> KeyRing {
     let mut ring = KeyRing::default();
     let trusted = if public_keys.is_empty() {
         let own =

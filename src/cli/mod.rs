@@ -2,6 +2,7 @@
 
 mod inspect;
 mod progress;
+mod search;
 mod serve;
 mod user;
 mod when;
@@ -126,6 +127,9 @@ pub enum Command {
         /// Keep playing a live session as it is recorded.
         #[arg(long)]
         follow: bool,
+        /// Start at this event (a `dbtape search` hit's ei); earlier events are skipped.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
     },
     /// Export events as JSON Lines for a SIEM, streamed in constant memory.
     Export {
@@ -150,6 +154,25 @@ pub enum Command {
         /// Write here instead of stdout.
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// Find events across every recording: who ran what, where, when. Each hit is read back
+    /// from its signed recording; the index only says where to look.
+    Search {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        filter: Box<SearchArgs>,
+        /// text: a table; json: whole events as `export` writes them.
+        #[arg(long, value_enum, default_value_t = DataFormat::Text)]
+        format: DataFormat,
+        /// Print only how many events match.
+        #[arg(long)]
+        count: bool,
+    },
+    /// The search index in the recordings folder.
+    Index {
+        #[command(subcommand)]
+        command: IndexCommand,
     },
     /// Upload recordings the proxy has not uploaded yet to [storage.s3], now.
     Upload {
@@ -197,6 +220,74 @@ pub enum UserCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum IndexCommand {
+    /// Index every sealed recording again, from scratch.
+    Rebuild {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Report sealed recordings the index does not cover (or covers only in part).
+    Verify {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+/// `dbtape search` filters; every one given must hold.
+#[derive(Args, Debug, Clone, Default)]
+pub struct SearchArgs {
+    /// The person or program dbtape identified.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// The database's name in the config (db_service).
+    #[arg(long)]
+    pub db: Option<String>,
+    /// The database user the session ran as.
+    #[arg(long)]
+    pub db_user: Option<String>,
+    /// The database (or MongoDB $db) the statement ran in.
+    #[arg(long)]
+    pub db_name: Option<String>,
+    /// postgres, mongodb or dynamodb.
+    #[arg(long)]
+    pub protocol: Option<String>,
+    /// Event type (repeatable), e.g. db.session.query.
+    #[arg(long = "event")]
+    pub events: Vec<String>,
+    /// Event code (repeatable), e.g. TDB02W.
+    #[arg(long = "code")]
+    pub codes: Vec<String>,
+    /// Events at or after: a duration ago ("30d", "12h") or a time (RFC 3339 or YYYY-MM-DD).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Events at or before (same forms as --since).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// One session.
+    #[arg(long)]
+    pub sid: Option<String>,
+    /// Failed queries, results with errors and refused logins.
+    #[arg(long)]
+    pub failed: bool,
+    /// Statement class: READ, WRITE, FUNCTION, ROLE, DDL, MISC or MISC_SET (pgaudit's).
+    #[arg(long)]
+    pub class: Option<String>,
+    /// A table (or collection) the statement touched.
+    #[arg(long)]
+    pub table: Option<String>,
+    /// Statements of one shape (pg_query's fingerprint, as `search --format json` does not
+    /// show but `dbtape search --class …` tables list).
+    #[arg(long)]
+    pub fingerprint: Option<String>,
+    /// Words that must all appear in the statement, and "quoted phrases".
+    #[arg(long)]
+    pub text: Option<String>,
+    /// A regular expression the statement must match (slower: applied to each candidate).
+    #[arg(long)]
+    pub regex: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
 pub enum ConfigCommand {
     /// Report every error in the config file, with its key and a fix.
     Check {
@@ -238,13 +329,25 @@ pub fn main() -> ExitCode {
                 inspect::ls(&store, filter, format)
             }
         }
-        Command::Play { session_id, store, speed, skip_idle, format, follow } => {
+        Command::Play { session_id, store, speed, skip_idle, format, follow, from } => {
             init_logging(false, false);
-            inspect::play(&store, &session_id, speed, skip_idle, format, follow)
+            inspect::play(&store, &session_id, speed, skip_idle, format, follow, from)
         }
         Command::Export { store, since, until, user, db, events, session, out } => {
             init_logging(false, false);
             inspect::export(&store, since, until, user, db, events, session, out)
+        }
+        Command::Search { store, filter, format, count } => {
+            init_logging(false, false);
+            search::search(&store, *filter, format, count)
+        }
+        Command::Index { command: IndexCommand::Rebuild { store } } => {
+            init_logging(false, false);
+            search::rebuild(&store)
+        }
+        Command::Index { command: IndexCommand::Verify { store } } => {
+            init_logging(false, false);
+            search::verify(&store)
         }
         Command::Verify { session_ids, all, store, public_key, format } => {
             init_logging(false, false);

@@ -44,14 +44,17 @@ pub fn run(config_path: &Path) -> Result<(), Failure> {
             }
             tokio::spawn(crate::server::admin::serve(listener, metrics, health, background.clone()));
         }
+        let indexer = crate::search::indexer::Indexer::spawn(config.recording.dir.clone())?;
         for (name, addr) in server.local_addrs() {
             tracing::info!(database = %name, %addr, "serving");
         }
         let shutdown = shutdown_signal();
         tracing::info!("dbtape ready");
         server.run(shutdown).await;
-        // Every session is sealed now: the uploader's last pass takes them along.
+        // Every session is sealed now: the uploader's and the indexer's last passes take
+        // them along.
         background.cancel();
+        let _ = tokio::task::spawn_blocking(move || indexer.stop()).await;
         if let Some(task) = uploader {
             let _ = task.await;
         }

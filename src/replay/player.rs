@@ -24,6 +24,17 @@ pub struct PlayOptions {
     pub speed: f64,
     pub skip_idle: bool,
     pub follow: bool,
+    /// Show events from this index on (a search hit's `ei`); earlier ones still set the
+    /// renderer's state (the current database, say) but are not shown.
+    pub from_ei: u64,
+}
+
+fn event_index(line: &[u8]) -> u64 {
+    #[derive(serde::Deserialize)]
+    struct Ei {
+        ei: u64,
+    }
+    serde_json::from_slice::<Ei>(line).map_or(u64::MAX, |e| e.ei)
 }
 
 /// Longest pause `--skip-idle` keeps, as `tsh play` does.
@@ -34,6 +45,9 @@ pub fn play(store: &RecordingStore, sid: &str, protocol: &str, options: PlayOpti
     let mut stream = EventStream::open(store, sid, options.follow)?;
     match options.format {
         PlayFormat::Json => stream.for_each_event(|line| {
+            if options.from_ei > 0 && event_index(line) < options.from_ei {
+                return Ok(true);
+            }
             out.write_all(line)?;
             out.write_all(b"\n")?;
             if options.follow {
@@ -42,6 +56,9 @@ pub fn play(store: &RecordingStore, sid: &str, protocol: &str, options: PlayOpti
             Ok(true)
         }),
         PlayFormat::Yaml => stream.for_each_event(|line| {
+            if options.from_ei > 0 && event_index(line) < options.from_ei {
+                return Ok(true);
+            }
             let value: serde_json::Value = serde_json::from_slice(line).map_err(std::io::Error::other)?;
             let mut text = String::new();
             super::yaml::write_document_item(&value, &mut text);
@@ -55,6 +72,9 @@ pub fn play(store: &RecordingStore, sid: &str, protocol: &str, options: PlayOpti
                 let event: RecordedEvent = serde_json::from_slice(line).map_err(std::io::Error::other)?;
                 screen.clear();
                 renderer.render(&event, line, &mut screen);
+                if event.ei < options.from_ei {
+                    return Ok(true);
+                }
                 out.write_all(super::render::screen_safe(&screen).replace("\r\n", "\n").as_bytes())?;
                 if options.follow {
                     out.flush()?;
@@ -81,12 +101,16 @@ enum Feed {
 fn play_pty(mut stream: EventStream, protocol: &str, options: PlayOptions) -> std::io::Result<StreamEnd> {
     let (tx, rx) = mpsc::channel::<Feed>();
     let protocol = protocol.to_string();
+    let from_ei = options.from_ei;
     std::thread::spawn(move || {
         let mut renderer = renderer_for(&protocol);
         let end = stream.for_each_event(|line| {
             let Ok(event) = serde_json::from_slice::<RecordedEvent>(line) else { return Ok(true) };
             let mut text = String::new();
             renderer.render(&event, line, &mut text);
+            if event.ei < from_ei {
+                return Ok(true);
+            }
             let text = super::render::screen_safe(&text).into_owned();
             let time_ms = event.time_ms().unwrap_or_default();
             Ok(text.is_empty() || tx.send(Feed::Chunk { time_ms, text }).is_ok())

@@ -29,7 +29,8 @@ use crate::audit::{EventBody, EventNotes, SessionContext};
 use buffer::{note_loss, push_event, take_frame};
 use seal::summary_of;
 use state::{lock, Backlog, Control, FileIo, Inner, SessionState, Shared, Stats};
-use thread::{lower_this_threads_priority, writer_loop};
+pub(crate) use thread::lower_this_threads_priority;
+use thread::writer_loop;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FsyncPolicy {

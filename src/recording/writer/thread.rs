@@ -18,7 +18,7 @@ use crate::recording::store::RecordingState;
 /// preempting a connection thread in the middle of a batch. Nice 10 still gives it about a
 /// tenth of a contended CPU, many times what it needs, so it cannot starve. Raising a
 /// thread's own nice value needs no privilege.
-pub(super) fn lower_this_threads_priority() {
+pub(crate) fn lower_this_threads_priority() {
     #[cfg(target_os = "linux")]
     {
         // SAFETY: plain syscalls on this thread's own id, with no pointers involved.

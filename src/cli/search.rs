@@ -1,0 +1,155 @@
+//! `dbtape search` and `dbtape index`.
+
+use std::io::Write;
+
+use super::inspect::{key_ring, locate, safe, time_filter};
+use super::{DataFormat, Failure, SearchArgs, StoreArgs};
+use crate::search::{SearchFilter, SearchIndex, StatementClass};
+
+fn filter_of(args: SearchArgs) -> Result<SearchFilter, Failure> {
+    let bad = |message: String| Failure { code: 2, message };
+    let (since_ms, until_ms) = time_filter(args.since, args.until)?;
+    let class = args
+        .class
+        .map(|c| {
+            StatementClass::parse(&c).ok_or_else(|| bad(format!("--class {c:?}: use READ, WRITE, FUNCTION, ROLE, DDL, MISC or MISC_SET")))
+        })
+        .transpose()?;
+    let regex = args.regex.map(|r| regex::Regex::new(&r).map_err(|e| bad(format!("--regex: {e}")))).transpose()?;
+    let sid = args.sid.map(|s| crate::recording::validate_session_id(&s).map_err(|e| bad(e.to_string()))).transpose()?;
+    Ok(SearchFilter {
+        user: args.user,
+        db: args.db,
+        db_user: args.db_user,
+        db_name: args.db_name,
+        protocol: args.protocol,
+        events: args.events,
+        codes: args.codes,
+        since_ms,
+        until_ms,
+        sid,
+        failed: args.failed,
+        class,
+        table: args.table,
+        fingerprint: args.fingerprint,
+        text: args.text,
+        regex,
+    })
+}
+
+/// Brings the index up to date with the folder first, so a search never misses a recording
+/// sealed since the proxy's last indexing pass (or a folder copied from the bucket).
+fn fresh_index(store: &crate::recording::RecordingStore) -> Result<SearchIndex, Failure> {
+    let index = SearchIndex::open(store.dir())?;
+    let missing = index.missing(store)?;
+    if !missing.is_empty() {
+        match index.add(store, &missing) {
+            Ok(_) => {}
+            // A running proxy holds the writer: search what it has indexed so far.
+            Err(e) => eprintln!("note: {} recording(s) not indexed yet ({e})", missing.len()),
+        }
+    }
+    Ok(index)
+}
+
+pub fn search(store: &StoreArgs, args: SearchArgs, format: DataFormat, count: bool) -> Result<(), Failure> {
+    let filter = filter_of(args)?;
+    let located = locate(store)?;
+    let keys = key_ring(&located, Vec::new());
+    let index = fresh_index(&located.store)?;
+    let outcome = crate::search::search(&located.store, &index, &filter, &keys)?;
+    for warning in &outcome.warnings {
+        eprintln!("warning: {}", safe(warning));
+    }
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if count {
+        writeln!(out, "{}", outcome.hits.len())?;
+        return Ok(out.flush()?);
+    }
+    match format {
+        DataFormat::Json => {
+            for hit in &outcome.hits {
+                out.write_all(&hit.line)?;
+                out.write_all(b"\n")?;
+            }
+        }
+        DataFormat::Text => {
+            // Cut to the terminal's width; piped into a file or a pager, nothing is cut.
+            let width = if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                crossterm::terminal::size().map(|(w, _)| w as usize).unwrap_or(160).max(80)
+            } else {
+                usize::MAX
+            };
+            writeln!(out, "{:<19}  {:<12} {:<12} {:<36} {:>5}  WHAT", "TIME (UTC)", "USER", "DB", "SID", "EI")?;
+            for hit in &outcome.hits {
+                let time = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(hit.time_ms).unwrap_or_default();
+                let field = |key: &str| hit.event.get(key).and_then(serde_json::Value::as_str).unwrap_or_default().to_string();
+                let what = what_of(&hit.event);
+                let room = width.saturating_sub(19 + 2 + 13 + 13 + 37 + 6 + 2).max(20);
+                let what: String = safe(&what).chars().map(|c| if c == '\n' { ' ' } else { c }).take(room).collect();
+                writeln!(
+                    out,
+                    "{}  {:<12} {:<12} {:<36} {:>5}  {}",
+                    time.format("%Y-%m-%d %H:%M:%S"),
+                    safe(&field("user")),
+                    safe(&field("db_service")),
+                    hit.sid,
+                    hit.ei,
+                    what
+                )?;
+            }
+            writeln!(out, "{} event(s); `dbtape play <sid> --from <ei>` plays a session from a hit", outcome.hits.len())?;
+        }
+    }
+    Ok(out.flush()?)
+}
+
+/// The hit's statement, or what else tells the event apart.
+fn what_of(event: &serde_json::Value) -> String {
+    let field = |key: &str| event.get(key).and_then(serde_json::Value::as_str).unwrap_or_default();
+    let class = crate::search::classify_event(event).and_then(|c| c.class()).map(|c| format!("[{}] ", c.as_str())).unwrap_or_default();
+    let text = match field("event") {
+        "db.session.dynamodb.request" => format!("{} {}", field("target"), event.get("body").map(|b| b.to_string()).unwrap_or_default()),
+        _ if !field("db_query").is_empty() => field("db_query").to_string(),
+        kind if !field("error").is_empty() => format!("{kind}: {}", field("error")),
+        kind => kind.to_string(),
+    };
+    format!("{class}{text}")
+}
+
+pub fn rebuild(store: &StoreArgs) -> Result<(), Failure> {
+    let located = locate(store)?;
+    let index = SearchIndex::open(located.store.dir())?;
+    let (recordings, events) = index.rebuild(&located.store)?;
+    println!("indexed {events} events from {recordings} recording(s)");
+    Ok(())
+}
+
+pub fn verify(store: &StoreArgs) -> Result<(), Failure> {
+    let located = locate(store)?;
+    let index = SearchIndex::open(located.store.dir())?;
+    let covered = index.covered()?;
+    let mut problems = 0;
+    let mut sids = located.store.session_ids()?;
+    sids.sort();
+    for sid in sids {
+        let Ok(Some(manifest)) = located.store.read_manifest(&sid) else { continue };
+        let expected = manifest.body.event_count + u64::from(manifest.body.rebuilt_end.is_some());
+        match covered.get(&sid) {
+            None => {
+                problems += 1;
+                println!("{sid}  NOT INDEXED");
+            }
+            Some(&n) if n != expected => {
+                problems += 1;
+                println!("{sid}  PARTLY INDEXED: {n} of {expected} events");
+            }
+            Some(_) => {}
+        }
+    }
+    if problems > 0 {
+        return Err(Failure { code: 1, message: format!("{problems} recording(s) not fully covered: `dbtape index rebuild` covers them") });
+    }
+    println!("every sealed recording is indexed ({} in all)", covered.len());
+    Ok(())
+}

@@ -1,0 +1,270 @@
+//! A search: filters turned into an index query, and every hit read back from its signed
+//! recording and checked against the same filters there. An index entry the recording does
+//! not bear out (a tampered or stale index) is dropped and reported, never printed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+
+use serde_json::Value;
+use tantivy::query::{BooleanQuery, Occur, PhraseQuery, Query, RangeQuery, TermQuery};
+use tantivy::schema::{Field, IndexRecordOption};
+use tantivy::Term;
+
+use super::classify::{classify_event, StatementClass};
+use super::index::{IndexError, SearchIndex};
+use crate::recording::verify::{verify_with, KeyRing};
+use crate::recording::RecordingStore;
+use crate::replay::events::EventStream;
+
+/// Filters that combine (all must hold).
+#[derive(Debug, Clone, Default)]
+pub struct SearchFilter {
+    pub user: Option<String>,
+    pub db: Option<String>,
+    pub db_user: Option<String>,
+    pub db_name: Option<String>,
+    pub protocol: Option<String>,
+    pub events: Vec<String>,
+    pub codes: Vec<String>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    pub sid: Option<String>,
+    /// Failed queries and results with errors, refused logins.
+    pub failed: bool,
+    pub class: Option<StatementClass>,
+    /// A table or collection name.
+    pub table: Option<String>,
+    pub fingerprint: Option<String>,
+    /// Words (all must appear) and "quoted phrases".
+    pub text: Option<String>,
+    /// A regular expression over the statement: the slower fallback, applied on read-back.
+    pub regex: Option<regex::Regex>,
+}
+
+/// One hit, as the recording has it.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    pub sid: String,
+    pub ei: u64,
+    pub time_ms: i64,
+    pub event: Value,
+    /// The recorded JSON line, byte for byte as `export` writes it.
+    pub line: Vec<u8>,
+}
+
+#[derive(Debug, Default)]
+pub struct SearchOutcome {
+    pub hits: Vec<Hit>,
+    /// Why index entries were dropped, or whole recordings skipped.
+    pub warnings: Vec<String>,
+}
+
+pub fn event_time_ms(event: &Value) -> Option<i64> {
+    let time = event.get("time")?.as_str()?;
+    chrono::DateTime::parse_from_rfc3339(time).ok().map(|t| t.timestamp_millis())
+}
+
+/// Whether an event records something that went wrong: a refused login, a failed query, a
+/// result with an error, a request AWS or dbtape failed.
+pub fn is_failure(event: &Value) -> bool {
+    let code = event.get("code").and_then(Value::as_str).unwrap_or_default();
+    code.ends_with('W')
+        || code.ends_with('E')
+        || event.get("success") == Some(&Value::Bool(false))
+        || event.get("error").and_then(Value::as_str).is_some_and(|e| !e.is_empty())
+}
+
+/// The text free-text search looks in: the statement, the request, and any error.
+pub fn searchable_text(event: &Value) -> String {
+    let mut text = String::new();
+    for key in ["db_query", "target", "error", "message"] {
+        if let Some(part) = event.get(key).and_then(Value::as_str) {
+            text.push_str(part);
+            text.push('\n');
+        }
+    }
+    if let Some(body) = event.get("body").filter(|b| !b.is_null()) {
+        text.push_str(&body.to_string());
+    }
+    text
+}
+
+/// Lower-cased words, split as the index's default tokenizer splits them.
+fn words(text: &str) -> Vec<String> {
+    text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect()
+}
+
+/// `--text` split into phrases: a quoted run is one phrase, every other word its own.
+fn phrases(text: &str) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for (i, part) in text.split('"').enumerate() {
+        if i % 2 == 1 {
+            let phrase = words(part);
+            if !phrase.is_empty() {
+                out.push(phrase);
+            }
+        } else {
+            out.extend(words(part).into_iter().map(|w| vec![w]));
+        }
+    }
+    out
+}
+
+impl SearchFilter {
+    fn index_query(&self, index: &SearchIndex) -> Box<dyn Query> {
+        let f = index.fields;
+        let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+        let term = |field: Field, value: &str| -> Box<dyn Query> {
+            Box::new(TermQuery::new(Term::from_field_text(field, value), IndexRecordOption::Basic))
+        };
+        let any_of = |field: Field, values: &[String]| -> Box<dyn Query> {
+            Box::new(BooleanQuery::new(values.iter().map(|v| (Occur::Should, term(field, v))).collect()))
+        };
+        for (field, value) in [
+            (f.user, &self.user),
+            (f.db, &self.db),
+            (f.db_user, &self.db_user),
+            (f.db_name, &self.db_name),
+            (f.protocol, &self.protocol),
+            (f.sid, &self.sid),
+            (f.fingerprint, &self.fingerprint),
+        ] {
+            if let Some(value) = value {
+                clauses.push((Occur::Must, term(field, value)));
+            }
+        }
+        if !self.events.is_empty() {
+            clauses.push((Occur::Must, any_of(f.event, &self.events)));
+        }
+        if !self.codes.is_empty() {
+            clauses.push((Occur::Must, any_of(f.code, &self.codes)));
+        }
+        if self.failed {
+            clauses.push((Occur::Must, term(f.failed, "1")));
+        }
+        if let Some(class) = self.class {
+            clauses.push((Occur::Must, term(f.class, class.as_str())));
+        }
+        if let Some(table) = &self.table {
+            clauses.push((Occur::Must, term(f.table, &table.to_lowercase())));
+        }
+        if self.since_ms.is_some() || self.until_ms.is_some() {
+            let lower = self.since_ms.map_or(Bound::Unbounded, |t| Bound::Included(Term::from_field_i64(f.time, t)));
+            let upper = self.until_ms.map_or(Bound::Unbounded, |t| Bound::Included(Term::from_field_i64(f.time, t)));
+            clauses.push((Occur::Must, Box::new(RangeQuery::new(lower, upper))));
+        }
+        for phrase in phrases(self.text.as_deref().unwrap_or_default()) {
+            let query: Box<dyn Query> = if phrase.len() == 1 {
+                term(f.text, &phrase[0])
+            } else {
+                Box::new(PhraseQuery::new(phrase.iter().map(|w| Term::from_field_text(f.text, w)).collect()))
+            };
+            clauses.push((Occur::Must, query));
+        }
+        if clauses.is_empty() {
+            return Box::new(tantivy::query::AllQuery);
+        }
+        Box::new(BooleanQuery::new(clauses))
+    }
+
+    /// The same filters, checked against the event as recorded.
+    pub fn matches(&self, sid: &str, event: &Value) -> bool {
+        let field = |key: &str| event.get(key).and_then(Value::as_str).unwrap_or_default();
+        let equal = |want: &Option<String>, key: &str| want.as_ref().is_none_or(|w| w == field(key));
+        if !(equal(&self.user, "user")
+            && equal(&self.db, "db_service")
+            && equal(&self.db_user, "db_user")
+            && equal(&self.db_name, "db_name")
+            && equal(&self.protocol, "db_protocol")
+            && self.sid.as_ref().is_none_or(|s| s == sid))
+        {
+            return false;
+        }
+        if !self.events.is_empty() && !self.events.iter().any(|e| e == field("event")) {
+            return false;
+        }
+        if !self.codes.is_empty() && !self.codes.iter().any(|c| c == field("code")) {
+            return false;
+        }
+        if self.failed && !is_failure(event) {
+            return false;
+        }
+        let time = event_time_ms(event).unwrap_or_default();
+        if self.since_ms.is_some_and(|s| time < s) || self.until_ms.is_some_and(|u| time > u) {
+            return false;
+        }
+        if self.class.is_some() || self.table.is_some() || self.fingerprint.is_some() {
+            let Some(classified) = classify_event(event) else { return false };
+            if self.class.is_some_and(|c| !classified.classes.contains(&c))
+                || self.table.as_ref().is_some_and(|t| !classified.tables.contains(&t.to_lowercase()))
+                || self.fingerprint.as_ref().is_some_and(|fp| *fp != classified.fingerprint)
+            {
+                return false;
+            }
+        }
+        let text = searchable_text(event);
+        if let Some(wanted) = &self.text {
+            let have = words(&text);
+            let found = |phrase: &Vec<String>| have.windows(phrase.len()).any(|w| w == phrase.as_slice());
+            if !phrases(wanted).iter().all(found) {
+                return false;
+            }
+        }
+        self.regex.as_ref().is_none_or(|r| r.is_match(&text))
+    }
+}
+
+/// Runs a search: the index names candidates, each recording they are in is verified, and
+/// each candidate is read back and checked again.
+pub fn search(store: &RecordingStore, index: &SearchIndex, filter: &SearchFilter, keys: &KeyRing) -> Result<SearchOutcome, IndexError> {
+    let mut outcome = SearchOutcome::default();
+    let candidates = index.hits(filter.index_query(index))?;
+    let mut by_recording: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+    for (sid, ei, _) in candidates {
+        by_recording.entry(sid).or_default().insert(ei);
+    }
+    for (sid, wanted) in by_recording {
+        if crate::recording::validate_session_id(&sid).is_err() || !store.recording_path(&sid).exists() {
+            outcome.warnings.push(format!("the index names a recording {sid:?} that is not in {}", store.dir().display()));
+            continue;
+        }
+        let report = verify_with(store, &sid, keys);
+        if !report.passed() {
+            outcome.warnings.push(format!(
+                "recording {sid} fails verification ({}); its {} hit(s) are not shown",
+                report.problems.join("; "),
+                wanted.len()
+            ));
+            continue;
+        }
+        let mut stream = match EventStream::open(store, &sid, false) {
+            Ok(s) => s,
+            Err(e) => {
+                outcome.warnings.push(format!("recording {sid}: {e}"));
+                continue;
+            }
+        };
+        let mut seen = BTreeSet::new();
+        let _ = stream.for_each_event(|line| {
+            let Ok(event) = serde_json::from_slice::<Value>(line) else { return Ok(true) };
+            let ei = event.get("ei").and_then(Value::as_u64).unwrap_or(u64::MAX);
+            if wanted.contains(&ei) {
+                seen.insert(ei);
+                if filter.matches(&sid, &event) {
+                    let time_ms = event_time_ms(&event).unwrap_or_default();
+                    outcome.hits.push(Hit { sid: sid.clone(), ei, time_ms, event, line: line.to_vec() });
+                } else {
+                    outcome.warnings.push(format!(
+                        "index entry ({sid}, {ei}) does not match the recorded event: ignored (a stale or altered index; `dbtape index rebuild`)"
+                    ));
+                }
+            }
+            Ok(seen.len() < wanted.len())
+        });
+        for ei in wanted.difference(&seen) {
+            outcome.warnings.push(format!("index entry ({sid}, {ei}) names no recorded event: ignored"));
+        }
+    }
+    outcome.hits.sort_by(|a, b| (a.time_ms, &a.sid, a.ei).cmp(&(b.time_ms, &b.sid, b.ei)));
+    Ok(outcome)
+}
