@@ -193,7 +193,6 @@ fn forge_index_entry(dir: &std::path::Path, sid: &str, ei: u64, text: &str) {
     let field = |name: &str| schema.get_field(name).unwrap();
     let mut writer: tantivy::IndexWriter = index.writer_with_num_threads(1, 20_000_000).unwrap();
     let mut doc = tantivy::TantivyDocument::default();
-    doc.add_text(field("kind"), "event");
     doc.add_text(field("sid"), sid);
     doc.add_u64(field("ei"), ei);
     doc.add_i64(field("time"), chrono::Utc::now().timestamp_millis());

@@ -187,3 +187,25 @@ pub fn verify_with(store: &RecordingStore, sid: &str, keys: &KeyRing) -> VerifyR
     }
     report
 }
+
+/// The quick proof that a file is the recording its manifest signed: a trusted key's valid
+/// signature over the manifest, and the file's size and SHA-256 as signed. It skips the
+/// frame-by-frame checks of `verify_with` (which a full verify still runs), for readers
+/// that only need to know the bytes are the signed ones, such as `dbtape search`.
+pub fn check_signed_file(store: &RecordingStore, sid: &str, keys: &KeyRing) -> Result<(), String> {
+    use sha2::Digest;
+    let manifest = store.read_manifest(sid).map_err(|e| e.to_string())?.ok_or("no signed manifest")?;
+    let known = keys.find(&manifest.body.key_id).ok_or_else(|| format!("signed by key {}, which is not known", manifest.body.key_id))?;
+    if !known.trusted {
+        return Err(format!("signed by key {} ({}), which this review does not trust", manifest.body.key_id, known.origin));
+    }
+    manifest.verify(&known.key)?;
+    let path = store.recording_path(sid);
+    let mut file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut hasher = sha2::Sha256::new();
+    let size = std::io::copy(&mut file, &mut hasher).map_err(|e| format!("{}: {e}", path.display()))?;
+    if size != manifest.body.size || super::format::hex(&hasher.finalize()) != manifest.body.sha256 {
+        return Err("the file is not the one the manifest signed".into());
+    }
+    Ok(())
+}

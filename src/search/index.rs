@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use tantivy::collector::DocSetCollector;
 use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
-use tantivy::schema::{Field, IndexRecordOption, Schema, Value as _, FAST, INDEXED, STORED, STRING, TEXT};
+use tantivy::schema::{Field, IndexRecordOption, Schema};
 use tantivy::{doc, Index, IndexWriter, TantivyDocument, Term};
 
 use super::classify::classify_event;
@@ -52,29 +52,87 @@ pub(super) struct Fields {
 }
 
 fn schema() -> (Schema, Fields) {
+    use tantivy::schema::{NumericOptions, TextFieldIndexing, TextOptions};
+    // Nothing is scored, so no field keeps norms (a byte per document per field otherwise),
+    // and nothing is stored: where an event is comes from columns.
+    let keyword = || {
+        TextOptions::default().set_indexing_options(
+            TextFieldIndexing::default().set_tokenizer("raw").set_index_option(IndexRecordOption::Basic).set_fieldnorms(false),
+        )
+    };
+    let column = || NumericOptions::default().set_fast();
     let mut b = Schema::builder();
     let fields = Fields {
-        kind: b.add_text_field("kind", STRING),
-        sid: b.add_text_field("sid", STRING | STORED),
-        ei: b.add_u64_field("ei", INDEXED | STORED),
-        time: b.add_i64_field("time", INDEXED | STORED | FAST),
-        user: b.add_text_field("user", STRING),
-        db: b.add_text_field("db", STRING),
-        db_user: b.add_text_field("db_user", STRING),
-        db_name: b.add_text_field("db_name", STRING),
-        protocol: b.add_text_field("protocol", STRING),
-        event: b.add_text_field("event", STRING),
-        code: b.add_text_field("code", STRING),
-        failed: b.add_text_field("failed", STRING),
-        class: b.add_text_field("class", STRING),
-        table: b.add_text_field("table", STRING),
-        fingerprint: b.add_text_field("fingerprint", STRING),
-        // The default tokenizer: words split on punctuation, lower-cased, with positions
-        // for phrase queries.
-        text: b.add_text_field("text", TEXT),
-        events: b.add_u64_field("events", STORED),
+        kind: b.add_text_field("kind", keyword()),
+        sid: b.add_text_field("sid", keyword().set_fast("raw")),
+        ei: b.add_u64_field("ei", column()),
+        time: b.add_i64_field("time", column()),
+        user: b.add_text_field("user", keyword()),
+        db: b.add_text_field("db", keyword()),
+        db_user: b.add_text_field("db_user", keyword()),
+        db_name: b.add_text_field("db_name", keyword()),
+        protocol: b.add_text_field("protocol", keyword()),
+        event: b.add_text_field("event", keyword()),
+        code: b.add_text_field("code", keyword()),
+        failed: b.add_text_field("failed", keyword()),
+        class: b.add_text_field("class", keyword()),
+        table: b.add_text_field("table", keyword()),
+        fingerprint: b.add_text_field("fingerprint", keyword()),
+        // Words split on punctuation and lower-cased, with positions for phrase queries.
+        text: b.add_text_field(
+            "text",
+            TextOptions::default().set_indexing_options(
+                TextFieldIndexing::default()
+                    .set_tokenizer("default")
+                    .set_index_option(IndexRecordOption::WithFreqsAndPositions)
+                    .set_fieldnorms(false),
+            ),
+        ),
+        events: b.add_u64_field("events", column()),
     };
     (b.build(), fields)
+}
+
+/// Reads where documents are from the columns of each segment.
+struct Locator<'a> {
+    searcher: &'a tantivy::Searcher,
+    columns: HashMap<u32, SegmentColumns>,
+}
+
+struct SegmentColumns {
+    sid: Option<tantivy::columnar::StrColumn>,
+    ei: tantivy::columnar::Column<u64>,
+    time: tantivy::columnar::Column<i64>,
+    events: tantivy::columnar::Column<u64>,
+}
+
+impl<'a> Locator<'a> {
+    fn new(searcher: &'a tantivy::Searcher) -> Self {
+        Locator { searcher, columns: HashMap::new() }
+    }
+
+    fn columns(&mut self, segment: u32) -> tantivy::Result<&SegmentColumns> {
+        if !self.columns.contains_key(&segment) {
+            let fast = self.searcher.segment_reader(segment).fast_fields();
+            let columns =
+                SegmentColumns { sid: fast.str("sid")?, ei: fast.u64("ei")?, time: fast.i64("time")?, events: fast.u64("events")? };
+            self.columns.insert(segment, columns);
+        }
+        Ok(&self.columns[&segment])
+    }
+
+    /// `(sid, ei, time, events)` of one document.
+    fn locate(&mut self, address: tantivy::DocAddress) -> tantivy::Result<Option<(String, u64, i64, Option<u64>)>> {
+        let columns = self.columns(address.segment_ord)?;
+        let doc = address.doc_id;
+        let Some(sid_column) = &columns.sid else { return Ok(None) };
+        let Some(ord) = sid_column.term_ords(doc).next() else { return Ok(None) };
+        let mut sid = String::new();
+        if !sid_column.ord_to_str(ord, &mut sid)? {
+            return Ok(None);
+        }
+        Ok(Some((sid, columns.ei.first(doc).unwrap_or_default(), columns.time.first(doc).unwrap_or_default(), columns.events.first(doc))))
+    }
 }
 
 pub struct SearchIndex {
@@ -95,8 +153,28 @@ impl SearchIndex {
         let fail = |cause: String| IndexError::Index { path: path.clone(), cause };
         std::fs::create_dir_all(&path).map_err(|e| fail(e.to_string()))?;
         let (schema, fields) = schema();
-        let dir = tantivy::directory::MmapDirectory::open(&path).map_err(|e| fail(e.to_string()))?;
-        let index = Index::open_or_create(dir, schema).map_err(|e| fail(format!("{e}; `dbtape index rebuild` makes a new one")))?;
+        let open = |schema: Schema| -> Result<Index, tantivy::TantivyError> {
+            let dir = tantivy::directory::MmapDirectory::open(&path).map_err(|e| tantivy::TantivyError::SystemError(e.to_string()))?;
+            // Documents store nothing, but the store still keeps an entry for each: in large
+            // zstd blocks that costs next to nothing.
+            let settings = tantivy::IndexSettings {
+                docstore_compression: tantivy::store::Compressor::Zstd(tantivy::store::ZstdCompressor::default()),
+                docstore_blocksize: 1 << 18,
+                ..Default::default()
+            };
+            Index::builder().schema(schema).settings(settings).open_or_create(dir)
+        };
+        let index = match open(schema.clone()) {
+            Ok(index) => index,
+            // An index another dbtape version laid out differently: it is only derived
+            // data, so it is made again (the next pass or search fills it).
+            Err(tantivy::TantivyError::SchemaError(e)) => {
+                tracing::warn!(path = %path.display(), error = %e, "search index has another layout; starting a new one");
+                std::fs::remove_dir_all(&path).and_then(|()| std::fs::create_dir_all(&path)).map_err(|e| fail(e.to_string()))?;
+                open(schema).map_err(|e| fail(e.to_string()))?
+            }
+            Err(e) => return Err(fail(format!("{e}; remove the folder and run `dbtape index rebuild`"))),
+        };
         Ok(SearchIndex { index, fields, path })
     }
 
@@ -114,11 +192,9 @@ impl SearchIndex {
         let query = TermQuery::new(Term::from_field_text(self.fields.kind, "recording"), IndexRecordOption::Basic);
         let docs = searcher.search(&query, &DocSetCollector).map_err(|e| self.error(e))?;
         let mut covered = HashMap::new();
+        let mut locator = Locator::new(&searcher);
         for address in docs {
-            let doc: TantivyDocument = searcher.doc(address).map_err(|e| self.error(e))?;
-            let sid = doc.get_first(self.fields.sid).and_then(|v| v.as_str().map(str::to_string));
-            let events = doc.get_first(self.fields.events).and_then(|v| v.as_u64());
-            if let (Some(sid), Some(events)) = (sid, events) {
+            if let Some((sid, _, _, Some(events))) = locator.locate(address).map_err(|e| self.error(e))? {
                 covered.insert(sid, events);
             }
         }
@@ -152,6 +228,9 @@ impl SearchIndex {
             }
         }
         writer.commit().map_err(|e| self.error(e))?;
+        // Let the segments this pass wrote merge: fewer, larger segments are smaller on disk
+        // and faster to search.
+        writer.wait_merging_threads().map_err(|e| self.error(e))?;
         Ok(total)
     }
 
@@ -194,7 +273,6 @@ impl SearchIndex {
         let f = self.fields;
         let text_of = |key: &str| event.get(key).and_then(Value::as_str).unwrap_or_default();
         let mut doc = doc!(
-            f.kind => "event",
             f.sid => sid,
             f.ei => event.get("ei").and_then(Value::as_u64).unwrap_or_default(),
             f.time => super::query::event_time_ms(event).unwrap_or_default(),
@@ -227,20 +305,18 @@ impl SearchIndex {
         doc
     }
 
-    /// `(sid, ei, time)` of every event document matching `query` (with kind = event).
+    /// `(sid, ei, time)` of every event document matching `query`.
     pub(super) fn hits(&self, query: Box<dyn Query>) -> Result<Vec<(String, u64, i64)>, IndexError> {
         let searcher = self.searcher()?;
         let f = self.fields;
-        let events_only: Box<dyn Query> = Box::new(TermQuery::new(Term::from_field_text(f.kind, "event"), IndexRecordOption::Basic));
-        let query = BooleanQuery::new(vec![(Occur::Must, events_only), (Occur::Must, query)]);
+        // Only the per-recording documents carry a kind.
+        let recordings: Box<dyn Query> = Box::new(TermQuery::new(Term::from_field_text(f.kind, "recording"), IndexRecordOption::Basic));
+        let query = BooleanQuery::new(vec![(Occur::Must, query), (Occur::MustNot, recordings)]);
         let docs = searcher.search(&query, &DocSetCollector).map_err(|e| self.error(e))?;
         let mut hits = Vec::with_capacity(docs.len());
+        let mut locator = Locator::new(&searcher);
         for address in docs {
-            let doc: TantivyDocument = searcher.doc(address).map_err(|e| self.error(e))?;
-            let sid = doc.get_first(f.sid).and_then(|v| v.as_str().map(str::to_string));
-            let ei = doc.get_first(f.ei).and_then(|v| v.as_u64());
-            let time = doc.get_first(f.time).and_then(|v| v.as_i64());
-            if let (Some(sid), Some(ei), Some(time)) = (sid, ei, time) {
+            if let Some((sid, ei, time, _)) = locator.locate(address).map_err(|e| self.error(e))? {
                 hits.push((sid, ei, time));
             }
         }

@@ -12,7 +12,7 @@ use tantivy::Term;
 
 use super::classify::{classify_event, StatementClass};
 use super::index::{IndexError, SearchIndex};
-use crate::recording::verify::{verify_with, KeyRing};
+use crate::recording::verify::{check_signed_file, KeyRing};
 use crate::recording::RecordingStore;
 use crate::replay::events::EventStream;
 
@@ -77,7 +77,14 @@ pub fn is_failure(event: &Value) -> bool {
 /// The text free-text search looks in: the statement, the request, and any error.
 pub fn searchable_text(event: &Value) -> String {
     let mut text = String::new();
-    for key in ["db_query", "target", "error", "message"] {
+    // A result's `message` is the server's command tag ("UPDATE 1"): the statement it
+    // answers already holds those words, so only errors are searched there.
+    let keys: &[&str] = if event.get("event").and_then(Value::as_str) == Some("db.session.result") {
+        &["error"]
+    } else {
+        &["db_query", "target", "error", "message"]
+    };
+    for key in keys {
         if let Some(part) = event.get(key).and_then(Value::as_str) {
             text.push_str(part);
             text.push('\n');
@@ -214,6 +221,19 @@ impl SearchFilter {
     }
 }
 
+/// An event line's `ei` without parsing the rest: the writer puts it first.
+fn peek_ei(line: &[u8]) -> Option<u64> {
+    if let Some(rest) = line.strip_prefix(b"{\"ei\":") {
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        return std::str::from_utf8(&rest[..digits]).ok()?.parse().ok();
+    }
+    #[derive(serde::Deserialize)]
+    struct Ei {
+        ei: u64,
+    }
+    serde_json::from_slice::<Ei>(line).ok().map(|e| e.ei)
+}
+
 /// Runs a search: the index names candidates, each recording they are in is verified, and
 /// each candidate is read back and checked again.
 pub fn search(store: &RecordingStore, index: &SearchIndex, filter: &SearchFilter, keys: &KeyRing) -> Result<SearchOutcome, IndexError> {
@@ -228,13 +248,8 @@ pub fn search(store: &RecordingStore, index: &SearchIndex, filter: &SearchFilter
             outcome.warnings.push(format!("the index names a recording {sid:?} that is not in {}", store.dir().display()));
             continue;
         }
-        let report = verify_with(store, &sid, keys);
-        if !report.passed() {
-            outcome.warnings.push(format!(
-                "recording {sid} fails verification ({}); its {} hit(s) are not shown",
-                report.problems.join("; "),
-                wanted.len()
-            ));
+        if let Err(problem) = check_signed_file(store, &sid, keys) {
+            outcome.warnings.push(format!("recording {sid} fails verification ({problem}); its {} hit(s) are not shown", wanted.len()));
             continue;
         }
         let mut stream = match EventStream::open(store, &sid, false) {
@@ -246,9 +261,9 @@ pub fn search(store: &RecordingStore, index: &SearchIndex, filter: &SearchFilter
         };
         let mut seen = BTreeSet::new();
         let _ = stream.for_each_event(|line| {
-            let Ok(event) = serde_json::from_slice::<Value>(line) else { return Ok(true) };
-            let ei = event.get("ei").and_then(Value::as_u64).unwrap_or(u64::MAX);
+            let ei = peek_ei(line).unwrap_or(u64::MAX);
             if wanted.contains(&ei) {
+                let Ok(event) = serde_json::from_slice::<Value>(line) else { return Ok(true) };
                 seen.insert(ei);
                 if filter.matches(&sid, &event) {
                     let time_ms = event_time_ms(&event).unwrap_or_default();
