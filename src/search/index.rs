@@ -93,6 +93,14 @@ fn schema() -> (Schema, Fields) {
     (b.build(), fields)
 }
 
+/// A document's recording and event, or for a recording's own document, its event count.
+struct Located {
+    sid: String,
+    ei: u64,
+    time: i64,
+    events: Option<u64>,
+}
+
 /// Reads where documents are from the columns of each segment.
 struct Locator<'a> {
     searcher: &'a tantivy::Searcher,
@@ -121,8 +129,8 @@ impl<'a> Locator<'a> {
         Ok(&self.columns[&segment])
     }
 
-    /// `(sid, ei, time, events)` of one document.
-    fn locate(&mut self, address: tantivy::DocAddress) -> tantivy::Result<Option<(String, u64, i64, Option<u64>)>> {
+    /// Where one document points.
+    fn locate(&mut self, address: tantivy::DocAddress) -> tantivy::Result<Option<Located>> {
         let columns = self.columns(address.segment_ord)?;
         let doc = address.doc_id;
         let Some(sid_column) = &columns.sid else { return Ok(None) };
@@ -131,7 +139,12 @@ impl<'a> Locator<'a> {
         if !sid_column.ord_to_str(ord, &mut sid)? {
             return Ok(None);
         }
-        Ok(Some((sid, columns.ei.first(doc).unwrap_or_default(), columns.time.first(doc).unwrap_or_default(), columns.events.first(doc))))
+        Ok(Some(Located {
+            sid,
+            ei: columns.ei.first(doc).unwrap_or_default(),
+            time: columns.time.first(doc).unwrap_or_default(),
+            events: columns.events.first(doc),
+        }))
     }
 }
 
@@ -194,7 +207,7 @@ impl SearchIndex {
         let mut covered = HashMap::new();
         let mut locator = Locator::new(&searcher);
         for address in docs {
-            if let Some((sid, _, _, Some(events))) = locator.locate(address).map_err(|e| self.error(e))? {
+            if let Some(Located { sid, events: Some(events), .. }) = locator.locate(address).map_err(|e| self.error(e))? {
                 covered.insert(sid, events);
             }
         }
@@ -316,8 +329,8 @@ impl SearchIndex {
         let mut hits = Vec::with_capacity(docs.len());
         let mut locator = Locator::new(&searcher);
         for address in docs {
-            if let Some((sid, ei, time, _)) = locator.locate(address).map_err(|e| self.error(e))? {
-                hits.push((sid, ei, time));
+            if let Some(found) = locator.locate(address).map_err(|e| self.error(e))? {
+                hits.push((found.sid, found.ei, found.time));
             }
         }
         hits.sort_by(|a, b| (a.2, &a.0, a.1).cmp(&(b.2, &b.0, b.1)));
