@@ -270,6 +270,12 @@ impl SearchIndex {
             .for_each_event(|line| {
                 events += 1;
                 let Ok(event) = serde_json::from_slice::<Value>(line) else { return Ok(true) };
+                // A successful result holds nothing a question asks about that its query does
+                // not (the rows it touched are in `play` and `export`): leaving these out
+                // halves the index. Failed results are kept for --failed.
+                if event.get("event").and_then(Value::as_str) == Some("db.session.result") && !super::query::is_failure(&event) {
+                    return Ok(true);
+                }
                 if let Err(e) = writer.add_document(self.event_document(sid, &event)) {
                     added = Err(e.to_string());
                     return Ok(false);
