@@ -378,3 +378,66 @@ db_users = ["app"]
     let (ok, out) = with_config(&["config", "check"]);
     assert!(!ok && out.contains("DBTAPE_REVIEW_TEST_UNSET_PASSWORD"), "{out}");
 }
+
+/// A log shipper's exporter, killed with SIGKILL at random moments while sessions are being
+/// recorded and restarted each time: its output file holds every event exactly once, each
+/// session's in order.
+#[test]
+fn export_with_a_cursor_survives_sigkill_with_every_event_exactly_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rec = std::sync::Arc::new(recorder(tmp.path(), |_| {}));
+    let writer_rec = rec.clone();
+    let writer = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let mut total = 0u64;
+        for s in 0..12 {
+            let log = writer_rec.recorder.open(context(Protocol::Postgres)).unwrap();
+            for i in 0..300u64 {
+                let query = format!("SELECT {i} FROM session_{s}");
+                log.append(&EventBody::Query { query, parameters: vec![], db_name: None }, T0 + (s * 1000 + i) as i64).unwrap();
+                total += 1;
+                if i % 10 == 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(4));
+                }
+            }
+            runtime.block_on(log.close()).unwrap();
+        }
+        total
+    });
+    let cursor = tmp.path().join("cursor.json");
+    let out = tmp.path().join("shipped.jsonl");
+    let run = |follow: bool| {
+        let mut command = common::dbtape_bin();
+        command.args(["export", "--cursor"]).arg(&cursor).arg("--out").arg(&out).arg("--dir").arg(&rec.dir);
+        if follow {
+            command.arg("--follow");
+        }
+        command
+    };
+    let mut kills = 0;
+    while !writer.is_finished() {
+        let mut child = run(true).spawn().unwrap();
+        let mut wait = [0u8; 1];
+        getrandom::getrandom(&mut wait).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20 + u64::from(wait[0])));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+    }
+    let total = writer.join().unwrap();
+    let last = run(false).output().unwrap();
+    assert!(last.status.success(), "{}", String::from_utf8_lossy(&last.stderr));
+    assert!(kills >= 5, "only {kills} kills");
+    let text = std::fs::read_to_string(&out).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    let mut last_ei: std::collections::HashMap<String, u64> = Default::default();
+    for line in text.lines() {
+        let event: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("torn line {line:?}: {e}"));
+        let (sid, ei) = (event["sid"].as_str().unwrap().to_string(), event["ei"].as_u64().unwrap());
+        assert!(seen.insert((sid.clone(), ei)), "({sid}, {ei}) shipped twice");
+        if let Some(previous) = last_ei.insert(sid.clone(), ei) {
+            assert!(ei > previous, "{sid}: {ei} after {previous}");
+        }
+    }
+    assert_eq!(seen.len() as u64, total, "every event once, after {kills} kills");
+}

@@ -312,17 +312,28 @@ pub fn play(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn export(
-    args: &StoreArgs,
-    since: Option<String>,
-    until: Option<String>,
-    user: Option<String>,
-    db: Option<String>,
-    events: Vec<String>,
-    session: Option<String>,
-    out: Option<PathBuf>,
-) -> Result<(), Failure> {
+pub struct ExportArgs {
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub user: Option<String>,
+    pub db: Option<String>,
+    pub events: Vec<String>,
+    pub session: Option<String>,
+    pub out: Option<PathBuf>,
+}
+
+pub fn export_with_cursor(args: &StoreArgs, export: ExportArgs, cursor: PathBuf, follow: bool) -> Result<(), Failure> {
+    let located = locate(args)?;
+    let (since_ms, until_ms) = time_filter(export.since, export.until)?;
+    let session = export.session.map(|s| located.store.find(&s)).transpose().map_err(|e| Failure { code: 2, message: e.to_string() })?;
+    let filter = ExportFilter { since_ms, until_ms, user: export.user, db: export.db, protocol: None, event_types: export.events, session };
+    let job = crate::replay::follow::CursorExport { cursor, out: export.out, follow };
+    crate::replay::follow::export_from_cursor(&located.store, &filter, &job, &|| false)?;
+    Ok(())
+}
+
+pub fn export(args: &StoreArgs, export: ExportArgs) -> Result<(), Failure> {
+    let ExportArgs { since, until, user, db, events, session, out } = export;
     let (located, session) = match session {
         Some(input) => locate_session(args, &input).map(|(located, sid)| (located, Some(sid)))?,
         None => (locate(args)?, None),

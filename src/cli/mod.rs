@@ -154,6 +154,13 @@ pub enum Command {
         /// Write here instead of stdout.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Remember what was sent in this file and send only what is new; with --out, a
+        /// restart after any crash leaves every event in the file exactly once.
+        #[arg(long)]
+        cursor: Option<PathBuf>,
+        /// Keep sending events as they are recorded (needs --cursor).
+        #[arg(long)]
+        follow: bool,
     },
     /// Find events across every recording: who ran what, where, when. Each hit is read back
     /// from its signed recording; the index only says where to look.
@@ -333,9 +340,14 @@ pub fn main() -> ExitCode {
             init_logging(false, false);
             inspect::play(&store, &session_id, speed, skip_idle, format, follow, from)
         }
-        Command::Export { store, since, until, user, db, events, session, out } => {
+        Command::Export { store, since, until, user, db, events, session, out, cursor, follow } => {
             init_logging(false, false);
-            inspect::export(&store, since, until, user, db, events, session, out)
+            let filter = inspect::ExportArgs { since, until, user, db, events, session, out };
+            match cursor {
+                Some(cursor) => inspect::export_with_cursor(&store, filter, cursor, follow),
+                None if follow => Err(Failure { code: 2, message: "--follow needs --cursor FILE, where it keeps its place".into() }),
+                None => inspect::export(&store, filter),
+            }
         }
         Command::Search { store, filter, format, count } => {
             init_logging(false, false);

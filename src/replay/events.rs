@@ -179,6 +179,21 @@ pub fn peek_event_type(line: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
     serde_json::from_slice::<Only>(line).ok().map(|o| std::borrow::Cow::Owned(o.event))
 }
 
+/// An event line's `ei` without parsing the rest: the writer puts it first.
+pub fn peek_ei(line: &[u8]) -> Option<u64> {
+    if let Some(rest) = line.strip_prefix(b"{\"ei\":") {
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        if let Some(ei) = std::str::from_utf8(&rest[..digits]).ok().and_then(|d| d.parse().ok()) {
+            return Some(ei);
+        }
+    }
+    #[derive(serde::Deserialize)]
+    struct Ei {
+        ei: u64,
+    }
+    serde_json::from_slice::<Ei>(line).ok().map(|e| e.ei)
+}
+
 /// Reads the `time` field as epoch milliseconds.
 pub fn peek_time_ms(line: &[u8]) -> Option<i64> {
     const KEY: &[u8] = b"\"time\":\"";

@@ -2,6 +2,7 @@
 
 pub mod events;
 pub mod export;
+pub mod follow;
 pub mod player;
 pub mod render;
 pub mod yaml;

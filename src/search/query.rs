@@ -14,7 +14,7 @@ use super::classify::{classify_event, StatementClass};
 use super::index::{IndexError, SearchIndex};
 use crate::recording::verify::{check_signed_file, KeyRing};
 use crate::recording::RecordingStore;
-use crate::replay::events::EventStream;
+use crate::replay::events::{peek_ei, EventStream};
 
 /// Filters that combine (all must hold).
 #[derive(Debug, Clone, Default)]
@@ -219,19 +219,6 @@ impl SearchFilter {
         }
         self.regex.as_ref().is_none_or(|r| r.is_match(&text))
     }
-}
-
-/// An event line's `ei` without parsing the rest: the writer puts it first.
-fn peek_ei(line: &[u8]) -> Option<u64> {
-    if let Some(rest) = line.strip_prefix(b"{\"ei\":") {
-        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-        return std::str::from_utf8(&rest[..digits]).ok()?.parse().ok();
-    }
-    #[derive(serde::Deserialize)]
-    struct Ei {
-        ei: u64,
-    }
-    serde_json::from_slice::<Ei>(line).ok().map(|e| e.ei)
 }
 
 /// Runs a search: the index names candidates, each recording they are in is verified, and

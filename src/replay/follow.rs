@@ -1,0 +1,127 @@
+//! `dbtape export --cursor FILE [--follow]`: export that remembers what it already sent. The
+//! cursor holds, per recording, the next event to send and the recordings finished, plus
+//! how long the output file was when it was saved. With `--out`, a restart first cuts the
+//! output back to that length, so events written after the last saved cursor (and perhaps
+//! torn by a SIGKILL) are written again exactly once: the file holds every event once, in
+//! order, however often the exporter is killed. On standard output the guarantee is
+//! at-least-once (each event's `uid` lets a collector drop a repeat).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::events::{peek_ei, peek_event_type, peek_time_ms, EventStream, StreamEnd};
+use super::export::{matching_sessions, ExportFilter};
+use crate::recording::store::write_atomic;
+use crate::recording::RecordingStore;
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Cursor {
+    /// The next `ei` to send, for recordings begun but not finished.
+    pub next: BTreeMap<String, u64>,
+    /// Recordings sent to their end (sealed or recovered).
+    pub done: BTreeSet<String>,
+    /// The output file's length when this cursor was saved.
+    pub out_len: u64,
+}
+
+impl Cursor {
+    fn load(path: &Path) -> std::io::Result<Cursor> {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| std::io::Error::other(format!("{}: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Cursor::default()),
+            Err(e) => Err(std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+        }
+    }
+
+    fn save(&self, path: &Path) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec(self).map_err(std::io::Error::other)?;
+        write_atomic(path, &bytes).map_err(std::io::Error::other)
+    }
+}
+
+pub struct CursorExport {
+    pub cursor: PathBuf,
+    /// Where events go; standard output if none.
+    pub out: Option<PathBuf>,
+    pub follow: bool,
+}
+
+/// Sends what the cursor has not sent yet; with `follow`, keeps doing so until `stop` says.
+pub fn export_from_cursor(
+    store: &RecordingStore,
+    filter: &ExportFilter,
+    job: &CursorExport,
+    stop: &dyn Fn() -> bool,
+) -> std::io::Result<u64> {
+    let mut cursor = Cursor::load(&job.cursor)?;
+    let mut out: Box<dyn Write> = match &job.out {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+            // Whatever was written after the last saved cursor is written again below.
+            file.set_len(cursor.out_len)?;
+            Box::new(file)
+        }
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut sent = 0u64;
+    loop {
+        let mut warnings = Vec::new();
+        for session in matching_sessions(store, filter, &mut warnings)? {
+            let sid = session.sid.clone();
+            if cursor.done.contains(&sid) {
+                continue;
+            }
+            let from = cursor.next.get(&sid).copied().unwrap_or(0);
+            let mut stream = match EventStream::open(store, &sid, false) {
+                Ok(stream) => stream,
+                Err(_) => continue,
+            };
+            let mut next = from;
+            let mut batch = Vec::new();
+            let end = stream.for_each_event(|line| {
+                let ei = peek_ei(line).unwrap_or(u64::MAX);
+                if ei < from {
+                    return Ok(true);
+                }
+                next = ei + 1;
+                let wanted_type =
+                    filter.event_types.is_empty() || peek_event_type(line).is_some_and(|t| filter.event_types.iter().any(|w| *w == t));
+                let in_range =
+                    peek_time_ms(line).is_none_or(|t| filter.since_ms.is_none_or(|s| t >= s) && filter.until_ms.is_none_or(|u| t <= u));
+                if wanted_type && in_range {
+                    batch.extend_from_slice(line);
+                    batch.push(b'\n');
+                    sent += 1;
+                }
+                Ok(true)
+            })?;
+            let finished = matches!(end, StreamEnd::Sealed) || (store.manifest_path(&sid).exists() && !store.is_locked(&sid));
+            if next == from && !finished {
+                continue;
+            }
+            out.write_all(&batch)?;
+            out.flush()?;
+            if finished {
+                cursor.next.remove(&sid);
+                cursor.done.insert(sid);
+            } else {
+                cursor.next.insert(sid, next);
+            }
+            if let Some(path) = &job.out {
+                // The events reach the disk before the cursor says they were sent.
+                let file = std::fs::OpenOptions::new().append(true).open(path)?;
+                file.sync_data()?;
+                cursor.out_len = file.metadata()?.len();
+            }
+            cursor.save(&job.cursor)?;
+        }
+        if !job.follow || stop() {
+            return Ok(sent);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
