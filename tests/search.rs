@@ -133,6 +133,25 @@ async fn an_auditors_questions_are_answered_from_the_recordings() {
     assert!(ok);
     assert!(table.contains("[READ] SELECT sum(amount)"), "{table}");
 
+    // The review summary: per user and database, statements by class, refusals, errors,
+    // and the privileged statements themselves.
+    let (ok, out, err) = review.run(&["report", "--since", "1h", "--format", "json"]);
+    assert!(ok, "{err}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let row = |user: &str| rows.iter().find(|r| r["user"] == user && r["db"] == "pg").unwrap_or_else(|| panic!("{user}: {out}"));
+    let alice = row("alice");
+    assert_eq!((alice["sessions"].as_u64(), alice["statements"].as_u64()), (Some(2), Some(10)), "{alice}");
+    assert_eq!(alice["by_class"]["DDL"], 3);
+    assert_eq!(alice["by_class"]["ROLE"], 1);
+    assert_eq!(alice["by_class"]["WRITE"], 3);
+    assert_eq!(alice["privileged_count"], 4);
+    assert!(alice["privileged"].as_array().unwrap().iter().any(|p| p["statement"] == format!("GRANT SELECT ON {t} TO reporting")));
+    assert_eq!(row("bob")["errors"], 1);
+    assert_eq!(row("mallory")["refused_logins"], 1);
+    let (ok, text, _) = review.run(&["report", "--since", "1h", "--user", "alice"]);
+    assert!(ok);
+    assert!(text.starts_with("alice on pg: 2 session(s), 10 statement(s)"), "{text}");
+
     // Play from a hit: the session from that event on.
     let hit = &review.search(&["--text", "truncate"])[0];
     let (sid, ei) = (hit["sid"].as_str().unwrap(), hit["ei"].as_u64().unwrap().to_string());

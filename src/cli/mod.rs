@@ -176,6 +176,24 @@ pub enum Command {
         #[arg(long)]
         count: bool,
     },
+    /// A review summary per user and database: sessions, statements by class, refused
+    /// logins, errors, and the privileged (ROLE and DDL) statements themselves.
+    Report {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Events at or after: a duration ago ("30d") or a time (RFC 3339 or YYYY-MM-DD).
+        #[arg(long, default_value = "30d")]
+        since: String,
+        /// Events at or before (same forms as --since).
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        db: Option<String>,
+        #[arg(long, value_enum, default_value_t = DataFormat::Text)]
+        format: DataFormat,
+    },
     /// The search index in the recordings folder.
     Index {
         #[command(subcommand)]
@@ -352,6 +370,10 @@ pub fn main() -> ExitCode {
         Command::Search { store, filter, format, count } => {
             init_logging(false, false);
             search::search(&store, *filter, format, count)
+        }
+        Command::Report { store, since, until, user, db, format } => {
+            init_logging(false, false);
+            search::report(&store, since, until, user, db, format)
         }
         Command::Index { command: IndexCommand::Rebuild { store } } => {
             init_logging(false, false);

@@ -153,3 +153,61 @@ pub fn verify(store: &StoreArgs) -> Result<(), Failure> {
     println!("every sealed recording is indexed ({} in all)", covered.len());
     Ok(())
 }
+
+pub fn report(
+    store: &StoreArgs,
+    since: String,
+    until: Option<String>,
+    user: Option<String>,
+    db: Option<String>,
+    format: DataFormat,
+) -> Result<(), Failure> {
+    let located = locate(store)?;
+    let (since_ms, until_ms) = time_filter(Some(since), until)?;
+    let filter = crate::replay::export::ExportFilter { since_ms, until_ms, user: None, db: db.clone(), ..Default::default() };
+    let (mut rows, warnings) = crate::search::report::report(&located.store, &filter)?;
+    if let Some(user) = &user {
+        rows.retain(|r| r.user == *user);
+    }
+    for warning in &warnings {
+        eprintln!("{}", safe(warning));
+    }
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    match format {
+        DataFormat::Json => {
+            serde_json::to_writer_pretty(&mut out, &rows)?;
+            writeln!(out)?;
+        }
+        DataFormat::Text => {
+            for r in &rows {
+                let classes: Vec<String> = r.by_class.iter().map(|(c, n)| format!("{c} {n}")).collect();
+                writeln!(
+                    out,
+                    "{} on {}: {} session(s), {} statement(s) ({}), {} refused login(s), {} error(s), {} privileged",
+                    safe(if r.user.is_empty() { "(unknown user)" } else { &r.user }),
+                    safe(&r.db),
+                    r.sessions,
+                    r.statements,
+                    if classes.is_empty() { "none".to_string() } else { classes.join(", ") },
+                    r.refused_logins,
+                    r.errors,
+                    r.privileged_count
+                )?;
+                for p in &r.privileged {
+                    writeln!(out, "    {}  {}  {} {:>4}  {}", safe(&p.time), p.class, p.sid, p.ei, safe(&p.statement))?;
+                }
+                if r.privileged_count > r.privileged.len() as u64 {
+                    writeln!(
+                        out,
+                        "    … and {} more (`dbtape search --class ROLE` / `--class DDL` lists them all)",
+                        r.privileged_count - r.privileged.len() as u64
+                    )?;
+                }
+            }
+            if rows.is_empty() {
+                writeln!(out, "nothing recorded in that time")?;
+            }
+        }
+    }
+    Ok(out.flush()?)
+}

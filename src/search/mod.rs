@@ -5,6 +5,7 @@ pub mod classify;
 pub mod index;
 pub mod indexer;
 pub mod query;
+pub mod report;
 
 pub use classify::{classify_event, Classified, StatementClass};
 pub use index::{index_dir, IndexError, SearchIndex};
