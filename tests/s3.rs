@@ -288,6 +288,10 @@ fn recordings_are_uploaded_whole_and_reviewable_from_the_bucket() {
     assert!(value("dbtape_recorded_bytes_total") > 200_000.0, "{metrics}");
     assert!(value("dbtape_recording_write_seconds_count") >= 1.0, "{metrics}");
     stop(serve);
+    // The proxy indexed its sealed recordings for `dbtape search` as it went.
+    let indexed = common::dbtape_bin().args(["index", "verify", "--dir"]).arg(setup.recordings()).output().unwrap();
+    assert!(indexed.status.success(), "{}", String::from_utf8_lossy(&indexed.stdout));
+    assert!(setup.recordings().join("index").is_dir());
     assert!(setup.recordings().join("quarantine").join(format!("{damaged}.dbt")).exists(), "the damaged file is kept in quarantine");
     assert!(!setup.recordings().join(format!("{damaged}.dbt")).exists());
 
