@@ -125,6 +125,12 @@ async fn an_auditors_questions_are_answered_from_the_recordings() {
     // Statements of one shape, with different constants.
     let fingerprint = dbtape::search::classify::classify_postgres(&format!("SELECT amount FROM {t} WHERE id = 7")).fingerprint;
     assert_eq!(review.search(&["--fingerprint", &fingerprint]).len(), 2);
+    let (ok, shapes, err) = review.run(&["search", "--shapes", "--format", "json", "--table", &t, "--event", "db.session.query"]);
+    assert!(ok, "{err}");
+    let shapes: Vec<serde_json::Value> = serde_json::from_str(&shapes).unwrap();
+    assert_eq!(shapes[0]["count"], 2, "the two SELECTs by id are one shape: {shapes:?}");
+    assert_eq!(shapes[0]["fingerprint"], fingerprint.as_str());
+    assert_eq!(shapes.len(), 5, "{shapes:?}");
     // Count only, and the table for people.
     let (ok, count, _) = review.run(&["search", "--count", "--user", "alice", "--event", "db.session.query"]);
     assert!(ok);

@@ -175,6 +175,10 @@ pub enum Command {
         /// Print only how many events match.
         #[arg(long)]
         count: bool,
+        /// Group the matching statements by shape (the same statement with other constants):
+        /// how many, the fingerprint, and one example each.
+        #[arg(long)]
+        shapes: bool,
     },
     /// A review summary per user and database: sessions, statements by class, refused
     /// logins, errors, and the privileged (ROLE and DDL) statements themselves.
@@ -300,8 +304,7 @@ pub struct SearchArgs {
     /// A table (or collection) the statement touched.
     #[arg(long)]
     pub table: Option<String>,
-    /// Statements of one shape (pg_query's fingerprint, as `search --format json` does not
-    /// show but `dbtape search --class …` tables list).
+    /// Statements of one shape: pg_query's fingerprint (16 hex digits), as `--shapes` lists.
     #[arg(long)]
     pub fingerprint: Option<String>,
     /// Words that must all appear in the statement, and "quoted phrases".
@@ -367,9 +370,9 @@ pub fn main() -> ExitCode {
                 None => inspect::export(&store, filter),
             }
         }
-        Command::Search { store, filter, format, count } => {
+        Command::Search { store, filter, format, count, shapes } => {
             init_logging(false, false);
-            search::search(&store, *filter, format, count)
+            search::search(&store, *filter, format, count, shapes)
         }
         Command::Report { store, since, until, user, db, format } => {
             init_logging(false, false);

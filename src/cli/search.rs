@@ -52,7 +52,7 @@ fn fresh_index(store: &crate::recording::RecordingStore) -> Result<SearchIndex, 
     Ok(index)
 }
 
-pub fn search(store: &StoreArgs, args: SearchArgs, format: DataFormat, count: bool) -> Result<(), Failure> {
+pub fn search(store: &StoreArgs, args: SearchArgs, format: DataFormat, count: bool, shapes: bool) -> Result<(), Failure> {
     let filter = filter_of(args)?;
     let located = locate(store)?;
     let keys = key_ring(&located, Vec::new());
@@ -64,6 +64,10 @@ pub fn search(store: &StoreArgs, args: SearchArgs, format: DataFormat, count: bo
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if count {
         writeln!(out, "{}", outcome.hits.len())?;
+        return Ok(out.flush()?);
+    }
+    if shapes {
+        write_shapes(&mut out, &outcome.hits, format)?;
         return Ok(out.flush()?);
     }
     match format {
@@ -102,6 +106,36 @@ pub fn search(store: &StoreArgs, args: SearchArgs, format: DataFormat, count: bo
         }
     }
     Ok(out.flush()?)
+}
+
+/// "Which query shapes did this user run": hits grouped by fingerprint, most frequent first.
+fn write_shapes(out: &mut impl Write, hits: &[crate::search::Hit], format: DataFormat) -> std::io::Result<()> {
+    let mut shapes: std::collections::HashMap<String, (u64, String)> = std::collections::HashMap::new();
+    for hit in hits {
+        let Some(classified) = crate::search::classify_event(&hit.event) else { continue };
+        if classified.fingerprint.is_empty() {
+            continue;
+        }
+        let entry = shapes.entry(classified.fingerprint).or_insert_with(|| (0, what_of(&hit.event)));
+        entry.0 += 1;
+    }
+    let mut shapes: Vec<(String, (u64, String))> = shapes.into_iter().collect();
+    shapes.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then_with(|| a.0.cmp(&b.0)));
+    match format {
+        DataFormat::Json => {
+            let rows: Vec<serde_json::Value> =
+                shapes.iter().map(|(fp, (n, example))| serde_json::json!({"fingerprint": fp, "count": n, "example": example})).collect();
+            serde_json::to_writer_pretty(&mut *out, &rows)?;
+            writeln!(out)
+        }
+        DataFormat::Text => {
+            writeln!(out, "{:>8}  {:<16}  EXAMPLE", "COUNT", "FINGERPRINT")?;
+            for (fp, (n, example)) in &shapes {
+                writeln!(out, "{n:>8}  {fp:<16}  {}", safe(example).replace('\n', " "))?;
+            }
+            writeln!(out, "{} shape(s); `dbtape search --fingerprint <fingerprint>` lists one shape's statements", shapes.len())
+        }
+    }
 }
 
 /// The hit's statement, or what else tells the event apart.
