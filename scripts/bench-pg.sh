@@ -11,6 +11,9 @@ DURATION=${DURATION:-30}
 ROUNDS=${ROUNDS:-1}
 CLIENTS=${CLIENTS:-8}
 IDLE_CONNS=${IDLE_CONNS:-100}
+# The high-concurrency case: one pass per path with this many clients (0 skips it).
+HIGH_CLIENTS=${HIGH_CLIENTS:-200}
+HIGH_DURATION=${HIGH_DURATION:-20}
 
 source scripts/bench-common.sh
 bench_need haproxy pgbouncer
@@ -64,7 +67,7 @@ auth_type = scram-sha-256
 auth_file = $WORK/userlist.txt
 pool_mode = session
 max_client_conn = 500
-default_pool_size = 50
+default_pool_size = 250
 client_tls_sslmode = require
 client_tls_cert_file = $WORK/server.crt
 client_tls_key_file = $WORK/server.key
@@ -83,6 +86,8 @@ export BENCH_PG_PASSWORD=$PG_PASSWORD
 cat > "$WORK/dbtape.toml" <<CONF
 [server]
 workers = ${WORKERS:-0}
+# pgbench opens its 200-client case all at once from one address.
+max_pending_logins_per_source = 256
 [recording]
 dir = "recordings"
 signing_key = "key"
@@ -194,22 +199,22 @@ run() { # path round
         } > "$ROOT/target/perf-$1.txt" || true
         echo "   profile of $1 written to target/perf-$1.txt"
     fi
-    grep -oP 'tps = \K[0-9.]+(?= \(without initial)' "$dir/summary.txt" >> "$WORK/tps-$1"
+    grep -oP 'tps = \K[0-9.]+(?= \(without initial)' "$dir/summary.txt" >> "$WORK/tps-$1${SUFFIX:-}"
     local all_txns busy idle
     all_txns=$(grep -oP 'actually processed: \K[0-9]+' "$dir/summary.txt")
     busy=$(( $(machine_busy) - busy_before ))
     idle=$(( $(machine_idle) - idle_before ))
-    python3 -c "print($busy * 1e6 / $(getconf CLK_TCK) / $all_txns, 100.0 * $idle / max(1, $busy + $idle), ($(tcp_out_segs) - $segs_before) / $all_txns, ($(machine_ctxt) - $ctxt_before) / $all_txns)" >> "$WORK/machine-$1"
+    python3 -c "print($busy * 1e6 / $(getconf CLK_TCK) / $all_txns, 100.0 * $idle / max(1, $busy + $idle), ($(tcp_out_segs) - $segs_before) / $all_txns, ($(machine_ctxt) - $ctxt_before) / $all_txns)" >> "$WORK/machine-$1${SUFFIX:-}"
     if [[ -n $proxy_pid ]]; then
         # The proxy's own CPU per transaction: steadier than TPS on a shared machine.
         local ticks=$(( $(cpu_ticks "$proxy_pid") - cpu_before ))
         local uticks=$(( $(user_ticks "$proxy_pid") - user_before ))
         local txns=$(grep -oP 'actually processed: \K[0-9]+' "$dir/summary.txt")
-        python3 -c "print($ticks * 1e6 / $(getconf CLK_TCK) / $txns)" >> "$WORK/cpu-$1"
-        python3 -c "print($uticks * 1e6 / $(getconf CLK_TCK) / $txns)" >> "$WORK/ucpu-$1"
-        python3 -c "print(($(sleeps "$proxy_pid") - $sleeps_before) / $txns, ($(migrations "$proxy_pid") - $migrations_before) / $txns)" >> "$WORK/sleeps-$1"
+        python3 -c "print($ticks * 1e6 / $(getconf CLK_TCK) / $txns)" >> "$WORK/cpu-$1${SUFFIX:-}"
+        python3 -c "print($uticks * 1e6 / $(getconf CLK_TCK) / $txns)" >> "$WORK/ucpu-$1${SUFFIX:-}"
+        python3 -c "print(($(sleeps "$proxy_pid") - $sleeps_before) / $txns, ($(migrations "$proxy_pid") - $migrations_before) / $txns)" >> "$WORK/sleeps-$1${SUFFIX:-}"
     fi
-    cat "$dir"/tx.* >> "$WORK/lat-$1"
+    cat "$dir"/tx.* >> "$WORK/lat-$1${SUFFIX:-}"
 }
 
 for p in "haproxy $HAPROXY_PID" "pgbouncer $(cat "$WORK/pgbouncer.pid")" "dbtape $DBTAPE_PID"; do
@@ -232,6 +237,14 @@ for round in $(seq "$ROUNDS"); do
     done
     PATHS=("${PATHS[@]:1}" "${PATHS[0]}")   # rotate the order between rounds
 done
+
+# High concurrency: a per-connection cost that a few clients hide shows up with many.
+if (( HIGH_CLIENTS > 0 )); then
+    for path in direct haproxy pgbouncer dbtape; do
+        echo "== high concurrency: $path (${HIGH_DURATION}s, $HIGH_CLIENTS clients, select-only, TLS)"
+        SUFFIX=-high CLIENTS=$HIGH_CLIENTS DURATION=$HIGH_DURATION run "$path" high
+    done
+fi
 
 # Memory per idle connection: a fresh dbtape process, warmed by one session, then the RSS
 # growth while IDLE_CONNS clients sit connected doing nothing.
@@ -258,7 +271,7 @@ after=$(rss)
 idle=$(established)
 for p in "${IDLE_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
 
-python3 - "$WORK" "$idle" "$before" "$after" <<'PY'
+python3 - "$WORK" "$idle" "$before" "$after" "$HIGH_CLIENTS" <<'PY'
 import statistics, sys, pathlib
 work, idle, before, after = pathlib.Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 res = {}
@@ -283,8 +296,25 @@ if len(rounds) > 1:
     print("per round: " + "  ".join(f"dbtape/pgbouncer {r['dbtape']/r['pgbouncer']:.2f}, dbtape/haproxy {r['dbtape']/r['haproxy']:.2f}" for r in rounds))
 if "alt" in res:
     print(f"alt (ALT_BIN): alt/dbtape {res['alt'][0]/t:.2f}  alt/pgbouncer {res['alt'][0]/b:.2f}")
+def cpu_of(path, suffix=""):
+    f = work / f"cpu-{path}{suffix}"
+    return statistics.mean(float(x) for x in f.read_text().split()) if f.exists() else float("nan")
+high = {}
+for path in ["direct", "haproxy", "pgbouncer", "dbtape"]:
+    f = work / f"tps-{path}-high"
+    if f.exists():
+        lat = sorted(int(line.split()[2]) for line in (work / f"lat-{path}-high").read_text().splitlines() if line.strip())
+        high[path] = (statistics.mean(float(x) for x in f.read_text().split()), lat[min(len(lat) - 1, int(0.99 * len(lat)))] / 1000.0)
+        cpu = f"   proxy CPU {cpu_of(path, '-high'):5.1f} us/txn" if path != "direct" else ""
+        print(f"high concurrency {path:10s} tps {high[path][0]:8.0f}   p99 {high[path][1]:7.3f} ms{cpu}")
+if len(high) == 4:
+    print(f"high concurrency ratios: dbtape/pgbouncer {high['dbtape'][0]/high['pgbouncer'][0]:.2f}  dbtape/haproxy {high['dbtape'][0]/high['haproxy'][0]:.2f}  "
+          f"dbtape CPU/pgbouncer CPU {cpu_of('dbtape', '-high')/cpu_of('pgbouncer', '-high'):.2f}")
 per_conn = (after - before) / max(idle, 1)
 print(f"idle connections: {idle}, dbtape RSS {before} KiB -> {after} KiB: {per_conn:.1f} KiB per idle connection")
 print(f"RESULT pg direct_tps={d:.0f} haproxy_tps={h:.0f} pgbouncer_tps={b:.0f} dbtape_tps={t:.0f} "
-      f"dbtape_p99_ms={res['dbtape'][2]:.3f} direct_p99_ms={res['direct'][2]:.3f} dbtape_idle_kib_per_conn={per_conn:.1f}")
+      f"dbtape_p99_ms={res['dbtape'][2]:.3f} direct_p99_ms={res['direct'][2]:.3f} dbtape_idle_kib_per_conn={per_conn:.1f} "
+      f"dbtape_cpu_us={cpu_of('dbtape'):.1f} pgbouncer_cpu_us={cpu_of('pgbouncer'):.1f} haproxy_cpu_us={cpu_of('haproxy'):.1f}"
+      + (f" high_clients={sys.argv[5]} high_dbtape_tps={high['dbtape'][0]:.0f} high_pgbouncer_tps={high['pgbouncer'][0]:.0f} "
+         f"high_haproxy_tps={high['haproxy'][0]:.0f} high_dbtape_cpu_us={cpu_of('dbtape', '-high'):.1f} high_pgbouncer_cpu_us={cpu_of('pgbouncer', '-high'):.1f}" if len(high) == 4 else ""))
 PY
