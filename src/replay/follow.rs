@@ -4,7 +4,9 @@
 //! output back to that length, so events written after the last saved cursor (and perhaps
 //! torn by a SIGKILL) are written again exactly once: the file holds every event once, in
 //! order, however often the exporter is killed. On standard output the guarantee is
-//! at-least-once (each event's `uid` lets a collector drop a repeat).
+//! at-least-once (each event's `uid` lets a collector drop a repeat). Each pass merges what
+//! all recordings gained in time order; an event recorded after a later one was already
+//! sent (a slow writer's frame) goes out in the next pass.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -69,7 +71,11 @@ pub fn export_from_cursor(
     };
     let mut sent = 0u64;
     loop {
+        // One pass reads what every recording gained since the last, then writes it merged
+        // in time order, so concurrent sessions' events interleave as they happened.
         let mut warnings = Vec::new();
+        let mut batch: Vec<(i64, String, u64, Vec<u8>)> = Vec::new();
+        let mut advanced: Vec<(String, u64, bool)> = Vec::new();
         for session in matching_sessions(store, filter, &mut warnings)? {
             let sid = session.sid.clone();
             if cursor.done.contains(&sid) {
@@ -81,35 +87,42 @@ pub fn export_from_cursor(
                 Err(_) => continue,
             };
             let mut next = from;
-            let mut batch = Vec::new();
             let end = stream.for_each_event(|line| {
                 let ei = peek_ei(line).unwrap_or(u64::MAX);
                 if ei < from {
                     return Ok(true);
                 }
                 next = ei + 1;
+                let time = peek_time_ms(line);
                 let wanted_type =
                     filter.event_types.is_empty() || peek_event_type(line).is_some_and(|t| filter.event_types.iter().any(|w| *w == t));
-                let in_range =
-                    peek_time_ms(line).is_none_or(|t| filter.since_ms.is_none_or(|s| t >= s) && filter.until_ms.is_none_or(|u| t <= u));
+                let in_range = time.is_none_or(|t| filter.since_ms.is_none_or(|s| t >= s) && filter.until_ms.is_none_or(|u| t <= u));
                 if wanted_type && in_range {
-                    batch.extend_from_slice(line);
-                    batch.push(b'\n');
-                    sent += 1;
+                    let mut owned = line.to_vec();
+                    owned.push(b'\n');
+                    batch.push((time.unwrap_or_default(), sid.clone(), ei, owned));
                 }
                 Ok(true)
             })?;
             let finished = matches!(end, StreamEnd::Sealed) || (store.manifest_path(&sid).exists() && !store.is_locked(&sid));
-            if next == from && !finished {
-                continue;
+            if next != from || finished {
+                advanced.push((sid, next, finished));
             }
-            out.write_all(&batch)?;
+        }
+        if !advanced.is_empty() {
+            batch.sort_by(|a, b| (a.0, &a.1, a.2).cmp(&(b.0, &b.1, b.2)));
+            for (_, _, _, line) in &batch {
+                out.write_all(line)?;
+            }
             out.flush()?;
-            if finished {
-                cursor.next.remove(&sid);
-                cursor.done.insert(sid);
-            } else {
-                cursor.next.insert(sid, next);
+            sent += batch.len() as u64;
+            for (sid, next, finished) in advanced {
+                if finished {
+                    cursor.next.remove(&sid);
+                    cursor.done.insert(sid);
+                } else {
+                    cursor.next.insert(sid, next);
+                }
             }
             if let Some(path) = &job.out {
                 // The events reach the disk before the cursor says they were sent.
