@@ -440,4 +440,10 @@ fn export_with_a_cursor_survives_sigkill_with_every_event_exactly_once() {
         }
     }
     assert_eq!(seen.len() as u64, total, "every event once, after {kills} kills");
+    // A cursor never cuts a file it did not write.
+    std::fs::remove_file(&cursor).unwrap();
+    let refused = run(false).output().unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("already holds data"), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), text, "the file is untouched");
 }

@@ -59,9 +59,23 @@ pub fn export_from_cursor(
     job: &CursorExport,
     stop: &dyn Fn() -> bool,
 ) -> std::io::Result<u64> {
+    let fresh = !job.cursor.exists();
     let mut cursor = Cursor::load(&job.cursor)?;
     let mut out: Box<dyn Write> = match &job.out {
         Some(path) => {
+            // A new cursor starts the file from nothing: never cut a file it did not write.
+            if fresh && std::fs::metadata(path).is_ok_and(|m| m.len() > 0) {
+                return Err(std::io::Error::other(format!(
+                    "{} already holds data and {} does not exist: give a new --out file, or the --cursor that wrote this one",
+                    path.display(),
+                    job.cursor.display()
+                )));
+            }
+            if fresh {
+                // Saved before anything is written, so that a crash in the first pass finds
+                // this cursor, not a file it would refuse to cut.
+                cursor.save(&job.cursor)?;
+            }
             let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
             // Whatever was written after the last saved cursor is written again below.
             file.set_len(cursor.out_len)?;
