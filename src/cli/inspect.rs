@@ -327,7 +327,7 @@ pub fn export_with_cursor(args: &StoreArgs, export: ExportArgs, cursor: PathBuf,
     let (since_ms, until_ms) = time_filter(export.since, export.until)?;
     let session = export.session.map(|s| located.store.find(&s)).transpose().map_err(|e| Failure { code: 2, message: e.to_string() })?;
     let filter = ExportFilter { since_ms, until_ms, user: export.user, db: export.db, protocol: None, event_types: export.events, session };
-    let job = crate::replay::follow::CursorExport { cursor, out: export.out, follow };
+    let job = crate::replay::follow::CursorExport { cursor, out: export.out, follow, batch_bytes: crate::replay::follow::BATCH_BYTES };
     crate::replay::follow::export_from_cursor(&located.store, &filter, &job, &|| false)?;
     Ok(())
 }

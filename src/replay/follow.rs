@@ -45,11 +45,17 @@ impl Cursor {
     }
 }
 
+/// Events held before a pass writes them and saves the cursor: a first run over months of
+/// recordings goes out in passes of this size rather than all at once from memory.
+pub const BATCH_BYTES: usize = 8 * 1024 * 1024;
+
 pub struct CursorExport {
     pub cursor: PathBuf,
     /// Where events go; standard output if none.
     pub out: Option<PathBuf>,
     pub follow: bool,
+    /// At most about this many bytes of events per pass (`BATCH_BYTES`).
+    pub batch_bytes: usize,
 }
 
 /// Sends what the cursor has not sent yet; with `follow`, keeps doing so until `stop` says.
@@ -85,15 +91,22 @@ pub fn export_from_cursor(
     };
     let mut sent = 0u64;
     loop {
+        let mut full = false;
         // One pass reads what every recording gained since the last, then writes it merged
         // in time order, so concurrent sessions' events interleave as they happened.
         let mut warnings = Vec::new();
         let mut batch: Vec<(i64, String, u64, Vec<u8>)> = Vec::new();
         let mut advanced: Vec<(String, u64, bool)> = Vec::new();
+        let mut batch_bytes = 0usize;
         for session in matching_sessions(store, filter, &mut warnings)? {
             let sid = session.sid.clone();
             if cursor.done.contains(&sid) {
                 continue;
+            }
+            if batch_bytes >= job.batch_bytes {
+                // The rest waits for the next pass, which follows at once.
+                full = true;
+                break;
             }
             let from = cursor.next.get(&sid).copied().unwrap_or(0);
             let mut stream = match EventStream::open(store, &sid, false) {
@@ -101,10 +114,15 @@ pub fn export_from_cursor(
                 Err(_) => continue,
             };
             let mut next = from;
+            let mut cut_short = false;
             let end = stream.for_each_event(|line| {
                 let ei = peek_ei(line).unwrap_or(u64::MAX);
                 if ei < from {
                     return Ok(true);
+                }
+                if batch_bytes >= job.batch_bytes {
+                    cut_short = true;
+                    return Ok(false);
                 }
                 next = ei + 1;
                 let time = peek_time_ms(line);
@@ -114,11 +132,14 @@ pub fn export_from_cursor(
                 if wanted_type && in_range {
                     let mut owned = line.to_vec();
                     owned.push(b'\n');
+                    batch_bytes += owned.len();
                     batch.push((time.unwrap_or_default(), sid.clone(), ei, owned));
                 }
                 Ok(true)
             })?;
-            let finished = matches!(end, StreamEnd::Sealed) || (store.manifest_path(&sid).exists() && !store.is_locked(&sid));
+            let finished =
+                !cut_short && (matches!(end, StreamEnd::Sealed) || (store.manifest_path(&sid).exists() && !store.is_locked(&sid)));
+            full |= cut_short;
             if next != from || finished {
                 advanced.push((sid, next, finished));
             }
@@ -145,6 +166,9 @@ pub fn export_from_cursor(
                 cursor.out_len = file.metadata()?.len();
             }
             cursor.save(&job.cursor)?;
+        }
+        if full {
+            continue;
         }
         if !job.follow || stop() {
             return Ok(sent);
