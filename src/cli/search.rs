@@ -41,13 +41,9 @@ fn filter_of(args: SearchArgs) -> Result<SearchFilter, Failure> {
 /// sealed since the proxy's last indexing pass (or a folder copied from the bucket).
 fn fresh_index(store: &crate::recording::RecordingStore) -> Result<SearchIndex, Failure> {
     let index = SearchIndex::open(store.dir())?;
-    let missing = index.missing(store)?;
-    if !missing.is_empty() {
-        match index.add(store, &missing) {
-            Ok(_) => {}
-            // A running proxy holds the writer: search what it has indexed so far.
-            Err(e) => eprintln!("note: {} recording(s) not indexed yet ({e})", missing.len()),
-        }
+    if let Err(e) = index.catch_up(store) {
+        // A running proxy holds the writer: search what it has indexed so far.
+        eprintln!("note: some recordings are not indexed yet ({e})");
     }
     Ok(index)
 }

@@ -147,27 +147,11 @@ pub fn verify_with(store: &RecordingStore, sid: &str, keys: &KeyRing) -> VerifyR
     };
     let body = &manifest.body;
     report.signed_by = Some(body.key_id.clone());
-    match keys.find(&body.key_id) {
-        Some(known) => {
-            report.key_origin = Some(known.origin.clone());
-            report.key_trusted = known.trusted;
-            if let Err(e) = manifest.verify(&known.key) {
-                report.problems.push(format!("manifest: {e}"));
-            } else if !known.trusted {
-                report.problems.push(format!(
-                    "signed by key {} ({}), which this review does not trust: if that instance is yours, add its public key to recording.trusted_keys or pass it with --public-key",
-                    body.key_id, known.origin
-                ));
-            }
-        }
-        None if keys.is_empty() => {
-            report.problems.push("no trusted public key to check the signature with (pass --public-key or --config)".into())
-        }
-        None => report.problems.push(format!(
-            "signed by key {}, which is neither trusted nor published under keys/ (pass its public key with --public-key)",
-            body.key_id
-        )),
+    if let Some(known) = keys.find(&body.key_id) {
+        report.key_origin = Some(known.origin.clone());
+        report.key_trusted = known.trusted;
     }
+    report.problems.extend(signature_problem(&manifest, keys));
     let mut mismatch = |what: &str, signed: String, found: String| {
         if signed != found {
             report.problems.push(format!("manifest: signed {what} {signed}, file has {found}"));
@@ -188,6 +172,24 @@ pub fn verify_with(store: &RecordingStore, sid: &str, keys: &KeyRing) -> VerifyR
     report
 }
 
+/// Why a manifest's signature is not one this review accepts: no key, a bad signature, or
+/// a key found only where anyone could have published it. None when it is.
+fn signature_problem(manifest: &super::signing::Manifest, keys: &KeyRing) -> Option<String> {
+    let key_id = &manifest.body.key_id;
+    match keys.find(key_id) {
+        Some(known) => match manifest.verify(&known.key) {
+            Err(e) => Some(format!("manifest: {e}")),
+            Ok(()) if !known.trusted => Some(format!(
+                "signed by key {key_id} ({}), which this review does not trust: if that instance is yours, add its public key to recording.trusted_keys or pass it with --public-key",
+                known.origin
+            )),
+            Ok(()) => None,
+        },
+        None if keys.is_empty() => Some("no trusted public key to check the signature with (pass --public-key or --config)".into()),
+        None => Some(format!("signed by key {key_id}, which is neither trusted nor published under keys/ (pass its public key with --public-key)")),
+    }
+}
+
 /// The quick proof that a file is the recording its manifest signed: a trusted key's valid
 /// signature over the manifest, and the file's size and SHA-256 as signed. It skips the
 /// frame-by-frame checks of `verify_with` (which a full verify still runs), for readers
@@ -195,11 +197,9 @@ pub fn verify_with(store: &RecordingStore, sid: &str, keys: &KeyRing) -> VerifyR
 pub fn check_signed_file(store: &RecordingStore, sid: &str, keys: &KeyRing) -> Result<(), String> {
     use sha2::Digest;
     let manifest = store.read_manifest(sid).map_err(|e| e.to_string())?.ok_or("no signed manifest")?;
-    let known = keys.find(&manifest.body.key_id).ok_or_else(|| format!("signed by key {}, which is not known", manifest.body.key_id))?;
-    if !known.trusted {
-        return Err(format!("signed by key {} ({}), which this review does not trust", manifest.body.key_id, known.origin));
+    if let Some(problem) = signature_problem(&manifest, keys) {
+        return Err(problem);
     }
-    manifest.verify(&known.key)?;
     let path = store.recording_path(sid);
     let mut file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut hasher = sha2::Sha256::new();

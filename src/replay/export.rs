@@ -28,8 +28,13 @@ impl ExportFilter {
             && self.since_ms.is_none_or(|since| s.end_ms.unwrap_or(now) >= since)
     }
 
-    fn time_in_range(&self, t: i64) -> bool {
+    pub(crate) fn time_in_range(&self, t: i64) -> bool {
         self.since_ms.is_none_or(|s| t >= s) && self.until_ms.is_none_or(|u| t <= u)
+    }
+
+    /// Whether an event line is of a type the filter asks for (any, if it names none).
+    pub(crate) fn wants_type(&self, line: &[u8]) -> bool {
+        self.event_types.is_empty() || peek_event_type(line).is_some_and(|kind| self.event_types.iter().any(|t| *t == kind))
     }
 }
 
@@ -96,11 +101,8 @@ pub fn export_reporting(
                 return Ok(true);
             }
             for line in crate::recording::reader::event_lines(data) {
-                if !filter.event_types.is_empty() {
-                    let Some(kind) = peek_event_type(line) else { continue };
-                    if !filter.event_types.iter().any(|t| *t == kind) {
-                        continue;
-                    }
+                if !filter.wants_type(line) {
+                    continue;
                 }
                 if !whole_frame_in_range && !peek_time_ms(line).is_some_and(|t| filter.time_in_range(t)) {
                     continue;

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::events::{peek_ei, peek_event_type, peek_time_ms, EventStream, StreamEnd};
+use super::events::{peek_ei, peek_time_ms, EventStream, StreamEnd};
 use super::export::{matching_sessions, ExportFilter};
 use crate::recording::store::write_atomic;
 use crate::recording::RecordingStore;
@@ -126,10 +126,7 @@ pub fn export_from_cursor(
                 }
                 next = ei + 1;
                 let time = peek_time_ms(line);
-                let wanted_type =
-                    filter.event_types.is_empty() || peek_event_type(line).is_some_and(|t| filter.event_types.iter().any(|w| *w == t));
-                let in_range = time.is_none_or(|t| filter.since_ms.is_none_or(|s| t >= s) && filter.until_ms.is_none_or(|u| t <= u));
-                if wanted_type && in_range {
+                if filter.wants_type(line) && time.is_none_or(|t| filter.time_in_range(t)) {
                     let mut owned = line.to_vec();
                     owned.push(b'\n');
                     batch_bytes += owned.len();

@@ -222,6 +222,14 @@ impl SearchIndex {
         Ok(missing)
     }
 
+    /// Indexes every sealed recording not covered yet. Returns how many recordings and
+    /// events it added.
+    pub fn catch_up(&self, store: &RecordingStore) -> Result<(usize, u64), IndexError> {
+        let missing = self.missing(store)?;
+        let events = self.add(store, &missing)?;
+        Ok((missing.len(), events))
+    }
+
     /// Indexes these recordings in one commit. Returns the events indexed.
     pub fn add(&self, store: &RecordingStore, sids: &[String]) -> Result<u64, IndexError> {
         if sids.is_empty() {

@@ -56,7 +56,7 @@ fn pass(store: &RecordingStore) {
             return;
         }
     };
-    match index.missing(store).and_then(|missing| index.add(store, &missing).map(|events| (missing.len(), events))) {
+    match index.catch_up(store) {
         Ok((0, _)) => {}
         Ok((recordings, events)) => tracing::debug!(recordings, events, "indexed"),
         Err(e) => tracing::info!(error = %e, "indexing pass failed; retried at the next"),

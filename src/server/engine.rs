@@ -124,15 +124,7 @@ impl ListenerContext {
     pub async fn refuse(&self, identity: SessionIdentity, conn: ConnectionInfo, reason: String) {
         let remote_addr = conn.peer.to_string();
         let shuts_out = self.failed_logins.record(conn.peer.ip()) == super::refusals::Failure::ShutsOut;
-        let refusal = super::refusals::Refusal {
-            user: identity.user,
-            db_user: identity.db_user,
-            db_name: identity.db_name,
-            user_agent: identity.user_agent,
-            remote_addr: remote_addr.clone(),
-            reason,
-        };
-        self.refusals.record(refusal, "access denied", || self.refusals_context(conn)).await;
+        self.record_refusal(identity, conn, reason, "access denied").await;
         if shuts_out {
             let limit = self.config.server.max_failed_logins_per_source;
             tracing::warn!(source = %conn.peer.ip(), limit, "too many failed logins from one source; closing its connections for a minute");
@@ -147,6 +139,19 @@ impl ListenerContext {
             };
             self.refusals.record(notice, "source shut out", || self.refusals_context(conn)).await;
         }
+    }
+
+    /// A TDB00W in the listener's refused-logins log.
+    async fn record_refusal(&self, identity: SessionIdentity, conn: ConnectionInfo, reason: String, message: &str) {
+        let refusal = super::refusals::Refusal {
+            user: identity.user,
+            db_user: identity.db_user,
+            db_name: identity.db_name,
+            user_agent: identity.user_agent,
+            remote_addr: conn.peer.to_string(),
+            reason,
+        };
+        self.refusals.record(refusal, message, || self.refusals_context(conn)).await;
     }
 
     /// A server secret for login exchanges, e.g. the stand-in SCRAM salt of unknown users;
@@ -186,15 +191,7 @@ impl ListenerContext {
                 self.recorder.metrics().refused_low_disk();
                 // Audited like a refused login, but not counted against the client's address:
                 // the disk filling up is not its doing.
-                let refusal = super::refusals::Refusal {
-                    user: identity.user.clone(),
-                    db_user: identity.db_user.clone(),
-                    db_name: identity.db_name.clone(),
-                    user_agent: identity.user_agent.clone(),
-                    remote_addr: conn.peer.to_string(),
-                    reason: shortage.clone(),
-                };
-                self.refusals.record(refusal, "recording disk nearly full", || self.refusals_context(conn)).await;
+                self.record_refusal(identity, conn, shortage.clone(), "recording disk nearly full").await;
                 return Err(RecordingError::LowDisk(shortage));
             }
             tracing::warn!(reason = %shortage, "recording disk nearly full; best_effort mode records what it still can");
