@@ -118,6 +118,11 @@ fn bench(c: &mut Criterion, runtime: &tokio::runtime::Runtime, events: &[EventBo
     let export_setup = Setup { ..self::setup() };
     record(&export_setup, events, runtime);
     group.bench_function("export", |b| {
+        let raw = ExportFilter { raw: true, ..ExportFilter::default() };
+        b.iter(|| export(&export_setup.store, &raw, &mut std::io::sink()).expect("export"))
+    });
+    // With each statement's class, tables and fingerprint derived as it is read.
+    group.bench_function("export_enriched", |b| {
         b.iter(|| export(&export_setup.store, &ExportFilter::default(), &mut std::io::sink()).expect("export"))
     });
     group.finish();
@@ -158,7 +163,7 @@ fn main() {
             .expect("read");
         total
     };
-    let filter = ExportFilter { session: Some(sid.clone()), ..ExportFilter::default() };
+    let filter = ExportFilter { session: Some(sid.clone()), raw: true, ..ExportFilter::default() };
     let mut export_rates = Vec::new();
     for _ in 0..5 {
         let start = Instant::now();
@@ -188,7 +193,8 @@ fn main() {
         std::hint::black_box(&buf);
         floor.push(EVENTS as f64 / start.elapsed().as_secs_f64());
     }
-    let filtered = ExportFilter { session: Some(sid.clone()), event_types: vec!["db.session.query".into()], ..ExportFilter::default() };
+    let filtered =
+        ExportFilter { session: Some(sid.clone()), event_types: vec!["db.session.query".into()], raw: true, ..ExportFilter::default() };
     let mut filtered_rates = Vec::new();
     for _ in 0..5 {
         let start = Instant::now();
@@ -201,6 +207,13 @@ fn main() {
         write_eps / floor_eps
     );
     println!("export filtered by event type (parses every line): {:.0} events/s", median(filtered_rates));
+    let enriched = ExportFilter { session: Some(sid.clone()), ..ExportFilter::default() };
+    let start = Instant::now();
+    export(&setup.store, &enriched, &mut std::io::sink()).expect("export");
+    println!(
+        "export with each statement's class, tables and fingerprint derived: {:.0} events/s",
+        EVENTS as f64 / start.elapsed().as_secs_f64()
+    );
     println!(
         "raw JSON {:.0} bytes/event, on disk {:.1} bytes/event (ratio {:.1}x)",
         raw as f64 / EVENTS as f64,

@@ -33,14 +33,14 @@ q_text=(--text '"damaged in transit"' --event db.session.query)
 q_user=(--user u07 --since 2026-10-10 --until 2026-10-11 --event db.session.query)
 q_class=(--class ROLE)
 SEARCH_MS[text]=$(time_search "${q_text[@]}"); HITS[text]=$(cat count.out)
-SCAN_MS[text]=$(time_scan "\"$BIN\" export --config review.toml --event db.session.query | grep -c 'damaged in transit'"); SCANNED[text]=$(cat scan.out)
+SCAN_MS[text]=$(time_scan "\"$BIN\" export --raw --config review.toml --event db.session.query | grep -c 'damaged in transit'"); SCANNED[text]=$(cat scan.out)
 SEARCH_MS[user]=$(time_search "${q_user[@]}"); HITS[user]=$(cat count.out)
-SCAN_MS[user]=$(time_scan "\"$BIN\" export --config review.toml --user u07 --since 2026-10-10 --until 2026-10-11 --event db.session.query | wc -l"); SCANNED[user]=$(cat scan.out)
+SCAN_MS[user]=$(time_scan "\"$BIN\" export --raw --config review.toml --user u07 --since 2026-10-10 --until 2026-10-11 --event db.session.query | wc -l"); SCANNED[user]=$(cat scan.out)
 SEARCH_MS[class]=$(time_search "${q_class[@]}"); HITS[class]=$(cat count.out)
-SCAN_MS[class]=$(time_scan "\"$BIN\" export --config review.toml --event db.session.query | grep -cE '\"db_query\":\"(GRANT|REVOKE) '"); SCANNED[class]=$(cat scan.out)
+SCAN_MS[class]=$(time_scan "\"$BIN\" export --raw --config review.toml --event db.session.query | grep -cE '\"db_query\":\"(GRANT|REVOKE) '"); SCANNED[class]=$(cat scan.out)
 
 echo "== SQLite FTS5 on the same events (Python's sqlite3)"
-"$BIN" export --config review.toml > events.jsonl
+"$BIN" export --raw --config review.toml > events.jsonl
 python3 - "$WORK" <<'PY' | tee sqlite.out
 import json, os, sqlite3, statistics, sys, time
 from datetime import datetime

@@ -43,6 +43,17 @@ COMMON = {
         },
     },
 }
+CLASS = {"enum": ["READ", "WRITE", "FUNCTION", "ROLE", "DDL", "MISC", "MISC_SET"]}
+# Derived from the recorded statement when the event is exported (not stored; `export --raw`
+# leaves them out), so they always agree with the signed statement.
+DERIVED = {
+    "db_statement_class": {**CLASS, "description": "dbtape, derived on export: the statement's pgaudit class; of several statements, the strongest (ROLE, DDL, WRITE, FUNCTION, READ, MISC_SET, MISC)."},
+    "db_statement_classes": {"type": "array", "items": CLASS, "minItems": 2,
+                             "description": "dbtape, derived on export: every class, strongest first, when the text held statements of several classes."},
+    "db_tables": {**STRS, "description": "dbtape, derived on export: the tables (PostgreSQL, DynamoDB) or collection (MongoDB) the statement touched; unquoted PostgreSQL names lower-cased."},
+    "db_query_fingerprint": {"type": "string", "pattern": "^[0-9a-f]{16}$",
+                             "description": "dbtape, derived on export: libpg_query's fingerprint, equal for statements of one shape with different constants (PostgreSQL only)."},
+}
 REQUIRED = ["ei", "event", "uid", "code", "time", "sid", "db_protocol", "db_uri"]
 STATUS = {"success": {"type": "boolean"}, "error": S, "message": S}
 
@@ -57,10 +68,10 @@ EVENTS = [
       "rebuilt": {"const": True, "description": "dbtape: the proxy died before it could record this end; crash recovery rebuilt it from the session's last recorded event, and it is signed in the manifest, not chained in the recording."}},
      ["session_start", "session_stop"]),
     ("db.session.query", ["TDB02I"], "A query or command the client sent.",
-     {"success": {"const": True}, "error": S, "message": S, "db_query": S, "db_query_parameters": STRS},
+     {"success": {"const": True}, "error": S, "message": S, "db_query": S, "db_query_parameters": STRS, **DERIVED},
      ["db_query", "success"]),
     ("db.session.query.failed", ["TDB02W"], "A query or command the proxy refused.",
-     {"success": {"const": False}, "error": S, "message": S, "db_query": S, "db_query_parameters": STRS},
+     {"success": {"const": False}, "error": S, "message": S, "db_query": S, "db_query_parameters": STRS, **DERIVED},
      ["db_query", "success"]),
     ("db.session.result", ["TDB10I"], "The database's answer to a query: success with rows affected, or its error.",
      {**STATUS, "affected_records": {"type": "integer", "minimum": 0},
@@ -69,7 +80,7 @@ EVENTS = [
     ("db.session.malformed_packet", ["TDB06I"], "A packet the proxy could not parse; the connection was closed.",
      {"payload": {"type": "string", "contentEncoding": "base64"}}, []),
     ("db.session.postgres.statements.parse", ["TPG00I"], "Extended protocol Parse.",
-     {"statement_name": S, "query": S}, ["statement_name", "query"]),
+     {"statement_name": S, "query": S, **DERIVED}, ["statement_name", "query"]),
     ("db.session.postgres.statements.bind", ["TPG01I"], "Extended protocol Bind.",
      {"statement_name": S, "portal_name": S, "parameters": STRS}, ["statement_name", "portal_name", "parameters"]),
     ("db.session.postgres.statements.execute", ["TPG02I"], "Extended protocol Execute.",
@@ -79,7 +90,7 @@ EVENTS = [
     ("db.session.postgres.function", ["TPG04I"], "Legacy FunctionCall.",
      {"function_oid": U32, "function_args": STRS}, ["function_oid"]),
     ("db.session.dynamodb.request", ["TDY01I", "TDY01E"], "A DynamoDB HTTP request (TDY01E: it never round-tripped).",
-     {"status_code": U32, "path": S, "raw_query": S, "method": S, "target": S, "body": {"type": "object"}},
+     {"status_code": U32, "path": S, "raw_query": S, "method": S, "target": S, "body": {"type": "object"}, **DERIVED},
      ["status_code"]),
     ("dbtape.recording.gap", ["DTP01W"], "best_effort mode: events that could not be recorded.",
      {"success": {"const": False}, "error": S, "lost_events": {"type": "integer", "minimum": 1},

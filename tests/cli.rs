@@ -482,3 +482,53 @@ fn export_with_a_cursor_works_in_bounded_passes() {
     // Nothing new: a second run sends nothing.
     assert_eq!(dbtape::replay::follow::export_from_cursor(&rec.store(), &Default::default(), &job, &|| false).unwrap(), 0);
 }
+
+/// A follower of a live recording reads only what it gained since the last pass: the cursor
+/// keeps where the last whole frame sent ends, and the next pass starts there with the hash
+/// chain still checked from that point.
+#[test]
+fn export_with_a_cursor_reads_only_what_a_live_recording_gained() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rec = recorder(tmp.path(), |_| {});
+    let log = rec.recorder.open(context(Protocol::Postgres)).unwrap();
+    let sid = log.sid().to_string();
+    let append = |from: u64, to: u64| {
+        let mut ticket = None;
+        for i in from..to {
+            let query = format!("SELECT {i} FROM live");
+            ticket = Some(log.append(&EventBody::Query { query, parameters: vec![], db_name: None }, T0 + i as i64).unwrap());
+        }
+        block_on(log.wait_durable(ticket.unwrap())).unwrap();
+    };
+    append(0, 50);
+    let job = dbtape::replay::follow::CursorExport {
+        cursor: tmp.path().join("cursor.json"),
+        out: Some(tmp.path().join("out.jsonl")),
+        follow: false,
+        batch_bytes: dbtape::replay::follow::BATCH_BYTES,
+    };
+    let export = || dbtape::replay::follow::export_from_cursor(&rec.store(), &Default::default(), &job, &|| false).unwrap();
+    assert_eq!(export(), 50);
+    let cursor: serde_json::Value = serde_json::from_slice(&std::fs::read(&job.cursor).unwrap()).unwrap();
+    let offset = cursor["resume"][&sid]["offset"].as_u64().unwrap();
+    let path = rec.dir.join(format!("{sid}.dbt"));
+    assert_eq!(offset, std::fs::metadata(&path).unwrap().len(), "the cursor stands at the end of what was read");
+    // Spoil a byte of a frame already sent (not frame 0): a pass that read the file from the
+    // start again would stop there as damaged; a resumed one never reads it.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = offset as usize - 10;
+    bytes[at] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    append(50, 80);
+    assert_eq!(export(), 30, "only what the recording gained");
+    let text = std::fs::read_to_string(job.out.as_ref().unwrap()).unwrap();
+    let eis: Vec<u64> = text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["ei"].as_u64().unwrap()).collect();
+    assert_eq!(eis, (0..80).collect::<Vec<u64>>());
+    bytes = std::fs::read(&path).unwrap();
+    bytes[at] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    block_on(log.close()).unwrap();
+    assert_eq!(export(), 0, "sealed with nothing more to send");
+    let cursor: serde_json::Value = serde_json::from_slice(&std::fs::read(&job.cursor).unwrap()).unwrap();
+    assert!(cursor["resume"].is_null() && cursor["done"][0] == sid.as_str(), "{cursor}");
+}

@@ -131,6 +131,20 @@ async fn an_auditors_questions_are_answered_from_the_recordings() {
     assert_eq!(shapes[0]["count"], 2, "the two SELECTs by id are one shape: {shapes:?}");
     assert_eq!(shapes[0]["fingerprint"], fingerprint.as_str());
     assert_eq!(shapes.len(), 5, "{shapes:?}");
+    // The exported events carry each statement's class, tables and fingerprint, derived from
+    // the signed statement; --raw gives them exactly as recorded.
+    let (ok, exported, err) = review.run(&["export", "--user", "alice", "--event", "db.session.query"]);
+    assert!(ok, "{err}");
+    let exported: Vec<serde_json::Value> = exported.lines().map(|l| common::assert_schema_valid(l.as_bytes())).collect();
+    let classes: Vec<&str> = exported.iter().map(|e| e["db_statement_class"].as_str().unwrap()).collect();
+    assert_eq!(classes, ["DDL", "WRITE", "WRITE", "DDL", "DDL", "WRITE", "READ", "READ", "ROLE", "MISC_SET"]);
+    assert_eq!(exported[6]["db_tables"], serde_json::json!([t]));
+    assert_eq!(exported[7]["db_query_fingerprint"], fingerprint.as_str());
+    assert_eq!(touching.last().unwrap()["db_statement_class"], "READ", "search prints the same fields");
+    let (ok, raw, _) = review.run(&["export", "--raw", "--user", "alice", "--event", "db.session.query"]);
+    assert!(ok);
+    assert_eq!(raw.lines().count(), 10);
+    assert!(!raw.contains("db_statement_class"), "{raw}");
     // Count only, and the table for people.
     let (ok, count, _) = review.run(&["search", "--count", "--user", "alice", "--event", "db.session.query"]);
     assert!(ok);

@@ -320,20 +320,30 @@ pub struct ExportArgs {
     pub events: Vec<String>,
     pub session: Option<String>,
     pub out: Option<PathBuf>,
+    pub raw: bool,
 }
 
 pub fn export_with_cursor(args: &StoreArgs, export: ExportArgs, cursor: PathBuf, follow: bool) -> Result<(), Failure> {
     let located = locate(args)?;
     let (since_ms, until_ms) = time_filter(export.since, export.until)?;
     let session = export.session.map(|s| located.store.find(&s)).transpose().map_err(|e| Failure { code: 2, message: e.to_string() })?;
-    let filter = ExportFilter { since_ms, until_ms, user: export.user, db: export.db, protocol: None, event_types: export.events, session };
+    let filter = ExportFilter {
+        since_ms,
+        until_ms,
+        user: export.user,
+        db: export.db,
+        protocol: None,
+        event_types: export.events,
+        session,
+        raw: export.raw,
+    };
     let job = crate::replay::follow::CursorExport { cursor, out: export.out, follow, batch_bytes: crate::replay::follow::BATCH_BYTES };
     crate::replay::follow::export_from_cursor(&located.store, &filter, &job, &|| false)?;
     Ok(())
 }
 
 pub fn export(args: &StoreArgs, export: ExportArgs) -> Result<(), Failure> {
-    let ExportArgs { since, until, user, db, events, session, out } = export;
+    let ExportArgs { since, until, user, db, events, session, out, raw } = export;
     let (located, session) = match session {
         Some(input) => locate_session(args, &input).map(|(located, sid)| (located, Some(sid)))?,
         None => (locate(args)?, None),
@@ -344,7 +354,7 @@ pub fn export(args: &StoreArgs, export: ExportArgs) -> Result<(), Failure> {
             eprintln!("note: --event {kind:?} is not an event type dbtape writes");
         }
     }
-    let filter = ExportFilter { since_ms, until_ms, user, db, protocol: None, event_types: events, session };
+    let filter = ExportFilter { since_ms, until_ms, user, db, protocol: None, event_types: events, session, raw };
     let progress = super::progress::bar(0, "export", false);
     let stats = match out {
         Some(path) => {

@@ -154,6 +154,10 @@ pub enum Command {
         /// Write here instead of stdout.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Events exactly as recorded, without the fields derived from each statement on
+        /// reading (db_statement_class, db_tables, db_query_fingerprint).
+        #[arg(long)]
+        raw: bool,
         /// Remember what was sent in this file and send only what is new; with --out, a
         /// restart after any crash leaves every event in the file exactly once.
         #[arg(long)]
@@ -361,9 +365,9 @@ pub fn main() -> ExitCode {
             init_logging(false, false);
             inspect::play(&store, &session_id, speed, skip_idle, format, follow, from)
         }
-        Command::Export { store, since, until, user, db, events, session, out, cursor, follow } => {
+        Command::Export { store, since, until, user, db, events, session, out, raw, cursor, follow } => {
             init_logging(false, false);
-            let filter = inspect::ExportArgs { since, until, user, db, events, session, out };
+            let filter = inspect::ExportArgs { since, until, user, db, events, session, out, raw };
             match cursor {
                 Some(cursor) => inspect::export_with_cursor(&store, filter, cursor, follow),
                 None if follow => Err(Failure { code: 2, message: "--follow needs --cursor FILE, where it keeps its place".into() }),

@@ -68,9 +68,10 @@ pub fn search(store: &StoreArgs, args: SearchArgs, format: DataFormat, count: bo
     }
     match format {
         DataFormat::Json => {
+            // Whole events as `export` writes them, derived statement fields included.
+            let mut enricher = crate::replay::enrich::Enricher::new();
             for hit in &outcome.hits {
-                out.write_all(&hit.line)?;
-                out.write_all(b"\n")?;
+                enricher.write_line(&hit.line, &mut out)?;
             }
         }
         DataFormat::Text => {

@@ -193,12 +193,54 @@ impl<R: Read> FrameReader<R> {
     }
 }
 
+/// Where a reader stands between two frames: enough to go on reading from there later
+/// without reading what came before, the hash chain still checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Position {
+    pub offset: u64,
+    pub seq: u32,
+    #[serde(with = "hex_chain")]
+    pub chain: [u8; 32],
+}
+
+mod hex_chain {
+    pub fn serialize<S: serde::Serializer>(chain: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&crate::recording::format::hex(chain))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let text: String = serde::Deserialize::deserialize(d)?;
+        let bytes = crate::recording::format::unhex(&text).ok_or_else(|| serde::de::Error::custom("a chain is hex"))?;
+        bytes.try_into().map_err(|_| serde::de::Error::custom("a chain is 32 bytes"))
+    }
+}
+
+impl<R: Read> FrameReader<R> {
+    pub fn position(&self) -> Position {
+        Position { offset: self.offset, seq: self.next_seq, chain: self.chain }
+    }
+}
+
 impl<R: Read + Seek> FrameReader<R> {
     /// Rewinds to just after the last whole frame, so a live file can be read again once
     /// the writer has added more (used by `play --follow`).
     pub fn rewind_to_boundary(&mut self) -> io::Result<()> {
         self.inner.seek(SeekFrom::Start(self.offset))?;
         Ok(())
+    }
+
+    /// Goes on from a position an earlier reader of this file reported. Only forward, and
+    /// only once the file magic was read; the next frame must carry on the saved chain, or
+    /// it reads as corrupt.
+    pub fn skip_to(&mut self, at: Position) -> io::Result<bool> {
+        if !self.started || at.offset <= self.offset || self.seen_trailer {
+            return Ok(false);
+        }
+        self.inner.seek(SeekFrom::Start(at.offset))?;
+        self.offset = at.offset;
+        self.next_seq = at.seq;
+        self.chain = at.chain;
+        Ok(true)
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::recording::format::FrameKind;
 use crate::recording::format::{SessionHeader, FLAG_COMPACT};
-use crate::recording::reader::{event_lines, Frame, FrameReader, Next, ReadError, Tail};
+use crate::recording::reader::{event_lines, Frame, FrameReader, Next, Position, ReadError, Tail};
 use crate::recording::RecordingStore;
 
 /// How a stream ended.
@@ -48,6 +48,9 @@ pub struct FrameInfo {
     pub min_time_ms: i64,
     pub max_time_ms: i64,
     pub events: u32,
+    /// Where the stream stands after this frame; `EventStream::resume` goes on from there.
+    /// None for the rebuilt end event, which is not in the file.
+    pub after: Option<Position>,
 }
 
 pub struct EventStream {
@@ -90,6 +93,30 @@ impl EventStream {
         Ok(EventStream { reader, follow: false, is_live: Box::new(|| false), header: None, expanded: Vec::new(), rebuilt_end: None })
     }
 
+    /// Opens a recording at a position an earlier stream of it reported (`FrameInfo::after`),
+    /// so a follower reads only what the recording gained since, not the whole file again.
+    /// Frame 0 is read first, for the fields compact frames leave out. Where the stream
+    /// cannot go there, it starts from the beginning.
+    pub fn open_at(store: &RecordingStore, sid: &str, at: Option<Position>) -> std::io::Result<Self> {
+        let mut stream = EventStream::open(store, sid, false)?;
+        let Some(at) = at else { return Ok(stream) };
+        let session = match stream.reader.next_frame() {
+            Ok(Next::Frame(frame)) if frame.header.kind == FrameKind::Session => serde_json::from_slice::<SessionHeader>(&frame.data).ok(),
+            Err(ReadError::Io(e)) => return Err(e),
+            _ => None,
+        };
+        match session {
+            Some(session) => {
+                stream.header = Some(session);
+                if !stream.reader.skip_to(at)? {
+                    return EventStream::open(store, sid, false);
+                }
+                Ok(stream)
+            }
+            None => EventStream::open(store, sid, false),
+        }
+    }
+
     /// Calls `on_frame` with each events frame's decompressed lines. `on_frame` returns false
     /// to stop early.
     pub fn for_each_frame(&mut self, mut on_frame: impl FnMut(FrameInfo, &[u8]) -> std::io::Result<bool>) -> std::io::Result<StreamEnd> {
@@ -102,7 +129,12 @@ impl EventStream {
             match next {
                 Next::Frame(Frame { header, data, .. }) => match header.kind {
                     FrameKind::Events => {
-                        let info = FrameInfo { min_time_ms: header.min_time_ms, max_time_ms: header.max_time_ms, events: header.events };
+                        let info = FrameInfo {
+                            min_time_ms: header.min_time_ms,
+                            max_time_ms: header.max_time_ms,
+                            events: header.events,
+                            after: Some(self.reader.position()),
+                        };
                         let whole = match &self.header {
                             Some(session) if header.flags & FLAG_COMPACT != 0 => {
                                 self.expanded.clear();
@@ -137,7 +169,7 @@ impl EventStream {
                     }
                     if let Some(line) = self.rebuilt_end.take() {
                         let time = peek_time_ms(&line).unwrap_or_default();
-                        on_frame(FrameInfo { min_time_ms: time, max_time_ms: time, events: 1 }, &line)?;
+                        on_frame(FrameInfo { min_time_ms: time, max_time_ms: time, events: 1, after: None }, &line)?;
                     }
                     return Ok(match tail {
                         Tail::Clean => StreamEnd::Unsealed,

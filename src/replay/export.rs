@@ -3,6 +3,7 @@
 
 use std::io::Write;
 
+use super::enrich::Enricher;
 use super::events::{peek_event_type, peek_time_ms, EventStream, StreamEnd};
 use crate::recording::{RecordingStore, SessionSummary};
 
@@ -15,6 +16,9 @@ pub struct ExportFilter {
     pub protocol: Option<String>,
     pub event_types: Vec<String>,
     pub session: Option<String>,
+    /// Events exactly as recorded, without the statement fields derived on reading
+    /// (`db_statement_class`, `db_tables`, `db_query_fingerprint`: see `enrich`).
+    pub raw: bool,
 }
 
 impl ExportFilter {
@@ -77,6 +81,7 @@ pub fn export_reporting(
     let mut stats = ExportStats::default();
     let sessions = matching_sessions(store, filter, &mut stats.warnings)?;
     let total = sessions.len();
+    let mut enricher = (!filter.raw).then(Enricher::new);
     for (done, session) in sessions.into_iter().enumerate() {
         progress(done, total);
         let mut stream = match EventStream::open(store, &session.sid, false) {
@@ -96,7 +101,10 @@ pub fn export_reporting(
             }
             if whole_frame_in_range && filter.event_types.is_empty() {
                 // Fast path: the frame is already JSON Lines.
-                out.write_all(data)?;
+                match enricher.as_mut() {
+                    Some(enricher) => enricher.write_frame(data, out)?,
+                    None => out.write_all(data)?,
+                }
                 stats.events += u64::from(info.events);
                 return Ok(true);
             }
@@ -107,8 +115,13 @@ pub fn export_reporting(
                 if !whole_frame_in_range && !peek_time_ms(line).is_some_and(|t| filter.time_in_range(t)) {
                     continue;
                 }
-                out.write_all(line)?;
-                out.write_all(b"\n")?;
+                match enricher.as_mut() {
+                    Some(enricher) => enricher.write_line(line, out)?,
+                    None => {
+                        out.write_all(line)?;
+                        out.write_all(b"\n")?;
+                    }
+                }
                 stats.events += 1;
             }
             Ok(true)

@@ -15,8 +15,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::enrich::Enricher;
 use super::events::{peek_ei, peek_time_ms, EventStream, StreamEnd};
 use super::export::{matching_sessions, ExportFilter};
+use crate::recording::reader::{event_lines, Position};
 use crate::recording::store::write_atomic;
 use crate::recording::RecordingStore;
 
@@ -28,6 +30,10 @@ pub struct Cursor {
     pub done: BTreeSet<String>,
     /// The output file's length when this cursor was saved.
     pub out_len: u64,
+    /// For recordings in `next`: where the last whole frame sent ends, so the next pass
+    /// reads only what a live recording gained rather than all of it again.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub resume: BTreeMap<String, Position>,
 }
 
 impl Cursor {
@@ -90,13 +96,14 @@ pub fn export_from_cursor(
         None => Box::new(std::io::stdout().lock()),
     };
     let mut sent = 0u64;
+    let mut enricher = (!filter.raw).then(Enricher::new);
     loop {
         let mut full = false;
         // One pass reads what every recording gained since the last, then writes it merged
         // in time order, so concurrent sessions' events interleave as they happened.
         let mut warnings = Vec::new();
         let mut batch: Vec<(i64, String, u64, Vec<u8>)> = Vec::new();
-        let mut advanced: Vec<(String, u64, bool)> = Vec::new();
+        let mut advanced: Vec<(String, u64, bool, Option<Position>)> = Vec::new();
         let mut batch_bytes = 0usize;
         for session in matching_sessions(store, filter, &mut warnings)? {
             let sid = session.sid.clone();
@@ -109,36 +116,51 @@ pub fn export_from_cursor(
                 break;
             }
             let from = cursor.next.get(&sid).copied().unwrap_or(0);
-            let mut stream = match EventStream::open(store, &sid, false) {
+            let resume_at = cursor.resume.get(&sid).copied();
+            let mut stream = match EventStream::open_at(store, &sid, resume_at) {
                 Ok(stream) => stream,
                 Err(_) => continue,
             };
             let mut next = from;
             let mut cut_short = false;
-            let end = stream.for_each_event(|line| {
-                let ei = peek_ei(line).unwrap_or(u64::MAX);
-                if ei < from {
-                    return Ok(true);
+            let mut whole_frames_end = resume_at;
+            let end = stream.for_each_frame(|info, data| {
+                for line in event_lines(data) {
+                    let ei = peek_ei(line).unwrap_or(u64::MAX);
+                    if ei < from {
+                        continue;
+                    }
+                    if batch_bytes >= job.batch_bytes {
+                        cut_short = true;
+                        return Ok(false);
+                    }
+                    next = ei + 1;
+                    let time = peek_time_ms(line);
+                    if filter.wants_type(line) && time.is_none_or(|t| filter.time_in_range(t)) {
+                        let mut owned = Vec::with_capacity(line.len() + 96);
+                        match enricher.as_mut() {
+                            Some(enricher) => enricher.write_line(line, &mut owned)?,
+                            None => {
+                                owned.extend_from_slice(line);
+                                owned.push(b'\n');
+                            }
+                        }
+                        batch_bytes += owned.len();
+                        batch.push((time.unwrap_or_default(), sid.clone(), ei, owned));
+                    }
                 }
-                if batch_bytes >= job.batch_bytes {
-                    cut_short = true;
-                    return Ok(false);
-                }
-                next = ei + 1;
-                let time = peek_time_ms(line);
-                if filter.wants_type(line) && time.is_none_or(|t| filter.time_in_range(t)) {
-                    let mut owned = line.to_vec();
-                    owned.push(b'\n');
-                    batch_bytes += owned.len();
-                    batch.push((time.unwrap_or_default(), sid.clone(), ei, owned));
-                }
+                whole_frames_end = info.after.or(whole_frames_end);
                 Ok(true)
             })?;
+            if matches!(end, StreamEnd::Damaged(_)) && resume_at.is_some() {
+                // Perhaps the saved position no longer fits the file: read it whole next time.
+                cursor.resume.remove(&sid);
+            }
             let finished =
                 !cut_short && (matches!(end, StreamEnd::Sealed) || (store.manifest_path(&sid).exists() && !store.is_locked(&sid)));
             full |= cut_short;
             if next != from || finished {
-                advanced.push((sid, next, finished));
+                advanced.push((sid, next, finished, whole_frames_end));
             }
         }
         if !advanced.is_empty() {
@@ -148,12 +170,17 @@ pub fn export_from_cursor(
             }
             out.flush()?;
             sent += batch.len() as u64;
-            for (sid, next, finished) in advanced {
+            for (sid, next, finished, resume_at) in advanced {
                 if finished {
                     cursor.next.remove(&sid);
+                    cursor.resume.remove(&sid);
                     cursor.done.insert(sid);
                 } else {
-                    cursor.next.insert(sid, next);
+                    cursor.next.insert(sid.clone(), next);
+                    match resume_at {
+                        Some(at) => cursor.resume.insert(sid, at),
+                        None => cursor.resume.remove(&sid),
+                    };
                 }
             }
             if let Some(path) = &job.out {

@@ -1,5 +1,6 @@
 //! Playback and export of recordings.
 
+pub mod enrich;
 pub mod events;
 pub mod export;
 pub mod follow;

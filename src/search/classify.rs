@@ -71,9 +71,8 @@ impl Classified {
 pub fn classify_event(event: &Value) -> Option<Classified> {
     let kind = event.get("event")?.as_str()?;
     match (event.get("db_protocol").and_then(Value::as_str).unwrap_or_default(), kind) {
-        ("postgres", "db.session.query" | "db.session.query.failed" | "db.session.postgres.statements.parse") => {
-            Some(classify_postgres(event.get("db_query")?.as_str()?))
-        }
+        ("postgres", "db.session.query" | "db.session.query.failed") => Some(classify_postgres(event.get("db_query")?.as_str()?)),
+        ("postgres", "db.session.postgres.statements.parse") => Some(classify_postgres(event.get("query")?.as_str()?)),
         ("mongodb", "db.session.query" | "db.session.query.failed") => Some(classify_mongodb(event.get("db_query")?.as_str()?)),
         ("dynamodb", "db.session.dynamodb.request") => {
             Some(classify_dynamodb(event.get("target")?.as_str()?, event.get("body").unwrap_or(&Value::Null)))
