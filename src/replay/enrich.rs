@@ -2,7 +2,7 @@
 //! class, the tables or collections it touched and, for PostgreSQL, the fingerprint of its
 //! shape. These fields are derived from the signed statement each time an event is
 //! exported, never stored. So a session's path pays nothing for them (libpg_query costs
-//! about 6 µs a statement, some 12% of a pgbench transaction's proxy CPU), and they cannot
+//! about 6 µs a statement, 12–29% of a select-only pgbench transaction's proxy CPU), and they cannot
 //! disagree with what was recorded: a reader recomputes them from the statement itself.
 
 use std::collections::HashMap;
