@@ -31,6 +31,7 @@ chmod 755 "$WORK"
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
     [[ -f $WORK/pgbouncer.pid ]] && kill "$(cat "$WORK/pgbouncer.pid")" 2>/dev/null || true
     scripts/services stop >/dev/null 2>&1 || true
     if [[ -n ${KEEP_RECORDINGS:-} ]]; then
@@ -230,6 +231,8 @@ done
 
 PATHS=(direct haproxy pgbouncer dbtape)
 [[ -n $ALT_PORT ]] && PATHS+=(alt)
+# IDLE_ONLY=1: only the memory per idle connection (dbtape, and ALT_BIN if given), for A/B runs.
+[[ -n ${IDLE_ONLY:-} ]] && ROUNDS=0 HIGH_CLIENTS=0
 for round in $(seq "$ROUNDS"); do
     for path in "${PATHS[@]}"; do
         echo "== round $round: $path (${DURATION}s, $CLIENTS clients, select-only, TLS)"
@@ -240,7 +243,9 @@ done
 
 # High concurrency: a per-connection cost that a few clients hide shows up with many.
 if (( HIGH_CLIENTS > 0 )); then
-    for path in direct haproxy pgbouncer dbtape; do
+    HIGH_PATHS=(direct haproxy pgbouncer dbtape)
+    [[ -n $ALT_PORT ]] && HIGH_PATHS+=(alt)
+    for path in "${HIGH_PATHS[@]}"; do
         echo "== high concurrency: $path (${HIGH_DURATION}s, $HIGH_CLIENTS clients, select-only, TLS)"
         SUFFIX=-high CLIENTS=$HIGH_CLIENTS DURATION=$HIGH_DURATION run "$path" high
     done
@@ -248,29 +253,53 @@ fi
 
 # Memory per idle connection: a fresh dbtape process, warmed by one session, then the RSS
 # growth while IDLE_CONNS clients sit connected doing nothing.
+rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+established() { ss -Htn state established "( sport = :$1 )" | wc -l; }
+# measure_idle PATH PID PORT: writes "idle before after" to $WORK/idle-PATH.
+measure_idle() {
+    local path=$1 pid=$2 port=$3
+    psql "$(conninfo "$path")" -X -q -c "SELECT 1" >/dev/null
+    local before after
+    before=$(rss "$pid")
+    before_anon=$(awk '/^Anonymous/ {print $2}' "/proc/$pid/smaps_rollup")
+    local idle_pids=()
+    for _ in $(seq "$IDLE_CONNS"); do
+        psql "$(conninfo "$path")" -X -q -c "SELECT 1" -c '\! sleep 20' >/dev/null 2>&1 &
+        idle_pids+=($!)
+    done
+    for _ in $(seq 300); do
+        (( $(established "$port") >= IDLE_CONNS )) && break
+        sleep 0.1
+    done
+    sleep 1
+    after=$(rss "$pid")
+    echo "$(established "$port") $before $after" > "$WORK/idle-$path"
+    [[ -n ${IDLE_ONLY:-} ]] && echo "   $path anonymous memory with $IDLE_CONNS idle: $(awk '/^Anonymous/ {print $2}' "/proc/$pid/smaps_rollup") KiB (before: $before_anon KiB)"
+    for p in "${idle_pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait "${idle_pids[@]}" 2>/dev/null || true
+}
 kill "$DBTAPE_PID"; wait "$DBTAPE_PID" 2>/dev/null || true
 setsid "$BIN" serve --config "$WORK/dbtape.toml" 2>> "$WORK/dbtape.log" &
 DBTAPE_PID=$!
 PIDS+=($DBTAPE_PID)
 wait_port "$DBTAPE_PORT"
-psql "$(conninfo dbtape)" -X -q -c "SELECT 1" >/dev/null
-rss() { awk '/VmRSS/ {print $2}' "/proc/$DBTAPE_PID/status"; }
-established() { ss -Htn state established "( sport = :$DBTAPE_PORT )" | wc -l; }
-before=$(rss)
-IDLE_PIDS=()
-for _ in $(seq "$IDLE_CONNS"); do
-    psql "$(conninfo dbtape)" -X -q -c "SELECT 1" -c '\! sleep 20' >/dev/null 2>&1 &
-    IDLE_PIDS+=($!)
-done
-for _ in $(seq 300); do
-    (( $(established) >= IDLE_CONNS )) && break
-    sleep 0.1
-done
-sleep 1
-after=$(rss)
-idle=$(established)
-for p in "${IDLE_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+measure_idle dbtape "$DBTAPE_PID" "$DBTAPE_PORT"
+read -r idle before after < "$WORK/idle-dbtape"
+if [[ -n $ALT_PORT ]]; then
+    kill "$ALT_PID"; wait "$ALT_PID" 2>/dev/null || true
+    setsid "$ALT_BIN" serve --config "$WORK/alt.toml" 2>> "$WORK/alt.log" &
+    ALT_PID=$!
+    PIDS+=($ALT_PID)
+    wait_port "$ALT_PORT"
+    measure_idle alt "$ALT_PID" "$ALT_PORT"
+    read -r alt_idle alt_before alt_after < "$WORK/idle-alt"
+    echo "alt idle connections: $alt_idle, RSS $alt_before KiB -> $alt_after KiB: $(( (alt_after - alt_before) * 10 / (alt_idle > 0 ? alt_idle : 1) ))e-1 KiB per idle connection"
+fi
 
+if [[ -n ${IDLE_ONLY:-} ]]; then
+    echo "dbtape idle connections: $idle, RSS $before KiB -> $after KiB"
+    exit 0
+fi
 python3 - "$WORK" "$idle" "$before" "$after" "$HIGH_CLIENTS" <<'PY'
 import statistics, sys, pathlib
 work, idle, before, after = pathlib.Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
@@ -300,14 +329,16 @@ def cpu_of(path, suffix=""):
     f = work / f"cpu-{path}{suffix}"
     return statistics.mean(float(x) for x in f.read_text().split()) if f.exists() else float("nan")
 high = {}
-for path in ["direct", "haproxy", "pgbouncer", "dbtape"]:
+for path in ["direct", "haproxy", "pgbouncer", "dbtape", "alt"]:
     f = work / f"tps-{path}-high"
     if f.exists():
         lat = sorted(int(line.split()[2]) for line in (work / f"lat-{path}-high").read_text().splitlines() if line.strip())
         high[path] = (statistics.mean(float(x) for x in f.read_text().split()), lat[min(len(lat) - 1, int(0.99 * len(lat)))] / 1000.0)
         cpu = f"   proxy CPU {cpu_of(path, '-high'):5.1f} us/txn" if path != "direct" else ""
         print(f"high concurrency {path:10s} tps {high[path][0]:8.0f}   p99 {high[path][1]:7.3f} ms{cpu}")
-if len(high) == 4:
+if all(p in high for p in ['direct', 'haproxy', 'pgbouncer', 'dbtape']):
+    if "alt" in high:
+        print(f"high concurrency alt: alt/dbtape {high['alt'][0]/high['dbtape'][0]:.2f}  alt CPU/dbtape CPU {cpu_of('alt', '-high')/cpu_of('dbtape', '-high'):.2f}")
     print(f"high concurrency ratios: dbtape/pgbouncer {high['dbtape'][0]/high['pgbouncer'][0]:.2f}  dbtape/haproxy {high['dbtape'][0]/high['haproxy'][0]:.2f}  "
           f"dbtape CPU/pgbouncer CPU {cpu_of('dbtape', '-high')/cpu_of('pgbouncer', '-high'):.2f}")
 per_conn = (after - before) / max(idle, 1)
@@ -316,5 +347,5 @@ print(f"RESULT pg direct_tps={d:.0f} haproxy_tps={h:.0f} pgbouncer_tps={b:.0f} d
       f"dbtape_p99_ms={res['dbtape'][2]:.3f} direct_p99_ms={res['direct'][2]:.3f} dbtape_idle_kib_per_conn={per_conn:.1f} "
       f"dbtape_cpu_us={cpu_of('dbtape'):.1f} pgbouncer_cpu_us={cpu_of('pgbouncer'):.1f} haproxy_cpu_us={cpu_of('haproxy'):.1f}"
       + (f" high_clients={sys.argv[5]} high_dbtape_tps={high['dbtape'][0]:.0f} high_pgbouncer_tps={high['pgbouncer'][0]:.0f} "
-         f"high_haproxy_tps={high['haproxy'][0]:.0f} high_dbtape_cpu_us={cpu_of('dbtape', '-high'):.1f} high_pgbouncer_cpu_us={cpu_of('pgbouncer', '-high'):.1f}" if len(high) == 4 else ""))
+         f"high_haproxy_tps={high['haproxy'][0]:.0f} high_dbtape_cpu_us={cpu_of('dbtape', '-high'):.1f} high_pgbouncer_cpu_us={cpu_of('pgbouncer', '-high'):.1f}" if 'dbtape' in high and 'pgbouncer' in high and 'haproxy' in high else ""))
 PY

@@ -1,5 +1,6 @@
 //! Protocol engines. Each plugs into `server::Engine`; none touches recordings directly.
 
+pub mod chunk_reader;
 pub mod dynamodb;
 pub mod mongodb;
 pub mod net;

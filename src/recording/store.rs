@@ -152,6 +152,19 @@ impl RecordingStore {
         write_atomic(&self.meta_path(&summary.sid), &bytes)
     }
 
+    /// A live recording's periodic sidecar refresh, replaced atomically but not fsynced: it
+    /// is a hint for `ls` and the live uploader in this process, the first and last sidecars
+    /// are fsynced, and crash recovery rebuilds a stale or missing one from the recording.
+    /// An fsync here cost every busy session one more journal commit every two seconds.
+    pub fn refresh_summary(&self, summary: &SessionSummary) -> Result<(), StoreError> {
+        let path = self.meta_path(&summary.sid);
+        let bytes = serde_json::to_vec_pretty(summary).map_err(|e| StoreError::Parse { path: path.clone(), reason: e.to_string() })?;
+        let io = |source| StoreError::Io { path: path.clone(), source };
+        let tmp = tmp_path(&path);
+        fs::write(&tmp, &bytes).map_err(io)?;
+        fs::rename(&tmp, &path).map_err(io)
+    }
+
     pub fn read_summary(&self, sid: &str) -> Result<SessionSummary, StoreError> {
         read_json(&self.meta_path(sid))
     }
@@ -226,11 +239,15 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, StoreErro
 }
 
 /// Write to a temporary name, fsync, then rename: readers see the old or the new file, never half.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let io = |source| StoreError::Io { path: path.to_path_buf(), source };
+fn tmp_path(path: &Path) -> PathBuf {
     let mut tmp = path.as_os_str().to_os_string();
     tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
+    PathBuf::from(tmp)
+}
+
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let io = |source| StoreError::Io { path: path.to_path_buf(), source };
+    let tmp = tmp_path(path);
     let mut file = fs::File::create(&tmp).map_err(io)?;
     file.write_all(bytes).map_err(io)?;
     file.sync_data().map_err(io)?;

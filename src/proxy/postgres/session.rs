@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use pgwire::messages::startup::Authentication;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::codec::{
     auth_message, error_response, message, read_message, read_startup, MessageScanner, StartupPacket, WireError, PROTOCOL_3_2,
@@ -18,6 +18,7 @@ use crate::audit::{AuditPort, EventBody, Status};
 use crate::auth::scram::{ServerExchange, Verifier};
 use crate::auth::{authorize, split_login, user_by_cn, user_by_name};
 use crate::config::{AuthMethod, ClientTlsMode};
+use crate::proxy::chunk_reader::ChunkReader;
 use crate::proxy::stream::Stream;
 use crate::server::{Connection, ConnectionInfo, ListenerContext, SessionIdentity};
 
@@ -54,10 +55,6 @@ pub type CancelMap = Arc<Mutex<HashMap<(i32, Vec<u8>), CancelTarget>>>;
 
 /// Bound on captured client messages (queries, binds): bigger ones are refused as malformed.
 const MAX_CAPTURED: usize = 64 * 1024 * 1024;
-/// Per direction, per connection: small enough that idle connections stay cheap
-/// (pgbouncer uses 4 KiB), large enough for a bulk COPY chunk.
-const READ_CHUNK: usize = 16 * 1024;
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -85,7 +82,9 @@ pub async fn run(conn: Connection, ctx: Arc<ListenerContext>, state: Arc<DbState
     let span = conn.span;
     let mut login = conn.login;
     let client = Stream::Plain(conn.stream);
-    let handshake = tracing::Instrument::instrument(handshake(client, &ctx, &state, &cancels, info), span.clone());
+    // Boxed: the login's state machine (TLS accept, SCRAM, the upstream's TLS and login) is
+    // some 15 KiB, and inline it would size this future, held for the session's whole life.
+    let handshake = Box::pin(tracing::Instrument::instrument(handshake(client, &ctx, &state, &cancels, info), span.clone()));
     // Like PostgreSQL's authentication_timeout: a login still unfinished at the deadline is
     // dropped, closing the socket.
     let Ok(handshake) = tokio::time::timeout_at(login.deadline(), handshake).await else {
@@ -522,16 +521,15 @@ async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         Direction::FromUpstream => server_captures,
     };
     let mut scanner = MessageScanner::new(MAX_CAPTURED, capture);
-    let mut buf = vec![0u8; READ_CHUNK];
+    let mut reader = ChunkReader::new();
     let mut steps: Vec<ClientStep> = Vec::new();
     loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => {
+        let chunk = match reader.read(from).await {
+            Ok([]) | Err(_) => {
                 return if direction == Direction::FromClient { Stop::ClientClosed } else { Stop::UpstreamClosed };
             }
-            Ok(n) => n,
+            Ok(chunk) => chunk,
         };
-        let chunk = &buf[..n];
         let terminate = direction == Direction::FromClient && chunk.first() == Some(&b'X') && scanner.at_boundary();
         let scanned = scanner.feed(chunk, |ty, body| {
             match direction {

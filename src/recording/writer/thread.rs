@@ -232,7 +232,7 @@ pub(super) fn refresh_summary(shared: &Shared, session: &SessionState) {
     let len = io.len;
     drop(io_guard);
     let summary = summary_of(session, &lock(&session.inner), len, RecordingState::Live);
-    if let Err(e) = shared.store.write_summary(&summary) {
+    if let Err(e) = shared.store.refresh_summary(&summary) {
         tracing::warn!(sid = %session.ctx.sid, error = %e, "cannot refresh the recording's sidecar");
     }
 }
