@@ -20,9 +20,14 @@ bench_need haproxy pgbouncer
 # Debian starts packaged daemons; the bench runs its own.
 systemctl stop haproxy pgbouncer >/dev/null 2>&1 || service haproxy stop >/dev/null 2>&1 || true
 
-echo "== building dbtape (release)"
-cargo build --locked --release -q
-BIN="$ROOT/target/release/dbtape"
+# MAIN_BIN=path runs that build as the dbtape path instead of this tree's (for swapped A/B runs).
+if [[ -n ${MAIN_BIN:-} ]]; then
+    BIN=$MAIN_BIN
+else
+    echo "== building dbtape (release)"
+    cargo build --locked --release -q
+    BIN="$ROOT/target/release/dbtape"
+fi
 
 scripts/services start postgres
 set -a; source .services/env; set +a

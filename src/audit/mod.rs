@@ -10,8 +10,8 @@ mod record;
 pub use capture::{EventNotes, Truncation};
 pub use codes::{EventCode, EventType, Protocol};
 pub use event::{
-    fixed_fields_json, format_time, splice_fixed_fields, AuditEvent, ConnectionMeta, DatabaseMeta, EventBody, JsonBody, ServerMeta,
-    SessionContext, Status, UserMeta,
+    derived_uid, fixed_fields_json, format_time, splice_fixed_fields, write_uid_field, AuditEvent, ConnectionMeta, DatabaseMeta, EventBody,
+    JsonBody, ServerMeta, SessionContext, Status, UserMeta,
 };
 pub use port::{now_ms, AuditError, AuditPort};
 

@@ -242,19 +242,54 @@ pub struct SessionHeader {
     /// no braces), spliced into the lines of `FLAG_COMPACT` frames. Absent in format 1.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub fixed: String,
+    /// Format 3: 16 random bytes, hex, from which each compact event's uid is derived
+    /// (`audit::derived_uid`) instead of being stored. Absent before format 3.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub uid_seed: String,
 }
 
 impl SessionHeader {
     /// Appends `line` (one event, without its newline) to `out` as a whole event: with the
-    /// session's fixed fields spliced in when `compact`, as it is otherwise; then a newline.
+    /// session's fixed fields (and, from format 3, the derived uid) spliced in when
+    /// `compact`, as it is otherwise; then a newline.
     pub fn expand_line(&self, line: &[u8], compact: bool, out: &mut Vec<u8>) {
-        if compact {
-            crate::audit::splice_fixed_fields(line, self.fixed.as_bytes(), out);
-        } else {
+        if !compact {
             out.extend_from_slice(line);
+            out.push(b'\n');
+            return;
+        }
+        let derived = self.uid_seed().zip(leading_ei(line)).map(|(seed, ei)| crate::audit::derived_uid(&seed, ei));
+        match (derived, line.split_last()) {
+            (Some(uid), Some((b'}', body))) => {
+                out.extend_from_slice(body);
+                crate::audit::write_uid_field(uid, out);
+                if !self.fixed.is_empty() {
+                    out.push(b',');
+                    out.extend_from_slice(self.fixed.as_bytes());
+                }
+                out.push(b'}');
+            }
+            _ => crate::audit::splice_fixed_fields(line, self.fixed.as_bytes(), out),
         }
         out.push(b'\n');
     }
+
+    pub fn uid_seed(&self) -> Option<[u8; 16]> {
+        if self.uid_seed.is_empty() {
+            return None;
+        }
+        unhex(&self.uid_seed)?.try_into().ok()
+    }
+}
+
+/// An event line's `ei`, which the recorder writes first: `{"ei":42,…`.
+pub fn leading_ei(line: &[u8]) -> Option<u64> {
+    let rest = line.strip_prefix(b"{\"ei\":")?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || digits > 20 {
+        return None;
+    }
+    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
 }
 
 /// What the last frame of a sealed recording holds.

@@ -213,11 +213,8 @@ pub fn peek_event_type(line: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
 
 /// An event line's `ei` without parsing the rest: the writer puts it first.
 pub fn peek_ei(line: &[u8]) -> Option<u64> {
-    if let Some(rest) = line.strip_prefix(b"{\"ei\":") {
-        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-        if let Some(ei) = std::str::from_utf8(&rest[..digits]).ok().and_then(|d| d.parse().ok()) {
-            return Some(ei);
-        }
+    if let Some(ei) = crate::recording::format::leading_ei(line) {
+        return Some(ei);
     }
     #[derive(serde::Deserialize)]
     struct Ei {

@@ -30,11 +30,14 @@ pub(super) fn push_event(inner: &mut Inner, session: &SessionState, body: &Event
     let before = inner.pending.len();
     let full = inner.pending_full;
     let write = |pending: &mut Vec<u8>, body: &EventBody, notes: Option<&EventNotes>| {
-        let event = AuditEvent { index: ei, uid: uuid::Uuid::new_v4(), time_ms, context: &session.ctx, body, notes };
+        // A compact line leaves the uid out for readers to derive; a whole one carries the
+        // same derived uid.
+        let uid = if full { crate::audit::derived_uid(&session.uid_seed, ei) } else { uuid::Uuid::nil() };
+        let event = AuditEvent { index: ei, uid, time_ms, context: &session.ctx, body, notes };
         if full {
             event.write_json(pending);
         } else {
-            event.write_compact(pending);
+            event.write_stored(pending);
         }
     };
     write(&mut inner.pending, body, notes);

@@ -196,8 +196,9 @@ impl Recorder {
         }
         let path = self.shared.store.recording_path(&ctx.sid);
         let create = |reason: String| RecordingError::Create { path: path.clone(), reason };
+        let uid_seed = *uuid::Uuid::new_v4().as_bytes();
         let header = SessionHeader {
-            format: 2,
+            format: 3,
             sid: ctx.sid.clone(),
             created: crate::audit::format_time(start_ms),
             user: ctx.user.user.clone(),
@@ -208,6 +209,7 @@ impl Recorder {
             db_user: ctx.database.user.clone(),
             remote_addr: ctx.connection.remote_addr.clone(),
             fixed: String::from_utf8_lossy(&crate::audit::fixed_fields_json(&ctx)).into_owned(),
+            uid_seed: super::format::hex(&uid_seed),
         };
         let payload = serde_json::to_vec(&header).map_err(|e| create(e.to_string()))?;
         let mut bytes = FILE_MAGIC.to_vec();
@@ -235,6 +237,7 @@ impl Recorder {
         hasher.update(&bytes);
         let state = Arc::new(SessionState {
             ctx: Arc::new(ctx),
+            uid_seed,
             backlog: self.shared.backlog.clone(),
             start_ms,
             inner: Mutex::new(Inner {

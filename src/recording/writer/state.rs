@@ -109,6 +109,9 @@ pub(super) struct FileIo {
 
 pub(super) struct SessionState {
     pub(super) ctx: Arc<SessionContext>,
+    /// Each event's uid is derived from this and its ei (format 3), never stored in
+    /// compact frames.
+    pub(super) uid_seed: [u8; 16],
     pub(super) backlog: Arc<Backlog>,
     pub(super) start_ms: i64,
     pub(super) inner: Mutex<Inner>,
