@@ -22,7 +22,8 @@ bench_build() { # EXAMPLE
     echo "== building dbtape and the load client (release)"
     cargo build --locked --release -q
     cargo build --locked --release -q --example "$1"
-    BIN="$ROOT/target/release/dbtape"
+    # MAIN_BIN=path measures another dbtape build (an A/B run against this tree's).
+    BIN="${MAIN_BIN:-$ROOT/target/release/dbtape}"
     LOAD="$ROOT/target/release/examples/$1"
 }
 

@@ -268,18 +268,23 @@ measure_idle() {
     before=$(rss "$pid")
     before_anon=$(awk '/^Anonymous/ {print $2}' "/proc/$pid/smaps_rollup")
     local idle_pids=()
+    # Each client notes when its login and first query are done, then sits idle: counting
+    # TCP connections alone would measure logins still in progress.
+    local logged="$WORK/logged-$path"
+    : > "$logged"
     for _ in $(seq "$IDLE_CONNS"); do
-        psql "$(conninfo "$path")" -X -q -c "SELECT 1" -c '\! sleep 20' >/dev/null 2>&1 &
+        psql "$(conninfo "$path")" -X -q -c "SELECT 1" -c "\\! echo in >> $logged" -c '\! sleep 30' >/dev/null 2>&1 &
         idle_pids+=($!)
     done
-    for _ in $(seq 300); do
-        (( $(established "$port") >= IDLE_CONNS )) && break
+    for _ in $(seq 600); do
+        (( $(wc -l < "$logged") >= IDLE_CONNS )) && break
         sleep 0.1
     done
-    sleep 1
+    # Idle means idle: a few seconds after the last login.
+    sleep 3
     after=$(rss "$pid")
     echo "$(established "$port") $before $after" > "$WORK/idle-$path"
-    [[ -n ${IDLE_ONLY:-} ]] && echo "   $path anonymous memory with $IDLE_CONNS idle: $(awk '/^Anonymous/ {print $2}' "/proc/$pid/smaps_rollup") KiB (before: $before_anon KiB)"
+    echo "   $path: $(wc -l < "$logged") clients logged in; anonymous memory with $IDLE_CONNS idle: $(awk '/^Anonymous/ {print $2}' "/proc/$pid/smaps_rollup") KiB (before: $before_anon KiB)"
     for p in "${idle_pids[@]}"; do kill "$p" 2>/dev/null || true; done
     wait "${idle_pids[@]}" 2>/dev/null || true
 }

@@ -560,3 +560,36 @@ fn derived_uids_are_unique_stable_and_version_4() {
     assert_eq!(distinct.len(), 600, "no two events share a uid");
     assert!(uids.iter().all(|u| uuid::Uuid::parse_str(u).unwrap().get_version_num() == 4));
 }
+
+/// A MongoDB session has no database of its own and each command names its `$db`: its
+/// commands and replies are stored compact, in shared frames, not a frame per event, and
+/// still read back whole with the command's database.
+#[test]
+fn mongodb_commands_share_compact_frames() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rec = recorder(tmp.path(), |_| {});
+    let mut ctx = context(Protocol::MongoDb);
+    ctx.database.name = String::new();
+    let log = rec.recorder.open(ctx).unwrap();
+    let sid = log.sid().to_string();
+    for i in 0..100u64 {
+        let query = format!("OpMsg(Body={{\"find\": \"c{i}\", \"$db\": \"shop\"}}, Documents=[], Flags=)");
+        let ei = log.append(&EventBody::Query { query, parameters: vec![], db_name: Some("shop".into()) }, T0 + i as i64).unwrap();
+        let result = EventBody::Result { status: dbtape::audit::Status::ok(), affected_records: 0, query_ei: Some(ei.ei) };
+        log.append(&result, T0 + i as i64).unwrap();
+    }
+    block_on(log.close()).unwrap();
+    let mut stream = dbtape::replay::events::EventStream::open(&rec.store(), &sid, false).unwrap();
+    let (mut frames, mut events) = (0, Vec::new());
+    stream
+        .for_each_frame(|_, data| {
+            frames += 1;
+            events.extend(dbtape::recording::reader::event_lines(data).map(|l| assert_schema_valid(l)));
+            Ok(true)
+        })
+        .unwrap();
+    assert_eq!(events.len(), 200);
+    assert!(frames <= 2, "{frames} frames for 200 events");
+    assert!(events.iter().step_by(2).all(|e| e["db_name"] == "shop"), "{:?}", events[0]);
+    assert!(events.iter().skip(1).step_by(2).all(|e| e.get("db_name").is_none()));
+}

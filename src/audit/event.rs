@@ -239,8 +239,10 @@ impl EventBody {
     /// no override: MongoDB names `$db` on every command, mostly the session's database.
     pub fn overrides_fields_of(&self, ctx: &SessionContext) -> bool {
         match self {
+            // A session without a database of its own (MongoDB's, which each command names)
+            // keeps the event's in its compact line (`Wire::db_name`).
             EventBody::Query { db_name, .. } | EventBody::QueryFailed { db_name, .. } => {
-                db_name.as_deref().is_some_and(|name| name != ctx.database.name)
+                db_name.as_deref().is_some_and(|name| name != ctx.database.name) && !ctx.database.name.is_empty()
             }
             // A DynamoDB session alternates requests (which override) and results: kept in
             // the same kind of frame, they are not cut into a frame each.
@@ -458,6 +460,10 @@ struct Wire<'a> {
     /// The session's fields; `None` in compact form, where the recording holds them once.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     fixed: Option<Fixed<'a>>,
+    /// Compact form only: the event's own database (MongoDB's `$db`) where the session has
+    /// none among its fixed fields, so the event needs no frame of whole events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    db_name: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     namespace: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -622,16 +628,21 @@ impl AuditEvent<'_> {
     /// those once (`FLAG_COMPACT` frames); `splice_fixed_fields` makes it whole again. Only for
     /// events that override none of them.
     pub fn write_compact(&self, out: &mut Vec<u8>) {
+        self.compact_wire().write_to(out);
+    }
+
+    fn compact_wire(&self) -> Wire<'_> {
         let mut w = self.wire();
+        // Only a session without a database of its own stores events compact with one.
+        w.db_name = w.fixed.and_then(|f| f.db_name).filter(|_| self.context.database.name.is_empty());
         w.fixed = None;
-        w.write_to(out);
+        w
     }
 
     /// As `write_compact`, without the uid either: how a format-3 recording stores an event,
     /// its uid derived on reading (`derived_uid`).
     pub fn write_stored(&self, out: &mut Vec<u8>) {
-        let mut w = self.wire();
-        w.fixed = None;
+        let mut w = self.compact_wire();
         w.uid = None;
         w.write_to(out);
     }

@@ -34,6 +34,7 @@ impl Wire<'_> {
         if let Some(fixed) = &self.fixed {
             fixed.write_to(out);
         }
+        opt_str(out, "db_name", self.db_name);
         opt_str(out, "namespace", self.namespace);
         opt_str(out, "server_id", self.server_id);
         opt_str(out, "server_hostname", self.server_hostname);
