@@ -584,7 +584,7 @@ fn mongodb_commands_share_compact_frames() {
     stream
         .for_each_frame(|_, data| {
             frames += 1;
-            events.extend(dbtape::recording::reader::event_lines(data).map(|l| assert_schema_valid(l)));
+            events.extend(dbtape::recording::reader::event_lines(data).map(assert_schema_valid));
             Ok(true)
         })
         .unwrap();
