@@ -66,7 +66,7 @@ fn schema() -> (Schema, Fields) {
         kind: b.add_text_field("kind", keyword()),
         sid: b.add_text_field("sid", keyword().set_fast("raw")),
         ei: b.add_u64_field("ei", column()),
-        time: b.add_i64_field("time", column()),
+        time: b.add_i64_field("time_s", column()),
         user: b.add_text_field("user", keyword()),
         db: b.add_text_field("db", keyword()),
         db_user: b.add_text_field("db_user", keyword()),
@@ -78,14 +78,12 @@ fn schema() -> (Schema, Fields) {
         class: b.add_text_field("class", keyword()),
         table: b.add_text_field("table", keyword()),
         fingerprint: b.add_text_field("fingerprint", keyword()),
-        // Words split on punctuation and lower-cased, with positions for phrase queries.
+        // Words split on punctuation and lower-cased, without positions or long numbers
+        // (`query::indexed_text`): phrases and numbers are checked on read-back.
         text: b.add_text_field(
             "text",
             TextOptions::default().set_indexing_options(
-                TextFieldIndexing::default()
-                    .set_tokenizer("default")
-                    .set_index_option(IndexRecordOption::WithFreqsAndPositions)
-                    .set_fieldnorms(false),
+                TextFieldIndexing::default().set_tokenizer("default").set_index_option(IndexRecordOption::Basic).set_fieldnorms(false),
             ),
         ),
         events: b.add_u64_field("events", column()),
@@ -97,6 +95,7 @@ fn schema() -> (Schema, Fields) {
 struct Located {
     sid: String,
     ei: u64,
+    /// Whole seconds.
     time: i64,
     events: Option<u64>,
 }
@@ -123,7 +122,7 @@ impl<'a> Locator<'a> {
         if !self.columns.contains_key(&segment) {
             let fast = self.searcher.segment_reader(segment).fast_fields();
             let columns =
-                SegmentColumns { sid: fast.str("sid")?, ei: fast.u64("ei")?, time: fast.i64("time")?, events: fast.u64("events")? };
+                SegmentColumns { sid: fast.str("sid")?, ei: fast.u64("ei")?, time: fast.i64("time_s")?, events: fast.u64("events")? };
             self.columns.insert(segment, columns);
         }
         Ok(&self.columns[&segment])
@@ -302,7 +301,9 @@ impl SearchIndex {
         let mut doc = doc!(
             f.sid => sid,
             f.ei => event.get("ei").and_then(Value::as_u64).unwrap_or_default(),
-            f.time => super::query::event_time_ms(event).unwrap_or_default(),
+            // Seconds: the column compresses to a third of milliseconds, and the read-back
+            // applies the exact time filter and order.
+            f.time => super::query::event_time_ms(event).unwrap_or_default().div_euclid(1000),
             f.user => text_of("user"),
             f.db => text_of("db_service"),
             f.db_user => text_of("db_user"),
@@ -325,7 +326,7 @@ impl SearchIndex {
                 doc.add_text(f.fingerprint, &classified.fingerprint);
             }
         }
-        let text = super::query::searchable_text(event);
+        let text = super::query::indexed_text(event);
         if !text.is_empty() {
             doc.add_text(f.text, &text);
         }

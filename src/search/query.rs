@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
 use serde_json::Value;
-use tantivy::query::{BooleanQuery, Occur, PhraseQuery, Query, RangeQuery, TermQuery};
+use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery, TermQuery};
 use tantivy::schema::{Field, IndexRecordOption};
 use tantivy::Term;
 
@@ -96,6 +96,25 @@ pub fn searchable_text(event: &Value) -> String {
     text
 }
 
+/// Numbers of this many digits or more (ids, amounts, timestamps) are not indexed: nearly
+/// every one is a term of its own, and together they made most of the index. A search for
+/// one still finds it, on read-back.
+const LONG_NUMBER_DIGITS: usize = 4;
+
+/// Words of SQL's syntax that nearly every statement holds and nobody searches for alone.
+/// Statement verbs (select, insert, drop, grant…) stay indexed.
+const NOISE_WORDS: &[&str] =
+    &["from", "where", "and", "or", "set", "into", "values", "as", "on", "is", "not", "null", "by", "the", "limit"];
+
+pub(super) fn is_indexed_word(word: &str) -> bool {
+    (word.len() < LONG_NUMBER_DIGITS || !word.bytes().all(|b| b.is_ascii_digit())) && !NOISE_WORDS.contains(&word)
+}
+
+/// The words of an event's searchable text that the index holds, space-separated.
+pub(super) fn indexed_text(event: &Value) -> String {
+    words(&searchable_text(event)).into_iter().filter(|w| is_indexed_word(w)).collect::<Vec<_>>().join(" ")
+}
+
 /// Lower-cased words, split as the index's default tokenizer splits them.
 fn words(text: &str) -> Vec<String> {
     text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect()
@@ -156,17 +175,19 @@ impl SearchFilter {
             clauses.push((Occur::Must, term(f.table, &table.to_lowercase())));
         }
         if self.since_ms.is_some() || self.until_ms.is_some() {
-            let lower = self.since_ms.map_or(Bound::Unbounded, |t| Bound::Included(Term::from_field_i64(f.time, t)));
-            let upper = self.until_ms.map_or(Bound::Unbounded, |t| Bound::Included(Term::from_field_i64(f.time, t)));
+            // The index holds whole seconds; the read-back applies the milliseconds.
+            let second = |t: i64| Term::from_field_i64(f.time, t.div_euclid(1000));
+            let lower = self.since_ms.map_or(Bound::Unbounded, |t| Bound::Included(second(t)));
+            let upper = self.until_ms.map_or(Bound::Unbounded, |t| Bound::Included(second(t)));
             clauses.push((Occur::Must, Box::new(RangeQuery::new(lower, upper))));
         }
+        // The index keeps words without their positions, and not long numbers: it narrows
+        // the candidates to events holding every indexed word, and the read-back checks the
+        // phrases, numbers included, against the recorded statement.
         for phrase in phrases(self.text.as_deref().unwrap_or_default()) {
-            let query: Box<dyn Query> = if phrase.len() == 1 {
-                term(f.text, &phrase[0])
-            } else {
-                Box::new(PhraseQuery::new(phrase.iter().map(|w| Term::from_field_text(f.text, w)).collect()))
-            };
-            clauses.push((Occur::Must, query));
+            for word in phrase.iter().filter(|w| is_indexed_word(w)) {
+                clauses.push((Occur::Must, term(f.text, word)));
+            }
         }
         if clauses.is_empty() {
             return Box::new(tantivy::query::AllQuery);
