@@ -51,6 +51,10 @@ pub fn recording(data: &[u8]) {
             let _ = stream.for_each_event(|_| Ok(true));
         }
     });
+    // The same bytes as one event line, as export reads it: its leading `ei`, and the
+    // statement fields derived from it.
+    let _ = crate::recording::format::leading_ei(data);
+    let _ = crate::replay::enrich::Enricher::new().enriched(data);
 }
 
 /// Arbitrary text as `dbtape.toml`: every problem is a config error, never a panic.
