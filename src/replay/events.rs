@@ -48,7 +48,7 @@ pub struct FrameInfo {
     pub min_time_ms: i64,
     pub max_time_ms: i64,
     pub events: u32,
-    /// Where the stream stands after this frame; `EventStream::resume` goes on from there.
+    /// Where the stream stands after this frame; `EventStream::open_at` goes on from there.
     /// None for the rebuilt end event, which is not in the file.
     pub after: Option<Position>,
 }
