@@ -260,13 +260,19 @@ fi
 # growth while IDLE_CONNS clients sit connected doing nothing.
 rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 established() { ss -Htn state established "( sport = :$1 )" | wc -l; }
-# measure_idle PATH PID PORT: writes "idle before after" to $WORK/idle-PATH.
+# measure_idle PATH OLD_PID BIN CONFIG LOG PORT: the proxy restarted from nothing, then its
+# memory per idle connection measured; writes "idle before after" to $WORK/idle-PATH.
 measure_idle() {
-    local path=$1 pid=$2 port=$3
+    local path=$1 old=$2 bin=$3 config=$4 log=$5 port=$6
+    kill "$old"; wait "$old" 2>/dev/null || true
+    setsid "$bin" serve --config "$config" 2>> "$log" &
+    local pid=$!
+    PIDS+=($pid)
+    wait_port "$port"
     psql "$(conninfo "$path")" -X -q -c "SELECT 1" >/dev/null
-    local before after
+    local before after before_anon after_anon
     before=$(rss "$pid")
-    before_anon=$(awk '/^Anonymous/ {print $2}' "/proc/$pid/smaps_rollup")
+    before_anon=$(anonymous "$pid")
     local idle_pids=()
     # Each client notes when its login and first query are done, then sits idle: counting
     # TCP connections alone would measure logins still in progress.
@@ -283,33 +289,21 @@ measure_idle() {
     # Idle means idle: a few seconds after the last login.
     sleep 3
     after=$(rss "$pid")
-    echo "$(established "$port") $before $after" > "$WORK/idle-$path"
-    echo "   $path: $(wc -l < "$logged") clients logged in; anonymous memory with $IDLE_CONNS idle: $(awk '/^Anonymous/ {print $2}' "/proc/$pid/smaps_rollup") KiB (before: $before_anon KiB)"
+    after_anon=$(anonymous "$pid")
+    local idle
+    idle=$(established "$port")
+    echo "$idle $before $after" > "$WORK/idle-$path"
+    awk -v p="$path" -v n="$idle" -v logged="$(wc -l < "$logged")" -v b="$before" -v a="$after" -v ba="$before_anon" -v aa="$after_anon" \
+        'BEGIN { n = n > 0 ? n : 1; printf "   %s: %d idle, %d logged in; per idle connection: RSS %.1f KiB, anonymous %.1f KiB\n", p, n, logged, (a - b) / n, (aa - ba) / n }'
     for p in "${idle_pids[@]}"; do kill "$p" 2>/dev/null || true; done
     wait "${idle_pids[@]}" 2>/dev/null || true
 }
-kill "$DBTAPE_PID"; wait "$DBTAPE_PID" 2>/dev/null || true
-setsid "$BIN" serve --config "$WORK/dbtape.toml" 2>> "$WORK/dbtape.log" &
-DBTAPE_PID=$!
-PIDS+=($DBTAPE_PID)
-wait_port "$DBTAPE_PORT"
-measure_idle dbtape "$DBTAPE_PID" "$DBTAPE_PORT"
+anonymous() { awk '/^Anonymous/ {print $2}' "/proc/$1/smaps_rollup"; }
+measure_idle dbtape "$DBTAPE_PID" "$BIN" "$WORK/dbtape.toml" "$WORK/dbtape.log" "$DBTAPE_PORT"
 read -r idle before after < "$WORK/idle-dbtape"
-if [[ -n $ALT_PORT ]]; then
-    kill "$ALT_PID"; wait "$ALT_PID" 2>/dev/null || true
-    setsid "$ALT_BIN" serve --config "$WORK/alt.toml" 2>> "$WORK/alt.log" &
-    ALT_PID=$!
-    PIDS+=($ALT_PID)
-    wait_port "$ALT_PORT"
-    measure_idle alt "$ALT_PID" "$ALT_PORT"
-    read -r alt_idle alt_before alt_after < "$WORK/idle-alt"
-    echo "alt idle connections: $alt_idle, RSS $alt_before KiB -> $alt_after KiB: $(( (alt_after - alt_before) * 10 / (alt_idle > 0 ? alt_idle : 1) ))e-1 KiB per idle connection"
-fi
+[[ -n $ALT_PORT ]] && measure_idle alt "$ALT_PID" "$ALT_BIN" "$WORK/alt.toml" "$WORK/alt.log" "$ALT_PORT"
+[[ -n ${IDLE_ONLY:-} ]] && exit 0
 
-if [[ -n ${IDLE_ONLY:-} ]]; then
-    echo "dbtape idle connections: $idle, RSS $before KiB -> $after KiB"
-    exit 0
-fi
 python3 - "$WORK" "$idle" "$before" "$after" "$HIGH_CLIENTS" <<'PY'
 import statistics, sys, pathlib
 work, idle, before, after = pathlib.Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])

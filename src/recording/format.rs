@@ -217,12 +217,16 @@ pub fn hex(bytes: &[u8]) -> String {
     out
 }
 
-/// The bytes of lower- or upper-case hex digits; None for anything else.
-pub fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
+/// Exactly `N` bytes written as hex digits (either case); None for anything else.
+pub fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    if text.len() != 2 * N {
         return None;
     }
-    (0..text.len() / 2).map(|i| u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()).collect()
+    let mut out = [0u8; N];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 /// What frame 0 holds.
@@ -278,7 +282,7 @@ impl SessionHeader {
         if self.uid_seed.is_empty() {
             return None;
         }
-        unhex(&self.uid_seed)?.try_into().ok()
+        unhex(&self.uid_seed)
     }
 }
 

@@ -210,8 +210,7 @@ mod hex_chain {
 
     pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
         let text: String = serde::Deserialize::deserialize(d)?;
-        let bytes = crate::recording::format::unhex(&text).ok_or_else(|| serde::de::Error::custom("a chain is hex"))?;
-        bytes.try_into().map_err(|_| serde::de::Error::custom("a chain is 32 bytes"))
+        crate::recording::format::unhex(&text).ok_or_else(|| serde::de::Error::custom("a chain is 32 bytes in hex"))
     }
 }
 

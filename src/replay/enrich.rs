@@ -23,7 +23,11 @@ const CACHE_MAX_STATEMENT: usize = 4 * 1024;
 
 #[derive(Default)]
 pub struct Enricher {
-    cache: HashMap<(String, Box<str>), Arc<[u8]>>,
+    /// `export --raw`: every line goes out exactly as recorded.
+    raw: bool,
+    /// Per protocol, looked up by the statement itself: a hit allocates nothing.
+    postgres: HashMap<Box<str>, Arc<[u8]>>,
+    mongodb: HashMap<Box<str>, Arc<[u8]>>,
 }
 
 #[derive(Deserialize)]
@@ -42,10 +46,16 @@ impl Enricher {
         Enricher::default()
     }
 
+    /// One that writes every line as recorded (`raw`), or with the derived fields.
+    pub fn for_export(raw: bool) -> Self {
+        Enricher { raw, ..Enricher::default() }
+    }
+
     /// Writes one event line and its newline, with the derived fields before the closing
     /// brace where the event holds a statement.
     pub fn write_line(&mut self, line: &[u8], out: &mut impl Write) -> std::io::Result<()> {
-        match self.suffix(line) {
+        let suffix = if self.raw { None } else { self.suffix(line) };
+        match suffix {
             Some(suffix) if line.last() == Some(&b'}') => {
                 out.write_all(&line[..line.len() - 1])?;
                 out.write_all(&suffix)?;
@@ -67,8 +77,11 @@ impl Enricher {
         out
     }
 
-    /// Writes every line of a frame's payload.
+    /// Writes every line of a frame's payload (already JSON Lines).
     pub fn write_frame(&mut self, data: &[u8], out: &mut impl Write) -> std::io::Result<()> {
+        if self.raw {
+            return out.write_all(data);
+        }
         for line in crate::recording::reader::event_lines(data) {
             self.write_line(line, out)?;
         }
@@ -88,23 +101,21 @@ impl Enricher {
             _ => return None,
         }
         let statement: Statement = serde_json::from_slice(line).ok()?;
-        let protocol = statement.db_protocol.unwrap_or_default();
         let text = statement.db_query.or(statement.query)?;
-        let key = (protocol.into_owned(), text.into());
-        if let Some(hit) = self.cache.get(&key) {
-            return Some(hit.clone());
-        }
-        let classified = match key.0.as_str() {
-            "postgres" => classify_postgres(&key.1),
-            "mongodb" => classify_mongodb(&key.1),
+        let (cache, classify): (_, fn(&str) -> Classified) = match statement.db_protocol.as_deref() {
+            Some("postgres") => (&mut self.postgres, classify_postgres),
+            Some("mongodb") => (&mut self.mongodb, classify_mongodb),
             _ => return None,
         };
-        let suffix: Arc<[u8]> = render(&classified).into();
-        if key.1.len() <= CACHE_MAX_STATEMENT {
-            if self.cache.len() >= CACHE_ENTRIES {
-                self.cache.clear();
+        if let Some(hit) = cache.get(text.as_ref()) {
+            return Some(hit.clone());
+        }
+        let suffix: Arc<[u8]> = render(&classify(&text)).into();
+        if text.len() <= CACHE_MAX_STATEMENT {
+            if cache.len() >= CACHE_ENTRIES {
+                cache.clear();
             }
-            self.cache.insert(key, suffix.clone());
+            cache.insert(text.into(), suffix.clone());
         }
         Some(suffix)
     }
@@ -179,7 +190,7 @@ mod tests {
         let mut enricher = Enricher::new();
         let line = br#"{"ei":1,"event":"db.session.query","db_protocol":"postgres","db_query":"SELECT * FROM t WHERE id = $1"}"#;
         let first = enricher.enriched(line);
-        assert_eq!(enricher.cache.len(), 1);
+        assert_eq!(enricher.postgres.len(), 1);
         assert_eq!(enricher.enriched(line), first);
     }
 }

@@ -81,7 +81,7 @@ pub fn export_reporting(
     let mut stats = ExportStats::default();
     let sessions = matching_sessions(store, filter, &mut stats.warnings)?;
     let total = sessions.len();
-    let mut enricher = (!filter.raw).then(Enricher::new);
+    let mut enricher = Enricher::for_export(filter.raw);
     for (done, session) in sessions.into_iter().enumerate() {
         progress(done, total);
         let mut stream = match EventStream::open(store, &session.sid, false) {
@@ -101,10 +101,7 @@ pub fn export_reporting(
             }
             if whole_frame_in_range && filter.event_types.is_empty() {
                 // Fast path: the frame is already JSON Lines.
-                match enricher.as_mut() {
-                    Some(enricher) => enricher.write_frame(data, out)?,
-                    None => out.write_all(data)?,
-                }
+                enricher.write_frame(data, out)?;
                 stats.events += u64::from(info.events);
                 return Ok(true);
             }
@@ -115,13 +112,7 @@ pub fn export_reporting(
                 if !whole_frame_in_range && !peek_time_ms(line).is_some_and(|t| filter.time_in_range(t)) {
                     continue;
                 }
-                match enricher.as_mut() {
-                    Some(enricher) => enricher.write_line(line, out)?,
-                    None => {
-                        out.write_all(line)?;
-                        out.write_all(b"\n")?;
-                    }
-                }
+                enricher.write_line(line, out)?;
                 stats.events += 1;
             }
             Ok(true)

@@ -96,7 +96,7 @@ pub fn export_from_cursor(
         None => Box::new(std::io::stdout().lock()),
     };
     let mut sent = 0u64;
-    let mut enricher = (!filter.raw).then(Enricher::new);
+    let mut enricher = Enricher::for_export(filter.raw);
     loop {
         let mut full = false;
         // One pass reads what every recording gained since the last, then writes it merged
@@ -138,13 +138,7 @@ pub fn export_from_cursor(
                     let time = peek_time_ms(line);
                     if filter.wants_type(line) && time.is_none_or(|t| filter.time_in_range(t)) {
                         let mut owned = Vec::with_capacity(line.len() + 96);
-                        match enricher.as_mut() {
-                            Some(enricher) => enricher.write_line(line, &mut owned)?,
-                            None => {
-                                owned.extend_from_slice(line);
-                                owned.push(b'\n');
-                            }
-                        }
+                        enricher.write_line(line, &mut owned)?;
                         batch_bytes += owned.len();
                         batch.push((time.unwrap_or_default(), sid.clone(), ei, owned));
                     }

@@ -400,10 +400,6 @@ fn read_range(path: &Path, offset: u64, len: u64) -> Result<Vec<u8>, StoreError>
     Ok(bytes)
 }
 
-fn hex_bytes(hex: &str) -> Vec<u8> {
-    (0..hex.len() / 2).filter_map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()).collect()
-}
-
 fn rand_fraction() -> f64 {
     let mut b = [0u8; 8];
     let _ = getrandom::getrandom(&mut b);
