@@ -44,7 +44,10 @@ start_haproxy mongo "$HAPROXY_PORT" "$MONGO_PORT"
 
 DBTAPE_PORT=$(free_port)
 VERIFIER=$(echo "bench-password" | "$BIN" user add bench --password-stdin | sed -n 's/^scram_verifier = //p')
+# WORKERS=n overrides [server] workers (0, the default, is one per CPU) for A/B runs.
 cat > "$WORK/dbtape.toml" <<CONF
+[server]
+workers = ${WORKERS:-0}
 [recording]
 dir = "$WORK/recordings"
 signing_key = "$WORK/key"

@@ -42,7 +42,7 @@ pub struct ServerSection {
     #[serde(with = "humantime_serde_compat")]
     pub shutdown_grace: std::time::Duration,
     pub log_format: LogFormat,
-    /// Connection worker threads; 0 means half the CPUs, at least one.
+    /// Connection worker threads; 0 means one per CPU.
     pub workers: usize,
     /// How long a connection may take to log in: TLS handshake, client authentication and
     /// upstream login. PostgreSQL's own `authentication_timeout` is 60 s; strangers get less.
@@ -73,12 +73,14 @@ impl ServerSection {
         }
     }
 
-    /// How many connection workers to run. The default leaves half the CPUs to the
-    /// database, clients and kernel work the proxy shares its host with: on a 2-core host
-    /// one worker served as many transactions as two, at 13-15% less CPU each (BENCHMARKS.md).
+    /// How many connection workers to run: by default one per CPU. A single worker saved
+    /// CPU at 8 PostgreSQL clients, but it is one queue for every session: whenever the
+    /// scheduler runs something else on its core, all of them wait. On a 2-core host one
+    /// per CPU served 9-45% more transactions at 200 clients and about 25% more MongoDB
+    /// operations at 8, each for less CPU (BENCHMARKS.md).
     pub fn worker_count(&self) -> usize {
         match self.workers {
-            0 => std::thread::available_parallelism().map(|n| n.get() / 2).unwrap_or(1).max(1),
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             n => n,
         }
     }

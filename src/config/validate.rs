@@ -43,7 +43,7 @@ pub(super) fn check(raw: RawConfig, file: &Path, base: &Path) -> Result<Config, 
         issues.add(
             "server.workers",
             format!("{} is too many threads", server.workers),
-            format!("use 0 (half the CPUs, at least one) or a number up to {MAX_WORKERS}"),
+            format!("use 0 (one per CPU) or a number up to {MAX_WORKERS}"),
         );
     }
     if server.login_timeout.is_zero() || server.login_timeout > std::time::Duration::from_secs(600) {
