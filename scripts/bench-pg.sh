@@ -14,6 +14,7 @@ IDLE_CONNS=${IDLE_CONNS:-100}
 # The high-concurrency case: one pass per path with this many clients (0 skips it).
 HIGH_CLIENTS=${HIGH_CLIENTS:-200}
 HIGH_DURATION=${HIGH_DURATION:-20}
+# IDLE_SPACED=1: the idle clients log in one after another rather than all at once.
 
 source scripts/bench-common.sh
 bench_need haproxy pgbouncer
@@ -281,6 +282,9 @@ measure_idle() {
     for _ in $(seq "$IDLE_CONNS"); do
         psql "$(conninfo "$path")" -X -q -c "SELECT 1" -c "\\! echo in >> $logged" -c '\! sleep 30' >/dev/null 2>&1 &
         idle_pids+=($!)
+        if [[ -n ${IDLE_SPACED:-} ]]; then
+            for _ in $(seq 100); do (( $(wc -l < "$logged") >= ${#idle_pids[@]} )) && break; sleep 0.02; done
+        fi
     done
     for _ in $(seq 600); do
         (( $(wc -l < "$logged") >= IDLE_CONNS )) && break
@@ -292,7 +296,7 @@ measure_idle() {
     after_anon=$(anonymous "$pid")
     local idle
     idle=$(established "$port")
-    echo "$idle $before $after" > "$WORK/idle-$path"
+    echo "$idle $before $after $before_anon $after_anon" > "$WORK/idle-$path"
     awk -v p="$path" -v n="$idle" -v logged="$(wc -l < "$logged")" -v b="$before" -v a="$after" -v ba="$before_anon" -v aa="$after_anon" \
         'BEGIN { n = n > 0 ? n : 1; printf "   %s: %d idle, %d logged in; per idle connection: RSS %.1f KiB, anonymous %.1f KiB\n", p, n, logged, (a - b) / n, (aa - ba) / n }'
     for p in "${idle_pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -300,13 +304,14 @@ measure_idle() {
 }
 anonymous() { awk '/^Anonymous/ {print $2}' "/proc/$1/smaps_rollup"; }
 measure_idle dbtape "$DBTAPE_PID" "$BIN" "$WORK/dbtape.toml" "$WORK/dbtape.log" "$DBTAPE_PORT"
-read -r idle before after < "$WORK/idle-dbtape"
+read -r idle before after before_anon after_anon < "$WORK/idle-dbtape"
 [[ -n $ALT_PORT ]] && measure_idle alt "$ALT_PID" "$ALT_BIN" "$WORK/alt.toml" "$WORK/alt.log" "$ALT_PORT"
 [[ -n ${IDLE_ONLY:-} ]] && exit 0
 
-python3 - "$WORK" "$idle" "$before" "$after" "$HIGH_CLIENTS" <<'PY'
+python3 - "$WORK" "$idle" "$before" "$after" "$HIGH_CLIENTS" "$before_anon" "$after_anon" <<'PY'
 import statistics, sys, pathlib
 work, idle, before, after = pathlib.Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+before_anon, after_anon = int(sys.argv[6]), int(sys.argv[7])
 res = {}
 for path in ["direct", "haproxy", "pgbouncer", "dbtape", "alt"]:
     if not (work / f"tps-{path}").exists():
@@ -346,9 +351,12 @@ if all(p in high for p in ['direct', 'haproxy', 'pgbouncer', 'dbtape']):
     print(f"high concurrency ratios: dbtape/pgbouncer {high['dbtape'][0]/high['pgbouncer'][0]:.2f}  dbtape/haproxy {high['dbtape'][0]/high['haproxy'][0]:.2f}  "
           f"dbtape CPU/pgbouncer CPU {cpu_of('dbtape', '-high')/cpu_of('pgbouncer', '-high'):.2f}")
 per_conn = (after - before) / max(idle, 1)
-print(f"idle connections: {idle}, dbtape RSS {before} KiB -> {after} KiB: {per_conn:.1f} KiB per idle connection")
+# RSS also grows by code pages first touched under load, which are no connection's; the
+# anonymous memory is what the connections hold.
+anon_per_conn = (after_anon - before_anon) / max(idle, 1)
+print(f"idle connections: {idle}, dbtape RSS {before} KiB -> {after} KiB: {per_conn:.1f} KiB per idle connection, {anon_per_conn:.1f} KiB anonymous")
 print(f"RESULT pg direct_tps={d:.0f} haproxy_tps={h:.0f} pgbouncer_tps={b:.0f} dbtape_tps={t:.0f} "
-      f"dbtape_p99_ms={res['dbtape'][2]:.3f} direct_p99_ms={res['direct'][2]:.3f} dbtape_idle_kib_per_conn={per_conn:.1f} "
+      f"dbtape_p99_ms={res['dbtape'][2]:.3f} direct_p99_ms={res['direct'][2]:.3f} dbtape_idle_kib_per_conn={per_conn:.1f} dbtape_idle_anon_kib_per_conn={anon_per_conn:.1f} "
       f"dbtape_cpu_us={cpu_of('dbtape'):.1f} pgbouncer_cpu_us={cpu_of('pgbouncer'):.1f} haproxy_cpu_us={cpu_of('haproxy'):.1f}"
       + (f" high_clients={sys.argv[5]} high_dbtape_tps={high['dbtape'][0]:.0f} high_pgbouncer_tps={high['pgbouncer'][0]:.0f} "
          f"high_haproxy_tps={high['haproxy'][0]:.0f} high_dbtape_cpu_us={cpu_of('dbtape', '-high'):.1f} high_pgbouncer_cpu_us={cpu_of('pgbouncer', '-high'):.1f}" if 'dbtape' in high and 'pgbouncer' in high and 'haproxy' in high else ""))
