@@ -76,7 +76,7 @@ impl ServerSection {
     /// How many connection workers to run: by default one per CPU. A single worker saved
     /// CPU at 8 PostgreSQL clients, but it is one queue for every session: whenever the
     /// scheduler runs something else on its core, all of them wait. On a 2-core host one
-    /// per CPU served 9-45% more transactions at 200 clients and about 25% more MongoDB
+    /// per CPU served 9-45% more transactions at 200 clients and 38% more MongoDB
     /// operations at 8, each for less CPU (BENCHMARKS.md).
     pub fn worker_count(&self) -> usize {
         match self.workers {
