@@ -18,7 +18,8 @@ fn the_example_config_is_valid_and_documents_defaults() {
     let config = Config::load(&example()).unwrap();
     assert_eq!(config.server.cluster_name, "dbtape");
     assert_eq!(config.server.workers, 0);
-    assert!(config.server.worker_count() >= 1);
+    // One worker per CPU: a single worker makes every session wait whenever its core is busy.
+    assert_eq!(config.server.worker_count(), std::thread::available_parallelism().unwrap().get());
     assert_eq!(config.recording.mode, dbtape::recording::RecordingMode::Strict);
     assert_eq!(config.recording.fsync, dbtape::recording::FsyncPolicy::Batch);
     assert_eq!(config.recording.batch_interval, std::time::Duration::from_millis(200));
