@@ -11,6 +11,8 @@ use sha2::{Digest, Sha256};
 use super::wire::{OpMsg, OpQuery, FLAG_CHECKSUM_PRESENT, FLAG_EXHAUST_ALLOWED, FLAG_MORE_TO_COME};
 use crate::audit::Truncation;
 
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
 /// Nesting beyond this is rendered as `"…"`: BSON allows deep nesting, a recursive renderer
 /// must not follow it all the way down.
 const MAX_DEPTH: usize = 100;
@@ -69,14 +71,27 @@ impl std::fmt::Write for Capture {
     }
 }
 
-pub fn flags_text(flags: u32) -> String {
-    let names: Vec<&str> =
+fn flags(flags: u32, out: &mut Capture) {
+    let mut first = true;
+    for (bit, name) in
         [(FLAG_CHECKSUM_PRESENT, "ChecksumPresent"), (FLAG_MORE_TO_COME, "MoreToCome"), (FLAG_EXHAUST_ALLOWED, "ExhaustAllowed")]
-            .into_iter()
-            .filter(|(bit, _)| flags & bit != 0)
-            .map(|(_, name)| name)
-            .collect();
-    names.join(",")
+    {
+        if flags & bit != 0 {
+            if !first {
+                out.push(",");
+            }
+            out.push(name);
+            first = false;
+        }
+    }
+}
+
+/// `{"$TYPE":"N"}`: itoa rather than `write!`, which costs more than the rest of a small
+/// command's rendering (the relay renders every command before it forwards it).
+fn number_in(type_key: &str, n: impl itoa::Integer, out: &mut Capture) {
+    out.push(type_key);
+    out.push(itoa::Buffer::new().format(n));
+    out.push("\"}");
 }
 
 /// `OpMsg(Body=…, Documents=[…], Flags=…)`, with `body` standing in for the message's own
@@ -97,7 +112,7 @@ pub fn render_op_msg(msg: &OpMsg, body: &RawDocument, out: &mut Capture) {
         }
     }
     out.push("], Flags=");
-    out.push(&flags_text(msg.flags));
+    flags(msg.flags, out);
     out.push(")");
 }
 
@@ -161,28 +176,30 @@ fn array(items: &RawArray, out: &mut Capture, depth: usize) {
     out.push("]");
 }
 
-/// A JSON string literal; control characters (and DEL) become `\u` escapes.
+/// A JSON string literal; control characters (and DEL) become `\u` escapes. Every character
+/// escaped is one ASCII byte, which never occurs inside a multi-byte UTF-8 character, so a
+/// scan of bytes finds exactly the characters a scan of chars would, at char boundaries.
 pub fn string(s: &str, out: &mut Capture) {
     out.push("\"");
     let mut start = 0;
-    for (i, c) in s.char_indices() {
-        let escape = match c {
-            '"' => Some("\\\""),
-            '\\' => Some("\\\\"),
-            '\n' => Some("\\n"),
-            '\r' => Some("\\r"),
-            '\t' => Some("\\t"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => None,
+    for (i, &b) in s.as_bytes().iter().enumerate() {
+        let escape = match b {
+            b'"' => Some("\\\""),
+            b'\\' => Some("\\\\"),
+            b'\n' => Some("\\n"),
+            b'\r' => Some("\\r"),
+            b'\t' => Some("\\t"),
+            0..=0x1f | 0x7f => None,
             _ => continue,
         };
         out.push(&s[start..i]);
         match escape {
             Some(e) => out.push(e),
             None => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
+                let _ = write!(out, "\\u{b:04x}");
             }
         }
-        start = i + c.len_utf8();
+        start = i + 1;
     }
     out.push(&s[start..]);
     out.push("\"");
@@ -218,7 +235,18 @@ fn value(v: RawBsonRef<'_>, out: &mut Capture, depth: usize) {
         RawBsonRef::Document(d) => document(d, out, depth),
         RawBsonRef::Array(a) => array(a, out, depth),
         RawBsonRef::Binary(b) => {
-            let _ = write!(out, "{{\"$binary\":{{\"base64\":\"{}\",\"subType\":\"{:02x}\"}}}}", b64.encode(b.bytes), u8::from(b.subtype));
+            out.push("{\"$binary\":{\"base64\":\"");
+            // Session ids and hashes are 16-20 bytes: encoded on the stack, not in a String.
+            let mut small = [0u8; 64];
+            match b64.encode_slice(b.bytes, &mut small) {
+                Ok(n) => out.push(std::str::from_utf8(&small[..n]).unwrap_or_default()),
+                Err(_) => out.push(&b64.encode(b.bytes)),
+            }
+            let subtype = u8::from(b.subtype);
+            let hex = [HEX[usize::from(subtype >> 4)], HEX[usize::from(subtype & 0xf)]];
+            out.push("\",\"subType\":\"");
+            out.push(std::str::from_utf8(&hex).unwrap_or_default());
+            out.push("\"}}");
         }
         RawBsonRef::Undefined => out.push("{\"$undefined\":true}"),
         RawBsonRef::ObjectId(id) => {
@@ -226,7 +254,8 @@ fn value(v: RawBsonRef<'_>, out: &mut Capture, depth: usize) {
         }
         RawBsonRef::Boolean(b) => out.push(if b { "true" } else { "false" }),
         RawBsonRef::DateTime(d) => {
-            let _ = write!(out, "{{\"$date\":{{\"$numberLong\":\"{}\"}}}}", d.timestamp_millis());
+            number_in("{\"$date\":{\"$numberLong\":\"", d.timestamp_millis(), out);
+            out.push("}");
         }
         RawBsonRef::Null => out.push("null"),
         RawBsonRef::RegularExpression(r) => {
@@ -254,15 +283,11 @@ fn value(v: RawBsonRef<'_>, out: &mut Capture, depth: usize) {
             document(c.scope, out, depth);
             out.push("}");
         }
-        RawBsonRef::Int32(i) => {
-            let _ = write!(out, "{{\"$numberInt\":\"{i}\"}}");
-        }
+        RawBsonRef::Int32(i) => number_in("{\"$numberInt\":\"", i, out),
         RawBsonRef::Timestamp(t) => {
             let _ = write!(out, "{{\"$timestamp\":{{\"t\":{},\"i\":{}}}}}", t.time, t.increment);
         }
-        RawBsonRef::Int64(i) => {
-            let _ = write!(out, "{{\"$numberLong\":\"{i}\"}}");
-        }
+        RawBsonRef::Int64(i) => number_in("{\"$numberLong\":\"", i, out),
         RawBsonRef::Decimal128(d) => {
             let _ = write!(out, "{{\"$numberDecimal\":\"{d}\"}}");
         }
@@ -289,6 +314,26 @@ mod tests {
         assert_eq!(
             t,
             r#"{"insert": "books","ordered": true,"n": {"$numberInt":"1"},"big": {"$numberLong":"5"},"f": {"$numberDouble":"1.5"},"w": {"$numberDouble":"2.0"},"s": "a\"\u001b[2K"}"#
+        );
+        serde_json::from_str::<serde_json::Value>(&t).unwrap();
+    }
+
+    #[test]
+    fn binaries_dates_and_escapes_render_as_extended_json() {
+        let id = bson::Binary { subtype: bson::spec::BinarySubtype::Uuid, bytes: vec![0xa2; 16] };
+        let big = bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: vec![7; 100] };
+        let doc = rawdoc! {
+            "id": id, "big": big.clone(), "at": bson::DateTime::from_millis(-5), "n": i32::MIN, "l": i64::MAX,
+            "s": "é\u{7f}\u{1}\\\t\"ü",
+        };
+        let t = text(&doc);
+        use base64::Engine as _;
+        let big64 = base64::engine::general_purpose::STANDARD.encode(&big.bytes);
+        assert_eq!(
+            t,
+            format!(
+                r#"{{"id": {{"$binary":{{"base64":"oqKioqKioqKioqKioqKiog==","subType":"04"}}}},"big": {{"$binary":{{"base64":"{big64}","subType":"00"}}}},"at": {{"$date":{{"$numberLong":"-5"}}}},"n": {{"$numberInt":"-2147483648"}},"l": {{"$numberLong":"9223372036854775807"}},"s": "é\u007f\u0001\\\t\"ü"}}"#
+            )
         );
         serde_json::from_str::<serde_json::Value>(&t).unwrap();
     }
