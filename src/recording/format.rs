@@ -208,13 +208,17 @@ pub fn encode_frame(spec: &FrameSpec<'_>, prev_chain: &[u8; 32], out: &mut Vec<u
 }
 
 pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 0xf)] as char);
+    for &b in bytes {
+        out.extend(hex_byte(b).map(char::from));
     }
     out
+}
+
+/// One byte's two lower-case hex digits.
+pub fn hex_byte(b: u8) -> [u8; 2] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 0xf)]]
 }
 
 /// Exactly `N` bytes written as hex digits (either case); None for anything else.

@@ -11,8 +11,6 @@ use sha2::{Digest, Sha256};
 use super::wire::{OpMsg, OpQuery, FLAG_CHECKSUM_PRESENT, FLAG_EXHAUST_ALLOWED, FLAG_MORE_TO_COME};
 use crate::audit::Truncation;
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
 /// Nesting beyond this is rendered as `"…"`: BSON allows deep nesting, a recursive renderer
 /// must not follow it all the way down.
 const MAX_DEPTH: usize = 100;
@@ -242,10 +240,8 @@ fn value(v: RawBsonRef<'_>, out: &mut Capture, depth: usize) {
                 Ok(n) => out.push(std::str::from_utf8(&small[..n]).unwrap_or_default()),
                 Err(_) => out.push(&b64.encode(b.bytes)),
             }
-            let subtype = u8::from(b.subtype);
-            let hex = [HEX[usize::from(subtype >> 4)], HEX[usize::from(subtype & 0xf)]];
             out.push("\",\"subType\":\"");
-            out.push(std::str::from_utf8(&hex).unwrap_or_default());
+            out.push(std::str::from_utf8(&crate::recording::format::hex_byte(u8::from(b.subtype))).unwrap_or_default());
             out.push("\"}}");
         }
         RawBsonRef::Undefined => out.push("{\"$undefined\":true}"),
