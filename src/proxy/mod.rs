@@ -7,6 +7,7 @@ pub mod net;
 pub mod postgres;
 pub mod stream;
 pub mod tls;
+pub mod tls_stream;
 
 use std::collections::HashMap;
 use std::sync::Arc;

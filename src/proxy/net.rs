@@ -33,7 +33,7 @@ pub async fn connect_tcp(host: &str, port: u16) -> Result<TcpStream, (String, st
 /// The client side of a TLS handshake with the upstream, verified by `config`.
 pub async fn tls_connect(config: &Arc<rustls::ClientConfig>, server_name: &str, tcp: TcpStream) -> Result<Stream, String> {
     let name = rustls::pki_types::ServerName::try_from(server_name.to_string()).map_err(|e| e.to_string())?;
-    let tls = tokio_rustls::TlsConnector::from(config.clone()).connect(name, tcp).await.map_err(|e| e.to_string())?;
+    let tls = super::tls_stream::connect(config.clone(), name, tcp).await.map_err(|e| e.to_string())?;
     Ok(Stream::Client(Box::new(tls)))
 }
 
@@ -62,7 +62,7 @@ pub async fn accept_tls(tcp: TcpStream, tls: Option<&crate::proxy::tls::ServerTl
         }
         return Some(Stream::Plain(tcp));
     }
-    match tokio_rustls::TlsAcceptor::from(tls.config.clone()).accept(tcp).await {
+    match super::tls_stream::accept(tls.config.clone(), tcp).await {
         Ok(s) => Some(Stream::Server(Box::new(s))),
         Err(e) => {
             tracing::info!(error = %e, "client TLS handshake failed");

@@ -8,8 +8,8 @@ use tokio::net::TcpStream;
 
 pub enum Stream {
     Plain(TcpStream),
-    Server(Box<tokio_rustls::server::TlsStream<TcpStream>>),
-    Client(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Server(Box<super::tls_stream::ServerTlsStream>),
+    Client(Box<super::tls_stream::ClientTlsStream>),
 }
 
 impl Stream {

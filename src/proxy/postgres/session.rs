@@ -119,7 +119,7 @@ async fn handshake(
                     if tcp.write_all(b"S").await.is_err() {
                         return None;
                     }
-                    match tokio_rustls::TlsAcceptor::from(tls.config.clone()).accept(tcp).await {
+                    match crate::proxy::tls_stream::accept(tls.config.clone(), tcp).await {
                         Ok(tls) => client = Stream::Server(Box::new(tls)),
                         Err(e) => {
                             tracing::info!(error = %e, "client TLS handshake failed");
