@@ -295,7 +295,7 @@ impl<C: Side> TlsStream<C> {
         Ok(())
     }
 
-    /// Reads more of a record that arrived in part, after what is kept.
+    /// Reads into the kept bytes: during the handshake, which holds few connections at once.
     fn poll_read_into_incoming(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let start = self.incoming.len();
         self.incoming.resize(start + READ_SCRATCH, 0);
@@ -312,10 +312,6 @@ impl<C: Side> TlsStream<C> {
 
     /// Reads from the socket and decrypts what arrived, into `direct` as far as it has room.
     fn poll_read_tls(&mut self, cx: &mut Context<'_>, direct: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        if !self.incoming.is_empty() {
-            ready!(self.poll_read_into_incoming(cx))?;
-            return Poll::Ready(self.digest_incoming(Some(direct)));
-        }
         READ.with(|scratch| {
             let Ok(mut scratch) = scratch.try_borrow_mut() else {
                 // Only if one stream were polled from inside another's poll.
@@ -328,6 +324,11 @@ impl<C: Side> TlsStream<C> {
             if n == 0 {
                 self.tcp_eof = true;
                 return Poll::Ready(Ok(()));
+            }
+            if !self.incoming.is_empty() {
+                // The rest of a record that arrived in part.
+                self.incoming.extend_from_slice(&scratch[..n]);
+                return Poll::Ready(self.digest_incoming(Some(direct)));
             }
             let digested = digest(&mut self.conn, &mut scratch[..n], &mut self.outgoing, Some(direct), &mut self.plaintext);
             self.failed |= digested.is_err();

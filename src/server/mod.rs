@@ -3,6 +3,7 @@
 
 pub mod admin;
 mod engine;
+mod heap_trim;
 mod login_gate;
 pub mod refusals;
 mod workers;
@@ -114,6 +115,7 @@ impl Server {
     /// seals every recording still open.
     pub async fn run(self, stop: impl std::future::Future<Output = ()>) {
         let tracker = TaskTracker::new();
+        let trimmer = tokio::spawn(heap_trim::trim_when_quiet(self.workers.churn()));
         for bound in self.listeners {
             let tracker_inner = tracker.clone();
             let shutdown = self.shutdown.clone();
@@ -126,6 +128,7 @@ impl Server {
         if tokio::time::timeout(self.shutdown_grace, tracker.wait()).await.is_err() {
             tracing::warn!(grace = ?self.shutdown_grace, "sessions still open after the grace period; sealing their recordings");
         }
+        trimmer.abort();
         let recorder = self.recorder.clone();
         let _ = tokio::task::spawn_blocking(move || recorder.shutdown()).await;
         tracing::info!("all recordings sealed");

@@ -16,6 +16,8 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
+use super::heap_trim::Churn;
+
 struct Worker {
     handle: Handle,
     /// Connections this worker is serving now, to send new ones to the least busy.
@@ -26,14 +28,16 @@ struct Worker {
 
 pub struct WorkerPool {
     workers: Vec<Worker>,
+    churn: Churn,
 }
 
 /// Decrements a worker's count when its connection ends, however it ends.
-struct ActiveGuard(Arc<AtomicUsize>);
+struct ActiveGuard(Arc<AtomicUsize>, Churn);
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+        self.1.note();
     }
 }
 
@@ -54,7 +58,12 @@ impl WorkerPool {
             })?;
             workers.push(Worker { handle, active: Arc::new(AtomicUsize::new(0)), stop: Some(stop), thread: Some(thread) });
         }
-        Ok(WorkerPool { workers })
+        Ok(WorkerPool { workers, churn: Churn::default() })
+    }
+
+    /// Counts connections starting and ending on these workers.
+    pub fn churn(&self) -> Churn {
+        self.churn.clone()
     }
 
     pub fn len(&self) -> usize {
@@ -76,7 +85,8 @@ impl WorkerPool {
             return;
         };
         worker.active.fetch_add(1, Ordering::Relaxed);
-        let guard = ActiveGuard(worker.active.clone());
+        self.churn.note();
+        let guard = ActiveGuard(worker.active.clone(), self.churn.clone());
         // Detached: the server tracks the connection through the future itself.
         drop(worker.handle.spawn(async move {
             let _guard = guard;

@@ -522,7 +522,9 @@ async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     };
     let mut scanner = MessageScanner::new(MAX_CAPTURED, capture);
     let mut reader = ChunkReader::new();
-    let mut steps: Vec<ClientStep> = Vec::new();
+    // Room for one: a chunk usually carries one statement or one result, and the Vec is
+    // kept for the session's life (a first push would otherwise reserve four, 184 B each).
+    let mut steps: Vec<ClientStep> = Vec::with_capacity(1);
     loop {
         let chunk = match reader.read(from).await {
             Ok([]) | Err(_) => {
