@@ -143,3 +143,30 @@ async fn a_peer_that_is_not_tls_gets_an_error_not_a_hang() {
     let _ = client_tcp.read_to_end(&mut reply).await;
     assert_eq!(reply.first(), Some(&0x15), "expected a TLS alert record, got {reply:?}");
 }
+
+#[tokio::test]
+async fn reading_goes_on_while_the_peer_is_not_taking_what_we_write() {
+    let s = Services::load();
+    let (client_tcp, server_tcp) = tcp_pair().await;
+    let connector = tokio_rustls::TlsConnector::from(client_config(&s));
+    let name = ServerName::try_from("localhost").unwrap();
+    let (client, server) = tokio::join!(connector.connect(name, client_tcp), tls_stream::accept(server_config(&s), server_tcp));
+    let (mut client, server) = (client.unwrap(), server.unwrap());
+    // Far more than the sockets' buffers hold, so writes stall until the other side reads.
+    let up = pattern(8 << 20, 5);
+    let down = pattern(8 << 20, 6);
+    let (mut server_read, mut server_write) = tokio::io::split(server);
+    let server_side = async {
+        let (_, got) = tokio::join!(send_in(&mut server_write, &down, &[65_536]), receive(&mut server_read, up.len()));
+        got
+    };
+    // The client writes everything before it reads anything: the proxy's relay must keep
+    // reading from it while its own writes to it are stalled.
+    let client_side = async {
+        send_in(&mut client, &up, &[65_536]).await;
+        receive(&mut client, down.len()).await
+    };
+    let both = async { tokio::join!(server_side, client_side) };
+    let (got_up, got_down) = tokio::time::timeout(std::time::Duration::from_secs(60), both).await.expect("deadlocked");
+    assert!(got_up == up && got_down == down);
+}

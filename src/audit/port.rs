@@ -74,7 +74,7 @@ impl AuditPort {
     /// names each cut field with the length and SHA-256 of its whole text).
     pub async fn emit_captured_at(
         &self,
-        mut body: EventBody,
+        body: EventBody,
         cut: Vec<super::capture::Truncation>,
         redacted: bool,
         time_ms: i64,
@@ -83,45 +83,62 @@ impl AuditPort {
         if strict && self.log.backlog_full() {
             // The disk is behind: the session waits (and so its client) rather than queue
             // without bound.
-            self.log.wait_for_room().await;
+            // Boxed here and below: these waits are rare, and inline they would size every
+            // emit future.
+            Box::pin(self.log.wait_for_room()).await;
         }
-        let mut truncated = cut;
-        truncated.extend(body.cap_captured_text(self.log.max_query_bytes()));
-        let notes = (redacted || !truncated.is_empty()).then_some(EventNotes { truncated, redacted });
-        match self.log.append_noted(&body, notes.as_ref(), time_ms) {
-            Ok(ticket) => {
-                if strict && self.log.fsync_policy() == FsyncPolicy::Always {
-                    self.log.wait_durable(ticket).await?;
-                }
-                Ok(Some(ticket.ei))
-            }
-            Err(e) if strict => Err(e.into()),
-            Err(e) => {
-                tracing::warn!(sid = %self.sid(), error = %e, "best_effort: event not recorded");
-                Ok(None)
+        let ticket = self.append(body, cut, redacted, time_ms)?;
+        if let Some(ticket) = ticket {
+            if strict && self.log.fsync_policy() == FsyncPolicy::Always {
+                Box::pin(self.log.wait_durable(ticket)).await?;
             }
         }
+        Ok(ticket.map(|t| t.ei))
     }
 
     /// Records an event now if that needs no waiting (no full backlog in strict mode, no
     /// per-event fsync); otherwise gives the event back for `emit_at`. For callers that are
     /// not async, such as a response body finishing as it is polled.
     pub fn emit_now_or_return(&self, body: EventBody, time_ms: i64) -> Result<Result<Option<u64>, AuditError>, Box<EventBody>> {
+        self.emit_redacted_now_or_return(body, false, time_ms)
+    }
+
+    /// As `emit_now_or_return`, for an event stripped of secrets as `emit_redacted_at` says.
+    /// A relay emits this way and awaits `emit_redacted_at` only for an event given back, so
+    /// that its own future, held for the session's life, does not hold an emit future.
+    pub fn emit_redacted_now_or_return(
+        &self,
+        body: EventBody,
+        redacted: bool,
+        time_ms: i64,
+    ) -> Result<Result<Option<u64>, AuditError>, Box<EventBody>> {
         let strict = self.log.mode() == RecordingMode::Strict;
         if strict && (self.log.backlog_full() || self.log.fsync_policy() == FsyncPolicy::Always) {
             return Err(Box::new(body));
         }
-        let mut body = body;
-        let truncated = body.cap_captured_text(self.log.max_query_bytes());
-        let notes = (!truncated.is_empty()).then_some(EventNotes { truncated, redacted: false });
-        Ok(match self.log.append_noted(&body, notes.as_ref(), time_ms) {
-            Ok(ticket) => Ok(Some(ticket.ei)),
-            Err(e) if strict => Err(e.into()),
+        Ok(self.append(body, Vec::new(), redacted, time_ms).map(|ticket| ticket.map(|t| t.ei)))
+    }
+
+    /// Caps the event's captured text and appends it. In best_effort mode a failure is
+    /// logged and the event counted as not recorded (`None`).
+    fn append(
+        &self,
+        mut body: EventBody,
+        cut: Vec<super::capture::Truncation>,
+        redacted: bool,
+        time_ms: i64,
+    ) -> Result<Option<crate::recording::AppendTicket>, AuditError> {
+        let mut truncated = cut;
+        truncated.extend(body.cap_captured_text(self.log.max_query_bytes()));
+        let notes = (redacted || !truncated.is_empty()).then_some(EventNotes { truncated, redacted });
+        match self.log.append_noted(&body, notes.as_ref(), time_ms) {
+            Ok(ticket) => Ok(Some(ticket)),
+            Err(e) if self.log.mode() == RecordingMode::Strict => Err(e.into()),
             Err(e) => {
                 tracing::warn!(sid = %self.sid(), error = %e, "best_effort: event not recorded");
                 Ok(None)
             }
-        })
+        }
     }
 
     /// The session began (TDB00I). `postgres_pid` is the PostgreSQL backend's, where there is one.

@@ -10,6 +10,7 @@ use crate::recording::upload::Uploader;
 use crate::server::{shutdown_signal, Server};
 
 pub fn run(config_path: &Path) -> Result<(), Failure> {
+    crate::server::heap_trim::keep_thresholds_fixed();
     let config = Config::load(config_path)?;
     super::init_logging(true, config.server.log_format == LogFormat::Json);
     // Sessions run on the server's own worker threads; this runtime only accepts and signals.

@@ -435,8 +435,12 @@ impl<C: Side> AsyncRead for TlsStream<C> {
             if this.read_closed || buf.remaining() == 0 {
                 return Poll::Ready(Ok(()));
             }
-            // What rustls wants sent (a KeyUpdate reply) goes before waiting on the peer.
-            ready!(this.poll_flush_outgoing(cx))?;
+            // Send what is waiting (a KeyUpdate reply, or data the socket would not take), but
+            // read on even if the peer is not taking it: a peer that writes before it reads
+            // would otherwise wait on us while we wait on it.
+            if let Poll::Ready(Err(e)) = this.poll_flush_outgoing(cx) {
+                return Poll::Ready(Err(e));
+            }
             if this.tcp_eof {
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,

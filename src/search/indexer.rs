@@ -58,7 +58,13 @@ fn pass(store: &RecordingStore) {
     };
     match index.catch_up(store) {
         Ok((0, _)) => {}
-        Ok((recordings, events)) => tracing::debug!(recordings, events, "indexed"),
+        Ok((recordings, events)) => {
+            tracing::debug!(recordings, events, "indexed");
+            // A pass that indexed something leaves megabytes of freed writer state behind
+            // in this thread's heap arena; give it back rather than hold it between passes.
+            drop(index);
+            crate::server::heap_trim::trim();
+        }
         Err(e) => tracing::info!(error = %e, "indexing pass failed; retried at the next"),
     }
 }

@@ -21,7 +21,7 @@ impl Churn {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn count(&self) -> u64 {
+    pub(super) fn count(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
 }
@@ -43,8 +43,31 @@ pub async fn trim_when_quiet(churn: Churn) {
     }
 }
 
+/// Keeps glibc's mmap and trim thresholds at their starting values (128 KiB).
+///
+/// By default glibc raises the mmap threshold to the size of the largest block freed that
+/// it had mapped, up to 32 MiB, and the trim threshold to twice that. One pass of the search
+/// indexer frees blocks of megabytes, after which every block up to that size came from the
+/// heap arenas and stayed resident once freed: 100 idle sessions cost 38–40 KiB each with
+/// the thresholds moving and 27–29 KiB with them fixed (BENCHMARKS.md). Blocks of 128 KiB
+/// and more are mapped and unmapped as they come and go; none is on the relay's path.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn trim() {
+pub fn keep_thresholds_fixed() {
+    const THRESHOLD: libc::c_int = 128 * 1024;
+    // SAFETY: mallopt takes no pointers; it only sets the allocator's parameters, and setting
+    // either threshold is what turns glibc's adjustment of both off.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, THRESHOLD);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, THRESHOLD);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn keep_thresholds_fixed() {}
+
+/// Releases the free pages inside every heap arena.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub(crate) fn trim() {
     // SAFETY: malloc_trim takes no pointers and only reorganises the allocator's own state.
     unsafe {
         libc::malloc_trim(0);
@@ -52,4 +75,4 @@ fn trim() {
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn trim() {}
+pub(crate) fn trim() {}

@@ -3,7 +3,7 @@
 
 pub mod admin;
 mod engine;
-mod heap_trim;
+pub mod heap_trim;
 mod login_gate;
 pub mod refusals;
 mod workers;

@@ -135,6 +135,12 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names, ["dbtape-worker-0", "dbtape-worker-1", "dbtape-worker-2"]);
+        // Each connection counted once as it started and once as it ended, for the heap trimmer.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while pool.churn().count() < 12 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(pool.churn().count(), 12);
         pool.stop();
     }
 }

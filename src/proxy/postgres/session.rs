@@ -399,6 +399,8 @@ enum Stop {
     UpstreamMalformed(String, Vec<u8>),
     Audit(crate::audit::AuditError),
     Io,
+    /// The proxy is shutting down.
+    Shutdown,
 }
 
 /// Relays both directions, auditing on the way, until either side ends.
@@ -414,20 +416,31 @@ async fn relay_session(
     let (mut upstream_read, mut upstream_write) = tokio::io::split(upstream);
     let pairing = Mutex::new(Pairing::default());
     let redaction = Redaction { redactor, secrets: Mutex::new(SessionSecrets::default()), seen_any: Default::default() };
-    let stop = {
-        let to_upstream = pump(&mut client_read, &mut upstream_write, &port, &pairing, &redaction, Direction::FromClient);
-        let to_client = pump(&mut upstream_read, &mut client_write, &port, &pairing, &redaction, Direction::FromUpstream);
-        tokio::select! {
-            stop = to_upstream => stop,
-            stop = to_client => stop,
-            _ = ctx.shutdown().cancelled() => {
-                send(&mut client_write, &error_response("FATAL", "57P01", "dbtape: terminating connection because the proxy is shutting down")).await;
-                Stop::UpstreamClosed
-            }
-        }
+    // The pumps are built inside select!: built outside and moved in, each would take its
+    // size twice in this future, which lives as long as the session.
+    let stop = tokio::select! {
+        stop = pump(&mut client_read, &mut upstream_write, &port, &pairing, &redaction, Direction::FromClient) => stop,
+        stop = pump(&mut upstream_read, &mut client_write, &port, &pairing, &redaction, Direction::FromUpstream) => stop,
+        _ = ctx.shutdown().cancelled() => Stop::Shutdown,
     };
+    // Boxed: the wind-up's awaits, inline, would size this future for the session's life.
+    Box::pin(wind_up(stop, client_write, upstream_write, port, span)).await;
+}
+
+/// Tells the client why the relay stopped, where it should hear, and ends the recording.
+async fn wind_up(
+    stop: Stop,
+    mut client_write: tokio::io::WriteHalf<Stream>,
+    mut upstream_write: tokio::io::WriteHalf<Stream>,
+    port: AuditPort,
+    span: &tracing::Span,
+) {
     match stop {
         Stop::ClientClosed | Stop::UpstreamClosed | Stop::Io => {}
+        Stop::Shutdown => {
+            send(&mut client_write, &error_response("FATAL", "57P01", "dbtape: terminating connection because the proxy is shutting down"))
+                .await
+        }
         Stop::ClientMalformed(detail, sample) => {
             tracing::warn!(parent: span, %detail, "malformed message from the client; closing the connection");
             let _ = port.emit(EventBody::MalformedPacket { payload: sample }).await;
@@ -565,7 +578,13 @@ async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                 EventBody::PostgresExecute { .. } => Some(false),
                 _ => None,
             };
-            match port.emit_redacted_at(event, redacted, now_ms).await {
+            let emitted = match port.emit_redacted_now_or_return(event, redacted, now_ms) {
+                Ok(emitted) => emitted,
+                // Only when the disk is behind or every event waits for fsync; boxed, so
+                // the wait does not size this future for the session's life.
+                Err(event) => Box::pin(port.emit_redacted_at(*event, redacted, now_ms)).await,
+            };
+            match emitted {
                 Ok(Some(ei)) => match kind {
                     Some(true) => lock(pairing).simple_query(ei),
                     Some(false) => lock(pairing).execute(ei),
