@@ -257,8 +257,8 @@ if (( HIGH_CLIENTS > 0 )); then
     done
 fi
 
-# Memory per idle connection: a fresh dbtape process, warmed by one session, then the RSS
-# growth while IDLE_CONNS clients sit connected doing nothing.
+# Memory per idle connection: a fresh dbtape process, warmed by one session (and the indexer's
+# pass over it), then the RSS growth while IDLE_CONNS clients sit connected doing nothing.
 rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 established() { ss -Htn state established "( sport = :$1 )" | wc -l; }
 # measure_idle PATH OLD_PID BIN CONFIG LOG PORT: the proxy restarted from nothing, then its
@@ -271,6 +271,9 @@ measure_idle() {
     PIDS+=($pid)
     wait_port "$port"
     psql "$(conninfo "$path")" -X -q -c "SELECT 1" >/dev/null
+    # The search indexer's next pass (every 5 s) indexes that session; its code and working
+    # set are the process's, not any connection's, so they are in before the count starts.
+    sleep 6
     local before after before_anon after_anon
     before=$(rss "$pid")
     before_anon=$(anonymous "$pid")
