@@ -28,6 +28,9 @@ const READ_SCRATCH: usize = 32 * 1024;
 const MAX_WRITE: usize = 64 * 1024;
 /// Room per record for header, tag and padding when sizing an encryption buffer.
 const RECORD_OVERHEAD: usize = 64;
+/// Encrypted bytes held for a peer that is not reading, beyond which reading from it waits.
+/// Above what one write can leave behind.
+const MAX_UNSENT: usize = 2 * MAX_WRITE;
 /// The write scratch is kept at most this big between writes.
 const KEEP_WRITE_SCRATCH: usize = MAX_WRITE + 8 * RECORD_OVERHEAD;
 
@@ -104,7 +107,10 @@ enum Turn {
     Idle,
     /// The payload was encrypted.
     Encrypted,
+    /// The peer's close_notify, reported once.
     PeerClosed,
+    /// Both sides have sent close_notify; reported on every call from then on.
+    Closed,
 }
 
 enum Payload<'a> {
@@ -201,7 +207,8 @@ fn turn<C: Side>(
             })
             .map(|()| Turn::Encrypted),
         },
-        Ok(ConnectionState::PeerClosed) | Ok(ConnectionState::Closed) => Ok(Turn::PeerClosed),
+        Ok(ConnectionState::PeerClosed) => Ok(Turn::PeerClosed),
+        Ok(ConnectionState::Closed) => Ok(Turn::Closed),
         // Early data is never enabled; anything else is a state this code does not know.
         Ok(_) => Err(invalid("unexpected TLS state")),
     };
@@ -224,7 +231,7 @@ fn digest<C: Side>(
         match turned? {
             Turn::More => {}
             Turn::Idle | Turn::Encrypted => return Ok((used, false)),
-            Turn::PeerClosed => return Ok((used, true)),
+            Turn::PeerClosed | Turn::Closed => return Ok((used, true)),
         }
     }
 }
@@ -367,6 +374,7 @@ impl<C: Side> TlsStream<C> {
                 Turn::Encrypted => break before,
                 Turn::Idle => return Err(io::Error::new(io::ErrorKind::NotConnected, "the TLS handshake is not complete")),
                 Turn::PeerClosed => self.read_closed = true,
+                Turn::Closed => return Err(io::ErrorKind::BrokenPipe.into()),
             }
         };
         // Encrypting may have renewed the keys (TLS 1.3, after very many records). rustls
@@ -437,9 +445,13 @@ impl<C: Side> AsyncRead for TlsStream<C> {
             }
             // Send what is waiting (a KeyUpdate reply, or data the socket would not take), but
             // read on even if the peer is not taking it: a peer that writes before it reads
-            // would otherwise wait on us while we wait on it.
-            if let Poll::Ready(Err(e)) = this.poll_flush_outgoing(cx) {
-                return Poll::Ready(Err(e));
+            // would otherwise wait on us while we wait on it. Only past MAX_UNSENT (replies
+            // to a peer that asks for key updates and never reads) does reading wait.
+            let unsent = this.outgoing.len() - this.outgoing_at;
+            match this.poll_flush_outgoing(cx) {
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending if unsent > MAX_UNSENT => return Poll::Pending,
+                _ => {}
             }
             if this.tcp_eof {
                 return Poll::Ready(Err(io::Error::new(
