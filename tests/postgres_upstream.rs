@@ -209,23 +209,10 @@ async fn a_cleartext_password_request_over_plaintext_gets_nothing() {
     assert!(start["error"].as_str().unwrap().contains("cleartext"));
 }
 
-fn stand_in_tls(s: &Services) -> Arc<rustls::ServerConfig> {
-    let certs = s.get("CERTS");
-    dbtape::proxy::tls::server_config(&dbtape::config::ClientTlsConfig {
-        mode: None,
-        cert: Some(format!("{certs}/server.crt").into()),
-        key: Some(format!("{certs}/server.key").into()),
-        client_ca: None,
-    })
-    .unwrap()
-    .unwrap()
-    .config
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_bytes_from_the_upstream_end_the_session_with_an_event() {
     let s = Services::load();
-    let (upstream, _password) = fake_upstream_then(Some(stand_in_tls(&s)), b"D\x00\x00\x00\x01garbage").await;
+    let (upstream, _password) = fake_upstream_then(Some(s.server_tls()), b"D\x00\x00\x00\x01garbage").await;
     std::env::set_var("DBTAPE_FAKE_UPSTREAM_PASSWORD_TLS", "stand-in");
     let extra = format!(
         "[databases.upstream_tls]\nca = \"{}/ca.crt\"\n[databases.auth]\npassword = {{ env = \"DBTAPE_FAKE_UPSTREAM_PASSWORD_TLS\" }}\n",
@@ -363,7 +350,7 @@ async fn scram_upstream(tls: Arc<rustls::ServerConfig>, iterations: u64) -> Sock
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_asking_for_endless_scram_work_is_refused() {
     let s = Services::load();
-    let upstream = scram_upstream(stand_in_tls(&s), 4_000_000_000).await;
+    let upstream = scram_upstream(s.server_tls(), 4_000_000_000).await;
     std::env::set_var("DBTAPE_FAKE_UPSTREAM_PASSWORD_SCRAM", "stand-in");
     let extra = format!(
         "[databases.upstream_tls]\nca = \"{}/ca.crt\"\n[databases.auth]\npassword = {{ env = \"DBTAPE_FAKE_UPSTREAM_PASSWORD_SCRAM\" }}\n",

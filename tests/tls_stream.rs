@@ -12,19 +12,6 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-fn server_config(s: &Services) -> Arc<rustls::ServerConfig> {
-    let certs = s.get("CERTS");
-    dbtape::proxy::tls::server_config(&dbtape::config::ClientTlsConfig {
-        mode: None,
-        cert: Some(format!("{certs}/server.crt").into()),
-        key: Some(format!("{certs}/server.key").into()),
-        client_ca: None,
-    })
-    .unwrap()
-    .unwrap()
-    .config
-}
-
 fn client_config(s: &Services) -> Arc<rustls::ClientConfig> {
     dbtape::proxy::tls::client_config(&dbtape::config::UpstreamTlsConfig {
         mode: Default::default(),
@@ -40,6 +27,16 @@ async fn tcp_pair() -> (TcpStream, TcpStream) {
     let addr = listener.local_addr().unwrap();
     let (client, server) = tokio::join!(TcpStream::connect(addr), listener.accept());
     (client.unwrap(), server.unwrap().0)
+}
+
+/// A tokio-rustls client and dbtape's server side, handshaken over loopback.
+async fn tokio_client_and_our_server() -> (tokio_rustls::client::TlsStream<TcpStream>, tls_stream::ServerTlsStream) {
+    let s = Services::load();
+    let (client_tcp, server_tcp) = tcp_pair().await;
+    let connector = tokio_rustls::TlsConnector::from(client_config(&s));
+    let name = ServerName::try_from("localhost").unwrap();
+    let (client, server) = tokio::join!(connector.connect(name, client_tcp), tls_stream::accept(s.server_tls(), server_tcp));
+    (client.unwrap(), server.unwrap())
 }
 
 /// Bytes whose every position differs from its neighbours', so a reordering shows.
@@ -72,12 +69,7 @@ const SIZES: [usize; 6] = [1, 100, 5_000, 16_384, 16_385, 70_000];
 
 #[tokio::test]
 async fn our_server_side_against_a_tokio_rustls_client() {
-    let s = Services::load();
-    let (client_tcp, server_tcp) = tcp_pair().await;
-    let connector = tokio_rustls::TlsConnector::from(client_config(&s));
-    let name = ServerName::try_from("localhost").unwrap();
-    let (client, server) = tokio::join!(connector.connect(name, client_tcp), tls_stream::accept(server_config(&s), server_tcp));
-    let (mut client, mut server) = (client.unwrap(), server.unwrap());
+    let (mut client, mut server) = tokio_client_and_our_server().await;
 
     let up = pattern(300_000, 1);
     let down = pattern(300_000, 2);
@@ -104,7 +96,7 @@ async fn our_server_side_against_a_tokio_rustls_client() {
 async fn our_client_side_against_a_tokio_rustls_server() {
     let s = Services::load();
     let (client_tcp, server_tcp) = tcp_pair().await;
-    let acceptor = tokio_rustls::TlsAcceptor::from(server_config(&s));
+    let acceptor = tokio_rustls::TlsAcceptor::from(s.server_tls());
     let name = ServerName::try_from("localhost").unwrap();
     let (client, server) = tokio::join!(tls_stream::connect(client_config(&s), name, client_tcp), acceptor.accept(server_tcp));
     let (mut client, mut server) = (client.unwrap(), server.unwrap());
@@ -136,7 +128,7 @@ async fn a_peer_that_is_not_tls_gets_an_error_not_a_hang() {
     let s = Services::load();
     let (mut client_tcp, server_tcp) = tcp_pair().await;
     client_tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
-    let accepted = tokio::time::timeout(std::time::Duration::from_secs(10), tls_stream::accept(server_config(&s), server_tcp)).await;
+    let accepted = tokio::time::timeout(std::time::Duration::from_secs(10), tls_stream::accept(s.server_tls(), server_tcp)).await;
     assert!(accepted.expect("the handshake must fail, not wait").is_err());
     // A TLS alert went back before the socket closed.
     let mut reply = Vec::new();
@@ -146,12 +138,7 @@ async fn a_peer_that_is_not_tls_gets_an_error_not_a_hang() {
 
 #[tokio::test]
 async fn reading_goes_on_while_the_peer_is_not_taking_what_we_write() {
-    let s = Services::load();
-    let (client_tcp, server_tcp) = tcp_pair().await;
-    let connector = tokio_rustls::TlsConnector::from(client_config(&s));
-    let name = ServerName::try_from("localhost").unwrap();
-    let (client, server) = tokio::join!(connector.connect(name, client_tcp), tls_stream::accept(server_config(&s), server_tcp));
-    let (mut client, server) = (client.unwrap(), server.unwrap());
+    let (mut client, server) = tokio_client_and_our_server().await;
     // Far more than the sockets' buffers hold, so writes stall until the other side reads.
     let up = pattern(8 << 20, 5);
     let down = pattern(8 << 20, 6);

@@ -23,6 +23,20 @@ impl Services {
         self.vars.get(key).unwrap_or_else(|| panic!("services env has no {key}"))
     }
 
+    /// A TLS server config with the services' certificate for "localhost", signed by their CA.
+    pub fn server_tls(&self) -> std::sync::Arc<rustls::ServerConfig> {
+        let certs = self.get("CERTS");
+        dbtape::proxy::tls::server_config(&dbtape::config::ClientTlsConfig {
+            mode: None,
+            cert: Some(format!("{certs}/server.crt").into()),
+            key: Some(format!("{certs}/server.key").into()),
+            client_ca: None,
+        })
+        .unwrap()
+        .unwrap()
+        .config
+    }
+
     pub fn python(&self) -> std::process::Command {
         std::process::Command::new(format!("{}/bin/python", self.get("SERVICES_VENV")))
     }

@@ -427,7 +427,7 @@ async fn relay_session(
     Box::pin(wind_up(stop, client_write, upstream_write, port, span)).await;
 }
 
-/// Tells the client why the relay stopped, where it should hear, and ends the recording.
+/// Tells the client why the relay stopped, when that is its business, and ends the recording.
 async fn wind_up(
     stop: Stop,
     mut client_write: tokio::io::WriteHalf<Stream>,
