@@ -1,6 +1,8 @@
 //! The audit port: the one thing a protocol engine holds to report what happened. It stamps
 //! time, hands events to the session's recording, and enforces the recording mode.
 
+use std::future::Future;
+
 use chrono::{DateTime, Utc};
 
 use super::capture::EventNotes;
@@ -54,20 +56,28 @@ impl AuditPort {
     }
 
     /// Records an event stamped now; returns its `ei` (none if best_effort dropped it).
-    pub async fn emit(&self, body: EventBody) -> Result<Option<u64>, AuditError> {
-        self.emit_at(body, now_ms()).await
+    // This and the next two are plain functions that hand back `emit_captured_at`'s future:
+    // as async fns each would nest that future inside one of its own, holding the event twice,
+    // and callers keep these futures in their session's state.
+    pub fn emit(&self, body: EventBody) -> impl Future<Output = Result<Option<u64>, AuditError>> + '_ {
+        self.emit_at(body, now_ms())
     }
 
     /// Records an event. Strict mode returns an error when it cannot be recorded; with the
     /// `always` fsync policy it also waits until the event is on disk.
-    pub async fn emit_at(&self, body: EventBody, time_ms: i64) -> Result<Option<u64>, AuditError> {
-        self.emit_redacted_at(body, false, time_ms).await
+    pub fn emit_at(&self, body: EventBody, time_ms: i64) -> impl Future<Output = Result<Option<u64>, AuditError>> + '_ {
+        self.emit_redacted_at(body, false, time_ms)
     }
 
     /// As `emit_at`, for an event whose captured text the engine has already stripped of
     /// secrets (`redacted`), which the event then says.
-    pub async fn emit_redacted_at(&self, body: EventBody, redacted: bool, time_ms: i64) -> Result<Option<u64>, AuditError> {
-        self.emit_captured_at(body, Vec::new(), redacted, time_ms).await
+    pub fn emit_redacted_at(
+        &self,
+        body: EventBody,
+        redacted: bool,
+        time_ms: i64,
+    ) -> impl Future<Output = Result<Option<u64>, AuditError>> + '_ {
+        self.emit_captured_at(body, Vec::new(), redacted, time_ms)
     }
 
     /// As `emit_redacted_at`, for text the engine already cut while capturing it (`cut`

@@ -137,6 +137,14 @@ fn append_with(out: &mut Vec<u8>, mut room: usize, mut fill: impl FnMut(&mut [u8
     }
 }
 
+/// The buffer size an encryption asked for, if too little room was its only trouble.
+fn room_needed(e: EncryptError) -> Option<usize> {
+    match e {
+        EncryptError::InsufficientSize(s) => Some(s.required_size),
+        _ => None,
+    }
+}
+
 /// One call into rustls over `incoming`. Handshake records it wants sent are appended to
 /// `out`; application data goes to `direct` while it has room, then to `spill`. Returns how
 /// many bytes to drop from the front of `incoming`, and what came of it.
@@ -191,21 +199,11 @@ fn turn<C: Side>(
             None => Ok(Turn::Idle),
             Some(Payload::Data(data)) => {
                 let room = data.len() + (data.len() / (16 * 1024) + 1) * RECORD_OVERHEAD;
-                append_with(out, room, |buf| {
-                    traffic.encrypt(data, buf).map_err(|e| match e {
-                        EncryptError::InsufficientSize(s) => Some(s.required_size),
-                        _ => None,
-                    })
-                })
-                .map(|()| Turn::Encrypted)
+                append_with(out, room, |buf| traffic.encrypt(data, buf).map_err(room_needed)).map(|()| Turn::Encrypted)
             }
-            Some(Payload::CloseNotify) => append_with(out, RECORD_OVERHEAD, |buf| {
-                traffic.queue_close_notify(buf).map_err(|e| match e {
-                    EncryptError::InsufficientSize(s) => Some(s.required_size),
-                    _ => None,
-                })
-            })
-            .map(|()| Turn::Encrypted),
+            Some(Payload::CloseNotify) => {
+                append_with(out, RECORD_OVERHEAD, |buf| traffic.queue_close_notify(buf).map_err(room_needed)).map(|()| Turn::Encrypted)
+            }
         },
         Ok(ConnectionState::PeerClosed) => Ok(Turn::PeerClosed),
         Ok(ConnectionState::Closed) => Ok(Turn::Closed),
