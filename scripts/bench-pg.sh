@@ -144,6 +144,8 @@ fi
 user_ticks() { awk '{print $14}' "/proc/$1/stat"; }
 # Voluntary context switches (sleeps) over all of a process's threads.
 sleeps() { cat /proc/$1/task/*/status | awk '/^voluntary_ctxt_switches/ {n += $2} END {print n}'; }
+# Involuntary context switches: times a runnable thread of the process was preempted.
+preemptions() { cat /proc/$1/task/*/status | awk '/^nonvoluntary_ctxt_switches/ {n += $2} END {print n}'; }
 # Machine-wide busy and idle ticks (all CPUs): how much the whole chain spends per transaction.
 machine_busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
 # Context switches machine-wide, and CPU migrations of a process's threads.
@@ -184,7 +186,7 @@ run() { # path round
         (sleep 2; timeout -s INT 3 strace -c -f -p "$proxy_pid" -o "$ROOT/target/syscalls-$1.txt") >/dev/null 2>&1 &
         trace=$!
     fi
-    local cpu_before=0 user_before=0 sleeps_before=0 migrations_before=0 busy_before idle_before
+    local cpu_before=0 user_before=0 sleeps_before=0 migrations_before=0 preempted_before=0 busy_before idle_before
     busy_before=$(machine_busy)
     local segs_before ctxt_before
     segs_before=$(tcp_out_segs)
@@ -194,6 +196,7 @@ run() { # path round
         cpu_before=$(cpu_ticks "$proxy_pid")
         user_before=$(user_ticks "$proxy_pid")
         sleeps_before=$(sleeps "$proxy_pid")
+        preempted_before=$(preemptions "$proxy_pid")
         migrations_before=$(migrations "$proxy_pid")
     fi
     (cd "$dir" && pgbench -S -n -c "$CLIENTS" -j 2 -T "$DURATION" -l --log-prefix=tx "$(conninfo "$1")" > summary.txt 2>&1)
@@ -219,7 +222,7 @@ run() { # path round
         local txns=$(grep -oP 'actually processed: \K[0-9]+' "$dir/summary.txt")
         python3 -c "print($ticks * 1e6 / $(getconf CLK_TCK) / $txns)" >> "$WORK/cpu-$1${SUFFIX:-}"
         python3 -c "print($uticks * 1e6 / $(getconf CLK_TCK) / $txns)" >> "$WORK/ucpu-$1${SUFFIX:-}"
-        python3 -c "print(($(sleeps "$proxy_pid") - $sleeps_before) / $txns, ($(migrations "$proxy_pid") - $migrations_before) / $txns)" >> "$WORK/sleeps-$1${SUFFIX:-}"
+        python3 -c "print(($(sleeps "$proxy_pid") - $sleeps_before) / $txns, ($(migrations "$proxy_pid") - $migrations_before) / $txns, ($(preemptions "$proxy_pid") - $preempted_before) / $txns)" >> "$WORK/sleeps-$1${SUFFIX:-}"
     fi
     cat "$dir"/tx.* >> "$WORK/lat-$1${SUFFIX:-}"
 }
@@ -326,7 +329,7 @@ for path in ["direct", "haproxy", "pgbouncer", "dbtape", "alt"]:
     cpu_file = work / f"cpu-{path}"
     mean_of = lambda f: statistics.mean(float(x) for x in f.read_text().split())
     col_mean = lambda f, i: statistics.mean(float(line.split()[i]) for line in f.read_text().splitlines())
-    cpu = f"   proxy CPU {mean_of(cpu_file):5.1f} us/txn ({mean_of(work / f'ucpu-{path}'):4.1f} user), {col_mean(work / f'sleeps-{path}', 0):4.2f} sleeps/txn, {col_mean(work / f'sleeps-{path}', 1):5.3f} migrations/txn" if cpu_file.exists() else ""
+    cpu = f"   proxy CPU {mean_of(cpu_file):5.1f} us/txn ({mean_of(work / f'ucpu-{path}'):4.1f} user), {col_mean(work / f'sleeps-{path}', 0):4.2f} sleeps/txn, {col_mean(work / f'sleeps-{path}', 2):4.2f} preempted/txn, {col_mean(work / f'sleeps-{path}', 1):5.3f} migrations/txn" if cpu_file.exists() else ""
     machine = [tuple(map(float, line.split())) for line in (work / f"machine-{path}").read_text().splitlines()]
     whole = f"   machine {statistics.mean(m[0] for m in machine):5.1f} us/txn, {statistics.mean(m[1] for m in machine):4.1f}% idle, {statistics.mean(m[2] for m in machine):4.2f} segs/txn, {statistics.mean(m[3] for m in machine):4.2f} switches/txn"
     print(f"{path:10s} tps {res[path][0]:8.0f}   p50 {res[path][1]:6.3f} ms   p99 {res[path][2]:6.3f} ms{whole}{cpu}")

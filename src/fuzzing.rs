@@ -6,6 +6,7 @@ use std::path::Path;
 pub use crate::proxy::dynamodb::fuzz::request as dynamodb_request;
 pub use crate::proxy::mongodb::fuzz::message as mongodb_message;
 pub use crate::proxy::postgres::fuzz::{messages as postgres_messages, redaction as postgres_redaction};
+pub use crate::proxy::tls_stream::fuzz::{session as tls_stream, Setup as TlsStreamSetup};
 
 /// SCRAM-SHA-256 messages from a hostile peer, split at NUL bytes: a verifier to parse, then
 /// a client-first and client-final for the server side, then a server-first and

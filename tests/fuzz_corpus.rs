@@ -51,3 +51,18 @@ fn dynamodb_request_corpus() {
 fn mongodb_message_corpus() {
     replay("mongodb_message", dbtape::fuzzing::mongodb_message);
 }
+
+// A throwaway test CA and server key, made for fuzzing alone.
+static TLS_SETUP: std::sync::LazyLock<dbtape::fuzzing::TlsStreamSetup> = std::sync::LazyLock::new(|| {
+    dbtape::fuzzing::TlsStreamSetup::from_pem(
+        include_bytes!("../fuzz/tls/ca.crt"),
+        include_bytes!("../fuzz/tls/server.crt"),
+        include_bytes!("../fuzz/tls/server.key"),
+    )
+    .unwrap()
+});
+
+#[test]
+fn tls_stream_corpus() {
+    replay("tls_stream", |data| dbtape::fuzzing::tls_stream(&TLS_SETUP, data));
+}

@@ -46,7 +46,7 @@ impl WorkerPool {
     pub fn start(count: usize) -> std::io::Result<WorkerPool> {
         let mut workers = Vec::new();
         for index in 0..count.max(1) {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build()?;
             let handle = runtime.handle().clone();
             let (stop, stopped) = oneshot::channel::<()>();
             let thread = std::thread::Builder::new().name(format!("dbtape-worker-{index}")).spawn(move || {

@@ -1,4 +1,5 @@
-//! TLS over a TCP socket, driven through rustls's unbuffered API.
+//! TLS over a TCP socket (or any byte stream: the fuzz target uses an in-memory one), driven
+//! through rustls's unbuffered API.
 //!
 //! Why not tokio-rustls: rustls's buffered connection keeps a 4 KiB receive buffer for every
 //! TLS connection for its whole life, two per proxied session, and reads at most 4 KiB per
@@ -21,6 +22,8 @@ use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedConnectionCommon, UnbufferedStatus};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+
+pub mod fuzz;
 
 /// What one socket read takes at most: enough for a few full records at once.
 const READ_SCRATCH: usize = 32 * 1024;
@@ -59,11 +62,15 @@ impl Side for UnbufferedClientConnection {
     }
 }
 
+/// The byte stream under TLS.
+pub trait Io: AsyncRead + AsyncWrite + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Unpin> Io for T {}
+
 pub type ServerTlsStream = TlsStream<UnbufferedServerConnection>;
 pub type ClientTlsStream = TlsStream<UnbufferedClientConnection>;
 
-pub struct TlsStream<C> {
-    tcp: TcpStream,
+pub struct TlsStream<C, S = TcpStream> {
+    tcp: S,
     conn: C,
     /// Received bytes rustls has not used yet: the start of a record still arriving.
     incoming: Vec<u8>,
@@ -84,13 +91,17 @@ pub struct TlsStream<C> {
 }
 
 /// Accepts a TLS client on `tcp`.
-pub async fn accept(config: Arc<rustls::ServerConfig>, tcp: TcpStream) -> io::Result<ServerTlsStream> {
+pub async fn accept<S: Io>(config: Arc<rustls::ServerConfig>, tcp: S) -> io::Result<TlsStream<UnbufferedServerConnection, S>> {
     let conn = UnbufferedServerConnection::new(config).map_err(invalid)?;
     TlsStream::handshake(tcp, conn).await
 }
 
 /// Connects as a TLS client to `name` over `tcp`.
-pub async fn connect(config: Arc<rustls::ClientConfig>, name: ServerName<'static>, tcp: TcpStream) -> io::Result<ClientTlsStream> {
+pub async fn connect<S: Io>(
+    config: Arc<rustls::ClientConfig>,
+    name: ServerName<'static>,
+    tcp: S,
+) -> io::Result<TlsStream<UnbufferedClientConnection, S>> {
     let conn = UnbufferedClientConnection::new(config, name).map_err(invalid)?;
     TlsStream::handshake(tcp, conn).await
 }
@@ -234,8 +245,8 @@ fn digest<C: Side>(
     }
 }
 
-impl<C: Side> TlsStream<C> {
-    async fn handshake(tcp: TcpStream, conn: C) -> io::Result<Self> {
+impl<C: Side, S: Io> TlsStream<C, S> {
+    async fn handshake(tcp: S, conn: C) -> io::Result<Self> {
         let mut stream = TlsStream {
             tcp,
             conn,
@@ -277,7 +288,7 @@ impl<C: Side> TlsStream<C> {
         io::Error::new(io::ErrorKind::InvalidData, "the TLS connection failed earlier")
     }
 
-    pub fn get_ref(&self) -> (&TcpStream, &C) {
+    pub fn get_ref(&self) -> (&S, &C) {
         (&self.tcp, &self.conn)
     }
 
@@ -421,7 +432,7 @@ impl<C: Side> TlsStream<C> {
     }
 }
 
-impl<C: Side> AsyncRead for TlsStream<C> {
+impl<C: Side, S: Io> AsyncRead for TlsStream<C, S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
@@ -466,7 +477,7 @@ impl<C: Side> AsyncRead for TlsStream<C> {
     }
 }
 
-impl<C: Side> AsyncWrite for TlsStream<C> {
+impl<C: Side, S: Io> AsyncWrite for TlsStream<C, S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         if this.failed {
