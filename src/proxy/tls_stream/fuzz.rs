@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio_util::sync::CancellationToken;
 
 use super::{accept, connect};
 
@@ -140,6 +141,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Chunked<S> {
 }
 
 const PIPE: usize = 64 * 1024;
+/// How long a tampered session may run before the network between its ends hangs up.
+const PATIENCE: Duration = Duration::from_millis(200);
 
 /// The rest of the input, as what a peer sends to our server (`server`) or our client.
 async fn hostile_peer(setup: &Setup, mut script: Script<'_>, server: bool) {
@@ -180,14 +183,22 @@ enum Fault {
     Cut { at: usize },
 }
 
-/// Forwards one direction, applying `fault`. After a cut, or once the far side is gone, it
-/// reads on and discards, so that the sender never waits on a reader that left.
-async fn forward(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin, fault: Option<Fault>) {
+/// Forwards one direction, applying `fault`. After a cut, a hang-up, or once the far side is
+/// gone, it reads on and discards, so that the sender never waits on a reader that left.
+async fn forward(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin, fault: Option<Fault>, hang_up: &CancellationToken) {
     let mut buf = vec![0; 4096];
     let mut offset = 0;
     let mut forwarding = true;
     loop {
-        let n = match from.read(&mut buf).await {
+        let read = tokio::select! {
+            read = from.read(&mut buf) => read,
+            () = hang_up.cancelled(), if forwarding => {
+                forwarding = false;
+                let _ = to.shutdown().await;
+                continue;
+            }
+        };
+        let n = match read {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
@@ -277,8 +288,33 @@ async fn tampered_session(setup: &Setup, mut script: Script<'_>) {
         }
         Ok::<_, ()>(got)
     };
-    let (client, server, (), ()) =
-        tokio::join!(client, server, forward(client_far_reads, server_far_writes, c2s), forward(server_far_reads, client_far_writes, s2c));
+    let hang_up = CancellationToken::new();
+    let everything = async {
+        tokio::join!(
+            client,
+            server,
+            forward(client_far_reads, server_far_writes, c2s, &hang_up),
+            forward(server_far_reads, client_far_writes, s2c, &hang_up)
+        )
+    };
+    let mut everything = std::pin::pin!(everything);
+    // A flipped length (of a record, or of a handshake message inside one) leaves each end
+    // waiting for bytes the other will never send: a stall of the protocol, which in service
+    // the login and idle timeouts end. Here the network hangs up instead, and from then on
+    // both ends must finish.
+    let patience = async {
+        match fault {
+            Some(_) => tokio::time::sleep(PATIENCE).await,
+            None => std::future::pending().await,
+        }
+    };
+    let (client, server, (), ()) = tokio::select! {
+        all = &mut everything => all,
+        () = patience => {
+            hang_up.cancel();
+            everything.await
+        }
+    };
 
     if let Ok(got) = &server {
         check("server", got, &sent);
