@@ -227,16 +227,18 @@ struct Received {
     clean: bool,
 }
 
-async fn read_all(tls: &mut (impl AsyncRead + Unpin)) -> Received {
+/// Reads until `limit` bytes have come (not an end), or the stream ends.
+async fn read_up_to(tls: &mut (impl AsyncRead + Unpin), limit: usize) -> Received {
     let mut data = Vec::new();
     let mut buf = vec![0; 16 * 1024];
-    loop {
+    while data.len() < limit {
         match tls.read(&mut buf).await {
             Ok(0) => return Received { data, clean: true },
             Ok(n) => data.extend_from_slice(&buf[..n]),
             Err(_) => return Received { data, clean: false },
         }
     }
+    Received { data, clean: false }
 }
 
 /// Bytes that differ from place to place, so a misplaced or repeated byte shows.
@@ -246,8 +248,8 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 
 /// A client and a server of this module talk through a forwarder that cuts their bytes into
 /// reads of the input's sizes and may flip or cut one byte stream at one offset. The client
-/// sends some messages and closes; the server reads to the end and, on a clean end, answers
-/// and closes.
+/// sends some messages and reads the answer; the server reads the messages, answers, and
+/// reads on to the client's close_notify; then each closes.
 async fn tampered_session(setup: &Setup, mut script: Script<'_>) {
     let tls12 = script.byte().is_multiple_of(4);
     let messages: Vec<Vec<u8>> = (0..script.byte() % 5).map(|i| pattern(script.u16() as usize % 8_000 + 1, i)).collect();
@@ -269,6 +271,9 @@ async fn tampered_session(setup: &Setup, mut script: Script<'_>) {
     let (server_far_reads, server_far_writes) = tokio::io::split(server_far);
     let sent: Vec<u8> = messages.concat();
 
+    // Neither end reads after sending its own close_notify: rustls 0.23 trips a debug
+    // assertion if it then meets a bad record (rustls issue 959; release builds just send
+    // the alert), and the fuzz build has debug assertions on.
     let client = async {
         let config = if tls12 { setup.client_tls12.clone() } else { setup.client.clone() };
         let name = ServerName::try_from("fuzz.invalid").map_err(|_| ())?;
@@ -276,15 +281,23 @@ async fn tampered_session(setup: &Setup, mut script: Script<'_>) {
         for message in &messages {
             tls.write_all(message).await.map_err(|_| ())?;
         }
-        tls.shutdown().await.map_err(|_| ())?;
-        Ok::<_, ()>(read_all(&mut tls).await)
+        let got = read_up_to(&mut tls, reply.len()).await;
+        if got.data.len() == reply.len() {
+            tls.shutdown().await.map_err(|_| ())?;
+        }
+        Ok::<_, ()>(got)
     };
     let server = async {
         let mut tls = accept(setup.server.clone(), Chunked::new(server_end, server_sizes)).await.map_err(|_| ())?;
-        let got = read_all(&mut tls).await;
-        if got.clean {
+        let mut got = read_up_to(&mut tls, sent.len()).await;
+        if got.data.len() == sent.len() && !got.clean {
             tls.write_all(&reply).await.map_err(|_| ())?;
-            tls.shutdown().await.map_err(|_| ())?;
+            let rest = read_up_to(&mut tls, usize::MAX).await;
+            got.data.extend_from_slice(&rest.data);
+            got.clean = rest.clean;
+            if got.clean {
+                tls.shutdown().await.map_err(|_| ())?;
+            }
         }
         Ok::<_, ()>(got)
     };
@@ -324,7 +337,7 @@ async fn tampered_session(setup: &Setup, mut script: Script<'_>) {
     }
     if fault.is_none() {
         assert!(server.as_ref().is_ok_and(|got| got.clean), "untouched session: the server did not get a clean end");
-        assert!(client.as_ref().is_ok_and(|got| got.clean), "untouched session: the client did not get a clean end");
+        assert!(client.as_ref().is_ok_and(|got| got.data == reply), "untouched session: the client did not get the whole answer");
     }
 }
 
