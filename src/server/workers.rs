@@ -46,6 +46,8 @@ impl WorkerPool {
     pub fn start(count: usize) -> std::io::Result<WorkerPool> {
         let mut workers = Vec::new();
         for index in 0..count.max(1) {
+            // I/O and timers only: no session waits on a signal or a child process, and with
+            // those drivers on, every turn of the worker's driver also reaped child processes.
             let runtime = tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build()?;
             let handle = runtime.handle().clone();
             let (stop, stopped) = oneshot::channel::<()>();
