@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
 use dbtape::audit::{ConnectionMeta, DatabaseMeta, EventBody, Protocol, ServerMeta, SessionContext, Status, UserMeta};
-use dbtape::recording::signing::Signer;
 use dbtape::recording::{Recorder, RecorderConfig, RecordingStore};
 use dbtape::replay::export::{export, ExportFilter};
+use dbtape::signing::Signer;
 
 const EVENTS: u64 = 200_000;
 
@@ -154,7 +154,7 @@ fn main() {
     let size = std::fs::metadata(setup.store.recording_path(&sid)).expect("size").len();
     let raw: usize = {
         let mut total = 0;
-        let mut stream = dbtape::replay::events::EventStream::open(&setup.store, &sid, false).expect("open");
+        let mut stream = dbtape::recording::events::EventStream::open(&setup.store, &sid, false).expect("open");
         stream
             .for_each_event(|line| {
                 total += line.len() + 1;

@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use dbtape::audit::{ConnectionMeta, DatabaseMeta, EventBody, Protocol, ServerMeta, SessionContext, Status, UserMeta};
-use dbtape::recording::signing::Signer;
 use dbtape::recording::{Recorder, RecorderConfig};
+use dbtape::signing::Signer;
 
 const EVENTS_PER_SESSION: u64 = 1_000;
 const DAY_MS: i64 = 86_400_000;

@@ -48,14 +48,14 @@ pub fn recording(data: &[u8]) {
         }
         let _ = crate::recording::scan::scan_recording(&path, sid);
         let _ = crate::recording::verify::verify_recording(&store, sid, None);
-        if let Ok(mut stream) = crate::replay::events::EventStream::open(&store, sid, false) {
+        if let Ok(mut stream) = crate::recording::events::EventStream::open(&store, sid, false) {
             let _ = stream.for_each_event(|_| Ok(true));
         }
     });
     // The same bytes as one event line, as export reads it: its leading `ei`, and the
     // statement fields derived from it.
     let _ = crate::recording::format::leading_ei(data);
-    let _ = crate::replay::enrich::Enricher::new().enriched(data);
+    let _ = crate::statement::enrich::Enricher::new().enriched(data);
 }
 
 /// Arbitrary text as `dbtape.toml`: every problem is a config error, never a panic.

@@ -15,3 +15,7 @@ pub mod recording;
 pub mod replay;
 pub mod search;
 pub mod server;
+pub mod signing;
+pub mod statement;
+pub mod tasks;
+pub mod util;

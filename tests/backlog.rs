@@ -6,7 +6,8 @@
 mod common;
 
 use common::{block_on, context, read_lines, recorder};
-use dbtape::audit::{AuditPort, EventBody, Protocol, RecordedEvent};
+use dbtape::audit::{EventBody, Protocol, RecordedEvent};
+use dbtape::recording::AuditPort;
 use dbtape::recording::RecordingMode;
 
 const LIMIT: usize = 1024 * 1024;

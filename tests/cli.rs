@@ -232,7 +232,7 @@ fn verify_all_passes_on_intact_recordings() {
     let rec = recorder(tmp.path(), |_| {});
     pg_session(&rec);
     mongo_session(&rec, "carol");
-    let key = dbtape::recording::signing::public_key_path(&rec.key_path);
+    let key = dbtape::signing::public_key_path(&rec.key_path);
     let (code, out, err) = run(&["verify", "--all", "--public-key", key.to_str().unwrap()], &rec.dir);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(out.matches("  OK  ").count(), 2, "{out}");
@@ -579,7 +579,7 @@ fn mongodb_commands_share_compact_frames() {
         log.append(&result, T0 + i as i64).unwrap();
     }
     block_on(log.close()).unwrap();
-    let mut stream = dbtape::replay::events::EventStream::open(&rec.store(), &sid, false).unwrap();
+    let mut stream = dbtape::recording::events::EventStream::open(&rec.store(), &sid, false).unwrap();
     let (mut frames, mut events) = (0, Vec::new());
     stream
         .for_each_frame(|_, data| {

@@ -34,7 +34,7 @@ fn the_example_config_is_valid_and_documents_defaults() {
     let ddb = config.database("catalog-ddb").unwrap();
     assert_eq!(ddb.aws.session_duration, std::time::Duration::from_secs(3600));
     assert_eq!(
-        dbtape::config::role_arn_for("catalog-reader", &ddb.aws.account_id).unwrap(),
+        dbtape::util::arn::role_arn_for("catalog-reader", &ddb.aws.account_id).unwrap(),
         "arn:aws:iam::123456789012:role/catalog-reader"
     );
     // Every key the loader knows appears in the example, so the example stays complete.

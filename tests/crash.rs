@@ -11,10 +11,10 @@ use common::{context, recorder};
 use dbtape::audit::{EventBody, Protocol};
 use dbtape::recording::recover::{recover_unsealed, RecoveryOutcome};
 use dbtape::recording::scan::{scan_recording, ScanEnd};
-use dbtape::recording::signing::Signer;
 use dbtape::recording::store::RecordingState;
 use dbtape::recording::verify::{verify_recording, Verdict};
 use dbtape::recording::RecordingStore;
+use dbtape::signing::Signer;
 
 const CHILD_ENV: &str = "DBTAPE_CRASH_CHILD_DIR";
 
@@ -107,7 +107,7 @@ fn killed_writer_leaves_a_readable_recoverable_recording() {
         assert_eq!(*events, scan.tally.events);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), scan.size, "recovery never modifies the recording");
 
-        let key = dbtape::recording::signing::load_public_key(&tmp.path().join("keys/signing.key.pub")).unwrap();
+        let key = dbtape::signing::load_public_key(&tmp.path().join("keys/signing.key.pub")).unwrap();
         let after = verify_recording(&store, &sid, Some(&key));
         assert_eq!(after.verdict, Verdict::Recovered, "{after:?}");
         let summary = store.read_summary(&sid).unwrap();

@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{block_on, context, read_lines, recorder};
-use dbtape::audit::{AuditPort, EventBody, Protocol, RecordedEvent};
+use dbtape::audit::{EventBody, Protocol, RecordedEvent};
 use dbtape::recording::scan::{scan_recording, ScanEnd};
 use dbtape::recording::store::RecordingState;
 use dbtape::recording::verify::{verify_recording, Verdict};
+use dbtape::recording::AuditPort;
 use dbtape::recording::RecordingMode;
 
 struct Tmpfs {

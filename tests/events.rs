@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 
 use common::{assert_schema_valid, block_on, read_lines, recorder};
 use dbtape::audit::{
-    AuditEvent, AuditPort, ConnectionMeta, DatabaseMeta, EventBody, EventType, Protocol, ServerMeta, SessionContext, Status, UserMeta,
+    AuditEvent, ConnectionMeta, DatabaseMeta, EventBody, EventType, Protocol, ServerMeta, SessionContext, Status, UserMeta,
 };
+use dbtape::recording::AuditPort;
 use serde_json::json;
 
 const UID: &str = "0b7e6f7c-1a2b-4c3d-8e9f-0123456789ab";
@@ -310,7 +311,7 @@ fn the_recorders_spliced_json_equals_the_plain_serialisation() {
         } else {
             let mut compact = Vec::new();
             event.write_compact(&mut compact);
-            dbtape::audit::splice_fixed_fields(&compact, &fixed, &mut spliced);
+            dbtape::recording::compact::splice_fixed_fields(&compact, &fixed, &mut spliced);
         }
         let plain = serde_json::to_vec(&event).unwrap();
         let a: serde_json::Value = serde_json::from_slice(&spliced).unwrap();

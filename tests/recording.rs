@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use common::{assert_schema_valid, block_on, context, read_lines, recorder};
 use dbtape::audit::{EventBody, Protocol, RecordedEvent, Status};
+use dbtape::recording::events::StreamEnd;
 use dbtape::recording::format::{encode_frame, FrameHeader, FrameKind, FrameSpec, CRC_LEN, FILE_MAGIC, HEADER_LEN};
 use dbtape::recording::reader::{FrameReader, Next, Tail};
 use dbtape::recording::store::RecordingState;
 use dbtape::recording::verify::{verify_recording, Verdict};
 use dbtape::recording::{FsyncPolicy, RecordingMode};
-use dbtape::replay::events::StreamEnd;
 
 fn query(i: u64) -> EventBody {
     EventBody::Query { query: format!("SELECT * FROM orders WHERE id = {i}"), parameters: vec![], db_name: None }
@@ -170,7 +170,7 @@ fn a_flipped_byte_fails_verify_and_names_the_frame() {
         .args(["verify", &sid, "--dir"])
         .arg(&rec.dir)
         .arg("--public-key")
-        .arg(dbtape::recording::signing::public_key_path(&rec.key_path))
+        .arg(dbtape::signing::public_key_path(&rec.key_path))
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -219,7 +219,7 @@ fn forge(bytes: &[u8], sid: &str, index: usize, rechain: bool, edit: impl Fn(&mu
             let mut edited = raw.clone();
             if h.kind == FrameKind::Trailer {
                 let mut t: dbtape::recording::format::Trailer = serde_json::from_slice(&edited).unwrap();
-                t.chain_head = dbtape::recording::format::hex(&chain);
+                t.chain_head = dbtape::util::hex::hex(&chain);
                 edited = serde_json::to_vec(&t).unwrap();
             }
             let payload = if compressed { zstd::bulk::compress(&edited, 3).unwrap() } else { edited.clone() };
@@ -271,7 +271,7 @@ fn a_fully_rechained_forgery_fails_the_signature_check() {
 
     // A forger who also rewrites the manifest needs the private key: signing with another
     // key is caught.
-    let other = dbtape::recording::signing::Signer::load_or_generate(&tmp.path().join("other.key")).unwrap();
+    let other = dbtape::signing::Signer::load_or_generate(&tmp.path().join("other.key")).unwrap();
     let mut manifest = rec.store().read_manifest(&sid).unwrap().unwrap();
     manifest.body.sha256 = scan.sha256.clone();
     manifest.body.chain_head = scan.chain_head.clone();

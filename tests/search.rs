@@ -131,7 +131,7 @@ async fn an_auditors_questions_are_answered_from_the_recordings() {
     assert_eq!(review.search(&["--class", "MISC_SET", "--user", "alice"]).len(), 1);
     assert_eq!(review.search(&["--class", "ROLE"]).len(), 1, "the GRANT");
     // Statements of one shape, with different constants.
-    let fingerprint = dbtape::search::classify::classify_postgres(&format!("SELECT amount FROM {t} WHERE id = 7")).fingerprint;
+    let fingerprint = dbtape::statement::classify::classify_postgres(&format!("SELECT amount FROM {t} WHERE id = 7")).fingerprint;
     assert_eq!(review.search(&["--fingerprint", &fingerprint]).len(), 2);
     let (ok, shapes, err) = review.run(&["search", "--shapes", "--format", "json", "--table", &t, "--event", "db.session.query"]);
     assert!(ok, "{err}");

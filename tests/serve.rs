@@ -105,7 +105,7 @@ async fn sessions_are_recorded_and_shutdown_seals_open_ones() {
     drop(open);
 
     let store = RecordingStore::new(tmp.path().join("recordings"));
-    let key = dbtape::recording::signing::load_public_key(&tmp.path().join("keys/k.pub")).unwrap();
+    let key = dbtape::signing::load_public_key(&tmp.path().join("keys/k.pub")).unwrap();
     let mut summaries: Vec<_> = store.summaries().unwrap().into_iter().map(Result::unwrap).collect();
     summaries.sort_by_key(|s| s.queries);
     assert_eq!(summaries.iter().map(|s| s.queries).collect::<Vec<_>>(), [1, 2, 2]);
@@ -154,7 +154,7 @@ async fn startup_recovers_recordings_a_crash_left_open() {
     assert!(server.local_addrs().is_empty(), "no engine, so nothing is served");
     let store = RecordingStore::new(tmp.path().join("recordings"));
     assert_eq!(store.read_summary(&sid).unwrap().state, RecordingState::Recovered);
-    let key = dbtape::recording::signing::load_public_key(&tmp.path().join("keys/k.pub")).unwrap();
+    let key = dbtape::signing::load_public_key(&tmp.path().join("keys/k.pub")).unwrap();
     let report = verify_recording(&store, &sid, Some(&key));
     assert_eq!(report.verdict, Verdict::Recovered, "{report:?}");
     assert_eq!(report.events, 50);

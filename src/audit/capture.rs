@@ -25,7 +25,7 @@ pub struct Truncation {
 impl Truncation {
     /// A field not stored at all because `whole` was over the cap.
     pub fn omitted(field: &str, whole: &[u8]) -> Self {
-        Truncation { field: field.to_string(), bytes: whole.len() as u64, sha256: crate::recording::format::hex(&Sha256::digest(whole)) }
+        Truncation { field: field.to_string(), bytes: whole.len() as u64, sha256: crate::util::hex::hex(&Sha256::digest(whole)) }
     }
 }
 
@@ -147,7 +147,7 @@ impl EventBody {
                 Some(i) => format!("{name}[{i}]"),
                 None => name.to_string(),
             };
-            cuts.push(Truncation { field, bytes, sha256: crate::recording::format::hex(&digest) });
+            cuts.push(Truncation { field, bytes, sha256: crate::util::hex::hex(&digest) });
         });
         cuts
     }
@@ -182,7 +182,7 @@ mod tests {
         assert_eq!(cuts.len(), 2);
         assert_eq!(cuts[0].field, "parameters[1]");
         assert_eq!(cuts[0].bytes, 20);
-        assert_eq!(cuts[0].sha256, crate::recording::format::hex(&Sha256::digest(full.as_bytes())));
+        assert_eq!(cuts[0].sha256, crate::util::hex::hex(&Sha256::digest(full.as_bytes())));
         assert_eq!(cuts[1].field, "parameters[2]");
         assert!(body.captured_bytes() <= 8);
     }

@@ -15,134 +15,9 @@ use uuid::Uuid;
 
 use super::capture::{EventNotes, Truncation};
 use super::codes::{EventCode, EventType, Protocol};
-
-/// Who is behind the session.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct UserMeta {
-    /// The person (or program) as dbtape identified them.
-    pub user: String,
-    /// Set for DynamoDB, where the upstream identity is an IAM role.
-    pub aws_role_arn: String,
-}
-
-/// Which database the session reaches.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DatabaseMeta {
-    /// The database's name in dbtape's config (Teleport's database resource name).
-    pub service: String,
-    pub protocol: Protocol,
-    pub uri: String,
-    pub name: String,
-    pub user: String,
-    pub labels: BTreeMap<String, String>,
-    pub aws_region: String,
-    /// `self-hosted`, `rds`, `dynamodb`, ...
-    pub db_type: String,
-}
-
-/// The proxy instance; Teleport fills this only on `db.session.start`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ServerMeta {
-    pub server_id: String,
-    pub hostname: String,
-    pub addr: String,
-    pub version: String,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ConnectionMeta {
-    pub local_addr: String,
-    pub remote_addr: String,
-    pub user_agent: String,
-}
-
-/// Everything that stays fixed for one session; shared by all of its events.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SessionContext {
-    pub sid: String,
-    pub cluster_name: String,
-    pub user: UserMeta,
-    pub database: DatabaseMeta,
-    pub server: ServerMeta,
-    pub connection: ConnectionMeta,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Status {
-    pub success: bool,
-    pub error: String,
-    pub message: String,
-}
-
-impl Status {
-    pub fn ok() -> Self {
-        Status { success: true, ..Status::default() }
-    }
-
-    pub fn failed(error: impl Into<String>, message: impl Into<String>) -> Self {
-        Status { success: false, error: error.into(), message: message.into() }
-    }
-}
-
-/// A JSON object recorded as sent (DynamoDB request bodies): validated and stored compact,
-/// never built into a tree, since a nested item would be dozens of allocations per request.
-#[derive(Debug, Clone)]
-pub struct JsonBody(Box<serde_json::value::RawValue>);
-
-impl JsonBody {
-    /// The body if it is a JSON object, with the whitespace between tokens removed (a line
-    /// break there would end the event's line in the recording).
-    pub fn object(bytes: &[u8]) -> Option<JsonBody> {
-        let first = bytes.iter().find(|b| !b.is_ascii_whitespace())?;
-        if *first != b'{' {
-            return None;
-        }
-        let text = std::str::from_utf8(bytes).ok()?;
-        let raw = serde_json::value::RawValue::from_string(compact(text)).ok()?;
-        Some(JsonBody(raw))
-    }
-
-    pub fn from_value(value: &serde_json::Value) -> Option<JsonBody> {
-        serde_json::value::to_raw_value(value).ok().filter(|_| value.is_object()).map(JsonBody)
-    }
-
-    pub fn get(&self) -> &str {
-        self.0.get()
-    }
-
-    pub fn raw(&self) -> &serde_json::value::RawValue {
-        &self.0
-    }
-}
-
-impl PartialEq for JsonBody {
-    fn eq(&self, other: &Self) -> bool {
-        self.get() == other.get()
-    }
-}
-
-/// JSON text without whitespace outside strings.
-fn compact(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let (mut in_string, mut escaped) = (false, false);
-    for c in text.chars() {
-        if in_string {
-            out.push(c);
-            match (escaped, c) {
-                (true, _) => escaped = false,
-                (false, '\\') => escaped = true,
-                (false, '"') => in_string = false,
-                _ => {}
-            }
-        } else if c == '"' {
-            in_string = true;
-            out.push(c);
-        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
-            out.push(c);
-        }
-    }
-    out
-}
+use super::json_body::JsonBody;
+use super::meta::{SessionContext, Status};
+use super::time::{write_time, TimeMs};
 
 /// One event's own fields; the variant decides `event` and `code`.
 #[derive(Debug, Clone, PartialEq)]
@@ -325,63 +200,6 @@ pub struct AuditEvent<'a> {
     pub body: &'a EventBody,
     /// What the recorder did to the body before storing it (cut oversized text).
     pub notes: Option<&'a EventNotes>,
-}
-
-/// RFC 3339, UTC, millisecond precision: `2025-01-02T03:04:05.678Z`.
-pub fn format_time(time_ms: i64) -> String {
-    let mut buf = [0u8; 24];
-    write_time(time_ms, &mut buf);
-    String::from_utf8_lossy(&buf).into_owned()
-}
-
-/// Formats without chrono's strftime machinery: this runs once per recorded event.
-fn write_time(time_ms: i64, out: &mut [u8; 24]) {
-    let secs = time_ms.div_euclid(1000);
-    let millis = time_ms.rem_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    let (year, month, day) = civil_from_days(days);
-    let put = |out: &mut [u8; 24], at: usize, value: i64, width: usize| {
-        let mut v = value;
-        for i in (0..width).rev() {
-            if let Some(slot) = out.get_mut(at + i) {
-                *slot = b'0' + (v % 10) as u8;
-            }
-            v /= 10;
-        }
-    };
-    *out = *b"0000-00-00T00:00:00.000Z";
-    put(out, 0, year.clamp(0, 9999), 4);
-    put(out, 5, month, 2);
-    put(out, 8, day, 2);
-    put(out, 11, sod / 3600, 2);
-    put(out, 14, sod % 3600 / 60, 2);
-    put(out, 17, sod % 60, 2);
-    put(out, 20, millis, 3);
-}
-
-/// Howard Hinnant's days-to-civil conversion.
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-struct TimeMs(i64);
-
-impl Serialize for TimeMs {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut buf = [0u8; 24];
-        write_time(self.0, &mut buf);
-        s.serialize_str(std::str::from_utf8(&buf).unwrap_or("1970-01-01T00:00:00.000Z"))
-    }
 }
 
 struct Base64<'a>(&'a [u8]);
@@ -579,45 +397,6 @@ pub fn fixed_fields_json(ctx: &SessionContext) -> Vec<u8> {
     out
 }
 
-/// A recorded event's uid where the recording derives uids instead of storing them (format
-/// 3): UUIDv4-shaped, from SHA-256 over the session's random uid seed and the event's `ei`.
-/// It is as unique as a random v4 (122 bits of a hash of a pair that never repeats), and it
-/// costs the recording nothing: a stored random uid was 16 incompressible bytes per event,
-/// half of what a recording held per event.
-pub fn derived_uid(seed: &[u8; 16], ei: u64) -> Uuid {
-    use sha2::Digest;
-    let mut hasher = sha2::Sha256::new();
-    hasher.update(b"dbtape-uid\0");
-    hasher.update(seed);
-    hasher.update(ei.to_le_bytes());
-    let digest = hasher.finalize();
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
-    uuid::Builder::from_random_bytes(bytes).into_uuid()
-}
-
-/// Appends `,"uid":"…"` for `uid`.
-pub fn write_uid_field(uid: Uuid, out: &mut Vec<u8>) {
-    out.extend_from_slice(b",\"uid\":\"");
-    out.extend_from_slice(uid.hyphenated().encode_lower(&mut Uuid::encode_buffer()).as_bytes());
-    out.push(b'"');
-}
-
-/// Appends `compact` (one event from `AuditEvent::write_compact`) to `out` with `fixed` (from
-/// `fixed_fields_json`) spliced in before its closing brace: the whole event, equal as a JSON
-/// object to the `Serialize` output, with only the key order differing.
-pub fn splice_fixed_fields(compact: &[u8], fixed: &[u8], out: &mut Vec<u8>) {
-    match compact.split_last() {
-        Some((b'}', body)) if !fixed.is_empty() => {
-            out.extend_from_slice(body);
-            out.push(b',');
-            out.extend_from_slice(fixed);
-            out.push(b'}');
-        }
-        _ => out.extend_from_slice(compact),
-    }
-}
-
 impl AuditEvent<'_> {
     /// Appends the event's whole JSON to `out`: what the `Serialize` impl gives, byte for byte.
     pub fn write_json(&self, out: &mut Vec<u8>) {
@@ -745,19 +524,5 @@ impl AuditEvent<'_> {
             w.redacted = notes.redacted.then_some(true);
         }
         w
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn time_format_matches_chrono() {
-        for ms in [0i64, 1, 999, 86_399_999, 951_782_400_000, 1_735_787_045_678, 4_102_444_800_123] {
-            let chrono =
-                DateTime::<Utc>::from_timestamp_millis(ms).map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()).unwrap_or_default();
-            assert_eq!(format_time(ms), chrono, "ms={ms}");
-        }
     }
 }

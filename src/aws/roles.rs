@@ -11,10 +11,9 @@ use aws_config::BehaviorVersion;
 use aws_credential_types::Credentials;
 use tokio::sync::{Mutex, OnceCell};
 
-use crate::config::AwsOptions;
+use crate::config::{AwsOptions, CHAINED_SESSION_LIMIT};
 
 /// AWS caps a session assumed with role credentials (a chain) at one hour.
-pub const CHAINED_SESSION_LIMIT: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RoleError {
@@ -78,7 +77,7 @@ impl RoleCredentials {
     }
 
     fn slot(&self, session_name: &str, role_arn: &str) -> Slot {
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slots = crate::util::sync::lock(&self.slots);
         slots.entry((session_name.to_string(), role_arn.to_string())).or_default().clone()
     }
 

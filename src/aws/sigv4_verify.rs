@@ -97,7 +97,7 @@ pub struct SignedRequest<'a> {
 
 /// The body's SHA-256 in hex, as SigV4's canonical request carries it.
 pub fn payload_sha256(body: &[u8]) -> String {
-    crate::recording::format::hex(&sha2::Sha256::digest(body))
+    crate::util::hex::hex(&sha2::Sha256::digest(body))
 }
 
 /// Parses `X-Amz-Date` (`20261126T205342Z`).

@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 
 use super::{parse_when, DataFormat, Failure, PlayFormatArg, StoreArgs};
 use crate::config::{Config, DEFAULT_CONFIG_FILE};
-use crate::recording::signing::{load_public_key, public_key_path};
 use crate::recording::verify::{verify_with, KeyRing, Verdict};
 use crate::recording::{RecordingStore, SessionSummary};
 use crate::replay::export::{export_reporting, matching_sessions, ExportFilter};
 use crate::replay::player::{play as play_session, PlayFormat, PlayOptions};
+use crate::signing::{load_public_key, public_key_path};
 
 pub fn config_check(path: &Path) -> Result<(), Failure> {
     match Config::load(path) {
@@ -162,7 +162,7 @@ pub fn ls_refused(args: &StoreArgs, filter: LsFilter, format: DataFormat) -> Res
     }
     let mut refused: Vec<(crate::audit::RecordedEvent, Vec<u8>)> = Vec::new();
     for log in &logs {
-        let mut stream = crate::replay::events::EventStream::open(&located.store, &log.sid, false)
+        let mut stream = crate::recording::events::EventStream::open(&located.store, &log.sid, false)
             .map_err(|e| Failure { code: 1, message: format!("{}: {e}", log.sid) })?;
         stream
             .for_each_event(|line| {
@@ -307,7 +307,7 @@ pub fn play(
         eprintln!("{warning}");
     }
     match end {
-        crate::replay::events::StreamEnd::Damaged(_) => Err(Failure { code: 1, message: String::new() }),
+        crate::recording::events::StreamEnd::Damaged(_) => Err(Failure { code: 1, message: String::new() }),
         _ => Ok(()),
     }
 }

@@ -4,7 +4,8 @@ use std::io::Write;
 
 use super::inspect::{key_ring, locate, safe, time_filter};
 use super::{DataFormat, Failure, SearchArgs, StoreArgs};
-use crate::search::{SearchFilter, SearchIndex, StatementClass};
+use crate::search::{SearchFilter, SearchIndex};
+use crate::statement::StatementClass;
 
 fn filter_of(args: SearchArgs) -> Result<SearchFilter, Failure> {
     let bad = |message: String| Failure { code: 2, message };
@@ -69,7 +70,7 @@ pub fn search(store: &StoreArgs, args: SearchArgs, format: DataFormat, count: bo
     match format {
         DataFormat::Json => {
             // Whole events as `export` writes them, derived statement fields included.
-            let mut enricher = crate::replay::enrich::Enricher::new();
+            let mut enricher = crate::statement::enrich::Enricher::new();
             for hit in &outcome.hits {
                 enricher.write_line(&hit.line, &mut out)?;
             }
@@ -109,7 +110,7 @@ pub fn search(store: &StoreArgs, args: SearchArgs, format: DataFormat, count: bo
 fn write_shapes(out: &mut impl Write, hits: &[crate::search::Hit], format: DataFormat) -> std::io::Result<()> {
     let mut shapes: std::collections::HashMap<String, (u64, String)> = std::collections::HashMap::new();
     for hit in hits {
-        let Some(classified) = crate::search::classify_event(&hit.event) else { continue };
+        let Some(classified) = crate::statement::classify_event(&hit.event) else { continue };
         if classified.fingerprint.is_empty() {
             continue;
         }
@@ -138,7 +139,7 @@ fn write_shapes(out: &mut impl Write, hits: &[crate::search::Hit], format: DataF
 /// The hit's statement, or what else tells the event apart.
 fn what_of(event: &serde_json::Value) -> String {
     let field = |key: &str| event.get(key).and_then(serde_json::Value::as_str).unwrap_or_default();
-    let class = crate::search::classify_event(event).and_then(|c| c.class()).map(|c| format!("[{}] ", c.as_str())).unwrap_or_default();
+    let class = crate::statement::classify_event(event).and_then(|c| c.class()).map(|c| format!("[{}] ", c.as_str())).unwrap_or_default();
     let text = match field("event") {
         "db.session.dynamodb.request" => format!("{} {}", field("target"), event.get("body").map(|b| b.to_string()).unwrap_or_default()),
         _ if !field("db_query").is_empty() => field("db_query").to_string(),

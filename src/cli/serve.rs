@@ -8,9 +8,10 @@ use crate::config::{Config, LogFormat};
 use crate::proxy::builtin_engines;
 use crate::recording::upload::Uploader;
 use crate::server::{shutdown_signal, Server};
+use crate::tasks::BackgroundTasks;
 
 pub fn run(config_path: &Path) -> Result<(), Failure> {
-    crate::server::heap_trim::keep_thresholds_fixed();
+    crate::tasks::heap_trim::keep_thresholds_fixed();
     let config = Config::load(config_path)?;
     super::init_logging(true, config.server.log_format == LogFormat::Json);
     // Sessions run on the server's own worker threads; this runtime only accepts and signals.
@@ -20,16 +21,13 @@ pub fn run(config_path: &Path) -> Result<(), Failure> {
         let config = Arc::new(config);
         let server = Server::bind(config.clone(), &registry).await?;
         let metrics = server.recorder().metrics().clone();
-        let background = tokio_util::sync::CancellationToken::new();
-        let uploader = match &config.storage.s3 {
-            Some(s3) => {
-                let store = crate::recording::RecordingStore::new(&config.recording.dir);
-                let public_key = crate::recording::signing::public_key_path(&config.recording.signing_key);
-                let uploader = Uploader::new(s3, store, public_key, config.server.server_id.clone(), metrics.clone()).await;
-                Some(tokio::spawn(uploader.run(background.clone())))
-            }
-            None => None,
-        };
+        let mut background = BackgroundTasks::new();
+        if let Some(s3) = &config.storage.s3 {
+            let store = crate::recording::RecordingStore::new(&config.recording.dir);
+            let public_key = crate::signing::public_key_path(&config.recording.signing_key);
+            let uploader = Uploader::new(s3, store, public_key, config.server.server_id.clone(), metrics.clone()).await;
+            background.spawn_async("uploader", |cancel| uploader.run(cancel));
+        }
         if !config.server.admin_listen.is_empty() {
             let listener = tokio::net::TcpListener::bind(&config.server.admin_listen).await.map_err(|e| Failure {
                 code: 1,
@@ -43,22 +41,18 @@ pub fn run(config_path: &Path) -> Result<(), Failure> {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "admin listener: /metrics and /healthz");
             }
-            tokio::spawn(crate::server::admin::serve(listener, metrics, health, background.clone()));
+            background.spawn_async("admin", |cancel| crate::server::admin::serve(listener, metrics, health, cancel));
         }
-        let indexer = crate::search::indexer::Indexer::spawn(config.recording.dir.clone())?;
+        let index_store = crate::recording::RecordingStore::new(&config.recording.dir);
+        background.spawn_periodic("indexer", crate::search::indexer::PASS_EVERY, move || crate::search::indexer::pass(&index_store))?;
         for (name, addr) in server.local_addrs() {
             tracing::info!(database = %name, %addr, "serving");
         }
         let shutdown = shutdown_signal();
         tracing::info!("dbtape ready");
         server.run(shutdown).await;
-        // Every session is sealed now: the uploader's and the indexer's last passes take
-        // them along.
-        background.cancel();
-        let _ = tokio::task::spawn_blocking(move || indexer.stop()).await;
-        if let Some(task) = uploader {
-            let _ = task.await;
-        }
+        // Every session is sealed now: the background jobs' last passes take them along.
+        background.shutdown().await;
         Ok::<(), Failure>(())
     })
 }
@@ -76,7 +70,7 @@ pub fn upload(config_path: &Path, all: bool) -> Result<(), Failure> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
         let store = crate::recording::RecordingStore::new(&recording.dir);
-        let public_key = crate::recording::signing::public_key_path(&recording.signing_key);
+        let public_key = crate::signing::public_key_path(&recording.signing_key);
         let mut uploader = Uploader::new(&s3, store.clone(), public_key, server_id, Default::default()).await;
         if all {
             uploader.forget_uploads();

@@ -8,11 +8,11 @@ mod validate;
 use std::path::{Path, PathBuf};
 
 pub use model::{
-    AuthMethod, AwsOptions, ClientTlsConfig, ClientTlsMode, DatabaseConfig, Grant, LogFormat, RecordingSection, S3Storage, ServerSection,
-    StorageSection, UpstreamAuth, UpstreamTlsConfig, UpstreamTlsMode, UserConfig,
+    AuthMethod, AwsOptions, ClientTlsConfig, ClientTlsMode, DatabaseConfig, FsyncPolicy, Grant, LogFormat, RecordingMode, RecordingSection,
+    S3Storage, ServerSection, StorageSection, UpstreamAuth, UpstreamTlsConfig, UpstreamTlsMode, UserConfig, CHAINED_SESSION_LIMIT,
+    MAX_FRAME_TARGET_BYTES, MAX_QUERY_BYTES_LIMIT,
 };
 pub use secret::{SecretError, SecretRef};
-pub use validate::role_arn_for;
 
 /// Compiles one of `recording.redact_patterns`. Nesting is bounded well below the regex
 /// crate's default: a pattern of a thousand nested classes (fuzzing found one) otherwise

@@ -65,14 +65,6 @@ pub struct ServerSection {
 }
 
 impl ServerSection {
-    pub fn login_limits(&self) -> crate::server::LoginLimits {
-        crate::server::LoginLimits {
-            timeout: self.login_timeout,
-            max_pending: self.max_pending_logins,
-            max_pending_per_source: self.max_pending_logins_per_source,
-        }
-    }
-
     /// How many connection workers to run: by default one per CPU. A single worker saved
     /// CPU at 8 PostgreSQL clients, but it is one queue for every session: whenever the
     /// scheduler runs something else on its core, all of them wait. On a 2-core host one
@@ -144,8 +136,8 @@ impl Default for RawRecording {
 #[derive(Debug, Clone)]
 pub struct RecordingSection {
     pub dir: PathBuf,
-    pub mode: crate::recording::RecordingMode,
-    pub fsync: crate::recording::FsyncPolicy,
+    pub mode: RecordingMode,
+    pub fsync: FsyncPolicy,
     pub batch_interval: std::time::Duration,
     pub signing_key: PathBuf,
     pub frame_target_bytes: usize,
@@ -166,21 +158,28 @@ pub struct RecordingSection {
     pub trusted_keys: Vec<PathBuf>,
 }
 
-impl RecordingSection {
-    pub fn recorder_config(&self) -> crate::recording::RecorderConfig {
-        crate::recording::RecorderConfig {
-            dir: self.dir.clone(),
-            mode: self.mode,
-            fsync: self.fsync,
-            batch_interval: self.batch_interval,
-            frame_target_bytes: self.frame_target_bytes,
-            zstd_level: self.zstd_level,
-            max_query_bytes: self.max_query_bytes,
-            max_backlog_bytes: self.max_backlog_bytes,
-        }
-    }
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    Always,
+    Batch,
+    Never,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordingMode {
+    /// A recording failure ends the session.
+    Strict,
+    /// The session goes on; a `dbtape.recording.gap` event records what was lost.
+    BestEffort,
+}
+
+/// AWS caps a session assumed with role credentials (a chain) at one hour.
+pub const CHAINED_SESSION_LIMIT: std::time::Duration = std::time::Duration::from_secs(3600);
+/// The largest `frame_target_bytes` the config accepts.
+pub const MAX_FRAME_TARGET_BYTES: usize = 32 * 1024 * 1024;
+/// The largest `max_query_bytes` the config accepts: escaped as JSON (up to six bytes per
+/// byte of text), it still fits in the recorder's `MAX_EVENT_BYTES` with room for the rest of the event.
+pub const MAX_QUERY_BYTES_LIMIT: usize = 2 * 1024 * 1024;
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageSection {

@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use super::model::{AuthMethod, ClientTlsMode, DatabaseConfig, RawConfig, RecordingSection, UpstreamTlsMode, UserConfig};
 use super::secret::SecretRef;
 use super::{Config, ConfigError, ConfigIssue};
+use super::{FsyncPolicy, RecordingMode};
 use crate::audit::Protocol;
-use crate::recording::{FsyncPolicy, RecordingMode};
+use crate::util::arn::{is_role_arn, role_arn_for};
 
 struct Issues<'a> {
     file: &'a Path,
@@ -187,14 +188,14 @@ fn check_recording(raw: &RawConfig, base: &Path, issues: &mut Issues<'_>) -> Rec
             std::time::Duration::from_millis(200)
         }
     };
-    if !(4096..=crate::recording::MAX_FRAME_TARGET_BYTES).contains(&r.frame_target_bytes) {
+    if !(4096..=super::MAX_FRAME_TARGET_BYTES).contains(&r.frame_target_bytes) {
         issues.add(
             "recording.frame_target_bytes",
             format!("{} is out of range", r.frame_target_bytes),
             "use a size between 4096 and 33554432 bytes; the default is 262144",
         );
     }
-    if !(1024..=crate::recording::MAX_QUERY_BYTES_LIMIT).contains(&r.max_query_bytes) {
+    if !(1024..=super::MAX_QUERY_BYTES_LIMIT).contains(&r.max_query_bytes) {
         issues.add(
             "recording.max_query_bytes",
             format!("{} is out of range", r.max_query_bytes),
@@ -222,7 +223,7 @@ fn check_recording(raw: &RawConfig, base: &Path, issues: &mut Issues<'_>) -> Rec
     }
     for (i, key) in r.trusted_keys.iter().enumerate() {
         let path = resolve(base, key);
-        if let Err(e) = crate::recording::signing::load_public_key(&path) {
+        if let Err(e) = crate::signing::load_public_key(&path) {
             issues.add(
                 format!("recording.trusted_keys[{i}]"),
                 format!("{e}"),
@@ -300,26 +301,6 @@ fn check_dynamodb_identities(databases: &[DatabaseConfig], users: &[UserConfig],
             }
         }
     }
-}
-
-/// The IAM role a DynamoDB db_user names: an ARN as written, or a role name (or `role/path/name`)
-/// in the database's account.
-pub fn role_arn_for(db_user: &str, account_id: &str) -> Option<String> {
-    if db_user.starts_with("arn:") {
-        return is_role_arn(db_user).then(|| db_user.to_string());
-    }
-    let ok = !db_user.is_empty() && db_user.bytes().all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-/".contains(&b));
-    if !ok || account_id.is_empty() {
-        return None;
-    }
-    let resource = if db_user.starts_with("role/") { db_user.to_string() } else { format!("role/{db_user}") };
-    Some(format!("arn:aws:iam::{account_id}:{resource}"))
-}
-
-fn is_role_arn(arn: &str) -> bool {
-    let parts: Vec<&str> = arn.splitn(6, ':').collect();
-    matches!(parts.as_slice(), ["arn", partition, "iam", "", account, resource]
-        if partition.starts_with("aws") && account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit()) && resource.starts_with("role/"))
 }
 
 fn check_file(key: String, path: &mut PathBuf, base: &Path, what: &str, issues: &mut Issues<'_>) {
@@ -446,7 +427,7 @@ fn check_database(
     let duration = db.aws.session_duration;
     if duration < std::time::Duration::from_secs(900) || duration > std::time::Duration::from_secs(12 * 3600) {
         issues.add(key("aws.session_duration"), format!("{duration:?} is out of range"), "use 15m to 12h; AWS refuses other lengths");
-    } else if !db.aws.assume_role_arn.is_empty() && duration > crate::aws::roles::CHAINED_SESSION_LIMIT {
+    } else if !db.aws.assume_role_arn.is_empty() && duration > super::CHAINED_SESSION_LIMIT {
         issues.add(
             key("aws.session_duration"),
             format!("{duration:?} is longer than AWS allows a chained role session (assume_role_arn is set)"),

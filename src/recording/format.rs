@@ -207,32 +207,6 @@ pub fn encode_frame(spec: &FrameSpec<'_>, prev_chain: &[u8; 32], out: &mut Vec<u
     header.chain
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        out.extend(hex_byte(b).map(char::from));
-    }
-    out
-}
-
-/// One byte's two lower-case hex digits.
-pub fn hex_byte(b: u8) -> [u8; 2] {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 0xf)]]
-}
-
-/// Exactly `N` bytes written as hex digits (either case); None for anything else.
-pub fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
-    if text.len() != 2 * N {
-        return None;
-    }
-    let mut out = [0u8; N];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
 /// What frame 0 holds.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct SessionHeader {
@@ -266,18 +240,18 @@ impl SessionHeader {
             out.push(b'\n');
             return;
         }
-        let derived = self.uid_seed().zip(leading_ei(line)).map(|(seed, ei)| crate::audit::derived_uid(&seed, ei));
+        let derived = self.uid_seed().zip(leading_ei(line)).map(|(seed, ei)| crate::recording::compact::derived_uid(&seed, ei));
         match (derived, line.split_last()) {
             (Some(uid), Some((b'}', body))) => {
                 out.extend_from_slice(body);
-                crate::audit::write_uid_field(uid, out);
+                crate::recording::compact::write_uid_field(uid, out);
                 if !self.fixed.is_empty() {
                     out.push(b',');
                     out.extend_from_slice(self.fixed.as_bytes());
                 }
                 out.push(b'}');
             }
-            _ => crate::audit::splice_fixed_fields(line, self.fixed.as_bytes(), out),
+            _ => crate::recording::compact::splice_fixed_fields(line, self.fixed.as_bytes(), out),
         }
         out.push(b'\n');
     }
@@ -286,7 +260,7 @@ impl SessionHeader {
         if self.uid_seed.is_empty() {
             return None;
         }
-        unhex(&self.uid_seed)
+        crate::util::hex::unhex(&self.uid_seed)
     }
 }
 

@@ -1,17 +1,20 @@
 //! Recording log: format, writer, reader, store, signing, verification and crash recovery.
-//! Protocols never touch this module directly; they go through `audit::AuditPort`.
+//! Protocols reach it only through `AuditPort`, the per-session port they hand events to.
 
+pub mod compact;
 pub mod disk;
+pub mod events;
 pub mod format;
+mod port;
 pub mod reader;
 pub mod recover;
 pub mod scan;
-pub mod signing;
 pub mod store;
 pub mod upload;
 pub mod verify;
 pub mod writer;
 
+pub use port::{AuditError, AuditPort};
 pub use reader::{FrameReader, Next, ReadError, Tail};
 pub use store::{validate_session_id, RecordingState, RecordingStore, SessionSummary, StoreError};
 pub use writer::{

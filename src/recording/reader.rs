@@ -205,12 +205,12 @@ pub struct Position {
 
 mod hex_chain {
     pub fn serialize<S: serde::Serializer>(chain: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&crate::recording::format::hex(chain))
+        s.serialize_str(&crate::util::hex::hex(chain))
     }
 
     pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
         let text: String = serde::Deserialize::deserialize(d)?;
-        crate::recording::format::unhex(&text).ok_or_else(|| serde::de::Error::custom("a chain is 32 bytes in hex"))
+        crate::util::hex::unhex(&text).ok_or_else(|| serde::de::Error::custom("a chain is 32 bytes in hex"))
     }
 }
 

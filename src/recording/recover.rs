@@ -2,8 +2,8 @@
 //! prefix is signed as `recovered`. The file itself is never modified or deleted.
 
 use super::scan::{scan_recording, ScanEnd};
-use super::signing::{ManifestBody, Signer};
 use super::store::{RecordingState, RecordingStore, SessionSummary, StoreError};
+use crate::signing::{ManifestBody, Signer};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecoveryOutcome {
@@ -93,10 +93,10 @@ fn rebuild_end_event(path: &std::path::Path, sid: &str) -> Option<serde_json::Va
     use serde_json::{Map, Value};
     let mut start: Option<Map<String, Value>> = None;
     let mut last: Option<Vec<u8>> = None;
-    let mut stream = crate::replay::events::EventStream::open_path(path, sid).ok()?;
+    let mut stream = crate::recording::events::EventStream::open_path(path, sid).ok()?;
     stream
         .for_each_event(|line| {
-            if start.is_none() && crate::replay::events::peek_event_type(line).as_deref() == Some("db.session.start") {
+            if start.is_none() && crate::recording::events::peek_event_type(line).as_deref() == Some("db.session.start") {
                 start = serde_json::from_slice(line).ok();
             }
             last = Some(line.to_vec());

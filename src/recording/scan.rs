@@ -9,8 +9,9 @@ use std::path::Path;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::format::{hex, FrameKind, SessionHeader, Trailer};
+use super::format::{FrameKind, SessionHeader, Trailer};
 use super::reader::{event_lines, FrameReader, Next, ReadError, Tail};
+use crate::util::hex::hex;
 
 /// Counts every byte that passes, so the whole file is hashed in the same pass.
 struct HashingReader<R> {

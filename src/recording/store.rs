@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::signing::Manifest;
+use crate::signing::Manifest;
 
 pub const RECORDING_EXT: &str = "dbt";
 pub const META_SUFFIX: &str = ".meta.json";

@@ -70,7 +70,7 @@ impl KeyRing {
     }
 
     pub fn find(&self, key_id: &str) -> Option<&KnownKey> {
-        self.keys.iter().find(|k| super::signing::key_id(&k.key) == key_id)
+        self.keys.iter().find(|k| crate::signing::key_id(&k.key) == key_id)
     }
 }
 
@@ -174,7 +174,7 @@ pub fn verify_with(store: &RecordingStore, sid: &str, keys: &KeyRing) -> VerifyR
 
 /// Why a manifest's signature is not one this review accepts: no key, a bad signature, or
 /// a key found only where anyone could have published it. None when it is.
-fn signature_problem(manifest: &super::signing::Manifest, keys: &KeyRing) -> Option<String> {
+fn signature_problem(manifest: &crate::signing::Manifest, keys: &KeyRing) -> Option<String> {
     let key_id = &manifest.body.key_id;
     match keys.find(key_id) {
         Some(known) => match manifest.verify(&known.key) {
@@ -204,7 +204,7 @@ pub fn check_signed_file(store: &RecordingStore, sid: &str, keys: &KeyRing) -> R
     let mut file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut hasher = sha2::Sha256::new();
     let size = std::io::copy(&mut file, &mut hasher).map_err(|e| format!("{}: {e}", path.display()))?;
-    if size != manifest.body.size || super::format::hex(&hasher.finalize()) != manifest.body.sha256 {
+    if size != manifest.body.size || crate::util::hex::hex(&hasher.finalize()) != manifest.body.sha256 {
         return Err("the file is not the one the manifest signed".into());
     }
     Ok(())

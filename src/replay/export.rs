@@ -3,9 +3,9 @@
 
 use std::io::Write;
 
-use super::enrich::Enricher;
-use super::events::{peek_event_type, peek_time_ms, EventStream, StreamEnd};
+use crate::recording::events::{peek_event_type, peek_time_ms, EventStream, StreamEnd};
 use crate::recording::{RecordingStore, SessionSummary};
+use crate::statement::enrich::Enricher;
 
 #[derive(Debug, Clone, Default)]
 pub struct ExportFilter {

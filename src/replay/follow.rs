@@ -15,12 +15,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::enrich::Enricher;
-use super::events::{peek_ei, peek_time_ms, EventStream, StreamEnd};
 use super::export::{matching_sessions, ExportFilter};
+use crate::recording::events::{peek_ei, peek_time_ms, EventStream, StreamEnd};
 use crate::recording::reader::{event_lines, Position};
 use crate::recording::store::write_atomic;
 use crate::recording::RecordingStore;
+use crate::statement::enrich::Enricher;
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Cursor {

@@ -5,9 +5,9 @@ use std::io::{IsTerminal, Write};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use super::events::{EventStream, StreamEnd};
 use super::render::renderer_for;
 use crate::audit::RecordedEvent;
+use crate::recording::events::{EventStream, StreamEnd};
 use crate::recording::RecordingStore;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

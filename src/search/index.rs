@@ -14,9 +14,9 @@ use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
 use tantivy::schema::{Field, IndexRecordOption, Schema};
 use tantivy::{doc, Index, IndexWriter, TantivyDocument, Term};
 
-use super::classify::classify_event;
+use crate::recording::events::EventStream;
 use crate::recording::RecordingStore;
-use crate::replay::events::EventStream;
+use crate::statement::classify::classify_event;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -79,7 +79,7 @@ fn schema() -> (Schema, Fields) {
         table: b.add_text_field("table", keyword()),
         fingerprint: b.add_text_field("fingerprint", keyword()),
         // Words split on punctuation and lower-cased, without positions or long numbers
-        // (`query::indexed_text`): phrases and numbers are checked on read-back.
+        // (`fields::indexed_text`): phrases and numbers are checked on read-back.
         text: b.add_text_field(
             "text",
             TextOptions::default().set_indexing_options(
@@ -280,7 +280,7 @@ impl SearchIndex {
                 // A successful result holds nothing a question asks about that its query does
                 // not (the rows it touched are in `play` and `export`): leaving these out
                 // halves the index. Failed results are kept for --failed.
-                if event.get("event").and_then(Value::as_str) == Some("db.session.result") && !super::query::is_failure(&event) {
+                if event.get("event").and_then(Value::as_str) == Some("db.session.result") && !super::fields::is_failure(&event) {
                     return Ok(true);
                 }
                 if let Err(e) = writer.add_document(self.event_document(sid, &event)) {
@@ -303,7 +303,7 @@ impl SearchIndex {
             f.ei => event.get("ei").and_then(Value::as_u64).unwrap_or_default(),
             // Seconds: the column compresses to a third of milliseconds, and the read-back
             // applies the exact time filter and order.
-            f.time => super::query::event_time_ms(event).unwrap_or_default().div_euclid(1000),
+            f.time => super::fields::event_time_ms(event).unwrap_or_default().div_euclid(1000),
             f.user => text_of("user"),
             f.db => text_of("db_service"),
             f.db_user => text_of("db_user"),
@@ -312,7 +312,7 @@ impl SearchIndex {
             f.event => text_of("event"),
             f.code => text_of("code"),
         );
-        if super::query::is_failure(event) {
+        if super::fields::is_failure(event) {
             doc.add_text(f.failed, "1");
         }
         if let Some(classified) = classify_event(event) {
@@ -326,7 +326,7 @@ impl SearchIndex {
                 doc.add_text(f.fingerprint, &classified.fingerprint);
             }
         }
-        let text = super::query::indexed_text(event);
+        let text = super::fields::indexed_text(event);
         if !text.is_empty() {
             doc.add_text(f.text, &text);
         }

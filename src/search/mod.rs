@@ -1,12 +1,11 @@
-//! Compliance review across recordings: statement classes, a search index that only points
+//! Compliance review across recordings: a search index that only points
 //! at events, and searches whose every hit is read back from its signed recording.
 
-pub mod classify;
+pub mod fields;
 pub mod index;
 pub mod indexer;
 pub mod query;
 pub mod report;
 
-pub use classify::{classify_event, Classified, StatementClass};
 pub use index::{index_dir, IndexError, SearchIndex};
 pub use query::{search, Hit, SearchFilter, SearchOutcome};

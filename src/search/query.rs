@@ -10,11 +10,12 @@ use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery, TermQuery};
 use tantivy::schema::{Field, IndexRecordOption};
 use tantivy::Term;
 
-use super::classify::{classify_event, StatementClass};
+use super::fields::{event_time_ms, is_failure, is_indexed_word, searchable_text, words};
 use super::index::{IndexError, SearchIndex};
+use crate::recording::events::{peek_ei, EventStream};
 use crate::recording::verify::{check_signed_file, KeyRing};
 use crate::recording::RecordingStore;
-use crate::replay::events::{peek_ei, EventStream};
+use crate::statement::classify::{classify_event, StatementClass};
 
 /// Filters that combine (all must hold).
 #[derive(Debug, Clone, Default)]
@@ -57,67 +58,6 @@ pub struct SearchOutcome {
     pub hits: Vec<Hit>,
     /// Why index entries were dropped, or whole recordings skipped.
     pub warnings: Vec<String>,
-}
-
-pub fn event_time_ms(event: &Value) -> Option<i64> {
-    let time = event.get("time")?.as_str()?;
-    chrono::DateTime::parse_from_rfc3339(time).ok().map(|t| t.timestamp_millis())
-}
-
-/// Whether an event records something that went wrong: a refused login, a failed query, a
-/// result with an error, a request AWS or dbtape failed.
-pub fn is_failure(event: &Value) -> bool {
-    let code = event.get("code").and_then(Value::as_str).unwrap_or_default();
-    code.ends_with('W')
-        || code.ends_with('E')
-        || event.get("success") == Some(&Value::Bool(false))
-        || event.get("error").and_then(Value::as_str).is_some_and(|e| !e.is_empty())
-}
-
-/// The text free-text search looks in: the statement, the request, and any error.
-pub fn searchable_text(event: &Value) -> String {
-    let mut text = String::new();
-    // A result's `message` is the server's command tag ("UPDATE 1"): the statement it
-    // answers already holds those words, so only errors are searched there.
-    let keys: &[&str] = if event.get("event").and_then(Value::as_str) == Some("db.session.result") {
-        &["error"]
-    } else {
-        &["db_query", "target", "error", "message"]
-    };
-    for key in keys {
-        if let Some(part) = event.get(key).and_then(Value::as_str) {
-            text.push_str(part);
-            text.push('\n');
-        }
-    }
-    if let Some(body) = event.get("body").filter(|b| !b.is_null()) {
-        text.push_str(&body.to_string());
-    }
-    text
-}
-
-/// Numbers of this many digits or more (ids, amounts, timestamps) are not indexed: nearly
-/// every one is a term of its own, and together they made most of the index. A search for
-/// one still finds it, on read-back.
-const LONG_NUMBER_DIGITS: usize = 4;
-
-/// Words of SQL's syntax that nearly every statement holds and nobody searches for alone.
-/// Statement verbs (select, insert, drop, grant…) stay indexed.
-const NOISE_WORDS: &[&str] =
-    &["from", "where", "and", "or", "set", "into", "values", "as", "on", "is", "not", "null", "by", "the", "limit"];
-
-pub(super) fn is_indexed_word(word: &str) -> bool {
-    (word.len() < LONG_NUMBER_DIGITS || !word.bytes().all(|b| b.is_ascii_digit())) && !NOISE_WORDS.contains(&word)
-}
-
-/// The words of an event's searchable text that the index holds, space-separated.
-pub(super) fn indexed_text(event: &Value) -> String {
-    words(&searchable_text(event)).into_iter().filter(|w| is_indexed_word(w)).collect::<Vec<_>>().join(" ")
-}
-
-/// Lower-cased words, split as the index's default tokenizer splits them.
-fn words(text: &str) -> Vec<String> {
-    text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect()
 }
 
 /// `--text` split into phrases: a quoted run is one phrase, every other word its own.

@@ -7,11 +7,11 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::classify::{classify_event, StatementClass};
-use super::query::{event_time_ms, is_failure};
+use super::fields::{event_time_ms, is_failure};
+use crate::recording::events::EventStream;
 use crate::recording::RecordingStore;
-use crate::replay::events::EventStream;
 use crate::replay::export::{matching_sessions, ExportFilter};
+use crate::statement::classify::{classify_event, StatementClass};
 
 /// Privileged statements kept per user and database; the count says how many there were.
 const PRIVILEGED_KEPT: usize = 50;

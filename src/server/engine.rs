@@ -9,8 +9,9 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::{AuditPort, ConnectionMeta, DatabaseMeta, Protocol, ServerMeta, SessionContext, UserMeta};
+use crate::audit::{ConnectionMeta, DatabaseMeta, Protocol, ServerMeta, SessionContext, UserMeta};
 use crate::config::{Config, DatabaseConfig};
+use crate::recording::AuditPort;
 use crate::recording::{Recorder, RecordingError};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

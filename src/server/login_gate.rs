@@ -5,6 +5,7 @@
 //! the proxy's descriptors and memory forever. Each listener admits only so many at once,
 //! and so many from one source address, and each must finish its login by a deadline.
 
+use crate::util::sync::lock;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,6 +19,16 @@ pub struct LoginLimits {
     pub timeout: Duration,
     pub max_pending: usize,
     pub max_pending_per_source: usize,
+}
+
+impl LoginLimits {
+    pub fn from_config(server: &crate::config::ServerSection) -> Self {
+        LoginLimits {
+            timeout: server.login_timeout,
+            max_pending: server.max_pending_logins,
+            max_pending_per_source: server.max_pending_logins_per_source,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -39,10 +50,6 @@ pub enum GateRefusal {
     SourceFull,
     /// The source failed too many logins this minute.
     ShutOut,
-}
-
-fn lock(m: &Mutex<Counts>) -> std::sync::MutexGuard<'_, Counts> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl LoginGate {

@@ -3,7 +3,6 @@
 
 pub mod admin;
 mod engine;
-pub mod heap_trim;
 mod login_gate;
 pub mod refusals;
 mod workers;
@@ -23,8 +22,8 @@ pub use workers::WorkerPool;
 use crate::audit::Protocol;
 use crate::config::{Config, DatabaseConfig};
 use crate::recording::recover::{recover_unsealed, RecoveryOutcome};
-use crate::recording::signing::Signer;
 use crate::recording::{Recorder, StoreError};
+use crate::signing::Signer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -33,7 +32,7 @@ pub enum ServerError {
     #[error("recording store: {0}")]
     Store(#[from] StoreError),
     #[error("recording signing key: {0}")]
-    Signing(#[from] crate::recording::signing::SigningError),
+    Signing(#[from] crate::signing::SigningError),
     #[error("cannot start connection worker threads: {0}")]
     Workers(std::io::Error),
 }
@@ -59,7 +58,7 @@ impl Server {
     /// database that has an engine. Bind errors surface here, before anything is accepted.
     pub async fn bind(config: Arc<Config>, registry: &EngineRegistry) -> Result<Server, ServerError> {
         let signer = Arc::new(Signer::load_or_generate(&config.recording.signing_key)?);
-        let recorder_config = config.recording.recorder_config();
+        let recorder_config = crate::recording::RecorderConfig::from(&config.recording);
         let store = crate::recording::RecordingStore::new(recorder_config.dir.clone());
         store.ensure_dir()?;
         for outcome in recover_unsealed(&store, &signer)? {
@@ -95,7 +94,7 @@ impl Server {
                 shutdown.clone(),
                 login_secret,
             ));
-            listeners.push(BoundListener { listener, context, engine, gate: LoginGate::new(config.server.login_limits()) });
+            listeners.push(BoundListener { listener, context, engine, gate: LoginGate::new(LoginLimits::from_config(&config.server)) });
         }
         let workers = Arc::new(WorkerPool::start(config.server.worker_count()).map_err(ServerError::Workers)?);
         tracing::debug!(workers = workers.len(), "connection workers started");
@@ -115,7 +114,7 @@ impl Server {
     /// seals every recording still open.
     pub async fn run(self, stop: impl std::future::Future<Output = ()>) {
         let tracker = TaskTracker::new();
-        let trimmer = tokio::spawn(heap_trim::trim_when_quiet(self.workers.churn()));
+        let trimmer = tokio::spawn(crate::tasks::heap_trim::trim_when_quiet(self.workers.churn()));
         for bound in self.listeners {
             let tracker_inner = tracker.clone();
             let shutdown = self.shutdown.clone();

@@ -7,6 +7,7 @@
 //! A source address that keeps failing is then shut out for the rest of the minute: its new
 //! connections are closed at accept, and one event says so.
 
+use crate::util::sync::lock;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -19,10 +20,6 @@ use crate::recording::{Recorder, SessionLog};
 const WINDOW: Duration = Duration::from_secs(60);
 /// Source addresses tracked at once, per listener.
 const MAX_TRACKED: usize = 100_000;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// Failed logins per source address in the current window.
 pub struct FailedLogins {

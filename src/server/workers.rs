@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
-use super::heap_trim::Churn;
+use crate::tasks::heap_trim::Churn;
 
 struct Worker {
     handle: Handle,

@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use dbtape::audit::{ConnectionMeta, DatabaseMeta, Protocol, ServerMeta, SessionContext, UserMeta};
-use dbtape::recording::signing::{public_key_path, Signer};
+use dbtape::recording::events::{EventStream, StreamEnd};
 use dbtape::recording::{Recorder, RecorderConfig, RecordingStore};
-use dbtape::replay::events::{EventStream, StreamEnd};
+use dbtape::signing::{public_key_path, Signer};
 
 pub fn context(protocol: Protocol) -> SessionContext {
     SessionContext {
@@ -56,7 +56,7 @@ impl TestRecorder {
     }
 
     pub fn public_key(&self) -> ed25519_dalek::VerifyingKey {
-        dbtape::recording::signing::load_public_key(&public_key_path(&self.key_path)).unwrap()
+        dbtape::signing::load_public_key(&public_key_path(&self.key_path)).unwrap()
     }
 }
 

@@ -226,7 +226,8 @@ fn time(out: &mut Vec<u8>, t: &TimeMs) {
 mod tests {
     use super::super::*;
     use super::needs_escape;
-    use crate::audit::Protocol;
+    use crate::audit::{ConnectionMeta, DatabaseMeta, Protocol, ServerMeta, UserMeta};
+    use crate::recording::compact::splice_fixed_fields;
 
     /// Text that exercises every escaping rule, in the middle of a long block and at the tail.
     const AWKWARD: &str = "SELECT 'a \"quoted\" \\ back' AS x, e'\\t' -- tab\there\nnew line \u{1} \u{1f} \u{7f} é 漢 😀 and a long enough tail to fill blocks";
@@ -369,7 +370,7 @@ mod tests {
                         let header: crate::recording::format::SessionHeader = serde_json::from_value(serde_json::json!({
                             "format": 3, "sid": "s", "created": "", "user": "", "db_service": "", "db_protocol": "", "db_uri": "",
                             "db_name": "", "db_user": "", "remote_addr": "",
-                            "fixed": String::from_utf8_lossy(&fixed), "uid_seed": crate::recording::format::hex(&seed),
+                            "fixed": String::from_utf8_lossy(&fixed), "uid_seed": crate::util::hex::hex(&seed),
                         }))
                         .unwrap_or_else(|e| panic!("{e}"));
                         let mut stored = Vec::new();
@@ -377,7 +378,7 @@ mod tests {
                         assert!(!String::from_utf8_lossy(&stored).contains("\"uid\""));
                         let mut whole = Vec::new();
                         header.expand_line(&stored, true, &mut whole);
-                        let derived = crate::audit::derived_uid(&seed, event.index);
+                        let derived = crate::recording::compact::derived_uid(&seed, event.index);
                         let with_derived = AuditEvent { uid: derived, ..event };
                         let expected: serde_json::Value = serde_json::to_value(with_derived).unwrap_or_default();
                         let got: serde_json::Value = serde_json::from_slice(&whole).unwrap_or_default();

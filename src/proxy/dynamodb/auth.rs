@@ -140,7 +140,7 @@ fn choose_role(user: &crate::config::UserConfig, database: &crate::config::Datab
             }
         },
     };
-    let role_arn = crate::config::role_arn_for(chosen, &database.aws.account_id)
+    let role_arn = crate::util::arn::role_arn_for(chosen, &database.aws.account_id)
         .ok_or_else(|| format!("db_user {chosen:?} names no IAM role (set aws.account_id or write the role's ARN)"))?;
     Ok(Who { user: user.name.clone(), db_user: chosen.to_string(), role_arn })
 }

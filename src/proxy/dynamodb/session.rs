@@ -21,8 +21,9 @@ use super::summary::summarize;
 use super::tee::Tee;
 use super::upstream::{resign, Line};
 use super::DbState;
-use crate::audit::{now_ms, AuditPort, EventBody, JsonBody, Status, Truncation};
+use crate::audit::{now_ms, EventBody, JsonBody, Status, Truncation};
 use crate::aws::sigv4_verify::payload_sha256;
+use crate::recording::AuditPort;
 use crate::server::{ConnectionInfo, ListenerContext, SessionIdentity};
 
 pub type ResponseBody = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -184,7 +185,7 @@ fn header<'a>(parts: &'a http::request::Parts, name: &str) -> &'a str {
 }
 
 async fn forward(conn: &Conn, parts: http::request::Parts, body: Bytes, payload_sha256: &str, who: Who) -> Response<ResponseBody> {
-    let audit_failed = || error(ErrorKind::InternalServerError, crate::audit::AuditError::client_message_text());
+    let audit_failed = || error(ErrorKind::InternalServerError, crate::recording::AuditError::client_message_text());
     let mut inner = conn.inner.lock().await;
     wait_for_result(&mut inner).await;
     if conn.stopped.load(Ordering::Acquire) {
@@ -226,7 +227,7 @@ async fn forward(conn: &Conn, parts: http::request::Parts, body: Bytes, payload_
             };
             if recorded.await.is_err() {
                 stopped.store(true, Ordering::Release);
-                return error(ErrorKind::InternalServerError, crate::audit::AuditError::client_message_text());
+                return error(ErrorKind::InternalServerError, crate::recording::AuditError::client_message_text());
             }
             error(kind, &client_message)
         }
@@ -351,7 +352,7 @@ async fn session_for(conn: &Conn, inner: &mut Inner, who: &Who, user_agent: &str
     if let Err(e) = port.session_started(None).await {
         tracing::error!(error = %e, "cannot record the start of a DynamoDB session");
         port.seal().await;
-        return Err(crate::audit::AuditError::client_message_text().to_string());
+        return Err(crate::recording::AuditError::client_message_text().to_string());
     }
     let port = Arc::new(port);
     inner.session = Some(Open { port: port.clone(), user: who.user.clone(), role_arn: who.role_arn.clone(), credentials: None });

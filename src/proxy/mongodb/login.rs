@@ -13,11 +13,11 @@ use super::commands::{self, error_reply, is_hello, is_login_command, AUTHENTICAT
 use super::upstream::{aws_login, command, scram_login, UpstreamError};
 use super::wire::{read_message, Compressor, Message, WireError};
 use super::DbState;
-use crate::audit::AuditPort;
 use crate::auth::scram::{client_first_user, ScramError, ServerExchange, Verifier};
 use crate::auth::{authorize, split_login, user_by_cn, user_by_name};
 use crate::config::{AuthMethod, UserConfig};
 use crate::proxy::stream::Stream;
+use crate::recording::AuditPort;
 use crate::server::{ConnectionInfo, ListenerContext, SessionIdentity};
 
 /// Messages before login are handshakes and SASL steps: small (a hello's client metadata is
@@ -343,7 +343,7 @@ impl<'a> Login<'a> {
             db_user: db_user.clone(),
             db_name,
             user_agent: self.agent(),
-            aws_role_arn: if ctx.database().auth.method == AuthMethod::AwsIam && is_role_arn(&db_user) {
+            aws_role_arn: if ctx.database().auth.method == AuthMethod::AwsIam && crate::util::arn::is_role_arn(&db_user) {
                 db_user.clone()
             } else {
                 String::new()
@@ -483,7 +483,7 @@ impl<'a> MonitorSlot<'a> {
     fn take(login: &'a Login<'_>) -> Option<MonitorSlot<'a>> {
         let server = &login.ctx.config().server;
         let source = login.info.peer.ip();
-        let mut monitors = login.state.monitors.lock().unwrap_or_else(|p| p.into_inner());
+        let mut monitors = crate::util::sync::lock(&login.state.monitors);
         let total: usize = monitors.values().sum();
         let from_source = monitors.get(&source).copied().unwrap_or(0);
         if total >= server.max_pending_logins || from_source >= server.max_pending_logins_per_source {
@@ -497,7 +497,7 @@ impl<'a> MonitorSlot<'a> {
 
 impl Drop for MonitorSlot<'_> {
     fn drop(&mut self) {
-        let mut monitors = self.state.monitors.lock().unwrap_or_else(|p| p.into_inner());
+        let mut monitors = crate::util::sync::lock(&self.state.monitors);
         if let Some(n) = monitors.get_mut(&self.source) {
             *n -= 1;
             if *n == 0 {
@@ -513,7 +513,7 @@ impl DbState {
     async fn aws_credentials(&self, ctx: &ListenerContext, db_user: &str) -> Result<aws_credential_types::Credentials, String> {
         let aws = &ctx.database().aws;
         let base = self.aws_credentials.get(aws).await.map_err(|e| e.to_string())?;
-        if !is_role_arn(db_user) {
+        if !crate::util::arn::is_role_arn(db_user) {
             return base.get().await.map_err(|e| e.to_string());
         }
         let source = {
@@ -529,9 +529,4 @@ impl DbState {
         };
         source.get().await.map_err(|e| e.to_string())
     }
-}
-
-/// `arn:aws:iam::<account>:role/<name>`, as DocumentDB names IAM-authenticated users.
-fn is_role_arn(name: &str) -> bool {
-    name.starts_with("arn:aws") && name.split(':').nth(2) == Some("iam") && name.split(':').nth(5).is_some_and(|r| r.starts_with("role/"))
 }

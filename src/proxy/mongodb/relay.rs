@@ -8,8 +8,9 @@ use super::commands::{self, error_reply, is_hello, is_login_command, summarize_r
 use super::login::{reply_for_unparsed, Established};
 use super::render::{render_op_msg, render_op_query, Capture};
 use super::wire::{frame, frame_maybe_compressed, op_msg_body, read_message, Message, OpMsg, WireError, OP_MSG};
-use crate::audit::{AuditError, AuditPort, EventBody, Status};
+use crate::audit::{EventBody, Status};
 use crate::proxy::stream::Stream;
+use crate::recording::{AuditError, AuditPort};
 use crate::server::ListenerContext;
 
 /// Commands that read no data and that drivers send on their own (handshake, heartbeat,

@@ -56,7 +56,7 @@ impl Capture {
         let note = self.overflow.map(|(hasher, bytes)| Truncation {
             field: field.to_string(),
             bytes,
-            sha256: crate::recording::format::hex(&hasher.finalize()),
+            sha256: crate::util::hex::hex(&hasher.finalize()),
         });
         (self.text, note)
     }
@@ -241,7 +241,7 @@ fn value(v: RawBsonRef<'_>, out: &mut Capture, depth: usize) {
                 Err(_) => out.push(&b64.encode(b.bytes)),
             }
             out.push("\",\"subType\":\"");
-            out.push(std::str::from_utf8(&crate::recording::format::hex_byte(u8::from(b.subtype))).unwrap_or_default());
+            out.push(std::str::from_utf8(&crate::util::hex::hex_byte(u8::from(b.subtype))).unwrap_or_default());
             out.push("\"}}");
         }
         RawBsonRef::Undefined => out.push("{\"$undefined\":true}"),
@@ -358,6 +358,6 @@ mod tests {
         assert_eq!(text, "0123456789");
         let note = note.unwrap();
         assert_eq!(note.bytes, 16);
-        assert_eq!(note.sha256, crate::recording::format::hex(&Sha256::digest(b"0123456789abcdef")));
+        assert_eq!(note.sha256, crate::util::hex::hex(&Sha256::digest(b"0123456789abcdef")));
     }
 }

@@ -43,7 +43,7 @@ pub fn messages(data: &[u8]) {
             break;
         }
     }
-    crate::audit::fuzz_check_events(events, 256);
+    crate::recording::compact::fuzz_check_events(events, 256);
     // The same bytes as a startup-phase packet.
     thread_local! {
         static RUNTIME: Option<tokio::runtime::Runtime> = tokio::runtime::Builder::new_current_thread().build().ok();

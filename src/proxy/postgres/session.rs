@@ -1,6 +1,7 @@
 //! One client connection from first byte to last: TLS negotiation, identity, authorization,
 //! upstream login, then the audited relay.
 
+use crate::util::sync::lock;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -14,12 +15,13 @@ use super::messages::{client_captures, client_event, server_captures, server_res
 use super::pairing::Pairing;
 use super::redact::{Redactor, SessionSecrets};
 use super::upstream::{UpstreamError, UpstreamTarget};
-use crate::audit::{AuditPort, EventBody, Status};
+use crate::audit::{EventBody, Status};
 use crate::auth::scram::{ServerExchange, Verifier};
 use crate::auth::{authorize, split_login, user_by_cn, user_by_name};
 use crate::config::{AuthMethod, ClientTlsMode};
 use crate::proxy::chunk_reader::ChunkReader;
 use crate::proxy::stream::Stream;
+use crate::recording::AuditPort;
 use crate::server::{Connection, ConnectionInfo, ListenerContext, SessionIdentity};
 
 /// Per-database state built once at start-up.
@@ -55,9 +57,6 @@ pub type CancelMap = Arc<Mutex<HashMap<(i32, Vec<u8>), CancelTarget>>>;
 
 /// Bound on captured client messages (queries, binds): bigger ones are refused as malformed.
 const MAX_CAPTURED: usize = 64 * 1024 * 1024;
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 fn random_bytes(n: usize) -> Vec<u8> {
     let mut out = vec![0u8; n];
@@ -397,7 +396,7 @@ enum Stop {
     UpstreamClosed,
     ClientMalformed(String, Vec<u8>),
     UpstreamMalformed(String, Vec<u8>),
-    Audit(crate::audit::AuditError),
+    Audit(crate::recording::AuditError),
     Io,
     /// The proxy is shutting down.
     Shutdown,

@@ -11,6 +11,7 @@ use super::messages::error_text;
 use crate::auth::scram::ClientExchange;
 use crate::proxy::net::{connect_tcp, tls_connect};
 use crate::proxy::stream::Stream;
+use crate::util::hex::hex;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -163,8 +164,4 @@ impl UpstreamTarget {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut sink)).await;
         Ok(())
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    crate::recording::format::hex(bytes)
 }

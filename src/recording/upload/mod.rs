@@ -10,6 +10,7 @@ mod multipart;
 pub mod remote;
 mod sweeper;
 
+use crate::util::sync::lock;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -70,10 +71,6 @@ pub struct Uploader {
     progress: Option<indicatif::ProgressBar>,
 }
 
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 pub fn marker_path(store: &RecordingStore, sid: &str) -> PathBuf {
     store.dir().join(format!("{sid}.uploaded.json"))
 }
@@ -96,7 +93,7 @@ pub fn public_key_key(prefix: &str, server_id: &str, key_id: &str) -> String {
 }
 
 fn md5_hex(bytes: &[u8]) -> String {
-    super::format::hex(&Md5::digest(bytes))
+    crate::util::hex::hex(&Md5::digest(bytes))
 }
 
 fn md5_b64(bytes: &[u8]) -> String {
@@ -278,8 +275,8 @@ impl Uploader {
 
     async fn publish_public_key(&self) -> Result<(), UploadError> {
         let bytes = std::fs::read(&self.public_key).map_err(|source| StoreError::Io { path: self.public_key.clone(), source })?;
-        let key_id = super::signing::load_public_key(&self.public_key)
-            .map(|k| super::signing::key_id(&k))
+        let key_id = crate::signing::load_public_key(&self.public_key)
+            .map(|k| crate::signing::key_id(&k))
             .map_err(|e| StoreError::Parse { path: self.public_key.clone(), reason: e.to_string() })?;
         let key = public_key_key(&self.settings.prefix, &self.server_id, &key_id);
         self.put(&key, bytes, "application/octet-stream").await.map(|_| ())

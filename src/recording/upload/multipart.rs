@@ -199,7 +199,7 @@ pub(super) fn multipart_etag<'a>(part_md5s: impl Iterator<Item = &'a str>) -> St
     let mut concatenated = Vec::new();
     let mut count = 0;
     for md5 in part_md5s {
-        concatenated.extend(crate::recording::format::unhex::<16>(md5).into_iter().flatten());
+        concatenated.extend(crate::util::hex::unhex::<16>(md5).into_iter().flatten());
         count += 1;
     }
     format!("{}-{count}", md5_hex(&concatenated))

@@ -32,7 +32,7 @@ pub(super) fn push_event(inner: &mut Inner, session: &SessionState, body: &Event
     let write = |pending: &mut Vec<u8>, body: &EventBody, notes: Option<&EventNotes>| {
         // A compact line leaves the uid out for readers to derive; a whole one carries the
         // same derived uid.
-        let uid = if full { crate::audit::derived_uid(&session.uid_seed, ei) } else { uuid::Uuid::nil() };
+        let uid = if full { crate::recording::compact::derived_uid(&session.uid_seed, ei) } else { uuid::Uuid::nil() };
         let event = AuditEvent { index: ei, uid, time_ms, context: &session.ctx, body, notes };
         if full {
             event.write_json(pending);

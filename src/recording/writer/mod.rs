@@ -23,29 +23,16 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use super::format::{encode_frame, FrameKind, FrameSpec, SessionHeader, FILE_MAGIC};
-use super::signing::Signer;
 use super::store::{RecordingState, RecordingStore, StoreError};
 use crate::audit::{EventBody, EventNotes, SessionContext};
+use crate::signing::Signer;
+use crate::util::sync::lock;
 use buffer::{note_loss, push_event, take_frame};
 use seal::summary_of;
-use state::{lock, Backlog, Control, FileIo, Inner, SessionState, Shared, Stats};
-pub(crate) use thread::lower_this_threads_priority;
+use state::{Backlog, Control, FileIo, Inner, SessionState, Shared, Stats};
 use thread::writer_loop;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FsyncPolicy {
-    Always,
-    Batch,
-    Never,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RecordingMode {
-    /// A recording failure ends the session.
-    Strict,
-    /// The session goes on; a `dbtape.recording.gap` event records what was lost.
-    BestEffort,
-}
+pub use crate::config::{FsyncPolicy, RecordingMode, MAX_FRAME_TARGET_BYTES, MAX_QUERY_BYTES_LIMIT};
 
 #[derive(Debug, Clone)]
 pub struct RecorderConfig {
@@ -69,12 +56,22 @@ pub struct RecorderConfig {
 /// their target (at most `MAX_FRAME_TARGET_BYTES`), so a frame stays under what every reader
 /// accepts, whatever a client sends.
 pub const MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
-/// The largest `frame_target_bytes` the config accepts.
-pub const MAX_FRAME_TARGET_BYTES: usize = 32 * 1024 * 1024;
-/// The largest `max_query_bytes` the config accepts: escaped as JSON (up to six bytes per
-/// byte of text), it still fits in `MAX_EVENT_BYTES` with room for the rest of the event.
-pub const MAX_QUERY_BYTES_LIMIT: usize = 2 * 1024 * 1024;
 const _: () = assert!(MAX_FRAME_TARGET_BYTES + MAX_EVENT_BYTES < super::format::MAX_FRAME_BYTES as usize);
+
+impl From<&crate::config::RecordingSection> for RecorderConfig {
+    fn from(section: &crate::config::RecordingSection) -> Self {
+        RecorderConfig {
+            dir: section.dir.clone(),
+            mode: section.mode,
+            fsync: section.fsync,
+            batch_interval: section.batch_interval,
+            frame_target_bytes: section.frame_target_bytes,
+            zstd_level: section.zstd_level,
+            max_query_bytes: section.max_query_bytes,
+            max_backlog_bytes: section.max_backlog_bytes,
+        }
+    }
+}
 
 impl RecorderConfig {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
@@ -158,7 +155,7 @@ impl Recorder {
             .name("dbtape-recorder".into())
             .spawn(move || {
                 if worker.config.fsync != FsyncPolicy::Always {
-                    lower_this_threads_priority();
+                    crate::tasks::lower_this_threads_priority();
                 }
                 writer_loop(&worker)
             })
@@ -209,7 +206,7 @@ impl Recorder {
             db_user: ctx.database.user.clone(),
             remote_addr: ctx.connection.remote_addr.clone(),
             fixed: String::from_utf8_lossy(&crate::audit::fixed_fields_json(&ctx)).into_owned(),
-            uid_seed: super::format::hex(&uid_seed),
+            uid_seed: crate::util::hex::hex(&uid_seed),
         };
         let payload = serde_json::to_vec(&header).map_err(|e| create(e.to_string()))?;
         let mut bytes = FILE_MAGIC.to_vec();

@@ -6,10 +6,12 @@ use std::sync::Arc;
 
 use sha2::Digest;
 
-use super::state::{lock, Inner, SessionState, Shared};
-use crate::recording::format::{encode_frame, hex, FrameKind, FrameSpec, Trailer};
-use crate::recording::signing::ManifestBody;
+use super::state::{Inner, SessionState, Shared};
+use crate::recording::format::{encode_frame, FrameKind, FrameSpec, Trailer};
 use crate::recording::store::{RecordingState, SessionSummary};
+use crate::signing::ManifestBody;
+use crate::util::hex::hex;
+use crate::util::sync::lock;
 
 pub(super) fn summary_of(state: &SessionState, inner: &Inner, bytes: u64, recording_state: RecordingState) -> SessionSummary {
     let ctx = &state.ctx;

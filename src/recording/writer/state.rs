@@ -3,7 +3,9 @@
 
 use std::fs::File;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
+
+use crate::util::sync::lock;
 use std::time::Instant;
 
 use sha2::Sha256;
@@ -11,8 +13,8 @@ use tokio::sync::watch;
 
 use super::{Durability, RecorderConfig};
 use crate::audit::SessionContext;
-use crate::recording::signing::Signer;
 use crate::recording::store::RecordingStore;
+use crate::signing::Signer;
 
 /// Events taken off a session's pending buffer, not yet compressed.
 pub(super) struct RawFrame {
@@ -165,11 +167,6 @@ pub(super) struct Shared {
     pub(super) control: Mutex<Control>,
     pub(super) wake: Condvar,
     pub(super) metrics: Arc<crate::metrics::Metrics>,
-}
-
-pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding one of these locks is a bug elsewhere; the data is still usable.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Shared {

@@ -8,26 +8,11 @@ use sha2::Digest;
 
 use super::buffer::{compress_frame, note_loss, take_frame};
 use super::seal::{seal, summary_of};
-use super::state::{lock, RawFrame, ReadyFrame, SessionState, Shared};
+use super::state::{RawFrame, ReadyFrame, SessionState, Shared};
 use super::{FsyncPolicy, RecordingMode};
 use crate::recording::format::{encode_frame, FrameKind, FrameSpec};
 use crate::recording::store::RecordingState;
-
-/// The writer's compression and file I/O are background work unless sessions wait on it
-/// (fsync `always`): at a lower priority it fills the gaps the relay leaves instead of
-/// preempting a connection thread in the middle of a batch. Nice 10 still gives it about a
-/// tenth of a contended CPU, many times what it needs, so it cannot starve. Raising a
-/// thread's own nice value needs no privilege.
-pub(crate) fn lower_this_threads_priority() {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: plain syscalls on this thread's own id, with no pointers involved.
-        let done = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) };
-        if done != 0 {
-            tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower the recorder thread's priority");
-        }
-    }
-}
+use crate::util::sync::lock;
 
 const SUMMARY_REFRESH: Duration = Duration::from_secs(2);
 

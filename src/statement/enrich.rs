@@ -12,8 +12,8 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::events::peek_event_type;
-use crate::search::classify::{classify_dynamodb, classify_mongodb, classify_postgres, Classified};
+use super::classify::{classify_dynamodb, classify_mongodb, classify_postgres, Classified};
+use crate::recording::events::peek_event_type;
 
 /// Statements remembered with their derived fields: drivers repeat the same prepared text,
 /// and a SIEM export of a busy day should not parse it a million times.

@@ -10,7 +10,7 @@ use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, Verifying
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::format::hex;
+use crate::util::hex::hex;
 
 const SECRET_PREFIX: &str = "dbtape-ed25519-secret-v1:";
 const PUBLIC_PREFIX: &str = "dbtape-ed25519-public-v1:";

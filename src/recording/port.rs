@@ -5,9 +5,8 @@ use std::future::Future;
 
 use chrono::{DateTime, Utc};
 
-use super::capture::EventNotes;
-use super::event::{EventBody, SessionContext, Status};
-use crate::recording::{FsyncPolicy, RecordingError, RecordingMode, SessionLog};
+use super::{AppendTicket, FsyncPolicy, RecordingError, RecordingMode, SessionLog};
+use crate::audit::{now_ms, EventBody, EventNotes, SessionContext, Status, Truncation};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AuditError {
@@ -26,12 +25,6 @@ impl AuditError {
     pub fn client_message_text() -> &'static str {
         "dbtape: the audit recording for this session cannot be written, so the session has been stopped"
     }
-}
-
-/// Milliseconds since the Unix epoch, straight from the clock: events need no calendar
-/// date here, and chrono's `Utc::now` computes one on every call.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 pub struct AuditPort {
@@ -85,7 +78,7 @@ impl AuditPort {
     pub async fn emit_captured_at(
         &self,
         body: EventBody,
-        cut: Vec<super::capture::Truncation>,
+        cut: Vec<Truncation>,
         redacted: bool,
         time_ms: i64,
     ) -> Result<Option<u64>, AuditError> {
@@ -131,13 +124,7 @@ impl AuditPort {
 
     /// Caps the event's captured text and appends it. In best_effort mode a failure is
     /// logged and the event counted as not recorded (`None`).
-    fn append(
-        &self,
-        mut body: EventBody,
-        cut: Vec<super::capture::Truncation>,
-        redacted: bool,
-        time_ms: i64,
-    ) -> Result<Option<crate::recording::AppendTicket>, AuditError> {
+    fn append(&self, mut body: EventBody, cut: Vec<Truncation>, redacted: bool, time_ms: i64) -> Result<Option<AppendTicket>, AuditError> {
         let mut truncated = cut;
         truncated.extend(body.cap_captured_text(self.log.max_query_bytes()));
         let notes = (redacted || !truncated.is_empty()).then_some(EventNotes { truncated, redacted });

@@ -22,7 +22,7 @@ impl Churn {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(super) fn count(&self) -> u64 {
+    pub fn count(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
 }

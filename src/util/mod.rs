@@ -1,0 +1,6 @@
+//! The ground floor: small helpers every other module may use and that use no other module
+//! of the crate (hex digits, poison-tolerant locks, AWS ARNs).
+
+pub mod arn;
+pub mod hex;
+pub mod sync;
