@@ -593,3 +593,35 @@ fn mongodb_commands_share_compact_frames() {
     assert!(events.iter().step_by(2).all(|e| e["db_name"] == "shop"), "{:?}", events[0]);
     assert!(events.iter().skip(1).step_by(2).all(|e| e.get("db_name").is_none()));
 }
+
+#[test]
+fn ls_failed_includes_both_ends_of_its_time_range_as_export_and_search_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rec = recorder(tmp.path(), |_| {});
+    let log = rec.recorder.open_at(context(Protocol::Postgres), T0).unwrap();
+    let refused = |user: &str| EventBody::RefusedStart {
+        status: Status::failed("access denied", "wrong password"),
+        user: user.into(),
+        db_user: "postgres".into(),
+        db_name: "app".into(),
+        remote_addr: "10.0.0.9:5555".into(),
+        user_agent: String::new(),
+    };
+    log.append(&refused("early"), T0).unwrap();
+    log.append(&refused("edge"), T0 + 60_000).unwrap();
+    log.append(&refused("late"), T0 + 60_001).unwrap();
+    block_on(log.close()).unwrap();
+    let edge = "2024-05-02T13:06:00.000Z";
+    let users = |args: &[&str]| {
+        let (code, out, err) = run(args, &rec.dir);
+        assert_eq!(code, 0, "{err}");
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+        rows.iter().map(|r| r["user"].as_str().unwrap().to_string()).collect::<Vec<_>>()
+    };
+    assert_eq!(users(&["ls", "--failed", "--format", "json", "--until", edge]), ["edge", "early"]);
+    assert_eq!(users(&["ls", "--failed", "--format", "json", "--since", edge]), ["late", "edge"]);
+    assert_eq!(users(&["ls", "--failed", "--format", "json", "--since", edge, "--until", edge]), ["edge"]);
+    // export takes the same range the same way.
+    let (_, exported, _) = run(&["export", "--since", edge, "--until", edge], &rec.dir);
+    assert_eq!(exported.lines().filter(|l| l.contains("\"user\":\"edge\"")).count(), 1, "{exported}");
+}

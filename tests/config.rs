@@ -7,14 +7,24 @@ use std::path::Path;
 use dbtape::config::Config;
 
 fn example() -> std::path::PathBuf {
+    example_env();
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/dbtape.toml")
+}
+
+/// The example's secrets come from the environment. Every test here sets them through this
+/// one `Once` before it reads anything, so none reads the environment while it changes.
+fn example_env() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::env::set_var("DBTAPE_ORDERS_PASSWORD", "from-env");
+        std::env::set_var("DBTAPE_LIBRARY_PASSWORD", "from-env-too");
+        std::env::set_var("DBTAPE_ALICE_AWS_SECRET", "alice-aws-secret");
+    });
 }
 
 #[test]
 fn the_example_config_is_valid_and_documents_defaults() {
-    std::env::set_var("DBTAPE_ORDERS_PASSWORD", "from-env");
-    std::env::set_var("DBTAPE_LIBRARY_PASSWORD", "from-env-too");
-    std::env::set_var("DBTAPE_ALICE_AWS_SECRET", "alice-aws-secret");
+    example_env();
     let config = Config::load(&example()).unwrap();
     assert_eq!(config.server.cluster_name, "dbtape");
     assert_eq!(config.server.workers, 0);
@@ -29,7 +39,7 @@ fn the_example_config_is_valid_and_documents_defaults() {
     assert_eq!(db.client_tls.effective_mode(), dbtape::config::ClientTlsMode::Disabled);
     assert_eq!(db.upstream_tls.mode, dbtape::config::UpstreamTlsMode::VerifyFull);
     let mongo = config.database("library-mongo").unwrap();
-    assert_eq!(mongo.protocol, "mongodb");
+    assert_eq!(mongo.protocol, dbtape::audit::Protocol::MongoDb);
     assert_eq!(mongo.auth.password.as_ref().unwrap().read().unwrap(), "from-env-too");
     let ddb = config.database("catalog-ddb").unwrap();
     assert_eq!(ddb.aws.session_duration, std::time::Duration::from_secs(3600));
@@ -134,6 +144,7 @@ grants = [{ database = "nope", db_users = [] }]
 
 #[test]
 fn every_error_is_reported_with_its_key_and_a_fix() {
+    example_env();
     let err = Config::parse(BAD, Path::new("/etc/dbtape/bad.toml")).unwrap_err();
     let keys: Vec<&str> = err.issues.iter().map(|i| i.key.as_str()).collect();
     for key in [
@@ -189,6 +200,7 @@ grants = [{ database = "ddb", db_users = ["arn:aws:iam::123456789012:role/reader
 
 #[test]
 fn dynamodb_identities_and_roles_are_checked() {
+    example_env();
     let err = Config::parse(BAD_DYNAMODB, Path::new("ddb.toml")).unwrap_err();
     let text = err.to_string();
     for expected in [
@@ -206,6 +218,7 @@ fn dynamodb_identities_and_roles_are_checked() {
 
 #[test]
 fn syntax_errors_and_unknown_keys_name_the_line() {
+    example_env();
     let err = Config::parse("[recording]\nmoed = \"strict\"\n", Path::new("x.toml")).unwrap_err();
     assert_eq!(err.issues.len(), 1);
     assert!(err.issues[0].key.starts_with("line 2"), "{:?}", err.issues[0]);
@@ -217,6 +230,7 @@ fn syntax_errors_and_unknown_keys_name_the_line() {
 
 #[test]
 fn config_check_command_reports_and_fails() {
+    example_env();
     let tmp = tempfile::tempdir().unwrap();
     let bad = tmp.path().join("bad.toml");
     std::fs::write(&bad, BAD).unwrap();

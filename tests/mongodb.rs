@@ -205,6 +205,29 @@ c.close()
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_upstream_password_refuses_the_login_and_says_why() {
+    let mut proxy = MongoProxy::start().await;
+    std::fs::remove_file(proxy.root.path().join("mongo-password")).unwrap();
+    let script = r#"
+import sys, pymongo
+c = pymongo.MongoClient(sys.argv[1], serverSelectionTimeoutMS=5000)
+try:
+    c.lib.books.find_one()
+except pymongo.errors.OperationFailure as e:
+    print("refused", e.code, e.details.get("errmsg"))
+"#;
+    let (ok, out, err) = proxy.pymongo(script, proxy.uri("alice", ALICE_PASSWORD, "")).await;
+    assert!(ok, "{err}");
+    assert!(out.starts_with("refused 18 "), "{out}");
+    assert!(out.contains("cannot read the upstream password"), "{out}");
+    proxy.stop().await;
+    let starts: Vec<serde_json::Value> = proxy.sessions().into_iter().flatten().filter(|e| e["code"] == "TDB00W").collect();
+    assert_eq!(starts.len(), 1, "{starts:?}");
+    let error = starts[0]["error"].as_str().unwrap();
+    assert!(error.contains("cannot read the upstream password (databases.auth.password, file "), "{error}");
+}
+
 /// A MONGODB-X509 URI over TLS with `who`'s test certificate and key (pymongo wants them in
 /// one PEM file).
 fn x509_uri(proxy: &MongoProxy, who: &str) -> String {

@@ -230,6 +230,8 @@ async fn mongodb_aws_logins_are_checked_by_sts_and_documentdb_users_are_role_arn
 
     // The same exchange signed with a wrong secret: STS refuses it, so the server does, and
     // the session's start is recorded as failed.
+    // The credential chain reads the process environment; this is the only test in its
+    // binary, so no other test reads it while it changes.
     std::env::set_var("AWS_SECRET_ACCESS_KEY", "not-the-secret");
     let root = tempfile::tempdir().unwrap();
     let (addr, stop, task) =

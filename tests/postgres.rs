@@ -332,6 +332,43 @@ async fn malformed_bytes_end_only_that_connection() {
     assert_eq!(malformed[0]["payload"], "UQAAAAI=");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_tls_disabled_refuses_ssl_requests_even_with_a_certificate_configured() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut proxy = Proxy::start_configured("", "", "mode = \"disabled\"").await;
+    let mut raw = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    // SSLRequest: length 8, code 80877103.
+    raw.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await.unwrap();
+    let mut answer = [0u8; 1];
+    tokio::time::timeout(std::time::Duration::from_secs(5), raw.read_exact(&mut answer)).await.unwrap().unwrap();
+    assert_eq!(&answer, b"N", "TLS is off for this listener, whatever certificate is configured");
+    drop(raw);
+    let (ok, _, err) =
+        proxy.psql(proxy.conninfo("alice", "sslmode=require"), Some(ALICE_PASSWORD), vec!["-c".into(), "SELECT 1".into()]).await;
+    assert!(!ok, "sslmode=require must fail against a listener without TLS");
+    assert!(err.contains("SSL"), "{err}");
+    let (ok, out, err) =
+        proxy.psql(proxy.conninfo("alice", "sslmode=disable"), Some(ALICE_PASSWORD), vec!["-c".into(), "SELECT 41 + 1".into()]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("42"), "{out}");
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_upstream_password_refuses_the_session_and_says_why() {
+    let mut proxy = Proxy::start().await;
+    std::fs::remove_file(proxy.root.path().join("pg-password")).unwrap();
+    let (ok, _, err) = proxy.psql(proxy.conninfo("alice", ""), Some(ALICE_PASSWORD), vec!["-c".into(), "SELECT 1".into()]).await;
+    assert!(!ok);
+    assert!(err.contains("cannot read the upstream password"), "{err}");
+    proxy.stop().await;
+    let starts: Vec<serde_json::Value> = proxy.sessions().into_iter().flatten().filter(|e| e["event"] == "db.session.start").collect();
+    assert_eq!(starts.len(), 1, "{starts:?}");
+    assert_eq!(starts[0]["code"], "TDB00W");
+    let error = starts[0]["error"].as_str().unwrap();
+    assert!(error.contains("cannot read the upstream password (databases.auth.password, file "), "{error}");
+}
+
 /// Logs in as alice over a raw socket, returning it after ReadyForQuery.
 async fn login_raw(proxy: &Proxy) -> tokio::net::TcpStream {
     login_raw_version(proxy, 196_608).await.0

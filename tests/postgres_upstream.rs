@@ -189,9 +189,10 @@ async fn the_proxy_logs_in_upstream_with_an_rds_iam_token_over_tls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cleartext_password_request_over_plaintext_gets_nothing() {
     let (upstream, password) = fake_upstream(None).await;
-    std::env::set_var("DBTAPE_FAKE_UPSTREAM_PASSWORD", "must-not-leak");
-    let extra = "[databases.upstream_tls]\nmode = \"disable\"\n[databases.auth]\npassword = { env = \"DBTAPE_FAKE_UPSTREAM_PASSWORD\" }\n";
-    let (addr, root, stop, task) = proxy_to(upstream, extra).await;
+    let secrets = tempfile::tempdir().unwrap();
+    let password_ref = common::secret_file(secrets.path(), "password", "must-not-leak");
+    let extra = format!("[databases.upstream_tls]\nmode = \"disable\"\n[databases.auth]\npassword = {password_ref}\n");
+    let (addr, root, stop, task) = proxy_to(upstream, &extra).await;
     let err = connect_alice(addr).await.unwrap_err();
     let message = err.as_db_error().map(|e| e.message().to_string()).unwrap_or_default();
     assert!(message.contains("cleartext password over an unencrypted connection"), "{err:?}");
@@ -213,11 +214,9 @@ async fn a_cleartext_password_request_over_plaintext_gets_nothing() {
 async fn malformed_bytes_from_the_upstream_end_the_session_with_an_event() {
     let s = Services::load();
     let (upstream, _password) = fake_upstream_then(Some(s.server_tls()), b"D\x00\x00\x00\x01garbage").await;
-    std::env::set_var("DBTAPE_FAKE_UPSTREAM_PASSWORD_TLS", "stand-in");
-    let extra = format!(
-        "[databases.upstream_tls]\nca = \"{}/ca.crt\"\n[databases.auth]\npassword = {{ env = \"DBTAPE_FAKE_UPSTREAM_PASSWORD_TLS\" }}\n",
-        s.get("CERTS")
-    );
+    let secrets = tempfile::tempdir().unwrap();
+    let password_ref = common::secret_file(secrets.path(), "password", "stand-in");
+    let extra = format!("[databases.upstream_tls]\nca = \"{}/ca.crt\"\n[databases.auth]\npassword = {password_ref}\n", s.get("CERTS"));
     let (addr, root, stop, task) = proxy_to(upstream, &extra).await;
     let mut config = tokio_postgres::Config::new();
     config.host("127.0.0.1").port(addr.port()).user("alice").password(ALICE_PASSWORD).dbname("app");
@@ -351,11 +350,9 @@ async fn scram_upstream(tls: Arc<rustls::ServerConfig>, iterations: u64) -> Sock
 async fn an_upstream_asking_for_endless_scram_work_is_refused() {
     let s = Services::load();
     let upstream = scram_upstream(s.server_tls(), 4_000_000_000).await;
-    std::env::set_var("DBTAPE_FAKE_UPSTREAM_PASSWORD_SCRAM", "stand-in");
-    let extra = format!(
-        "[databases.upstream_tls]\nca = \"{}/ca.crt\"\n[databases.auth]\npassword = {{ env = \"DBTAPE_FAKE_UPSTREAM_PASSWORD_SCRAM\" }}\n",
-        s.get("CERTS")
-    );
+    let secrets = tempfile::tempdir().unwrap();
+    let password_ref = common::secret_file(secrets.path(), "password", "stand-in");
+    let extra = format!("[databases.upstream_tls]\nca = \"{}/ca.crt\"\n[databases.auth]\npassword = {password_ref}\n", s.get("CERTS"));
     let (addr, _root, stop, task) = proxy_to(upstream, &extra).await;
     let outcome = tokio::time::timeout(std::time::Duration::from_secs(20), connect_alice(addr)).await;
     let err = outcome.expect("the login hung on the upstream's PBKDF2 demand").unwrap_err();
@@ -384,13 +381,10 @@ async fn a_self_signed_upstream_certificate_is_accepted_when_pinned() {
         .output()
         .unwrap();
     assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let password_ref = common::secret_file(dir.path(), "password", "pinned-secret");
     let tls = |ca: &std::path::Path| {
-        format!(
-            "[databases.upstream_tls]\nca = \"{}\"\n[databases.auth]\npassword = {{ env = \"DBTAPE_FAKE_UPSTREAM_PASSWORD_PINNED\" }}\n",
-            ca.display()
-        )
+        format!("[databases.upstream_tls]\nca = \"{}\"\n[databases.auth]\npassword = {password_ref}\n", ca.display())
     };
-    std::env::set_var("DBTAPE_FAKE_UPSTREAM_PASSWORD_PINNED", "pinned-secret");
     let self_signed = dbtape::proxy::tls::server_config(&dbtape::config::ClientTlsConfig {
         mode: None,
         cert: Some(cert.clone()),

@@ -4,7 +4,7 @@
 //! granted upstream users: `psql "user=alice@reporting dbname=app"`), proven by a client
 //! certificate's CN (mTLS) or by SCRAM-SHA-256 against their stored verifier.
 
-use crate::config::{Config, UserConfig};
+use crate::config::UserConfig;
 
 /// Splits the startup `user` into the person and an optional db_user.
 pub fn split_login(login: &str) -> (&str, Option<&str>) {
@@ -13,14 +13,6 @@ pub fn split_login(login: &str) -> (&str, Option<&str>) {
         Some((person, _)) => (person, None),
         None => (login, None),
     }
-}
-
-pub fn user_by_name<'a>(config: &'a Config, name: &str) -> Option<&'a UserConfig> {
-    config.users.iter().find(|u| u.name == name)
-}
-
-pub fn user_by_cn<'a>(config: &'a Config, cn: &str) -> Option<&'a UserConfig> {
-    config.users.iter().find(|u| u.cert_cn.as_deref() == Some(cn))
 }
 
 /// The upstream user and database a person gets, or why not.

@@ -2,7 +2,9 @@
 //! SCRAM-SHA-256 uses the same math, so one stored verifier can serve both paths) and the
 //! grants from the config.
 
+pub mod directory;
 pub mod grants;
 pub mod scram;
 
-pub use grants::{authorize, split_login, user_by_cn, user_by_name};
+pub use directory::{AccessKey, Directory, DirectoryError, Person, SharedDirectory};
+pub use grants::{authorize, split_login};

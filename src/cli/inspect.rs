@@ -153,6 +153,8 @@ pub fn ls(args: &StoreArgs, filter: LsFilter, format: DataFormat) -> Result<(), 
 pub fn ls_refused(args: &StoreArgs, filter: LsFilter, format: DataFormat) -> Result<(), Failure> {
     let located = locate(args)?;
     let (since_ms, until_ms) = time_filter(filter.since, filter.until)?;
+    // One time range for sessions and for the refusals in them, both ends included, as
+    // `export` and `search` take it.
     let export_filter = ExportFilter { since_ms, until_ms, db: filter.db, protocol: filter.protocol, ..ExportFilter::default() };
     let mut warnings = Vec::new();
     let logs: Vec<SessionSummary> =
@@ -170,8 +172,7 @@ pub fn ls_refused(args: &StoreArgs, filter: LsFilter, format: DataFormat) -> Res
                 let time = event.time_ms().unwrap_or_default();
                 let wanted = event.event == "db.session.start"
                     && event.success == Some(false)
-                    && since_ms.is_none_or(|t| time >= t)
-                    && until_ms.is_none_or(|t| time < t)
+                    && export_filter.time_in_range(time)
                     && filter.user.as_ref().is_none_or(|u| *u == event.user);
                 if wanted {
                     refused.push((event, line.to_vec()));

@@ -1,6 +1,7 @@
 //! The shape of `dbtape.toml`. Every key has a default unless the comment says otherwise;
 //! `examples/dbtape.toml` documents them all.
 
+use crate::audit::Protocol;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -263,8 +264,12 @@ fn default_upload_retries() -> u32 {
 pub struct DatabaseConfig {
     /// Required; appears as `db_service` on events.
     pub name: String,
-    /// Required: postgres, mongodb or dynamodb.
-    pub protocol: String,
+    /// Required: postgres, mongodb or dynamodb, as written.
+    #[serde(rename = "protocol")]
+    pub protocol_name: String,
+    /// `protocol_name`, parsed by validation (which refuses a config where it names none).
+    #[serde(skip, default = "unvalidated_protocol")]
+    pub protocol: Protocol,
     /// Required: the proxy's listen address, host:port.
     pub listen: String,
     /// Where the real database is; required except for DynamoDB (default: the region's endpoint).
@@ -454,4 +459,9 @@ mod humantime_serde_compat {
         let text = String::deserialize(d)?;
         humantime::parse_duration(&text).map_err(|e| serde::de::Error::custom(format!("{text:?}: {e} (write e.g. \"30s\")")))
     }
+}
+
+/// What `DatabaseConfig::protocol` holds until validation parses the configured name.
+fn unvalidated_protocol() -> Protocol {
+    Protocol::Postgres
 }

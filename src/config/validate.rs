@@ -280,7 +280,7 @@ fn check_dynamodb_identities(databases: &[DatabaseConfig], users: &[UserConfig],
         }
         for (g, grant) in user.grants.iter().enumerate() {
             let Some(db) = databases.iter().find(|d| d.name == grant.database) else { continue };
-            if Protocol::parse(&db.protocol) != Some(Protocol::DynamoDb) {
+            if db.protocol != Protocol::DynamoDb {
                 continue;
             }
             if user.aws_access_key_id.is_none() {
@@ -325,9 +325,14 @@ fn check_database(
     } else if !names.insert(db.name.clone()) {
         issues.add(key("name"), format!("{:?} is used by another database", db.name), "give every database a unique name");
     }
-    let protocol = Protocol::parse(&db.protocol);
-    if protocol.is_none() {
-        issues.add(key("protocol"), format!("{:?} is not a protocol", db.protocol), "use \"postgres\", \"mongodb\" or \"dynamodb\"");
+    let protocol = Protocol::parse(&db.protocol_name);
+    match protocol {
+        Some(protocol) => db.protocol = protocol,
+        None => issues.add(
+            key("protocol"),
+            format!("{:?} is not a protocol", db.protocol_name),
+            "use \"postgres\", \"mongodb\" or \"dynamodb\"",
+        ),
     }
     match db.listen.parse::<SocketAddr>() {
         Ok(addr) => {
@@ -350,7 +355,7 @@ fn check_database(
     } else if !scheme_ok {
         issues.add(
             key("upstream"),
-            format!("{:?} does not suit protocol {}", db.upstream, db.protocol),
+            format!("{:?} does not suit protocol {}", db.upstream, db.protocol_name),
             "use postgres://host:port/db, mongodb://host:port or https://dynamodb.<region>.amazonaws.com",
         );
     }

@@ -67,7 +67,12 @@ pub struct ServerTls {
     pub client_verifier: Option<Arc<dyn ClientCertVerifier>>,
 }
 
+/// The listener's TLS, or none when `client_tls` has no certificate or its mode is
+/// `disabled` (a certificate kept in the file does not turn TLS back on).
 pub fn server_config(tls: &ClientTlsConfig) -> Result<Option<ServerTls>, TlsError> {
+    if tls.effective_mode() == crate::config::ClientTlsMode::Disabled {
+        return Ok(None);
+    }
     let (Some(cert), Some(key)) = (&tls.cert, &tls.key) else { return Ok(None) };
     let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -142,6 +147,22 @@ impl ClientCertVerifier for DeferredClientVerifier {
 }
 
 /// Verifies a client's certificate chain against the configured CA.
+/// The CN of the client certificate `client` presented, verified against the listener's
+/// `client_ca`; an error if one was presented but is not trusted; none without one (or
+/// without a `client_ca`, when certificates identify no one).
+pub fn client_certificate_cn(client: &crate::proxy::stream::Stream, tls: Option<&ServerTls>) -> Option<Result<String, String>> {
+    let crate::proxy::stream::Stream::Server(session) = client else { return None };
+    let chain = session.get_ref().1.peer_certificates()?.to_vec();
+    let verifier = tls?.client_verifier.as_ref()?;
+    if chain.is_empty() {
+        return None;
+    }
+    if let Err(e) = verify_client_chain(verifier.as_ref(), &chain) {
+        return Some(Err(format!("client certificate not trusted: {e}")));
+    }
+    chain.first().and_then(subject_cn).map(Ok)
+}
+
 pub fn verify_client_chain(verifier: &dyn ClientCertVerifier, chain: &[CertificateDer<'static>]) -> Result<(), String> {
     let (end_entity, intermediates) = chain.split_first().ok_or("no certificate")?;
     verifier.verify_client_cert(end_entity, intermediates, UnixTime::now()).map(|_| ()).map_err(|e| e.to_string())

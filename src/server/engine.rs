@@ -10,7 +10,8 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::{ConnectionMeta, DatabaseMeta, Protocol, ServerMeta, SessionContext, UserMeta};
-use crate::config::{Config, DatabaseConfig};
+use crate::auth::{Directory, SharedDirectory};
+use crate::config::{AuthMethod, Config, DatabaseConfig};
 use crate::recording::AuditPort;
 use crate::recording::{Recorder, RecordingError};
 
@@ -70,6 +71,15 @@ impl EngineRegistry {
     }
 }
 
+/// Why the upstream password cannot be had; the session is refused with this reason.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamPasswordError {
+    #[error("no upstream password is configured (databases.auth.password)")]
+    NotConfigured,
+    #[error("cannot read the upstream password (databases.auth.password, {from}): {cause}")]
+    Unreadable { from: String, cause: String },
+}
+
 /// Who a session is for, as the engine established it.
 #[derive(Debug, Clone, Default)]
 pub struct SessionIdentity {
@@ -88,7 +98,7 @@ pub struct ListenerContext {
     recorder: Arc<Recorder>,
     shutdown: CancellationToken,
     login_secret: [u8; 32],
-    usual_scram_iterations: u32,
+    directory: Arc<SharedDirectory>,
     refusals: super::refusals::RefusalLog,
     failed_logins: Arc<super::refusals::FailedLogins>,
 }
@@ -101,11 +111,11 @@ impl ListenerContext {
         recorder: Arc<Recorder>,
         shutdown: CancellationToken,
         login_secret: [u8; 32],
+        directory: Arc<SharedDirectory>,
     ) -> Self {
-        let usual_scram_iterations = usual_scram_iterations(&config);
         let refusals = super::refusals::RefusalLog::new(recorder.clone());
         let failed_logins = Arc::new(super::refusals::FailedLogins::new(config.server.max_failed_logins_per_source));
-        ListenerContext { config, database, protocol, recorder, shutdown, login_secret, usual_scram_iterations, refusals, failed_logins }
+        ListenerContext { config, database, protocol, recorder, shutdown, login_secret, directory, refusals, failed_logins }
     }
 
     /// Failed logins per source, which the server core consults at accept.
@@ -161,10 +171,20 @@ impl ListenerContext {
         &self.login_secret
     }
 
-    /// The PBKDF2 iteration count most users' verifiers have, which a stand-in verifier for
-    /// an unknown user copies so it looks like theirs.
-    pub fn usual_scram_iterations(&self) -> u32 {
-        self.usual_scram_iterations
+    /// Who may log in, as of now: a login keeps the directory it took to its end.
+    pub fn directory(&self) -> Arc<Directory> {
+        self.directory.current()
+    }
+
+    /// The configured upstream password (`auth.method = "password"`), read now so that a
+    /// rotated file takes effect at the next login. None for other methods.
+    pub fn upstream_password(&self) -> Result<Option<String>, UpstreamPasswordError> {
+        let auth = &self.database.auth;
+        if auth.method != AuthMethod::Password {
+            return Ok(None);
+        }
+        let source = auth.password.as_ref().ok_or(UpstreamPasswordError::NotConfigured)?;
+        source.read().map(Some).map_err(|e| UpstreamPasswordError::Unreadable { from: source.describe(), cause: e.to_string() })
     }
 
     pub fn config(&self) -> &Config {
@@ -232,15 +252,4 @@ impl ListenerContext {
             },
         }
     }
-}
-
-fn usual_scram_iterations(config: &Config) -> u32 {
-    let mut counts: HashMap<u32, usize> = HashMap::new();
-    for user in &config.users {
-        let verifier = user.scram_verifier.as_ref().and_then(|v| v.read().ok());
-        if let Some(v) = verifier.and_then(|v| crate::auth::scram::Verifier::parse(&v).ok()) {
-            *counts.entry(v.iterations).or_default() += 1;
-        }
-    }
-    counts.into_iter().max_by_key(|&(iterations, n)| (n, iterations)).map_or(4096, |(iterations, _)| iterations)
 }

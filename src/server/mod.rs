@@ -15,12 +15,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use engine::{BoxFuture, Connection, ConnectionInfo, Engine, EngineRegistry, ListenerContext, SessionIdentity};
+pub use engine::{BoxFuture, Connection, ConnectionInfo, Engine, EngineRegistry, ListenerContext, SessionIdentity, UpstreamPasswordError};
 pub use login_gate::{GateRefusal, LoginGate, LoginLimits, LoginSlot};
 pub use workers::WorkerPool;
 
-use crate::audit::Protocol;
-use crate::config::{Config, DatabaseConfig};
+use crate::config::Config;
 use crate::recording::recover::{recover_unsealed, RecoveryOutcome};
 use crate::recording::{Recorder, StoreError};
 use crate::signing::Signer;
@@ -33,6 +32,8 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error("recording signing key: {0}")]
     Signing(#[from] crate::signing::SigningError),
+    #[error("users: {0}")]
+    Directory(#[from] crate::auth::DirectoryError),
     #[error("cannot start connection worker threads: {0}")]
     Workers(std::io::Error),
 }
@@ -57,6 +58,9 @@ impl Server {
     /// Opens the recorder (recovering any recordings a crash left unsealed) and binds every
     /// database that has an engine. Bind errors surface here, before anything is accepted.
     pub async fn bind(config: Arc<Config>, registry: &EngineRegistry) -> Result<Server, ServerError> {
+        // Secrets first: a user whose verifier cannot be read stops the start before anything
+        // is recorded or bound.
+        let directory = Arc::new(crate::auth::SharedDirectory::new(crate::auth::Directory::from_config(&config.users)?));
         let signer = Arc::new(Signer::load_or_generate(&config.recording.signing_key)?);
         let recorder_config = crate::recording::RecorderConfig::from(&config.recording);
         let store = crate::recording::RecordingStore::new(recorder_config.dir.clone());
@@ -76,7 +80,7 @@ impl Server {
         let shutdown = CancellationToken::new();
         let mut listeners = Vec::new();
         for db in &config.databases {
-            let Some(protocol) = Protocol::parse(&db.protocol) else { continue };
+            let protocol = db.protocol;
             let Some(engine) = registry.get(protocol) else {
                 tracing::warn!(database = %db.name, %protocol, "this build has no engine for the protocol; database not served");
                 continue;
@@ -93,6 +97,7 @@ impl Server {
                 recorder.clone(),
                 shutdown.clone(),
                 login_secret,
+                directory.clone(),
             ));
             listeners.push(BoundListener { listener, context, engine, gate: LoginGate::new(LoginLimits::from_config(&config.server)) });
         }
@@ -257,8 +262,4 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
-}
-
-pub fn database_protocol(db: &DatabaseConfig) -> Option<Protocol> {
-    Protocol::parse(&db.protocol)
 }

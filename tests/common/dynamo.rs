@@ -30,8 +30,8 @@ impl DynamoProxy {
         let services = Services::load();
         let root = tempfile::tempdir().unwrap();
         services.use_proxy_aws_identity();
-        std::env::set_var("DBTAPE_TEST_ALICE_AWS_SECRET", ALICE_SECRET);
-        std::env::set_var("DBTAPE_TEST_BOB_AWS_SECRET", BOB_SECRET);
+        let alice_secret = super::secret_file(root.path(), "alice-aws-secret", ALICE_SECRET);
+        let bob_secret = super::secret_file(root.path(), "bob-aws-secret", BOB_SECRET);
         let text = format!(
             r#"
 {preamble}[[databases]]
@@ -56,7 +56,7 @@ session_tags = {{ team = "audit" }}
 [[users]]
 name = "alice"
 aws_access_key_id = "{ALICE_KEY}"
-aws_secret_access_key = {{ env = "DBTAPE_TEST_ALICE_AWS_SECRET" }}
+aws_secret_access_key = {alice_secret}
 [[users.grants]]
 database = "ddb"
 db_users = ["audit-target", "audit-reader"]
@@ -64,7 +64,7 @@ db_users = ["audit-target", "audit-reader"]
 [[users]]
 name = "bob"
 aws_access_key_id = "{BOB_KEY}"
-aws_secret_access_key = {{ env = "DBTAPE_TEST_BOB_AWS_SECRET" }}
+aws_secret_access_key = {bob_secret}
 [[users.grants]]
 database = "ddb"
 db_users = ["audit-target"]

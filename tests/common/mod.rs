@@ -144,3 +144,12 @@ pub fn test_server_toml(root: &Path) -> String {
         root = root.display()
     )
 }
+
+/// Writes `value` to `dir/name` and returns the config's reference to it,
+/// `{ file = "…" }`. Tests hand secrets to in-process proxies this way, never through the
+/// process environment, which other test threads read at the same time.
+pub fn secret_file(dir: &Path, name: &str, value: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, value).unwrap();
+    format!("{{ file = \"{}\" }}", path.display())
+}

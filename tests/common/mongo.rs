@@ -28,7 +28,7 @@ impl MongoProxy {
         let root = tempfile::tempdir().unwrap();
         let recordings = recordings.unwrap_or_else(|| root.path().join("recordings"));
         let certs = services.get("CERTS").to_string();
-        std::env::set_var("DBTAPE_TEST_MONGO_PASSWORD", services.get("MONGO_PASSWORD"));
+        let mongo_password = super::secret_file(root.path(), "mongo-password", services.get("MONGO_PASSWORD"));
         let text = format!(
             r#"
 [server]
@@ -54,7 +54,7 @@ client_ca = "{certs}/ca.crt"
 mode = "disable"
 [databases.auth]
 method = "password"
-password = {{ env = "DBTAPE_TEST_MONGO_PASSWORD" }}
+password = {mongo_password}
 
 [[users]]
 name = "alice"

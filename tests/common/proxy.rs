@@ -76,10 +76,15 @@ impl Proxy {
 
     /// As `start_with`, with `extra_server` added to the [server] section.
     pub async fn start_custom(extra_server: &str, extra_recording: &str) -> Proxy {
+        Self::start_configured(extra_server, extra_recording, "").await
+    }
+
+    /// As `start_custom`, with `extra_client_tls` added to the database's [client_tls].
+    pub async fn start_configured(extra_server: &str, extra_recording: &str, extra_client_tls: &str) -> Proxy {
         let services = Services::load();
         let root = tempfile::tempdir().unwrap();
         let certs = services.get("CERTS").to_string();
-        std::env::set_var("DBTAPE_TEST_PG_PASSWORD", services.get("PG_PASSWORD"));
+        let pg_password = super::secret_file(root.path(), "pg-password", services.get("PG_PASSWORD"));
         let text = format!(
             r#"
 [server]
@@ -101,11 +106,12 @@ upstream = "postgres://127.0.0.1:{port}/postgres"
 cert = "{certs}/server.crt"
 key = "{certs}/server.key"
 client_ca = "{certs}/ca.crt"
+{extra_client_tls}
 [databases.upstream_tls]
 ca = "{certs}/ca.crt"
 [databases.auth]
 method = "password"
-password = {{ env = "DBTAPE_TEST_PG_PASSWORD" }}
+password = {pg_password}
 
 [[users]]
 name = "alice"

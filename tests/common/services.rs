@@ -56,12 +56,17 @@ impl Services {
 
     /// `proxy_aws_vars` for this test process, for dbtape run in-process (the credential chain
     /// reads the process environment).
+    /// Set once per test process: each later call finds it done, so no test changes the
+    /// environment while another reads it.
     pub fn use_proxy_aws_identity(&self) {
-        for (name, value) in self.proxy_aws_vars() {
-            std::env::set_var(name, value);
-        }
-        for name in ["AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_CA_BUNDLE"] {
-            std::env::remove_var(name);
-        }
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            for (name, value) in self.proxy_aws_vars() {
+                std::env::set_var(name, value);
+            }
+            for name in ["AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_CA_BUNDLE"] {
+                std::env::remove_var(name);
+            }
+        });
     }
 }

@@ -7,7 +7,7 @@
 use std::time::SystemTime;
 
 use super::errors::ErrorKind;
-use super::DbState;
+use crate::auth::{AccessKey, Directory};
 use crate::aws::sigv4_verify::{verify, Authorization, SignedRequest, VerifyError};
 use crate::server::ListenerContext;
 
@@ -47,22 +47,16 @@ impl Refusal {
     }
 }
 
-/// A user's signing key, read from its secret reference at start-up.
-pub struct ClientKey {
-    pub user: String,
-    pub secret: String,
-}
-
 /// A request's signature header, parsed, and the key it names.
 pub struct Identified<'a> {
     auth: Authorization<'a>,
-    key: &'a ClientKey,
+    key: &'a AccessKey,
     wanted_role: Option<&'a str>,
 }
 
 /// What the headers alone show: a well-formed signature by a known key. Checked before the
 /// body is read, so a stranger cannot make dbtape buffer request bodies.
-pub fn identify<'a>(state: &'a DbState, parts: &'a http::request::Parts) -> Result<Identified<'a>, Refusal> {
+pub fn identify<'a>(directory: &'a Directory, parts: &'a http::request::Parts) -> Result<Identified<'a>, Refusal> {
     let Some(header) = parts.headers.get(http::header::AUTHORIZATION) else {
         return Err(Refusal::new(ErrorKind::MissingAuthenticationToken, "", "the request is not signed".into()));
     };
@@ -70,7 +64,7 @@ pub fn identify<'a>(state: &'a DbState, parts: &'a http::request::Parts) -> Resu
         header.to_str().map_err(|_| Refusal::new(ErrorKind::IncompleteSignature, "", "the Authorization header is not text".into()))?;
     let auth = Authorization::parse(header).map_err(|e| Refusal::new(ErrorKind::IncompleteSignature, "", e.to_string()))?;
     let (key_id, wanted_role) = crate::auth::grants::split_login(auth.access_key_id);
-    let Some(key) = state.keys.get(key_id) else {
+    let Some(key) = directory.access_key(key_id) else {
         let shown = super::session::truncate(key_id, 128);
         return Err(Refusal::new(ErrorKind::UnrecognizedClient, "", format!("unknown access key id {shown:?}")));
     };
@@ -80,6 +74,7 @@ pub fn identify<'a>(state: &'a DbState, parts: &'a http::request::Parts) -> Resu
 /// Checks the signature of an identified request over its body's hash, then its role.
 pub fn authenticate(
     ctx: &ListenerContext,
+    directory: &Directory,
     parts: &http::request::Parts,
     identified: Identified<'_>,
     payload_sha256: &str,
@@ -106,7 +101,9 @@ pub fn authenticate(
         };
         Refusal::new(kind, &key.user, e.to_string())
     })?;
-    let user = crate::auth::grants::user_by_name(ctx.config(), &key.user)
+    let user = directory
+        .by_name(&key.user)
+        .map(|p| &p.config)
         .ok_or_else(|| Refusal::new(ErrorKind::AccessDenied, &key.user, "the user is no longer configured".into()))?;
     choose_role(user, ctx.database(), wanted_role).map_err(|reason| Refusal {
         kind: ErrorKind::AccessDenied,

@@ -30,8 +30,6 @@ pub enum DynamoSetupError {
     Tls { database: String, source: TlsError },
     #[error("database {database:?}: upstream {uri:?} is not http(s)://host[:port]")]
     Upstream { database: String, uri: String },
-    #[error("user {user:?}: aws_secret_access_key: {error}")]
-    Secret { user: String, error: String },
 }
 
 /// How long a client may take to send a request's headers, once it has started one.
@@ -44,8 +42,6 @@ pub struct DbState {
     endpoint: upstream::Endpoint,
     roles: RoleCredentials,
     max_request_bytes: usize,
-    /// Users' signing keys by access key id.
-    keys: HashMap<String, auth::ClientKey>,
     /// KiB of request bodies being read at once, over all connections.
     body_budget: tokio::sync::Semaphore,
 }
@@ -61,31 +57,19 @@ pub struct DynamoEngine {
 
 impl DynamoEngine {
     pub fn new(config: &Config) -> Result<Self, DynamoSetupError> {
-        let mut keys_by_id = HashMap::new();
-        for user in &config.users {
-            if let (Some(id), Some(secret)) = (&user.aws_access_key_id, &user.aws_secret_access_key) {
-                let secret = secret.read().map_err(|e| DynamoSetupError::Secret { user: user.name.clone(), error: e.to_string() })?;
-                keys_by_id.insert(id.clone(), (user.name.clone(), secret));
-            }
-        }
         let mut databases = HashMap::new();
-        for db in config.databases.iter().filter(|d| Protocol::parse(&d.protocol) == Some(Protocol::DynamoDb)) {
+        for db in config.databases.iter().filter(|d| d.protocol == Protocol::DynamoDb) {
             let tls_err = |source| DynamoSetupError::Tls { database: db.name.clone(), source };
             let server_tls = server_config(&db.client_tls).map_err(tls_err)?;
             let client_tls = client_config(&db.upstream_tls).map_err(tls_err)?;
             let endpoint = upstream::Endpoint::parse(&db.upstream, &db.aws.region, client_tls, db.upstream_tls.server_name.as_deref())
                 .ok_or_else(|| DynamoSetupError::Upstream { database: db.name.clone(), uri: db.upstream.clone() })?;
-            let keys = keys_by_id
-                .iter()
-                .map(|(id, (user, secret))| (id.clone(), auth::ClientKey { user: user.clone(), secret: secret.clone() }))
-                .collect();
             let state = DbState {
                 server_tls,
                 client_tls_mode: db.client_tls.effective_mode(),
                 endpoint,
                 roles: RoleCredentials::new(db.aws.clone()),
                 max_request_bytes: db.max_request_bytes,
-                keys,
                 body_budget: tokio::sync::Semaphore::new(body_budget_kib(db.max_request_bytes).min(tokio::sync::Semaphore::MAX_PERMITS)),
             };
             databases.insert(db.name.clone(), Arc::new(state));

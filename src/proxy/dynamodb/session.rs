@@ -132,7 +132,8 @@ async fn handle(conn: &Conn, request: Request<Incoming>) -> Response<ResponseBod
         .await;
         return too_large();
     }
-    let identified = match identify(&conn.state, &parts) {
+    let directory = conn.ctx.directory();
+    let identified = match identify(&directory, &parts) {
         Ok(identified) => identified,
         Err(refusal) => {
             let mut response = error(refusal.kind, &refusal.client_message());
@@ -157,7 +158,7 @@ async fn handle(conn: &Conn, request: Request<Incoming>) -> Response<ResponseBod
         Err(e) => return error(ErrorKind::Validation, &format!("the request body could not be read: {e}")),
     };
     let payload_sha256 = payload_sha256(&body);
-    let who = match authenticate(&conn.ctx, &parts, identified, &payload_sha256) {
+    let who = match authenticate(&conn.ctx, &directory, &parts, identified, &payload_sha256) {
         Ok(who) => who,
         Err(refusal) => {
             let response = error(refusal.kind, &refusal.client_message());

@@ -13,8 +13,8 @@ use super::commands::{self, error_reply, is_hello, is_login_command, AUTHENTICAT
 use super::upstream::{aws_login, command, scram_login, UpstreamError};
 use super::wire::{read_message, Compressor, Message, WireError};
 use super::DbState;
-use crate::auth::scram::{client_first_user, ScramError, ServerExchange, Verifier};
-use crate::auth::{authorize, split_login, user_by_cn, user_by_name};
+use crate::auth::scram::{client_first_user, ScramError, ServerExchange};
+use crate::auth::{authorize, split_login};
 use crate::config::{AuthMethod, UserConfig};
 use crate::proxy::stream::Stream;
 use crate::recording::AuditPort;
@@ -233,11 +233,8 @@ impl<'a> Login<'a> {
         };
         let login = client_first_user(&payload).unwrap_or_default();
         let (person, _) = split_login(&login);
-        let user = user_by_name(self.ctx.config(), person);
-        let verifier = user.and_then(|u| u.scram_verifier.as_ref()).and_then(|v| v.read().ok()).and_then(|v| Verifier::parse(&v).ok());
-        let known = verifier.is_some();
         // Unknown users get the same exchange against a stand-in, so replies reveal nobody.
-        let verifier = verifier.unwrap_or_else(|| Verifier::stand_in(self.ctx.login_secret(), person, self.ctx.usual_scram_iterations()));
+        let (verifier, known) = self.ctx.directory().scram_verifier(person, self.ctx.login_secret());
         let skip_empty = body.get_document("options").ok().and_then(|o| o.get_bool("skipEmptyExchange").ok()).unwrap_or(false);
         match ServerExchange::start(verifier, &payload) {
             Ok((exchange, server_first)) => {
@@ -258,7 +255,8 @@ impl<'a> Login<'a> {
         };
         match self.scram.take() {
             Some(Scram::Started { exchange, login, known, skip_empty, conversation }) => {
-                let user = user_by_name(self.ctx.config(), split_login(&login).0).filter(|_| known);
+                let directory = self.ctx.directory();
+                let user = directory.by_name(split_login(&login).0).filter(|_| known).map(|p| &p.config);
                 match (exchange.finish(&payload), user) {
                     (Ok(server_final), Some(user)) => {
                         let reply = rawdoc! { "conversationId": conversation, "done": skip_empty, "payload": binary(server_final.into_bytes()), "ok": 1.0 };
@@ -296,8 +294,8 @@ impl<'a> Login<'a> {
             Some(Err(e)) => return Step::Reply(self.refused(&requested, e).await),
             None => return Step::Reply(self.refused(&requested, "no client certificate was presented".into()).await),
         };
-        let config = self.ctx.config();
-        let Some(user) = user_by_cn(config, &cn) else {
+        let directory = self.ctx.directory();
+        let Some(user) = directory.by_cert_cn(&cn).map(|p| &p.config) else {
             return Step::Reply(self.refused(&requested, format!("no user has certificate CN {cn:?}")).await);
         };
         // `user` may be the certificate subject (drivers send it) or `name@db_user`.
@@ -393,7 +391,8 @@ impl<'a> Login<'a> {
         match auth.method {
             AuthMethod::None => {}
             AuthMethod::Password => {
-                let password = auth.password.as_ref().and_then(|p| p.read().ok()).ok_or(UpstreamError::NoPassword)?;
+                let password =
+                    self.ctx.upstream_password()?.ok_or(UpstreamError::Password(crate::server::UpstreamPasswordError::NotConfigured))?;
                 let auth_db = self.state.upstream.auth_source.as_deref().unwrap_or("admin");
                 scram_login(&mut upstream, auth_db, db_user, &password).await?;
             }

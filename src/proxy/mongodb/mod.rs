@@ -20,7 +20,6 @@ use upstream::UpstreamTarget;
 
 use crate::audit::Protocol;
 use crate::config::{ClientTlsMode, Config};
-use crate::proxy::stream::Stream;
 use crate::proxy::tls::{client_config, server_config, TlsError};
 use crate::server::{BoxFuture, Connection, Engine, ListenerContext};
 
@@ -52,7 +51,7 @@ pub struct MongoEngine {
 impl MongoEngine {
     pub fn new(config: &Config) -> Result<Self, MongoSetupError> {
         let mut databases = HashMap::new();
-        for db in config.databases.iter().filter(|d| Protocol::parse(&d.protocol) == Some(Protocol::MongoDb)) {
+        for db in config.databases.iter().filter(|d| d.protocol == Protocol::MongoDb) {
             let tls_err = |source| MongoSetupError::Tls { database: db.name.clone(), source };
             let server_tls = server_config(&db.client_tls).map_err(tls_err)?;
             let client_tls = client_config(&db.upstream_tls).map_err(tls_err)?;
@@ -91,21 +90,6 @@ impl Engine for MongoEngine {
     }
 }
 
-/// The verified client certificate's CN, an error if one was presented but is not trusted,
-/// or `None` without one.
-fn client_cn(client: &Stream, state: &DbState) -> Option<Result<String, String>> {
-    let Stream::Server(tls) = client else { return None };
-    let chain = tls.get_ref().1.peer_certificates()?.to_vec();
-    let verifier = state.server_tls.as_ref()?.client_verifier.as_ref()?;
-    if chain.is_empty() {
-        return None;
-    }
-    if let Err(e) = crate::proxy::tls::verify_client_chain(verifier.as_ref(), &chain) {
-        return Some(Err(format!("client certificate not trusted: {e}")));
-    }
-    chain.first().and_then(crate::proxy::tls::subject_cn).map(Ok)
-}
-
 async fn run(conn: Connection, ctx: Arc<ListenerContext>, state: Arc<DbState>) {
     let info = conn.info();
     let span = conn.span;
@@ -113,7 +97,7 @@ async fn run(conn: Connection, ctx: Arc<ListenerContext>, state: Arc<DbState>) {
     let deadline = login_slot.deadline();
     let handshake = async {
         let mut client = crate::proxy::net::accept_tls(conn.stream, state.server_tls.as_ref(), state.client_tls_mode).await?;
-        let cn = client_cn(&client, &state);
+        let cn = crate::proxy::tls::client_certificate_cn(&client, state.server_tls.as_ref());
         let mut login = login::Login::new(&ctx, &state, info, cn);
         let outcome = login.run(&mut client).await;
         Some((client, outcome, login))

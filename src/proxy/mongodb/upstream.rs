@@ -29,8 +29,8 @@ pub enum UpstreamError {
     Scram(#[from] ScramError),
     #[error("MONGODB-AWS: {0}")]
     Aws(String),
-    #[error("no upstream password is configured (databases.auth.password)")]
-    NoPassword,
+    #[error(transparent)]
+    Password(#[from] crate::server::UpstreamPasswordError),
     #[error("unexpected reply: {0}")]
     Unexpected(String),
 }

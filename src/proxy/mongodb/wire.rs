@@ -438,14 +438,6 @@ pub fn op_reply_body(flags: i32, docs: &[&RawDocumentBuf]) -> Vec<u8> {
     out
 }
 
-/// The first document of an OP_REPLY.
-pub fn op_reply_document(body: &[u8]) -> Result<RawDocumentBuf, WireError> {
-    if body.len() < 20 {
-        return Err(malformed("OP_REPLY", "short message"));
-    }
-    Ok(read_document(&body[20..], "OP_REPLY document")?.0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -43,7 +43,7 @@ impl PostgresEngine {
     /// Loads TLS material and upstream targets for every postgres database in the config.
     pub fn new(config: &Config) -> Result<Self, PostgresSetupError> {
         let mut databases = HashMap::new();
-        for db in config.databases.iter().filter(|d| Protocol::parse(&d.protocol) == Some(Protocol::Postgres)) {
+        for db in config.databases.iter().filter(|d| d.protocol == Protocol::Postgres) {
             let tls_err = |source| PostgresSetupError::Tls { database: db.name.clone(), source };
             let server_tls = server_config(&db.client_tls).map_err(tls_err)?;
             let client_tls = client_config(&db.upstream_tls).map_err(tls_err)?;

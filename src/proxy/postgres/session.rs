@@ -17,7 +17,7 @@ use super::redact::{Redactor, SessionSecrets};
 use super::upstream::{UpstreamError, UpstreamTarget};
 use crate::audit::{EventBody, Status};
 use crate::auth::scram::{ServerExchange, Verifier};
-use crate::auth::{authorize, split_login, user_by_cn, user_by_name};
+use crate::auth::{authorize, split_login};
 use crate::config::{AuthMethod, ClientTlsMode};
 use crate::proxy::chunk_reader::ChunkReader;
 use crate::proxy::stream::Stream;
@@ -261,38 +261,20 @@ async fn establish(
     if state.client_tls_mode == ClientTlsMode::Required && !client.is_tls() {
         return Err(deny(person, "this database requires TLS (connect with sslmode=require or stronger)".into()));
     }
-    let config = ctx.config();
-    let peer_chain = match &*client {
-        Stream::Server(tls) => tls.get_ref().1.peer_certificates().map(<[_]>::to_vec),
-        _ => None,
-    };
-    let cert_cn = match (peer_chain, state.server_tls.as_ref().and_then(|t| t.client_verifier.as_ref())) {
-        (Some(chain), Some(verifier)) if !chain.is_empty() => {
-            if let Err(e) = crate::proxy::tls::verify_client_chain(verifier.as_ref(), &chain) {
-                return Err(deny(person, format!("client certificate not trusted: {e}")));
+    let directory = ctx.directory();
+    let user = match crate::proxy::tls::client_certificate_cn(client, state.server_tls.as_ref()) {
+        Some(Err(untrusted)) => return Err(deny(person, untrusted)),
+        Some(Ok(cn)) => {
+            let user = directory.by_cert_cn(&cn).ok_or_else(|| deny(person, format!("no user has certificate CN {cn:?}")))?;
+            if !person.is_empty() && person != user.config.name {
+                return Err(deny(person, format!("certificate CN {cn:?} belongs to {:?}, not {person:?}", user.config.name)));
             }
-            chain.first().and_then(crate::proxy::tls::subject_cn)
-        }
-        _ => None,
-    };
-    let user = match cert_cn {
-        Some(cn) => {
-            let user = user_by_cn(config, &cn).ok_or_else(|| deny(person, format!("no user has certificate CN {cn:?}")))?;
-            if !person.is_empty() && person != user.name {
-                return Err(deny(person, format!("certificate CN {cn:?} belongs to {:?}, not {person:?}", user.name)));
-            }
-            user
+            &user.config
         }
         None => {
-            let user = user_by_name(config, person);
-            let verifier = user.and_then(|u| u.scram_verifier.as_ref()).and_then(|v| v.read().ok()).and_then(|v| Verifier::parse(&v).ok());
-            let known = verifier.is_some();
-            // Unknown users go through the same exchange against a throwaway verifier, so
-            // the answer does not reveal who exists.
-            let verifier = match verifier {
-                Some(v) => v,
-                None => Verifier::stand_in(ctx.login_secret(), person, ctx.usual_scram_iterations()),
-            };
+            // Unknown users go through the same exchange against a stand-in verifier, so the
+            // answer does not reveal who exists.
+            let (verifier, known) = directory.scram_verifier(person, ctx.login_secret());
             match scram_login(client, verifier).await {
                 Ok(()) if known => {}
                 Ok(()) | Err(ScramOutcome::WrongPassword) => {
@@ -301,7 +283,10 @@ async fn establish(
                 Err(ScramOutcome::Gone) => return Err(Refusal::Gone),
                 Err(ScramOutcome::Protocol(e)) => return Err(deny(person, format!("SCRAM exchange failed: {e}"))),
             }
-            user.ok_or_else(|| deny(person, format!("password authentication failed for user {person:?}")))?
+            directory
+                .by_name(person)
+                .map(|p| &p.config)
+                .ok_or_else(|| deny(person, format!("password authentication failed for user {person:?}")))?
         }
     };
     let (db_user, db_name) = authorize(user, &ctx.database().name, requested_db_user, requested_db.as_deref(), &state.upstream.database)
@@ -322,8 +307,10 @@ async fn establish(
         }
     };
     let password = match ctx.database().auth.method {
-        AuthMethod::Password => ctx.database().auth.password.as_ref().and_then(|p| p.read().ok()),
-        AuthMethod::None => None,
+        AuthMethod::Password | AuthMethod::None => match ctx.upstream_password() {
+            Ok(password) => password,
+            Err(e) => return refuse_after_open(client, port, e.to_string(), "08004").await,
+        },
         AuthMethod::AwsIam => match state.iam_token(ctx, &db_user).await {
             Ok(token) => Some(token),
             Err(e) => return refuse_after_open(client, port, format!("cannot make an IAM auth token: {e}"), "08004").await,

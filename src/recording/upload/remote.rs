@@ -18,6 +18,21 @@ pub fn cache_dir(s3: &S3Storage) -> PathBuf {
     base.join("dbtape").join("s3").join(&s3.bucket).join(prefix)
 }
 
+/// Where a listed object goes in `dir`: recordings by their file name, published keys
+/// under `keys/`. Anything else, or a key outside the prefix (a store that ignores the
+/// listing's prefix), is skipped. Keys come from the bucket: only plain file names are
+/// written, never paths.
+fn local_target(prefix: &str, key: &str, dir: &Path) -> Option<PathBuf> {
+    let relative = key.strip_prefix(prefix)?;
+    let name = relative.rsplit('/').next()?;
+    let is_key = relative.starts_with("keys/") && name.ends_with(".pub");
+    let is_recording = name.ends_with(".dbt") || name.ends_with(".meta.json") || name.ends_with(".manifest.json");
+    if !(is_key || is_recording) || name.is_empty() || name.contains('\\') || name.starts_with('.') {
+        return None;
+    }
+    Some(if is_key { dir.join("keys").join(name) } else { dir.join(name) })
+}
+
 /// Copies every recording object (and the published public keys, into `keys/`) into `dir`.
 /// Returns how many files were fetched.
 pub async fn sync(s3: &S3Storage, dir: &Path) -> Result<usize, UploadError> {
@@ -33,14 +48,7 @@ pub async fn sync(s3: &S3Storage, dir: &Path) -> Result<usize, UploadError> {
         let page = list.send().await.map_err(|e| super::s3_error("ListObjectsV2", &s3.prefix, &e))?;
         for object in page.contents() {
             let Some(key) = object.key() else { continue };
-            let Some(name) = key.rsplit('/').next() else { continue };
-            let is_key = key[s3.prefix.len()..].starts_with("keys/") && name.ends_with(".pub");
-            let is_recording = name.ends_with(".dbt") || name.ends_with(".meta.json") || name.ends_with(".manifest.json");
-            // Names come from the bucket: only plain file names are written, never paths.
-            if !(is_key || is_recording) || name.contains(['/', '\\']) || name.starts_with('.') {
-                continue;
-            }
-            let target = if is_key { dir.join("keys").join(name) } else { dir.join(name) };
+            let Some(target) = local_target(&s3.prefix, key, dir) else { continue };
             let size = object.size().unwrap_or(-1);
             if std::fs::metadata(&target).is_ok_and(|m| m.len() as i64 == size) {
                 continue;
@@ -61,4 +69,24 @@ pub async fn sync(s3: &S3Storage, dir: &Path) -> Result<usize, UploadError> {
         }
     }
     Ok(copied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listed_keys_outside_the_prefix_are_skipped_not_sliced() {
+        let dir = Path::new("/cache");
+        // Shorter than the prefix, and one cutting a multi-byte character at the prefix's
+        // length: slicing by length panicked on both.
+        assert_eq!(local_target("team/recordings/", "a.dbt", dir), None);
+        assert_eq!(local_target("ab/", "aé.dbt", dir), None);
+        assert_eq!(local_target("p/", "other/2026/01/02/x.dbt", dir), None);
+        assert_eq!(local_target("p/", "p/2026/01/02/x.dbt", dir), Some(dir.join("x.dbt")));
+        assert_eq!(local_target("p/", "p/keys/host-1.pub", dir), Some(dir.join("keys/host-1.pub")));
+        assert_eq!(local_target("p/", "p/2026/keys/host-1.pub", dir), None);
+        assert_eq!(local_target("p/", "p/2026/.hidden.dbt", dir), None);
+        assert_eq!(local_target("p/", "p/2026/a\\b.dbt", dir), None);
+    }
 }
