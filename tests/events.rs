@@ -254,7 +254,7 @@ fn the_audit_port_numbers_events_from_zero_and_seals_with_an_end_event() {
     let sid = c.sid.clone();
     let port = AuditPort::new(rec.recorder.open(c).unwrap());
     block_on(async {
-        port.session_started(Some(7)).await.unwrap();
+        let port = port.begin(Some(7)).await.unwrap();
         port.emit(EventBody::Query { query: "SELECT 1".into(), parameters: vec![], db_name: None }).await.unwrap();
         port.emit(EventBody::Result { status: Status::ok(), affected_records: 1, query_ei: None }).await.unwrap();
         port.end().await.unwrap();

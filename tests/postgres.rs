@@ -335,7 +335,7 @@ async fn malformed_bytes_end_only_that_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_tls_disabled_refuses_ssl_requests_even_with_a_certificate_configured() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut proxy = Proxy::start_configured("", "", "mode = \"disabled\"").await;
+    let mut proxy = Proxy::start_configured("", "", Some("mode = \"disabled\"")).await;
     let mut raw = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     // SSLRequest: length 8, code 80877103.
     raw.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await.unwrap();

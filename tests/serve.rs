@@ -29,7 +29,7 @@ impl Engine for EchoEngine {
         Box::pin(async move {
             let identity = SessionIdentity { user: "alice".into(), db_user: "reader".into(), db_name: "app".into(), ..Default::default() };
             let port = ctx.open_session(identity, conn.info()).await.unwrap();
-            port.session_started(None).await.unwrap();
+            let port = port.begin(None).await.unwrap();
             conn.login.logged_in();
             let (read, mut write) = conn.stream.split();
             let mut lines = BufReader::new(read).lines();

@@ -138,12 +138,21 @@ impl AuditPort {
         }
     }
 
-    /// The session began (TDB00I). `postgres_pid` is the PostgreSQL backend's, where there is one.
-    pub async fn session_started(&self, postgres_pid: Option<u32>) -> Result<(), AuditError> {
-        self.emit(EventBody::SessionStart { status: Status::ok(), postgres_pid }).await.map(|_| ())
+    /// The session began (TDB00I): the port to relay with. `postgres_pid` is the PostgreSQL
+    /// backend's, where there is one. If even that cannot be recorded (strict mode), the
+    /// recording is sealed here and the engine refuses the session with the error.
+    pub async fn begin(self, postgres_pid: Option<u32>) -> Result<AuditPort, AuditError> {
+        match self.emit(EventBody::SessionStart { status: Status::ok(), postgres_pid }).await {
+            Ok(_) => Ok(self),
+            Err(e) => {
+                self.seal().await;
+                Err(e)
+            }
+        }
     }
 
-    /// The session could not begin after its recording opened (TDB00W), and the recording is sealed.
+    /// The session could not begin after its recording opened (TDB00W), and the recording is
+    /// sealed. `error` is why (an upstream's refusal, say); `message` the kind of failure.
     pub async fn start_failed(self, error: String, message: &str) {
         let _ = self.emit(EventBody::SessionStart { status: Status::failed(error, message), postgres_pid: None }).await;
         self.seal().await;

@@ -80,6 +80,26 @@ pub enum UpstreamPasswordError {
     Unreadable { from: String, cause: String },
 }
 
+/// A login an engine turned down, before any session began: who the client claimed to be
+/// (as far as it got) and why. Every engine refuses through this one type and
+/// `ListenerContext::refuse`; only the reply to the client is its protocol's own.
+#[derive(Debug, Clone, Default)]
+pub struct Refusal {
+    pub identity: SessionIdentity,
+    pub reason: String,
+}
+
+impl Refusal {
+    pub fn new(identity: SessionIdentity, reason: impl Into<String>) -> Self {
+        Refusal { identity, reason: reason.into() }
+    }
+
+    /// A refusal of `user` (as far as the client named one), for `reason`.
+    pub fn of_user(user: &str, reason: impl Into<String>) -> Self {
+        Refusal::new(SessionIdentity { user: user.to_string(), ..Default::default() }, reason)
+    }
+}
+
 /// Who a session is for, as the engine established it.
 #[derive(Debug, Clone, Default)]
 pub struct SessionIdentity {
@@ -131,15 +151,16 @@ impl ListenerContext {
     }
 
     /// Audits a refused login (TDB00W) in the listener's refused-logins log, and counts it
-    /// against its source address.
-    pub async fn refuse(&self, identity: SessionIdentity, conn: ConnectionInfo, reason: String) {
+    /// against its source address. The engine tells the client in its own wire format; call
+    /// this first, so that a client retrying at once meets the count its failure made.
+    pub async fn refuse(&self, refusal: Refusal, conn: ConnectionInfo) {
         let remote_addr = conn.peer.to_string();
         let shuts_out = self.failed_logins.record(conn.peer.ip()) == super::refusals::Failure::ShutsOut;
-        self.record_refusal(identity, conn, reason, "access denied").await;
+        self.record_refusal(refusal.identity, conn, refusal.reason, "access denied").await;
         if shuts_out {
             let limit = self.config.server.max_failed_logins_per_source;
             tracing::warn!(source = %conn.peer.ip(), limit, "too many failed logins from one source; closing its connections for a minute");
-            let notice = super::refusals::Refusal {
+            let notice = super::refusals::RefusedLogin {
                 remote_addr,
                 reason: format!(
                     "{} failed logins from {} within a minute (server.max_failed_logins_per_source): its new connections are closed unaudited for the rest of the minute",
@@ -154,7 +175,7 @@ impl ListenerContext {
 
     /// A TDB00W in the listener's refused-logins log.
     async fn record_refusal(&self, identity: SessionIdentity, conn: ConnectionInfo, reason: String, message: &str) {
-        let refusal = super::refusals::Refusal {
+        let refusal = super::refusals::RefusedLogin {
             user: identity.user,
             db_user: identity.db_user,
             db_name: identity.db_name,

@@ -73,6 +73,7 @@ impl LoginGate {
             counts: Some(self.counts.clone()),
             source,
             deadline: Instant::now() + self.limits.timeout,
+            timeout: self.limits.timeout,
             done: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -88,6 +89,7 @@ pub struct LoginSlot {
     counts: Option<Arc<Mutex<Counts>>>,
     source: IpAddr,
     deadline: Instant,
+    timeout: Duration,
     done: Arc<AtomicBool>,
 }
 
@@ -95,6 +97,25 @@ impl LoginSlot {
     /// When the login must be finished: handshake, client authentication and upstream login.
     pub fn deadline(&self) -> Instant {
         self.deadline
+    }
+
+    /// Runs `login` (in `span`) to its end or to the deadline, whichever comes first. At the
+    /// deadline it is dropped, closing what it held, as PostgreSQL's authentication_timeout
+    /// closes a login; none then.
+    pub async fn before_deadline<F: std::future::Future>(&self, span: &tracing::Span, login: F) -> Option<F::Output> {
+        match tokio::time::timeout_at(self.deadline, tracing::Instrument::instrument(login, span.clone())).await {
+            Ok(done) => Some(done),
+            Err(_) => {
+                tracing::info!(parent: span, timeout = ?self.timeout, "login unfinished at the deadline; connection closed");
+                None
+            }
+        }
+    }
+
+    /// Resolves at the deadline, for an engine whose login ends inside a longer exchange
+    /// (DynamoDB's first signed request on a keep-alive connection).
+    pub async fn deadline_passed(&self) {
+        tokio::time::sleep_until(self.deadline).await;
     }
 
     /// The client is logged in: the connection no longer counts against the limits and the

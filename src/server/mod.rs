@@ -15,7 +15,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use engine::{BoxFuture, Connection, ConnectionInfo, Engine, EngineRegistry, ListenerContext, SessionIdentity, UpstreamPasswordError};
+pub use engine::{
+    BoxFuture, Connection, ConnectionInfo, Engine, EngineRegistry, ListenerContext, Refusal, SessionIdentity, UpstreamPasswordError,
+};
 pub use login_gate::{GateRefusal, LoginGate, LoginLimits, LoginSlot};
 pub use workers::WorkerPool;
 

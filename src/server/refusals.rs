@@ -86,9 +86,9 @@ pub struct RefusalLog {
     current: tokio::sync::Mutex<Option<(String, Arc<SessionLog>)>>,
 }
 
-/// One refused login, as the engine saw it.
+/// One refused login, as the refused-logins log records it.
 #[derive(Default)]
-pub struct Refusal {
+pub(super) struct RefusedLogin {
     pub user: String,
     pub db_user: String,
     pub db_name: String,
@@ -104,7 +104,7 @@ impl RefusalLog {
 
     /// Appends the refusal to today's log, opening it (and sealing yesterday's) as needed.
     /// `context` is the listener's context for a new log.
-    pub async fn record(&self, refusal: Refusal, message: &str, context: impl FnOnce() -> SessionContext) {
+    pub(super) async fn record(&self, refusal: RefusedLogin, message: &str, context: impl FnOnce() -> SessionContext) {
         let now_ms = crate::audit::now_ms();
         let day = crate::audit::format_time(now_ms).get(..10).unwrap_or_default().to_string();
         let log = {

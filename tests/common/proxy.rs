@@ -76,14 +76,16 @@ impl Proxy {
 
     /// As `start_with`, with `extra_server` added to the [server] section.
     pub async fn start_custom(extra_server: &str, extra_recording: &str) -> Proxy {
-        Self::start_configured(extra_server, extra_recording, "").await
+        Self::start_configured(extra_server, extra_recording, None).await
     }
 
-    /// As `start_custom`, with `extra_client_tls` added to the database's [client_tls].
-    pub async fn start_configured(extra_server: &str, extra_recording: &str, extra_client_tls: &str) -> Proxy {
+    /// As `start_custom`; `client_tls_tail` replaces the [client_tls] section's `client_ca`
+    /// line (the listener's certificate and key stay).
+    pub async fn start_configured(extra_server: &str, extra_recording: &str, client_tls_tail: Option<&str>) -> Proxy {
         let services = Services::load();
         let root = tempfile::tempdir().unwrap();
         let certs = services.get("CERTS").to_string();
+        let client_tls_tail = client_tls_tail.map_or_else(|| format!("client_ca = \"{certs}/ca.crt\""), str::to_string);
         let pg_password = super::secret_file(root.path(), "pg-password", services.get("PG_PASSWORD"));
         let text = format!(
             r#"
@@ -105,8 +107,7 @@ upstream = "postgres://127.0.0.1:{port}/postgres"
 [databases.client_tls]
 cert = "{certs}/server.crt"
 key = "{certs}/server.key"
-client_ca = "{certs}/ca.crt"
-{extra_client_tls}
+{client_tls_tail}
 [databases.upstream_tls]
 ca = "{certs}/ca.crt"
 [databases.auth]

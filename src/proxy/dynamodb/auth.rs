@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use super::errors::ErrorKind;
 use crate::auth::{AccessKey, Directory};
 use crate::aws::sigv4_verify::{verify, Authorization, SignedRequest, VerifyError};
-use crate::server::ListenerContext;
+use crate::server::{ListenerContext, Refusal, SessionIdentity};
 
 /// An authenticated request's identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,19 +20,26 @@ pub struct Who {
     pub role_arn: String,
 }
 
-/// A refused request: the error the client gets and what the audit records.
+/// A refused request: the DynamoDB error the client gets, and the refusal the audit records
+/// (the user, when the key id named one).
 #[derive(Debug, Clone)]
-pub struct Refusal {
+pub struct RequestRefusal {
     pub kind: ErrorKind,
-    /// The user, when the key id named one.
-    pub user: String,
-    pub db_user: String,
-    pub reason: String,
+    /// Boxed: refusals are rare, and every Result on the request path would carry it.
+    pub refusal: Box<Refusal>,
 }
 
-impl Refusal {
+impl RequestRefusal {
     pub fn new(kind: ErrorKind, user: &str, reason: String) -> Self {
-        Refusal { kind, user: user.to_string(), db_user: String::new(), reason }
+        RequestRefusal { kind, refusal: Box::new(Refusal::of_user(user, reason)) }
+    }
+
+    /// The refusal as audited: the error's name before the reason, and the client's agent.
+    pub fn audited(self, user_agent: &str) -> Refusal {
+        let mut refusal = *self.refusal;
+        refusal.reason = format!("{}: {}", self.kind.name(), refusal.reason);
+        refusal.identity.user_agent = user_agent.to_string();
+        refusal
     }
 
     /// What AWS says in the same case; it never confirms which part was wrong beyond that.
@@ -40,9 +47,11 @@ impl Refusal {
         match self.kind {
             ErrorKind::MissingAuthenticationToken => "Request is missing Authentication Token".into(),
             ErrorKind::UnrecognizedClient => "The security token included in the request is invalid.".into(),
-            ErrorKind::InvalidSignature if self.reason.starts_with("signature expired") => format!("Signature expired: {}", self.reason),
+            ErrorKind::InvalidSignature if self.refusal.reason.starts_with("signature expired") => {
+                format!("Signature expired: {}", self.refusal.reason)
+            }
             ErrorKind::InvalidSignature => "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.".into(),
-            _ => self.reason.clone(),
+            _ => self.refusal.reason.clone(),
         }
     }
 }
@@ -56,17 +65,18 @@ pub struct Identified<'a> {
 
 /// What the headers alone show: a well-formed signature by a known key. Checked before the
 /// body is read, so a stranger cannot make dbtape buffer request bodies.
-pub fn identify<'a>(directory: &'a Directory, parts: &'a http::request::Parts) -> Result<Identified<'a>, Refusal> {
+pub fn identify<'a>(directory: &'a Directory, parts: &'a http::request::Parts) -> Result<Identified<'a>, RequestRefusal> {
     let Some(header) = parts.headers.get(http::header::AUTHORIZATION) else {
-        return Err(Refusal::new(ErrorKind::MissingAuthenticationToken, "", "the request is not signed".into()));
+        return Err(RequestRefusal::new(ErrorKind::MissingAuthenticationToken, "", "the request is not signed".into()));
     };
-    let header =
-        header.to_str().map_err(|_| Refusal::new(ErrorKind::IncompleteSignature, "", "the Authorization header is not text".into()))?;
-    let auth = Authorization::parse(header).map_err(|e| Refusal::new(ErrorKind::IncompleteSignature, "", e.to_string()))?;
+    let header = header
+        .to_str()
+        .map_err(|_| RequestRefusal::new(ErrorKind::IncompleteSignature, "", "the Authorization header is not text".into()))?;
+    let auth = Authorization::parse(header).map_err(|e| RequestRefusal::new(ErrorKind::IncompleteSignature, "", e.to_string()))?;
     let (key_id, wanted_role) = crate::auth::grants::split_login(auth.access_key_id);
     let Some(key) = directory.access_key(key_id) else {
         let shown = super::session::truncate(key_id, 128);
-        return Err(Refusal::new(ErrorKind::UnrecognizedClient, "", format!("unknown access key id {shown:?}")));
+        return Err(RequestRefusal::new(ErrorKind::UnrecognizedClient, "", format!("unknown access key id {shown:?}")));
     };
     Ok(Identified { auth, key, wanted_role })
 }
@@ -78,10 +88,10 @@ pub fn authenticate(
     parts: &http::request::Parts,
     identified: Identified<'_>,
     payload_sha256: &str,
-) -> Result<Who, Refusal> {
+) -> Result<Who, RequestRefusal> {
     let Identified { auth, key, wanted_role } = identified;
     if auth.service != "dynamodb" {
-        return Err(Refusal::new(
+        return Err(RequestRefusal::new(
             ErrorKind::InvalidSignature,
             &key.user,
             "Credential should be scoped to correct service: 'dynamodb'".into(),
@@ -99,17 +109,16 @@ pub fn authenticate(
             VerifyError::Malformed(_) => ErrorKind::IncompleteSignature,
             VerifyError::Expired { .. } | VerifyError::Mismatch => ErrorKind::InvalidSignature,
         };
-        Refusal::new(kind, &key.user, e.to_string())
+        RequestRefusal::new(kind, &key.user, e.to_string())
     })?;
     let user = directory
         .by_name(&key.user)
         .map(|p| &p.config)
-        .ok_or_else(|| Refusal::new(ErrorKind::AccessDenied, &key.user, "the user is no longer configured".into()))?;
-    choose_role(user, ctx.database(), wanted_role).map_err(|reason| Refusal {
-        kind: ErrorKind::AccessDenied,
-        user: key.user.clone(),
-        db_user: wanted_role.unwrap_or_default().to_string(),
-        reason,
+        .ok_or_else(|| RequestRefusal::new(ErrorKind::AccessDenied, &key.user, "the user is no longer configured".into()))?;
+    choose_role(user, ctx.database(), wanted_role).map_err(|reason| {
+        let identity =
+            SessionIdentity { user: key.user.clone(), db_user: wanted_role.unwrap_or_default().to_string(), ..Default::default() };
+        RequestRefusal { kind: ErrorKind::AccessDenied, refusal: Box::new(Refusal::new(identity, reason)) }
     })
 }
 

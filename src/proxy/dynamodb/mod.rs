@@ -98,12 +98,8 @@ async fn run(conn: Connection, ctx: Arc<ListenerContext>, state: Arc<DbState>) {
     let info = conn.info();
     let span = conn.span;
     let mut login_slot = conn.login;
-    let deadline = login_slot.deadline();
     let accept = crate::proxy::net::accept_tls(conn.stream, state.server_tls.as_ref(), state.client_tls_mode);
-    let stream = match tokio::time::timeout_at(deadline, tracing::Instrument::instrument(accept, span.clone())).await {
-        Ok(Some(stream)) => stream,
-        _ => return,
-    };
+    let Some(Some(stream)) = login_slot.before_deadline(&span, accept).await else { return };
     let (session, mut logged_in) = session::Conn::new(ctx.clone(), state.clone(), info);
     let service = {
         let session = session.clone();
@@ -130,7 +126,7 @@ async fn run(conn: Connection, ctx: Arc<ListenerContext>, state: Arc<DbState>) {
                     login_slot.logged_in();
                 }
             }
-            _ = tokio::time::sleep_until(deadline), if login_pending => {
+            () = login_slot.deadline_passed(), if login_pending => {
                 tracing::info!(parent: &span, "no signed request before the login deadline; connection closed");
                 break;
             }

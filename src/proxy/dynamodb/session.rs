@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
-use super::auth::{authenticate, identify, Refusal, Who};
+use super::auth::{authenticate, identify, RequestRefusal, Who};
 use super::errors::{error_response, ErrorKind};
 use super::summary::summarize;
 use super::tee::Tee;
@@ -123,7 +123,7 @@ async fn handle(conn: &Conn, request: Request<Incoming>) -> Response<ResponseBod
         refuse(
             conn,
             &parts,
-            Refusal::new(
+            RequestRefusal::new(
                 ErrorKind::RequestTooLarge,
                 "",
                 format!("request body of {} bytes is over the limit of {max}", declared.unwrap_or(0)),
@@ -152,7 +152,12 @@ async fn handle(conn: &Conn, request: Request<Incoming>) -> Response<ResponseBod
     let body = match Limited::new(body, max).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            refuse(conn, &parts, Refusal::new(ErrorKind::RequestTooLarge, "", format!("request body over the limit of {max} bytes"))).await;
+            refuse(
+                conn,
+                &parts,
+                RequestRefusal::new(ErrorKind::RequestTooLarge, "", format!("request body over the limit of {max} bytes")),
+            )
+            .await;
             return too_large();
         }
         Err(e) => return error(ErrorKind::Validation, &format!("the request body could not be read: {e}")),
@@ -170,15 +175,9 @@ async fn handle(conn: &Conn, request: Request<Incoming>) -> Response<ResponseBod
     forward(conn, parts, body, &payload_sha256, who).await
 }
 
-async fn refuse(conn: &Conn, parts: &http::request::Parts, refusal: Refusal) {
-    let identity = SessionIdentity {
-        user: refusal.user.clone(),
-        db_user: refusal.db_user.clone(),
-        user_agent: header(parts, "user-agent").to_string(),
-        ..SessionIdentity::default()
-    };
-    tracing::info!(user = %refusal.user, reason = %refusal.reason, "DynamoDB request refused");
-    conn.ctx.refuse(identity, conn.info, format!("{}: {}", refusal.kind.name(), refusal.reason)).await;
+async fn refuse(conn: &Conn, parts: &http::request::Parts, refused: RequestRefusal) {
+    tracing::info!(user = %refused.refusal.identity.user, reason = %refused.refusal.reason, "DynamoDB request refused");
+    conn.ctx.refuse(refused.audited(header(parts, "user-agent")), conn.info).await;
 }
 
 fn header<'a>(parts: &'a http::request::Parts, name: &str) -> &'a str {
@@ -350,11 +349,13 @@ async fn session_for(conn: &Conn, inner: &mut Inner, who: &Who, user_agent: &str
             return Err(format!("dbtape: {}, so the request is refused", e.client_reason()));
         }
     };
-    if let Err(e) = port.session_started(None).await {
-        tracing::error!(error = %e, "cannot record the start of a DynamoDB session");
-        port.seal().await;
-        return Err(crate::recording::AuditError::client_message_text().to_string());
-    }
+    let port = match port.begin(None).await {
+        Ok(port) => port,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot record the start of a DynamoDB session");
+            return Err(e.client_message().to_string());
+        }
+    };
     let port = Arc::new(port);
     inner.session = Some(Open { port: port.clone(), user: who.user.clone(), role_arn: who.role_arn.clone(), credentials: None });
     Ok(port)

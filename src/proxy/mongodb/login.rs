@@ -18,7 +18,7 @@ use crate::auth::{authorize, split_login};
 use crate::config::{AuthMethod, UserConfig};
 use crate::proxy::stream::Stream;
 use crate::recording::AuditPort;
-use crate::server::{ConnectionInfo, ListenerContext, SessionIdentity};
+use crate::server::{ConnectionInfo, ListenerContext, Refusal, SessionIdentity};
 
 /// Messages before login are handshakes and SASL steps: small (a hello's client metadata is
 /// at most 512 bytes).
@@ -318,7 +318,7 @@ impl<'a> Login<'a> {
             user_agent: self.agent(),
             ..Default::default()
         };
-        self.ctx.refuse(identity, self.info, reason).await;
+        self.ctx.refuse(Refusal::new(identity, reason), self.info).await;
         error_reply(AUTHENTICATION_FAILED.0, AUTHENTICATION_FAILED.1, "Authentication failed.")
     }
 
@@ -360,10 +360,10 @@ impl<'a> Login<'a> {
         };
         match self.upstream_login(&db_user).await {
             Ok((upstream, max_message)) => {
-                if let Err(e) = port.session_started(None).await {
-                    let _ = port.end().await;
-                    return Err(error_reply(AUTHENTICATION_FAILED.0, AUTHENTICATION_FAILED.1, e.client_message()));
-                }
+                let port = match port.begin(None).await {
+                    Ok(port) => port,
+                    Err(e) => return Err(error_reply(AUTHENTICATION_FAILED.0, AUTHENTICATION_FAILED.1, e.client_message())),
+                };
                 let names = NameGrant::of(user, &ctx.database().name, &db_user);
                 Ok(Established { port, upstream, max_message, names })
             }

@@ -94,7 +94,6 @@ async fn run(conn: Connection, ctx: Arc<ListenerContext>, state: Arc<DbState>) {
     let info = conn.info();
     let span = conn.span;
     let mut login_slot = conn.login;
-    let deadline = login_slot.deadline();
     let handshake = async {
         let mut client = crate::proxy::net::accept_tls(conn.stream, state.server_tls.as_ref(), state.client_tls_mode).await?;
         let cn = crate::proxy::tls::client_certificate_cn(&client, state.server_tls.as_ref());
@@ -102,11 +101,7 @@ async fn run(conn: Connection, ctx: Arc<ListenerContext>, state: Arc<DbState>) {
         let outcome = login.run(&mut client).await;
         Some((client, outcome, login))
     };
-    let handshake = tracing::Instrument::instrument(handshake, span.clone());
-    let Ok(Some((mut client, outcome, login))) = tokio::time::timeout_at(deadline, handshake).await else {
-        tracing::info!(parent: &span, "login unfinished at the deadline, or the client left; connection closed");
-        return;
-    };
+    let Some(Some((mut client, outcome, login))) = login_slot.before_deadline(&span, handshake).await else { return };
     login_slot.logged_in();
     match outcome {
         login::Outcome::LoggedIn(established) => {

@@ -15,14 +15,14 @@ use super::messages::{client_captures, client_event, server_captures, server_res
 use super::pairing::Pairing;
 use super::redact::{Redactor, SessionSecrets};
 use super::upstream::{UpstreamError, UpstreamTarget};
-use crate::audit::{EventBody, Status};
+use crate::audit::EventBody;
 use crate::auth::scram::{ServerExchange, Verifier};
 use crate::auth::{authorize, split_login};
 use crate::config::{AuthMethod, ClientTlsMode};
 use crate::proxy::chunk_reader::ChunkReader;
 use crate::proxy::stream::Stream;
 use crate::recording::AuditPort;
-use crate::server::{Connection, ConnectionInfo, ListenerContext, SessionIdentity};
+use crate::server::{Connection, ConnectionInfo, ListenerContext, Refusal, SessionIdentity};
 
 /// Per-database state built once at start-up.
 pub struct DbState {
@@ -83,13 +83,7 @@ pub async fn run(conn: Connection, ctx: Arc<ListenerContext>, state: Arc<DbState
     let client = Stream::Plain(conn.stream);
     // Boxed: the login's state machine (TLS accept, SCRAM, the upstream's TLS and login) is
     // some 15 KiB, and inline it would size this future, held for the session's whole life.
-    let handshake = Box::pin(tracing::Instrument::instrument(handshake(client, &ctx, &state, &cancels, info), span.clone()));
-    // Like PostgreSQL's authentication_timeout: a login still unfinished at the deadline is
-    // dropped, closing the socket.
-    let Ok(handshake) = tokio::time::timeout_at(login.deadline(), handshake).await else {
-        tracing::info!(parent: &span, timeout = ?ctx.config().server.login_timeout, "login timed out; connection closed");
-        return;
-    };
+    let Some(handshake) = login.before_deadline(&span, Box::pin(handshake(client, &ctx, &state, &cancels, info))).await else { return };
     login.logged_in();
     if let Some((client, established)) = handshake {
         let Established { port, upstream, synthetic, real } = established;
@@ -160,14 +154,11 @@ async fn handshake(
     };
     match establish(&mut client, ctx, state, info, version, &params).await {
         Ok(Some(established)) => return Some((client, established)),
-        Ok(None) | Err(Refusal::Gone) => {}
-        Err(Refusal::Denied { login, db_user, db_name, user_agent, reason }) => {
-            tracing::info!(user = %login, %reason, "connection denied");
-            let error = error_response("FATAL", "28000", &format!("dbtape: {reason}"));
-            // Audited and counted against its source before the client hears: a client that
-            // retries at once meets the count its last failure made.
-            let identity = SessionIdentity { user: login, db_user, db_name, user_agent, ..Default::default() };
-            ctx.refuse(identity, info, reason).await;
+        Ok(None) | Err(LoginEnd::Gone) => {}
+        Err(LoginEnd::Refused(refusal)) => {
+            tracing::info!(user = %refusal.identity.user, reason = %refusal.reason, "connection denied");
+            let error = error_response("FATAL", "28000", &format!("dbtape: {}", refusal.reason));
+            ctx.refuse(refusal, info).await;
             send(&mut client, &error).await;
         }
     }
@@ -175,9 +166,9 @@ async fn handshake(
 }
 
 /// What ended a connection before its session began.
-enum Refusal {
+enum LoginEnd {
     /// Authentication or authorization failed: 28000, recorded as TDB00W.
-    Denied { login: String, db_user: String, db_name: String, user_agent: String, reason: String },
+    Refused(Refusal),
     /// The client went away mid-handshake.
     Gone,
 }
@@ -230,11 +221,10 @@ async fn scram_login(client: &mut Stream, verifier: Verifier) -> Result<(), Scra
 }
 
 /// Tells the client why and records the failed start.
-async fn refuse_after_open(client: &mut Stream, port: AuditPort, reason: String, sqlstate: &str) -> Result<Option<Established>, Refusal> {
+async fn refuse_after_open(client: &mut Stream, port: AuditPort, reason: String, sqlstate: &str) -> Result<Option<Established>, LoginEnd> {
     tracing::warn!(%reason, "session refused after authentication");
     send(client, &error_response("FATAL", sqlstate, &format!("dbtape: {reason}"))).await;
-    let _ = port.emit(EventBody::SessionStart { status: Status::failed(reason, "upstream connection failed"), postgres_pid: None }).await;
-    port.seal().await;
+    port.start_failed(reason, "upstream connection failed").await;
     Ok(None)
 }
 
@@ -246,17 +236,20 @@ async fn establish(
     info: ConnectionInfo,
     version: i32,
     params: &[(String, String)],
-) -> Result<Option<Established>, Refusal> {
+) -> Result<Option<Established>, LoginEnd> {
     let login = StartupPacket::param(params, "user").unwrap_or_default().to_string();
     // psql defaults the database to the login; with `alice@reader` that is no real choice.
     let requested_db = StartupPacket::param(params, "database").filter(|d| *d != login).map(str::to_string);
     let (person, requested_db_user) = split_login(&login);
-    let deny = |who: &str, reason: String| Refusal::Denied {
-        login: who.to_string(),
-        db_user: requested_db_user.unwrap_or_default().to_string(),
-        db_name: requested_db.clone().unwrap_or_default(),
-        user_agent: StartupPacket::param(params, "application_name").unwrap_or_default().to_string(),
-        reason,
+    let deny = |who: &str, reason: String| {
+        let identity = SessionIdentity {
+            user: who.to_string(),
+            db_user: requested_db_user.unwrap_or_default().to_string(),
+            db_name: requested_db.clone().unwrap_or_default(),
+            user_agent: StartupPacket::param(params, "application_name").unwrap_or_default().to_string(),
+            ..Default::default()
+        };
+        LoginEnd::Refused(Refusal::new(identity, reason))
     };
     if state.client_tls_mode == ClientTlsMode::Required && !client.is_tls() {
         return Err(deny(person, "this database requires TLS (connect with sslmode=require or stronger)".into()));
@@ -280,7 +273,7 @@ async fn establish(
                 Ok(()) | Err(ScramOutcome::WrongPassword) => {
                     return Err(deny(person, format!("password authentication failed for user {person:?}")))
                 }
-                Err(ScramOutcome::Gone) => return Err(Refusal::Gone),
+                Err(ScramOutcome::Gone) => return Err(LoginEnd::Gone),
                 Err(ScramOutcome::Protocol(e)) => return Err(deny(person, format!("SCRAM exchange failed: {e}"))),
             }
             directory
@@ -322,9 +315,7 @@ async fn establish(
         Ok(s) => s,
         Err(UpstreamError::Server { text, raw }) => {
             send(client, &raw).await;
-            let _ =
-                port.emit(EventBody::SessionStart { status: Status::failed(text, "upstream refused the login"), postgres_pid: None }).await;
-            port.seal().await;
+            port.start_failed(text, "upstream refused the login").await;
             return Ok(None);
         }
         Err(e) => return refuse_after_open(client, port, format!("upstream: {e}"), "08006").await,
@@ -352,10 +343,7 @@ async fn establish(
                 out.extend_from_slice(&message(b'E', &body));
                 send(client, &out).await;
                 let text = super::messages::error_text(&body);
-                let _ = port
-                    .emit(EventBody::SessionStart { status: Status::failed(text, "upstream refused the session"), postgres_pid: None })
-                    .await;
-                port.seal().await;
+                port.start_failed(text, "upstream refused the session").await;
                 return Ok(None);
             }
             b'Z' => {
@@ -365,11 +353,13 @@ async fn establish(
             _ => out.extend_from_slice(&message(ty, &body)),
         }
     }
-    if let Err(e) = port.session_started(real.as_ref().map(|(pid, _)| *pid as u32)).await {
-        send(client, &error_response("FATAL", "58030", e.client_message())).await;
-        let _ = port.end().await;
-        return Ok(None);
-    }
+    let port = match port.begin(real.as_ref().map(|(pid, _)| *pid as u32)).await {
+        Ok(port) => port,
+        Err(e) => {
+            send(client, &error_response("FATAL", "58030", e.client_message())).await;
+            return Ok(None);
+        }
+    };
     if client.write_all(&out).await.is_err() || client.flush().await.is_err() {
         let _ = port.end().await;
         return Ok(None);
