@@ -23,31 +23,37 @@ fn options(s: &Services, external_id: &str) -> AwsOptions {
 }
 
 #[tokio::test]
-async fn assumed_role_credentials_are_fetched_and_cached() {
+async fn assumed_role_credentials_are_fetched_cached_and_refreshed_as_configured() {
+    use dbtape::aws::credentials::CredentialCache;
     let s = Services::load();
     s.use_proxy_aws_identity();
-    let source = dbtape::aws::credentials::CredentialSource::new(&options(&s, "ext-123"), "dbtape-test").await.unwrap();
-    let first = source.get().await.unwrap();
+    let cache = CredentialCache::new(options(&s, "ext-123"));
+    let first = cache.identity().await.unwrap().credentials;
     assert!(first.access_key_id().starts_with("ASIA"), "{}", first.access_key_id());
     assert!(first.session_token().is_some());
     assert_ne!(first.access_key_id(), s.get("MOTO_ACCESS_KEY_ID"));
-    let second = source.get().await.unwrap();
+    let second = cache.identity().await.unwrap().credentials;
     assert_eq!(first.access_key_id(), second.access_key_id(), "cached, not fetched again");
+
+    // `refresh_before_expiry` is honoured for dbtape's own identity too (it was fixed at five
+    // minutes): asked to refresh further ahead than the credentials live, every call asks STS.
+    let mut eager = options(&s, "ext-123");
+    eager.refresh_before_expiry = eager.session_duration + std::time::Duration::from_secs(60);
+    let eager = CredentialCache::new(eager);
+    let a = eager.identity().await.unwrap().credentials;
+    let b = eager.identity().await.unwrap().credentials;
+    assert_ne!(a.access_key_id(), b.access_key_id(), "credentials inside refresh_before_expiry are replaced");
 
     // Session tags go along with AssumeRole (the role's trust policy allows sts:TagSession).
     let mut tagged = options(&s, "ext-123");
     tagged.session_tags = std::collections::BTreeMap::from([("team".to_string(), "audit".to_string())]);
-    let with_tags = dbtape::aws::credentials::CredentialSource::new(&tagged, "dbtape-test").await.unwrap();
-    let creds = with_tags.get().await.unwrap();
+    let creds = CredentialCache::new(tagged).identity().await.unwrap().credentials;
     assert!(creds.access_key_id().starts_with("ASIA"));
     assert_ne!(creds.access_key_id(), first.access_key_id(), "a separate AssumeRole call");
 
     // The role's trust policy demands the external ID.
-    let wrong = dbtape::aws::credentials::CredentialSource::new(&options(&s, "wrong-id"), "dbtape-test").await.unwrap();
-    // moto answers in STS's EC2-style XML, which the SDK cannot name, so only the failure
-    // itself is certain.
-    let err = wrong.get().await.unwrap_err().to_string();
-    assert!(err.starts_with("AWS credentials:"), "{err}");
+    let err = CredentialCache::new(options(&s, "wrong-id")).identity().await.unwrap_err().to_string();
+    assert!(err.starts_with("STS AssumeRole for "), "{err}");
 }
 
 /// A stand-in upstream: asks for a cleartext password and reports what arrives.

@@ -3,5 +3,4 @@
 pub mod credentials;
 pub mod mongodb_aws;
 pub mod rds_token;
-pub mod roles;
 pub mod sigv4_verify;

@@ -19,7 +19,7 @@ use std::time::Duration;
 use hyper_util::rt::{TokioIo, TokioTimer};
 
 use crate::audit::Protocol;
-use crate::aws::roles::RoleCredentials;
+use crate::aws::credentials::CredentialCache;
 use crate::config::{ClientTlsMode, Config};
 use crate::proxy::tls::{client_config, server_config, TlsError};
 use crate::server::{BoxFuture, Connection, Engine, ListenerContext};
@@ -40,7 +40,7 @@ pub struct DbState {
     server_tls: Option<crate::proxy::tls::ServerTls>,
     client_tls_mode: ClientTlsMode,
     endpoint: upstream::Endpoint,
-    roles: RoleCredentials,
+    roles: CredentialCache,
     max_request_bytes: usize,
     /// KiB of request bodies being read at once, over all connections.
     body_budget: tokio::sync::Semaphore,
@@ -68,7 +68,7 @@ impl DynamoEngine {
                 server_tls,
                 client_tls_mode: db.client_tls.effective_mode(),
                 endpoint,
-                roles: RoleCredentials::new(db.aws.clone()),
+                roles: CredentialCache::new(db.aws.clone()),
                 max_request_bytes: db.max_request_bytes,
                 body_budget: tokio::sync::Semaphore::new(body_budget_kib(db.max_request_bytes).min(tokio::sync::Semaphore::MAX_PERMITS)),
             };

@@ -56,7 +56,7 @@ struct Open {
     user: String,
     role_arn: String,
     /// The role's credentials as last fetched, reused while fresh.
-    credentials: Option<crate::aws::roles::Assumed>,
+    credentials: Option<crate::aws::credentials::Assumed>,
 }
 
 impl Conn {
@@ -240,7 +240,7 @@ async fn forward(conn: &Conn, parts: http::request::Parts, body: Bytes, payload_
     let cached = inner.session.as_ref().and_then(|o| o.credentials.clone()).filter(|a| conn.state.roles.fresh(a));
     let fetched = match cached {
         Some(assumed) => Ok(assumed),
-        None => conn.state.roles.get(&who.user, &who.role_arn).await,
+        None => conn.state.roles.role(&who.user, &who.role_arn).await,
     };
     let assumed = match fetched {
         Ok(assumed) => {

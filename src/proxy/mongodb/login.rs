@@ -397,7 +397,7 @@ impl<'a> Login<'a> {
                 scram_login(&mut upstream, auth_db, db_user, &password).await?;
             }
             AuthMethod::AwsIam => {
-                let credentials = self.state.aws_credentials(self.ctx, db_user).await.map_err(UpstreamError::Aws)?;
+                let credentials = self.state.aws_credentials(db_user).await.map_err(UpstreamError::Aws)?;
                 aws_login(&mut upstream, &credentials).await?;
             }
         }
@@ -507,25 +507,15 @@ impl Drop for MonitorSlot<'_> {
 }
 
 impl DbState {
-    /// Credentials for MONGODB-AWS: the AWS chain (through `aws.assume_role_arn` when set),
-    /// then, when the db_user is an IAM role ARN (DocumentDB's IAM users are), that role.
-    async fn aws_credentials(&self, ctx: &ListenerContext, db_user: &str) -> Result<aws_credential_types::Credentials, String> {
-        let aws = &ctx.database().aws;
-        let base = self.aws_credentials.get(aws).await.map_err(|e| e.to_string())?;
-        if !crate::util::arn::is_role_arn(db_user) {
-            return base.get().await.map_err(|e| e.to_string());
-        }
-        let source = {
-            let mut roles = self.role_credentials.lock().await;
-            match roles.get(db_user) {
-                Some(source) => source.clone(),
-                None => {
-                    let source = base.assume(db_user, &aws.external_id, "dbtape").await;
-                    roles.insert(db_user.to_string(), source.clone());
-                    source
-                }
-            }
+    /// Credentials for MONGODB-AWS: dbtape's identity (the AWS chain, through
+    /// `aws.assume_role_arn` when set), or, when the db_user is an IAM role ARN (DocumentDB's
+    /// IAM users are), that role assumed from it.
+    async fn aws_credentials(&self, db_user: &str) -> Result<aws_credential_types::Credentials, String> {
+        let assumed = if crate::util::arn::is_role_arn(db_user) {
+            self.aws_credentials.role("dbtape", db_user).await
+        } else {
+            self.aws_credentials.identity().await
         };
-        source.get().await.map_err(|e| e.to_string())
+        assumed.map(|a| a.credentials).map_err(|e| e.to_string())
     }
 }

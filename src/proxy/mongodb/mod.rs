@@ -36,9 +36,8 @@ pub struct DbState {
     server_tls: Option<crate::proxy::tls::ServerTls>,
     upstream: UpstreamTarget,
     client_tls_mode: ClientTlsMode,
-    aws_credentials: crate::aws::credentials::LazySource,
-    /// Per IAM role db_user (DocumentDB), assumed from `aws_credentials`.
-    role_credentials: tokio::sync::Mutex<HashMap<String, Arc<crate::aws::credentials::CredentialSource>>>,
+    /// dbtape's AWS identity and the IAM role db_users (DocumentDB) assumed from it.
+    aws_credentials: crate::aws::credentials::CredentialCache,
     hello_cache: tokio::sync::Mutex<Option<(std::time::Instant, bson::RawDocumentBuf)>>,
     /// Unauthenticated driver monitors being served now, per source address.
     monitors: std::sync::Mutex<HashMap<std::net::IpAddr, usize>>,
@@ -63,8 +62,7 @@ impl MongoEngine {
                 server_tls,
                 upstream,
                 client_tls_mode: db.client_tls.effective_mode(),
-                aws_credentials: Default::default(),
-                role_credentials: tokio::sync::Mutex::new(HashMap::new()),
+                aws_credentials: crate::aws::credentials::CredentialCache::new(db.aws.clone()),
                 hello_cache: tokio::sync::Mutex::new(None),
                 monitors: std::sync::Mutex::new(HashMap::new()),
             };

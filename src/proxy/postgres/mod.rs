@@ -57,7 +57,7 @@ impl PostgresEngine {
                     server_tls,
                     upstream,
                     client_tls_mode: db.client_tls.effective_mode(),
-                    aws_credentials: Default::default(),
+                    aws_credentials: crate::aws::credentials::CredentialCache::new(db.aws.clone()),
                 }),
             );
         }

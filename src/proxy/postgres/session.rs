@@ -30,15 +30,15 @@ pub struct DbState {
     pub upstream: UpstreamTarget,
     pub client_tls_mode: ClientTlsMode,
     /// For `aws_iam`: made on first use, then shared by every session of this database.
-    pub aws_credentials: crate::aws::credentials::LazySource,
+    pub aws_credentials: crate::aws::credentials::CredentialCache,
 }
 
 impl DbState {
     /// An RDS IAM auth token for `db_user`, from cached (assumed-role) credentials.
     async fn iam_token(&self, ctx: &ListenerContext, db_user: &str) -> Result<String, String> {
         let aws = &ctx.database().aws;
-        let source = self.aws_credentials.get(aws).await.map_err(|e| e.to_string())?;
-        let creds = source.get().await.map_err(|e| e.to_string())?;
+        let identity = self.aws_credentials.identity().await.map_err(|e| e.to_string())?;
+        let creds = identity.credentials;
         crate::aws::rds_token::generate(&self.upstream.host, self.upstream.port, db_user, &aws.region, &creds, std::time::SystemTime::now())
             .map_err(|e| e.to_string())
     }

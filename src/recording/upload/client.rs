@@ -5,7 +5,8 @@
 use aws_config::BehaviorVersion;
 use aws_credential_types::provider::SharedCredentialsProvider;
 
-use crate::config::S3Storage;
+use crate::aws::credentials::{CacheProvider, CredentialCache};
+use crate::config::{AwsOptions, S3Storage};
 
 pub async fn s3_client(settings: &S3Storage) -> aws_sdk_s3::Client {
     let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(aws_config::Region::new(settings.region.clone()));
@@ -15,11 +16,16 @@ pub async fn s3_client(settings: &S3Storage) -> aws_sdk_s3::Client {
     let sdk = loader.load().await;
     let mut config = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(settings.force_path_style);
     if !settings.assume_role_arn.is_empty() {
-        let mut role = aws_config::sts::AssumeRoleProvider::builder(settings.assume_role_arn.clone()).session_name("dbtape-upload");
-        if !settings.external_id.is_empty() {
-            role = role.external_id(settings.external_id.clone());
-        }
-        config = config.credentials_provider(SharedCredentialsProvider::new(role.configure(&sdk).build().await));
+        // The role hop goes through the same cache as the databases' AWS calls.
+        let options = AwsOptions {
+            region: settings.region.clone(),
+            endpoint: settings.endpoint.clone(),
+            assume_role_arn: settings.assume_role_arn.clone(),
+            external_id: settings.external_id.clone(),
+            ..AwsOptions::default()
+        };
+        let cache = std::sync::Arc::new(CredentialCache::new(options));
+        config = config.credentials_provider(SharedCredentialsProvider::new(CacheProvider(cache)));
     }
     aws_sdk_s3::Client::from_conf(config.build())
 }
