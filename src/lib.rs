@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod recording;
 pub mod replay;
+pub mod review;
 pub mod search;
 pub mod server;
 pub mod signing;

@@ -3,13 +3,13 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::{parse_when, DataFormat, Failure, PlayFormatArg, StoreArgs};
-use crate::config::{Config, DEFAULT_CONFIG_FILE};
+use super::{DataFormat, Failure, PlayFormatArg, StoreArgs};
+use crate::config::Config;
 use crate::recording::verify::{verify_with, KeyRing, Verdict};
-use crate::recording::{RecordingStore, SessionSummary};
+use crate::recording::SessionSummary;
 use crate::replay::export::{export_reporting, matching_sessions, ExportFilter};
 use crate::replay::player::{play as play_session, PlayFormat, PlayOptions};
-use crate::signing::{load_public_key, public_key_path};
+use crate::review::{self, Located};
 
 pub fn config_check(path: &Path) -> Result<(), Failure> {
     match Config::load(path) {
@@ -46,66 +46,29 @@ fn plural(n: usize) -> &'static str {
     }
 }
 
-/// The folder and (where known) the signing key of the recordings these commands read.
-pub(super) struct Located {
-    pub(super) store: RecordingStore,
-    signing_key: Option<PathBuf>,
-    trusted_keys: Vec<PathBuf>,
-}
-
+/// Where the recordings are, with what the reviewer is to be told said on stderr.
 pub(super) fn locate(args: &StoreArgs) -> Result<Located, Failure> {
-    let config_path = &args.config.config;
-    let default_missing = config_path == Path::new(DEFAULT_CONFIG_FILE) && !config_path.exists();
-    let recording = if default_missing { None } else { Some(Config::load_recording_settings(config_path)?) };
-    let signing_key = recording.as_ref().map(|r| r.signing_key.clone());
-    let trusted_keys = recording.as_ref().map(|r| r.trusted_keys.clone()).unwrap_or_default();
-    if args.source == super::Source::S3 {
-        let s3 = Config::load_storage_settings(config_path)?.ok_or_else(|| Failure {
-            code: 2,
-            message: format!("{}: --source s3 needs a [storage.s3] section naming the bucket", config_path.display()),
-        })?;
-        let dir = args.dir.clone().unwrap_or_else(|| crate::recording::upload::remote::cache_dir(&s3));
-        copy_from_bucket(&s3, &dir)?;
-        return Ok(Located { store: RecordingStore::new(dir), signing_key, trusted_keys });
-    }
-    let dir = match (&args.dir, &recording) {
-        (Some(dir), _) => dir.clone(),
-        (None, Some(r)) => r.dir.clone(),
-        (None, None) => PathBuf::from("recordings"),
-    };
-    Ok(Located { store: RecordingStore::new(dir), signing_key, trusted_keys })
+    shown(review::locate(&args.review_source()).map_err(failure)?)
 }
 
-fn copy_from_bucket(s3: &crate::config::S3Storage, dir: &Path) -> Result<(), Failure> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let copied = runtime.block_on(crate::recording::upload::remote::sync(s3, dir))?;
-    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        eprintln!("{copied} file(s) copied from s3://{}/{} into {}", s3.bucket, s3.prefix, dir.display());
-    }
-    Ok(())
-}
-
-/// The recording a session id names: in the local folder or, when it is not there (the
-/// proxy deleted it after upload, or it was recorded on another instance) and the config
-/// has a `[storage.s3]`, in the bucket.
 fn locate_session(args: &StoreArgs, input: &str) -> Result<(Located, String), Failure> {
-    let located = locate(args)?;
-    let missing = match located.store.find(input) {
-        Ok(sid) => return Ok((located, sid)),
-        Err(e @ crate::recording::StoreError::NotFound { .. }) if args.source == super::Source::Local => e,
-        Err(e) => return Err(Failure { code: 2, message: e.to_string() }),
-    };
-    let config_path = &args.config.config;
-    let s3 = match config_path.exists().then(|| Config::load_storage_settings(config_path)).transpose()? {
-        Some(Some(s3)) => s3,
-        _ => return Err(Failure { code: 2, message: missing.to_string() }),
-    };
-    let dir = crate::recording::upload::remote::cache_dir(&s3);
-    copy_from_bucket(&s3, &dir)?;
-    let store = RecordingStore::new(dir);
-    let sid = store.find(input).map_err(|_| Failure { code: 2, message: format!("{missing}, nor in s3://{}/{}", s3.bucket, s3.prefix) })?;
-    eprintln!("note: {sid} is not in the local recordings folder; reading it from s3://{}/{}", s3.bucket, s3.prefix);
-    Ok((Located { store, ..located }, sid))
+    let (located, sid) = review::locate_session(&args.review_source(), input).map_err(failure)?;
+    Ok((shown(located)?, sid))
+}
+
+fn shown(located: Located) -> Result<Located, Failure> {
+    if let Some(copied) = located.copied.as_deref().filter(|_| std::io::IsTerminal::is_terminal(&std::io::stderr())) {
+        eprintln!("{copied}");
+    }
+    for note in &located.notes {
+        eprintln!("note: {note}");
+    }
+    Ok(located)
+}
+
+/// A review error as the command's failure: usage errors exit 2, the rest 1.
+pub(super) fn failure(e: review::ReviewError) -> Failure {
+    Failure { code: e.exit_code(), message: e.to_string() }
 }
 
 pub struct LsFilter {
@@ -118,10 +81,7 @@ pub struct LsFilter {
 }
 
 pub(super) fn time_filter(since: Option<String>, until: Option<String>) -> Result<(Option<i64>, Option<i64>), Failure> {
-    let now = chrono::Utc::now().timestamp_millis();
-    let since = since.map(|s| parse_when(&s, now)).transpose().map_err(|m| Failure { code: 2, message: format!("--since: {m}") })?;
-    let until = until.map(|s| parse_when(&s, now)).transpose().map_err(|m| Failure { code: 2, message: format!("--until: {m}") })?;
-    Ok((since, until))
+    review::time_range(since.as_deref(), until.as_deref()).map_err(failure)
 }
 
 pub fn ls(args: &StoreArgs, filter: LsFilter, format: DataFormat) -> Result<(), Failure> {
@@ -153,36 +113,13 @@ pub fn ls(args: &StoreArgs, filter: LsFilter, format: DataFormat) -> Result<(), 
 pub fn ls_refused(args: &StoreArgs, filter: LsFilter, format: DataFormat) -> Result<(), Failure> {
     let located = locate(args)?;
     let (since_ms, until_ms) = time_filter(filter.since, filter.until)?;
-    // One time range for sessions and for the refusals in them, both ends included, as
-    // `export` and `search` take it.
     let export_filter = ExportFilter { since_ms, until_ms, db: filter.db, protocol: filter.protocol, ..ExportFilter::default() };
     let mut warnings = Vec::new();
-    let logs: Vec<SessionSummary> =
-        matching_sessions(&located.store, &export_filter, &mut warnings)?.into_iter().filter(|s| s.refused_logins > 0).collect();
+    let refused =
+        review::refused_logins(&located.store, &export_filter, filter.user.as_deref(), filter.limit, &mut warnings).map_err(failure)?;
     for w in &warnings {
         eprintln!("{w}");
     }
-    let mut refused: Vec<(crate::audit::RecordedEvent, Vec<u8>)> = Vec::new();
-    for log in &logs {
-        let mut stream = crate::recording::events::EventStream::open(&located.store, &log.sid, false)
-            .map_err(|e| Failure { code: 1, message: format!("{}: {e}", log.sid) })?;
-        stream
-            .for_each_event(|line| {
-                let Ok(event) = serde_json::from_slice::<crate::audit::RecordedEvent>(line) else { return Ok(true) };
-                let time = event.time_ms().unwrap_or_default();
-                let wanted = event.event == "db.session.start"
-                    && event.success == Some(false)
-                    && export_filter.time_in_range(time)
-                    && filter.user.as_ref().is_none_or(|u| *u == event.user);
-                if wanted {
-                    refused.push((event, line.to_vec()));
-                }
-                Ok(true)
-            })
-            .map_err(|e| Failure { code: 1, message: format!("{}: {e}", log.sid) })?;
-    }
-    refused.sort_by(|a, b| b.0.time.cmp(&a.0.time));
-    refused.truncate(filter.limit);
     let mut out = std::io::stdout().lock();
     match format {
         DataFormat::Json => {
@@ -452,33 +389,11 @@ pub fn verify(args: &StoreArgs, session_ids: Vec<String>, all: bool, public_keys
     Ok(())
 }
 
-/// The keys a review trusts: those passed with --public-key, or else this instance's own and
-/// the config's recording.trusted_keys. The keys instances published under `keys/` (copied
-/// from the bucket) are added untrusted, so that each recording's signer can be named.
+/// `review::key_ring`, its warnings on stderr.
 pub(super) fn key_ring(located: &Located, public_keys: Vec<PathBuf>) -> KeyRing {
-    let mut ring = KeyRing::default();
-    let trusted = if public_keys.is_empty() {
-        let own =
-            located.signing_key.as_deref().map(public_key_path).unwrap_or_else(|| public_key_path(Path::new("keys/recording-signing.key")));
-        std::iter::once(own).chain(located.trusted_keys.iter().cloned()).collect()
-    } else {
-        public_keys
-    };
-    for path in trusted {
-        match load_public_key(&path) {
-            Ok(key) => ring.add(key, path.display().to_string(), true),
-            Err(e) => eprintln!("warning: {e}"),
-        }
-    }
-    if let Ok(entries) = std::fs::read_dir(located.store.dir().join("keys")) {
-        let mut published: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
-        published.sort();
-        for path in published.into_iter().filter(|p| p.extension().is_some_and(|e| e == "pub")) {
-            if let Ok(key) = load_public_key(&path) {
-                let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                ring.add(key, format!("published as keys/{name}"), false);
-            }
-        }
+    let (ring, warnings) = review::key_ring(located, public_keys);
+    for w in warnings {
+        eprintln!("{w}");
     }
     ring
 }

@@ -5,14 +5,11 @@ mod progress;
 mod search;
 mod serve;
 mod user;
-mod when;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-
-pub use when::parse_when;
 
 #[derive(Parser, Debug)]
 #[command(name = "dbtape", version, about = "Audit-centric database session recording proxy", long_about = None)]
@@ -41,6 +38,12 @@ pub struct StoreArgs {
     /// local: the recordings folder; s3: the bucket (needs only read access to it).
     #[arg(long, value_enum, default_value_t = Source::Local)]
     pub source: Source,
+}
+
+impl StoreArgs {
+    pub fn review_source(&self) -> crate::review::ReviewSource {
+        crate::review::ReviewSource { config: self.config.config.clone(), dir: self.dir.clone(), from_bucket: self.source == Source::S3 }
+    }
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

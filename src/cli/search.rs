@@ -2,23 +2,13 @@
 
 use std::io::Write;
 
-use super::inspect::{key_ring, locate, safe, time_filter};
+use super::inspect::{failure, key_ring, locate, safe, time_filter};
 use super::{DataFormat, Failure, SearchArgs, StoreArgs};
+use crate::review::SearchQuery;
 use crate::search::{SearchFilter, SearchIndex};
-use crate::statement::StatementClass;
 
 fn filter_of(args: SearchArgs) -> Result<SearchFilter, Failure> {
-    let bad = |message: String| Failure { code: 2, message };
-    let (since_ms, until_ms) = time_filter(args.since, args.until)?;
-    let class = args
-        .class
-        .map(|c| {
-            StatementClass::parse(&c).ok_or_else(|| bad(format!("--class {c:?}: use READ, WRITE, FUNCTION, ROLE, DDL, MISC or MISC_SET")))
-        })
-        .transpose()?;
-    let regex = args.regex.map(|r| regex::Regex::new(&r).map_err(|e| bad(format!("--regex: {e}")))).transpose()?;
-    let sid = args.sid.map(|s| crate::recording::validate_session_id(&s).map_err(|e| bad(e.to_string()))).transpose()?;
-    Ok(SearchFilter {
+    let query = SearchQuery {
         user: args.user,
         db: args.db,
         db_user: args.db_user,
@@ -26,16 +16,17 @@ fn filter_of(args: SearchArgs) -> Result<SearchFilter, Failure> {
         protocol: args.protocol,
         events: args.events,
         codes: args.codes,
-        since_ms,
-        until_ms,
-        sid,
+        since: args.since,
+        until: args.until,
+        sid: args.sid,
         failed: args.failed,
-        class,
+        class: args.class,
         table: args.table,
         fingerprint: args.fingerprint,
         text: args.text,
-        regex,
-    })
+        regex: args.regex,
+    };
+    query.filter().map_err(failure)
 }
 
 /// Brings the index up to date with the folder first, so a search never misses a recording

@@ -1,5 +1,15 @@
 //! `--since` / `--until` values: a duration ago ("24h", "90m"), an RFC 3339 time, or a date.
 
+/// `--since` and `--until` as milliseconds; both ends are included wherever a range is
+/// applied.
+pub fn time_range(since: Option<&str>, until: Option<&str>) -> Result<(Option<i64>, Option<i64>), super::ReviewError> {
+    let now = chrono::Utc::now().timestamp_millis();
+    let parse = |flag: &str, text: Option<&str>| {
+        text.map(|t| parse_when(t, now)).transpose().map_err(|m| super::ReviewError::Usage(format!("{flag}: {m}")))
+    };
+    Ok((parse("--since", since)?, parse("--until", until)?))
+}
+
 pub fn parse_when(text: &str, now_ms: i64) -> Result<i64, String> {
     if let Ok(d) = humantime::parse_duration(text) {
         return Ok(now_ms - i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
