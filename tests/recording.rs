@@ -404,3 +404,35 @@ fn compact_frames_read_back_as_whole_events_and_overrides_keep_their_own_fields(
     let report = verify_recording(&rec.store(), &sid, Some(&rec.public_key()));
     assert_eq!(report.verdict, Verdict::Ok, "{report:?}");
 }
+
+#[test]
+fn screen_steps_are_playback_as_data_one_frame_at_a_time() {
+    use dbtape::replay::screen::ScreenSteps;
+    let tmp = tempfile::tempdir().unwrap();
+    // Small frames: the steps must come out across many of them, in order.
+    let rec = recorder(tmp.path(), |c| c.frame_target_bytes = 4096);
+    let ctx = context(Protocol::Postgres);
+    let sid = ctx.sid.clone();
+    let log = rec.recorder.open_at(ctx, 1_000).unwrap();
+    log.append(&EventBody::SessionStart { status: Status::ok(), postgres_pid: None }, 1_000).unwrap();
+    for i in 0..250u64 {
+        let query = format!("SELECT {i} /* \u{1b}[2K hidden? */");
+        log.append(&EventBody::Query { query, parameters: vec![], db_name: None }, 1_000 + i as i64).unwrap();
+        let result = EventBody::Result { status: Status::ok(), affected_records: 1, query_ei: Some(1 + 2 * i) };
+        log.append(&result, 1_000 + i as i64).unwrap();
+    }
+    block_on(log.close()).unwrap();
+    let stream = dbtape::recording::events::EventStream::open(&rec.store(), &sid, false).unwrap();
+    let mut steps = ScreenSteps::new(stream, "postgres", 400);
+    let taken: Vec<_> = steps.by_ref().map(Result::unwrap).collect();
+    // Events before `from_ei` set the renderer's state but are not shown: query i is ei
+    // 2i+1 and its result 2i+2, so the first step is query 199's result, then queries 200 on.
+    let queries: Vec<&str> = taken.iter().filter(|s| s.text.contains("SELECT")).map(|s| s.text.as_str()).collect();
+    assert_eq!(queries.len(), 50);
+    assert_eq!(taken[0].ei, 400);
+    assert!(taken[0].text.starts_with("SUCCESS"), "{:?}", taken[0]);
+    assert!(queries[0].contains("SELECT 200"), "{}", queries[0]);
+    assert!(taken.windows(2).all(|w| w[0].ei < w[1].ei && w[0].time_ms <= w[1].time_ms));
+    assert!(taken.iter().all(|s| !s.text.contains('\u{1b}')), "terminal controls never reach a step");
+    assert!(matches!(steps.end(), Some(dbtape::recording::events::StreamEnd::Sealed)), "{:?}", steps.end());
+}

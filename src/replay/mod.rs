@@ -4,4 +4,5 @@ pub mod export;
 pub mod follow;
 pub mod player;
 pub mod render;
+pub mod screen;
 pub mod yaml;

@@ -5,8 +5,7 @@ use std::io::{IsTerminal, Write};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use super::render::renderer_for;
-use crate::audit::RecordedEvent;
+use super::screen::{ScreenStep, ScreenSteps};
 use crate::recording::events::{EventStream, StreamEnd};
 use crate::recording::RecordingStore;
 
@@ -66,66 +65,54 @@ pub fn play(store: &RecordingStore, sid: &str, protocol: &str, options: PlayOpti
             Ok(true)
         }),
         PlayFormat::Text => {
-            let mut renderer = renderer_for(protocol);
-            let mut screen = String::new();
-            let end = stream.for_each_event(|line| {
-                let event: RecordedEvent = serde_json::from_slice(line).map_err(std::io::Error::other)?;
-                screen.clear();
-                renderer.render(&event, line, &mut screen);
-                if event.ei < options.from_ei {
-                    return Ok(true);
-                }
-                out.write_all(super::render::screen_safe(&screen).replace("\r\n", "\n").as_bytes())?;
+            let mut steps = ScreenSteps::new(stream, protocol, options.from_ei);
+            for step in steps.by_ref() {
+                out.write_all(step?.text.replace("\r\n", "\n").as_bytes())?;
                 if options.follow {
                     out.flush()?;
                 }
-                Ok(true)
-            })?;
-            Ok(end)
+            }
+            Ok(steps.end().cloned().unwrap_or(StreamEnd::Sealed))
         }
         PlayFormat::Pty => {
             if !std::io::stdout().is_terminal() {
                 eprintln!("note: stdout is not a terminal; printing as --format text");
                 return play(store, sid, protocol, PlayOptions { format: PlayFormat::Text, ..options }, out);
             }
-            play_pty(stream, protocol, options)
+            play_pty(ScreenSteps::new(stream, protocol, options.from_ei), options, &mut std::io::stdout())
         }
     }
 }
 
 enum Feed {
-    Chunk { time_ms: i64, text: String },
+    Step(ScreenStep),
     End(std::io::Result<StreamEnd>),
 }
 
-fn play_pty(mut stream: EventStream, protocol: &str, options: PlayOptions) -> std::io::Result<StreamEnd> {
+/// Plays `steps` with their recorded timing on `out`, a terminal in raw mode: the steps are
+/// read on their own thread, so a slow disk or a followed session never stalls the keys.
+fn play_pty(mut steps: ScreenSteps, options: PlayOptions, out: &mut dyn Write) -> std::io::Result<StreamEnd> {
     let (tx, rx) = mpsc::channel::<Feed>();
-    let protocol = protocol.to_string();
-    let from_ei = options.from_ei;
     std::thread::spawn(move || {
-        let mut renderer = renderer_for(&protocol);
-        let end = stream.for_each_event(|line| {
-            let Ok(event) = serde_json::from_slice::<RecordedEvent>(line) else { return Ok(true) };
-            let mut text = String::new();
-            renderer.render(&event, line, &mut text);
-            if event.ei < from_ei {
-                return Ok(true);
+        for step in steps.by_ref() {
+            let feed = match step {
+                Ok(step) => Feed::Step(step),
+                Err(e) => Feed::End(Err(e)),
+            };
+            if tx.send(feed).is_err() {
+                return;
             }
-            let text = super::render::screen_safe(&text).into_owned();
-            let time_ms = event.time_ms().unwrap_or_default();
-            Ok(text.is_empty() || tx.send(Feed::Chunk { time_ms, text }).is_ok())
-        });
-        let _ = tx.send(Feed::End(end));
+        }
+        let _ = tx.send(Feed::End(Ok(steps.end().cloned().unwrap_or(StreamEnd::Sealed))));
     });
     crossterm::terminal::enable_raw_mode()?;
-    let result = pty_loop(&rx, options);
+    let result = pty_loop(&rx, options, out);
     let _ = crossterm::terminal::disable_raw_mode();
     result
 }
 
-fn pty_loop(rx: &mpsc::Receiver<Feed>, options: PlayOptions) -> std::io::Result<StreamEnd> {
+fn pty_loop(rx: &mpsc::Receiver<Feed>, options: PlayOptions, stdout: &mut dyn Write) -> std::io::Result<StreamEnd> {
     use crossterm::event::{self, Event, KeyCode, KeyModifiers};
-    let mut stdout = std::io::stdout();
     let mut chunks: Vec<(f64, String)> = Vec::new();
     let mut first_ms: Option<i64> = None;
     let mut prev_ms = 0i64;
@@ -139,7 +126,7 @@ fn pty_loop(rx: &mpsc::Receiver<Feed>, options: PlayOptions) -> std::io::Result<
     loop {
         while let Ok(feed) = rx.try_recv() {
             match feed {
-                Feed::Chunk { time_ms, text } => {
+                Feed::Step(ScreenStep { time_ms, text, .. }) => {
                     let first = *first_ms.get_or_insert(time_ms);
                     let mut gap = (time_ms - first) - prev_ms;
                     prev_ms = time_ms - first;

@@ -17,7 +17,7 @@ pub trait Renderer {
 }
 
 /// Picks the renderer for a session's protocol.
-pub fn renderer_for(protocol: &str) -> Box<dyn Renderer> {
+pub fn renderer_for(protocol: &str) -> Box<dyn Renderer + Send> {
     match protocol {
         "postgres" => Box::new(PostgresRenderer::default()),
         "mongodb" => Box::new(mongodb::MongoRenderer::default()),
