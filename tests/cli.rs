@@ -464,13 +464,13 @@ fn export_with_a_cursor_works_in_bounded_passes() {
         }
         block_on(log.close()).unwrap();
     }
-    let job = dbtape::replay::follow::CursorExport {
+    let job = dbtape::replay::cursor::CursorExport {
         cursor: tmp.path().join("cursor.json"),
         out: Some(tmp.path().join("out.jsonl")),
         follow: false,
         batch_bytes: 4096,
     };
-    let sent = dbtape::replay::follow::export_from_cursor(&rec.store(), &Default::default(), &job, &|| false).unwrap();
+    let sent = dbtape::replay::cursor::export_from_cursor(&rec.store(), &Default::default(), &job, &|| false).unwrap();
     assert_eq!(sent, total);
     let text = std::fs::read_to_string(tmp.path().join("out.jsonl")).unwrap();
     let mut seen = std::collections::HashSet::new();
@@ -480,7 +480,7 @@ fn export_with_a_cursor_works_in_bounded_passes() {
     }
     assert_eq!(seen.len() as u64, total);
     // Nothing new: a second run sends nothing.
-    assert_eq!(dbtape::replay::follow::export_from_cursor(&rec.store(), &Default::default(), &job, &|| false).unwrap(), 0);
+    assert_eq!(dbtape::replay::cursor::export_from_cursor(&rec.store(), &Default::default(), &job, &|| false).unwrap(), 0);
 }
 
 /// A follower of a live recording reads only what it gained since the last pass: the cursor
@@ -501,13 +501,13 @@ fn export_with_a_cursor_reads_only_what_a_live_recording_gained() {
         block_on(log.wait_durable(ticket.unwrap())).unwrap();
     };
     append(0, 50);
-    let job = dbtape::replay::follow::CursorExport {
+    let job = dbtape::replay::cursor::CursorExport {
         cursor: tmp.path().join("cursor.json"),
         out: Some(tmp.path().join("out.jsonl")),
         follow: false,
-        batch_bytes: dbtape::replay::follow::BATCH_BYTES,
+        batch_bytes: dbtape::replay::cursor::BATCH_BYTES,
     };
-    let export = || dbtape::replay::follow::export_from_cursor(&rec.store(), &Default::default(), &job, &|| false).unwrap();
+    let export = || dbtape::replay::cursor::export_from_cursor(&rec.store(), &Default::default(), &job, &|| false).unwrap();
     assert_eq!(export(), 50);
     let cursor: serde_json::Value = serde_json::from_slice(&std::fs::read(&job.cursor).unwrap()).unwrap();
     let offset = cursor["resume"][&sid]["offset"].as_u64().unwrap();

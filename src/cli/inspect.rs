@@ -275,8 +275,8 @@ pub fn export_with_cursor(args: &StoreArgs, export: ExportArgs, cursor: PathBuf,
         session,
         raw: export.raw,
     };
-    let job = crate::replay::follow::CursorExport { cursor, out: export.out, follow, batch_bytes: crate::replay::follow::BATCH_BYTES };
-    crate::replay::follow::export_from_cursor(&located.store, &filter, &job, &|| false)?;
+    let job = crate::replay::cursor::CursorExport { cursor, out: export.out, follow, batch_bytes: crate::replay::cursor::BATCH_BYTES };
+    crate::replay::cursor::export_from_cursor(&located.store, &filter, &job, &|| false)?;
     Ok(())
 }
 

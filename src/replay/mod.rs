@@ -1,7 +1,7 @@
 //! Playback and export of recordings.
 
+pub mod cursor;
 pub mod export;
-pub mod follow;
 pub mod player;
 pub mod render;
 pub mod screen;
