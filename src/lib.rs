@@ -14,6 +14,7 @@ pub mod proxy;
 pub mod recording;
 pub mod replay;
 pub mod review;
+pub mod s3;
 pub mod search;
 pub mod server;
 pub mod signing;

@@ -5,7 +5,6 @@
 //! A recording counts as uploaded only once S3 confirmed every object's MD5.
 
 mod checkpoint;
-mod client;
 mod multipart;
 pub mod remote;
 mod sweeper;
@@ -14,12 +13,8 @@ use crate::util::sync::lock;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use aws_sdk_s3::primitives::ByteStream;
-use base64::Engine as _;
-use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 
-pub use client::s3_client;
 pub use sweeper::SweepReport;
 
 use super::store::{write_atomic, RecordingState, RecordingStore, StoreError};
@@ -29,10 +24,8 @@ use crate::config::S3Storage;
 pub enum UploadError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("S3 {operation} {key}: {cause}")]
-    S3 { operation: &'static str, key: String, cause: String },
-    #[error("S3 {operation} {key}: its ETag {got} is not the MD5 {want} of what was sent")]
-    Mismatch { operation: &'static str, key: String, got: String, want: String },
+    #[error(transparent)]
+    S3(#[from] crate::s3::S3Error),
 }
 
 /// Written beside a recording once every object of it is confirmed in the bucket.
@@ -59,6 +52,8 @@ pub struct PassReport {
 pub struct Uploader {
     settings: S3Storage,
     client: aws_sdk_s3::Client,
+    /// Every object goes up through it: Content-MD5 sent, ETag checked.
+    objects: crate::s3::ObjectWriter,
     store: RecordingStore,
     /// This instance's public signing key, published beside its recordings.
     public_key: PathBuf,
@@ -92,14 +87,6 @@ pub fn public_key_key(prefix: &str, server_id: &str, key_id: &str) -> String {
     format!("{prefix}keys/{}-{}.pub", safe(server_id), safe(id))
 }
 
-fn md5_hex(bytes: &[u8]) -> String {
-    crate::util::hex::hex(&Md5::digest(bytes))
-}
-
-fn md5_b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(Md5::digest(bytes))
-}
-
 impl Uploader {
     pub async fn new(
         settings: &S3Storage,
@@ -108,9 +95,10 @@ impl Uploader {
         server_id: String,
         metrics: std::sync::Arc<crate::metrics::Metrics>,
     ) -> Self {
-        let client = s3_client(settings).await;
+        let client = crate::s3::s3_client(settings).await;
         Uploader {
             settings: settings.clone(),
+            objects: crate::s3::ObjectWriter::new(client.clone(), settings.clone()),
             client,
             store,
             public_key,
@@ -348,39 +336,9 @@ impl Uploader {
         Ok(())
     }
 
-    /// Whether S3 returns MD5 ETags for our objects (not with SSE-KMS).
-    fn etag_is_md5(&self) -> bool {
-        self.settings.server_side_encryption != "aws:kms"
-    }
-
-    /// One object, sent with Content-MD5 (S3 refuses a body that does not match it) and
-    /// checked against the ETag. Returns the ETag.
     async fn put(&self, key: &str, bytes: Vec<u8>, content_type: &str) -> Result<String, UploadError> {
-        let want = md5_hex(&bytes);
-        let mut request = self
-            .client
-            .put_object()
-            .bucket(&self.settings.bucket)
-            .key(key)
-            .content_type(content_type)
-            .content_md5(md5_b64(&bytes))
-            .body(ByteStream::from(bytes));
-        request = client::with_protection(request, &self.settings);
-        let output = request.send().await.map_err(|e| s3_error("PutObject", key, &e))?;
-        let etag = output.e_tag().unwrap_or_default().trim_matches('"').to_string();
-        if self.etag_is_md5() && etag != want {
-            return Err(UploadError::Mismatch { operation: "PutObject", key: key.into(), got: etag, want });
-        }
-        Ok(etag)
+        Ok(self.objects.put(key, bytes, content_type).await?)
     }
-}
-
-fn s3_error<E: std::error::Error + 'static, R: std::fmt::Debug>(
-    operation: &'static str,
-    key: &str,
-    e: &aws_sdk_s3::error::SdkError<E, R>,
-) -> UploadError {
-    UploadError::S3 { operation, key: key.to_string(), cause: aws_sdk_s3::error::DisplayErrorContext(e).to_string() }
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, StoreError> {

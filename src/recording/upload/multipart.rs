@@ -6,11 +6,10 @@
 
 use std::path::Path;
 
-use aws_sdk_s3::primitives::ByteStream;
-
 use super::checkpoint::{self, Checkpoint, Part};
-use super::{client, md5_b64, md5_hex, read_range, s3_error, UploadError, Uploader};
+use super::{read_range, UploadError, Uploader};
 use crate::recording::store::{RecordingState, StoreError};
+use crate::s3::{md5_hex, request_error, PartReceipt};
 
 impl Uploader {
     /// For a recording still being written: once whole parts of it are on disk (as far as its
@@ -70,7 +69,7 @@ impl Uploader {
             // not, so it is set again on the completed object (extending it is always allowed).
             let retention = aws_sdk_s3::types::ObjectLockRetention::builder()
                 .mode(aws_sdk_s3::types::ObjectLockRetentionMode::from(self.settings.object_lock_mode.as_str()))
-                .retain_until_date(client::lock_until(&self.settings))
+                .retain_until_date(crate::s3::lock_until(&self.settings))
                 .build();
             self.client
                 .put_object_retention()
@@ -79,7 +78,7 @@ impl Uploader {
                 .retention(retention)
                 .send()
                 .await
-                .map_err(|e| s3_error("PutObjectRetention", key, &e))?;
+                .map_err(|e| request_error("PutObjectRetention", key, &e))?;
         }
         super::lock(&self.checkpoints).remove(sid);
         Ok((etag, cp.upload_id))
@@ -100,23 +99,12 @@ impl Uploader {
                 outcome => {
                     let why = outcome.err().unwrap_or_else(|| format!("it was for {}", cp.key));
                     tracing::warn!(sid, upload_id = %cp.upload_id, why, "multipart checkpoint no longer matches; starting over");
-                    let _ = self
-                        .client
-                        .abort_multipart_upload()
-                        .bucket(&self.settings.bucket)
-                        .key(&cp.key)
-                        .upload_id(&cp.upload_id)
-                        .send()
-                        .await;
+                    let _ = self.objects.abort(&cp.key, &cp.upload_id).await;
                 }
             }
         }
-        let request = client::with_protection_mpu(
-            self.client.create_multipart_upload().bucket(&self.settings.bucket).key(key).content_type("application/octet-stream"),
-            &self.settings,
-        );
-        let output = request.send().await.map_err(|e| s3_error("CreateMultipartUpload", key, &e))?;
-        let cp = Checkpoint { key: key.to_string(), upload_id: output.upload_id().unwrap_or_default().to_string(), parts: Vec::new() };
+        let upload_id = self.objects.create_multipart(key, "application/octet-stream").await?;
+        let cp = Checkpoint { key: key.to_string(), upload_id, parts: Vec::new() };
         cp.save(&self.store, sid)?;
         super::lock(&self.checkpoints).insert(sid.to_string(), cp.clone());
         Ok(cp)
@@ -128,34 +116,17 @@ impl Uploader {
         let offset = cp.sent();
         let number = cp.parts.len() as u32 + 1;
         let bytes = read_range(path, offset, len)?;
-        let md5 = md5_hex(&bytes);
-        let sent = self
-            .client
-            .upload_part()
-            .bucket(&self.settings.bucket)
-            .key(&cp.key)
-            .upload_id(&cp.upload_id)
-            .part_number(number as i32)
-            .content_md5(md5_b64(&bytes))
-            .body(ByteStream::from(bytes))
-            .send()
-            .await;
-        let output = match sent {
-            Ok(o) => o,
+        let PartReceipt { etag, md5 } = match self.objects.put_part(&cp.key, &cp.upload_id, number, bytes).await {
+            Ok(receipt) => receipt,
             Err(e) => {
-                let error = s3_error("UploadPart", &cp.key, &e);
-                if error.to_string().contains("NoSuchUpload") {
+                if e.is_no_such_upload() {
                     // Aborted (or completed by another instance's sweeper): start over.
                     let _ = std::fs::remove_file(checkpoint::path(&self.store, sid));
                     super::lock(&self.checkpoints).remove(sid);
                 }
-                return Err(error);
+                return Err(e.into());
             }
         };
-        let etag = output.e_tag().unwrap_or_default().trim_matches('"').to_string();
-        if self.etag_is_md5() && etag != md5 {
-            return Err(UploadError::Mismatch { operation: "UploadPart", key: cp.key.clone(), got: etag, want: md5 });
-        }
         cp.parts.push(Part { number, offset, len, etag, md5 });
         self.progressed(len);
         cp.save(&self.store, sid)?;
@@ -165,26 +136,9 @@ impl Uploader {
 
     /// Completes an upload from its parts and checks the ETag S3 gives the whole.
     pub(super) async fn complete(&self, key: &str, upload_id: &str, parts: &[Part]) -> Result<String, UploadError> {
-        let completed: Vec<_> = parts
-            .iter()
-            .map(|p| aws_sdk_s3::types::CompletedPart::builder().part_number(p.number as i32).e_tag(format!("\"{}\"", p.etag)).build())
-            .collect();
-        let output = self
-            .client
-            .complete_multipart_upload()
-            .bucket(&self.settings.bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .multipart_upload(aws_sdk_s3::types::CompletedMultipartUpload::builder().set_parts(Some(completed)).build())
-            .send()
-            .await
-            .map_err(|e| s3_error("CompleteMultipartUpload", key, &e))?;
-        let etag = output.e_tag().unwrap_or_default().trim_matches('"').to_string();
-        let want = multipart_etag(parts.iter().map(|p| p.md5.as_str()));
-        if self.etag_is_md5() && !parts.iter().any(|p| p.md5.is_empty()) && etag != want {
-            return Err(UploadError::Mismatch { operation: "CompleteMultipartUpload", key: key.into(), got: etag, want });
-        }
-        Ok(etag)
+        let receipts: Vec<(u32, PartReceipt)> =
+            parts.iter().map(|p| (p.number, PartReceipt { etag: p.etag.clone(), md5: p.md5.clone() })).collect();
+        Ok(self.objects.complete(key, upload_id, &receipts).await?)
     }
 }
 
@@ -192,17 +146,6 @@ impl Uploader {
 pub(super) fn bucket_checkpoint_key(recording_key: &str) -> String {
     let base = recording_key.strip_suffix(&format!(".{}", crate::recording::store::RECORDING_EXT)).unwrap_or(recording_key);
     format!("{base}.upload.json")
-}
-
-/// A multipart ETag: the MD5 of the parts' MD5s, then "-" and the part count.
-pub(super) fn multipart_etag<'a>(part_md5s: impl Iterator<Item = &'a str>) -> String {
-    let mut concatenated = Vec::new();
-    let mut count = 0;
-    for md5 in part_md5s {
-        concatenated.extend(crate::util::hex::unhex::<16>(md5).into_iter().flatten());
-        count += 1;
-    }
-    format!("{}-{count}", md5_hex(&concatenated))
 }
 
 /// Whether every confirmed part is still, byte for byte, the file's range it claims.

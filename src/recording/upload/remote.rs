@@ -36,7 +36,7 @@ fn local_target(prefix: &str, key: &str, dir: &Path) -> Option<PathBuf> {
 /// Copies every recording object (and the published public keys, into `keys/`) into `dir`.
 /// Returns how many files were fetched.
 pub async fn sync(s3: &S3Storage, dir: &Path) -> Result<usize, UploadError> {
-    let client = super::s3_client(s3).await;
+    let client = crate::s3::s3_client(s3).await;
     std::fs::create_dir_all(dir.join("keys")).map_err(|source| StoreError::Io { path: dir.to_path_buf(), source })?;
     let mut token = None;
     let mut copied = 0;
@@ -45,7 +45,7 @@ pub async fn sync(s3: &S3Storage, dir: &Path) -> Result<usize, UploadError> {
         if let Some(t) = token.take() {
             list = list.continuation_token(t);
         }
-        let page = list.send().await.map_err(|e| super::s3_error("ListObjectsV2", &s3.prefix, &e))?;
+        let page = list.send().await.map_err(|e| crate::s3::request_error("ListObjectsV2", &s3.prefix, &e))?;
         for object in page.contents() {
             let Some(key) = object.key() else { continue };
             let Some(target) = local_target(&s3.prefix, key, dir) else { continue };
@@ -53,12 +53,13 @@ pub async fn sync(s3: &S3Storage, dir: &Path) -> Result<usize, UploadError> {
             if std::fs::metadata(&target).is_ok_and(|m| m.len() as i64 == size) {
                 continue;
             }
-            let output = client.get_object().bucket(&s3.bucket).key(key).send().await.map_err(|e| super::s3_error("GetObject", key, &e))?;
+            let output =
+                client.get_object().bucket(&s3.bucket).key(key).send().await.map_err(|e| crate::s3::request_error("GetObject", key, &e))?;
             let bytes = output
                 .body
                 .collect()
                 .await
-                .map_err(|e| UploadError::S3 { operation: "GetObject", key: key.into(), cause: e.to_string() })?
+                .map_err(|e| crate::s3::S3Error::Request { operation: "GetObject", key: key.into(), cause: e.to_string() })?
                 .into_bytes();
             crate::recording::store::write_atomic(&target, &bytes)?;
             copied += 1;

@@ -6,7 +6,7 @@
 use std::time::SystemTime;
 
 use super::checkpoint::{Checkpoint, Part};
-use super::{s3_error, UploadError, Uploader};
+use super::{UploadError, Uploader};
 
 /// What one sweep did.
 #[derive(Debug, Default, PartialEq)]
@@ -32,7 +32,7 @@ impl Uploader {
                 .set_upload_id_marker(id_marker.take())
                 .send()
                 .await
-                .map_err(|e| s3_error("ListMultipartUploads", &self.settings.prefix, &e))?;
+                .map_err(|e| crate::s3::request_error("ListMultipartUploads", &self.settings.prefix, &e))?;
             for upload in page.uploads() {
                 let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) else { continue };
                 let started = upload.initiated().and_then(|t| SystemTime::try_from(*t).ok());
@@ -67,7 +67,7 @@ impl Uploader {
                         .upload_id(id)
                         .send()
                         .await
-                        .map_err(|e| s3_error("AbortMultipartUpload", key, &e))?;
+                        .map_err(|e| crate::s3::request_error("AbortMultipartUpload", key, &e))?;
                     tracing::warn!(key, upload_id = id, "aborted an orphaned multipart upload");
                     report.aborted.push(key.to_string());
                 }
@@ -108,7 +108,7 @@ impl Uploader {
                 .set_part_number_marker(marker.take())
                 .send()
                 .await
-                .map_err(|e| s3_error("ListParts", key, &e))?;
+                .map_err(|e| crate::s3::request_error("ListParts", key, &e))?;
             for p in page.parts() {
                 let number = p.part_number().unwrap_or_default() as u32;
                 if number != parts.len() as u32 + 1 {
@@ -118,7 +118,7 @@ impl Uploader {
                 let offset = parts.last().map_or(0, |l: &Part| l.offset + l.len);
                 let etag = p.e_tag().unwrap_or_default().trim_matches('"').to_string();
                 // The ETag of a part is its MD5 unless SSE-KMS hides it; then none is checked.
-                let md5 = if self.etag_is_md5() { etag.clone() } else { String::new() };
+                let md5 = if self.objects.etag_is_md5() { etag.clone() } else { String::new() };
                 parts.push(Part { number, offset, len, etag, md5 });
             }
             if page.is_truncated() != Some(true) {
