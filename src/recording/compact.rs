@@ -42,6 +42,7 @@ pub fn splice_fixed_fields(compact: &[u8], fixed: &[u8], out: &mut Vec<u8>) {
     }
 }
 
+#[cfg(feature = "fuzzing")]
 // Fuzz entry point: panicking on a broken invariant is how it reports one.
 #[allow(clippy::panic)]
 /// For fuzz targets: caps each event's text as the audit port does, writes it both whole

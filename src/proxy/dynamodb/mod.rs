@@ -6,6 +6,7 @@
 mod auth;
 mod errors;
 #[doc(hidden)]
+#[cfg(feature = "fuzzing")]
 pub mod fuzz;
 mod session;
 mod summary;

@@ -6,6 +6,7 @@
 mod client;
 mod commands;
 #[doc(hidden)]
+#[cfg(feature = "fuzzing")]
 pub mod fuzz;
 mod login;
 mod relay;

@@ -3,6 +3,7 @@
 
 mod codec;
 #[doc(hidden)]
+#[cfg(feature = "fuzzing")]
 pub mod fuzz;
 mod messages;
 mod pairing;

@@ -23,6 +23,7 @@ use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedC
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+#[cfg(feature = "fuzzing")]
 pub mod fuzz;
 
 /// What one socket read takes at most: enough for a few full records at once.
