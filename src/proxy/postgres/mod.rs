@@ -5,9 +5,11 @@ mod codec;
 #[doc(hidden)]
 #[cfg(feature = "fuzzing")]
 pub mod fuzz;
+mod login;
 mod messages;
 mod pairing;
 pub mod redact;
+mod relay;
 mod session;
 mod upstream;
 

@@ -1,0 +1,239 @@
+//! The audited relay: both directions scanned as they pass, every statement and result
+//! recorded before it is forwarded, and the session wound up when either side ends.
+
+use crate::util::sync::lock;
+use std::sync::Mutex;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use super::codec::{error_response, MessageScanner};
+use super::messages::{client_captures, client_event, server_captures, server_result};
+use super::pairing::Pairing;
+use super::redact::{Redactor, SessionSecrets};
+use crate::audit::EventBody;
+use crate::proxy::chunk_reader::ChunkReader;
+use crate::proxy::stream::Stream;
+use crate::recording::AuditPort;
+use crate::server::ListenerContext;
+
+use super::session::{send, MAX_CAPTURED};
+
+/// Why the relay stopped.
+pub(super) enum Stop {
+    ClientClosed,
+    UpstreamClosed,
+    ClientMalformed(String, Vec<u8>),
+    UpstreamMalformed(String, Vec<u8>),
+    Audit(crate::recording::AuditError),
+    Io,
+    /// The proxy is shutting down.
+    Shutdown,
+}
+
+/// Relays both directions, auditing on the way, until either side ends.
+pub(super) async fn relay_session(
+    client: Stream,
+    upstream: Stream,
+    port: AuditPort,
+    ctx: &ListenerContext,
+    span: &tracing::Span,
+    redactor: &Redactor,
+) {
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    let (mut upstream_read, mut upstream_write) = tokio::io::split(upstream);
+    let pairing = Mutex::new(Pairing::default());
+    let redaction = Redaction { redactor, secrets: Mutex::new(SessionSecrets::default()), seen_any: Default::default() };
+    // The pumps are built inside select!: built outside and moved in, each would take its
+    // size twice in this future, which lives as long as the session.
+    let stop = tokio::select! {
+        stop = pump(&mut client_read, &mut upstream_write, &port, &pairing, &redaction, Direction::FromClient) => stop,
+        stop = pump(&mut upstream_read, &mut client_write, &port, &pairing, &redaction, Direction::FromUpstream) => stop,
+        _ = ctx.shutdown().cancelled() => Stop::Shutdown,
+    };
+    // Boxed: the wind-up's awaits, inline, would size this future for the session's life.
+    Box::pin(wind_up(stop, client_write, upstream_write, port, span)).await;
+}
+
+/// Tells the client why the relay stopped, when that is its business, and ends the recording.
+pub(super) async fn wind_up(
+    stop: Stop,
+    mut client_write: tokio::io::WriteHalf<Stream>,
+    mut upstream_write: tokio::io::WriteHalf<Stream>,
+    port: AuditPort,
+    span: &tracing::Span,
+) {
+    match stop {
+        Stop::ClientClosed | Stop::UpstreamClosed | Stop::Io => {}
+        Stop::Shutdown => {
+            send(&mut client_write, &error_response("FATAL", "57P01", "dbtape: terminating connection because the proxy is shutting down"))
+                .await
+        }
+        Stop::ClientMalformed(detail, sample) => {
+            tracing::warn!(parent: span, %detail, "malformed message from the client; closing the connection");
+            let _ = port.emit(EventBody::MalformedPacket { payload: sample }).await;
+            send(&mut client_write, &error_response("FATAL", "08P01", &format!("dbtape: protocol violation: {detail}"))).await;
+        }
+        Stop::UpstreamMalformed(detail, sample) => {
+            tracing::warn!(parent: span, %detail, "malformed message from the upstream; closing the connection");
+            let _ = port.emit(EventBody::MalformedPacket { payload: sample }).await;
+            send(&mut client_write, &error_response("FATAL", "08P01", "dbtape: the database sent a malformed message; connection closed"))
+                .await;
+        }
+        Stop::Audit(e) => {
+            tracing::error!(parent: span, error = %e, "recording failed in strict mode; ending the session");
+            send(&mut client_write, &error_response("FATAL", "58030", e.client_message())).await;
+        }
+    }
+    let _ = upstream_write.shutdown().await;
+    if let Err(e) = port.end().await {
+        tracing::error!(parent: span, error = %e, "could not record the session end");
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Direction {
+    FromClient,
+    FromUpstream,
+}
+
+/// Bytes kept of a malformed chunk for the audit event.
+pub(super) const MALFORMED_SAMPLE: usize = 1024;
+
+/// What a scanned client message asks of the audit.
+// Steps live in one reused Vec per direction; boxing the event would allocate per event.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum RelayStep {
+    /// The event, and whether secrets were masked in it.
+    Event(EventBody, bool),
+    Sync,
+}
+
+/// The session's redaction: the rules, and the secrets its statements held so far.
+pub(super) struct Redaction<'a> {
+    redactor: &'a Redactor,
+    secrets: Mutex<SessionSecrets>,
+    /// Whether `secrets` holds any, readable without the lock.
+    seen_any: std::sync::atomic::AtomicBool,
+}
+
+impl Redaction<'_> {
+    fn step(&self, mut event: EventBody) -> RelayStep {
+        // The common case takes no lock: a statement with nothing that looks like a secret,
+        // or any other event while the session has given no secret yet.
+        let quiet = !self.seen_any.load(std::sync::atomic::Ordering::Relaxed)
+            && match &event {
+                EventBody::Query { query, .. } | EventBody::PostgresParse { query, .. } => !self.redactor.may_hold_secrets(query),
+                _ => true,
+            };
+        if quiet {
+            return RelayStep::Event(event, false);
+        }
+        let mut secrets = lock(&self.secrets);
+        let redacted = self.redactor.redact_event(&mut event, &mut secrets);
+        self.seen_any.store(secrets.any(), std::sync::atomic::Ordering::Relaxed);
+        RelayStep::Event(event, redacted)
+    }
+}
+
+/// What a malformed client chunk leaves in the recording: at most `MALFORMED_SAMPLE` bytes,
+/// cut before any mention of a password and with the session's known secrets masked.
+pub(super) fn client_sample(chunk: &[u8], redaction: &Redaction<'_>) -> Vec<u8> {
+    let mut sample = chunk[..chunk.len().min(MALFORMED_SAMPLE)].to_vec();
+    if let Some(at) = sample.windows(8).position(|w| w.eq_ignore_ascii_case(b"password")) {
+        sample.truncate(at);
+    }
+    lock(&redaction.secrets).scrub_bytes(&mut sample);
+    sample
+}
+
+/// Copies one direction chunk by chunk. Each chunk is scanned and its events recorded
+/// before it is forwarded, so in strict mode nothing unrecorded passes.
+pub(super) async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    from: &mut R,
+    to: &mut W,
+    port: &AuditPort,
+    pairing: &Mutex<Pairing>,
+    redaction: &Redaction<'_>,
+    direction: Direction,
+) -> Stop {
+    let capture = match direction {
+        Direction::FromClient => client_captures,
+        Direction::FromUpstream => server_captures,
+    };
+    let mut scanner = MessageScanner::new(MAX_CAPTURED, capture);
+    let mut reader = ChunkReader::new();
+    // Room for one: a chunk usually carries one statement or one result, and the Vec is
+    // kept for the session's life (a first push would otherwise reserve four, 184 B each).
+    let mut steps: Vec<RelayStep> = Vec::with_capacity(1);
+    loop {
+        let chunk = match reader.read(from).await {
+            Ok([]) | Err(_) => {
+                return if direction == Direction::FromClient { Stop::ClientClosed } else { Stop::UpstreamClosed };
+            }
+            Ok(chunk) => chunk,
+        };
+        let terminate = direction == Direction::FromClient && chunk.first() == Some(&b'X') && scanner.at_boundary();
+        let scanned = scanner.feed(chunk, |ty, body| {
+            match direction {
+                Direction::FromClient if ty == b'S' => steps.push(RelayStep::Sync),
+                Direction::FromClient => {
+                    if let Some(event) = client_event(ty, body)? {
+                        steps.push(redaction.step(event));
+                    }
+                }
+                Direction::FromUpstream => {
+                    let query_ei = lock(pairing).on_server_message(ty);
+                    if let Some(event) = server_result(ty, body, query_ei) {
+                        steps.push(redaction.step(event));
+                    }
+                }
+            }
+            Ok(())
+        });
+        // Everything in one chunk arrived at once; one clock read stamps it all.
+        let now_ms = if steps.is_empty() { 0 } else { crate::audit::now_ms() };
+        for step in steps.drain(..) {
+            let (event, redacted) = match step {
+                RelayStep::Sync => {
+                    lock(pairing).sync();
+                    continue;
+                }
+                RelayStep::Event(event, redacted) => (event, redacted),
+            };
+            let kind = match &event {
+                EventBody::Query { .. } => Some(true),
+                EventBody::PostgresExecute { .. } => Some(false),
+                _ => None,
+            };
+            let emitted = match port.emit_redacted_now_or_return(event, redacted, now_ms) {
+                Ok(emitted) => emitted,
+                // Only when the disk is behind or every event waits for fsync; boxed, so
+                // the wait does not size this future for the session's life.
+                Err(event) => Box::pin(port.emit_redacted_at(*event, redacted, now_ms)).await,
+            };
+            match emitted {
+                Ok(Some(ei)) => match kind {
+                    Some(true) => lock(pairing).simple_query(ei),
+                    Some(false) => lock(pairing).execute(ei),
+                    None => {}
+                },
+                Ok(None) => {}
+                Err(e) => return Stop::Audit(e),
+            }
+        }
+        if let Err(e) = scanned {
+            return match direction {
+                Direction::FromClient => Stop::ClientMalformed(e.to_string(), client_sample(chunk, redaction)),
+                // Only the first message's header: what follows may be result rows, which
+                // the recording never holds.
+                Direction::FromUpstream => Stop::UpstreamMalformed(e.to_string(), chunk[..chunk.len().min(5)].to_vec()),
+            };
+        }
+        if to.write_all(chunk).await.is_err() || to.flush().await.is_err() {
+            return Stop::Io;
+        }
+        if terminate {
+            return Stop::ClientClosed;
+        }
+    }
+}
