@@ -1,0 +1,111 @@
+//! `[recording]`.
+
+use std::path::Path;
+
+use super::super::model::{RawConfig, RecordingSection};
+use super::super::{FsyncPolicy, RecordingMode};
+use super::{resolve, Issues};
+
+pub(super) fn check_recording(raw: &RawConfig, base: &Path, issues: &mut Issues<'_>) -> RecordingSection {
+    let r = &raw.recording;
+    let mode = match r.mode.as_str() {
+        "strict" => RecordingMode::Strict,
+        "best_effort" => RecordingMode::BestEffort,
+        other => {
+            issues.add(
+                "recording.mode",
+                format!("{other:?} is not a mode"),
+                "use \"strict\" (the default: a recording failure stops the session) or \"best_effort\"",
+            );
+            RecordingMode::Strict
+        }
+    };
+    let fsync = match r.fsync.as_str() {
+        "always" => FsyncPolicy::Always,
+        "batch" => FsyncPolicy::Batch,
+        "never" => FsyncPolicy::Never,
+        other => {
+            issues.add(
+                "recording.fsync",
+                format!("{other:?} is not an fsync policy"),
+                "use \"always\", \"batch\" (the default) or \"never\"",
+            );
+            FsyncPolicy::Batch
+        }
+    };
+    let batch_interval = match humantime::parse_duration(&r.batch_interval) {
+        Ok(d) if !d.is_zero() && d <= std::time::Duration::from_secs(60) => d,
+        Ok(_) => {
+            issues.add(
+                "recording.batch_interval",
+                format!("{:?} is out of range", r.batch_interval),
+                "use a duration between 1ms and 60s, e.g. \"200ms\"",
+            );
+            std::time::Duration::from_millis(200)
+        }
+        Err(e) => {
+            issues.add("recording.batch_interval", format!("{:?}: {e}", r.batch_interval), "write a duration such as \"200ms\" or \"1s\"");
+            std::time::Duration::from_millis(200)
+        }
+    };
+    if !(4096..=crate::config::MAX_FRAME_TARGET_BYTES).contains(&r.frame_target_bytes) {
+        issues.add(
+            "recording.frame_target_bytes",
+            format!("{} is out of range", r.frame_target_bytes),
+            "use a size between 4096 and 33554432 bytes; the default is 262144",
+        );
+    }
+    if !(1024..=crate::config::MAX_QUERY_BYTES_LIMIT).contains(&r.max_query_bytes) {
+        issues.add(
+            "recording.max_query_bytes",
+            format!("{} is out of range", r.max_query_bytes),
+            "use a size between 1024 and 2097152 bytes; the default is 1048576",
+        );
+    }
+    if r.max_backlog_bytes < 1024 * 1024 {
+        issues.add(
+            "recording.max_backlog_bytes",
+            format!("{} is too small", r.max_backlog_bytes),
+            "use at least 1048576 bytes; the default is 268435456 (256 MiB)",
+        );
+    }
+    for (i, pattern) in r.redact_patterns.iter().enumerate() {
+        if let Err(e) = crate::config::redact_pattern(pattern) {
+            issues.add(
+                format!("recording.redact_patterns[{i}]"),
+                format!("is not a regular expression: {e}"),
+                "fix the pattern (Rust regex syntax) or remove it",
+            );
+        }
+    }
+    if !(1..=19).contains(&r.zstd_level) {
+        issues.add("recording.zstd_level", format!("{} is out of range", r.zstd_level), "use a zstd level from 1 to 19; the default is 1");
+    }
+    for (i, key) in r.trusted_keys.iter().enumerate() {
+        let path = resolve(base, key);
+        if let Err(e) = crate::signing::load_public_key(&path) {
+            issues.add(
+                format!("recording.trusted_keys[{i}]"),
+                format!("{e}"),
+                "name a public key file another instance wrote (its signing_key with .pub appended, also published as keys/<server_id>.pub in the bucket), or remove the entry",
+            );
+        }
+    }
+    if r.dir.as_os_str().is_empty() {
+        issues.add("recording.dir", "is empty", "name the folder recordings are written to, e.g. \"recordings\"");
+    }
+    RecordingSection {
+        dir: resolve(base, &r.dir),
+        mode,
+        fsync,
+        batch_interval,
+        signing_key: resolve(base, &r.signing_key),
+        frame_target_bytes: r.frame_target_bytes,
+        zstd_level: r.zstd_level,
+        max_query_bytes: r.max_query_bytes,
+        redact_patterns: r.redact_patterns.clone(),
+        max_backlog_bytes: r.max_backlog_bytes,
+        min_free_bytes: r.min_free_bytes,
+        trusted_keys: r.trusted_keys.iter().map(|k| resolve(base, k)).collect(),
+    }
+}
