@@ -5,6 +5,7 @@ pub mod dynamodb;
 pub mod mongodb;
 pub mod net;
 pub mod postgres;
+pub mod setup;
 pub mod stream;
 pub mod tls;
 pub mod tls_stream;
@@ -15,15 +16,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::server::EngineRegistry;
 
-#[derive(Debug, thiserror::Error)]
-pub enum EngineSetupError {
-    #[error(transparent)]
-    Postgres(#[from] postgres::PostgresSetupError),
-    #[error(transparent)]
-    MongoDb(#[from] mongodb::MongoSetupError),
-    #[error(transparent)]
-    DynamoDb(#[from] dynamodb::DynamoSetupError),
-}
+pub use setup::EngineSetupError;
 
 /// The engines this build ships, set up for the databases in `config`. It lives here, not in
 /// the server core, so that the core names no protocol.

@@ -22,16 +22,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use crate::audit::Protocol;
 use crate::aws::credentials::CredentialCache;
 use crate::config::{ClientTlsMode, Config};
-use crate::proxy::tls::{client_config, server_config, TlsError};
+use crate::proxy::setup::{bad_upstream, per_database, EngineSetupError};
 use crate::server::{BoxFuture, Connection, Engine, ListenerContext};
-
-#[derive(Debug, thiserror::Error)]
-pub enum DynamoSetupError {
-    #[error("database {database:?}: {source}")]
-    Tls { database: String, source: TlsError },
-    #[error("database {database:?}: upstream {uri:?} is not http(s)://host[:port]")]
-    Upstream { database: String, uri: String },
-}
 
 /// How long a client may take to send a request's headers, once it has started one.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -57,24 +49,20 @@ pub struct DynamoEngine {
 }
 
 impl DynamoEngine {
-    pub fn new(config: &Config) -> Result<Self, DynamoSetupError> {
-        let mut databases = HashMap::new();
-        for db in config.databases.iter().filter(|d| d.protocol == Protocol::DynamoDb) {
-            let tls_err = |source| DynamoSetupError::Tls { database: db.name.clone(), source };
-            let server_tls = server_config(&db.client_tls).map_err(tls_err)?;
-            let client_tls = client_config(&db.upstream_tls).map_err(tls_err)?;
-            let endpoint = upstream::Endpoint::parse(&db.upstream, &db.aws.region, client_tls, db.upstream_tls.server_name.as_deref())
-                .ok_or_else(|| DynamoSetupError::Upstream { database: db.name.clone(), uri: db.upstream.clone() })?;
-            let state = DbState {
-                server_tls,
-                client_tls_mode: db.client_tls.effective_mode(),
+    pub fn new(config: &Config) -> Result<Self, EngineSetupError> {
+        let databases = per_database(config, Protocol::DynamoDb, |db, setup| {
+            let endpoint =
+                upstream::Endpoint::parse(&db.upstream, &db.aws.region, setup.upstream_tls, db.upstream_tls.server_name.as_deref())
+                    .ok_or_else(|| bad_upstream(db, "http(s)://host[:port]"))?;
+            Ok(DbState {
+                server_tls: setup.server_tls,
+                client_tls_mode: setup.client_tls_mode,
                 endpoint,
-                roles: CredentialCache::new(db.aws.clone()),
+                roles: setup.aws,
                 max_request_bytes: db.max_request_bytes,
                 body_budget: tokio::sync::Semaphore::new(body_budget_kib(db.max_request_bytes).min(tokio::sync::Semaphore::MAX_PERMITS)),
-            };
-            databases.insert(db.name.clone(), Arc::new(state));
-        }
+            })
+        })?;
         Ok(DynamoEngine { databases })
     }
 }

@@ -21,16 +21,8 @@ use upstream::UpstreamTarget;
 
 use crate::audit::Protocol;
 use crate::config::{ClientTlsMode, Config};
-use crate::proxy::tls::{client_config, server_config, TlsError};
+use crate::proxy::setup::{bad_upstream, per_database, DatabaseSetup, EngineSetupError};
 use crate::server::{BoxFuture, Connection, Engine, ListenerContext};
-
-#[derive(Debug, thiserror::Error)]
-pub enum MongoSetupError {
-    #[error("database {database:?}: {source}")]
-    Tls { database: String, source: TlsError },
-    #[error("database {database:?}: upstream {uri:?} is not mongodb://host[:port][/?authSource=…] with one host")]
-    Upstream { database: String, uri: String },
-}
 
 /// Per-database state built once at start-up.
 pub struct DbState {
@@ -49,26 +41,20 @@ pub struct MongoEngine {
 }
 
 impl MongoEngine {
-    pub fn new(config: &Config) -> Result<Self, MongoSetupError> {
-        let mut databases = HashMap::new();
-        for db in config.databases.iter().filter(|d| d.protocol == Protocol::MongoDb) {
-            let tls_err = |source| MongoSetupError::Tls { database: db.name.clone(), source };
-            let server_tls = server_config(&db.client_tls).map_err(tls_err)?;
-            let client_tls = client_config(&db.upstream_tls).map_err(tls_err)?;
+    pub fn new(config: &Config) -> Result<Self, EngineSetupError> {
+        let databases = per_database(config, Protocol::MongoDb, |db, setup| {
             let (host, port, auth_source) = UpstreamTarget::parse(&db.upstream)
-                .ok_or_else(|| MongoSetupError::Upstream { database: db.name.clone(), uri: db.upstream.clone() })?;
-            let server_name = db.upstream_tls.server_name.clone().unwrap_or_else(|| host.clone());
-            let upstream = UpstreamTarget { host, port, auth_source, tls: client_tls, server_name };
-            let state = DbState {
-                server_tls,
-                upstream,
-                client_tls_mode: db.client_tls.effective_mode(),
-                aws_credentials: crate::aws::credentials::CredentialCache::new(db.aws.clone()),
+                .ok_or_else(|| bad_upstream(db, "mongodb://host[:port][/?authSource=…] with one host"))?;
+            let server_name = DatabaseSetup::server_name(db, &host);
+            Ok(DbState {
+                server_tls: setup.server_tls,
+                upstream: UpstreamTarget { host, port, auth_source, tls: setup.upstream_tls, server_name },
+                client_tls_mode: setup.client_tls_mode,
+                aws_credentials: setup.aws,
                 hello_cache: tokio::sync::Mutex::new(None),
                 monitors: std::sync::Mutex::new(HashMap::new()),
-            };
-            databases.insert(db.name.clone(), Arc::new(state));
-        }
+            })
+        })?;
         Ok(MongoEngine { databases })
     }
 }

@@ -23,18 +23,8 @@ use upstream::UpstreamTarget;
 
 use crate::audit::Protocol;
 use crate::config::Config;
-use crate::proxy::tls::{client_config, server_config, TlsError};
+use crate::proxy::setup::{bad_upstream, per_database, DatabaseSetup, EngineSetupError};
 use crate::server::{BoxFuture, Connection, Engine, ListenerContext};
-
-#[derive(Debug, thiserror::Error)]
-pub enum PostgresSetupError {
-    #[error("database {database:?}: {source}")]
-    Tls { database: String, source: TlsError },
-    #[error("database {database:?}: upstream {uri:?} is not postgres://host[:port][/database]")]
-    Upstream { database: String, uri: String },
-    #[error("recording.redact_patterns: {0}")]
-    RedactPattern(#[from] regex::Error),
-}
 
 pub struct PostgresEngine {
     databases: HashMap<String, Arc<DbState>>,
@@ -44,26 +34,14 @@ pub struct PostgresEngine {
 
 impl PostgresEngine {
     /// Loads TLS material and upstream targets for every postgres database in the config.
-    pub fn new(config: &Config) -> Result<Self, PostgresSetupError> {
-        let mut databases = HashMap::new();
-        for db in config.databases.iter().filter(|d| d.protocol == Protocol::Postgres) {
-            let tls_err = |source| PostgresSetupError::Tls { database: db.name.clone(), source };
-            let server_tls = server_config(&db.client_tls).map_err(tls_err)?;
-            let client_tls = client_config(&db.upstream_tls).map_err(tls_err)?;
-            let (host, port, database) = UpstreamTarget::parse(&db.upstream)
-                .ok_or_else(|| PostgresSetupError::Upstream { database: db.name.clone(), uri: db.upstream.clone() })?;
-            let server_name = db.upstream_tls.server_name.clone().unwrap_or_else(|| host.clone());
-            let upstream = UpstreamTarget { host, port, database, tls: client_tls, server_name };
-            databases.insert(
-                db.name.clone(),
-                Arc::new(DbState {
-                    server_tls,
-                    upstream,
-                    client_tls_mode: db.client_tls.effective_mode(),
-                    aws_credentials: crate::aws::credentials::CredentialCache::new(db.aws.clone()),
-                }),
-            );
-        }
+    pub fn new(config: &Config) -> Result<Self, EngineSetupError> {
+        let databases = per_database(config, Protocol::Postgres, |db, setup| {
+            let (host, port, database) =
+                UpstreamTarget::parse(&db.upstream).ok_or_else(|| bad_upstream(db, "postgres://host[:port][/database]"))?;
+            let server_name = DatabaseSetup::server_name(db, &host);
+            let upstream = UpstreamTarget { host, port, database, tls: setup.upstream_tls, server_name };
+            Ok(DbState { server_tls: setup.server_tls, upstream, client_tls_mode: setup.client_tls_mode, aws_credentials: setup.aws })
+        })?;
         let redactor = Arc::new(redact::Redactor::new(&config.recording.redact_patterns)?);
         Ok(PostgresEngine { databases, cancels: Arc::new(Mutex::new(HashMap::new())), redactor })
     }
