@@ -369,6 +369,36 @@ async fn an_unreadable_upstream_password_refuses_the_session_and_says_why() {
     assert!(error.contains("cannot read the upstream password (databases.auth.password, file "), "{error}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swapped_identity_directory_serves_new_logins_and_spares_open_sessions() {
+    let mut proxy = Proxy::start().await;
+    let mut config = tokio_postgres::Config::new();
+    config.host("127.0.0.1").port(proxy.addr.port()).user("alice").password(ALICE_PASSWORD).dbname("postgres");
+    let (open, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    // Everyone but bob is gone from the new directory.
+    let bob = dbtape::config::UserConfig {
+        name: "bob".into(),
+        scram_verifier: Some(dbtape::config::SecretRef::Inline(common::proxy::verifier(common::proxy::BOB_PASSWORD))),
+        cert_cn: None,
+        aws_access_key_id: None,
+        aws_secret_access_key: None,
+        grants: vec![dbtape::config::Grant { database: "pg".into(), db_users: vec!["postgres".into()], db_names: vec![] }],
+    };
+    proxy.directory.replace(dbtape::auth::Directory::from_config(&[bob]).unwrap());
+    let (ok, _, err) = proxy.psql(proxy.conninfo("alice", ""), Some(ALICE_PASSWORD), vec!["-c".into(), "SELECT 1".into()]).await;
+    assert!(!ok);
+    assert!(err.contains("password authentication failed"), "{err}");
+    let (ok, out, err) =
+        proxy.psql(proxy.conninfo("bob", ""), Some(common::proxy::BOB_PASSWORD), vec!["-Atc".into(), "SELECT 'bob in'".into()]).await;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "bob in");
+    // The session that logged in before goes on.
+    assert_eq!(open.query_one("SELECT 6 * 7", &[]).await.unwrap().get::<_, i32>(0), 42);
+    drop(open);
+    proxy.stop().await;
+}
+
 /// Logs in as alice over a raw socket, returning it after ReadyForQuery.
 async fn login_raw(proxy: &Proxy) -> tokio::net::TcpStream {
     login_raw_version(proxy, 196_608).await.0

@@ -14,19 +14,19 @@ pub async fn s3_client(settings: &S3Storage) -> aws_sdk_s3::Client {
         loader = loader.endpoint_url(settings.endpoint.clone());
     }
     let sdk = loader.load().await;
-    let mut config = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(settings.force_path_style);
-    if !settings.assume_role_arn.is_empty() {
-        // The role hop goes through the same cache as the databases' AWS calls.
-        let options = AwsOptions {
-            region: settings.region.clone(),
-            endpoint: settings.endpoint.clone(),
-            assume_role_arn: settings.assume_role_arn.clone(),
-            external_id: settings.external_id.clone(),
-            ..AwsOptions::default()
-        };
-        let cache = std::sync::Arc::new(CredentialCache::new(options));
-        config = config.credentials_provider(SharedCredentialsProvider::new(CacheProvider(cache)));
-    }
+    // Credentials (the default chain, or through `assume_role_arn`) come from the same cache
+    // as the databases' AWS calls, refreshed the same way.
+    let options = AwsOptions {
+        region: settings.region.clone(),
+        endpoint: settings.endpoint.clone(),
+        assume_role_arn: settings.assume_role_arn.clone(),
+        external_id: settings.external_id.clone(),
+        ..AwsOptions::default()
+    };
+    let cache = std::sync::Arc::new(CredentialCache::new(options));
+    let config = aws_sdk_s3::config::Builder::from(&sdk)
+        .force_path_style(settings.force_path_style)
+        .credentials_provider(SharedCredentialsProvider::new(CacheProvider(cache)));
     aws_sdk_s3::Client::from_conf(config.build())
 }
 

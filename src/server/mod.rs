@@ -50,6 +50,8 @@ struct BoundListener {
 
 pub struct Server {
     listeners: Vec<BoundListener>,
+    /// Who may log in; replaced as a whole while sessions run (a reload).
+    directory: Arc<crate::auth::SharedDirectory>,
     recorder: Arc<Recorder>,
     workers: Arc<WorkerPool>,
     shutdown_grace: Duration,
@@ -105,12 +107,18 @@ impl Server {
         }
         let workers = Arc::new(WorkerPool::start(config.server.worker_count()).map_err(ServerError::Workers)?);
         tracing::debug!(workers = workers.len(), "connection workers started");
-        Ok(Server { listeners, recorder, workers, shutdown_grace: config.server.shutdown_grace, shutdown })
+        Ok(Server { listeners, directory, recorder, workers, shutdown_grace: config.server.shutdown_grace, shutdown })
     }
 
     /// The address each served database actually listens on (useful with port 0).
     pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
         self.listeners.iter().filter_map(|l| l.listener.local_addr().ok().map(|a| (l.context.database().name.clone(), a))).collect()
+    }
+
+    /// The identity directory every listener logs people in with: `replace` it to change who
+    /// may log in without ending a session.
+    pub fn directory(&self) -> Arc<crate::auth::SharedDirectory> {
+        self.directory.clone()
     }
 
     pub fn recorder(&self) -> Arc<Recorder> {

@@ -18,15 +18,25 @@ pub async fn run_server(
     config_text: &str,
     root: &std::path::Path,
 ) -> (SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let (addr, _, stop, task) = run_server_with_directory(config_text, root).await;
+    (addr, stop, task)
+}
+
+/// As `run_server`, also giving the server's identity directory (to swap it as a reload does).
+pub async fn run_server_with_directory(
+    config_text: &str,
+    root: &std::path::Path,
+) -> (SocketAddr, Arc<dbtape::auth::SharedDirectory>, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
     let config = Arc::new(Config::parse(config_text, &root.join("dbtape.toml")).unwrap());
     let registry = builtin_engines(&config).unwrap();
     let server = Server::bind(config, &registry).await.unwrap();
     let addr = server.local_addrs()[0].1;
+    let directory = server.directory();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server.run(async move {
         let _ = stopped.await;
     }));
-    (addr, stop, task)
+    (addr, directory, stop, task)
 }
 pub const BOB_PASSWORD: &str = "bob-password";
 
@@ -54,6 +64,8 @@ impl Running {
 
 pub struct Proxy {
     pub addr: SocketAddr,
+    /// The running server's identity directory.
+    pub directory: Arc<dbtape::auth::SharedDirectory>,
     pub store: RecordingStore,
     pub root: tempfile::TempDir,
     pub services: Services,
@@ -148,9 +160,9 @@ db_users = ["postgres"]
             alice = verifier(ALICE_PASSWORD),
             bob = verifier(BOB_PASSWORD),
         );
-        let (addr, stop, task) = run_server(&text, root.path()).await;
+        let (addr, directory, stop, task) = run_server_with_directory(&text, root.path()).await;
         let store = RecordingStore::new(root.path().join("recordings"));
-        Proxy { addr, store, root, services, server: Running::new(stop, task) }
+        Proxy { addr, directory, store, root, services, server: Running::new(stop, task) }
     }
 
     /// Stops the proxy, sealing every recording.
