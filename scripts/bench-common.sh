@@ -66,6 +66,24 @@ CONF
     PIDS+=($HAPROXY_PID)
 }
 
+# ALT_BIN=path: another dbtape build (today's main, say) as a fourth path "alt", with the
+# same config on its own port and folder, so an A/B comparison is measured in one run; sets
+# ALT_PORT and ALT_PID. ENV holds extra VAR=value words for its environment.
+start_alt() { # CONFIG DBTAPE_PORT [ENV...]
+    ALT_PORT=""
+    [[ -n ${ALT_BIN:-} ]] || return 0
+    local config=$1 port=$2
+    shift 2
+    ALT_PORT=$(free_port)
+    mkdir -p "$WORK/alt"
+    sed -e "s/127.0.0.1:$port\"/127.0.0.1:$ALT_PORT\"/" -e "s#$WORK/recordings#$WORK/alt/recordings#" -e "s#$WORK/key#$WORK/alt/key#" \
+        "$config" > "$WORK/alt.toml"
+    env "$@" setsid "$ALT_BIN" serve --config "$WORK/alt.toml" > "$WORK/alt.log" 2>&1 &
+    ALT_PID=$!
+    PIDS+=($ALT_PID)
+    wait_port "$ALT_PORT"
+}
+
 # ROUNDS interleaved rounds of DURATION over direct, haproxy and dbtape, then the summary and
 # one `RESULT NAME …` line. The caller defines `load_of PATH` (runs the load for that path and
 # prints its line: `<COUNT>=<n> seconds=<s> p99_us=<p99> [errors=<n>]`) and `pid_of PATH` (the
@@ -74,7 +92,7 @@ bench_rounds() { # NAME COUNT UNIT RATE
     local name=$1 count=$2 unit=$3 rate=$4
     echo "== $ROUNDS round(s) of ${DURATION}s per path, $CLIENTS clients, interleaved"
     for round in $(seq "$ROUNDS"); do
-        for path in direct haproxy dbtape; do
+        for path in direct haproxy dbtape ${ALT_BIN:+alt}; do
             local pid before=0 perf= out n secs p99 errors cpu_us=""
             pid=$(pid_of $path)
             [[ -n $pid ]] && before=$(cpu_ticks "$pid")
@@ -109,12 +127,19 @@ def mean(p, col):
     return statistics.mean(values) if values else 0.0
 speed = {p: mean(p, 1) for p in ("direct", "haproxy", "dbtape")}
 cpu = {p: mean(p, 3) for p in ("haproxy", "dbtape")}
+alt = mean("alt", 1)
 rounds = [float(r[1]) for r in rows if r[0] == "dbtape"]
 ha_rounds = [float(r[1]) for r in rows if r[0] == "haproxy"]
 ratios = ", ".join(f"{d / h:.2f}" for d, h in zip(rounds, ha_rounds))
 print(f"   dbtape/haproxy {speed['dbtape'] / speed['haproxy']:.2f} (rounds {ratios}); dbtape/direct {speed['dbtape'] / speed['direct']:.2f}")
 print(f"   proxy CPU per {unit}: dbtape {cpu['dbtape']:.1f} us, haproxy {cpu['haproxy']:.1f} us")
+extra = ""
+if alt:
+    alt_rounds = [float(r[1]) for r in rows if r[0] == "alt"]
+    print(f"   dbtape/alt {speed['dbtape'] / alt:.2f} (rounds {', '.join(f'{d / a:.2f}' for d, a in zip(rounds, alt_rounds))}); "
+          f"proxy CPU per {unit}: alt {mean('alt', 3):.1f} us")
+    extra = f" alt_{rate}={alt:.0f} alt_cpu_us={mean('alt', 3):.1f} alt_p99_us={mean('alt', 2):.0f}"
 print(f"RESULT {name} direct_{rate}={speed['direct']:.0f} haproxy_{rate}={speed['haproxy']:.0f} dbtape_{rate}={speed['dbtape']:.0f} "
-      f"dbtape_cpu_us={cpu['dbtape']:.1f} haproxy_cpu_us={cpu['haproxy']:.1f} dbtape_p99_us={mean('dbtape', 2):.0f} direct_p99_us={mean('direct', 2):.0f}")
+      f"dbtape_cpu_us={cpu['dbtape']:.1f} haproxy_cpu_us={cpu['haproxy']:.1f} dbtape_p99_us={mean('dbtape', 2):.0f} direct_p99_us={mean('direct', 2):.0f}{extra}")
 PY
 }

@@ -7,7 +7,8 @@
 #             result event per request, re-signed with the assumed role) ──> dynalite
 # dynalite (npm) is the fastest DynamoDB stand-in here; it checks no signatures, so it shows
 # the proxy's own cost. dbtape assumes its role once from moto (STS, no signature checks).
-# PROFILE=1 writes a perf profile of dbtape to target/perf-dynamodb.txt.
+# PROFILE=1 writes a perf profile of dbtape to target/perf-dynamodb.txt; ALT_BIN=path adds
+# another dbtape build as a fourth path (bench-common.sh, start_alt).
 # Sourced by scripts/bench.
 set -euo pipefail
 
@@ -73,6 +74,7 @@ AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench setsid "$BIN" serve --config
 DBTAPE_PID=$!
 PIDS+=($DBTAPE_PID)
 wait_port "$DBTAPE_PORT"
+start_alt "$WORK/dbtape.toml" "$DBTAPE_PORT" AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench
 
 "$LOAD" "http://127.0.0.1:$DYNALITE_PORT" AKIDBENCH secret 1 1 --preload
 
@@ -81,12 +83,14 @@ args_of() {
         direct) echo "http://127.0.0.1:$DYNALITE_PORT AKIDBENCH secret" ;;
         haproxy) echo "http://127.0.0.1:$HAPROXY_PORT AKIDBENCH secret" ;;
         dbtape) echo "http://127.0.0.1:$DBTAPE_PORT DBTAPEBENCH $BENCH_AWS_SECRET" ;;
+        alt) echo "http://127.0.0.1:$ALT_PORT DBTAPEBENCH $BENCH_AWS_SECRET" ;;
     esac
 }
 pid_of() {
     case $1 in
         haproxy) echo "$HAPROXY_PID" ;;
         dbtape) echo "$DBTAPE_PID" ;;
+        alt) echo "$ALT_PID" ;;
         *) echo "" ;;
     esac
 }

@@ -44,7 +44,8 @@ start_haproxy mongo "$HAPROXY_PORT" "$MONGO_PORT"
 
 DBTAPE_PORT=$(free_port)
 VERIFIER=$(echo "bench-password" | "$BIN" user add bench --password-stdin | sed -n 's/^scram_verifier = //p')
-# WORKERS=n overrides [server] workers (0, the default, is one per CPU) for A/B runs.
+# WORKERS=n overrides [server] workers (0, the default, is one per CPU) for A/B runs;
+# ALT_BIN=path adds another dbtape build as a fourth path (bench-common.sh, start_alt).
 cat > "$WORK/dbtape.toml" <<CONF
 [server]
 workers = ${WORKERS:-0}
@@ -72,6 +73,7 @@ setsid "$BIN" serve --config "$WORK/dbtape.toml" > "$WORK/dbtape.log" 2>&1 &
 DBTAPE_PID=$!
 PIDS+=($DBTAPE_PID)
 wait_port "$DBTAPE_PORT"
+start_alt "$WORK/dbtape.toml" "$DBTAPE_PORT"
 
 DIRECT_URI="mongodb://127.0.0.1:$MONGO_PORT/?directConnection=true"
 "$LOAD" "$DIRECT_URI" 1 1 --preload
@@ -81,12 +83,14 @@ uri_of() {
         direct) echo "$DIRECT_URI" ;;
         haproxy) echo "mongodb://127.0.0.1:$HAPROXY_PORT/?directConnection=true" ;;
         dbtape) echo "mongodb://bench:bench-password@127.0.0.1:$DBTAPE_PORT/bench?authSource=admin&directConnection=true" ;;
+        alt) echo "mongodb://bench:bench-password@127.0.0.1:$ALT_PORT/bench?authSource=admin&directConnection=true" ;;
     esac
 }
 pid_of() {
     case $1 in
         haproxy) echo "$HAPROXY_PID" ;;
         dbtape) echo "$DBTAPE_PID" ;;
+        alt) echo "$ALT_PID" ;;
         *) echo "" ;;
     esac
 }
