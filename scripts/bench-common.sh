@@ -44,6 +44,21 @@ wait_port() { for _ in $(seq 100); do python3 -c "import socket; socket.create_c
 # utime + stime of a process and its threads, in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
+# Waits (at most 60 s) until each PID has used at most 2 clock ticks of CPU in a second. A
+# dbtape path's indexer indexes the events just recorded after the path ends; measured while
+# the next path runs, it cost that path a fifth of its throughput on a 2-core machine.
+settle() { # PID...
+    local pid before deadline=$((SECONDS + 60))
+    for pid in "$@"; do
+        [[ -n $pid && -r /proc/$pid/stat ]] || continue
+        while (( SECONDS < deadline )); do
+            before=$(cpu_ticks "$pid")
+            sleep 1
+            (( $(cpu_ticks "$pid") - before <= 2 )) && break
+        done
+    done
+}
+
 # haproxy as a plain TCP passthrough from 127.0.0.1:LISTEN to 127.0.0.1:TARGET (any TLS stays
 # end to end); sets HAPROXY_PID. Every server runs in its own session, as a service would:
 # the kernel's autogroup scheduler shares CPU between sessions first, so a proxy left in the
@@ -116,6 +131,7 @@ bench_rounds() { # NAME COUNT UNIT RATE
             fi
             python3 -c "print(f'   round $round  $path: {$n / $secs:9.0f} $unit/s  p99 {$p99 / 1000:.2f} ms' + ('  proxy CPU $cpu_us us/$unit' if '$cpu_us' else ''))"
             echo "$path $(python3 -c "print($n / $secs)") $p99 $cpu_us" >> "$WORK/results"
+            settle "$pid"
         done
     done
     python3 - "$WORK/results" "$name" "$unit" "$rate" <<'PY'

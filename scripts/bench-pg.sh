@@ -246,6 +246,7 @@ for round in $(seq "$ROUNDS"); do
     for path in "${PATHS[@]}"; do
         echo "== round $round: $path (${DURATION}s, $CLIENTS clients, select-only, TLS)"
         run "$path" "$round"
+        settle "$DBTAPE_PID" "${ALT_PID:-}"
     done
     PATHS=("${PATHS[@]:1}" "${PATHS[0]}")   # rotate the order between rounds
 done
@@ -257,6 +258,7 @@ if (( HIGH_CLIENTS > 0 )); then
     for path in "${HIGH_PATHS[@]}"; do
         echo "== high concurrency: $path (${HIGH_DURATION}s, $HIGH_CLIENTS clients, select-only, TLS)"
         SUFFIX=-high CLIENTS=$HIGH_CLIENTS DURATION=$HIGH_DURATION run "$path" high
+        settle "$DBTAPE_PID" "${ALT_PID:-}"
     done
 fi
 
