@@ -158,7 +158,9 @@ impl CredentialCache {
         }
     }
 
-    async fn sdk(&self) -> &aws_config::SdkConfig {
+    /// The SDK settings (region, endpoint) these credentials are fetched with, for a client
+    /// of another service to share.
+    pub async fn sdk(&self) -> &aws_config::SdkConfig {
         self.sdk
             .get_or_init(|| async {
                 let mut loader = aws_config::defaults(BehaviorVersion::latest());

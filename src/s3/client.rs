@@ -2,18 +2,12 @@
 //! from the default chain or through `assume_role_arn`, and the protection every object gets
 //! (server-side encryption, Object Lock).
 
-use aws_config::BehaviorVersion;
 use aws_credential_types::provider::SharedCredentialsProvider;
 
 use crate::aws::credentials::{CacheProvider, CredentialCache};
 use crate::config::{AwsOptions, S3Storage};
 
 pub async fn s3_client(settings: &S3Storage) -> aws_sdk_s3::Client {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(aws_config::Region::new(settings.region.clone()));
-    if !settings.endpoint.is_empty() {
-        loader = loader.endpoint_url(settings.endpoint.clone());
-    }
-    let sdk = loader.load().await;
     // Credentials (the default chain, or through `assume_role_arn`) come from the same cache
     // as the databases' AWS calls, refreshed the same way.
     let options = AwsOptions {
@@ -24,7 +18,8 @@ pub async fn s3_client(settings: &S3Storage) -> aws_sdk_s3::Client {
         ..AwsOptions::default()
     };
     let cache = std::sync::Arc::new(CredentialCache::new(options));
-    let config = aws_sdk_s3::config::Builder::from(&sdk)
+    // The cache's own SDK settings (region, endpoint): loaded once for both.
+    let config = aws_sdk_s3::config::Builder::from(cache.sdk().await)
         .force_path_style(settings.force_path_style)
         .credentials_provider(SharedCredentialsProvider::new(CacheProvider(cache)));
     aws_sdk_s3::Client::from_conf(config.build())

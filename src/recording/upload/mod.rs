@@ -51,8 +51,8 @@ pub struct PassReport {
 
 pub struct Uploader {
     settings: S3Storage,
-    client: aws_sdk_s3::Client,
-    /// Every object goes up through it: Content-MD5 sent, ETag checked.
+    /// Every object goes up through it: Content-MD5 sent, ETag checked. Its client also
+    /// lists and reads what the sweeper needs.
     objects: crate::s3::ObjectWriter,
     store: RecordingStore,
     /// This instance's public signing key, published beside its recordings.
@@ -98,8 +98,7 @@ impl Uploader {
         let client = crate::s3::s3_client(settings).await;
         Uploader {
             settings: settings.clone(),
-            objects: crate::s3::ObjectWriter::new(client.clone(), settings.clone()),
-            client,
+            objects: crate::s3::ObjectWriter::new(client, settings.clone()),
             store,
             public_key,
             server_id,

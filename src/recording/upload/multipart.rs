@@ -9,7 +9,7 @@ use std::path::Path;
 use super::checkpoint::{self, Checkpoint, Part};
 use super::{read_range, UploadError, Uploader};
 use crate::recording::store::{RecordingState, StoreError};
-use crate::s3::{md5_hex, request_error, PartReceipt};
+use crate::s3::{md5_hex, PartReceipt};
 
 impl Uploader {
     /// For a recording still being written: once whole parts of it are on disk (as far as its
@@ -64,22 +64,8 @@ impl Uploader {
             self.send_part(sid, path, &mut cp, len).await?;
         }
         let etag = self.complete(key, &cp.upload_id, &cp.parts).await?;
-        if !self.settings.object_lock_mode.is_empty() {
-            // S3 applies the lock the upload was created with; some S3-compatible stores do
-            // not, so it is set again on the completed object (extending it is always allowed).
-            let retention = aws_sdk_s3::types::ObjectLockRetention::builder()
-                .mode(aws_sdk_s3::types::ObjectLockRetentionMode::from(self.settings.object_lock_mode.as_str()))
-                .retain_until_date(crate::s3::lock_until(&self.settings))
-                .build();
-            self.client
-                .put_object_retention()
-                .bucket(&self.settings.bucket)
-                .key(key)
-                .retention(retention)
-                .send()
-                .await
-                .map_err(|e| request_error("PutObjectRetention", key, &e))?;
-        }
+        // S3 applies the lock the upload was created with; some S3-compatible stores do not.
+        self.objects.renew_retention(key).await?;
         super::lock(&self.checkpoints).remove(sid);
         Ok((etag, cp.upload_id))
     }

@@ -24,7 +24,8 @@ impl Uploader {
         let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
         loop {
             let page = self
-                .client
+                .objects
+                .client()
                 .list_multipart_uploads()
                 .bucket(bucket)
                 .prefix(&self.settings.prefix)
@@ -60,14 +61,7 @@ impl Uploader {
                     );
                     report.completed.push(key.to_string());
                 } else {
-                    self.client
-                        .abort_multipart_upload()
-                        .bucket(bucket)
-                        .key(key)
-                        .upload_id(id)
-                        .send()
-                        .await
-                        .map_err(|e| crate::s3::request_error("AbortMultipartUpload", key, &e))?;
+                    self.objects.abort(key, id).await?;
                     tracing::warn!(key, upload_id = id, "aborted an orphaned multipart upload");
                     report.aborted.push(key.to_string());
                 }
@@ -86,8 +80,15 @@ impl Uploader {
 
     /// The parts the dead host's checkpoint in the bucket names, if it is for this upload.
     async fn bucket_checkpoint(&self, key: &str, upload_id: &str) -> Option<Vec<Part>> {
-        let object =
-            self.client.get_object().bucket(&self.settings.bucket).key(super::multipart::bucket_checkpoint_key(key)).send().await.ok()?;
+        let object = self
+            .objects
+            .client()
+            .get_object()
+            .bucket(&self.settings.bucket)
+            .key(super::multipart::bucket_checkpoint_key(key))
+            .send()
+            .await
+            .ok()?;
         let bytes = object.body.collect().await.ok()?.into_bytes();
         let checkpoint: Checkpoint = serde_json::from_slice(&bytes).ok()?;
         (checkpoint.upload_id == upload_id && checkpoint.key == key).then_some(checkpoint.parts)
@@ -100,7 +101,8 @@ impl Uploader {
         let mut marker = None::<String>;
         loop {
             let page = self
-                .client
+                .objects
+                .client()
                 .list_parts()
                 .bucket(&self.settings.bucket)
                 .key(key)
