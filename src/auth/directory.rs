@@ -111,11 +111,6 @@ impl Directory {
             None => (Verifier::stand_in(login_secret, name, self.usual_scram_iterations), false),
         }
     }
-
-    /// The PBKDF2 iteration count most users' verifiers have.
-    pub fn usual_scram_iterations(&self) -> u32 {
-        self.usual_scram_iterations
-    }
 }
 
 /// The directory in use, replaceable while the proxy runs.

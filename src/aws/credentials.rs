@@ -74,10 +74,6 @@ impl CredentialCache {
         CredentialCache { aws, sdk: OnceCell::new(), slots: std::sync::Mutex::new(HashMap::new()) }
     }
 
-    pub fn options(&self) -> &AwsOptions {
-        &self.aws
-    }
-
     /// dbtape's own identity: the default chain's credentials, or the first hop's when
     /// `aws.assume_role_arn` is set (then with `aws.session_tags`, since no role follows).
     pub async fn identity(&self) -> Result<Assumed, CredentialsError> {

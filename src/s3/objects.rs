@@ -51,10 +51,6 @@ impl ObjectWriter {
         &self.client
     }
 
-    pub fn settings(&self) -> &S3Storage {
-        &self.settings
-    }
-
     /// Whether S3 returns MD5 ETags for our objects (not with SSE-KMS).
     pub fn etag_is_md5(&self) -> bool {
         self.settings.server_side_encryption != "aws:kms"

@@ -94,11 +94,6 @@ pub struct LoginSlot {
 }
 
 impl LoginSlot {
-    /// When the login must be finished: handshake, client authentication and upstream login.
-    pub fn deadline(&self) -> Instant {
-        self.deadline
-    }
-
     /// Runs `login` (in `span`) to its end or to the deadline, whichever comes first. At the
     /// deadline it is dropped, closing what it held, as PostgreSQL's authentication_timeout
     /// closes a login; none then.
