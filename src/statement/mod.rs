@@ -6,3 +6,4 @@ pub mod classify;
 pub mod enrich;
 
 pub use classify::{classify_event, Classified, StatementClass};
+pub mod parameters;
