@@ -29,6 +29,30 @@ pub fn scram(data: &[u8]) {
     }
 }
 
+/// A type and a value from a hostile client through the parameter decoders: the first byte
+/// picks one of the decoded types (or, past them, takes the next four bytes as any OID).
+/// Whatever the bytes, what a reviewer is shown holds no control character and stays
+/// within a bound of the value's size.
+pub fn pg_parameters(data: &[u8]) {
+    use crate::statement::parameters::{readable_value, types::decoded_types};
+    use base64::Engine as _;
+    let Some((&pick, rest)) = data.split_first() else { return };
+    let known: Vec<u32> = decoded_types().collect();
+    let (oid, value) = match known.get(usize::from(pick)) {
+        Some(&oid) => (oid, rest),
+        None if rest.len() >= 4 => (u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]), &rest[4..]),
+        None => (0, rest),
+    };
+    let bound = 8 * value.len() + 8192;
+    let binary = readable_value(&base64::engine::general_purpose::STANDARD.encode(value), 1, oid);
+    let text = readable_value(&String::from_utf8_lossy(value), 0, oid);
+    let null = readable_value("NULL", crate::statement::parameters::NULL_FORMAT, oid);
+    for shown in [&binary, &text, &null] {
+        assert!(!shown.chars().any(char::is_control), "a control character reaches the reviewer: {shown:?}");
+        assert!(shown.len() <= bound, "{} bytes shown for {} sent", shown.len(), value.len());
+    }
+}
+
 /// Arbitrary bytes as a recording file: the scanner (recovery, `ls`) and `verify` must
 /// report, never fail.
 pub fn recording(data: &[u8]) {

@@ -66,3 +66,8 @@ static TLS_SETUP: std::sync::LazyLock<dbtape::fuzzing::TlsStreamSetup> = std::sy
 fn tls_stream_corpus() {
     replay("tls_stream", |data| dbtape::fuzzing::tls_stream(&TLS_SETUP, data));
 }
+
+#[test]
+fn pg_parameters_corpus() {
+    replay("pg_parameters", dbtape::fuzzing::pg_parameters);
+}

@@ -79,7 +79,7 @@ impl EventBody {
                 visit("statement_name", None, statement_name);
                 visit("query", None, query);
             }
-            EventBody::PostgresBind { statement_name, portal_name, parameters } => {
+            EventBody::PostgresBind { statement_name, portal_name, parameters, .. } => {
                 visit("statement_name", None, statement_name);
                 visit("portal_name", None, portal_name);
                 list("parameters", parameters, &mut visit);
@@ -113,7 +113,7 @@ impl EventBody {
                 query.len() + list(parameters) + status.error.len() + status.message.len()
             }
             EventBody::PostgresParse { statement_name, query } => statement_name.len() + query.len(),
-            EventBody::PostgresBind { statement_name, portal_name, parameters } => {
+            EventBody::PostgresBind { statement_name, portal_name, parameters, .. } => {
                 statement_name.len() + portal_name.len() + list(parameters)
             }
             EventBody::PostgresExecute { portal_name } => portal_name.len(),
@@ -172,6 +172,8 @@ mod tests {
             statement_name: "s".into(),
             portal_name: String::new(),
             parameters: vec!["ab".into(), "é".repeat(10), "tail".into()],
+            parameter_formats: vec![],
+            parameter_types: None,
         };
         let full = "é".repeat(10);
         let cuts = body.cap_captured_text(8);

@@ -67,10 +67,16 @@ pub enum EventBody {
         statement_name: String,
         query: String,
     },
+    /// `parameter_formats` and `parameter_types` are dbtape's additions, what a reader needs
+    /// to show binary parameters as values: each parameter's format (0 text, 1 binary, -1
+    /// NULL; empty when all are text and none NULL), and its statement's parameter types as
+    /// the proxy knew them at the Bind (`None` when it did not).
     PostgresBind {
         statement_name: String,
         portal_name: String,
         parameters: Vec<String>,
+        parameter_formats: Vec<i16>,
+        parameter_types: Option<std::sync::Arc<[u32]>>,
     },
     PostgresExecute {
         portal_name: String,
@@ -323,6 +329,10 @@ struct Wire<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     parameters: Option<&'a [String]>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    parameter_formats: Option<&'a [i16]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameter_types: Option<&'a [u32]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     function_oid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     function_args: Option<&'a [String]>,
@@ -482,10 +492,12 @@ impl AuditEvent<'_> {
                 w.statement_name = Some(statement_name);
                 w.query = Some(query);
             }
-            EventBody::PostgresBind { statement_name, portal_name, parameters } => {
+            EventBody::PostgresBind { statement_name, portal_name, parameters, parameter_formats, parameter_types } => {
                 w.statement_name = Some(statement_name);
                 w.portal_name = Some(portal_name);
                 w.parameters = Some(parameters);
+                w.parameter_formats = (!parameter_formats.is_empty()).then_some(parameter_formats.as_slice());
+                w.parameter_types = parameter_types.as_deref();
             }
             EventBody::PostgresExecute { portal_name } => w.portal_name = Some(portal_name),
             EventBody::PostgresClose { statement_name, portal_name } => {

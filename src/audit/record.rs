@@ -32,6 +32,8 @@ pub struct RecordedEvent {
     pub portal_name: String,
     pub query: String,
     pub parameters: Vec<String>,
+    pub parameter_formats: Vec<i16>,
+    pub parameter_types: Vec<u32>,
     pub function_oid: Option<u32>,
     pub function_args: Vec<String>,
     pub payload: String,

@@ -133,6 +133,15 @@ fn what_of(event: &serde_json::Value) -> String {
     let class = crate::statement::classify_event(event).and_then(|c| c.class()).map(|c| format!("[{}] ", c.as_str())).unwrap_or_default();
     let text = match field("event") {
         "db.session.dynamodb.request" => format!("{} {}", field("target"), event.get("body").map(|b| b.to_string()).unwrap_or_default()),
+        "db.session.postgres.statements.bind" => {
+            use crate::statement::parameters::{numbered, of_bind_event, quote_literal};
+            let raw = || -> Vec<String> {
+                let list = event.get("parameters").and_then(serde_json::Value::as_array);
+                list.into_iter().flatten().map(|v| quote_literal(v.as_str().unwrap_or_default())).collect()
+            };
+            let shown = of_bind_event(event).unwrap_or_else(raw);
+            format!("bind {} ({})", quote_literal(field("statement_name")), numbered(&shown))
+        }
         _ if !field("db_query").is_empty() => field("db_query").to_string(),
         kind if !field("error").is_empty() => format!("{kind}: {}", field("error")),
         kind => kind.to_string(),

@@ -26,7 +26,8 @@ pub fn searchable_text(event: &Value) -> String {
     let keys: &[&str] = if event.get("event").and_then(Value::as_str) == Some("db.session.result") {
         &["error"]
     } else {
-        &["db_query", "target", "error", "message"]
+        // `query`: an extended-protocol Parse's statement.
+        &["db_query", "query", "target", "error", "message"]
     };
     for key in keys {
         if let Some(part) = event.get(key).and_then(Value::as_str) {
@@ -36,6 +37,17 @@ pub fn searchable_text(event: &Value) -> String {
     }
     if let Some(body) = event.get("body").filter(|b| !b.is_null()) {
         text.push_str(&body.to_string());
+    }
+    // A Bind's values as a reviewer reads them, so a search finds what a driver sent in
+    // binary as readily as what it sent as text.
+    if event.get("event").and_then(Value::as_str) == Some("db.session.postgres.statements.bind") {
+        let shown = crate::statement::parameters::of_bind_event(event).unwrap_or_else(|| {
+            event.get("parameters").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).map(str::to_string).collect()
+        });
+        for value in shown {
+            text.push_str(&value);
+            text.push('\n');
+        }
     }
     text
 }
@@ -62,4 +74,17 @@ pub fn indexed_text(event: &Value) -> String {
 /// Lower-cased words, split as the index's default tokenizer splits them.
 pub fn words(text: &str) -> Vec<String> {
     text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_binds_values_are_searchable_as_read() {
+        let event = serde_json::json!({"event": "db.session.postgres.statements.bind", "parameters": ["emVicmFmaXNoJ3M=", "NULL"],
+            "parameter_formats": [1, -1], "parameter_types": [25, 25]});
+        assert_eq!(words(&searchable_text(&event)), ["zebrafish", "s", "null"]);
+        assert_eq!(indexed_text(&event), "zebrafish s");
+    }
 }

@@ -12,6 +12,7 @@ use crate::recording::events::EventStream;
 use crate::recording::RecordingStore;
 use crate::replay::export::{matching_sessions, ExportFilter};
 use crate::statement::classify::{classify_event, StatementClass};
+use crate::statement::parameters;
 
 /// Privileged statements kept per user and database; the count says how many there were.
 const PRIVILEGED_KEPT: usize = 50;
@@ -53,6 +54,9 @@ pub fn report(store: &RecordingStore, filter: &ExportFilter) -> std::io::Result<
         if !refusals_log {
             row(&mut rows, &session.user, &session.db_service).sessions += 1;
         }
+        // A privileged statement prepared with Parse, by name, awaiting the Bind whose values
+        // it ran with: (user, its index in that row's list).
+        let mut awaiting_bind: std::collections::HashMap<String, (String, usize)> = std::collections::HashMap::new();
         let _ = stream.for_each_event(|line| {
             let Ok(event) = serde_json::from_slice::<Value>(line) else { return Ok(true) };
             let time = event_time_ms(&event).unwrap_or_default();
@@ -63,6 +67,12 @@ pub fn report(store: &RecordingStore, filter: &ExportFilter) -> std::io::Result<
             let user = if refusals_log { field("user") } else { session.user.clone() };
             let kind = field("event");
             let r = row(&mut rows, &user, &session.db_service);
+            if kind == "db.session.postgres.statements.bind" {
+                let at = awaiting_bind.remove(&field("statement_name")).filter(|(u, _)| *u == user).map(|(_, at)| at);
+                if let (Some(privileged), Some(values)) = (at.and_then(|at| r.privileged.get_mut(at)), parameters::of_bind_event(&event)) {
+                    privileged.statement.push_str(&format!(" ({})", parameters::numbered(&values)));
+                }
+            }
             if kind == "db.session.start" && is_failure(&event) {
                 r.refused_logins += 1;
             } else if is_failure(&event) {
@@ -75,10 +85,11 @@ pub fn report(store: &RecordingStore, filter: &ExportFilter) -> std::io::Result<
                 if matches!(class, StatementClass::Role | StatementClass::Ddl) {
                     r.privileged_count += 1;
                     if r.privileged.len() < PRIVILEGED_KEPT {
-                        let statement = match field("db_query") {
-                            q if q.is_empty() => field("target"),
-                            q => q,
-                        };
+                        let statement =
+                            [field("db_query"), field("query"), field("target")].into_iter().find(|s| !s.is_empty()).unwrap_or_default();
+                        if kind == "db.session.postgres.statements.parse" {
+                            awaiting_bind.insert(field("statement_name"), (user.clone(), r.privileged.len()));
+                        }
                         r.privileged.push(Privileged {
                             time: field("time"),
                             sid: session.sid.clone(),

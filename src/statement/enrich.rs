@@ -92,6 +92,13 @@ impl Enricher {
         let kind = peek_event_type(line)?;
         match kind.as_ref() {
             "db.session.query" | "db.session.query.failed" | "db.session.postgres.statements.parse" => {}
+            "db.session.postgres.statements.bind" => {
+                let event: Value = serde_json::from_slice(line).ok()?;
+                let shown = super::parameters::of_bind_event(&event)?;
+                let mut out = b",\"parameter_values\":".to_vec();
+                out.extend_from_slice(serde_json::json!(shown).to_string().as_bytes());
+                return Some(out.into());
+            }
             "db.session.dynamodb.request" => {
                 let event: Value = serde_json::from_slice(line).ok()?;
                 let target = event.get("target")?.as_str()?;

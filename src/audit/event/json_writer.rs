@@ -64,6 +64,8 @@ impl Wire<'_> {
         opt_str(out, "portal_name", self.portal_name);
         opt_str(out, "query", self.query);
         opt_list(out, "parameters", self.parameters);
+        opt_numbers(out, "parameter_formats", self.parameter_formats.map(|f| f.iter().map(|&n| i64::from(n))));
+        opt_numbers(out, "parameter_types", self.parameter_types.map(|t| t.iter().map(|&n| i64::from(n))));
         opt_u64(out, "function_oid", self.function_oid.map(u64::from));
         opt_list(out, "function_args", self.function_args);
         if let Some(payload) = &self.payload {
@@ -165,6 +167,20 @@ fn opt_list(out: &mut Vec<u8>, name: &str, value: Option<&[String]>) {
                 out.push(b',');
             }
             string(out, item);
+        }
+        out.push(b']');
+    }
+}
+
+fn opt_numbers(out: &mut Vec<u8>, name: &str, value: Option<impl Iterator<Item = i64>>) {
+    if let Some(numbers) = value {
+        key(out, name);
+        out.push(b'[');
+        for (i, n) in numbers.enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
         }
         out.push(b']');
     }
@@ -289,8 +305,20 @@ mod tests {
             EventBody::MalformedPacket { payload: vec![0, 1, 2, 255, b'"'] },
             EventBody::MalformedPacket { payload: vec![] },
             EventBody::PostgresParse { statement_name: String::new(), query: s("SELECT $1") },
-            EventBody::PostgresBind { statement_name: s("st"), portal_name: String::new(), parameters: vec![s("a"), "b".into()] },
-            EventBody::PostgresBind { statement_name: String::new(), portal_name: String::new(), parameters: vec![] },
+            EventBody::PostgresBind {
+                statement_name: s("st"),
+                portal_name: String::new(),
+                parameters: vec![s("a"), "b".into(), "NULL".into()],
+                parameter_formats: vec![0, 1, -1],
+                parameter_types: Some(std::sync::Arc::from([23u32, 4_294_967_295, 0])),
+            },
+            EventBody::PostgresBind {
+                statement_name: String::new(),
+                portal_name: String::new(),
+                parameters: vec![],
+                parameter_formats: vec![],
+                parameter_types: None,
+            },
             EventBody::PostgresExecute { portal_name: s("p") },
             EventBody::PostgresClose { statement_name: s("st"), portal_name: String::new() },
             EventBody::PostgresFunctionCall { function_oid: u32::MAX, function_args: vec![s("1")] },

@@ -16,12 +16,60 @@ fn i32_at(data: &[u8], at: usize) -> Option<i32> {
 
 /// Client message types whose bodies the proxy reads.
 pub fn client_captures(ty: u8) -> bool {
-    matches!(ty, b'Q' | b'P' | b'B' | b'E' | b'C' | b'F' | b'S')
+    matches!(ty, b'Q' | b'P' | b'B' | b'E' | b'C' | b'F' | b'S' | b'D')
 }
 
 /// Server message types whose bodies the proxy reads.
 pub fn server_captures(ty: u8) -> bool {
-    matches!(ty, b'C' | b'E' | b'I' | b's' | b'Z')
+    matches!(ty, b'C' | b'E' | b'I' | b's' | b'Z' | b't')
+}
+
+/// The formats dbtape records beside a Bind's parameters: one per parameter, -1 for NULL;
+/// none when every parameter is text and none is NULL, as with psql and pgbench.
+fn recorded_formats(formats: &[i16], values: &[Option<&[u8]>]) -> Vec<i16> {
+    if formats.iter().all(|&f| f == 0) && values.iter().all(Option::is_some) {
+        return Vec::new();
+    }
+    if !(formats.len() <= 1 || formats.len() == values.len()) {
+        return Vec::new();
+    }
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| match v {
+            None => crate::statement::parameters::NULL_FORMAT,
+            Some(_) => formats.get(if formats.len() == 1 { 0 } else { i }).copied().unwrap_or(0),
+        })
+        .collect()
+}
+
+/// The parameter types a Parse declares (0: the server infers it).
+pub fn declared_types(parse_body: &[u8]) -> Vec<u32> {
+    let types = || -> Option<Vec<u32>> {
+        let (_, rest) = cstr(parse_body)?;
+        let (_, rest) = cstr(rest)?;
+        let n = usize::try_from(i16_at(rest, 0)?).ok()?;
+        (0..n).map(|i| i32_at(rest, 2 + 4 * i).map(|t| t as u32)).collect()
+    };
+    types().unwrap_or_default()
+}
+
+/// The statement a Describe asks about; `None` for a portal's.
+pub fn described_statement(describe_body: &[u8]) -> Result<Option<String>, WireError> {
+    let bad = || malformed("Describe", "truncated or inconsistent fields");
+    let (&kind, rest) = describe_body.split_first().ok_or_else(bad)?;
+    let (name, _) = cstr(rest).ok_or_else(bad)?;
+    match kind {
+        b'S' => Ok(Some(name)),
+        // A portal's, or a kind the server will refuse itself.
+        _ => Ok(None),
+    }
+}
+
+/// The types in a ParameterDescription; empty if it is malformed.
+pub fn described_types(body: &[u8]) -> Vec<u32> {
+    let Some(n) = i16_at(body, 0).and_then(|n| usize::try_from(n).ok()) else { return Vec::new() };
+    (0..n).map(|i| i32_at(body, 2 + 4 * i).map(|t| t as u32)).collect::<Option<_>>().unwrap_or_default()
 }
 
 /// Renders parameters as Teleport does: text as is, binary as base64.
@@ -90,7 +138,13 @@ pub fn client_event(ty: u8, body: &[u8]) -> Result<Option<EventBody>, WireError>
             let (statement_name, rest) = cstr(rest).ok_or_else(|| bad("Bind"))?;
             let (formats, at) = i16_list(rest, 0).ok_or_else(|| bad("Bind"))?;
             let (vals, _) = values(rest, at).ok_or_else(|| bad("Bind"))?;
-            EventBody::PostgresBind { statement_name, portal_name, parameters: render_params(&formats, &vals) }
+            EventBody::PostgresBind {
+                statement_name,
+                portal_name,
+                parameters: render_params(&formats, &vals),
+                parameter_formats: recorded_formats(&formats, &vals),
+                parameter_types: None,
+            }
         }
         b'E' => {
             let (portal_name, _) = cstr(body).ok_or_else(|| bad("Execute"))?;

@@ -11,6 +11,7 @@ mod pairing;
 pub mod redact;
 mod relay;
 mod session;
+mod statements;
 mod upstream;
 
 use std::collections::HashMap;

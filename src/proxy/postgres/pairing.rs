@@ -1,13 +1,17 @@
 //! Which query each result answers. PostgreSQL answers in order, so a queue of what the
 //! client sent is enough, given its rules: a simple Query may yield several results and ends
 //! at ReadyForQuery; an extended-protocol error skips every Execute up to the next Sync.
+//! A statement Describe is answered by a ParameterDescription, which says whose it is the
+//! same way.
 
 use std::collections::VecDeque;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Pending {
     Simple(u64),
     Extended(u64),
+    /// A Describe of the statement named, after that name's Parse number `u64`.
+    Describe(Box<str>, u64),
     Sync,
 }
 
@@ -29,32 +33,57 @@ impl Pairing {
         self.pending.push_back(Pending::Sync);
     }
 
-    /// A CommandComplete, EmptyQueryResponse or PortalSuspended: returns the query answered.
-    pub fn completed(&mut self) -> Option<u64> {
-        match self.pending.front().copied()? {
-            Pending::Simple(ei) => Some(ei),
-            Pending::Extended(ei) => {
-                self.pending.pop_front();
-                Some(ei)
+    pub fn describe(&mut self, statement: Box<str>, parse: u64) {
+        self.pending.push_back(Pending::Describe(statement, parse));
+    }
+
+    /// A ParameterDescription: the statement (and its Parse) the Describe it answers named.
+    pub fn described(&mut self) -> Option<(Box<str>, u64)> {
+        match self.pending.pop_front()? {
+            Pending::Describe(name, parse) => Some((name, parse)),
+            other => {
+                // Not a Describe's answer in turn: the server's order is not ours to fix.
+                self.pending.push_front(other);
+                None
             }
-            Pending::Sync => None,
         }
     }
 
-    /// An ErrorResponse: returns the query that failed, and drops the executes the server
-    /// will now skip.
-    pub fn failed(&mut self) -> Option<u64> {
-        match self.pending.front().copied()? {
+    /// Drops Describes whose answer will not come (the server failed them).
+    fn drop_unanswered_describes(&mut self) {
+        while let Some(Pending::Describe(..)) = self.pending.front() {
+            self.pending.pop_front();
+        }
+    }
+
+    /// A CommandComplete, EmptyQueryResponse or PortalSuspended: returns the query answered.
+    pub fn completed(&mut self) -> Option<u64> {
+        self.drop_unanswered_describes();
+        match *self.pending.front()? {
             Pending::Simple(ei) => Some(ei),
             Pending::Extended(ei) => {
                 self.pending.pop_front();
-                while let Some(Pending::Extended(_)) = self.pending.front() {
-                    self.pending.pop_front();
-                }
                 Some(ei)
             }
-            Pending::Sync => None,
+            Pending::Sync | Pending::Describe(..) => None,
         }
+    }
+
+    /// An ErrorResponse: returns the query that failed, and drops the executes and
+    /// describes the server will now skip.
+    pub fn failed(&mut self) -> Option<u64> {
+        if let Pending::Simple(ei) = *self.pending.front()? {
+            return Some(ei);
+        }
+        let mut failed = None;
+        while let Some(Pending::Extended(ei)) | Some(Pending::Describe(_, ei)) = self.pending.front() {
+            let is_execute = matches!(self.pending.front(), Some(Pending::Extended(_)));
+            if is_execute && failed.is_none() {
+                failed = Some(*ei);
+            }
+            self.pending.pop_front();
+        }
+        failed
     }
 
     /// Advances on a server message of type `ty`; returns the query a result answers.
@@ -111,5 +140,24 @@ mod tests {
         assert_eq!(p.completed(), Some(7)); // a multi-statement query
         p.ready();
         assert_eq!(p.completed(), None);
+    }
+
+    #[test]
+    fn describes_are_answered_in_turn_and_dropped_on_error() {
+        let mut p = Pairing::default();
+        p.describe("a".into(), 1);
+        p.execute(2);
+        p.sync();
+        p.describe("b".into(), 3);
+        p.execute(4);
+        p.sync();
+        assert_eq!(p.described(), Some(("a".into(), 1)));
+        assert_eq!(p.described(), None, "an execute is next, not a describe");
+        assert_eq!(p.completed(), Some(2));
+        p.ready();
+        // Parse failed: the describe and the execute are skipped; the execute failed.
+        assert_eq!(p.failed(), Some(4));
+        p.ready();
+        assert!(p.pending.is_empty());
     }
 }

@@ -62,6 +62,35 @@ impl SessionSecrets {
         hit
     }
 
+    /// As `scrub`, for a binary value recorded as base64: masked in its bytes, so it still
+    /// decodes (a text value reads back with the mask in place of the secret).
+    pub fn scrub_base64(&self, value: &mut String) -> bool {
+        use base64::Engine as _;
+        let engine = base64::engine::general_purpose::STANDARD;
+        let Ok(mut bytes) = engine.decode(value.as_bytes()) else { return false };
+        let mut hit = false;
+        for secret in &self.seen {
+            let needle = secret.as_bytes();
+            if find(&bytes, needle).is_none() {
+                continue;
+            }
+            let mut masked = Vec::with_capacity(bytes.len());
+            let mut rest = &bytes[..];
+            while let Some(at) = find(rest, needle) {
+                masked.extend_from_slice(&rest[..at]);
+                masked.extend_from_slice(MASK.as_bytes());
+                rest = &rest[at + needle.len()..];
+            }
+            masked.extend_from_slice(rest);
+            bytes = masked;
+            hit = true;
+        }
+        if hit {
+            *value = engine.encode(&bytes);
+        }
+        hit
+    }
+
     /// As `scrub`, for raw bytes (malformed-packet samples).
     pub fn scrub_bytes(&self, bytes: &mut [u8]) -> bool {
         let mut hit = false;
@@ -201,9 +230,15 @@ impl Redactor {
             },
             _ if secrets.seen.is_empty() => false,
             EventBody::Result { status, .. } => secrets.scrub(&mut status.error) | secrets.scrub(&mut status.message),
-            EventBody::PostgresBind { parameters: values, .. } | EventBody::PostgresFunctionCall { function_args: values, .. } => {
-                values.iter_mut().fold(false, |hit, v| secrets.scrub(v) | hit)
+            // A binary value is scrubbed in its bytes, which a reader decodes: a secret sent
+            // as a binary text parameter is masked as the same text sent as text would be.
+            EventBody::PostgresBind { parameters: values, parameter_formats, .. } => {
+                values.iter_mut().enumerate().fold(false, |hit, (i, v)| {
+                    let scrubbed = if parameter_formats.get(i) == Some(&1) { secrets.scrub_base64(v) } else { secrets.scrub(v) };
+                    scrubbed | hit
+                })
             }
+            EventBody::PostgresFunctionCall { function_args: values, .. } => values.iter_mut().fold(false, |hit, v| secrets.scrub(v) | hit),
             _ => false,
         }
     }
@@ -335,5 +370,25 @@ mod tests {
         let mut sample = b"Q\0\0\0\x20ALTER ROLE r PASSWORD 'echo-me-not'".to_vec();
         assert!(secrets.scrub_bytes(&mut sample));
         assert!(!String::from_utf8_lossy(&sample).contains("echo-me-not"));
+    }
+
+    #[test]
+    fn a_binary_parameter_is_masked_as_a_text_one_is() {
+        use base64::Engine as _;
+        let b64 = |v: &[u8]| base64::engine::general_purpose::STANDARD.encode(v);
+        let redactor = Redactor::default();
+        let mut secrets = SessionSecrets::default();
+        redactor.redact_sql("ALTER ROLE r PASSWORD 'echo-me-not'", &mut secrets);
+        let mut bind = crate::audit::EventBody::PostgresBind {
+            statement_name: String::new(),
+            portal_name: String::new(),
+            parameters: vec!["say echo-me-not".into(), b64(b"\x01echo-me-not!"), b64(b"fine")],
+            parameter_formats: vec![0, 1, 1],
+            parameter_types: Some(std::sync::Arc::from([25u32, 25, 25])),
+        };
+        assert!(redactor.redact_event(&mut bind, &mut secrets));
+        let crate::audit::EventBody::PostgresBind { parameters, parameter_formats, parameter_types, .. } = &bind else { panic!() };
+        let shown = crate::statement::parameters::readable(parameters, parameter_formats, parameter_types.as_deref().unwrap()).unwrap();
+        assert_eq!(shown, ["'say [REDACTED]'", "E'\\x01[REDACTED]!'", "'fine'"]);
     }
 }

@@ -7,9 +7,12 @@ use std::sync::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::codec::{error_response, MessageScanner};
-use super::messages::{client_captures, client_event, server_captures, server_result};
+use super::messages::{
+    client_captures, client_event, declared_types, described_statement, described_types, server_captures, server_result,
+};
 use super::pairing::Pairing;
 use super::redact::{Redactor, SessionSecrets};
+use super::statements::StatementTypes;
 use crate::audit::EventBody;
 use crate::proxy::chunk_reader::ChunkReader;
 use crate::proxy::stream::Stream;
@@ -41,13 +44,13 @@ pub(super) async fn relay_session(
 ) {
     let (mut client_read, mut client_write) = tokio::io::split(client);
     let (mut upstream_read, mut upstream_write) = tokio::io::split(upstream);
-    let pairing = Mutex::new(Pairing::default());
-    let redaction = Redaction { redactor, secrets: Mutex::new(SessionSecrets::default()), seen_any: Default::default() };
+    let tracking = Tracking::default();
+    let redaction = Redaction::new(redactor);
     // The pumps are built inside select!: built outside and moved in, each would take its
     // size twice in this future, which lives as long as the session.
     let stop = tokio::select! {
-        stop = pump(&mut client_read, &mut upstream_write, &port, &pairing, &redaction, Direction::FromClient) => stop,
-        stop = pump(&mut upstream_read, &mut client_write, &port, &pairing, &redaction, Direction::FromUpstream) => stop,
+        stop = pump(&mut client_read, &mut upstream_write, &port, &tracking, &redaction, Direction::FromClient) => stop,
+        stop = pump(&mut upstream_read, &mut client_write, &port, &tracking, &redaction, Direction::FromUpstream) => stop,
         _ = ctx.shutdown().cancelled() => Stop::Shutdown,
     };
     // Boxed: the wind-up's awaits, inline, would size this future for the session's life.
@@ -90,6 +93,95 @@ pub(super) async fn wind_up(
     }
 }
 
+/// What both directions of a session keep track of: which query each result answers, and
+/// each prepared statement's parameter types.
+#[derive(Default)]
+pub(super) struct Tracking {
+    pairing: Mutex<Pairing>,
+    statements: Mutex<StatementTypes>,
+}
+
+impl Tracking {
+    /// The event for a client message, with what the session knows added to it, or what the
+    /// message asks of the pairing.
+    pub(super) fn client_message(
+        &self,
+        ty: u8,
+        body: &[u8],
+        redaction: &Redaction<'_>,
+    ) -> Result<Option<RelayStep>, super::codec::WireError> {
+        let mut event = match ty {
+            b'S' => return Ok(Some(RelayStep::Sync)),
+            b'D' => {
+                let Some(name) = described_statement(body)? else { return Ok(None) };
+                let parse = lock(&self.statements).describing(&name);
+                return Ok(parse.map(|parse| RelayStep::Describe(name.into(), parse)));
+            }
+            _ => match client_event(ty, body)? {
+                Some(event) => event,
+                None => return Ok(None),
+            },
+        };
+        match &mut event {
+            EventBody::PostgresParse { statement_name, .. } => lock(&self.statements).parsed(statement_name, declared_types(body)),
+            EventBody::PostgresBind { statement_name, parameter_types, .. } => {
+                *parameter_types = lock(&self.statements).types_of(statement_name);
+            }
+            EventBody::PostgresClose { statement_name, portal_name } if portal_name.is_empty() => {
+                lock(&self.statements).closed(statement_name);
+            }
+            _ => {}
+        }
+        Ok(Some(redaction.step(event)))
+    }
+
+    /// The result event for a server message, if it is one; a ParameterDescription gives
+    /// the described statement its types.
+    pub(super) fn server_message(&self, ty: u8, body: &[u8]) -> Option<EventBody> {
+        if ty == b't' {
+            let described = lock(&self.pairing).described();
+            if let Some((name, parse)) = described {
+                lock(&self.statements).described(&name, parse, described_types(body));
+            }
+            return None;
+        }
+        let query_ei = lock(&self.pairing).on_server_message(ty);
+        server_result(ty, body, query_ei)
+    }
+
+    /// What a client step asks of the pairing once its event (if any) is recorded as `ei`:
+    /// in order with the others, as the server will answer them.
+    pub(super) fn recorded(&self, step: Recorded, ei: Option<u64>) {
+        let mut pairing = lock(&self.pairing);
+        match (step, ei) {
+            (Recorded::Sync, _) => pairing.sync(),
+            (Recorded::Describe(name, parse), _) => pairing.describe(name, parse),
+            (Recorded::SimpleQuery, Some(ei)) => pairing.simple_query(ei),
+            (Recorded::Execute, Some(ei)) => pairing.execute(ei),
+            _ => {}
+        }
+    }
+}
+
+/// A client step the pairing follows.
+pub(super) enum Recorded {
+    Sync,
+    Describe(Box<str>, u64),
+    SimpleQuery,
+    Execute,
+    Other,
+}
+
+impl Recorded {
+    pub(super) fn of(event: &EventBody) -> Self {
+        match event {
+            EventBody::Query { .. } => Recorded::SimpleQuery,
+            EventBody::PostgresExecute { .. } => Recorded::Execute,
+            _ => Recorded::Other,
+        }
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Direction {
     FromClient,
@@ -106,6 +198,8 @@ pub(super) enum RelayStep {
     /// The event, and whether secrets were masked in it.
     Event(EventBody, bool),
     Sync,
+    /// A Describe of the statement named, as of its Parse numbered.
+    Describe(Box<str>, u64),
 }
 
 /// The session's redaction: the rules, and the secrets its statements held so far.
@@ -116,7 +210,11 @@ pub(super) struct Redaction<'a> {
     seen_any: std::sync::atomic::AtomicBool,
 }
 
-impl Redaction<'_> {
+impl<'a> Redaction<'a> {
+    pub(super) fn new(redactor: &'a Redactor) -> Self {
+        Redaction { redactor, secrets: Mutex::new(SessionSecrets::default()), seen_any: Default::default() }
+    }
+
     fn step(&self, mut event: EventBody) -> RelayStep {
         // The common case takes no lock: a statement with nothing that looks like a secret,
         // or any other event while the session has given no secret yet.
@@ -152,7 +250,7 @@ pub(super) async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     from: &mut R,
     to: &mut W,
     port: &AuditPort,
-    pairing: &Mutex<Pairing>,
+    tracking: &Tracking,
     redaction: &Redaction<'_>,
     direction: Direction,
 ) -> Stop {
@@ -175,18 +273,8 @@ pub(super) async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         let terminate = direction == Direction::FromClient && chunk.first() == Some(&b'X') && scanner.at_boundary();
         let scanned = scanner.feed(chunk, |ty, body| {
             match direction {
-                Direction::FromClient if ty == b'S' => steps.push(RelayStep::Sync),
-                Direction::FromClient => {
-                    if let Some(event) = client_event(ty, body)? {
-                        steps.push(redaction.step(event));
-                    }
-                }
-                Direction::FromUpstream => {
-                    let query_ei = lock(pairing).on_server_message(ty);
-                    if let Some(event) = server_result(ty, body, query_ei) {
-                        steps.push(redaction.step(event));
-                    }
-                }
+                Direction::FromClient => steps.extend(tracking.client_message(ty, body, redaction)?),
+                Direction::FromUpstream => steps.extend(tracking.server_message(ty, body).map(|event| redaction.step(event))),
             }
             Ok(())
         });
@@ -195,16 +283,16 @@ pub(super) async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         for step in steps.drain(..) {
             let (event, redacted) = match step {
                 RelayStep::Sync => {
-                    lock(pairing).sync();
+                    tracking.recorded(Recorded::Sync, None);
+                    continue;
+                }
+                RelayStep::Describe(name, parse) => {
+                    tracking.recorded(Recorded::Describe(name, parse), None);
                     continue;
                 }
                 RelayStep::Event(event, redacted) => (event, redacted),
             };
-            let kind = match &event {
-                EventBody::Query { .. } => Some(true),
-                EventBody::PostgresExecute { .. } => Some(false),
-                _ => None,
-            };
+            let kind = Recorded::of(&event);
             let emitted = match port.emit_redacted_now_or_return(event, redacted, now_ms) {
                 Ok(emitted) => emitted,
                 // Only when the disk is behind or every event waits for fsync; boxed, so
@@ -212,12 +300,7 @@ pub(super) async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                 Err(event) => Box::pin(port.emit_redacted_at(*event, redacted, now_ms)).await,
             };
             match emitted {
-                Ok(Some(ei)) => match kind {
-                    Some(true) => lock(pairing).simple_query(ei),
-                    Some(false) => lock(pairing).execute(ei),
-                    None => {}
-                },
-                Ok(None) => {}
+                Ok(ei) => tracking.recorded(kind, ei),
                 Err(e) => return Stop::Audit(e),
             }
         }

@@ -13,8 +13,8 @@ use crate::audit::RecordedEvent;
 pub struct PostgresRenderer {
     expecting_result: bool,
     statements: HashMap<String, String>,
-    /// Portal name → (statement name, parameters).
-    portals: HashMap<String, (String, Vec<String>)>,
+    /// Portal name → (statement name, its parameters as shown: `$1 = …, $2 = …`).
+    portals: HashMap<String, (String, String)>,
     /// The query on screen whose result has not come yet.
     open: Option<u64>,
     /// Queries sent while another awaited its result (pipelining), not yet shown.
@@ -103,7 +103,19 @@ impl Renderer for PostgresRenderer {
                 self.expecting_result = false;
             }
             "db.session.postgres.statements.bind" => {
-                self.portals.insert(event.portal_name.clone(), (event.statement_name.clone(), event.parameters.clone()));
+                let shown =
+                    match crate::statement::parameters::readable(&event.parameters, &event.parameter_formats, &event.parameter_types) {
+                        Some(values) => crate::statement::parameters::numbered(&values),
+                        // A recording without formats or types: shown as `tsh play` shows it.
+                        None => event
+                            .parameters
+                            .iter()
+                            .enumerate()
+                            .map(|(i, p)| format!("${} = {}", i + 1, go_quote(p)))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    };
+                self.portals.insert(event.portal_name.clone(), (event.statement_name.clone(), shown));
                 self.expecting_result = false;
             }
             "db.session.postgres.statements.execute" => {
@@ -113,9 +125,7 @@ impl Renderer for PostgresRenderer {
                 };
                 let mut text = self.statements.get(statement).cloned().unwrap_or_else(|| format!("EXECUTE {statement}"));
                 if !parameters.is_empty() {
-                    let rendered: Vec<String> =
-                        parameters.iter().enumerate().map(|(i, p)| format!("${} = {}", i + 1, go_quote(p))).collect();
-                    text.push_str(&format!(" ({})", rendered.join(", ")));
+                    text.push_str(&format!(" ({parameters})"));
                 }
                 self.query(event.ei, format!("{}=> ", event.db_name), text, out);
             }

@@ -32,6 +32,37 @@ pub fn readable(values: &[String], formats: &[i16], types: &[u32]) -> Option<Vec
     )
 }
 
+/// A recorded Bind event's parameters, readable, from its JSON (`export`, `search`).
+pub fn of_bind_event(event: &serde_json::Value) -> Option<Vec<String>> {
+    let strings = |key: &str| -> Vec<String> {
+        event
+            .get(key)
+            .and_then(serde_json::Value::as_array)
+            .map_or_else(Vec::new, |list| list.iter().map(|v| v.as_str().unwrap_or_default().to_string()).collect())
+    };
+    let numbers = |key: &str| -> Vec<i64> {
+        event
+            .get(key)
+            .and_then(serde_json::Value::as_array)
+            .map_or_else(Vec::new, |list| list.iter().map(|v| v.as_i64().unwrap_or(0)).collect())
+    };
+    let formats: Vec<i16> = numbers("parameter_formats").into_iter().map(|f| i16::try_from(f).unwrap_or(i16::MAX)).collect();
+    let types: Vec<u32> = numbers("parameter_types").into_iter().map(|t| u32::try_from(t).unwrap_or(0)).collect();
+    readable(&strings("parameters"), &formats, &types)
+}
+
+/// `$1 = 42, $2 = 'x'`: shown values numbered as the statement refers to them.
+pub fn numbered(shown: &[String]) -> String {
+    let mut out = String::new();
+    for (i, value) in shown.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(&format!("${} = {value}", i + 1));
+    }
+    out
+}
+
 /// One parameter: its recorded value, its format and its type (0 when not known).
 pub fn readable_value(value: &str, format: i16, oid: u32) -> String {
     match format {

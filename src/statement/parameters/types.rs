@@ -94,6 +94,11 @@ const NAMED_ONLY: &[(u32, &str)] = &[
     (4096, "regrole"),
 ];
 
+/// Every type the decoders read, arrays included.
+pub fn decoded_types() -> impl Iterator<Item = u32> {
+    DECODED.iter().flat_map(|(t, a, _)| [*t, *a])
+}
+
 /// The element type of a decoded array type.
 pub fn element_of(array: u32) -> Option<u32> {
     DECODED.iter().find(|(_, a, _)| *a == array).map(|(t, _, _)| *t)
