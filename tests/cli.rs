@@ -31,7 +31,13 @@ fn pg_session(rec: &TestRecorder) -> String {
             query_ei: None,
         },
         EventBody::PostgresParse { statement_name: "s1".into(), query: "UPDATE t SET v = $1 WHERE id = $2".into() },
-        EventBody::PostgresBind { statement_name: "s1".into(), portal_name: String::new(), parameters: vec!["a\"b".into(), "7".into()] },
+        EventBody::PostgresBind {
+            statement_name: "s1".into(),
+            portal_name: String::new(),
+            parameters: vec!["a\"b".into(), "7".into()],
+            parameter_formats: vec![],
+            parameter_types: None,
+        },
         EventBody::PostgresExecute { portal_name: String::new() },
         EventBody::Result { status: Status::ok(), affected_records: 1, query_ei: None },
         EventBody::SessionEnd {

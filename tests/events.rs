@@ -164,12 +164,14 @@ fn postgres_extended_protocol_events() {
             &EventBody::PostgresBind {
                 statement_name: "s1".into(),
                 portal_name: String::new(),
-                parameters: vec!["42".into(), "AAEC".into()]
+                parameters: vec!["42".into(), "AAEC".into()],
+                parameter_formats: vec![0, 1],
+                parameter_types: Some(std::sync::Arc::from([23u32, 17])),
             }
         ),
         with(
             base(2, "db.session.postgres.statements.bind", "TPG01I"),
-            json!({"statement_name": "s1", "portal_name": "", "parameters": ["42", "AAEC"]})
+            json!({"statement_name": "s1", "portal_name": "", "parameters": ["42", "AAEC"], "parameter_formats": [0, 1], "parameter_types": [23, 17]})
         )
     );
     assert_eq!(
@@ -290,7 +292,13 @@ fn the_recorders_spliced_json_equals_the_plain_serialisation() {
         EventBody::Result { status: Status::ok(), affected_records: 5, query_ei: Some(3) },
         EventBody::MalformedPacket { payload: vec![1, 2, 3] },
         EventBody::PostgresParse { statement_name: "s".into(), query: "q".into() },
-        EventBody::PostgresBind { statement_name: "s".into(), portal_name: "p".into(), parameters: vec![] },
+        EventBody::PostgresBind {
+            statement_name: "s".into(),
+            portal_name: "p".into(),
+            parameters: vec![],
+            parameter_formats: vec![],
+            parameter_types: None,
+        },
         EventBody::PostgresExecute { portal_name: String::new() },
         EventBody::PostgresClose { statement_name: "s".into(), portal_name: String::new() },
         EventBody::PostgresFunctionCall { function_oid: 7, function_args: vec!["a".into()] },

@@ -235,6 +235,87 @@ async fn a_pipeline_keeps_each_query_paired_with_its_result() {
     );
 }
 
+/// Binary parameters a hostile or careless client sends: values that do not decode as their
+/// type, a type the decoders do not read, a Describe the server fails, and the unnamed
+/// statement parsed again before the server answered the first Describe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_parameters_that_do_not_decode_are_shown_as_base64_with_a_note() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut proxy = Proxy::start().await;
+    let mut s = login_raw(&proxy).await;
+    let msg = |ty: u8, body: &[u8]| {
+        let mut m = vec![ty];
+        m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    };
+    // Parse "" with one declared type; Bind one binary value.
+    let parse = |sql: &str, types: &[u32]| {
+        let mut body = format!("\0{sql}\0").into_bytes();
+        body.extend_from_slice(&(types.len() as i16).to_be_bytes());
+        types.iter().for_each(|t| body.extend_from_slice(&t.to_be_bytes()));
+        msg(b'P', &body)
+    };
+    let bind = |value: &[u8]| {
+        let mut body = b"\0\0\0\x01\0\x01\0\x01".to_vec();
+        body.extend_from_slice(&(value.len() as i32).to_be_bytes());
+        body.extend_from_slice(value);
+        body.extend_from_slice(b"\0\0");
+        msg(b'B', &body)
+    };
+    let mut pipeline = Vec::new();
+    // 1. An int4 of three bytes: the server refuses it; the reviewer sees the bytes.
+    pipeline.extend(parse("SELECT $1::int4", &[23]));
+    pipeline.extend(bind(&[0, 0, 1]));
+    pipeline.extend(msg(b'E', b"\0\0\0\0\0"));
+    pipeline.extend(msg(b'S', b""));
+    // 2. A point, which the decoders do not read.
+    pipeline.extend(parse("SELECT $1::point", &[600]));
+    pipeline.extend(bind(&[0x3f, 0xf0, 0, 0, 0, 0, 0, 0, 0x40, 0, 0, 0, 0, 0, 0, 0]));
+    pipeline.extend(msg(b'E', b"\0\0\0\0\0"));
+    pipeline.extend(msg(b'S', b""));
+    // 3. A Describe the server fails (bad SQL), then in the same pipeline a new Parse of the
+    //    unnamed statement, described and bound: its own types are used, not a stale answer.
+    pipeline.extend(parse("SELEC oops $1", &[]));
+    pipeline.extend(msg(b'D', b"S\0"));
+    pipeline.extend(msg(b'S', b""));
+    pipeline.extend(parse("SELECT $1::int8 + 0", &[]));
+    pipeline.extend(msg(b'D', b"S\0"));
+    pipeline.extend(msg(b'S', b""));
+    s.write_all(&pipeline).await.unwrap();
+    let mut ready = 0;
+    while ready < 4 {
+        let mut header = [0u8; 5];
+        s.read_exact(&mut header).await.unwrap();
+        let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize - 4;
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).await.unwrap();
+        ready += usize::from(header[0] == b'Z');
+    }
+    // The Bind goes after the Describe's answer, as drivers do.
+    let mut last = bind(&7i64.to_be_bytes());
+    last.extend(msg(b'E', b"\0\0\0\0\0"));
+    last.extend(msg(b'S', b""));
+    last.extend(msg(b'X', b""));
+    s.write_all(&last).await.unwrap();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest).await;
+    proxy.stop().await;
+    let events = &proxy.sessions()[0];
+    let screen = proxy_play(&proxy, events[0]["sid"].as_str().unwrap());
+    assert!(screen.contains("postgres=> SELECT $1::int4 ($1 = [base64 int4, not valid] AAAB)\nERROR: "), "{screen}");
+    assert!(screen.contains("postgres=> SELECT $1::point ($1 = [base64 point] P/AAAAAAAABAAAAAAAAAAA==)\nSUCCESS"), "{screen}");
+    assert!(screen.contains("postgres=> SELECT $1::int8 + 0 ($1 = 7)\nSUCCESS"), "{screen}");
+    let last_bind = events.iter().rev().find(|e| e["event"] == "db.session.postgres.statements.bind").unwrap();
+    assert_eq!(last_bind["parameter_types"], serde_json::json!([20]), "the server's answer for the second Parse");
+}
+
+fn proxy_play(proxy: &Proxy, sid: &str) -> String {
+    let out = common::dbtape_bin().args(["play", sid, "--format", "text", "--dir"]).arg(proxy.store.dir()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).replace('\r', "")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_requests_reach_the_real_backend() {
     let mut proxy = Proxy::start().await;

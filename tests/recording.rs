@@ -30,7 +30,13 @@ fn hundred_thousand_events_round_trip() {
         let body = match i % 4 {
             0 => query(i),
             1 => EventBody::Result { status: Status::ok(), affected_records: i % 7, query_ei: None },
-            2 => EventBody::PostgresBind { statement_name: "s1".into(), portal_name: String::new(), parameters: vec![i.to_string()] },
+            2 => EventBody::PostgresBind {
+                statement_name: "s1".into(),
+                portal_name: String::new(),
+                parameters: vec![i.to_string()],
+                parameter_formats: vec![],
+                parameter_types: None,
+            },
             _ => EventBody::Result {
                 status: Status::failed(format!("ERROR: boom {i} (SQLSTATE 42000)"), ""),
                 affected_records: 0,
