@@ -83,6 +83,41 @@ fn workload(n: u64) -> Vec<EventBody> {
         .collect()
 }
 
+/// A binary-protocol driver's session (asyncpg, pgx): each statement a Bind of five binary
+/// parameters (int4, bytea, jsonb, text, timestamp) with their types, an Execute and a
+/// result; the statement itself parsed once.
+fn binary_bind_workload(n: u64) -> Vec<EventBody> {
+    use base64::Engine as _;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let types: Arc<[u32]> = Arc::from([23u32, 17, 3802, 25, 1114]);
+    let mut events = vec![EventBody::PostgresParse {
+        statement_name: "__asyncpg_stmt_1__".into(),
+        query: "UPDATE accounts SET payload = $3, note = $4, seen = $5, blob = $2 WHERE id = $1".into(),
+    }];
+    for i in 0..n / 3 {
+        let id = (i as i32).wrapping_mul(7919);
+        let mut json = vec![1u8];
+        json.extend_from_slice(format!("{{\"k\": {i}}}").as_bytes());
+        let parameters = vec![
+            b64(&id.to_be_bytes()),
+            b64(&i.to_be_bytes()),
+            b64(&json),
+            b64(format!("customer {i} note").as_bytes()),
+            b64(&(820_000_000_000_000i64 + i as i64 * 1_000_003).to_be_bytes()),
+        ];
+        events.push(EventBody::PostgresBind {
+            statement_name: "__asyncpg_stmt_1__".into(),
+            portal_name: String::new(),
+            parameters,
+            parameter_formats: vec![1; 5],
+            parameter_types: Some(types.clone()),
+        });
+        events.push(EventBody::PostgresExecute { portal_name: String::new() });
+        events.push(EventBody::Result { status: Status::ok(), affected_records: 1, query_ei: Some(3 * i + 2) });
+    }
+    events
+}
+
 struct Setup {
     _tmp: tempfile::TempDir,
     recorder: Recorder,
@@ -124,6 +159,21 @@ fn bench(c: &mut Criterion, runtime: &tokio::runtime::Runtime, events: &[EventBo
     // With each statement's class, tables and fingerprint derived as it is read.
     group.bench_function("export_enriched", |b| {
         b.iter(|| export(&export_setup.store, &ExportFilter::default(), &mut std::io::sink()).expect("export"))
+    });
+    group.finish();
+    // Binary parameters are decoded when read: what that costs an export.
+    let binds = binary_bind_workload(events.len() as u64);
+    let mut group = c.benchmark_group("binary_parameters");
+    group.throughput(Throughput::Elements(binds.len() as u64));
+    group.sample_size(10).measurement_time(Duration::from_secs(8)).warm_up_time(Duration::from_secs(1));
+    let bind_setup = self::setup();
+    record(&bind_setup, &binds, runtime);
+    group.bench_function("export_raw", |b| {
+        let raw = ExportFilter { raw: true, ..ExportFilter::default() };
+        b.iter(|| export(&bind_setup.store, &raw, &mut std::io::sink()).expect("export"))
+    });
+    group.bench_function("export_decoded", |b| {
+        b.iter(|| export(&bind_setup.store, &ExportFilter::default(), &mut std::io::sink()).expect("export"))
     });
     group.finish();
 }
