@@ -15,6 +15,9 @@ IDLE_CONNS=${IDLE_CONNS:-100}
 HIGH_CLIENTS=${HIGH_CLIENTS:-200}
 HIGH_DURATION=${HIGH_DURATION:-20}
 # IDLE_SPACED=1: the idle clients log in one after another rather than all at once.
+# MODE=extended|prepared: pgbench's query protocol (default simple); prepared sends each
+# transaction as Bind/Describe/Execute of a statement parsed once, the path a driver takes.
+MODE=${MODE:-simple}
 
 source scripts/bench-common.sh
 bench_need haproxy pgbouncer
@@ -199,7 +202,7 @@ run() { # path round
         preempted_before=$(preemptions "$proxy_pid")
         migrations_before=$(migrations "$proxy_pid")
     fi
-    (cd "$dir" && pgbench -S -n -c "$CLIENTS" -j 2 -T "$DURATION" -l --log-prefix=tx "$(conninfo "$1")" > summary.txt 2>&1)
+    (cd "$dir" && pgbench -S -n -M "$MODE" -c "$CLIENTS" -j 2 -T "$DURATION" -l --log-prefix=tx "$(conninfo "$1")" > summary.txt 2>&1)
     [[ -n $trace ]] && wait "$trace" || true
     if [[ -n $perf ]]; then
         wait "$perf" || true

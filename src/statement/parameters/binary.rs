@@ -289,6 +289,11 @@ fn timestamp(micros: i64, zone: &str) -> String {
 
 /// interval_out in the default `postgres` style: `1 year 2 mons -3 days +04:05:06.5`.
 fn interval(micros: i64, days: i32, months: i32) -> String {
+    match (micros, days, months) {
+        (i64::MIN, i32::MIN, i32::MIN) => return "-infinity".into(),
+        (i64::MAX, i32::MAX, i32::MAX) => return "infinity".into(),
+        _ => {}
+    }
     let mut text = String::new();
     let mut is_zero = true;
     let mut is_before = false;
@@ -485,7 +490,10 @@ mod tests {
         assert_eq!(text(INTERVAL, &interval_bytes(7_380_000_000, -1, 0)), "-1 days +02:03:00");
         assert_eq!(text(INTERVAL, &interval_bytes(0, 0, 0)), "00:00:00");
         assert_eq!(text(INTERVAL, &interval_bytes(-1_000_000, 1, 1)), "1 mon 1 day -00:00:01");
-        assert_eq!(text(INTERVAL, &interval_bytes(i64::MIN, i32::MIN, i32::MIN)).is_empty(), false);
+        // PostgreSQL 17's infinite intervals.
+        assert_eq!(text(INTERVAL, &interval_bytes(i64::MIN, i32::MIN, i32::MIN)), "-infinity");
+        assert_eq!(text(INTERVAL, &interval_bytes(i64::MAX, i32::MAX, i32::MAX)), "infinity");
+        assert_eq!(text(INTERVAL, &interval_bytes(i64::MIN, 0, 0)), "-2562047788:00:54.775808");
     }
 
     #[test]
