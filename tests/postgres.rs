@@ -192,12 +192,6 @@ async fn a_pipeline_keeps_each_query_paired_with_its_result() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut proxy = Proxy::start().await;
     let mut s = login_raw(&proxy).await;
-    let msg = |ty: u8, body: &[u8]| {
-        let mut m = vec![ty];
-        m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-        m.extend_from_slice(body);
-        m
-    };
     let mut pipeline = Vec::new();
     for sql in ["SELECT 1", "SELECT 1/0", "SELECT 3"] {
         pipeline.extend(msg(b'P', format!("\0{sql}\0\0\0").as_bytes()));
@@ -243,12 +237,6 @@ async fn binary_parameters_that_do_not_decode_are_shown_as_base64_with_a_note() 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut proxy = Proxy::start().await;
     let mut s = login_raw(&proxy).await;
-    let msg = |ty: u8, body: &[u8]| {
-        let mut m = vec![ty];
-        m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-        m.extend_from_slice(body);
-        m
-    };
     // Parse "" with one declared type; Bind one binary value.
     let parse = |sql: &str, types: &[u32]| {
         let mut body = format!("\0{sql}\0").into_bytes();
@@ -308,6 +296,14 @@ async fn binary_parameters_that_do_not_decode_are_shown_as_base64_with_a_note() 
     assert!(screen.contains("postgres=> SELECT $1::int8 + 0 ($1 = 7)\nSUCCESS"), "{screen}");
     let last_bind = events.iter().rev().find(|e| e["event"] == "db.session.postgres.statements.bind").unwrap();
     assert_eq!(last_bind["parameter_types"], serde_json::json!([20]), "the server's answer for the second Parse");
+}
+
+/// A frontend message: type, length, body.
+fn msg(ty: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![ty];
+    m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    m.extend_from_slice(body);
+    m
 }
 
 fn proxy_play(proxy: &Proxy, sid: &str) -> String {

@@ -7,7 +7,7 @@ mod event;
 mod json_body;
 mod meta;
 mod record;
-mod time;
+pub mod time;
 
 pub use capture::{EventNotes, Truncation};
 pub use codes::{EventCode, EventType, Protocol};

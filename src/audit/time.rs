@@ -41,8 +41,9 @@ pub(super) fn write_time(time_ms: i64, out: &mut [u8; 24]) {
     put(out, 20, millis, 3);
 }
 
-/// Howard Hinnant's days-to-civil conversion.
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
+/// Howard Hinnant's days-to-civil conversion: (year, month, day) of a day counted from
+/// 1970-01-01, in the proleptic Gregorian calendar, for any day an i32 can count.
+pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);

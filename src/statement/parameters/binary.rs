@@ -222,24 +222,9 @@ fn numeric(bytes: &[u8]) -> Result<Decoded, Undecoded> {
     Ok(Decoded::bare(text))
 }
 
-/// (year, month, day) of a day counted from 1970-01-01, in the proleptic Gregorian calendar
-/// (H. Hinnant's `civil_from_days`), for any i32 day count without overflow.
-fn civil(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
 /// `YYYY-MM-DD`, and whether the year is before Christ (PostgreSQL has no year 0).
 fn calendar_date(days_since_2000: i64) -> (String, bool) {
-    let (year, month, day) = civil(days_since_2000 + POSTGRES_EPOCH_DAYS);
+    let (year, month, day) = crate::audit::time::civil_from_days(days_since_2000 + POSTGRES_EPOCH_DAYS);
     let (year, bc) = if year <= 0 { (1 - year, true) } else { (year, false) };
     (format!("{year:04}-{month:02}-{day:02}"), bc)
 }
