@@ -255,6 +255,8 @@ async fn tokio_postgres_values_are_shown_as_sent() {
         &texts,
     ];
     client.execute(&statement, &values).await.unwrap();
+    // A privileged statement (DDL) with a parameter: `report` lists it with its value.
+    client.execute("CREATE TEMP TABLE made_from AS SELECT $1::int8 AS v", &[&77_000_000_123i64]).await.unwrap();
     let row = client.query_one(AS_TEXT, &[]).await.unwrap();
     let server_text: Vec<String> = row.get(0);
     drop(client);
@@ -266,4 +268,9 @@ async fn tokio_postgres_values_are_shown_as_sent() {
     let bind = assert_readable(&proxy, &server_text, &shown);
     assert_eq!(bind["parameter_formats"][6], 1, "tokio-postgres sends even text in binary");
     assert_eq!(bind["parameter_types"][6], 25);
+    let config = proxy.root.path().join("review.toml");
+    let out = common::dbtape_bin().args(["report", "--config"]).arg(&config).output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(report.contains("DDL") && report.contains("CREATE TEMP TABLE made_from AS SELECT $1::int8 AS v ($1 = 77000000123)"), "{report}");
 }
