@@ -10,6 +10,7 @@ pub mod config;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod lake;
 pub mod metrics;
 pub mod proxy;
 pub mod recording;

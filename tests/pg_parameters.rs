@@ -272,5 +272,8 @@ async fn tokio_postgres_values_are_shown_as_sent() {
     let out = common::dbtape_bin().args(["report", "--config"]).arg(&config).output().unwrap();
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(report.contains("DDL") && report.contains("CREATE TEMP TABLE made_from AS SELECT $1::int8 AS v ($1 = 77000000123)"), "{report}");
+    assert!(
+        report.contains("DDL") && report.contains("CREATE TEMP TABLE made_from AS SELECT $1::int8 AS v ($1 = 77000000123)"),
+        "{report}"
+    );
 }

@@ -1,6 +1,7 @@
 //! The `dbtape` command line.
 
 mod inspect;
+mod lake;
 mod progress;
 mod search;
 mod serve;
@@ -210,6 +211,11 @@ pub enum Command {
         #[command(subcommand)]
         command: IndexCommand,
     },
+    /// The event lake: Parquet in the bucket for Athena, Trino, Spark and DuckDB.
+    Lake {
+        #[command(subcommand)]
+        command: LakeCommand,
+    },
     /// Upload recordings the proxy has not uploaded yet to [storage.s3], now.
     Upload {
         #[command(flatten)]
@@ -252,6 +258,39 @@ pub enum UserCommand {
         name: String,
         #[arg(long)]
         password_stdin: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LakeCommand {
+    /// Print the table definition for an engine.
+    Ddl {
+        #[arg(long, value_enum)]
+        engine: crate::lake::ddl::Engine,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The table's name.
+        #[arg(long, default_value = "dbtape_events")]
+        table: String,
+        /// Where the table is; default s3://<bucket>/<lake.prefix> from the config.
+        #[arg(long)]
+        location: Option<String>,
+    },
+    /// Check the lake against the signed recordings: every event once, unchanged.
+    Verify {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Only events at or after: a duration ago ("30d") or a time.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, value_enum, default_value_t = DataFormat::Text)]
+        format: DataFormat,
+    },
+    /// Write the recordings the lake does not hold yet, now (recordings from before the
+    /// lake was turned on, say). Shares the live writer's journal, so nothing is written twice.
+    Backfill {
+        #[command(flatten)]
+        config: ConfigArg,
     },
 }
 
@@ -348,6 +387,10 @@ pub fn main() -> ExitCode {
     let verbose_default = matches!(cli.command, Command::Serve { .. });
     let result = match cli.command {
         Command::Serve { config } => serve::run(&config.config),
+        Command::Lake { command } => {
+            init_logging(false, false);
+            lake::run(command)
+        }
         Command::Upload { config, all } => {
             init_logging(false, false);
             serve::upload(&config.config, all)

@@ -43,6 +43,24 @@ pub fn run(config_path: &Path) -> Result<(), Failure> {
             }
             background.spawn_async("admin", |cancel| crate::server::admin::serve(listener, metrics, health, cancel));
         }
+        if let (true, Some(s3)) = (config.lake.enabled, config.storage.s3.clone()) {
+            let store = crate::recording::RecordingStore::new(&config.recording.dir);
+            let settings = crate::lake::LakeSettings::from_config(&config.lake, &config.server.server_id);
+            // Opened in its own thread: the writer runs its uploads on a runtime of its own.
+            let mut writer = None;
+            background.spawn_periodic("lake", crate::lake::writer::PASS_EVERY, move || {
+                if writer.is_none() {
+                    match crate::lake::LakeWriter::open(store.clone(), &s3, settings.clone()) {
+                        Ok(opened) => writer = Some(opened),
+                        Err(e) => {
+                            tracing::error!(error = %e, "the lake writer cannot start; retried at the next pass");
+                            return crate::tasks::Pass::Idle;
+                        }
+                    }
+                }
+                writer.as_mut().map_or(crate::tasks::Pass::Idle, crate::lake::LakeWriter::pass)
+            })?;
+        }
         let index_store = crate::recording::RecordingStore::new(&config.recording.dir);
         background.spawn_periodic("indexer", crate::search::indexer::PASS_EVERY, move || crate::search::indexer::pass(&index_store))?;
         for (name, addr) in server.local_addrs() {

@@ -8,9 +8,9 @@ mod validate;
 use std::path::{Path, PathBuf};
 
 pub use model::{
-    AuthMethod, AwsOptions, ClientTlsConfig, ClientTlsMode, DatabaseConfig, FsyncPolicy, Grant, LogFormat, RecordingMode, RecordingSection,
-    S3Storage, ServerSection, StorageSection, UpstreamAuth, UpstreamTlsConfig, UpstreamTlsMode, UserConfig, CHAINED_SESSION_LIMIT,
-    MAX_FRAME_TARGET_BYTES, MAX_QUERY_BYTES_LIMIT,
+    AuthMethod, AwsOptions, ClientTlsConfig, ClientTlsMode, DatabaseConfig, FsyncPolicy, Grant, LakeSection, LogFormat, RecordingMode,
+    RecordingSection, S3Storage, ServerSection, StorageSection, UpstreamAuth, UpstreamTlsConfig, UpstreamTlsMode, UserConfig,
+    CHAINED_SESSION_LIMIT, MAX_FRAME_TARGET_BYTES, MAX_QUERY_BYTES_LIMIT,
 };
 pub use secret::{SecretError, SecretRef};
 
@@ -62,6 +62,7 @@ pub struct Config {
     pub server: ServerSection,
     pub recording: RecordingSection,
     pub storage: StorageSection,
+    pub lake: LakeSection,
     pub databases: Vec<DatabaseConfig>,
     pub users: Vec<UserConfig>,
 }
@@ -96,6 +97,15 @@ impl Config {
             id => id.to_string(),
         };
         Ok((recording, raw.storage.s3, server_id))
+    }
+
+    /// What the lake commands need: the recordings, the bucket, the `[lake]` section and this
+    /// instance's id; no secret is read.
+    pub fn load_lake_settings(path: &Path) -> Result<(RecordingSection, Option<S3Storage>, LakeSection, String), ConfigError> {
+        let text = read_text(path, "pass the config file that names the bucket with --config")?;
+        let lake = Self::parse_raw(&text, path)?.lake;
+        let (recording, s3, server_id) = Self::load_upload_settings(path)?;
+        Ok((recording, s3, lake, server_id))
     }
 
     /// The `[recording]` settings alone, for the review commands (`ls`, `play`, `export`,

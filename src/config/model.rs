@@ -19,6 +19,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub storage: StorageSection,
     #[serde(default)]
+    pub lake: LakeSection,
+    #[serde(default)]
     pub databases: Vec<DatabaseConfig>,
     #[serde(default)]
     pub users: Vec<UserConfig>,
@@ -185,6 +187,32 @@ pub const MAX_QUERY_BYTES_LIMIT: usize = 2 * 1024 * 1024;
 #[serde(deny_unknown_fields)]
 pub struct StorageSection {
     pub s3: Option<S3Storage>,
+}
+
+/// `[lake]`: every recorded event also as Parquet rows in the `[storage.s3]` bucket, for
+/// Athena, Trino, Spark and DuckDB.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LakeSection {
+    pub enabled: bool,
+    /// Where the table lives in the bucket: `<prefix>events/event_date=YYYY-MM-DD/…`.
+    pub prefix: String,
+    /// Events wait at most this long before they are written.
+    #[serde(with = "humantime_serde_compat")]
+    pub flush_interval: std::time::Duration,
+    /// An object is cut before this once its events reach this many bytes of JSON.
+    pub max_object_bytes: usize,
+}
+
+impl Default for LakeSection {
+    fn default() -> Self {
+        LakeSection {
+            enabled: false,
+            prefix: "lake/".into(),
+            flush_interval: std::time::Duration::from_secs(300),
+            max_object_bytes: 128 * 1024 * 1024,
+        }
+    }
 }
 
 /// Optional upload of sealed recordings to S3 (or an S3-compatible store).

@@ -40,6 +40,7 @@ pub(super) fn check(raw: RawConfig, file: &Path, base: &Path) -> Result<Config, 
     if let Some(s3) = &raw.storage.s3 {
         storage::check_s3(s3, &mut issues);
     }
+    storage::check_lake(&raw.lake, raw.storage.s3.as_ref(), &mut issues);
     let mut databases = raw.databases;
     let mut names = BTreeSet::new();
     let mut listens = BTreeSet::new();
@@ -55,7 +56,7 @@ pub(super) fn check(raw: RawConfig, file: &Path, base: &Path) -> Result<Config, 
     if !issues.list.is_empty() {
         return Err(ConfigError { issues: issues.list });
     }
-    Ok(Config { source: file.to_path_buf(), server, recording, storage: raw.storage, databases, users })
+    Ok(Config { source: file.to_path_buf(), server, recording, storage: raw.storage, lake: raw.lake, databases, users })
 }
 
 /// Only the `[recording]` section, checked: what review commands need. Nothing else is

@@ -55,3 +55,45 @@ pub(super) fn check_s3(s3: &super::super::S3Storage, issues: &mut Issues<'_>) {
         );
     }
 }
+
+/// `[lake]`: it writes into the `[storage.s3]` bucket, and reads recordings the uploader
+/// must not delete before it has.
+pub(super) fn check_lake(lake: &super::super::LakeSection, s3: Option<&super::super::S3Storage>, issues: &mut Issues<'_>) {
+    if !lake.enabled {
+        return;
+    }
+    match s3 {
+        None => issues.add(
+            "lake.enabled",
+            "is true, but there is no [storage.s3] bucket to write to",
+            "add a [storage.s3] section, or set lake.enabled = false",
+        ),
+        Some(s3) if s3.local_retention == "delete" => issues.add(
+            "lake.enabled",
+            "is true with storage.s3.local_retention = \"delete\": the uploader could delete a recording before the lake has read it",
+            "set storage.s3.local_retention = \"keep\" while the lake is on",
+        ),
+        Some(_) => {}
+    }
+    if lake.flush_interval < std::time::Duration::from_secs(1) {
+        issues.add(
+            "lake.flush_interval",
+            "is under a second",
+            "use a duration such as \"5m\" (Security Lake takes between 5 minutes and a day)",
+        );
+    }
+    if lake.max_object_bytes < 1024 * 1024 {
+        issues.add(
+            "lake.max_object_bytes",
+            format!("{} is under 1 MiB", lake.max_object_bytes),
+            "use at least 1048576; the default is 134217728 (128 MiB)",
+        );
+    }
+    if lake.prefix.starts_with('/') || (!lake.prefix.is_empty() && !lake.prefix.ends_with('/')) {
+        issues.add(
+            "lake.prefix",
+            format!("{:?} is not a folder in the bucket", lake.prefix),
+            "use a prefix such as \"lake/\": no leading slash, one trailing slash",
+        );
+    }
+}

@@ -29,7 +29,7 @@ use crate::recording::reader::Position;
 use crate::recording::store::write_atomic;
 use crate::recording::RecordingStore;
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Cursor {
     /// The next `ei` to send, for recordings begun but not finished.
     pub next: BTreeMap<String, u64>,

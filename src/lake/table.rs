@@ -1,0 +1,150 @@
+//! The lake's one table: typed columns for what auditors filter on, the derived statement
+//! fields, and the whole event as `export` writes it. Every column comes from the event
+//! itself (and this host's `server_id`), so the same events always make the same bytes: a
+//! batch rebuilt after a crash overwrites its object with identical content.
+
+use std::sync::Arc;
+
+use arrow_array::builder::{BooleanBuilder, Int64Builder, ListBuilder, StringBuilder, TimestampMillisecondBuilder};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, TimeUnit};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use serde_json::Value;
+
+use super::LakeError;
+
+/// String columns, in table order, each filled from the event key named.
+const TEXT_COLUMNS: &[(&str, &str)] = &[
+    ("event", "event"),
+    ("code", "code"),
+    ("uid", "uid"),
+    ("sid", "sid"),
+    ("cluster_name", "cluster_name"),
+    ("user", "user"),
+    ("db_service", "db_service"),
+    ("db_protocol", "db_protocol"),
+    ("db_type", "db_type"),
+    ("db_uri", "db_uri"),
+    ("db_user", "db_user"),
+    ("db_name", "db_name"),
+    ("error", "error"),
+    ("client_addr", "addr.remote"),
+    ("aws_role_arn", "aws_role_arn"),
+    ("db_statement_class", "db_statement_class"),
+    ("db_query_fingerprint", "db_query_fingerprint"),
+];
+
+pub fn schema() -> Arc<Schema> {
+    let text = |name: &str| Field::new(name, DataType::Utf8, true);
+    let mut fields = vec![Field::new("time", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false)];
+    fields.extend(TEXT_COLUMNS.iter().map(|(name, _)| text(name)));
+    fields.extend([
+        Field::new("ei", DataType::Int64, false),
+        text("server_id"),
+        text("db_query"),
+        Field::new("success", DataType::Boolean, true),
+        Field::new("affected_records", DataType::Int64, true),
+        Field::new("db_tables", DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))), true),
+        text("event_json"),
+    ]);
+    Arc::new(Schema::new(fields))
+}
+
+/// One event, ready to become a row: its time, where it is, and its exported line.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub time_ms: i64,
+    pub sid: String,
+    pub ei: u64,
+    /// The event as `export` writes it (derived fields included), without its newline.
+    pub line: Vec<u8>,
+}
+
+/// The rows as one Parquet object, sorted by time (then session and `ei`).
+pub fn parquet_object(rows: &mut [Row], server_id: &str) -> Result<Vec<u8>, LakeError> {
+    rows.sort_by(|a, b| (a.time_ms, &a.sid, a.ei).cmp(&(b.time_ms, &b.sid, b.ei)));
+    let batch = record_batch(rows, server_id)?;
+    let properties = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).map_err(|e| LakeError::Parquet(e.to_string()))?))
+        // Security Lake's bound on a data page: 1 MB uncompressed.
+        .set_data_page_size_limit(1024 * 1024)
+        .build();
+    let mut out = Vec::with_capacity(rows.len() * 48);
+    let mut writer = ArrowWriter::try_new(&mut out, batch.schema(), Some(properties)).map_err(|e| LakeError::Parquet(e.to_string()))?;
+    writer.write(&batch).map_err(|e| LakeError::Parquet(e.to_string()))?;
+    writer.close().map_err(|e| LakeError::Parquet(e.to_string()))?;
+    Ok(out)
+}
+
+fn record_batch(rows: &[Row], server_id: &str) -> Result<RecordBatch, LakeError> {
+    let n = rows.len();
+    let mut time = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut texts: Vec<StringBuilder> = TEXT_COLUMNS.iter().map(|_| StringBuilder::with_capacity(n, n * 16)).collect();
+    let mut ei = Int64Builder::with_capacity(n);
+    let mut server = StringBuilder::with_capacity(n, n * server_id.len());
+    let mut query = StringBuilder::with_capacity(n, n * 64);
+    let mut success = BooleanBuilder::with_capacity(n);
+    let mut affected = Int64Builder::with_capacity(n);
+    let mut tables = ListBuilder::new(StringBuilder::new());
+    let mut json = StringBuilder::with_capacity(n, rows.iter().map(|r| r.line.len()).sum());
+    for row in rows {
+        let event: Value = serde_json::from_slice(&row.line).unwrap_or(Value::Null);
+        let text_of = |key: &str| event.get(key).and_then(Value::as_str).filter(|s| !s.is_empty());
+        time.append_value(row.time_ms);
+        for ((_, key), builder) in TEXT_COLUMNS.iter().zip(texts.iter_mut()) {
+            builder.append_option(text_of(key));
+        }
+        ei.append_value(i64::try_from(row.ei).unwrap_or(i64::MAX));
+        server.append_value(server_id);
+        // An extended-protocol Parse carries its statement in `query`.
+        query.append_option(text_of("db_query").or_else(|| text_of("query")));
+        success.append_option(event.get("success").and_then(Value::as_bool));
+        affected.append_option(event.get("affected_records").and_then(Value::as_i64));
+        match event.get("db_tables").and_then(Value::as_array) {
+            Some(list) => {
+                for table in list {
+                    tables.values().append_option(table.as_str());
+                }
+                tables.append(true);
+            }
+            None => tables.append(false),
+        }
+        json.append_value(String::from_utf8_lossy(&row.line));
+    }
+    let mut columns: Vec<ArrayRef> = vec![Arc::new(time.finish())];
+    columns.extend(texts.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+    columns.extend([
+        Arc::new(ei.finish()) as ArrayRef,
+        Arc::new(server.finish()),
+        Arc::new(query.finish()),
+        Arc::new(success.finish()),
+        Arc::new(affected.finish()),
+        Arc::new(tables.finish()),
+        Arc::new(json.finish()),
+    ]);
+    RecordBatch::try_new(schema(), columns).map_err(|e| LakeError::Parquet(e.to_string()))
+}
+
+/// The `(sid, ei, event_json)` of every row of a Parquet object, for `lake verify`.
+pub fn read_rows(bytes: Vec<u8>) -> Result<Vec<(String, u64, String)>, LakeError> {
+    use arrow_array::cast::AsArray;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let bad = |e: &dyn std::fmt::Display| LakeError::Parquet(e.to_string());
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes)).map_err(|e| bad(&e))?.build().map_err(|e| bad(&e))?;
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| bad(&e))?;
+        let column = |name: &str| batch.column_by_name(name).ok_or_else(|| LakeError::Parquet(format!("no column {name}")));
+        let sids = column("sid")?.as_string_opt::<i32>().ok_or_else(|| LakeError::Parquet("sid is not text".into()))?;
+        let eis = column("ei")?
+            .as_primitive_opt::<arrow_array::types::Int64Type>()
+            .ok_or_else(|| LakeError::Parquet("ei is not int64".into()))?;
+        let json = column("event_json")?.as_string_opt::<i32>().ok_or_else(|| LakeError::Parquet("event_json is not text".into()))?;
+        for i in 0..batch.num_rows() {
+            out.push((sids.value(i).to_string(), u64::try_from(eis.value(i)).unwrap_or(u64::MAX), json.value(i).to_string()));
+        }
+    }
+    Ok(out)
+}
