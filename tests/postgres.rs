@@ -244,13 +244,15 @@ async fn binary_parameters_that_do_not_decode_are_shown_as_base64_with_a_note() 
         types.iter().for_each(|t| body.extend_from_slice(&t.to_be_bytes()));
         msg(b'P', &body)
     };
-    let bind = |value: &[u8]| {
-        let mut body = b"\0\0\0\x01\0\x01\0\x01".to_vec();
+    let bind_to = |statement: &str, value: &[u8]| {
+        let mut body = format!("\0{statement}\0").into_bytes();
+        body.extend_from_slice(b"\0\x01\0\x01\0\x01");
         body.extend_from_slice(&(value.len() as i32).to_be_bytes());
         body.extend_from_slice(value);
         body.extend_from_slice(b"\0\0");
         msg(b'B', &body)
     };
+    let bind = |value: &[u8]| bind_to("", value);
     let mut pipeline = Vec::new();
     // 1. An int4 of three bytes: the server refuses it; the reviewer sees the bytes.
     pipeline.extend(parse("SELECT $1::int4", &[23]));
@@ -262,7 +264,15 @@ async fn binary_parameters_that_do_not_decode_are_shown_as_base64_with_a_note() 
     pipeline.extend(bind(&[0x3f, 0xf0, 0, 0, 0, 0, 0, 0, 0x40, 0, 0, 0, 0, 0, 0, 0]));
     pipeline.extend(msg(b'E', b"\0\0\0\0\0"));
     pipeline.extend(msg(b'S', b""));
-    // 3. A Describe the server fails (bad SQL), then in the same pipeline a new Parse of the
+    // 3. A Describe of a statement only the server knows (SQL PREPARE), then one of a new
+    //    statement: each answer goes to its own Describe. (A simple query drops the
+    //    unnamed statement, so this comes before 4.)
+    pipeline.extend(msg(b'Q', b"PREPARE srv(int8) AS SELECT $1\0"));
+    pipeline.extend(msg(b'D', b"Ssrv\0"));
+    pipeline.extend(msg(b'P', b"s2\0SELECT $1::int4 + 1\0\0\0"));
+    pipeline.extend(msg(b'D', b"Ss2\0"));
+    pipeline.extend(msg(b'S', b""));
+    // 4. A Describe the server fails (bad SQL), then in the same pipeline a new Parse of the
     //    unnamed statement, described and bound: its own types are used, not a stale answer.
     pipeline.extend(parse("SELEC oops $1", &[]));
     pipeline.extend(msg(b'D', b"S\0"));
@@ -272,7 +282,7 @@ async fn binary_parameters_that_do_not_decode_are_shown_as_base64_with_a_note() 
     pipeline.extend(msg(b'S', b""));
     s.write_all(&pipeline).await.unwrap();
     let mut ready = 0;
-    while ready < 4 {
+    while ready < 6 {
         let mut header = [0u8; 5];
         s.read_exact(&mut header).await.unwrap();
         let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize - 4;
@@ -282,6 +292,8 @@ async fn binary_parameters_that_do_not_decode_are_shown_as_base64_with_a_note() 
     }
     // The Bind goes after the Describe's answer, as drivers do.
     let mut last = bind(&7i64.to_be_bytes());
+    last.extend(msg(b'E', b"\0\0\0\0\0"));
+    last.extend(bind_to("s2", &5i32.to_be_bytes()));
     last.extend(msg(b'E', b"\0\0\0\0\0"));
     last.extend(msg(b'S', b""));
     last.extend(msg(b'X', b""));
@@ -294,8 +306,10 @@ async fn binary_parameters_that_do_not_decode_are_shown_as_base64_with_a_note() 
     assert!(screen.contains("postgres=> SELECT $1::int4 ($1 = [base64 int4, not valid] AAAB)\nERROR: "), "{screen}");
     assert!(screen.contains("postgres=> SELECT $1::point ($1 = [base64 point] P/AAAAAAAABAAAAAAAAAAA==)\nSUCCESS"), "{screen}");
     assert!(screen.contains("postgres=> SELECT $1::int8 + 0 ($1 = 7)\nSUCCESS"), "{screen}");
-    let last_bind = events.iter().rev().find(|e| e["event"] == "db.session.postgres.statements.bind").unwrap();
-    assert_eq!(last_bind["parameter_types"], serde_json::json!([20]), "the server's answer for the second Parse");
+    assert!(screen.contains("postgres=> SELECT $1::int4 + 1 ($1 = 5)\nSUCCESS"), "{screen}");
+    let binds: Vec<&serde_json::Value> = events.iter().filter(|e| e["event"] == "db.session.postgres.statements.bind").collect();
+    assert_eq!(binds[binds.len() - 2]["parameter_types"], serde_json::json!([20]), "the server's answer for the second Parse");
+    assert_eq!(binds[binds.len() - 1]["parameter_types"], serde_json::json!([23]), "s2's own answer, not srv's");
 }
 
 /// A frontend message: type, length, body.

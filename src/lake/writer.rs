@@ -20,7 +20,7 @@ use crate::statement::enrich::Enricher;
 use crate::tasks::Pass;
 
 /// How often `serve` looks for new events; they are written per `flush_interval`.
-pub const PASS_EVERY: Duration = Duration::from_secs(2);
+pub const PASS_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct LakeSettings {

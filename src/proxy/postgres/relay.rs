@@ -114,8 +114,10 @@ impl Tracking {
             b'S' => return Ok(Some(RelayStep::Sync)),
             b'D' => {
                 let Some(name) = described_statement(body)? else { return Ok(None) };
-                let parse = lock(&self.statements).describing(&name);
-                return Ok(parse.map(|parse| RelayStep::Describe(name.into(), parse)));
+                // Queued even for a statement the proxy does not know (Parse number 0, which
+                // matches none), so its answer is not taken for the next Describe's.
+                let parse = lock(&self.statements).describing(&name).unwrap_or(0);
+                return Ok(Some(RelayStep::Describe(name.into(), parse)));
             }
             _ => match client_event(ty, body)? {
                 Some(event) => event,

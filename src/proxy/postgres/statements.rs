@@ -93,6 +93,14 @@ mod tests {
     }
 
     #[test]
+    fn parse_numbers_start_at_one_so_zero_matches_nothing() {
+        let mut s = StatementTypes::default();
+        s.parsed("a", vec![]);
+        s.described("a", 0, vec![23]);
+        assert_eq!(s.types_of("a"), None);
+    }
+
+    #[test]
     fn the_table_stays_bounded() {
         let mut s = StatementTypes::default();
         for i in 0..MAX_STATEMENTS * 3 {
