@@ -808,3 +808,81 @@ fn the_lake_survives_an_s3_outage_and_a_killed_proxy() {
     let (ok, out, err) = setup.lake(&["backfill"]);
     assert!(ok && out.starts_with("0 event(s)"), "{out}{err}");
 }
+
+/// `formats = ["dbtape", "ocsf"]`: the same events as OCSF 1.3 Datastore Activity rows in
+/// Security Lake's custom-source layout, each row valid against class 6005's schema as the
+/// `ocsf-json-schema` package generates it.
+#[test]
+fn ocsf_rows_in_security_lakes_layout_validate_against_class_6005() {
+    let services = Services::load();
+    let bucket = make_bucket(&services);
+    let lake = format!("{LAKE}formats = [\"dbtape\", \"ocsf\"]\nocsf_account_id = \"123456789012\"\n");
+    let setup = Setup::with(&bucket, services.get("AWS_ENDPOINT"), &lake);
+    let serve = setup.serve();
+    let done = setup.psql("SELECT 1 AS one;\nCREATE TEMP TABLE t (v int);\nSELECT err;").wait_with_output().unwrap();
+    assert!(!done.status.success(), "the last statement fails");
+    // A refused login: a Connect that failed.
+    let refused = Command::new("psql")
+        .arg(format!(
+            "host=localhost port={} user=alice dbname=postgres sslmode=verify-full sslrootcert={}/ca.crt",
+            setup.port,
+            services.get("CERTS")
+        ))
+        .args(["-X", "-c", "SELECT 1"])
+        .env("PGPASSWORD", "wrong")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    setup.wait_for_lake();
+    stop(serve);
+    let script = r#"
+import json, sys, boto3, io
+import pyarrow.parquet as pq, jsonschema
+from importlib import resources
+from ocsf_json_schema import OcsfJsonSchemaEmbedded
+endpoint, bucket = sys.argv[1:3]
+raw = json.loads((resources.files("ocsf_json_schema") / "ocsf" / "1.3.0.json").read_text())
+schema = OcsfJsonSchemaEmbedded(raw).get_class_schema(OcsfJsonSchemaEmbedded(raw).lookup_class_name_from_uid(6005))
+validator = jsonschema.Draft202012Validator(schema)
+client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="lake/ext/")["Contents"]]
+def clean(v):
+    if isinstance(v, dict):
+        return {k: clean(x) for k, x in v.items() if x is not None}
+    return v
+rows, errors = [], []
+for key in keys:
+    table = pq.read_table(io.BytesIO(client.get_object(Bucket=bucket, Key=key)["Body"].read()))
+    for row in table.to_pylist():
+        row = clean(row)
+        row["unmapped"] = json.loads(row["unmapped"])
+        errors += [e.message for e in validator.iter_errors(row)]
+        rows.append(row)
+print(json.dumps({"keys": keys, "rows": len(rows), "errors": errors[:5],
+    "activities": sorted({(r["activity_name"], r["status_id"]) for r in rows}),
+    "queries": sorted(r["query_info"]["query_string"] for r in rows if "query_info" in r)}))
+"#;
+    let out =
+        services.python().args(["-c", script, services.get("AWS_ENDPOINT"), &bucket]).envs(services.proxy_aws_vars()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["errors"], serde_json::json!([]), "{answer}");
+    let keys = answer["keys"].as_array().unwrap();
+    assert!(
+        keys.iter().all(|k| {
+            let k = k.as_str().unwrap();
+            k.starts_with("lake/ext/dbtape/region=us-east-1/accountId=123456789012/eventDay=20") && k.ends_with(".parquet")
+        }),
+        "{answer}"
+    );
+    let activities = answer["activities"].as_array().unwrap();
+    for expected in [
+        serde_json::json!(["Connect", 1]),
+        serde_json::json!(["Connect", 2]),
+        serde_json::json!(["Read", 1]),
+        serde_json::json!(["Query", 1]),
+    ] {
+        assert!(activities.contains(&expected), "{expected} in {answer}");
+    }
+    assert_eq!(answer["queries"], serde_json::json!(["CREATE TEMP TABLE t (v int);", "SELECT 1 AS one;", "SELECT err;"]), "{answer}");
+}

@@ -24,7 +24,7 @@ pub fn run(command: LakeCommand) -> Result<(), Failure> {
             let (recording, s3, lake, server_id) = Config::load_lake_settings(&config.config)?;
             let s3 = s3.ok_or_else(|| no_bucket(&config.config))?;
             let store = crate::recording::RecordingStore::new(&recording.dir);
-            let mut writer = LakeWriter::open(store, &s3, LakeSettings::from_config(&lake, &server_id))?;
+            let mut writer = LakeWriter::open(store, &s3, LakeSettings::from_config(&lake, &server_id, &s3.region))?;
             let bar = super::progress::bar(0, "lake backfill", false);
             bar.set_style(
                 indicatif::ProgressStyle::with_template("{prefix}: {msg}").unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
@@ -47,7 +47,7 @@ pub fn run(command: LakeCommand) -> Result<(), Failure> {
             let located = super::inspect::locate(&store)?;
             // Against this host's recordings, this host's objects; against the bucket's (the
             // whole fleet's), every object.
-            let host = LakeSettings::from_config(&lake, &server_id).server_id;
+            let host = LakeSettings::from_config(&lake, &server_id, &s3.region).server_id;
             let host = (store.source == super::Source::Local).then_some(host.as_str());
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let (objects, rows) = runtime.block_on(async {

@@ -45,7 +45,7 @@ pub fn run(config_path: &Path) -> Result<(), Failure> {
         }
         if let (true, Some(s3)) = (config.lake.enabled, config.storage.s3.clone()) {
             let store = crate::recording::RecordingStore::new(&config.recording.dir);
-            let settings = crate::lake::LakeSettings::from_config(&config.lake, &config.server.server_id);
+            let settings = crate::lake::LakeSettings::from_config(&config.lake, &config.server.server_id, &s3.region);
             // Opened in its own thread: the writer runs its uploads on a runtime of its own.
             let mut writer = None;
             background.spawn_periodic("lake", crate::lake::writer::PASS_EVERY, move || {

@@ -202,6 +202,15 @@ pub struct LakeSection {
     pub flush_interval: std::time::Duration,
     /// An object is cut before this once its events reach this many bytes of JSON.
     pub max_object_bytes: usize,
+    /// "dbtape" (the table above) and/or "ocsf" (OCSF 1.3 Datastore Activity rows in
+    /// Security Lake's custom-source layout).
+    pub formats: Vec<String>,
+    /// Security Lake's custom source name, region and account for the "ocsf" objects'
+    /// path: `<prefix>ext/<source>/region=<region>/accountId=<account>/eventDay=YYYYMMDD/`.
+    pub ocsf_source_name: String,
+    /// Default: `[storage.s3]`'s region.
+    pub ocsf_region: String,
+    pub ocsf_account_id: String,
 }
 
 impl Default for LakeSection {
@@ -211,6 +220,10 @@ impl Default for LakeSection {
             prefix: "lake/".into(),
             flush_interval: std::time::Duration::from_secs(300),
             max_object_bytes: 128 * 1024 * 1024,
+            formats: vec!["dbtape".into()],
+            ocsf_source_name: "dbtape".into(),
+            ocsf_region: String::new(),
+            ocsf_account_id: String::new(),
         }
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod ddl;
 pub mod journal;
+pub mod ocsf;
 pub mod table;
 pub mod verify;
 pub mod writer;

@@ -66,14 +66,20 @@ pub struct Row {
 pub fn parquet_object(rows: &mut [Row], server_id: &str) -> Result<Vec<u8>, LakeError> {
     rows.sort_by(|a, b| (a.time_ms, &a.sid, a.ei).cmp(&(b.time_ms, &b.sid, b.ei)));
     let batch = record_batch(rows, server_id)?;
+    write_parquet(&batch)
+}
+
+/// A batch as one Parquet object: zstd, data pages of at most 1 MB uncompressed (Security
+/// Lake's bound), one row group for the objects the writer makes.
+pub fn write_parquet(batch: &RecordBatch) -> Result<Vec<u8>, LakeError> {
     let properties = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).map_err(|e| LakeError::Parquet(e.to_string()))?))
         // Security Lake's bound on a data page: 1 MB uncompressed.
         .set_data_page_size_limit(1024 * 1024)
         .build();
-    let mut out = Vec::with_capacity(rows.len() * 48);
+    let mut out = Vec::with_capacity(batch.num_rows() * 48);
     let mut writer = ArrowWriter::try_new(&mut out, batch.schema(), Some(properties)).map_err(|e| LakeError::Parquet(e.to_string()))?;
-    writer.write(&batch).map_err(|e| LakeError::Parquet(e.to_string()))?;
+    writer.write(batch).map_err(|e| LakeError::Parquet(e.to_string()))?;
     writer.close().map_err(|e| LakeError::Parquet(e.to_string()))?;
     Ok(out)
 }

@@ -30,20 +30,45 @@ pub struct LakeSettings {
     pub max_object_bytes: usize,
     /// Names this host's objects, so that proxies sharing a bucket never write one key.
     pub server_id: String,
+    pub formats: Formats,
+    /// `ext/<source>/region=<region>/accountId=<account>/`, for the OCSF objects.
+    pub ocsf_path: String,
+}
+
+/// Which tables a batch is written to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Formats {
+    pub dbtape: bool,
+    pub ocsf: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Dbtape,
+    Ocsf,
 }
 
 impl LakeSettings {
-    pub fn from_config(lake: &crate::config::LakeSection, server_id: &str) -> Self {
+    pub fn from_config(lake: &crate::config::LakeSection, server_id: &str, s3_region: &str) -> Self {
+        let region = if lake.ocsf_region.is_empty() { s3_region } else { &lake.ocsf_region };
         LakeSettings {
             prefix: lake.prefix.clone(),
             flush_interval: lake.flush_interval,
             max_object_bytes: lake.max_object_bytes,
             server_id: server_id.replace(['/', '\\'], "_"),
+            formats: Formats { dbtape: lake.formats.iter().any(|f| f == "dbtape"), ocsf: lake.formats.iter().any(|f| f == "ocsf") },
+            ocsf_path: format!("ext/{}/region={region}/accountId={}/", lake.ocsf_source_name, lake.ocsf_account_id),
         }
     }
 
-    pub fn object_key(&self, day: &str, seq: u64) -> String {
-        format!("{}events/event_date={day}/{}-{seq:010}.parquet", self.prefix, self.server_id)
+    /// The key of a batch's object of one format and UTC day (`YYYY-MM-DD`).
+    pub fn object_key(&self, format: Format, day: &str, seq: u64) -> String {
+        match format {
+            Format::Dbtape => format!("{}events/event_date={day}/{}-{seq:010}.parquet", self.prefix, self.server_id),
+            Format::Ocsf => {
+                format!("{}{}eventDay={}/{}-{seq:010}.parquet", self.prefix, self.ocsf_path, day.replace('-', ""), self.server_id)
+            }
+        }
     }
 }
 
@@ -175,38 +200,18 @@ impl LakeWriter {
     /// Builds the pending batch from its ranges and uploads it; confirms it in the journal.
     fn write_pending(&mut self) -> Result<Written, LakeError> {
         let Some(pending) = &self.journal.pending else { return Ok(Written::default()) };
-        let mut days: BTreeMap<String, Vec<Row>> = BTreeMap::new();
-        let mut enricher = Enricher::for_export(false);
-        for (sid, range) in &pending.ranges {
-            let resume = self.journal.cursor.resume.get(sid).copied();
-            let mut stream = EventStream::open_at(&self.store, sid, resume).map_err(|e| LakeError::Recordings(format!("{sid}: {e}")))?;
-            stream
-                .for_each_frame(|_, data| {
-                    for line in event_lines(data) {
-                        let ei = peek_ei(line).unwrap_or(u64::MAX);
-                        if ei < range.from || ei >= range.to {
-                            continue;
-                        }
-                        let time_ms = peek_time_ms(line).unwrap_or_default();
-                        let mut enriched = Vec::with_capacity(line.len() + 96);
-                        enricher.write_line(line, &mut enriched)?;
-                        enriched.pop();
-                        days.entry(utc_day(time_ms)).or_default().push(Row { time_ms, sid: sid.clone(), ei, line: enriched });
-                    }
-                    Ok(true)
-                })
-                .map_err(|e| LakeError::Recordings(format!("{sid}: {e}")))?;
-        }
         let seq = pending.seq;
+        let objects = build_batch(&self.store, &self.journal.cursor, &pending.ranges, &self.settings.server_id, self.settings.formats)?;
         let mut written = Written::default();
-        for (day, rows) in &mut days {
-            let object = parquet_object(rows, &self.settings.server_id)?;
-            let key = self.settings.object_key(day, seq);
-            written.events += rows.len() as u64;
+        for object in objects {
+            let key = self.settings.object_key(object.format, &object.day, seq);
+            if object.format == Format::Dbtape || !self.settings.formats.dbtape {
+                written.events += object.rows;
+            }
             written.objects += 1;
-            written.bytes += object.len() as u64;
+            written.bytes += object.parquet.len() as u64;
             self.runtime
-                .block_on(self.objects.put(&key, object, "application/vnd.apache.parquet"))
+                .block_on(self.objects.put(&key, object.parquet, "application/vnd.apache.parquet"))
                 .map_err(|e| LakeError::Upload(format!("{key}: {e}")))?;
         }
         if let Some(pending) = self.journal.pending.take() {
@@ -216,6 +221,67 @@ impl LakeWriter {
         self.journal.save(self.store.dir())?;
         Ok(written)
     }
+}
+
+/// One object of a batch: its day's rows of one format as Parquet.
+pub struct DayObject {
+    pub format: Format,
+    pub day: String,
+    pub rows: u64,
+    pub parquet: Vec<u8>,
+}
+
+/// A batch's objects, one per UTC day, built from the events in `ranges` as `export` would
+/// write them (derived fields included). `cursor` says where each recording's read may
+/// start. The same events give the same bytes.
+pub fn build_batch(
+    store: &RecordingStore,
+    cursor: &Cursor,
+    ranges: &BTreeMap<String, Range>,
+    server_id: &str,
+    formats: Formats,
+) -> Result<Vec<DayObject>, LakeError> {
+    let mut days: BTreeMap<String, Vec<Row>> = BTreeMap::new();
+    let mut enricher = Enricher::for_export(false);
+    for (sid, range) in ranges {
+        let resume = cursor.resume.get(sid).copied();
+        let mut stream = EventStream::open_at(store, sid, resume).map_err(|e| LakeError::Recordings(format!("{sid}: {e}")))?;
+        stream
+            .for_each_frame(|_, data| {
+                for line in event_lines(data) {
+                    let ei = peek_ei(line).unwrap_or(u64::MAX);
+                    if ei < range.from || ei >= range.to {
+                        continue;
+                    }
+                    let time_ms = peek_time_ms(line).unwrap_or_default();
+                    let mut enriched = Vec::with_capacity(line.len() + 96);
+                    enricher.write_line(line, &mut enriched)?;
+                    enriched.pop();
+                    days.entry(utc_day(time_ms)).or_default().push(Row { time_ms, sid: sid.clone(), ei, line: enriched });
+                }
+                Ok(true)
+            })
+            .map_err(|e| LakeError::Recordings(format!("{sid}: {e}")))?;
+    }
+    let mut objects = Vec::new();
+    for (day, mut rows) in days {
+        if formats.ocsf {
+            let mut ocsf: Vec<serde_json::Value> = rows
+                .iter()
+                .filter_map(|row| serde_json::from_slice::<serde_json::Value>(&row.line).ok())
+                .filter_map(|event| super::ocsf::row(&event, server_id))
+                .collect();
+            if !ocsf.is_empty() {
+                let parquet = super::ocsf::parquet_object(&mut ocsf)?;
+                objects.push(DayObject { format: Format::Ocsf, day: day.clone(), rows: ocsf.len() as u64, parquet });
+            }
+        }
+        if formats.dbtape {
+            let parquet = parquet_object(&mut rows, server_id)?;
+            objects.push(DayObject { format: Format::Dbtape, day, rows: rows.len() as u64, parquet });
+        }
+    }
+    Ok(objects)
 }
 
 /// `YYYY-MM-DD` of a time in milliseconds, in UTC: the partition an event goes to.

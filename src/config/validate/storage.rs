@@ -89,6 +89,34 @@ pub(super) fn check_lake(lake: &super::super::LakeSection, s3: Option<&super::su
             "use at least 1048576; the default is 134217728 (128 MiB)",
         );
     }
+    for format in &lake.formats {
+        if !["dbtape", "ocsf"].contains(&format.as_str()) {
+            issues.add("lake.formats", format!("{format:?} is not a lake format"), "use [\"dbtape\"], [\"ocsf\"] or both");
+        }
+    }
+    if lake.formats.is_empty() {
+        issues.add(
+            "lake.formats",
+            "is empty, so the lake would write nothing",
+            "use [\"dbtape\"], [\"ocsf\"] or both, or set lake.enabled = false",
+        );
+    }
+    if lake.formats.iter().any(|f| f == "ocsf") {
+        if lake.ocsf_account_id.len() != 12 || !lake.ocsf_account_id.bytes().all(|b| b.is_ascii_digit()) {
+            issues.add(
+                "lake.ocsf_account_id",
+                format!("{:?} is not an AWS account id", lake.ocsf_account_id),
+                "set the 12-digit account Security Lake's custom source belongs to",
+            );
+        }
+        if lake.ocsf_source_name.is_empty() || lake.ocsf_source_name.contains('/') {
+            issues.add(
+                "lake.ocsf_source_name",
+                format!("{:?} is not a source name", lake.ocsf_source_name),
+                "use the custom source's name in Security Lake, e.g. \"dbtape\"",
+            );
+        }
+    }
     if lake.prefix.starts_with('/') || (!lake.prefix.is_empty() && !lake.prefix.ends_with('/')) {
         issues.add(
             "lake.prefix",
