@@ -11,35 +11,115 @@ use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
-use serde_json::Value;
 
 use super::LakeError;
 
-/// String columns, in table order, each filled from the event key named.
-const TEXT_COLUMNS: &[(&str, &str)] = &[
-    ("event", "event"),
-    ("code", "code"),
-    ("uid", "uid"),
-    ("sid", "sid"),
-    ("cluster_name", "cluster_name"),
-    ("user", "user"),
-    ("db_service", "db_service"),
-    ("db_protocol", "db_protocol"),
-    ("db_type", "db_type"),
-    ("db_uri", "db_uri"),
-    ("db_user", "db_user"),
-    ("db_name", "db_name"),
-    ("error", "error"),
-    ("client_addr", "addr.remote"),
-    ("aws_role_arn", "aws_role_arn"),
-    ("db_statement_class", "db_statement_class"),
-    ("db_query_fingerprint", "db_query_fingerprint"),
+/// String columns, in table order (`Columns::texts` gives their values in the same order).
+const TEXT_COLUMNS: &[&str] = &[
+    "event",
+    "code",
+    "uid",
+    "sid",
+    "cluster_name",
+    "user",
+    "db_service",
+    "db_protocol",
+    "db_type",
+    "db_uri",
+    "db_user",
+    "db_name",
+    "error",
+    "client_addr",
+    "aws_role_arn",
+    "db_statement_class",
+    "db_query_fingerprint",
 ];
+
+type Text<'a> = Option<std::borrow::Cow<'a, str>>;
+
+/// What the typed columns take from an event, borrowed from its line where it can be: the
+/// writer reads every field of a million rows, and a `serde_json::Value` per row allocated
+/// more than the rest of the work.
+#[derive(Default, serde::Deserialize)]
+struct Columns<'a> {
+    #[serde(borrow, default)]
+    event: Text<'a>,
+    #[serde(borrow, default)]
+    code: Text<'a>,
+    #[serde(borrow, default)]
+    uid: Text<'a>,
+    #[serde(borrow, default)]
+    sid: Text<'a>,
+    #[serde(borrow, default)]
+    cluster_name: Text<'a>,
+    #[serde(borrow, default)]
+    user: Text<'a>,
+    #[serde(borrow, default)]
+    db_service: Text<'a>,
+    #[serde(borrow, default)]
+    db_protocol: Text<'a>,
+    #[serde(borrow, default)]
+    db_type: Text<'a>,
+    #[serde(borrow, default)]
+    db_uri: Text<'a>,
+    #[serde(borrow, default)]
+    db_user: Text<'a>,
+    #[serde(borrow, default)]
+    db_name: Text<'a>,
+    #[serde(borrow, default)]
+    error: Text<'a>,
+    #[serde(borrow, default, rename = "addr.remote")]
+    client_addr: Text<'a>,
+    #[serde(borrow, default)]
+    aws_role_arn: Text<'a>,
+    #[serde(borrow, default)]
+    db_statement_class: Text<'a>,
+    #[serde(borrow, default)]
+    db_query_fingerprint: Text<'a>,
+    #[serde(borrow, default)]
+    db_query: Text<'a>,
+    #[serde(borrow, default)]
+    query: Text<'a>,
+    #[serde(default)]
+    success: Option<bool>,
+    #[serde(default)]
+    affected_records: Option<i64>,
+    #[serde(borrow, default)]
+    db_tables: Option<Vec<std::borrow::Cow<'a, str>>>,
+}
+
+impl Columns<'_> {
+    fn texts(&self) -> [&Text<'_>; 17] {
+        [
+            &self.event,
+            &self.code,
+            &self.uid,
+            &self.sid,
+            &self.cluster_name,
+            &self.user,
+            &self.db_service,
+            &self.db_protocol,
+            &self.db_type,
+            &self.db_uri,
+            &self.db_user,
+            &self.db_name,
+            &self.error,
+            &self.client_addr,
+            &self.aws_role_arn,
+            &self.db_statement_class,
+            &self.db_query_fingerprint,
+        ]
+    }
+}
+
+fn non_empty<'b>(text: &'b Text<'_>) -> Option<&'b str> {
+    text.as_deref().filter(|s| !s.is_empty())
+}
 
 pub fn schema() -> Arc<Schema> {
     let text = |name: &str| Field::new(name, DataType::Utf8, true);
     let mut fields = vec![Field::new("time", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false)];
-    fields.extend(TEXT_COLUMNS.iter().map(|(name, _)| text(name)));
+    fields.extend(TEXT_COLUMNS.iter().map(|name| text(name)));
     fields.extend([
         Field::new("ei", DataType::Int64, false),
         text("server_id"),
@@ -96,22 +176,23 @@ fn record_batch(rows: &[Row], server_id: &str) -> Result<RecordBatch, LakeError>
     let mut tables = ListBuilder::new(StringBuilder::new());
     let mut json = StringBuilder::with_capacity(n, rows.iter().map(|r| r.line.len()).sum());
     for row in rows {
-        let event: Value = serde_json::from_slice(&row.line).unwrap_or(Value::Null);
-        let text_of = |key: &str| event.get(key).and_then(Value::as_str).filter(|s| !s.is_empty());
+        // A line that does not read as an event still becomes a row: its `sid`, `ei` and
+        // text are kept, so the lake never stalls on it and `lake verify` shows it.
+        let event = serde_json::from_slice::<Columns<'_>>(&row.line).unwrap_or_default();
         time.append_value(row.time_ms);
-        for ((_, key), builder) in TEXT_COLUMNS.iter().zip(texts.iter_mut()) {
-            builder.append_option(text_of(key));
+        for (value, builder) in event.texts().into_iter().zip(texts.iter_mut()) {
+            builder.append_option(non_empty(value));
         }
         ei.append_value(i64::try_from(row.ei).unwrap_or(i64::MAX));
         server.append_value(server_id);
         // An extended-protocol Parse carries its statement in `query`.
-        query.append_option(text_of("db_query").or_else(|| text_of("query")));
-        success.append_option(event.get("success").and_then(Value::as_bool));
-        affected.append_option(event.get("affected_records").and_then(Value::as_i64));
-        match event.get("db_tables").and_then(Value::as_array) {
+        query.append_option(non_empty(&event.db_query).or_else(|| non_empty(&event.query)));
+        success.append_option(event.success);
+        affected.append_option(event.affected_records);
+        match &event.db_tables {
             Some(list) => {
                 for table in list {
-                    tables.values().append_option(table.as_str());
+                    tables.values().append_value(table);
                 }
                 tables.append(true);
             }
