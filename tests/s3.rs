@@ -893,3 +893,108 @@ os._exit(0)
     }
     assert_eq!(answer["queries"], serde_json::json!(["CREATE TEMP TABLE t (v int);", "SELECT 1 AS one;", "SELECT err;"]), "{answer}");
 }
+
+/// The lake holds all three protocols in one table: pymongo through the MongoDB path and the
+/// aws CLI through the DynamoDB path, each proxy's recordings written by `lake backfill`
+/// (the writer's own batch code) as a host of its own into one bucket, beside a PostgreSQL
+/// proxy's live writer; pyarrow then reads every host's rows and `lake verify --source s3`
+/// checks the whole fleet against the bucket's recordings.
+#[test]
+fn the_lake_holds_all_three_protocols_from_a_fleet() {
+    use common::dynamo::{DynamoProxy, ALICE_KEY, ALICE_SECRET};
+    use common::mongo::MongoProxy;
+    let services = Services::load();
+    let bucket = make_bucket(&services);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let mongo = runtime.block_on(async {
+        let mut proxy = MongoProxy::start().await;
+        let script = "import sys, pymongo\nc = pymongo.MongoClient(sys.argv[1])\nc.lib.loans.insert_one({'book': 7})\nprint(c.lib.loans.count_documents({}))\nc.close()";
+        let (ok, _, err) = proxy.pymongo(script, proxy.uri("alice", ALICE_PASSWORD, "")).await;
+        assert!(ok, "{err}");
+        proxy.stop().await;
+        proxy
+    });
+    let dynamo = runtime.block_on(async {
+        let mut proxy = DynamoProxy::start("").await;
+        let table = format!("lake-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let key = format!("{ALICE_KEY}@audit-target");
+        let create = [
+            "dynamodb",
+            "create-table",
+            "--table-name",
+            &table,
+            "--attribute-definitions",
+            "AttributeName=id,AttributeType=S",
+            "--key-schema",
+            "AttributeName=id,KeyType=HASH",
+            "--billing-mode",
+            "PAY_PER_REQUEST",
+        ];
+        let (ok, out, err) = proxy.aws(&key, ALICE_SECRET, &create).await;
+        assert!(ok, "{out}{err}");
+        let (ok, out, err) =
+            proxy.aws(&key, ALICE_SECRET, &["dynamodb", "put-item", "--table-name", &table, "--item", r#"{"id":{"S":"1"}}"#]).await;
+        assert!(ok, "{out}{err}");
+        proxy.stop().await;
+        proxy
+    });
+    // A reviewer's config for each proxy's recordings, as that host's lake would be.
+    let lake_config = |name: &str, root: &std::path::Path| {
+        let config = root.join("lake.toml");
+        let text = format!(
+            "[server]\nserver_id = \"{name}\"\n[recording]\ndir = \"{dir}\"\nsigning_key = \"{key}\"\n[storage.s3]\nbucket = \"{bucket}\"\nregion = \"us-east-1\"\nendpoint = \"{endpoint}\"\nforce_path_style = true\n{LAKE}",
+            dir = root.join("recordings").display(),
+            key = root.join("key").display(),
+            endpoint = services.get("AWS_ENDPOINT"),
+        );
+        std::fs::write(&config, text).unwrap();
+        config
+    };
+    let mut recorded = 0;
+    for (name, root, store) in [("mongo-host", mongo.root.path(), &mongo.store), ("dynamo-host", dynamo.root.path(), &dynamo.store)] {
+        let config = lake_config(name, root);
+        let run = |args: &[&str]| {
+            let out =
+                common::dbtape_bin().arg("lake").args(args).arg("--config").arg(&config).envs(services.proxy_aws_vars()).output().unwrap();
+            (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        };
+        let (ok, out, err) = run(&["backfill"]);
+        assert!(ok, "{out}{err}");
+        let events: usize = common::sessions_in(store).iter().map(Vec::len).sum();
+        assert!(out.starts_with(&format!("{events} event(s)")), "{out}");
+        let (ok, out, err) = run(&["verify"]);
+        assert!(ok, "{out}{err}");
+        recorded += events;
+    }
+    // A PostgreSQL proxy's live writer into the same bucket.
+    let pg = Setup::with(&bucket, services.get("AWS_ENDPOINT"), LAKE);
+    let serve = pg.serve();
+    let done = pg.psql("SELECT 1 AS one;").wait_with_output().unwrap();
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    pg.wait_for_lake();
+    stop(serve);
+    recorded += pg.recorded_events();
+    let script = r#"
+import json, os, sys
+import pyarrow.dataset as ds, pyarrow.fs as pafs
+endpoint, bucket = sys.argv[1:3]
+s3 = pafs.S3FileSystem(access_key=os.environ["AWS_ACCESS_KEY_ID"], secret_key=os.environ["AWS_SECRET_ACCESS_KEY"],
+                       region="us-east-1", scheme="http", endpoint_override=endpoint.split("://")[1])
+t = ds.dataset(f"{bucket}/lake/events", filesystem=s3, format="parquet", partitioning="hive").to_table()
+rows = t.select(["sid", "ei", "db_protocol", "server_id", "event", "db_statement_class"]).to_pylist()
+print(json.dumps({"rows": len(rows), "distinct": len({(r["sid"], r["ei"]) for r in rows}),
+    "protocols": sorted({r["db_protocol"] for r in rows}), "hosts": len({r["server_id"] for r in rows}),
+    "ddl": sorted({r["db_protocol"] for r in rows if r["db_statement_class"] == "DDL"})}))
+sys.stdout.flush()
+os._exit(0)
+"#;
+    let out =
+        services.python().args(["-c", script, services.get("AWS_ENDPOINT"), &bucket]).envs(services.proxy_aws_vars()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["rows"], recorded, "{answer}");
+    assert_eq!(answer["distinct"], recorded, "{answer}");
+    assert_eq!(answer["protocols"], serde_json::json!(["dynamodb", "mongodb", "postgres"]), "{answer}");
+    assert_eq!(answer["hosts"], 3, "{answer}");
+    assert_eq!(answer["ddl"], serde_json::json!(["dynamodb"]), "the CreateTable: {answer}");
+}
