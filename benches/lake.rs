@@ -98,13 +98,15 @@ fn main() {
         .filter(|e| e.file_name().to_string_lossy().ends_with(".dbt"))
         .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
         .sum();
+    let settings = dbtape::lake::LakeSettings::from_config(&dbtape::config::LakeSection::default(), "proxy-1", "us-east-1");
     let mut rates = Vec::new();
     let mut parquet_bytes = 0u64;
     let mut rows = 0u64;
     for _ in 0..3 {
         let start = Instant::now();
-        let formats = dbtape::lake::writer::Formats { dbtape: true, ocsf: false };
-        let objects = build_batch(&store, &Cursor::default(), &ranges, "proxy-1", formats).expect("build");
+        // A fresh enricher each run: its cache must not carry one run's statements to the next.
+        let mut enricher = dbtape::statement::enrich::Enricher::for_export(false);
+        let objects = build_batch(&store, &Cursor::default(), &ranges, &settings, &mut enricher).expect("build");
         let elapsed = start.elapsed().as_secs_f64();
         rows = objects.iter().map(|o| o.rows).sum();
         parquet_bytes = objects.iter().map(|o| o.parquet.len() as u64).sum();

@@ -89,6 +89,9 @@ pub struct LakeWriter {
     /// How far the recordings have been read: ahead of the journal's cursor by `waiting`.
     read: Cursor,
     waiting: Waiting,
+    /// Kept from batch to batch: its cache of derived statement fields serves the same
+    /// statements (prepared, or repeated) every batch meets again.
+    enricher: Enricher,
     _lock: LakeLock,
 }
 
@@ -108,7 +111,17 @@ impl LakeWriter {
         let client = runtime.block_on(crate::s3::s3_client(s3));
         let objects = ObjectWriter::new(client, s3.clone());
         let read = journal.pending.as_ref().map_or_else(|| journal.cursor.clone(), |p| p.after.clone());
-        Ok(LakeWriter { store, settings, objects, runtime, journal, read, waiting: Waiting::default(), _lock: lock })
+        Ok(LakeWriter {
+            store,
+            settings,
+            objects,
+            runtime,
+            journal,
+            read,
+            waiting: Waiting::default(),
+            enricher: Enricher::for_export(false),
+            _lock: lock,
+        })
     }
 
     /// One background pass: retries a batch left unconfirmed, reads what is new, and writes
@@ -201,7 +214,7 @@ impl LakeWriter {
     fn write_pending(&mut self) -> Result<Written, LakeError> {
         let Some(pending) = &self.journal.pending else { return Ok(Written::default()) };
         let seq = pending.seq;
-        let objects = build_batch(&self.store, &self.journal.cursor, &pending.ranges, &self.settings.server_id, self.settings.formats)?;
+        let objects = build_batch(&self.store, &self.journal.cursor, &pending.ranges, &self.settings, &mut self.enricher)?;
         let mut written = Written::default();
         for object in objects {
             let key = self.settings.object_key(object.format, &object.day, seq);
@@ -238,11 +251,11 @@ pub fn build_batch(
     store: &RecordingStore,
     cursor: &Cursor,
     ranges: &BTreeMap<String, Range>,
-    server_id: &str,
-    formats: Formats,
+    settings: &LakeSettings,
+    enricher: &mut Enricher,
 ) -> Result<Vec<DayObject>, LakeError> {
+    let (server_id, formats) = (settings.server_id.as_str(), settings.formats);
     let mut days: BTreeMap<String, Vec<Row>> = BTreeMap::new();
-    let mut enricher = Enricher::for_export(false);
     for (sid, range) in ranges {
         let resume = cursor.resume.get(sid).copied();
         let mut stream = EventStream::open_at(store, sid, resume).map_err(|e| LakeError::Recordings(format!("{sid}: {e}")))?;
