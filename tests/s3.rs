@@ -240,6 +240,16 @@ impl Drop for Serving {
 }
 
 /// SIGTERM, as a service manager stops dbtape, and waits for it to exit.
+/// SIGKILLs the proxy while a session is running in it.
+fn kill_mid_session(setup: &Setup, mut serve: Serving) {
+    let mut running = setup.psql("SELECT 'before the crash' AS note; SELECT pg_sleep(30)");
+    std::thread::sleep(Duration::from_millis(1500));
+    serve.0.kill().unwrap();
+    let _ = serve.0.wait();
+    let _ = running.kill();
+    let _ = running.wait();
+}
+
 fn stop(mut serving: Serving) {
     let _ = Command::new("kill").args(["-TERM", &serving.0.id().to_string()]).status();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -381,19 +391,13 @@ fn an_s3_outage_and_a_killed_proxy_lose_nothing() {
     let bucket = make_bucket(&services);
     let (relay, s3_up) = switchable_relay(services.get("AWS_ENDPOINT"));
     let setup = Setup::new(&bucket, &relay);
-    let mut serve = setup.serve();
+    let serve = setup.serve();
     // S3 is down: a finished session stays queued.
     let done = setup.psql("SELECT 'during the outage' AS note").wait_with_output().unwrap();
     assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(setup.markers(), 0, "nothing can be uploaded while S3 is down");
-    // A session in progress when the proxy is killed.
-    let mut running = setup.psql("SELECT 'before the crash' AS note; SELECT pg_sleep(30)");
-    std::thread::sleep(Duration::from_millis(1500));
-    serve.0.kill().unwrap(); // SIGKILL
-    let _ = serve.0.wait();
-    let _ = running.kill();
-    let _ = running.wait();
+    kill_mid_session(&setup, serve);
     // S3 comes back and the proxy restarts: recovery seals the killed session, and both go up.
     s3_up.store(true, Ordering::Release);
     let serve = setup.serve();
@@ -780,7 +784,7 @@ fn the_lake_survives_an_s3_outage_and_a_killed_proxy() {
     let bucket = make_bucket(&services);
     let (relay, s3_up) = switchable_relay(services.get("AWS_ENDPOINT"));
     let setup = Setup::with(&bucket, &relay, LAKE);
-    let mut serve = setup.serve();
+    let serve = setup.serve();
     for i in 0..3 {
         let done = setup.psql(&format!("SELECT {i} AS during_the_outage")).wait_with_output().unwrap();
         assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
@@ -795,12 +799,7 @@ fn the_lake_survives_an_s3_outage_and_a_killed_proxy() {
         assert!(Instant::now() < deadline, "no batch waits for S3: {journal}\n{}", setup.log());
         std::thread::sleep(Duration::from_millis(200));
     }
-    let mut running = setup.psql("SELECT 'before the crash' AS note; SELECT pg_sleep(30)");
-    std::thread::sleep(Duration::from_millis(1500));
-    serve.0.kill().unwrap(); // SIGKILL
-    let _ = serve.0.wait();
-    let _ = running.kill();
-    let _ = running.wait();
+    kill_mid_session(&setup, serve);
     s3_up.store(true, Ordering::Release);
     let serve = setup.serve();
     let report = setup.wait_for_lake();
