@@ -34,14 +34,14 @@ pub fn run(command: LakeCommand) -> Result<(), Failure> {
             println!("{} event(s) written in {} object(s), {} bytes", written.events, written.objects, written.bytes);
             Ok(())
         }
-        LakeCommand::Verify { store, since, format } => {
-            let since_ms = match since {
-                Some(text) => Some(
-                    crate::review::parse_when(&text, crate::audit::now_ms())
-                        .map_err(|e| Failure { code: 2, message: format!("--since: {e}") })?,
-                ),
-                None => None,
+        LakeCommand::Verify { store, since, until, format } => {
+            let when = |text: Option<String>, flag: &str| -> Result<Option<i64>, Failure> {
+                text.map(|t| {
+                    crate::review::parse_when(&t, crate::audit::now_ms()).map_err(|e| Failure { code: 2, message: format!("{flag}: {e}") })
+                })
+                .transpose()
             };
+            let (since_ms, until_ms) = (when(since, "--since")?, when(until, "--until")?);
             let (_, s3, lake, server_id) = Config::load_lake_settings(&store.config.config)?;
             let s3 = s3.ok_or_else(|| no_bucket(&store.config.config))?;
             let located = super::inspect::locate(&store)?;
@@ -54,7 +54,7 @@ pub fn run(command: LakeCommand) -> Result<(), Failure> {
                 let client = crate::s3::s3_client(&s3).await;
                 crate::lake::verify::read_lake(&client, &s3.bucket, &lake.prefix, host).await
             })?;
-            let report = crate::lake::verify::compare(&located.store, rows, objects, since_ms)?;
+            let report = crate::lake::verify::compare(&located.store, rows, objects, since_ms, until_ms)?;
             let mut out = std::io::stdout().lock();
             match format {
                 DataFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?,

@@ -283,6 +283,10 @@ pub enum LakeCommand {
         /// Only events at or after: a duration ago ("30d") or a time.
         #[arg(long)]
         since: Option<String>,
+        /// Only events at or before (same forms); "6m" leaves out what a running proxy has
+        /// not flushed yet.
+        #[arg(long)]
+        until: Option<String>,
         #[arg(long, value_enum, default_value_t = DataFormat::Text)]
         format: DataFormat,
     },

@@ -68,16 +68,21 @@ pub async fn read_lake(
     Ok((objects, rows))
 }
 
-/// Compares the lake's rows with the recordings (events at or after `since_ms`).
+/// Compares the lake's rows with the recordings (events at or after `since_ms` and at or
+/// before `until_ms`).
 pub fn compare(
     store: &RecordingStore,
     mut rows: HashMap<(String, u64), Vec<String>>,
     objects: u64,
     since_ms: Option<i64>,
+    until_ms: Option<i64>,
 ) -> Result<LakeReport, LakeError> {
-    let in_range = |json: &str| since_ms.is_none_or(|s| crate::recording::events::peek_time_ms(json.as_bytes()).is_none_or(|t| t >= s));
+    let in_range = |json: &str| {
+        crate::recording::events::peek_time_ms(json.as_bytes())
+            .is_none_or(|t| since_ms.is_none_or(|s| t >= s) && until_ms.is_none_or(|u| t <= u))
+    };
     let mut report = LakeReport { objects, rows: rows.values().map(|v| v.len() as u64).sum(), ..LakeReport::default() };
-    let filter = ExportFilter { since_ms, raw: true, ..ExportFilter::default() };
+    let filter = ExportFilter { since_ms, until_ms, raw: true, ..ExportFilter::default() };
     let mut warnings = Vec::new();
     for session in matching_sessions(store, &filter, &mut warnings).map_err(|e| LakeError::Recordings(e.to_string()))? {
         let sid = session.sid.clone();
