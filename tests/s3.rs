@@ -865,7 +865,8 @@ for key in keys:
         rows.append(row)
 print(json.dumps({"keys": keys, "rows": len(rows), "errors": errors[:5],
     "activities": sorted({(r["activity_name"], r["status_id"]) for r in rows}),
-    "queries": sorted(r["query_info"]["query_string"] for r in rows if "query_info" in r)}))
+    "queries": sorted(r["query_info"]["query_string"] for r in rows if "query_info" in r),
+    "failed": [(r["query_info"]["query_string"], r.get("status_detail")) for r in rows if "query_info" in r and r["status_id"] == 2]}))
 # pyarrow's native threads can abort the interpreter's own teardown under load
 # ("terminate called without an active exception"); the answer is out, so skip it.
 sys.stdout.flush()
@@ -894,6 +895,8 @@ os._exit(0)
         assert!(activities.contains(&expected), "{expected} in {answer}");
     }
     assert_eq!(answer["queries"], serde_json::json!(["CREATE TEMP TABLE t (v int);", "SELECT 1 AS one;", "SELECT err;"]), "{answer}");
+    // The statement whose result was an error is a failed activity, with the server's error.
+    assert_eq!(answer["failed"], serde_json::json!([["SELECT err;", "ERROR: column \"err\" does not exist (SQLSTATE 42703)"]]), "{answer}");
 }
 
 /// The lake holds all three protocols in one table: pymongo through the MongoDB path and the

@@ -1,8 +1,9 @@
 //! The same events as OCSF 1.3 Datastore Activity rows (class 6005), for Amazon Security
 //! Lake's custom sources: a session's start is a Connect, each statement a Query (a Read,
 //! Write, Update, Create or Delete where that is exact: a pgaudit READ, or the DynamoDB
-//! operation), its end an Other; a refused login is a Connect that failed. What OCSF has no
-//! field for stays under `unmapped` (a JSON string: Parquet has no free-form object).
+//! operation), its end an Other; a refused login is a Connect that failed, and so is a
+//! statement whose result was an error. What OCSF has no field for stays under `unmapped`
+//! (a JSON string: Parquet has no free-form object).
 
 use std::sync::Arc;
 
@@ -213,6 +214,35 @@ pub fn row(event: &Value, server_id: &str) -> Option<Value> {
         row["query_info"] = json!({ "query_string": query, "uid": format!("{sid}/{ei}") });
     }
     Some(row)
+}
+
+/// The rows for a day's events. A statement whose result (in the same events) failed is a
+/// failed activity, with the server's error as its `status_detail`.
+pub fn rows(events: &[Value], server_id: &str) -> Vec<Value> {
+    let failed: std::collections::HashMap<(&str, u64), &str> = events
+        .iter()
+        .filter(|e| e.get("event").and_then(Value::as_str) == Some("db.session.result") && e.get("success") == Some(&Value::Bool(false)))
+        .filter_map(|e| {
+            let sid = e.get("sid")?.as_str()?;
+            Some(((sid, e.get("query_ei")?.as_u64()?), e.get("error").and_then(Value::as_str).unwrap_or_default()))
+        })
+        .collect();
+    events
+        .iter()
+        .filter_map(|event| {
+            let mut row = row(event, server_id)?;
+            let at =
+                (event.get("sid").and_then(Value::as_str).unwrap_or_default(), event.get("ei").and_then(Value::as_u64).unwrap_or(u64::MAX));
+            if let Some(error) = failed.get(&at) {
+                row["status_id"] = json!(2);
+                row["status"] = json!("Failure");
+                if !error.is_empty() {
+                    row["status_detail"] = json!(error);
+                }
+            }
+            Some(row)
+        })
+        .collect()
 }
 
 /// The rows as one Parquet object (zstd, sorted by time), Security Lake's layout for a class.

@@ -279,11 +279,8 @@ pub fn build_batch(
     let mut objects = Vec::new();
     for (day, mut rows) in days {
         if formats.ocsf {
-            let mut ocsf: Vec<serde_json::Value> = rows
-                .iter()
-                .filter_map(|row| serde_json::from_slice::<serde_json::Value>(&row.line).ok())
-                .filter_map(|event| super::ocsf::row(&event, server_id))
-                .collect();
+            let events: Vec<serde_json::Value> = rows.iter().filter_map(|row| serde_json::from_slice(&row.line).ok()).collect();
+            let mut ocsf = super::ocsf::rows(&events, server_id);
             if !ocsf.is_empty() {
                 let parquet = super::ocsf::parquet_object(&mut ocsf)?;
                 objects.push(DayObject { format: Format::Ocsf, day: day.clone(), rows: ocsf.len() as u64, parquet });
