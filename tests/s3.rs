@@ -672,6 +672,18 @@ for o in s3.list_object_versions(Bucket=sys.argv[2], Prefix='dbtape/20')['Versio
     assert!(objects.iter().any(|(k, etag)| k.ends_with(".dbt") && etag.contains('-')), "one went up in parts: {objects:?}");
 }
 
+/// Runs a Python reader of the lake (`argv[1]` is the S3 endpoint, then `args`) and returns
+/// the JSON it prints.
+fn read_lake(services: &Services, script: &str, args: &[&str]) -> serde_json::Value {
+    // pyarrow's native threads can abort the interpreter's own teardown under load
+    // ("terminate called without an active exception"); once the answer is out, skip it.
+    let script = format!("{script}\nimport os, sys\nsys.stdout.flush()\nos._exit(0)\n");
+    let out =
+        services.python().args(["-c", &script, services.get("AWS_ENDPOINT")]).args(args).envs(services.proxy_aws_vars()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
 const LAKE: &str = "\n[lake]\nenabled = true\nprefix = \"lake/\"\nflush_interval = \"1s\"\n";
 
 impl Setup {
@@ -754,18 +766,8 @@ print(json.dumps({
     "hosts": q("SELECT count(DISTINCT server_id) FROM dbtape_events")[0][0],
     "time_type": q("SELECT typeof(time) FROM dbtape_events LIMIT 1")[0][0],
 }))
-# As in the OCSF test: skip a teardown pyarrow's native threads can abort.
-sys.stdout.flush()
-os._exit(0)
 "#;
-    let out = services
-        .python()
-        .args(["-c", script, services.get("AWS_ENDPOINT"), &bucket, folder.to_str().unwrap(), &ddl, &fleet[0].port.to_string()])
-        .envs(services.proxy_aws_vars())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let answers: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let answers = read_lake(&services, script, &[&bucket, folder.to_str().unwrap(), &ddl, &fleet[0].port.to_string()]);
     assert_eq!(answers["rows"], recorded, "{answers}");
     assert_eq!(answers["distinct"], recorded, "every (sid, ei) once: {answers}");
     assert_eq!(answers["drops"], 2, "{answers}");
@@ -867,15 +869,8 @@ print(json.dumps({"keys": keys, "rows": len(rows), "errors": errors[:5],
     "activities": sorted({(r["activity_name"], r["status_id"]) for r in rows}),
     "queries": sorted(r["query_info"]["query_string"] for r in rows if "query_info" in r),
     "failed": [(r["query_info"]["query_string"], r.get("status_detail")) for r in rows if "query_info" in r and r["status_id"] == 2]}))
-# pyarrow's native threads can abort the interpreter's own teardown under load
-# ("terminate called without an active exception"); the answer is out, so skip it.
-sys.stdout.flush()
-os._exit(0)
 "#;
-    let out =
-        services.python().args(["-c", script, services.get("AWS_ENDPOINT"), &bucket]).envs(services.proxy_aws_vars()).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let answer = read_lake(&services, script, &[&bucket]);
     assert_eq!(answer["errors"], serde_json::json!([]), "{answer}");
     let keys = answer["keys"].as_array().unwrap();
     assert!(
@@ -990,13 +985,8 @@ rows = t.select(["sid", "ei", "db_protocol", "server_id", "event", "db_statement
 print(json.dumps({"rows": len(rows), "distinct": len({(r["sid"], r["ei"]) for r in rows}),
     "protocols": sorted({r["db_protocol"] for r in rows}), "hosts": len({r["server_id"] for r in rows}),
     "ddl": sorted({r["db_protocol"] for r in rows if r["db_statement_class"] == "DDL"})}))
-sys.stdout.flush()
-os._exit(0)
 "#;
-    let out =
-        services.python().args(["-c", script, services.get("AWS_ENDPOINT"), &bucket]).envs(services.proxy_aws_vars()).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let answer = read_lake(&services, script, &[&bucket]);
     assert_eq!(answer["rows"], recorded, "{answer}");
     assert_eq!(answer["distinct"], recorded, "{answer}");
     assert_eq!(answer["protocols"], serde_json::json!(["dynamodb", "mongodb", "postgres"]), "{answer}");

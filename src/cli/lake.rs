@@ -35,13 +35,7 @@ pub fn run(command: LakeCommand) -> Result<(), Failure> {
             Ok(())
         }
         LakeCommand::Verify { store, since, until, format } => {
-            let when = |text: Option<String>, flag: &str| -> Result<Option<i64>, Failure> {
-                text.map(|t| {
-                    crate::review::parse_when(&t, crate::audit::now_ms()).map_err(|e| Failure { code: 2, message: format!("{flag}: {e}") })
-                })
-                .transpose()
-            };
-            let (since_ms, until_ms) = (when(since, "--since")?, when(until, "--until")?);
+            let (since_ms, until_ms) = super::inspect::time_filter(since, until)?;
             let (_, s3, lake, server_id) = Config::load_lake_settings(&store.config.config)?;
             let s3 = s3.ok_or_else(|| no_bucket(&store.config.config))?;
             let located = super::inspect::locate(&store)?;
