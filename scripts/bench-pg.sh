@@ -33,7 +33,8 @@ else
     BIN="$ROOT/target/release/dbtape"
 fi
 
-scripts/services start postgres
+# ALT_LAKE=1 writes the event lake from the ALT path (to moto's S3), so it needs moto too.
+if [[ -n ${ALT_LAKE:-} ]]; then scripts/services start; else scripts/services start postgres; fi
 set -a; source .services/env; set +a
 WORK=$(mktemp -d)
 chmod 755 "$WORK"
@@ -137,7 +138,15 @@ if [[ -n ${ALT_BIN:-} ]]; then
     sed -e "s/127.0.0.1:$DBTAPE_PORT/127.0.0.1:$ALT_PORT/" -e 's|^dir = "recordings"|dir = "alt/recordings"|' \
         -e "s/^workers = .*/workers = ${ALT_WORKERS:-${WORKERS:-0}}/" \
         -e "s/^fsync = .*/fsync = \"${ALT_FSYNC:-batch}\"/" "$WORK/dbtape.toml" > "$WORK/alt.toml"
-    setsid "$ALT_BIN" serve --config "$WORK/alt.toml" 2> "$WORK/alt.log" &
+    ALT_ENV=()
+    if [[ -n ${ALT_LAKE:-} ]]; then
+        # The same build with the lake on (flushing every 10 s, so it writes during the run)
+        # against the main path with it off: what the lake costs the relay.
+        "$SERVICES_VENV/bin/python" -c "import boto3; boto3.client('s3', endpoint_url='$AWS_ENDPOINT', region_name='us-east-1', aws_access_key_id='$MOTO_ACCESS_KEY_ID', aws_secret_access_key='$MOTO_SECRET_ACCESS_KEY').create_bucket(Bucket='bench-lake')"
+        printf '\n[storage.s3]\nbucket = "bench-lake"\nregion = "us-east-1"\nendpoint = "%s"\nforce_path_style = true\n\n[lake]\nenabled = true\nflush_interval = "10s"\n' "$AWS_ENDPOINT" >> "$WORK/alt.toml"
+        ALT_ENV=(AWS_ACCESS_KEY_ID="$MOTO_ACCESS_KEY_ID" AWS_SECRET_ACCESS_KEY="$MOTO_SECRET_ACCESS_KEY" AWS_EC2_METADATA_DISABLED=true)
+    fi
+    env "${ALT_ENV[@]}" setsid "$ALT_BIN" serve --config "$WORK/alt.toml" 2> "$WORK/alt.log" &
     ALT_PID=$!
     PIDS+=($ALT_PID)
     wait_port "$ALT_PORT"

@@ -87,3 +87,24 @@ pub fn config(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let _ = crate::config::Config::parse(text, Path::new("/nonexistent/dbtape-fuzz/dbtape.toml"));
 }
+
+/// The classification cache's key: two statements of one shape (the fuzzed one, and the
+/// same with every literal swapped for another of its kind) must shape alike, parse alike and
+/// get the same class, tables and fingerprint. Otherwise one could be cached as the other.
+pub fn statement_shape(data: &[u8]) {
+    use crate::statement::classify::classify_postgres;
+    use crate::statement::shape::postgres_shape;
+    let Ok(sql) = std::str::from_utf8(data) else { return };
+    let Some(shape) = postgres_shape(sql) else { return };
+    let variant = shape.replace("?i", "7").replace("?f", "7.5").replace("?s", "'v'");
+    assert_eq!(postgres_shape(&variant).as_deref(), Some(shape.as_str()), "{sql:?} and {variant:?}");
+    let (original, swapped) = (classify_postgres(sql), classify_postgres(&variant));
+    assert_eq!(original.unparsed, swapped.unparsed, "{sql:?} and {variant:?} parse differently");
+    if !original.unparsed {
+        assert_eq!(
+            (original.classes, original.tables, original.fingerprint),
+            (swapped.classes, swapped.tables, swapped.fingerprint),
+            "{sql:?} and {variant:?}"
+        );
+    }
+}

@@ -71,3 +71,8 @@ fn tls_stream_corpus() {
 fn pg_parameters_corpus() {
     replay("pg_parameters", dbtape::fuzzing::pg_parameters);
 }
+
+#[test]
+fn statement_shape_corpus() {
+    replay("statement_shape", dbtape::fuzzing::statement_shape);
+}

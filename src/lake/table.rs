@@ -35,7 +35,41 @@ const TEXT_COLUMNS: &[&str] = &[
     "db_query_fingerprint",
 ];
 
-type Text<'a> = Option<std::borrow::Cow<'a, str>>;
+type Text<'a> = Option<Borrowed<'a>>;
+
+/// A string field borrowed from the line unless it holds escapes. serde's own `Cow<str>`
+/// borrows only as a field's whole type: inside an `Option` it allocated every value, which
+/// cost the writer a tenth of its time.
+pub(crate) struct Borrowed<'a>(std::borrow::Cow<'a, str>);
+
+impl std::ops::Deref for Borrowed<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Borrowed<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Borrowed<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Borrowed(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Borrowed(std::borrow::Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Borrowed(std::borrow::Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
+}
 
 /// What the typed columns take from an event, borrowed from its line where it can be: the
 /// writer reads every field of a million rows, and a `serde_json::Value` per row allocated
@@ -85,7 +119,7 @@ struct Columns<'a> {
     #[serde(default)]
     affected_records: Option<i64>,
     #[serde(borrow, default)]
-    db_tables: Option<Vec<std::borrow::Cow<'a, str>>>,
+    db_tables: Option<Vec<Borrowed<'a>>>,
 }
 
 impl Columns<'_> {
@@ -136,7 +170,7 @@ pub fn schema() -> Arc<Schema> {
 #[derive(Debug, Clone)]
 pub struct Row {
     pub time_ms: i64,
-    pub sid: String,
+    pub sid: Arc<str>,
     pub ei: u64,
     /// The event as `export` writes it (derived fields included), without its newline.
     pub line: Vec<u8>,
@@ -186,6 +220,7 @@ fn record_batch(rows: &[Row], server_id: &str) -> Result<RecordBatch, LakeError>
     let mut affected = Int64Builder::with_capacity(n);
     let mut tables = ListBuilder::new(StringBuilder::new());
     let mut json = StringBuilder::with_capacity(n, rows.iter().map(|r| r.line.len()).sum());
+    let mut uid_field = Vec::with_capacity(64);
     for row in rows {
         // A line that does not read as an event still becomes a row: its `sid`, `ei` and
         // text are kept, so the lake never stalls on it and `lake verify` shows it.
@@ -203,13 +238,13 @@ fn record_batch(rows: &[Row], server_id: &str) -> Result<RecordBatch, LakeError>
         match &event.db_tables {
             Some(list) => {
                 for table in list {
-                    tables.values().append_value(table);
+                    tables.values().append_value(&**table);
                 }
                 tables.append(true);
             }
             None => tables.append(false),
         }
-        json.append_value(String::from_utf8_lossy(&row.line));
+        append_without_uid(&mut json, &row.line, non_empty(&event.uid), &mut uid_field);
     }
     let mut columns: Vec<ArrayRef> = vec![Arc::new(time.finish())];
     columns.extend(texts.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
@@ -225,9 +260,50 @@ fn record_batch(rows: &[Row], server_id: &str) -> Result<RecordBatch, LakeError>
     RecordBatch::try_new(schema(), columns).map_err(|e| LakeError::Parquet(e.to_string()))
 }
 
-/// The `(sid, ei, event_json)` of every row of a Parquet object, for `lake verify`.
+/// Appends the event's line as `event_json` without its top-level `uid`, which the `uid`
+/// column holds: a uid is 16 random bytes that no codec shrinks, and storing it twice cost
+/// 20 of a row's 66 bytes. `read_rows` puts it back. The field is found by its value:
+/// a nested `"uid"` (a DynamoDB item's, say) would need this event's unpredictable uid to
+/// match, and the last match is taken because the recorder writes body fields before it.
+fn append_without_uid(json: &mut StringBuilder, line: &[u8], uid: Option<&str>, field: &mut Vec<u8>) {
+    use std::fmt::Write as _;
+    let whole = || json_text(line);
+    let Some(uid) = uid else { return json.append_value(whole()) };
+    field.clear();
+    field.extend_from_slice(b",\"uid\":\"");
+    field.extend_from_slice(uid.as_bytes());
+    field.push(b'"');
+    match memchr::memmem::rfind(line, field) {
+        Some(at) => {
+            // Writing into a StringBuilder cannot fail.
+            let _ = json.write_str(&json_text(&line[..at]));
+            let _ = json.write_str(&json_text(&line[at + field.len()..]));
+            json.append_value("");
+        }
+        None => json.append_value(whole()),
+    }
+}
+
+fn json_text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(bytes)
+}
+
+/// `event_json` with the row's `uid` column put back in, as `export` wrote the event.
+fn with_uid(json: &str, uid: Option<&str>) -> String {
+    match (uid, json.strip_suffix('}')) {
+        (Some(uid), Some(body)) if !json.contains(&format!("\"uid\":\"{uid}\"")) => {
+            let separator = if body.trim_end().ends_with('{') { "" } else { "," };
+            format!("{body}{separator}\"uid\":\"{uid}\"}}")
+        }
+        _ => json.to_string(),
+    }
+}
+
+/// The `(sid, ei, event_json)` of every row of a Parquet object, for `lake verify`, the
+/// event's `uid` back in its JSON.
 pub fn read_rows(bytes: Vec<u8>) -> Result<Vec<(String, u64, String)>, LakeError> {
     use arrow_array::cast::AsArray;
+    use arrow_array::Array as _;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     let bad = |e: &dyn std::fmt::Display| LakeError::Parquet(e.to_string());
     let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes)).map_err(|e| bad(&e))?.build().map_err(|e| bad(&e))?;
@@ -240,8 +316,10 @@ pub fn read_rows(bytes: Vec<u8>) -> Result<Vec<(String, u64, String)>, LakeError
             .as_primitive_opt::<arrow_array::types::Int64Type>()
             .ok_or_else(|| LakeError::Parquet("ei is not int64".into()))?;
         let json = column("event_json")?.as_string_opt::<i32>().ok_or_else(|| LakeError::Parquet("event_json is not text".into()))?;
+        let uids = column("uid")?.as_string_opt::<i32>().ok_or_else(|| LakeError::Parquet("uid is not text".into()))?;
         for i in 0..batch.num_rows() {
-            out.push((sids.value(i).to_string(), u64::try_from(eis.value(i)).unwrap_or(u64::MAX), json.value(i).to_string()));
+            let uid = (!uids.is_null(i)).then(|| uids.value(i));
+            out.push((sids.value(i).to_string(), u64::try_from(eis.value(i)).unwrap_or(u64::MAX), with_uid(json.value(i), uid)));
         }
     }
     Ok(out)

@@ -5,6 +5,7 @@
 //! one-request DynamoDB sessions makes few objects.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::journal::{Journal, LakeLock, PendingBatch, Range};
@@ -255,8 +256,10 @@ pub fn build_batch(
     enricher: &mut Enricher,
 ) -> Result<Vec<DayObject>, LakeError> {
     let (server_id, formats) = (settings.server_id.as_str(), settings.formats);
-    let mut days: BTreeMap<String, Vec<Row>> = BTreeMap::new();
+    // By day number: naming each row's day cost a string per row.
+    let mut days: BTreeMap<i64, Vec<Row>> = BTreeMap::new();
     for (sid, range) in ranges {
+        let shared_sid: Arc<str> = Arc::from(sid.as_str());
         let resume = cursor.resume.get(sid).copied();
         let mut stream = EventStream::open_at(store, sid, resume).map_err(|e| LakeError::Recordings(format!("{sid}: {e}")))?;
         stream
@@ -270,7 +273,7 @@ pub fn build_batch(
                     let mut enriched = Vec::with_capacity(line.len() + 96);
                     enricher.write_line(line, &mut enriched)?;
                     enriched.pop();
-                    days.entry(utc_day(time_ms)).or_default().push(Row { time_ms, sid: sid.clone(), ei, line: enriched });
+                    days.entry(time_ms.div_euclid(DAY_MS)).or_default().push(Row { time_ms, sid: shared_sid.clone(), ei, line: enriched });
                 }
                 Ok(true)
             })
@@ -278,6 +281,7 @@ pub fn build_batch(
     }
     let mut objects = Vec::new();
     for (day, mut rows) in days {
+        let day = utc_day(day * DAY_MS);
         if formats.ocsf {
             let events: Vec<serde_json::Value> = rows.iter().filter_map(|row| serde_json::from_slice(&row.line).ok()).collect();
             let mut ocsf = super::ocsf::rows(&events, server_id);
@@ -294,8 +298,10 @@ pub fn build_batch(
     Ok(objects)
 }
 
+const DAY_MS: i64 = 86_400_000;
+
 /// `YYYY-MM-DD` of a time in milliseconds, in UTC: the partition an event goes to.
 pub fn utc_day(time_ms: i64) -> String {
-    let (year, month, day) = crate::audit::time::civil_from_days(time_ms.div_euclid(86_400_000));
+    let (year, month, day) = crate::audit::time::civil_from_days(time_ms.div_euclid(DAY_MS));
     format!("{year:04}-{month:02}-{day:02}")
 }

@@ -27,6 +27,9 @@ pub struct Enricher {
     raw: bool,
     /// Per protocol, looked up by the statement itself: a hit allocates nothing.
     postgres: HashMap<Box<str>, Arc<[u8]>>,
+    /// PostgreSQL statements by their shape (`shape::postgres_shape`), in a map of their own
+    /// so that no statement's text can stand for another's shape.
+    postgres_shapes: HashMap<Box<str>, Arc<[u8]>>,
     mongodb: HashMap<Box<str>, Arc<[u8]>>,
 }
 
@@ -39,6 +42,14 @@ struct Statement<'a> {
     /// Extended-protocol Parse carries its statement here.
     #[serde(borrow)]
     query: Option<std::borrow::Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Request<'a> {
+    #[serde(borrow)]
+    target: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    body: Option<&'a serde_json::value::RawValue>,
 }
 
 impl Enricher {
@@ -100,9 +111,13 @@ impl Enricher {
                 return Some(out.into());
             }
             "db.session.dynamodb.request" => {
-                let event: Value = serde_json::from_slice(line).ok()?;
-                let target = event.get("target")?.as_str()?;
-                let classified = classify_dynamodb(target, event.get("body").unwrap_or(&Value::Null));
+                // Only the body becomes a tree: the rest of the line is not looked at.
+                let request: Request = serde_json::from_slice(line).ok()?;
+                let body = match request.body {
+                    Some(raw) => serde_json::from_str(raw.get()).ok()?,
+                    None => Value::Null,
+                };
+                let classified = classify_dynamodb(request.target.as_deref()?, &body);
                 return Some(render(&classified).into());
             }
             _ => return None,
@@ -117,12 +132,22 @@ impl Enricher {
         if let Some(hit) = cache.get(text.as_ref()) {
             return Some(hit.clone());
         }
-        let suffix: Arc<[u8]> = render(&classify(&text)).into();
-        if text.len() <= CACHE_MAX_STATEMENT {
+        let shape = if statement.db_protocol.as_deref() == Some("postgres") { super::shape::postgres_shape(&text) } else { None };
+        let (cache, key, by_shape) = match shape {
+            Some(shape) => match self.postgres_shapes.get(shape.as_str()) {
+                Some(hit) => return Some(hit.clone()),
+                None => (&mut self.postgres_shapes, shape.into_boxed_str(), true),
+            },
+            None => (cache, Box::from(text.as_ref()), false),
+        };
+        let classified = classify(&text);
+        let suffix: Arc<[u8]> = render(&classified).into();
+        // A statement the parser refused is classified by its first word: never a shape's.
+        if key.len() <= CACHE_MAX_STATEMENT && !(by_shape && classified.unparsed) {
             if cache.len() >= CACHE_ENTRIES {
                 cache.clear();
             }
-            cache.insert(text.into(), suffix.clone());
+            cache.insert(key, suffix.clone());
         }
         Some(suffix)
     }

@@ -4,6 +4,7 @@
 
 pub mod classify;
 pub mod enrich;
+pub mod shape;
 
 pub use classify::{classify_event, Classified, StatementClass};
 pub mod parameters;
