@@ -23,7 +23,7 @@ COMMON = {
     "aws_role_arn": S,
     "sid": {"type": "string", "pattern": UUID, "description": "Session id."},
     "db_service": {"type": "string", "description": "The database's name in dbtape's config."},
-    "db_protocol": {"enum": ["postgres", "mongodb", "dynamodb"]},
+    "db_protocol": {"enum": ["postgres", "mongodb", "dynamodb", "review"]},
     "db_uri": S,
     "db_name": S,
     "db_user": S,
@@ -103,6 +103,14 @@ EVENTS = [
       "lost_from": {"type": "string", "pattern": TIME, "description": "When the first lost event happened."},
       "lost_until": {"type": "string", "pattern": TIME, "description": "When the last lost event happened."}},
      ["lost_events", "success"]),
+    ("session.recording.access", ["T2012I"],
+     "The review console: a reviewer looked at recordings. Written to a reviewer-access recording (db_protocol \"review\", user: the reviewer), signed and chained like any session.",
+     {"success": {"type": "boolean"}, "error": S, "addr.remote": S,
+      "action": {"enum": ["login", "logout", "sessions.list", "session.view", "session.steps", "session.event", "session.follow", "search", "export"],
+                 "description": "dbtape: what the reviewer did."},
+      "session_id": {"type": "string", "description": "The session looked at; absent for a list or a search."},
+      "message": {"type": "string", "description": "dbtape: the filters, search or event range asked for."}},
+     ["action", "success"]),
 ]
 
 

@@ -39,7 +39,8 @@ fn index(protocol: Protocol) -> usize {
     match protocol {
         Protocol::Postgres => 0,
         Protocol::MongoDb => 1,
-        Protocol::DynamoDb => 2,
+        // The console's access recordings never pass through the proxy's metrics.
+        Protocol::DynamoDb | Protocol::Review => 2,
     }
 }
 

@@ -59,6 +59,7 @@ string_enum! {
         PostgresFunctionCall => "db.session.postgres.function",
         DynamoDbRequest => "db.session.dynamodb.request",
         RecordingGap => "dbtape.recording.gap",
+        RecordingAccess => "session.recording.access",
     }
 }
 
@@ -80,14 +81,17 @@ string_enum! {
         DynamoDbRequestOk => "TDY01I",
         DynamoDbRequestError => "TDY01E",
         RecordingGap => "DTP01W",
+        RecordingAccess => "T2012I",
     }
 }
 
 string_enum! {
-    /// The `db_protocol` field and the `protocol` key in config.
+    /// The `db_protocol` field and the `protocol` key in config. `review` is not a database:
+    /// it marks the review console's reviewer-access recordings, and config refuses it.
     Protocol {
         Postgres => "postgres",
         MongoDb => "mongodb",
         DynamoDb => "dynamodb",
+        Review => "review",
     }
 }

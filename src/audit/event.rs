@@ -108,6 +108,15 @@ pub enum EventBody {
         lost_from_ms: Option<i64>,
         lost_until_ms: Option<i64>,
     },
+    /// Teleport's `session.recording.access` (T2012I), written by the review console: a
+    /// reviewer looked at recordings. `session_id` names the session looked at (empty for a
+    /// list or a search); `action` is what they did and `detail` the filters or range.
+    RecordingAccess {
+        action: String,
+        session_id: String,
+        detail: String,
+        success: bool,
+    },
 }
 
 impl EventBody {
@@ -155,6 +164,7 @@ impl EventBody {
             EventBody::PostgresFunctionCall { .. } => EventType::PostgresFunctionCall,
             EventBody::DynamoDbRequest { .. } => EventType::DynamoDbRequest,
             EventBody::RecordingGap { .. } => EventType::RecordingGap,
+            EventBody::RecordingAccess { .. } => EventType::RecordingAccess,
         }
     }
 
@@ -180,6 +190,7 @@ impl EventBody {
                 }
             }
             EventBody::RecordingGap { .. } => EventCode::RecordingGap,
+            EventBody::RecordingAccess { .. } => EventCode::RecordingAccess,
         }
     }
 
@@ -359,6 +370,10 @@ struct Wire<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     user_agent: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    action: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     postgres_pid: Option<u32>,
     /// dbtape's own: fields stored cut, with the full text's length and SHA-256.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -528,6 +543,13 @@ impl AuditEvent<'_> {
                 w.lost_until = lost_until_ms.map(TimeMs);
                 w.success = Some(false);
                 w.error = some(error);
+            }
+            EventBody::RecordingAccess { action, session_id, detail, success } => {
+                w.addr_remote = some(&ctx.connection.remote_addr);
+                w.success = Some(*success);
+                w.action = some(action);
+                w.session_id = some(session_id);
+                w.message = some(detail);
             }
         }
         w.fixed = Some(fixed);

@@ -8,7 +8,7 @@ mod validate;
 use std::path::{Path, PathBuf};
 
 pub use model::{
-    AuthMethod, AwsOptions, ClientTlsConfig, ClientTlsMode, DatabaseConfig, FsyncPolicy, Grant, LakeSection, LogFormat, RecordingMode,
+    AuthMethod, AwsOptions, ClientTlsConfig, ClientTlsMode, DatabaseConfig, FsyncPolicy, Grant, LakeSection, LogFormat, ReviewSection, RecordingMode,
     RecordingSection, S3Storage, ServerSection, StorageSection, UpstreamAuth, UpstreamTlsConfig, UpstreamTlsMode, UserConfig,
     CHAINED_SESSION_LIMIT, MAX_FRAME_TARGET_BYTES, MAX_QUERY_BYTES_LIMIT,
 };
@@ -106,6 +106,45 @@ impl Config {
         let lake = Self::parse_raw(&text, path)?.lake;
         let (recording, s3, server_id) = Self::load_upload_settings(path)?;
         Ok((recording, s3, lake, server_id))
+    }
+
+    /// What `dbtape review` needs: the `[recording]` settings and the `[review]` section,
+    /// its paths resolved against the config file's folder; no secret is read.
+    pub fn load_review_settings(path: &Path) -> Result<(RecordingSection, ReviewSection), ConfigError> {
+        let text = read_text(path, "pass the config file with the [review] section with --config")?;
+        let raw = Self::parse_raw(&text, path)?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let recording = validate::check_recording_only(&raw, path, &base)?;
+        let mut review = raw.review;
+        let mut issues = Vec::new();
+        for (key, value) in [("review.tls_cert", &review.tls_cert), ("review.tls_key", &review.tls_key)] {
+            if value.as_os_str().is_empty() {
+                issues.push(ConfigIssue {
+                    file: path.to_path_buf(),
+                    key: key.into(),
+                    message: "is not set: the console serves HTTPS only".into(),
+                    fix: format!("set {key} to a PEM file"),
+                });
+            }
+        }
+        if review.page_size == 0 || review.page_size > 1000 {
+            issues.push(ConfigIssue {
+                file: path.to_path_buf(),
+                key: "review.page_size".into(),
+                message: format!("is {}", review.page_size),
+                fix: "use 1 to 1000".into(),
+            });
+        }
+        if !issues.is_empty() {
+            return Err(ConfigError { issues });
+        }
+        let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+        review.tls_cert = resolve(&review.tls_cert);
+        review.tls_key = resolve(&review.tls_key);
+        review.reviewers_file = resolve(&review.reviewers_file);
+        review.access_signing_key = resolve(&review.access_signing_key);
+        review.access_dir = review.access_dir.as_deref().map(resolve);
+        Ok((recording, review))
     }
 
     /// The `[recording]` settings alone, for the review commands (`ls`, `play`, `export`,

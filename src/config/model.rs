@@ -21,6 +21,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub lake: LakeSection,
     #[serde(default)]
+    pub review: ReviewSection,
+    #[serde(default)]
     pub databases: Vec<DatabaseConfig>,
     #[serde(default)]
     pub users: Vec<UserConfig>,
@@ -224,6 +226,50 @@ impl Default for LakeSection {
             ocsf_source_name: "dbtape".into(),
             ocsf_region: String::new(),
             ocsf_account_id: String::new(),
+        }
+    }
+}
+
+/// `[review]`: the web review console, `dbtape review`, a process of its own.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReviewSection {
+    /// Where the console listens, HTTPS only.
+    pub listen: String,
+    /// The console's certificate chain and key (PEM). Required: there is no plain HTTP.
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    /// Local reviewer accounts, written by `dbtape reviewer add` (verifiers only).
+    pub reviewers_file: PathBuf,
+    /// Where the reviewer-access recordings go. Default: the recordings folder itself, so
+    /// `verify`, `export`, uploads and the lake cover them like any session.
+    pub access_dir: Option<PathBuf>,
+    /// The key that signs the reviewer-access recordings: the console's own, never the
+    /// proxy's. Created on first start.
+    pub access_signing_key: PathBuf,
+    /// A reviewer's login lasts this long.
+    #[serde(with = "humantime_serde_compat")]
+    pub session_ttl: std::time::Duration,
+    /// Sessions listed per page.
+    pub page_size: usize,
+    /// DynamoDB sessions of one request, by one user, role and source, at most this far
+    /// apart, are listed as one group.
+    #[serde(with = "humantime_serde_compat")]
+    pub group_gap: std::time::Duration,
+}
+
+impl Default for ReviewSection {
+    fn default() -> Self {
+        ReviewSection {
+            listen: "127.0.0.1:8443".into(),
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+            reviewers_file: PathBuf::from("reviewers.toml"),
+            access_dir: None,
+            access_signing_key: PathBuf::from("keys/review-signing.key"),
+            session_ttl: std::time::Duration::from_secs(8 * 3600),
+            page_size: 50,
+            group_gap: std::time::Duration::from_secs(60),
         }
     }
 }

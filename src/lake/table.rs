@@ -324,3 +324,33 @@ pub fn read_rows(bytes: Vec<u8>) -> Result<Vec<(String, u64, String)>, LakeError
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_json_leaves_out_the_top_level_uid_and_reading_puts_it_back() {
+        let uid = "0b0e6f3e-8d43-4b8e-9a39-2d6c2f6f1d10";
+        // A DynamoDB item with a "uid" of its own, before the event's, stays as it was.
+        let line = format!(
+            r#"{{"ei":1,"event":"db.session.dynamodb.request","body":{{"Item":{{"uid":{{"S":"x"}}}}}},"uid":"{uid}","sid":"s","user":"alice"}}"#
+        );
+        let mut rows = vec![Row { time_ms: 1, sid: Arc::from("s"), ei: 1, line: line.clone().into_bytes() }];
+        let parquet = parquet_object(&mut rows, "proxy-1").unwrap();
+        let read = read_rows(parquet.clone()).unwrap();
+        let stored: serde_json::Value = serde_json::from_str(&read[0].2).unwrap();
+        assert_eq!(stored, serde_json::from_str::<serde_json::Value>(&line).unwrap(), "read back whole");
+        use arrow_array::cast::AsArray;
+        let batch = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(parquet))
+            .unwrap()
+            .build()
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+        let json = batch.column_by_name("event_json").unwrap().as_string::<i32>().value(0).to_string();
+        assert!(!json.contains(uid) && json.contains(r#""Item":{"uid":{"S":"x"}}"#), "{json}");
+        assert_eq!(batch.column_by_name("uid").unwrap().as_string::<i32>().value(0), uid);
+    }
+}

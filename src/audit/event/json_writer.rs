@@ -90,6 +90,8 @@ impl Wire<'_> {
             }
         }
         opt_str(out, "user_agent", self.user_agent);
+        opt_str(out, "action", self.action);
+        opt_str(out, "session_id", self.session_id);
         opt_u64(out, "postgres_pid", self.postgres_pid.map(u64::from));
         if let Some(truncated) = self.truncated {
             key(out, "truncated");
@@ -350,6 +352,12 @@ mod tests {
                 error: s("disk full"),
                 lost_from_ms: Some(1_790_000_000_123),
                 lost_until_ms: Some(1_790_000_000_999),
+            },
+            EventBody::RecordingAccess {
+                action: "session.view".into(),
+                session_id: "5f2c1f58-3b43-4c2e-8d3f-0d6f1b7a9e21".into(),
+                detail: s("from ei 12"),
+                success: true,
             },
         ]
     }
