@@ -7,6 +7,7 @@ pub mod auth;
 pub mod aws;
 pub mod cli;
 pub mod config;
+pub mod console;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;

@@ -211,6 +211,17 @@ pub enum Command {
         #[command(subcommand)]
         command: IndexCommand,
     },
+    /// The web review console: sessions, search and playback in a browser, over HTTPS
+    /// ([review] in the config), every look itself recorded.
+    Review {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Local accounts of the review console's reviewers (verifiers only).
+    Reviewer {
+        #[command(subcommand)]
+        command: ReviewerCommand,
+    },
     /// The event lake: Parquet in the bucket for Athena, Trino, Spark and DuckDB.
     Lake {
         #[command(subcommand)]
@@ -259,6 +270,31 @@ pub enum UserCommand {
         #[arg(long)]
         password_stdin: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ReviewerCommand {
+    /// Add a reviewer (or give one a new password, role or databases) in review.reviewers_file.
+    Add {
+        name: String,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// auditor: every session; reviewer: only the sessions of the --database names.
+        #[arg(long, value_enum, default_value_t = ReviewerRoleArg::Auditor)]
+        role: ReviewerRoleArg,
+        /// A database (its name in the config) a reviewer may see; repeatable.
+        #[arg(long = "database")]
+        databases: Vec<String>,
+        /// Read the password from the first line of standard input instead of prompting.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReviewerRoleArg {
+    Auditor,
+    Reviewer,
 }
 
 #[derive(Subcommand, Debug)]
@@ -391,6 +427,14 @@ pub fn main() -> ExitCode {
     let verbose_default = matches!(cli.command, Command::Serve { .. });
     let result = match cli.command {
         Command::Serve { config } => serve::run(&config.config),
+        Command::Review { store } => {
+            init_logging(verbose_default, false);
+            let options = crate::console::ReviewOptions { source: store.review_source() };
+            crate::console::run(&store.config.config, options).map_err(|e| Failure { code: 1, message: e.to_string() })
+        }
+        Command::Reviewer { command: ReviewerCommand::Add { name, config, role, databases, password_stdin } } => {
+            user::add_reviewer(&config.config, &name, role, databases, password_stdin)
+        }
         Command::Lake { command } => {
             init_logging(false, false);
             lake::run(command)

@@ -71,6 +71,29 @@ pub fn add(name: &str, from_stdin: bool) -> Result<(), Failure> {
     Ok(())
 }
 
+/// `dbtape reviewer add`: the reviewer's verifier into the config's `review.reviewers_file`.
+pub fn add_reviewer(
+    config: &std::path::Path,
+    name: &str,
+    role: super::ReviewerRoleArg,
+    databases: Vec<String>,
+    from_stdin: bool,
+) -> Result<(), Failure> {
+    let fail = |message: String| Failure { code: 1, message };
+    let (_, review) = crate::config::Config::load_review_settings(config).map_err(|e| fail(e.to_string()))?;
+    let password = read_password(from_stdin)?;
+    if password.len() < 12 {
+        return Err(Failure { code: 1, message: "use a password of at least 12 characters".into() });
+    }
+    let role = match role {
+        super::ReviewerRoleArg::Auditor => crate::console::ReviewerRole::Auditor,
+        super::ReviewerRoleArg::Reviewer => crate::console::ReviewerRole::Reviewer,
+    };
+    crate::console::add_reviewer(&review.reviewers_file, name, role, databases, &password).map_err(|e| fail(e.to_string()))?;
+    println!("reviewer {} written to {}", serde_json::to_string(name)?, review.reviewers_file.display());
+    Ok(())
+}
+
 pub fn passwd(name: &str, from_stdin: bool) -> Result<(), Failure> {
     let verifier = verifier(from_stdin)?;
     println!("# Replace user {}'s scram_verifier in dbtape.toml with:", serde_json::to_string(name)?);

@@ -44,6 +44,13 @@ impl Screen {
     }
 }
 
+/// One event as `play` shows it, on its own (no earlier event sets the renderer's state):
+/// how a search hit reads, in the console and in `dbtape search`.
+pub fn render_event(protocol: &str, line: &[u8]) -> Option<String> {
+    let event: RecordedEvent = serde_json::from_slice(line).ok()?;
+    Screen::new(protocol, event.ei).step(line).map(|step| step.text)
+}
+
 /// A recording's steps, read a frame at a time: memory stays bounded by one frame whatever
 /// the session's length, and a followed live session yields steps as they are recorded.
 pub struct ScreenSteps {
