@@ -8,9 +8,9 @@ mod validate;
 use std::path::{Path, PathBuf};
 
 pub use model::{
-    AuthMethod, AwsOptions, ClientTlsConfig, ClientTlsMode, DatabaseConfig, FsyncPolicy, Grant, LakeSection, LogFormat, ReviewSection, RecordingMode,
-    RecordingSection, S3Storage, ServerSection, StorageSection, UpstreamAuth, UpstreamTlsConfig, UpstreamTlsMode, UserConfig,
-    CHAINED_SESSION_LIMIT, MAX_FRAME_TARGET_BYTES, MAX_QUERY_BYTES_LIMIT,
+    AuthMethod, AwsOptions, ClientTlsConfig, ClientTlsMode, DatabaseConfig, FsyncPolicy, Grant, LakeSection, LogFormat, RecordingMode,
+    RecordingSection, ReviewSection, S3Storage, ServerSection, StorageSection, UpstreamAuth, UpstreamTlsConfig, UpstreamTlsMode,
+    UserConfig, CHAINED_SESSION_LIMIT, MAX_FRAME_TARGET_BYTES, MAX_QUERY_BYTES_LIMIT,
 };
 pub use secret::{SecretError, SecretRef};
 

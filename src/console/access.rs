@@ -61,4 +61,3 @@ pub fn record(log: &SessionLog, action: &str, session_id: &str, detail: &str, su
     let body = EventBody::RecordingAccess { action: action.into(), session_id: session_id.into(), detail: detail.into(), success };
     log.append(&body, now_ms()).map(|_| ()).map_err(|e| ConsoleError::Access(e.to_string()))
 }
-

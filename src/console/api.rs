@@ -211,7 +211,12 @@ impl std::io::Write for ChannelWriter {
 
 /// Runs a search for the search page: the hits the reviewer may see, each rendered as
 /// `play` shows it. Returns (rows, whether there were more than a page).
-pub fn run_search(console: &Console, store: &RecordingStore, reviewer: &Reviewer, form: &SearchForm) -> Result<(Vec<SearchRow>, bool), String> {
+pub fn run_search(
+    console: &Console,
+    store: &RecordingStore,
+    reviewer: &Reviewer,
+    form: &SearchForm,
+) -> Result<(Vec<SearchRow>, bool), String> {
     let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
     let query = crate::review::SearchQuery {
         user: opt(&form.user),

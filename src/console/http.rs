@@ -145,7 +145,12 @@ pub fn set_cookie(response: &mut Response, name: &str, value: &str, max_age_s: u
 }
 
 /// Starts a login for `reviewer`: its access recording, its token and CSRF token.
-pub fn begin_login(console: &Console, reviewer: Reviewer, remote_addr: &str, user_agent: &str) -> Result<(String, Arc<Login>), ConsoleError> {
+pub fn begin_login(
+    console: &Console,
+    reviewer: Reviewer,
+    remote_addr: &str,
+    user_agent: &str,
+) -> Result<(String, Arc<Login>), ConsoleError> {
     let (token, csrf) = (random_token(), random_token());
     if token.is_empty() || csrf.is_empty() {
         return Err(ConsoleError::Usage("no random numbers from the operating system".into()));
@@ -238,8 +243,7 @@ pub fn router(console: Arc<Console>) -> Router {
 
 /// Serves the console until the process is stopped.
 pub fn run(config_path: &std::path::Path, options: ReviewOptions) -> Result<(), ConsoleError> {
-    let (_, settings) =
-        crate::config::Config::load_review_settings(config_path).map_err(|e| ConsoleError::Config(e.to_string()))?;
+    let (_, settings) = crate::config::Config::load_review_settings(config_path).map_err(|e| ConsoleError::Config(e.to_string()))?;
     let located = crate::review::locate(&options.source)?;
     let (keys, warnings) = crate::review::key_ring(&located, Vec::new());
     for warning in warnings {
@@ -322,7 +326,11 @@ async fn serve(console: Arc<Console>, tls: Arc<rustls::ServerConfig>) -> Result<
                 async move { tower::ServiceExt::oneshot(app, request.map(axum::body::Body::new)).await }
             });
             let io = hyper_util::rt::TokioIo::new(tls);
-            let _ = hyper::server::conn::http1::Builder::new().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(Duration::from_secs(15)).serve_connection(io, service).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(15))
+                .serve_connection(io, service)
+                .await;
         });
     }
 }

@@ -9,7 +9,9 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::{Extension, Form};
 
 use super::catalog::{group_rows, integrity_view, IntegrityView, SessionFilter};
-use super::http::{begin_login, cookie, end_login, random_token, redirect, set_cookie, Authed, Console, RemoteAddr, LOGIN_COOKIE, SESSION_COOKIE};
+use super::http::{
+    begin_login, cookie, end_login, random_token, redirect, set_cookie, Authed, Console, RemoteAddr, LOGIN_COOKIE, SESSION_COOKIE,
+};
 use super::text::visible;
 use crate::recording::SessionSummary;
 
@@ -101,7 +103,12 @@ pub struct CsrfForm {
     csrf: String,
 }
 
-pub async fn logout(State(console): State<Arc<Console>>, Authed(login): Authed, headers: HeaderMap, Form(form): Form<CsrfForm>) -> Response {
+pub async fn logout(
+    State(console): State<Arc<Console>>,
+    Authed(login): Authed,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
     if form.csrf != login.csrf {
         return error_page(StatusCode::FORBIDDEN, "This form did not come from your session.");
     }

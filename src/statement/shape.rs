@@ -172,7 +172,10 @@ mod tests {
             ("SELECT * FROM a WHERE x = 1.5", "SELECT * FROM a WHERE x = 999999999999999999999999"),
             ("SELECT 'a'::varchar(10) FROM t LIMIT 5", "SELECT 'b'::varchar(20) FROM t LIMIT 0"),
             ("SELECT 'DROP TABLE b'", "SELECT 'x'"),
-            ("WITH d AS (DELETE FROM q WHERE id = 5 RETURNING *) SELECT * FROM d", "WITH d AS (DELETE FROM q WHERE id = 6 RETURNING *) SELECT * FROM d"),
+            (
+                "WITH d AS (DELETE FROM q WHERE id = 5 RETURNING *) SELECT * FROM d",
+                "WITH d AS (DELETE FROM q WHERE id = 6 RETURNING *) SELECT * FROM d",
+            ),
             ("UPDATE t SET s = 'a; DROP TABLE t' WHERE id = 1", "UPDATE t SET s = '' WHERE id = 2"),
             ("SELECT pg_read_file('/etc/passwd')", "SELECT pg_read_file('x')"),
         ];

@@ -1,0 +1,306 @@
+//! The web review console (`dbtape review`, the real binary) over recordings made through the
+//! real PostgreSQL path with psql, driven over HTTPS by curl: pages, the player's API, search,
+//! export, what a reviewer may not do, hostile recorded text, a tampered recording, and every
+//! look recorded as a signed `session.recording.access` event.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use common::proxy::{Proxy, ALICE_PASSWORD};
+
+const ANA_PASSWORD: &str = "ana-reviews-everything";
+const RUI_PASSWORD: &str = "rui-sees-one-database";
+
+struct Console {
+    root: PathBuf,
+    config: PathBuf,
+    port: u16,
+    ca: String,
+    child: Child,
+}
+
+struct Reply {
+    status: u16,
+    headers: String,
+    body: String,
+}
+
+impl Console {
+    /// `dbtape review` over the proxy's recordings, with ana (auditor) and rui (reviewer of
+    /// database "other" only).
+    fn start(proxy: &Proxy) -> Console {
+        let root = proxy.root.path().to_path_buf();
+        let certs = proxy.services.get("CERTS").to_string();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let config = root.join("review.toml");
+        let text = format!(
+            "[recording]\ndir = \"{root}/recordings\"\nsigning_key = \"{root}/key\"\n\n[review]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"{certs}/server.crt\"\ntls_key = \"{certs}/server.key\"\nreviewers_file = \"{root}/reviewers.toml\"\naccess_signing_key = \"{root}/review-key\"\n",
+            root = root.display()
+        );
+        std::fs::write(&config, text).unwrap();
+        for (name, password, extra) in
+            [("ana", ANA_PASSWORD, vec![]), ("rui", RUI_PASSWORD, vec!["--role", "reviewer", "--database", "other"])]
+        {
+            let mut add = common::dbtape_bin()
+                .args(["reviewer", "add", name, "--password-stdin", "--config"])
+                .arg(&config)
+                .args(extra)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            std::io::Write::write_all(add.stdin.as_mut().unwrap(), format!("{password}\n").as_bytes()).unwrap();
+            assert!(add.wait().unwrap().success());
+        }
+        let reviewers = std::fs::read_to_string(root.join("reviewers.toml")).unwrap();
+        assert!(!reviewers.contains(ANA_PASSWORD) && reviewers.contains("SCRAM-SHA-256$"), "only verifiers are stored");
+        let child = common::dbtape_bin().arg("review").arg("--config").arg(&config).stderr(Stdio::piped()).spawn().unwrap();
+        let console = Console { root, config, port, ca: format!("{certs}/ca.crt"), child };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return console;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("dbtape review never listened on {port}");
+    }
+
+    fn jar(&self, name: &str) -> PathBuf {
+        self.root.join(format!("{name}.cookies"))
+    }
+
+    /// One request with curl (the cookie jar `jar`, if given), following no redirect.
+    fn request(&self, jar: Option<&Path>, method: &str, path: &str, form: &[(&str, &str)], headers: &[&str]) -> Reply {
+        let mut curl = Command::new("curl");
+        curl.args(["-s", "-i", "--cacert", &self.ca, "-X", method]);
+        if let Some(jar) = jar {
+            curl.arg("-b").arg(jar).arg("-c").arg(jar);
+        }
+        for header in headers {
+            curl.args(["-H", header]);
+        }
+        for (key, value) in form {
+            curl.arg("--data-urlencode").arg(format!("{key}={value}"));
+        }
+        curl.arg(format!("https://localhost:{}{path}", self.port));
+        let out = curl.output().unwrap();
+        assert!(out.status.success(), "curl {path}: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        Reply { status, headers: head.to_lowercase(), body: body.to_string() }
+    }
+
+    fn get(&self, jar: &Path, path: &str) -> Reply {
+        self.request(Some(jar), "GET", path, &[], &[])
+    }
+
+    /// Logs `name` in; the jar then holds the console's session cookie.
+    fn login(&self, name: &str, password: &str) -> (PathBuf, Reply) {
+        let jar = self.jar(name);
+        let page = self.get(&jar, "/login");
+        let csrf = field(&page.body, "csrf");
+        let reply = self.request(Some(&jar), "POST", "/login", &[("name", name), ("password", password), ("csrf", &csrf)], &[]);
+        (jar, reply)
+    }
+
+    /// `dbtape <args> --config review.toml`: (success, stdout, stderr).
+    fn dbtape(&self, args: &[&str]) -> (bool, String, String) {
+        let out = common::dbtape_bin().args(args).arg("--config").arg(&self.config).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+impl Drop for Console {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of the hidden input `name` in a page.
+fn field(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html.find(&marker).unwrap_or_else(|| panic!("no {name} field in {html}")) + marker.len();
+    html[start..].split('"').next().unwrap().to_string()
+}
+
+fn assert_security_headers(reply: &Reply) {
+    for header in [
+        "content-security-policy: default-src 'none'; script-src 'self'",
+        "frame-ancestors 'none'",
+        "x-content-type-options: nosniff",
+        "strict-transport-security: max-age=31536000",
+        "cache-control: no-store",
+    ] {
+        assert!(reply.headers.contains(header), "{header} missing from\n{}", reply.headers);
+    }
+}
+
+/// What a recorded statement may contain to attack a reviewer's page.
+const HOSTILE: &str = "SELECT '<script>document.title=\"pwned\"</script>' AS zebra, '<img src=x onerror=alert(1)>' AS b, '<a hx-get=\"/logout\" href=\"javascript:alert(2)\">x</a>' AS c, '\u{1b}[31mred\u{202e}evil' AS d";
+
+/// Records alice's hostile statement and a failing one, stops the proxy (sealing the
+/// recording) and returns the session's id.
+async fn record_sessions(proxy: &mut Proxy) -> String {
+    let (_, out, err) = proxy
+        .psql(proxy.conninfo("alice", ""), Some(ALICE_PASSWORD), vec!["-c".into(), HOSTILE.into(), "-c".into(), "SELECT 1/0".into()])
+        .await;
+    assert!(out.contains("pwned") && err.contains("division by zero"), "{out}{err}");
+    proxy.stop().await;
+    let sessions = proxy.sessions();
+    let session = sessions.iter().rev().find(|s| !s.is_empty()).unwrap_or_else(|| panic!("no session recorded: {out}{err}"));
+    let sid = session[0]["sid"].as_str().unwrap().to_string();
+    sid
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reviewer_lists_plays_searches_and_exports_and_every_look_is_recorded() {
+    let mut proxy = Proxy::start().await;
+    let sid = record_sessions(&mut proxy).await;
+    let console = Console::start(&proxy);
+
+    let (jar, login) = console.login("ana", ANA_PASSWORD);
+    assert_eq!(login.status, 303, "{}", login.body);
+    assert!(login.headers.contains("location: /sessions"));
+    assert!(
+        login.headers.contains("__host-dbtape-review=") && login.headers.contains("httponly") && login.headers.contains("samesite=strict")
+    );
+
+    let list = console.get(&jar, "/sessions?user=alice&protocol=postgres");
+    assert_eq!(list.status, 200);
+    assert_security_headers(&list);
+    assert!(list.body.contains(&sid), "{}", list.body);
+    assert!(list.body.contains("class=\"integrity ok\"") && list.body.contains(">verified<"), "{}", list.body);
+    let nobody = console.get(&jar, "/sessions?user=nobody");
+    assert!(!nobody.body.contains(&sid) && nobody.body.contains("No sessions match"));
+
+    let page = console.get(&jar, &format!("/sessions/{sid}"));
+    assert_eq!(page.status, 200);
+    assert_security_headers(&page);
+    assert!(page.body.contains("id=\"player\"") && page.body.contains(">verified<"), "{}", page.body);
+
+    // The player's steps: what `play` prints, recorded text as JSON text.
+    let steps = console.get(&jar, &format!("/api/sessions/{sid}/steps?from=0&limit=50"));
+    assert_eq!(steps.status, 200, "{}", steps.body);
+    let steps: serde_json::Value = serde_json::from_str(&steps.body).unwrap();
+    let texts: Vec<&str> = steps["steps"].as_array().unwrap().iter().map(|s| s["text"].as_str().unwrap()).collect();
+    let all = texts.join("\n");
+    assert!(all.contains("postgres=> SELECT '<script>document.title"), "{all}");
+    assert!(all.contains("division by zero"), "{all}");
+    assert!(all.contains("red\\u{202e}evil") && !all.contains('\u{202e}'), "the bidi override is shown, not applied: {all}");
+    assert!(!all.contains('\u{1b}'), "no terminal escape reaches the page: {all}");
+    let ei = steps["steps"][1]["ei"].as_u64().unwrap();
+    let event = console.get(&jar, &format!("/api/sessions/{sid}/events/{ei}"));
+    assert!(event.headers.contains("content-type: application/json"));
+    let event: serde_json::Value = serde_json::from_str(&event.body).unwrap();
+    assert_eq!(event["ei"].as_u64(), Some(ei));
+
+    // Search finds the statement by a word in it; the page shows it as inert text.
+    let search = console.get(&jar, "/search?text=zebra");
+    assert_eq!(search.status, 200);
+    assert_security_headers(&search);
+    assert!(search.body.contains(&format!("/sessions/{sid}?at=")), "{}", search.body);
+    assert!(search.body.contains("&#60;script&#62;") || search.body.contains("&lt;script&gt;"), "{}", search.body);
+    assert!(!search.body.contains("<script>document") && !search.body.contains("<img src=x") && !search.body.contains("<a hx-get"));
+
+    let export = console.get(&jar, &format!("/export?sid={sid}"));
+    assert_eq!(export.status, 200);
+    assert!(export.headers.contains("content-type: application/x-ndjson"));
+    assert!(export.headers.contains(&format!("content-disposition: attachment; filename=\"{sid}.ndjson\"")));
+    assert!(export.body.lines().count() >= 4 && export.body.contains("zebra"));
+
+    let logout = console.request(Some(&jar), "POST", "/logout", &[("csrf", &field(&list.body, "csrf"))], &[]);
+    assert_eq!(logout.status, 303);
+    assert_eq!(console.get(&jar, "/sessions").status, 303, "logged out");
+
+    // Every look is an event in a signed, chained reviewer-access recording.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (ok, out, err) = console.dbtape(&["export", "--event", "session.recording.access"]);
+    assert!(ok, "{err}");
+    let access: Vec<serde_json::Value> = out.lines().map(|l| common::assert_schema_valid(l.as_bytes())).collect();
+    let actions: Vec<(String, String)> = access
+        .iter()
+        .map(|e| (e["action"].as_str().unwrap().to_string(), e["session_id"].as_str().unwrap_or_default().to_string()))
+        .collect();
+    for expected in ["session.view", "session.steps", "session.event", "export"] {
+        assert!(actions.contains(&(expected.to_string(), sid.clone())), "{expected} of {sid} not in {actions:?}");
+    }
+    assert!(actions.iter().any(|(a, _)| a == "search") && actions.iter().any(|(a, _)| a == "login"));
+    assert!(access.iter().all(|e| e["user"] == "ana" && e["code"] == "T2012I" && e["db_protocol"] == "review"));
+    assert!(access.iter().all(|e| e["addr.remote"].as_str().unwrap().starts_with("127.0.0.1:")));
+    // The console signs with a key of its own (made at its first start); a reviewer who
+    // trusts it, as `recording.trusted_keys` says, verifies what it recorded.
+    let text = std::fs::read_to_string(&console.config).unwrap();
+    let trusted = format!("trusted_keys = [\"{}/review-key.pub\"]\n", console.root.display());
+    std::fs::write(&console.config, text.replacen("signing_key = ", &format!("{trusted}signing_key = "), 1)).unwrap();
+    let access_sid = access[0]["sid"].as_str().unwrap();
+    let (ok, out, err) = console.dbtape(&["verify", access_sid]);
+    assert!(ok, "the access recording verifies: {out}{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_refuses_what_a_reviewer_may_not_do_and_marks_a_tampered_recording() {
+    let mut proxy = Proxy::start().await;
+    let sid = record_sessions(&mut proxy).await;
+    let console = Console::start(&proxy);
+    let stranger = console.jar("stranger");
+
+    // No login: pages go to the login page, the API and exports answer 401.
+    let page = console.get(&stranger, "/sessions");
+    assert_eq!(page.status, 303);
+    assert!(page.headers.contains("location: /login"));
+    assert_security_headers(&page);
+    assert_eq!(console.get(&stranger, &format!("/api/sessions/{sid}/steps")).status, 401);
+    assert_eq!(console.get(&stranger, &format!("/export?sid={sid}")).status, 401);
+
+    // A wrong password, and a login form that did not come from the console.
+    let (_, wrong) = console.login("ana", "not-the-password");
+    assert_eq!(wrong.status, 401);
+    assert!(wrong.body.contains("Wrong name or password"));
+    let forged =
+        console.request(Some(&stranger), "POST", "/login", &[("name", "ana"), ("password", ANA_PASSWORD), ("csrf", "forged")], &[]);
+    assert_eq!(forged.status, 403);
+
+    // rui may see database "other" only.
+    let (rui, login) = console.login("rui", RUI_PASSWORD);
+    assert_eq!(login.status, 303);
+    assert!(!console.get(&rui, "/sessions").body.contains(&sid));
+    assert_eq!(console.get(&rui, &format!("/sessions/{sid}")).status, 404);
+    assert_eq!(console.get(&rui, &format!("/api/sessions/{sid}/steps")).status, 404);
+    assert_eq!(console.get(&rui, &format!("/export?sid={sid}")).status, 404);
+    assert!(!console.get(&rui, "/search?text=zebra").body.contains(&sid));
+
+    // State changes need the session's CSRF token, and never come from another site.
+    let list = console.get(&rui, "/sessions");
+    let csrf = field(&list.body, "csrf");
+    assert_eq!(console.request(Some(&rui), "POST", "/logout", &[("csrf", "wrong")], &[]).status, 403);
+    let cross = console.request(Some(&rui), "POST", "/logout", &[("csrf", &csrf)], &["Sec-Fetch-Site: cross-site"]);
+    assert_eq!(cross.status, 403);
+    assert_eq!(console.get(&rui, "/sessions").status, 200, "still logged in");
+
+    // A recording altered after sealing is marked on the list and on its page.
+    let path = proxy.store.recording_path(&sid);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x5a;
+    std::fs::write(&path, bytes).unwrap();
+    let (ana, _) = console.login("ana", ANA_PASSWORD);
+    let list = console.get(&ana, "/sessions");
+    let row = list.body.split("<tr>").find(|r| r.contains(&sid)).unwrap_or_else(|| panic!("{}", list.body));
+    assert!(row.contains("integrity tampered") && row.contains("TAMPERED"), "{row}");
+    let page = console.get(&ana, &format!("/sessions/{sid}"));
+    assert!(page.body.contains("integrity tampered") && page.body.contains("TAMPERED"), "{}", page.body);
+
+    // The refused login is recorded too.
+    drop(console);
+    let review = proxy.root.path().join("review.toml");
+    let out = common::dbtape_bin().args(["export", "--event", "session.recording.access", "--config"]).arg(&review).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().any(|l| l.contains("\"action\":\"login\"") && l.contains("\"success\":false") && l.contains("\"user\":\"ana\"")),
+        "{text}"
+    );
+}
