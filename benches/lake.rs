@@ -64,7 +64,7 @@ fn statement(protocol: Protocol, r: u64) -> EventBody {
 fn dynamodb_request(r: u64) -> EventBody {
     let (target, body) = match r % 50 {
         0 => ("CreateTable", format!(r#"{{"TableName":"scratch_{}","BillingMode":"PAY_PER_REQUEST"}}"#, r % 5)),
-        _ if r % 2 == 0 => ("GetItem", format!(r#"{{"TableName":"orders","Key":{{"id":{{"S":"o-{}"}}}}}}"#, r % 100_000)),
+        _ if r.is_multiple_of(2) => ("GetItem", format!(r#"{{"TableName":"orders","Key":{{"id":{{"S":"o-{}"}}}}}}"#, r % 100_000)),
         _ => ("PutItem", format!(r#"{{"TableName":"orders","Item":{{"id":{{"S":"o-{}"}},"total":{{"N":"{}"}}}}}}"#, r % 100_000, r % 977)),
     };
     EventBody::DynamoDbRequest {

@@ -58,7 +58,7 @@ pub async fn steps(
     let Some(summary) = visible_session(&console, &login.reviewer, &sid) else { return not_found() };
     let limit = if query.limit == 0 { 200 } else { query.limit.min(1000) };
     if let Err(refused) = login.audit("session.steps", &summary.sid, &format!("from ei {} (at most {limit} steps)", query.from)) {
-        return refused;
+        return refused.into_response();
     }
     let store = console.catalog.store().clone();
     let page = tokio::task::spawn_blocking(move || -> std::io::Result<Steps> {
@@ -87,7 +87,7 @@ pub async fn steps(
 pub async fn event(State(console): State<Arc<Console>>, Authed(login): Authed, Path((sid, ei)): Path<(String, u64)>) -> Response {
     let Some(summary) = visible_session(&console, &login.reviewer, &sid) else { return not_found() };
     if let Err(refused) = login.audit("session.event", &summary.sid, &format!("ei {ei}")) {
-        return refused;
+        return refused.into_response();
     }
     let store = console.catalog.store().clone();
     let found = tokio::task::spawn_blocking(move || -> std::io::Result<Option<Vec<u8>>> {
@@ -129,7 +129,7 @@ pub async fn follow(
 ) -> Response {
     let Some(summary) = visible_session(&console, &login.reviewer, &sid) else { return not_found() };
     if let Err(refused) = login.audit("session.follow", &summary.sid, &format!("from ei {}", query.from)) {
-        return refused;
+        return refused.into_response();
     }
     let store = console.catalog.store().clone();
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Event, Infallible>>(256);
@@ -163,7 +163,7 @@ pub struct ExportQuery {
 pub async fn export(State(console): State<Arc<Console>>, Authed(login): Authed, Query(query): Query<ExportQuery>) -> Response {
     let Some(summary) = visible_session(&console, &login.reviewer, &query.sid) else { return not_found() };
     if let Err(refused) = login.audit("export", &summary.sid, "NDJSON") {
-        return refused;
+        return refused.into_response();
     }
     let store = console.catalog.store().clone();
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(16);

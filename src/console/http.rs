@@ -50,12 +50,12 @@ pub struct Login {
 impl Login {
     /// Records what the reviewer did. A recording that cannot be written ends the login:
     /// a look that is not recorded is not allowed.
-    pub fn audit(&self, action: &str, session_id: &str, detail: &str) -> Result<(), Response> {
-        let guard = self.log.lock().map_err(|_| unavailable())?;
-        let log = guard.as_ref().ok_or_else(unavailable)?;
+    pub fn audit(&self, action: &str, session_id: &str, detail: &str) -> Result<(), Unrecorded> {
+        let guard = self.log.lock().map_err(|_| Unrecorded)?;
+        let log = guard.as_ref().ok_or(Unrecorded)?;
         record(log, action, session_id, detail, true).map_err(|e| {
             tracing::error!(error = %e, "console: cannot record a reviewer's access; refusing it");
-            unavailable()
+            Unrecorded
         })
     }
 
@@ -70,8 +70,13 @@ impl Login {
     }
 }
 
-fn unavailable() -> Response {
-    (StatusCode::SERVICE_UNAVAILABLE, "the console cannot record this access, so it is refused").into_response()
+/// A look the console could not record, and so refuses.
+pub struct Unrecorded;
+
+impl IntoResponse for Unrecorded {
+    fn into_response(self) -> Response {
+        (StatusCode::SERVICE_UNAVAILABLE, "the console cannot record this access, so it is refused").into_response()
+    }
 }
 
 /// The client's address, put on each request by the accept loop.

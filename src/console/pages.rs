@@ -171,7 +171,7 @@ struct SessionsPage {
 pub async fn sessions(State(console): State<Arc<Console>>, Authed(login): Authed, Query(filter): Query<SessionFilter>) -> Response {
     let detail = serde_urlencoded::to_string(&filter).unwrap_or_default();
     if let Err(refused) = login.audit("sessions.list", "", &detail) {
-        return refused;
+        return refused.into_response();
     }
     let range = crate::review::time_range(non_empty(&filter.since), non_empty(&filter.until));
     let (range, error) = match range {
@@ -226,7 +226,7 @@ pub async fn session(
         return error_page(StatusCode::NOT_FOUND, "No such session, or not one you may see.");
     };
     if let Err(refused) = login.audit("session.view", &summary.sid, &format!("at ei {}", query.at)) {
-        return refused;
+        return refused.into_response();
     }
     let page_console = console.clone();
     let built = tokio::task::spawn_blocking(move || {
@@ -307,7 +307,7 @@ pub async fn search(State(console): State<Arc<Console>>, Authed(login): Authed, 
         return render(&page);
     }
     if let Err(refused) = login.audit("search", "", &serde_urlencoded::to_string(&form).unwrap_or_default()) {
-        return refused;
+        return refused.into_response();
     }
     let reviewer = login.reviewer.clone();
     let store = console.catalog.store().clone();
