@@ -109,6 +109,14 @@ fn the_example_config_is_valid_and_documents_defaults() {
         "database",
         "db_users",
         "db_names",
+        "tls_cert",
+        "tls_key",
+        "reviewers_file",
+        "access_dir",
+        "access_signing_key",
+        "session_ttl",
+        "page_size",
+        "group_gap",
     ] {
         assert!(text.contains(&format!("{key} =")), "examples/dbtape.toml does not document {key}");
     }
