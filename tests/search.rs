@@ -159,7 +159,8 @@ async fn an_auditors_questions_are_answered_from_the_recordings() {
     assert_eq!(count.trim(), "10");
     let (ok, table, _) = review.run(&["search", "--table", &t, "--user", "bob"]);
     assert!(ok);
-    assert!(table.contains("[READ] SELECT sum(amount)"), "{table}");
+    // Each hit as `play` shows it: psql's prompt and the statement.
+    assert!(table.contains("[READ] postgres=> SELECT sum(amount)"), "{table}");
 
     // The review summary: per user and database, statements by class, refusals, errors,
     // and the privileged statements themselves.

@@ -77,7 +77,7 @@ pub fn search(store: &StoreArgs, args: SearchArgs, format: DataFormat, count: bo
             for hit in &outcome.hits {
                 let time = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(hit.time_ms).unwrap_or_default();
                 let field = |key: &str| hit.event.get(key).and_then(serde_json::Value::as_str).unwrap_or_default().to_string();
-                let what = what_of(&hit.event);
+                let what = what_of(&hit.event, &hit.line);
                 let room = width.saturating_sub(19 + 2 + 13 + 13 + 37 + 6 + 2).max(20);
                 let what: String = safe(&what).chars().map(|c| if c == '\n' { ' ' } else { c }).take(room).collect();
                 writeln!(
@@ -105,7 +105,7 @@ fn write_shapes(out: &mut impl Write, hits: &[crate::search::Hit], format: DataF
         if classified.fingerprint.is_empty() {
             continue;
         }
-        let entry = shapes.entry(classified.fingerprint).or_insert_with(|| (0, what_of(&hit.event)));
+        let entry = shapes.entry(classified.fingerprint).or_insert_with(|| (0, what_of(&hit.event, &hit.line)));
         entry.0 += 1;
     }
     let mut shapes: Vec<(String, (u64, String))> = shapes.into_iter().collect();
@@ -127,12 +127,15 @@ fn write_shapes(out: &mut impl Write, hits: &[crate::search::Hit], format: DataF
     }
 }
 
-/// The hit's statement, or what else tells the event apart.
-fn what_of(event: &serde_json::Value) -> String {
+/// The hit's statement as `play` shows it (psql's, mongosh's or the DynamoDB line, as the
+/// console shows it too), or what else tells the event apart.
+fn what_of(event: &serde_json::Value, line: &[u8]) -> String {
     let field = |key: &str| event.get(key).and_then(serde_json::Value::as_str).unwrap_or_default();
     let class = crate::statement::classify_event(event).and_then(|c| c.class()).map(|c| format!("[{}] ", c.as_str())).unwrap_or_default();
     let text = match field("event") {
-        "db.session.dynamodb.request" => format!("{} {}", field("target"), event.get("body").map(|b| b.to_string()).unwrap_or_default()),
+        "db.session.dynamodb.request" => crate::replay::screen::render_event("dynamodb", line)
+            .map(|shown| shown.split("\r\n").map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" "))
+            .unwrap_or_else(|| format!("{} {}", field("target"), event.get("body").map(|b| b.to_string()).unwrap_or_default())),
         "db.session.postgres.statements.bind" => {
             use crate::statement::parameters::{numbered, of_bind_event, quote_literal};
             let raw = || -> Vec<String> {
@@ -142,7 +145,10 @@ fn what_of(event: &serde_json::Value) -> String {
             let shown = of_bind_event(event).unwrap_or_else(raw);
             format!("bind {} ({})", quote_literal(field("statement_name")), numbered(&shown))
         }
-        _ if !field("db_query").is_empty() => field("db_query").to_string(),
+        _ if !field("db_query").is_empty() => crate::replay::screen::render_event(field("db_protocol"), line)
+            .map(|shown| shown.split("\r\n").map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" "))
+            .filter(|shown| !shown.is_empty())
+            .unwrap_or_else(|| field("db_query").to_string()),
         kind if !field("error").is_empty() => format!("{kind}: {}", field("error")),
         kind => kind.to_string(),
     };
