@@ -54,7 +54,12 @@
   async function showJson(ei) {
     const response = await fetch(`/api/sessions/${encodeURIComponent(sid)}/events/${ei}`, { credentials: "same-origin" });
     const text = await response.text();
-    try { json.textContent = JSON.stringify(JSON.parse(text), null, 2); } catch (e) { json.textContent = text; }
+    let shown;
+    try { shown = JSON.stringify(JSON.parse(text), null, 2); } catch (e) { shown = text; }
+    // JSON.stringify leaves bidirectional overrides and C1 controls as they are: escape them,
+    // so what the reviewer reads is what was recorded, in the order it was recorded.
+    json.textContent = shown.replace(/[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ufeff]/g,
+      (c) => "\\u" + c.charCodeAt(0).toString(16).padStart(4, "0"));
     json.hidden = false;
   }
 

@@ -5,139 +5,8 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-
+use common::console::{assert_security_headers, field, Console, ANA_PASSWORD, RUI_PASSWORD};
 use common::proxy::{Proxy, ALICE_PASSWORD};
-
-const ANA_PASSWORD: &str = "ana-reviews-everything";
-const RUI_PASSWORD: &str = "rui-sees-one-database";
-
-struct Console {
-    root: PathBuf,
-    config: PathBuf,
-    port: u16,
-    ca: String,
-    child: Child,
-}
-
-struct Reply {
-    status: u16,
-    headers: String,
-    body: String,
-}
-
-impl Console {
-    /// `dbtape review` over the proxy's recordings, with ana (auditor) and rui (reviewer of
-    /// database "other" only).
-    fn start(proxy: &Proxy) -> Console {
-        let root = proxy.root.path().to_path_buf();
-        let certs = proxy.services.get("CERTS").to_string();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let config = root.join("review.toml");
-        let text = format!(
-            "[recording]\ndir = \"{root}/recordings\"\nsigning_key = \"{root}/key\"\n\n[review]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"{certs}/server.crt\"\ntls_key = \"{certs}/server.key\"\nreviewers_file = \"{root}/reviewers.toml\"\naccess_signing_key = \"{root}/review-key\"\n",
-            root = root.display()
-        );
-        std::fs::write(&config, text).unwrap();
-        for (name, password, extra) in
-            [("ana", ANA_PASSWORD, vec![]), ("rui", RUI_PASSWORD, vec!["--role", "reviewer", "--database", "other"])]
-        {
-            let mut add = common::dbtape_bin()
-                .args(["reviewer", "add", name, "--password-stdin", "--config"])
-                .arg(&config)
-                .args(extra)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap();
-            std::io::Write::write_all(add.stdin.as_mut().unwrap(), format!("{password}\n").as_bytes()).unwrap();
-            assert!(add.wait().unwrap().success());
-        }
-        let reviewers = std::fs::read_to_string(root.join("reviewers.toml")).unwrap();
-        assert!(!reviewers.contains(ANA_PASSWORD) && reviewers.contains("SCRAM-SHA-256$"), "only verifiers are stored");
-        let child = common::dbtape_bin().arg("review").arg("--config").arg(&config).stderr(Stdio::piped()).spawn().unwrap();
-        let console = Console { root, config, port, ca: format!("{certs}/ca.crt"), child };
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return console;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        panic!("dbtape review never listened on {port}");
-    }
-
-    fn jar(&self, name: &str) -> PathBuf {
-        self.root.join(format!("{name}.cookies"))
-    }
-
-    /// One request with curl (the cookie jar `jar`, if given), following no redirect.
-    fn request(&self, jar: Option<&Path>, method: &str, path: &str, form: &[(&str, &str)], headers: &[&str]) -> Reply {
-        let mut curl = Command::new("curl");
-        curl.args(["-s", "-i", "--cacert", &self.ca, "-X", method]);
-        if let Some(jar) = jar {
-            curl.arg("-b").arg(jar).arg("-c").arg(jar);
-        }
-        for header in headers {
-            curl.args(["-H", header]);
-        }
-        for (key, value) in form {
-            curl.arg("--data-urlencode").arg(format!("{key}={value}"));
-        }
-        curl.arg(format!("https://localhost:{}{path}", self.port));
-        let out = curl.output().unwrap();
-        assert!(out.status.success(), "curl {path}: {}", String::from_utf8_lossy(&out.stderr));
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        Reply { status, headers: head.to_lowercase(), body: body.to_string() }
-    }
-
-    fn get(&self, jar: &Path, path: &str) -> Reply {
-        self.request(Some(jar), "GET", path, &[], &[])
-    }
-
-    /// Logs `name` in; the jar then holds the console's session cookie.
-    fn login(&self, name: &str, password: &str) -> (PathBuf, Reply) {
-        let jar = self.jar(name);
-        let page = self.get(&jar, "/login");
-        let csrf = field(&page.body, "csrf");
-        let reply = self.request(Some(&jar), "POST", "/login", &[("name", name), ("password", password), ("csrf", &csrf)], &[]);
-        (jar, reply)
-    }
-
-    /// `dbtape <args> --config review.toml`: (success, stdout, stderr).
-    fn dbtape(&self, args: &[&str]) -> (bool, String, String) {
-        let out = common::dbtape_bin().args(args).arg("--config").arg(&self.config).output().unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
-impl Drop for Console {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The value of the hidden input `name` in a page.
-fn field(html: &str, name: &str) -> String {
-    let marker = format!("name=\"{name}\" value=\"");
-    let start = html.find(&marker).unwrap_or_else(|| panic!("no {name} field in {html}")) + marker.len();
-    html[start..].split('"').next().unwrap().to_string()
-}
-
-fn assert_security_headers(reply: &Reply) {
-    for header in [
-        "content-security-policy: default-src 'none'; script-src 'self'",
-        "frame-ancestors 'none'",
-        "x-content-type-options: nosniff",
-        "strict-transport-security: max-age=31536000",
-        "cache-control: no-store",
-    ] {
-        assert!(reply.headers.contains(header), "{header} missing from\n{}", reply.headers);
-    }
-}
 
 /// What a recorded statement may contain to attack a reviewer's page.
 const HOSTILE: &str = "SELECT '<script>document.title=\"pwned\"</script>' AS zebra, '<img src=x onerror=alert(1)>' AS b, '<a hx-get=\"/logout\" href=\"javascript:alert(2)\">x</a>' AS c, '\u{1b}[31mred\u{202e}evil' AS d";
@@ -234,8 +103,8 @@ async fn a_reviewer_lists_plays_searches_and_exports_and_every_look_is_recorded(
     // The console signs with a key of its own (made at its first start); a reviewer who
     // trusts it, as `recording.trusted_keys` says, verifies what it recorded.
     let text = std::fs::read_to_string(&console.config).unwrap();
-    let trusted = format!("trusted_keys = [\"{}/review-key.pub\"]\n", console.root.display());
-    std::fs::write(&console.config, text.replacen("signing_key = ", &format!("{trusted}signing_key = "), 1)).unwrap();
+    let trusted = format!("trusted_keys = [\"{}/review-key.pub\"]", console.root.display());
+    std::fs::write(&console.config, text.replacen("trusted_keys = []", &trusted, 1)).unwrap();
     let access_sid = access[0]["sid"].as_str().unwrap();
     let (ok, out, err) = console.dbtape(&["verify", access_sid]);
     assert!(ok, "the access recording verifies: {out}{err}");

@@ -35,7 +35,7 @@ pub struct SessionFilter {
 pub struct Catalog {
     store: RecordingStore,
     sessions: RwLock<Arc<Vec<SessionSummary>>>,
-    integrity: Mutex<HashMap<String, (u64, Arc<VerifyReport>)>>,
+    integrity: Mutex<HashMap<String, (FileStamp, Arc<VerifyReport>)>>,
     keys: KeyRing,
 }
 
@@ -114,9 +114,9 @@ impl Catalog {
     }
 
     /// The recording's verification, as `dbtape verify` computes it; recomputed when the
-    /// recording has grown since.
+    /// recording or its manifest has changed in any way since (see `FileStamp`).
     pub fn integrity(&self, sid: &str) -> Arc<VerifyReport> {
-        let size = std::fs::metadata(self.store.recording_path(sid)).map(|m| m.len()).unwrap_or(0);
+        let size = FileStamp::of(&self.store.recording_path(sid), &self.store.manifest_path(sid));
         if let Ok(cache) = self.integrity.lock() {
             if let Some((cached, report)) = cache.get(sid) {
                 if *cached == size {
@@ -129,6 +129,21 @@ impl Catalog {
             cache.insert(sid.to_string(), (size, report.clone()));
         }
         report
+    }
+}
+
+/// What tells a file changed: size, inode and the inode's change time of the recording and
+/// its manifest. A byte rewritten in place keeps the size, and whoever rewrites it can set
+/// the modification time back, but not the change time, which only the kernel sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp([(u64, u64, i64, i64); 2]);
+
+impl FileStamp {
+    fn of(recording: &std::path::Path, manifest: &std::path::Path) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        let stamp =
+            |path: &std::path::Path| std::fs::metadata(path).map(|m| (m.len(), m.ino(), m.ctime(), m.ctime_nsec())).unwrap_or((0, 0, 0, 0));
+        FileStamp([stamp(recording), stamp(manifest)])
     }
 }
 

@@ -1,6 +1,7 @@
 //! Shared test helpers: session contexts, recorders in temp dirs, schema validation.
 #![allow(dead_code)]
 
+pub mod console;
 pub mod dynamo;
 pub mod mongo;
 pub mod proxy;

@@ -1,0 +1,144 @@
+//! The review console (`dbtape review`, the real binary) over a proxy's recordings, and
+//! HTTPS requests to it with curl.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use super::proxy::Proxy;
+
+pub const ANA_PASSWORD: &str = "ana-reviews-everything";
+pub const RUI_PASSWORD: &str = "rui-sees-one-database";
+
+pub struct Console {
+    pub root: PathBuf,
+    pub config: PathBuf,
+    pub port: u16,
+    pub ca: String,
+    child: Child,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: String,
+    pub body: String,
+}
+
+impl Console {
+    /// `dbtape review` over the proxy's recordings, with ana (auditor) and rui (reviewer of
+    /// database "other" only).
+    pub fn start(proxy: &Proxy) -> Console {
+        Self::start_trusting(proxy, &[])
+    }
+
+    /// As `start`, trusting the signing keys (their `.pub` files) of other proxies whose
+    /// recordings were copied into this proxy's folder.
+    pub fn start_trusting(proxy: &Proxy, trusted: &[PathBuf]) -> Console {
+        let root = proxy.root.path().to_path_buf();
+        let certs = proxy.services.get("CERTS").to_string();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let config = root.join("review.toml");
+        let text = format!(
+            "[recording]\ndir = \"{root}/recordings\"\nsigning_key = \"{root}/key\"\ntrusted_keys = {trusted:?}\n\n[review]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"{certs}/server.crt\"\ntls_key = \"{certs}/server.key\"\nreviewers_file = \"{root}/reviewers.toml\"\naccess_signing_key = \"{root}/review-key\"\n",
+            root = root.display(),
+            trusted = trusted.iter().map(|p| p.display().to_string()).collect::<Vec<_>>()
+        );
+        std::fs::write(&config, text).unwrap();
+        for (name, password, extra) in
+            [("ana", ANA_PASSWORD, vec![]), ("rui", RUI_PASSWORD, vec!["--role", "reviewer", "--database", "other"])]
+        {
+            let mut add = super::dbtape_bin()
+                .args(["reviewer", "add", name, "--password-stdin", "--config"])
+                .arg(&config)
+                .args(extra)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            std::io::Write::write_all(add.stdin.as_mut().unwrap(), format!("{password}\n").as_bytes()).unwrap();
+            assert!(add.wait().unwrap().success());
+        }
+        let reviewers = std::fs::read_to_string(root.join("reviewers.toml")).unwrap();
+        assert!(!reviewers.contains(ANA_PASSWORD) && reviewers.contains("SCRAM-SHA-256$"), "only verifiers are stored");
+        let log = std::fs::File::create(root.join("review.log")).unwrap();
+        let child = super::dbtape_bin().arg("review").arg("--config").arg(&config).stderr(log).spawn().unwrap();
+        let console = Console { root, config, port, ca: format!("{certs}/ca.crt"), child };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return console;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("dbtape review never listened on {port}");
+    }
+
+    pub fn jar(&self, name: &str) -> PathBuf {
+        self.root.join(format!("{name}.cookies"))
+    }
+
+    /// One request with curl (the cookie jar `jar`, if given), following no redirect.
+    pub fn request(&self, jar: Option<&Path>, method: &str, path: &str, form: &[(&str, &str)], headers: &[&str]) -> Reply {
+        let mut curl = Command::new("curl");
+        curl.args(["-s", "-i", "--cacert", &self.ca, "-X", method]);
+        if let Some(jar) = jar {
+            curl.arg("-b").arg(jar).arg("-c").arg(jar);
+        }
+        for header in headers {
+            curl.args(["-H", header]);
+        }
+        for (key, value) in form {
+            curl.arg("--data-urlencode").arg(format!("{key}={value}"));
+        }
+        curl.arg(format!("https://localhost:{}{path}", self.port));
+        let out = curl.output().unwrap();
+        assert!(out.status.success(), "curl {path}: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        Reply { status, headers: head.to_lowercase(), body: body.to_string() }
+    }
+
+    pub fn get(&self, jar: &Path, path: &str) -> Reply {
+        self.request(Some(jar), "GET", path, &[], &[])
+    }
+
+    /// Logs `name` in; the jar then holds the console's session cookie.
+    pub fn login(&self, name: &str, password: &str) -> (PathBuf, Reply) {
+        let jar = self.jar(name);
+        let page = self.get(&jar, "/login");
+        let csrf = field(&page.body, "csrf");
+        let reply = self.request(Some(&jar), "POST", "/login", &[("name", name), ("password", password), ("csrf", &csrf)], &[]);
+        (jar, reply)
+    }
+
+    /// `dbtape <args> --config review.toml`: (success, stdout, stderr).
+    pub fn dbtape(&self, args: &[&str]) -> (bool, String, String) {
+        let out = super::dbtape_bin().args(args).arg("--config").arg(&self.config).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+impl Drop for Console {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of the hidden input `name` in a page.
+pub fn field(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html.find(&marker).unwrap_or_else(|| panic!("no {name} field in {html}")) + marker.len();
+    html[start..].split('"').next().unwrap().to_string()
+}
+
+pub fn assert_security_headers(reply: &Reply) {
+    for header in [
+        "content-security-policy: default-src 'none'; script-src 'self'",
+        "frame-ancestors 'none'",
+        "x-content-type-options: nosniff",
+        "strict-transport-security: max-age=31536000",
+        "cache-control: no-store",
+    ] {
+        assert!(reply.headers.contains(header), "{header} missing from\n{}", reply.headers);
+    }
+}
