@@ -11,7 +11,7 @@
 //! - only with no comment, no dollar sign (dollar quotes, parameters), no backslash (escape
 //!   strings, `standard_conforming_strings = off`) and no `;` before the end, so where a
 //!   string starts and ends, and so how many statements there are, is never in doubt;
-//! - only with no `?` of its own, so every `?` in a shape is a placeholder;
+//! - only with no `?` of its own, so every `?` in a shape is a placeholder, and no NUL;
 //! - each placeholder names the token the lexer makes of the literal: `?i` an integer that
 //!   fits 32 bits (ICONST), `?f` any other number (FCONST), `?s` a string (SCONST). The
 //!   grammar accepts each kind in different places (`varchar(10)` parses, `varchar(1.5)` and
@@ -29,7 +29,10 @@ const MAX_STATEMENT: usize = 4 * 1024;
 
 /// The statement's shape, or None where it cannot be shaped safely.
 pub fn postgres_shape(sql: &str) -> Option<String> {
-    if sql.len() > MAX_STATEMENT || !begins_with_plain_dml(sql) {
+    // A backslash may end a string early (`standard_conforming_strings = off`), and a NUL
+    // never reaches the server (its messages end strings with one) but cuts the parser's C
+    // string short: a text with either, inside a literal or out, is not shaped.
+    if sql.len() > MAX_STATEMENT || !begins_with_plain_dml(sql) || sql.bytes().any(|b| b == b'\\' || b == 0) {
         return None;
     }
     let bytes = sql.as_bytes();
@@ -40,7 +43,7 @@ pub fn postgres_shape(sql: &str) -> Option<String> {
         let b = bytes[i];
         let before = if i == 0 { b' ' } else { bytes[i - 1] };
         match b {
-            b'$' | b'\\' | b'?' => return None,
+            b'$' | b'?' => return None,
             b'-' if bytes.get(i + 1) == Some(&b'-') => return None,
             b'/' if bytes.get(i + 1) == Some(&b'*') => return None,
             b';' if !bytes[i + 1..].iter().all(|c| c.is_ascii_whitespace() || *c == b';') => return None,
@@ -158,6 +161,8 @@ mod tests {
             "SELECT * FROM t",
             "SELECT 1AS x",
             "SELECT ?s, 1 FROM t",
+            "SELECT interval '1`\0 day' FROM a WHERE v > 0.25",
+            "SELECT 'a\\' FROM t WHERE x = 1",
         ];
         for sql in unshaped {
             assert_eq!(postgres_shape(sql), None, "{sql}");
