@@ -15,11 +15,11 @@ use axum::Json;
 use serde::Serialize;
 
 use super::accounts::Reviewer;
-use super::http::{Authed, Console};
+use super::http::{Authed, Console, Login};
 use super::pages::{visible_session, SearchForm, SearchRow};
 use super::text::visible;
 use crate::recording::events::EventStream;
-use crate::recording::RecordingStore;
+use crate::recording::{RecordingStore, SessionSummary};
 use crate::replay::screen::ScreenSteps;
 
 #[derive(Serialize)]
@@ -47,6 +47,30 @@ fn not_found() -> Response {
     (StatusCode::NOT_FOUND, "no such session, or not one you may see").into_response()
 }
 
+/// Why a look at a session is refused.
+pub enum Denied {
+    /// No such session, or not one the reviewer may see: the same answer for both.
+    NotFound,
+    /// The look could not be recorded.
+    Unrecorded,
+}
+
+impl IntoResponse for Denied {
+    fn into_response(self) -> Response {
+        match self {
+            Denied::NotFound => not_found(),
+            Denied::Unrecorded => super::http::Unrecorded.into_response(),
+        }
+    }
+}
+
+/// The session `sid`, if the reviewer may see it, once the look is recorded as `action`.
+pub fn look(console: &Console, login: &Login, sid: &str, action: &str, detail: &str) -> Result<SessionSummary, Denied> {
+    let summary = visible_session(console, &login.reviewer, sid).ok_or(Denied::NotFound)?;
+    login.audit(action, &summary.sid, detail).map_err(|_| Denied::Unrecorded)?;
+    Ok(summary)
+}
+
 /// A page of the session's screen steps from `from`: at most `limit` (≤ 1,000), read a
 /// frame at a time, so a million-event session's first page costs one frame.
 pub async fn steps(
@@ -55,11 +79,11 @@ pub async fn steps(
     Path(sid): Path<String>,
     Query(query): Query<StepsQuery>,
 ) -> Response {
-    let Some(summary) = visible_session(&console, &login.reviewer, &sid) else { return not_found() };
     let limit = if query.limit == 0 { 200 } else { query.limit.min(1000) };
-    if let Err(refused) = login.audit("session.steps", &summary.sid, &format!("from ei {} (at most {limit} steps)", query.from)) {
-        return refused.into_response();
-    }
+    let summary = match look(&console, &login, &sid, "session.steps", &format!("from ei {} (at most {limit} steps)", query.from)) {
+        Ok(summary) => summary,
+        Err(denied) => return denied.into_response(),
+    };
     let store = console.catalog.store().clone();
     let page = tokio::task::spawn_blocking(move || -> std::io::Result<Steps> {
         let stream = EventStream::open(&store, &summary.sid, false)?;
@@ -85,10 +109,10 @@ pub async fn steps(
 
 /// One event as `export` writes it, for the player's "JSON" view.
 pub async fn event(State(console): State<Arc<Console>>, Authed(login): Authed, Path((sid, ei)): Path<(String, u64)>) -> Response {
-    let Some(summary) = visible_session(&console, &login.reviewer, &sid) else { return not_found() };
-    if let Err(refused) = login.audit("session.event", &summary.sid, &format!("ei {ei}")) {
-        return refused.into_response();
-    }
+    let summary = match look(&console, &login, &sid, "session.event", &format!("ei {ei}")) {
+        Ok(summary) => summary,
+        Err(denied) => return denied.into_response(),
+    };
     let store = console.catalog.store().clone();
     let found = tokio::task::spawn_blocking(move || -> std::io::Result<Option<Vec<u8>>> {
         let mut stream = EventStream::open(&store, &summary.sid, false)?;
@@ -127,10 +151,10 @@ pub async fn follow(
     Path(sid): Path<String>,
     Query(query): Query<StepsQuery>,
 ) -> Response {
-    let Some(summary) = visible_session(&console, &login.reviewer, &sid) else { return not_found() };
-    if let Err(refused) = login.audit("session.follow", &summary.sid, &format!("from ei {}", query.from)) {
-        return refused.into_response();
-    }
+    let summary = match look(&console, &login, &sid, "session.follow", &format!("from ei {}", query.from)) {
+        Ok(summary) => summary,
+        Err(denied) => return denied.into_response(),
+    };
     let store = console.catalog.store().clone();
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Event, Infallible>>(256);
     tokio::task::spawn_blocking(move || {
@@ -161,10 +185,10 @@ pub struct ExportQuery {
 
 /// One session's events as an NDJSON download (never shown in the page), streamed.
 pub async fn export(State(console): State<Arc<Console>>, Authed(login): Authed, Query(query): Query<ExportQuery>) -> Response {
-    let Some(summary) = visible_session(&console, &login.reviewer, &query.sid) else { return not_found() };
-    if let Err(refused) = login.audit("export", &summary.sid, "NDJSON") {
-        return refused.into_response();
-    }
+    let summary = match look(&console, &login, &query.sid, "export", "NDJSON") {
+        Ok(summary) => summary,
+        Err(denied) => return denied.into_response(),
+    };
     let store = console.catalog.store().clone();
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(16);
     let sid = summary.sid.clone();
@@ -243,7 +267,7 @@ pub fn run_search(
         if !reviewer.may_see(&field("db_service"), &field("db_protocol")) {
             continue;
         }
-        if rows.len() == 500 {
+        if rows.len() == super::pages::SEARCH_HITS {
             more = true;
             break;
         }

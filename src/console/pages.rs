@@ -222,12 +222,13 @@ pub async fn session(
     Path(sid): Path<String>,
     Query(query): Query<SessionQuery>,
 ) -> Response {
-    let Some(summary) = visible_session(&console, &login.reviewer, &sid) else {
+    if visible_session(&console, &login.reviewer, &sid).is_none() {
         return error_page(StatusCode::NOT_FOUND, "No such session, or not one you may see.");
-    };
-    if let Err(refused) = login.audit("session.view", &summary.sid, &format!("at ei {}", query.at)) {
-        return refused.into_response();
     }
+    let summary = match super::api::look(&console, &login, &sid, "session.view", &format!("at ei {}", query.at)) {
+        Ok(summary) => summary,
+        Err(denied) => return denied.into_response(),
+    };
     let page_console = console.clone();
     let built = tokio::task::spawn_blocking(move || {
         let row = row(&page_console, &summary);
@@ -288,7 +289,7 @@ struct SearchPage {
 }
 
 /// At most this many hits on a page.
-const SEARCH_HITS: usize = 500;
+pub const SEARCH_HITS: usize = 500;
 
 pub async fn search(State(console): State<Arc<Console>>, Authed(login): Authed, Query(form): Query<SearchForm>) -> Response {
     let searched = [&form.text, &form.user, &form.db, &form.class, &form.table, &form.fingerprint, &form.since, &form.until]
@@ -321,6 +322,5 @@ pub async fn search(State(console): State<Arc<Console>>, Authed(login): Authed, 
         Ok(Err(e)) => page.error = visible(&e),
         Err(_) => page.error = "the search failed".into(),
     }
-    let _ = SEARCH_HITS;
     render(&page)
 }
