@@ -12,7 +12,10 @@ use serde::Serialize;
 
 use super::accounts::Reviewer;
 use crate::recording::verify::{verify_with, KeyRing, Verdict, VerifyReport};
-use crate::recording::{RecordingStore, SessionSummary};
+use crate::recording::{RecordingState, RecordingStore, SessionSummary};
+
+/// A sidecar's modification time (seconds, nanoseconds) and size.
+type SidecarStamp = (i64, i64, u64);
 
 /// What the reviewer filters on, as the page's query string carries it.
 #[derive(Debug, Clone, Default, serde::Deserialize, Serialize)]
@@ -35,6 +38,9 @@ pub struct SessionFilter {
 pub struct Catalog {
     store: RecordingStore,
     sessions: RwLock<Arc<Vec<SessionSummary>>>,
+    /// Each sidecar as last read, by its modification time and size, so a reload reads only
+    /// the sidecars that changed (and live sessions' locks) rather than every file.
+    read: Mutex<HashMap<String, (SidecarStamp, SessionSummary)>>,
     integrity: Mutex<HashMap<String, (FileStamp, Arc<VerifyReport>)>>,
     keys: KeyRing,
 }
@@ -47,7 +53,13 @@ pub struct Page {
 
 impl Catalog {
     pub fn new(store: RecordingStore, keys: KeyRing) -> Catalog {
-        let catalog = Catalog { store, sessions: RwLock::new(Arc::new(Vec::new())), integrity: Mutex::new(HashMap::new()), keys };
+        let catalog = Catalog {
+            store,
+            sessions: RwLock::new(Arc::new(Vec::new())),
+            read: Mutex::new(HashMap::new()),
+            integrity: Mutex::new(HashMap::new()),
+            keys,
+        };
         catalog.reload();
         catalog
     }
@@ -60,15 +72,43 @@ impl Catalog {
         &self.keys
     }
 
-    /// Reads every sidecar again. Runs on a blocking thread, every few seconds.
+    /// Brings the list up to date with the folder: reads the sidecars that changed since the
+    /// last reload, and every live session's (its lock says whether its writer still runs).
+    /// Runs on a blocking thread, every few seconds.
     pub fn reload(&self) {
-        let mut all: Vec<SessionSummary> = match self.store.summaries() {
-            Ok(list) => list.into_iter().filter_map(Result::ok).collect(),
+        use std::os::unix::fs::MetadataExt;
+        let ids = match self.store.session_ids() {
+            Ok(ids) => ids,
             Err(e) => {
                 tracing::warn!(error = %e, "console: cannot list the recordings");
                 return;
             }
         };
+        let Ok(mut read) = self.read.lock() else { return };
+        let mut all = Vec::with_capacity(ids.len());
+        let mut seen = std::collections::HashSet::with_capacity(ids.len());
+        for sid in ids {
+            let Ok(meta) = std::fs::metadata(self.store.meta_path(&sid)) else { continue };
+            let stamp = (meta.mtime(), meta.mtime_nsec(), meta.len());
+            let cached = read.get(&sid).filter(|(s, summary)| *s == stamp && summary.state != RecordingState::Live);
+            let summary = match cached {
+                Some((_, summary)) => summary.clone(),
+                None => match self.store.read_summary(&sid) {
+                    Ok(mut summary) => {
+                        if summary.state == RecordingState::Live && !self.store.is_locked(&sid) {
+                            summary.state = RecordingState::Unsealed;
+                        }
+                        read.insert(sid.clone(), (stamp, summary.clone()));
+                        summary
+                    }
+                    Err(_) => continue,
+                },
+            };
+            seen.insert(sid);
+            all.push(summary);
+        }
+        read.retain(|sid, _| seen.contains(sid));
+        drop(read);
         all.sort_by(|a, b| (b.start_ms, &b.sid).cmp(&(a.start_ms, &a.sid)));
         if let Ok(mut sessions) = self.sessions.write() {
             *sessions = Arc::new(all);
