@@ -88,6 +88,31 @@ pub fn config(data: &[u8]) {
     let _ = crate::config::Config::parse(text, Path::new("/nonexistent/dbtape-fuzz/dbtape.toml"));
 }
 
+/// The shape with each placeholder made a literal of its kind again (`7`, `7.5`, `'v'`);
+/// quoted identifiers, copied verbatim into shapes, are left as they are.
+fn swap_placeholders(shape: &str) -> String {
+    let mut out = String::with_capacity(shape.len());
+    let mut in_identifier = false;
+    let mut chars = shape.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '"' {
+            in_identifier = !in_identifier;
+        }
+        let kind = if c == '?' && !in_identifier { chars.peek().copied() } else { None };
+        match kind {
+            Some('i') => out.push('7'),
+            Some('f') => out.push_str("7.5"),
+            Some('s') => out.push_str("'v'"),
+            _ => {
+                out.push(c);
+                continue;
+            }
+        }
+        chars.next();
+    }
+    out
+}
+
 /// The classification cache's key: two statements of one shape (the fuzzed one, and the
 /// same with every literal swapped for another of its kind) must shape alike, parse alike and
 /// get the same class, tables and fingerprint. Otherwise one could be cached as the other.
@@ -96,7 +121,7 @@ pub fn statement_shape(data: &[u8]) {
     use crate::statement::shape::postgres_shape;
     let Ok(sql) = std::str::from_utf8(data) else { return };
     let Some(shape) = postgres_shape(sql) else { return };
-    let variant = shape.replace("?i", "7").replace("?f", "7.5").replace("?s", "'v'");
+    let variant = swap_placeholders(&shape);
     assert_eq!(postgres_shape(&variant).as_deref(), Some(shape.as_str()), "{sql:?} and {variant:?}");
     let (original, swapped) = (classify_postgres(sql), classify_postgres(&variant));
     assert_eq!(original.unparsed, swapped.unparsed, "{sql:?} and {variant:?} parse differently");
