@@ -35,6 +35,7 @@ pub struct Console {
     pub catalog: Catalog,
     pub accounts: Accounts,
     pub access: AccessLog,
+    pub limiter: super::access::LoginLimiter,
     pub logins: Mutex<HashMap<String, Arc<Login>>>,
     pub settings: ReviewSection,
 }
@@ -270,7 +271,8 @@ pub fn run(config_path: &std::path::Path, options: ReviewOptions) -> Result<(), 
     let access = AccessLog::start(&access_dir, signer, "dbtape".into(), settings.listen.clone())?;
     let tls = tls_config(&settings)?;
     let catalog = Catalog::new(located.store.clone(), keys);
-    let console = Arc::new(Console { catalog, accounts, access, logins: Mutex::new(HashMap::new()), settings });
+    let console =
+        Arc::new(Console { catalog, accounts, access, limiter: Default::default(), logins: Mutex::new(HashMap::new()), settings });
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(serve(console, tls))
 }
@@ -309,9 +311,15 @@ async fn serve(console: Arc<Console>, tls: Arc<rustls::ServerConfig>) -> Result<
         }
     });
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let app = router(console);
+    let app = router(console.clone());
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
-        let (tcp, addr) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = terminate.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        };
+        let (tcp, addr) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
                 tracing::warn!(error = %e, "console: accept failed");
@@ -338,4 +346,12 @@ async fn serve(console: Arc<Console>, tls: Arc<rustls::ServerConfig>) -> Result<
                 .await;
         });
     }
+    // Stopped: every open login's access recording and the refused-logins one are sealed.
+    let logins: Vec<String> = console.logins.lock().map(|l| l.keys().cloned().collect()).unwrap_or_default();
+    for token in logins {
+        end_login(&console, &token).await;
+    }
+    console.access.close().await;
+    tracing::info!("review console stopped; access recordings sealed");
+    Ok(())
 }

@@ -70,12 +70,17 @@ pub async fn login(
         return error_page(StatusCode::FORBIDDEN, "The login form expired or did not come from this console. Reload the login page.");
     }
     let user_agent = headers.get("user-agent").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let now = chrono::Utc::now().timestamp_millis();
+    if console.limiter.blocked(addr.ip(), now) {
+        return error_page(StatusCode::TOO_MANY_REQUESTS, "Too many failed logins from your address. Wait a minute.");
+    }
     let (name, password) = (form.name.clone(), form.password);
     let checking = console.clone();
     let reviewer = tokio::task::spawn_blocking(move || checking.accounts.check(&name, &password)).await.ok().flatten();
     let remote = addr.to_string();
     let Some(reviewer) = reviewer else {
-        if let Err(e) = console.access.refused(&form.name, &remote, &user_agent).await {
+        console.limiter.failed(addr.ip(), now);
+        if let Err(e) = console.access.refused(&form.name, &remote, &user_agent) {
             tracing::error!(error = %e, "console: cannot record a refused login");
         }
         let csrf = random_token();

@@ -117,6 +117,20 @@ impl Console {
     }
 }
 
+impl Console {
+    /// Stops the console as an operator would (SIGTERM), so it seals its recordings.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        for _ in 0..100 {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("dbtape review did not stop on SIGTERM");
+    }
+}
+
 impl Drop for Console {
     fn drop(&mut self) {
         let _ = self.child.kill();
