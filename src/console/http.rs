@@ -302,12 +302,23 @@ async fn serve(console: Arc<Console>, tls: Arc<rustls::ServerConfig>) -> Result<
     tracing::info!(listen = %listener.local_addr()?, "review console listening (HTTPS)");
     eprintln!("review console on https://{}", listener.local_addr()?);
     // New sessions appear within a few seconds without a request ever reading the folder.
+    // Logins that expired are ended (their access recordings sealed) even if the reviewer
+    // never comes back.
     let reloading = console.clone();
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(2)).await;
             let catalog = reloading.clone();
             let _ = tokio::task::spawn_blocking(move || catalog.catalog.reload()).await;
+            let now = chrono::Utc::now().timestamp_millis();
+            let expired: Vec<String> = reloading
+                .logins
+                .lock()
+                .map(|l| l.iter().filter(|(_, login)| login.expires_ms <= now).map(|(token, _)| token.clone()).collect())
+                .unwrap_or_default();
+            for token in expired {
+                end_login(&reloading, &token).await;
+            }
         }
     });
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
