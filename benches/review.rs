@@ -63,8 +63,11 @@ fn main() {
         let start = T0_MS + n as i64 * span_ms;
         let log = recorder.open_at(context(protocol, USERS[(n % 12) as usize], n), start).expect("open");
         for i in 0..per_session {
-            let body =
-                if i % 2 == 0 { query(n + i) } else { EventBody::Result { status: Status::ok(), affected_records: 1, query_ei: Some(i - 1) } };
+            let body = if i % 2 == 0 {
+                query(n + i)
+            } else {
+                EventBody::Result { status: Status::ok(), affected_records: 1, query_ei: Some(i - 1) }
+            };
             log.append(&body, start + i as i64).expect("append");
         }
         runtime.block_on(log.close()).expect("close");
@@ -77,7 +80,8 @@ fn main() {
     let sid = ctx.sid.clone();
     let log = recorder.open_at(ctx, start).expect("open");
     for i in 0..big {
-        let body = if i % 2 == 0 { query(i) } else { EventBody::Result { status: Status::ok(), affected_records: 1, query_ei: Some(i - 1) } };
+        let body =
+            if i % 2 == 0 { query(i) } else { EventBody::Result { status: Status::ok(), affected_records: 1, query_ei: Some(i - 1) } };
         log.append(&body, start + i as i64 * 10).expect("append");
     }
     runtime.block_on(log.close()).expect("close");
