@@ -120,7 +120,9 @@ impl Console {
 impl Console {
     /// Stops the console as an operator would (SIGTERM), so it seals its recordings.
     pub fn stop(mut self) {
-        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
+        // SAFETY: a signal to the child this helper started and still owns.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
         for _ in 0..100 {
             if self.child.try_wait().ok().flatten().is_some() {
                 return;
