@@ -117,6 +117,16 @@ fn the_example_config_is_valid_and_documents_defaults() {
         "session_ttl",
         "page_size",
         "group_gap",
+        "issuer",
+        "client_id",
+        "client_secret",
+        "redirect_url",
+        "ca_file",
+        "label",
+        "scopes",
+        "name_claim",
+        "groups_claim",
+        "auditor_groups",
     ] {
         assert!(text.contains(&format!("{key} =")), "examples/dbtape.toml does not document {key}");
     }
@@ -263,4 +273,28 @@ fn config_check_command_reports_and_fails() {
     let out = common::dbtape_bin().args(["config", "check", "--config", "/nonexistent/dbtape.toml"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/dbtape.toml: (file): cannot read"));
+}
+
+#[test]
+fn the_consoles_single_sign_on_is_checked_before_it_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("review.toml");
+    let bad = "[review]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n\n[review.oidc]\nissuer = \"http://idp.example.com\"\nclient_id = \"\"\nclient_secret = \"plain-text\"\nredirect_url = \"https://review.example.com/callback\"\nscopes = [\"email\"]\n";
+    std::fs::write(&path, bad).unwrap();
+    let text = Config::load_review_settings(&path).unwrap_err().to_string();
+    for (key, fix) in [
+        ("review.oidc.issuer", "use an https:// URL"),
+        ("review.oidc.redirect_url", "/login/oidc/callback"),
+        ("review.oidc.client_id", "client id"),
+        ("review.oidc.client_secret", "{ env = \"NAME\" }"),
+        ("review.oidc.scopes", "\"openid\""),
+    ] {
+        assert!(text.contains(key) && text.contains(fix), "{key} / {fix} not in:\n{text}");
+    }
+    let good = "[review]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n\n[review.oidc]\nissuer = \"https://idp.example.com\"\nclient_id = \"review\"\nclient_secret = { file = \"secret\" }\nredirect_url = \"https://review.example.com/login/oidc/callback\"\n";
+    std::fs::write(&path, good).unwrap();
+    let (_, review) = Config::load_review_settings(&path).unwrap();
+    let oidc = review.oidc.unwrap();
+    assert_eq!((oidc.name_claim.as_str(), oidc.scopes.len()), ("email", 3));
+    assert_eq!(oidc.client_secret, dbtape::config::SecretRef::File { file: dir.path().join("secret") });
 }

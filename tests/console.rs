@@ -114,7 +114,7 @@ async fn a_reviewer_lists_plays_searches_and_exports_and_every_look_is_recorded(
 async fn the_console_refuses_what_a_reviewer_may_not_do_and_marks_a_tampered_recording() {
     let mut proxy = Proxy::start().await;
     let sid = record_sessions(&mut proxy).await;
-    let console = Console::start(&proxy);
+    let mut console = Console::start(&proxy);
     let stranger = console.jar("stranger");
 
     // No login: pages go to the login page, the API and exports answer 401.

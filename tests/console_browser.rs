@@ -8,7 +8,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::console::{Console, ANA_PASSWORD};
+use common::console::{Console, OidcProvider, ANA_PASSWORD};
 use common::proxy::{Proxy, ALICE_PASSWORD};
 use fantoccini::{Client, ClientBuilder, Locator};
 
@@ -261,4 +261,77 @@ async fn a_live_psql_session_is_followed_and_a_tampered_one_is_marked() {
     browser.wait_for_text("#integrity", "TAMPERED").await;
     browser.stop().await;
     proxy.stop().await;
+}
+
+/// Logs in at the OIDC provider's own pages (its development login form takes any name and
+/// password), then grants the console's request if the provider asks.
+async fn sso_login(browser: &Browser, console: &Console, who: &str) {
+    browser.client.goto(&format!("https://localhost:{}/login", console.port)).await.unwrap();
+    browser.client.find(Locator::Id("oidc")).await.unwrap().click().await.unwrap();
+    let login = browser.client.wait().for_element(Locator::Css("input[name=login]")).await.unwrap();
+    assert!(browser.client.current_url().await.unwrap().as_str().starts_with("https://localhost:"), "at the provider");
+    login.send_keys(who).await.unwrap();
+    browser.client.find(Locator::Css("input[name=password]")).await.unwrap().send_keys("any password").await.unwrap();
+    browser.client.find(Locator::Css("button[type=submit]")).await.unwrap().click().await.unwrap();
+    // The consent page, the first time this client asks for these scopes.
+    for _ in 0..100 {
+        let url = browser.client.current_url().await.unwrap();
+        if url.port() == Some(console.port) {
+            return;
+        }
+        if let Ok(button) = browser.client.find(Locator::Css("button[type=submit]")).await {
+            let _ = button.click().await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    browser.screenshot("oidc-stuck").await;
+    let url = browser.client.current_url().await.unwrap();
+    panic!("the provider never sent the browser back to the console; at {url}:\n{}", browser.text("body").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reviewers_log_in_through_a_real_oidc_provider() {
+    let mut proxy = Proxy::start().await;
+    let (ok, out, err) = proxy.psql(proxy.conninfo("alice", ""), Some(ALICE_PASSWORD), vec!["-c".into(), "SELECT 42".into()]).await;
+    assert!(ok, "{out}{err}");
+    proxy.stop().await;
+    let certs = proxy.services.get("CERTS").to_string();
+    let port = common::console::free_port();
+    let provider = OidcProvider::start(&certs, &format!("https://localhost:{port}/login/oidc/callback"));
+    let extra = provider.review_config(proxy.root.path(), &certs, port);
+    let mut console = Console::start_with(&proxy, &[], port, &extra);
+
+    // olga is in the auditors' group at the provider: she becomes an auditor, and the
+    // sessions page shows her name as the provider gave it.
+    let browser = Browser::start().await;
+    sso_login(&browser, &console, "olga").await;
+    browser.wait_for_text("h1", "Sessions").await;
+    assert_eq!(browser.text(".who").await, "olga@example.com");
+    browser.wait_for_text("#sessions", "postgres").await;
+    browser.screenshot("oidc-olga-sessions").await;
+    browser.stop().await;
+
+    // pete is known to the provider but is no reviewer here: refused, and the refusal kept.
+    let browser = Browser::start().await;
+    sso_login(&browser, &console, "pete").await;
+    let refusal = browser.wait_for_text("main", "did not log you in").await;
+    assert!(refusal.contains("\"pete@example.com\" is not a reviewer"), "{refusal}");
+    browser.screenshot("oidc-pete-refused").await;
+    // A made-up callback (no login begun in this browser) is refused too.
+    browser.client.goto(&format!("https://localhost:{port}/login/oidc/callback?code=stolen&state=guess")).await.unwrap();
+    let forged = browser.wait_for_text("main", "did not log you in").await;
+    assert!(forged.contains("expired or was not started in this browser"), "{forged}");
+    browser.stop().await;
+    console.stop();
+
+    let (ok, out, err) = console.dbtape(&["export", "--event", "session.recording.access"]);
+    assert!(ok, "{err}");
+    let access: Vec<serde_json::Value> = out.lines().map(|l| common::assert_schema_valid(l.as_bytes())).collect();
+    let login = access.iter().find(|e| e["action"] == "login" && e["success"] == true).expect("olga's login is recorded");
+    assert_eq!(login["user"], "olga@example.com");
+    let detail = login["message"].as_str().unwrap();
+    assert!(detail.contains(&provider.issuer) && detail.contains("subject olga"), "{detail}");
+    let refused: Vec<&str> = access.iter().filter(|e| e["success"] == false).filter_map(|e| e["message"].as_str()).collect();
+    assert!(refused.iter().any(|d| d.contains("is not a reviewer of this console for \"pete@example.com\"")), "{refused:?}");
+    assert!(refused.iter().any(|d| d.contains("not started in this browser")), "{refused:?}");
 }

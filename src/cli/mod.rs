@@ -288,6 +288,10 @@ pub enum ReviewerCommand {
         /// Read the password from the first line of standard input instead of prompting.
         #[arg(long)]
         password_stdin: bool,
+        /// No password: the reviewer logs in only through [review.oidc], under this name
+        /// (the provider's name_claim).
+        #[arg(long, conflicts_with = "password_stdin")]
+        oidc: bool,
     },
 }
 
@@ -432,8 +436,8 @@ pub fn main() -> ExitCode {
             let options = crate::console::ReviewOptions { source: store.review_source() };
             crate::console::run(&store.config.config, options).map_err(|e| Failure { code: 1, message: e.to_string() })
         }
-        Command::Reviewer { command: ReviewerCommand::Add { name, config, role, databases, password_stdin } } => {
-            user::add_reviewer(&config.config, &name, role, databases, password_stdin)
+        Command::Reviewer { command: ReviewerCommand::Add { name, config, role, databases, password_stdin, oidc } } => {
+            user::add_reviewer(&config.config, &name, role, databases, password_stdin, oidc)
         }
         Command::Lake { command } => {
             init_logging(false, false);

@@ -78,18 +78,19 @@ pub fn add_reviewer(
     role: super::ReviewerRoleArg,
     databases: Vec<String>,
     from_stdin: bool,
+    oidc_only: bool,
 ) -> Result<(), Failure> {
     let fail = |message: String| Failure { code: 1, message };
     let (_, review) = crate::config::Config::load_review_settings(config).map_err(|e| fail(e.to_string()))?;
-    let password = read_password(from_stdin)?;
-    if password.len() < 12 {
+    let password = if oidc_only { None } else { Some(read_password(from_stdin)?) };
+    if password.as_ref().is_some_and(|p| p.len() < 12) {
         return Err(Failure { code: 1, message: "use a password of at least 12 characters".into() });
     }
     let role = match role {
         super::ReviewerRoleArg::Auditor => crate::console::ReviewerRole::Auditor,
         super::ReviewerRoleArg::Reviewer => crate::console::ReviewerRole::Reviewer,
     };
-    crate::console::add_reviewer(&review.reviewers_file, name, role, databases, &password).map_err(|e| fail(e.to_string()))?;
+    crate::console::add_reviewer(&review.reviewers_file, name, role, databases, password.as_deref()).map_err(|e| fail(e.to_string()))?;
     println!("reviewer {} written to {}", serde_json::to_string(name)?, review.reviewers_file.display());
     Ok(())
 }

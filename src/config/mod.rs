@@ -8,9 +8,9 @@ mod validate;
 use std::path::{Path, PathBuf};
 
 pub use model::{
-    AuthMethod, AwsOptions, ClientTlsConfig, ClientTlsMode, DatabaseConfig, FsyncPolicy, Grant, LakeSection, LogFormat, RecordingMode,
-    RecordingSection, ReviewSection, S3Storage, ServerSection, StorageSection, UpstreamAuth, UpstreamTlsConfig, UpstreamTlsMode,
-    UserConfig, CHAINED_SESSION_LIMIT, MAX_FRAME_TARGET_BYTES, MAX_QUERY_BYTES_LIMIT,
+    AuthMethod, AwsOptions, ClientTlsConfig, ClientTlsMode, DatabaseConfig, FsyncPolicy, Grant, LakeSection, LogFormat, OidcSection,
+    RecordingMode, RecordingSection, ReviewSection, S3Storage, ServerSection, StorageSection, UpstreamAuth, UpstreamTlsConfig,
+    UpstreamTlsMode, UserConfig, CHAINED_SESSION_LIMIT, MAX_FRAME_TARGET_BYTES, MAX_QUERY_BYTES_LIMIT,
 };
 pub use secret::{SecretError, SecretRef};
 
@@ -135,10 +135,17 @@ impl Config {
                 fix: "use 1 to 1000".into(),
             });
         }
+        if let Some(oidc) = &review.oidc {
+            issues.extend(validate::check_oidc(oidc, path));
+        }
         if !issues.is_empty() {
             return Err(ConfigError { issues });
         }
         let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+        if let Some(oidc) = &mut review.oidc {
+            oidc.client_secret.resolve_paths(&base);
+            oidc.ca_file = oidc.ca_file.as_deref().map(resolve);
+        }
         review.tls_cert = resolve(&review.tls_cert);
         review.tls_key = resolve(&review.tls_key);
         review.reviewers_file = resolve(&review.reviewers_file);

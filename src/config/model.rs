@@ -256,6 +256,56 @@ pub struct ReviewSection {
     /// apart, are listed as one group.
     #[serde(with = "humantime_serde_compat")]
     pub group_gap: std::time::Duration,
+    /// Login through the company's OpenID Connect provider, beside local accounts.
+    pub oidc: Option<OidcSection>,
+}
+
+/// `[review.oidc]`: the console as an OpenID Connect client (authorization code flow with
+/// PKCE). Who may log in is decided here, not by the provider: a name listed in
+/// `reviewers_file` gets that entry's role, a member of an `auditor_groups` group is an
+/// auditor, and anyone else is refused.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcSection {
+    /// The provider's issuer URL (https); its discovery document is read at start.
+    pub issuer: String,
+    pub client_id: String,
+    /// `{ env = "NAME" }` or `{ file = "path" }`; never inline.
+    pub client_secret: super::SecretRef,
+    /// This console's callback, as registered with the provider:
+    /// `https://<console>/login/oidc/callback`.
+    pub redirect_url: String,
+    /// PEM roots to trust for the provider instead of the system's.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Shown on the login page's button.
+    #[serde(default = "default_oidc_label")]
+    pub label: String,
+    #[serde(default = "default_oidc_scopes")]
+    pub scopes: Vec<String>,
+    /// The claim that names the reviewer (matched against `reviewers_file`).
+    #[serde(default = "default_oidc_name_claim")]
+    pub name_claim: String,
+    #[serde(default = "default_oidc_groups_claim")]
+    pub groups_claim: String,
+    #[serde(default)]
+    pub auditor_groups: Vec<String>,
+}
+
+fn default_oidc_label() -> String {
+    "single sign-on".into()
+}
+
+fn default_oidc_scopes() -> Vec<String> {
+    vec!["openid".into(), "email".into(), "profile".into()]
+}
+
+fn default_oidc_name_claim() -> String {
+    "email".into()
+}
+
+fn default_oidc_groups_claim() -> String {
+    "groups".into()
 }
 
 impl Default for ReviewSection {
@@ -270,6 +320,7 @@ impl Default for ReviewSection {
             session_ttl: std::time::Duration::from_secs(8 * 3600),
             page_size: 50,
             group_gap: std::time::Duration::from_secs(60),
+            oidc: None,
         }
     }
 }

@@ -85,6 +85,11 @@ impl AccessLog {
     /// A failed login, in the console's one refused-logins recording (`user` there is
     /// empty; the name tried is in the event's `message`, with the address it came from).
     pub fn refused(&self, name: &str, remote_addr: &str, user_agent: &str) -> Result<(), ConsoleError> {
+        self.refused_because(name, remote_addr, user_agent, "wrong name or password")
+    }
+
+    /// A refused login and why (`why` is kept as written; the name tried is quoted).
+    pub fn refused_because(&self, name: &str, remote_addr: &str, user_agent: &str, why: &str) -> Result<(), ConsoleError> {
         let mut refused = self.refused.lock().map_err(|_| ConsoleError::Access("refused-logins recording".into()))?;
         if refused.is_none() {
             *refused = Some(self.open("", &self.listen, "")?);
@@ -92,7 +97,7 @@ impl AccessLog {
         let log = refused.as_ref().ok_or_else(|| ConsoleError::Access("refused-logins recording".into()))?;
         let name = serde_json::to_string(name).unwrap_or_default();
         let agent = serde_json::to_string(user_agent).unwrap_or_default();
-        record(log, "login", "", &format!("wrong name or password for {name} from {remote_addr} ({agent})"), false)
+        record(log, "login", "", &format!("{why} for {name} from {remote_addr} ({agent})"), false)
     }
 
     /// Seals the refused-logins recording, at shutdown.

@@ -27,7 +27,9 @@ pub struct ReviewerAccount {
     /// For `reviewer`: the `db_service` names (the databases' names in dbtape's config).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub databases: Vec<String>,
-    pub verifier: String,
+    /// Absent for a reviewer who logs in only through OIDC (`reviewer add --oidc`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verifier: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -57,7 +59,7 @@ impl Reviewer {
 }
 
 pub struct Accounts {
-    accounts: Vec<(ReviewerAccount, Verifier)>,
+    accounts: Vec<(ReviewerAccount, Option<Verifier>)>,
 }
 
 impl Accounts {
@@ -65,12 +67,18 @@ impl Accounts {
         let file = read_file(path)?;
         let mut accounts = Vec::new();
         for (i, account) in file.reviewers.into_iter().enumerate() {
-            let verifier = Verifier::parse(&account.verifier).map_err(|_| {
-                ConsoleError::Config(format!(
-                    "{}: reviewers[{i}].verifier is not a SCRAM-SHA-256 verifier; write it with `dbtape reviewer add`",
-                    path.display()
-                ))
-            })?;
+            let verifier = account
+                .verifier
+                .as_deref()
+                .map(|text| {
+                    Verifier::parse(text).map_err(|_| {
+                        ConsoleError::Config(format!(
+                            "{}: reviewers[{i}].verifier is not a SCRAM-SHA-256 verifier; write it with `dbtape reviewer add`",
+                            path.display()
+                        ))
+                    })
+                })
+                .transpose()?;
             accounts.push((account, verifier));
         }
         Ok(Accounts { accounts })
@@ -83,19 +91,35 @@ impl Accounts {
     /// The reviewer, if the name and password match. Runs PBKDF2: call it off the async
     /// workers. An unknown name costs the same derivation, so timing does not reveal names.
     pub fn check(&self, name: &str, password: &str) -> Option<Reviewer> {
-        let found = self.accounts.iter().find(|(a, _)| a.name == name);
+        let found = self.accounts.iter().find_map(|(a, v)| Some((a, v.as_ref()?)).filter(|_| a.name == name));
         let (iterations, salt) = match found {
             Some((_, v)) => (v.iterations, v.salt.clone()),
             None => (4096, vec![0u8; 16]),
         };
         let derived = Verifier::from_password(password, salt, iterations);
         let (account, stored) = found?;
-        constant_time_eq(&derived.stored_key, &stored.stored_key).then(|| Reviewer {
-            name: account.name.clone(),
-            role: account.role,
-            databases: account.databases.clone(),
+        constant_time_eq(&derived.stored_key, &stored.stored_key).then(|| reviewer(account))
+    }
+
+    /// The reviewer an identity from the OIDC provider is: the account of that name, else
+    /// an auditor if one of its groups is an auditors' group, else nobody.
+    pub fn for_identity(&self, name: &str, groups: &[String], auditor_groups: &[String]) -> Option<Reviewer> {
+        if name.is_empty() {
+            return None;
+        }
+        if let Some((account, _)) = self.accounts.iter().find(|(a, _)| a.name == name) {
+            return Some(reviewer(account));
+        }
+        groups.iter().any(|g| auditor_groups.contains(g)).then(|| Reviewer {
+            name: name.to_string(),
+            role: ReviewerRole::Auditor,
+            databases: Vec::new(),
         })
     }
+}
+
+fn reviewer(account: &ReviewerAccount) -> Reviewer {
+    Reviewer { name: account.name.clone(), role: account.role, databases: account.databases.clone() }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -110,15 +134,23 @@ fn read_file(path: &Path) -> Result<AccountsFile, ConsoleError> {
     }
 }
 
-/// Adds (or replaces) a reviewer in the accounts file, with a verifier of `password`.
-pub fn add_reviewer(path: &Path, name: &str, role: ReviewerRole, databases: Vec<String>, password: &str) -> Result<(), ConsoleError> {
+/// Adds (or replaces) a reviewer in the accounts file, with a verifier of `password`, or
+/// with none (`None`: the reviewer logs in only through OIDC, under that name).
+pub fn add_reviewer(
+    path: &Path,
+    name: &str,
+    role: ReviewerRole,
+    databases: Vec<String>,
+    password: Option<&str>,
+) -> Result<(), ConsoleError> {
     if name.is_empty() || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err(ConsoleError::Usage("a reviewer's name must be non-empty, without spaces or control characters".into()));
     }
     if role == ReviewerRole::Reviewer && databases.is_empty() {
         return Err(ConsoleError::Usage("a reviewer (not an auditor) needs at least one --database".into()));
     }
-    let verifier = Verifier::generate(password, 4096).map_err(|e| ConsoleError::Usage(e.to_string()))?.to_string();
+    let verifier =
+        password.map(|p| Verifier::generate(p, 4096).map(|v| v.to_string())).transpose().map_err(|e| ConsoleError::Usage(e.to_string()))?;
     let mut file = read_file(path)?;
     file.reviewers.retain(|a| a.name != name);
     file.reviewers.push(ReviewerAccount { name: name.to_string(), role, databases, verifier });
@@ -138,8 +170,9 @@ mod tests {
     fn a_reviewer_logs_in_with_the_right_password_only() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("reviewers.toml");
-        add_reviewer(&path, "ana", ReviewerRole::Auditor, vec![], "correct horse").unwrap();
-        add_reviewer(&path, "rui", ReviewerRole::Reviewer, vec!["pg".into()], "battery staple").unwrap();
+        add_reviewer(&path, "ana", ReviewerRole::Auditor, vec![], Some("correct horse")).unwrap();
+        add_reviewer(&path, "rui", ReviewerRole::Reviewer, vec!["pg".into()], Some("battery staple")).unwrap();
+        add_reviewer(&path, "olga@example.com", ReviewerRole::Reviewer, vec!["mongo".into()], None).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(!text.contains("correct horse") && text.contains("SCRAM-SHA-256$"), "{text}");
         let accounts = Accounts::load(&path).unwrap();
@@ -148,5 +181,13 @@ mod tests {
         assert!(accounts.check("nobody", "correct horse").is_none());
         let rui = accounts.check("rui", "battery staple").unwrap();
         assert!(rui.may_see("pg", "postgres") && !rui.may_see("mongo", "mongodb") && !rui.may_see("pg", "review"));
+        // An OIDC-only account has no password to log in with, and its entry decides its role.
+        assert!(accounts.check("olga@example.com", "").is_none());
+        let auditors = vec!["security".to_string()];
+        let olga = accounts.for_identity("olga@example.com", &auditors, &auditors).unwrap();
+        assert_eq!((olga.role, olga.databases), (ReviewerRole::Reviewer, vec!["mongo".to_string()]));
+        assert_eq!(accounts.for_identity("pete@example.com", &auditors, &auditors).map(|r| r.role), Some(ReviewerRole::Auditor));
+        assert!(accounts.for_identity("pete@example.com", &["dev".into()], &auditors).is_none());
+        assert!(accounts.for_identity("", &auditors, &auditors).is_none());
     }
 }

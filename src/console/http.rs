@@ -25,6 +25,9 @@ use crate::recording::writer::SessionLog;
 
 pub const SESSION_COOKIE: &str = "__Host-dbtape-review";
 pub const LOGIN_COOKIE: &str = "__Host-dbtape-login";
+/// The state of an OIDC login under way. `SameSite=Lax`, because the provider's redirect
+/// back is a navigation from another site, which a strict cookie would not come with.
+pub const OIDC_COOKIE: &str = "__Host-dbtape-oidc";
 
 /// What `dbtape review` was started with.
 pub struct ReviewOptions {
@@ -38,6 +41,7 @@ pub struct Console {
     pub limiter: super::access::LoginLimiter,
     pub logins: Mutex<HashMap<String, Arc<Login>>>,
     pub settings: ReviewSection,
+    pub oidc: Option<super::oidc::Oidc>,
 }
 
 /// One reviewer's login: who, the CSRF token of their forms, and their access recording.
@@ -144,7 +148,8 @@ pub fn random_token() -> String {
 }
 
 pub fn set_cookie(response: &mut Response, name: &str, value: &str, max_age_s: u64) {
-    let text = format!("{name}={value}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={max_age_s}");
+    let same_site = if name == OIDC_COOKIE { "Lax" } else { "Strict" };
+    let text = format!("{name}={value}; Path=/; Secure; HttpOnly; SameSite={same_site}; Max-Age={max_age_s}");
     if let Ok(value) = HeaderValue::from_str(&text) {
         response.headers_mut().append(SET_COOKIE, value);
     }
@@ -156,13 +161,14 @@ pub fn begin_login(
     reviewer: Reviewer,
     remote_addr: &str,
     user_agent: &str,
+    how: &str,
 ) -> Result<(String, Arc<Login>), ConsoleError> {
     let (token, csrf) = (random_token(), random_token());
     if token.is_empty() || csrf.is_empty() {
         return Err(ConsoleError::Usage("no random numbers from the operating system".into()));
     }
     let log = console.access.open(&reviewer.name, remote_addr, user_agent)?;
-    record(&log, "login", "", "local account", true)?;
+    record(&log, "login", "", how, true)?;
     let ttl = i64::try_from(console.settings.session_ttl.as_millis()).unwrap_or(i64::MAX);
     let login = Arc::new(Login {
         reviewer,
@@ -233,6 +239,8 @@ pub fn router(console: Arc<Console>) -> Router {
     Router::new()
         .route("/", get(|| async { redirect("/sessions") }))
         .route("/login", get(super::pages::login_page).post(super::pages::login))
+        .route("/login/oidc", get(super::pages::oidc_begin))
+        .route("/login/oidc/callback", get(super::pages::oidc_callback))
         .route("/logout", post(super::pages::logout))
         .route("/sessions", get(super::pages::sessions))
         .route("/sessions/{sid}", get(super::pages::session))
@@ -256,7 +264,7 @@ pub fn run(config_path: &std::path::Path, options: ReviewOptions) -> Result<(), 
         tracing::warn!(%warning, "console: key ring");
     }
     let accounts = Accounts::load(&settings.reviewers_file)?;
-    if accounts.is_empty() {
+    if accounts.is_empty() && settings.oidc.is_none() {
         return Err(ConsoleError::Config(format!(
             "{}: no reviewer accounts; add one with `dbtape reviewer add <name> --config {}`",
             settings.reviewers_file.display(),
@@ -271,9 +279,13 @@ pub fn run(config_path: &std::path::Path, options: ReviewOptions) -> Result<(), 
     let access = AccessLog::start(&access_dir, signer, "dbtape".into(), settings.listen.clone())?;
     let tls = tls_config(&settings)?;
     let catalog = Catalog::new(located.store.clone(), keys);
-    let console =
-        Arc::new(Console { catalog, accounts, access, limiter: Default::default(), logins: Mutex::new(HashMap::new()), settings });
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let oidc = match settings.oidc.clone() {
+        Some(oidc) => Some(runtime.block_on(super::oidc::Oidc::discover(oidc)).map_err(|e| ConsoleError::Config(e.to_string()))?),
+        None => None,
+    };
+    let logins = Mutex::new(HashMap::new());
+    let console = Arc::new(Console { catalog, accounts, access, limiter: Default::default(), logins, settings, oidc });
     runtime.block_on(serve(console, tls))
 }
 

@@ -1,7 +1,8 @@
 //! `dbtape review`: the web review console. A process of its own, apart from the proxy, that
 //! reads the recordings with the access the CLI's review commands need and none of the
 //! proxy's secrets, and serves HTTPS only. Reviewers log in with local accounts
-//! (`dbtape reviewer add`: verifiers, never passwords); every view, search and export is
+//! (`dbtape reviewer add`: verifiers, never passwords) or through the company's OpenID
+//! Connect provider (`oidc`); every view, search and export is
 //! itself recorded as a signed `session.recording.access` event (`access`).
 //!
 //! Pages are rendered on the server by askama, which escapes everything; recorded text
@@ -13,6 +14,7 @@ mod accounts;
 mod api;
 mod catalog;
 mod http;
+mod oidc;
 mod pages;
 mod text;
 

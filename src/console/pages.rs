@@ -10,7 +10,8 @@ use axum::{Extension, Form};
 
 use super::catalog::{group_rows, integrity_view, IntegrityView, SessionFilter};
 use super::http::{
-    begin_login, cookie, end_login, random_token, redirect, set_cookie, Authed, Console, RemoteAddr, LOGIN_COOKIE, SESSION_COOKIE,
+    begin_login, cookie, end_login, random_token, redirect, set_cookie, Authed, Console, RemoteAddr, LOGIN_COOKIE, OIDC_COOKIE,
+    SESSION_COOKIE,
 };
 use super::text::visible;
 use crate::recording::SessionSummary;
@@ -42,11 +43,17 @@ struct ErrorPage {
 struct LoginPage {
     csrf: String,
     error: String,
+    /// The OIDC button's label; empty when the console has no `[review.oidc]`.
+    oidc_label: String,
 }
 
-pub async fn login_page() -> Response {
+fn oidc_label(console: &Console) -> String {
+    console.oidc.as_ref().map(|o| o.settings.label.clone()).unwrap_or_default()
+}
+
+pub async fn login_page(State(console): State<Arc<Console>>) -> Response {
     let csrf = random_token();
-    let mut response = render(&LoginPage { csrf: csrf.clone(), error: String::new() });
+    let mut response = render(&LoginPage { csrf: csrf.clone(), error: String::new(), oidc_label: oidc_label(&console) });
     set_cookie(&mut response, LOGIN_COOKIE, &csrf, 600);
     response
 }
@@ -84,12 +91,13 @@ pub async fn login(
             tracing::error!(error = %e, "console: cannot record a refused login");
         }
         let csrf = random_token();
-        let mut response = render(&LoginPage { csrf: csrf.clone(), error: "Wrong name or password.".into() });
+        let error = "Wrong name or password.".into();
+        let mut response = render(&LoginPage { csrf: csrf.clone(), error, oidc_label: oidc_label(&console) });
         *response.status_mut() = StatusCode::UNAUTHORIZED;
         set_cookie(&mut response, LOGIN_COOKIE, &csrf, 600);
         return response;
     };
-    match begin_login(&console, reviewer, &remote, &user_agent) {
+    match begin_login(&console, reviewer, &remote, &user_agent, "local account") {
         Ok((token, _)) => {
             let mut response = redirect("/sessions");
             set_cookie(&mut response, SESSION_COOKIE, &token, console.settings.session_ttl.as_secs());
@@ -101,6 +109,102 @@ pub async fn login(
             error_page(StatusCode::SERVICE_UNAVAILABLE, "The console cannot record this login, so it is refused.")
         }
     }
+}
+
+/// Sends the browser to the OIDC provider, with this login's state in a cookie.
+pub async fn oidc_begin(State(console): State<Arc<Console>>) -> Response {
+    let Some(oidc) = &console.oidc else {
+        return error_page(StatusCode::NOT_FOUND, "This console has no single sign-on configured.");
+    };
+    match oidc.begin() {
+        Ok((state, url)) => {
+            let mut response = redirect(&url);
+            set_cookie(&mut response, OIDC_COOKIE, &state, 600);
+            response
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "console: cannot start an OIDC login");
+            error_page(StatusCode::SERVICE_UNAVAILABLE, "Single sign-on is busy. Try again in a minute.")
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub struct OidcCallback {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    error: String,
+    /// RFC 9207: the issuer of this answer, which providers that send it let a client tell
+    /// one provider's answer from another's.
+    iss: Option<String>,
+}
+
+/// The provider sent the browser back: the code is exchanged, the ID token checked, and the
+/// identity mapped to a reviewer. Every refusal is recorded like a wrong password.
+pub async fn oidc_callback(
+    State(console): State<Arc<Console>>,
+    Extension(RemoteAddr(addr)): Extension<RemoteAddr>,
+    headers: HeaderMap,
+    Query(callback): Query<OidcCallback>,
+) -> Response {
+    let Some(oidc) = &console.oidc else {
+        return error_page(StatusCode::NOT_FOUND, "This console has no single sign-on configured.");
+    };
+    let user_agent = headers.get("user-agent").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let remote = addr.to_string();
+    let now = chrono::Utc::now().timestamp_millis();
+    if console.limiter.blocked(addr.ip(), now) {
+        return error_page(StatusCode::TOO_MANY_REQUESTS, "Too many failed logins from your address. Wait a minute.");
+    }
+    let cookie_state = cookie(&headers, OIDC_COOKIE).unwrap_or_default();
+    let outcome = if callback.iss.as_ref().is_some_and(|iss| *iss != oidc.settings.issuer) {
+        Err(super::oidc::OidcError::Refused("the answer came from another issuer".into()))
+    } else if callback.error.is_empty() {
+        oidc.finish(&callback.state, &cookie_state, &callback.code).await
+    } else {
+        // Anyone can make up a callback: its text is cut short before it is shown or kept.
+        Err(super::oidc::OidcError::Refused(callback.error.chars().take(100).collect()))
+    };
+    let refuse = |tried: &str, why: String| {
+        console.limiter.failed(addr.ip(), now);
+        if let Err(e) = console.access.refused_because(tried, &remote, &user_agent, &why) {
+            tracing::error!(error = %e, "console: cannot record a refused login");
+        }
+        let mut response = error_page(StatusCode::FORBIDDEN, &format!("Single sign-on did not log you in: {why}."));
+        set_cookie(&mut response, OIDC_COOKIE, "", 0);
+        response
+    };
+    let identity = match outcome {
+        Ok(identity) => identity,
+        Err(e) => return refuse("", format!("single sign-on: {e}")),
+    };
+    let Some(reviewer) = console.accounts.for_identity(&identity.name, &identity.groups, &oidc.settings.auditor_groups) else {
+        return refuse(&identity.name, format!("{:?} is not a reviewer of this console", identity.name));
+    };
+    let how = format!("single sign-on, {} subject {}", oidc.settings.issuer, identity.subject);
+    match begin_login(&console, reviewer, &remote, &user_agent, &how) {
+        Ok((token, _)) => {
+            // A page, not a redirect: the next request must start on this site for the
+            // strict session cookie to come with it.
+            let mut response = render(&Continue { to: "/sessions" });
+            set_cookie(&mut response, SESSION_COOKIE, &token, console.settings.session_ttl.as_secs());
+            set_cookie(&mut response, OIDC_COOKIE, "", 0);
+            response
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "console: cannot start a login");
+            error_page(StatusCode::SERVICE_UNAVAILABLE, "The console cannot record this login, so it is refused.")
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "console/continue.html")]
+struct Continue {
+    to: &'static str,
 }
 
 #[derive(serde::Deserialize)]

@@ -33,12 +33,17 @@ impl Console {
     /// As `start`, trusting the signing keys (their `.pub` files) of other proxies whose
     /// recordings were copied into this proxy's folder.
     pub fn start_trusting(proxy: &Proxy, trusted: &[PathBuf]) -> Console {
+        Self::start_with(proxy, trusted, free_port(), "")
+    }
+
+    /// As `start_trusting`, on `port`, with `review_extra` (TOML, e.g. `[review.oidc]`)
+    /// after the `[review]` keys.
+    pub fn start_with(proxy: &Proxy, trusted: &[PathBuf], port: u16, review_extra: &str) -> Console {
         let root = proxy.root.path().to_path_buf();
         let certs = proxy.services.get("CERTS").to_string();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let config = root.join("review.toml");
         let text = format!(
-            "[recording]\ndir = \"{root}/recordings\"\nsigning_key = \"{root}/key\"\ntrusted_keys = {trusted:?}\n\n[review]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"{certs}/server.crt\"\ntls_key = \"{certs}/server.key\"\nreviewers_file = \"{root}/reviewers.toml\"\naccess_signing_key = \"{root}/review-key\"\n",
+            "[recording]\ndir = \"{root}/recordings\"\nsigning_key = \"{root}/key\"\ntrusted_keys = {trusted:?}\n\n[review]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"{certs}/server.crt\"\ntls_key = \"{certs}/server.key\"\nreviewers_file = \"{root}/reviewers.toml\"\naccess_signing_key = \"{root}/review-key\"\n{review_extra}",
             root = root.display(),
             trusted = trusted.iter().map(|p| p.display().to_string()).collect::<Vec<_>>()
         );
@@ -119,7 +124,7 @@ impl Console {
 
 impl Console {
     /// Stops the console as an operator would (SIGTERM), so it seals its recordings.
-    pub fn stop(mut self) {
+    pub fn stop(&mut self) {
         let pid = libc::pid_t::try_from(self.child.id()).unwrap();
         // SAFETY: a signal to the child this helper started and still owns.
         unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -134,6 +139,72 @@ impl Console {
 }
 
 impl Drop for Console {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A real OpenID Connect provider (`oidc-provider` from npm, in `tests/oidc`, installed by
+/// scripts/services) over HTTPS with the test CA's certificate, for one console client.
+pub struct OidcProvider {
+    pub issuer: String,
+    child: Child,
+}
+
+pub const OIDC_CLIENT_SECRET: &str = "console-client-secret-for-tests";
+
+impl OidcProvider {
+    pub fn start(certs: &str, redirect_uri: &str) -> OidcProvider {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc");
+        assert!(
+            dir.join("node_modules/oidc-provider").is_dir(),
+            "oidc-provider is not installed in {}: run scripts/services start",
+            dir.display()
+        );
+        let port = free_port();
+        // Its output goes to a file: a pipe closed after "ready" would kill it at its next line.
+        let log_path = std::env::temp_dir().join(format!("dbtape-oidc-provider-{port}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = Command::new("node")
+            .current_dir(&dir)
+            .arg("provider.mjs")
+            .arg(port.to_string())
+            .arg(format!("{certs}/server.crt"))
+            .arg(format!("{certs}/server.key"))
+            .arg(redirect_uri)
+            .arg(OIDC_CLIENT_SECRET)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("node (Node.js), for the OIDC provider");
+        let provider = OidcProvider { issuer: format!("https://localhost:{port}"), child };
+        for _ in 0..200 {
+            if std::fs::read_to_string(&log_path).unwrap_or_default().contains("ready https://") {
+                return provider;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("the OIDC provider did not start: {}", std::fs::read_to_string(&log_path).unwrap_or_default());
+    }
+
+    /// The console's `[review.oidc]` for this provider; the client secret goes in a file.
+    pub fn review_config(&self, root: &Path, certs: &str, console_port: u16) -> String {
+        let secret = root.join("oidc-secret");
+        std::fs::write(&secret, OIDC_CLIENT_SECRET).unwrap();
+        format!(
+            "\n[review.oidc]\nissuer = \"{}\"\nclient_id = \"dbtape-review\"\nclient_secret = {{ file = \"{}\" }}\nredirect_url = \"https://localhost:{console_port}/login/oidc/callback\"\nca_file = \"{certs}/ca.crt\"\nlabel = \"Test IdP\"\nscopes = [\"openid\", \"email\", \"groups\"]\nauditor_groups = [\"security-auditors\"]\n",
+            self.issuer,
+            secret.display()
+        )
+    }
+}
+
+impl Drop for OidcProvider {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -22,6 +22,33 @@ impl Issues<'_> {
     }
 }
 
+/// The console's OpenID Connect client: both URLs over TLS, and a secret that is not inline.
+pub(super) fn check_oidc(oidc: &super::model::OidcSection, file: &Path) -> Vec<ConfigIssue> {
+    let mut issues = Issues { file, list: Vec::new() };
+    for (key, url) in [("review.oidc.issuer", &oidc.issuer), ("review.oidc.redirect_url", &oidc.redirect_url)] {
+        if !url.starts_with("https://") {
+            issues.add(key, format!("is {url:?}: reviewers log in over TLS only"), "use an https:// URL");
+        }
+    }
+    if !oidc.redirect_url.ends_with("/login/oidc/callback") {
+        issues.add(
+            "review.oidc.redirect_url",
+            format!("is {:?}", oidc.redirect_url),
+            "use https://<console address>/login/oidc/callback, registered with the provider",
+        );
+    }
+    if oidc.client_id.is_empty() {
+        issues.add("review.oidc.client_id", "is empty", "set the client id the provider gave the console");
+    }
+    if matches!(oidc.client_secret, super::SecretRef::Inline(_)) {
+        issues.add("review.oidc.client_secret", "is written inline", "use { env = \"NAME\" } or { file = \"path\" }");
+    }
+    if !oidc.scopes.iter().any(|s| s == "openid") {
+        issues.add("review.oidc.scopes", "lacks \"openid\"", "add \"openid\": without it there is no ID token");
+    }
+    issues.list
+}
+
 /// More connection threads than this is a typo, not a tuning choice.
 const MAX_WORKERS: usize = 1024;
 
