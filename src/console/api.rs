@@ -254,23 +254,15 @@ pub fn run_search(
         ..Default::default()
     };
     let filter = query.filter().map_err(|e| e.to_string())?;
-    let index = crate::search::SearchIndex::open(store.dir()).map_err(|e| e.to_string())?;
-    if let Err(e) = index.catch_up(store) {
-        // A running proxy holds the index's writer: search what it has indexed.
-        tracing::debug!(error = %e, "console: searching the index as the proxy left it");
-    }
-    let outcome = crate::search::search(store, &index, &filter, console.catalog.keys()).map_err(|e| e.to_string())?;
+    let index = console.index.as_ref().ok_or("this console has no search index (see its log)")?;
+    let text = |event: &serde_json::Value, key: &str| event.get(key).and_then(serde_json::Value::as_str).unwrap_or_default().to_string();
+    let may_see = |event: &serde_json::Value| reviewer.may_see(&text(event, "db_service"), &text(event, "db_protocol"));
+    let limit = super::pages::SEARCH_HITS + 1;
+    let outcome = crate::search::search_first(store, index, &filter, console.catalog.keys(), limit, &may_see).map_err(|e| e.to_string())?;
+    let more = outcome.hits.len() > super::pages::SEARCH_HITS;
     let mut rows = Vec::new();
-    let mut more = false;
-    for hit in &outcome.hits {
-        let field = |key: &str| hit.event.get(key).and_then(serde_json::Value::as_str).unwrap_or_default().to_string();
-        if !reviewer.may_see(&field("db_service"), &field("db_protocol")) {
-            continue;
-        }
-        if rows.len() == super::pages::SEARCH_HITS {
-            more = true;
-            break;
-        }
+    for hit in outcome.hits.iter().take(super::pages::SEARCH_HITS) {
+        let field = |key: &str| text(&hit.event, key);
         let what = crate::replay::screen::render_event(&field("db_protocol"), &hit.line).unwrap_or_else(|| field("event"));
         rows.push(SearchRow {
             sid: hit.sid.clone(),

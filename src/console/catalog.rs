@@ -74,17 +74,19 @@ impl Catalog {
 
     /// Brings the list up to date with the folder: reads the sidecars that changed since the
     /// last reload, and every live session's (its lock says whether its writer still runs).
-    /// Runs on a blocking thread, every few seconds.
-    pub fn reload(&self) {
+    /// Runs on a blocking thread, every few seconds. Says whether a recording was sealed,
+    /// added or removed since the last reload (what the search index must catch up with).
+    pub fn reload(&self) -> bool {
         use std::os::unix::fs::MetadataExt;
         let ids = match self.store.session_ids() {
             Ok(ids) => ids,
             Err(e) => {
                 tracing::warn!(error = %e, "console: cannot list the recordings");
-                return;
+                return false;
             }
         };
-        let Ok(mut read) = self.read.lock() else { return };
+        let Ok(mut read) = self.read.lock() else { return false };
+        let mut changed = false;
         let mut all = Vec::with_capacity(ids.len());
         let mut seen = std::collections::HashSet::with_capacity(ids.len());
         for sid in ids {
@@ -98,6 +100,7 @@ impl Catalog {
                         if summary.state == RecordingState::Live && !self.store.is_locked(&sid) {
                             summary.state = RecordingState::Unsealed;
                         }
+                        changed |= summary.state != RecordingState::Live;
                         read.insert(sid.clone(), (stamp, summary.clone()));
                         summary
                     }
@@ -107,12 +110,15 @@ impl Catalog {
             seen.insert(sid);
             all.push(summary);
         }
+        let before = read.len();
         read.retain(|sid, _| seen.contains(sid));
+        changed |= read.len() != before;
         drop(read);
         all.sort_by(|a, b| (b.start_ms, &b.sid).cmp(&(a.start_ms, &a.sid)));
         if let Ok(mut sessions) = self.sessions.write() {
             *sessions = Arc::new(all);
         }
+        changed
     }
 
     pub fn summary(&self, sid: &str) -> Option<SessionSummary> {

@@ -42,6 +42,9 @@ pub struct Console {
     pub logins: Mutex<HashMap<String, Arc<Login>>>,
     pub settings: ReviewSection,
     pub oidc: Option<super::oidc::Oidc>,
+    /// The search index beside the recordings, kept open and brought up to date in the
+    /// background, so a search pays only for its own question.
+    pub index: Option<crate::search::SearchIndex>,
 }
 
 /// One reviewer's login: who, the CSRF token of their forms, and their access recording.
@@ -284,8 +287,16 @@ pub fn run(config_path: &std::path::Path, options: ReviewOptions) -> Result<(), 
         Some(oidc) => Some(runtime.block_on(super::oidc::Oidc::discover(oidc)).map_err(|e| ConsoleError::Config(e.to_string()))?),
         None => None,
     };
+    let index = match crate::search::SearchIndex::open(located.store.dir()) {
+        Ok(index) => Some(index),
+        Err(e) => {
+            tracing::warn!(error = %e, "console: no search index; the search page is off");
+            None
+        }
+    };
     let logins = Mutex::new(HashMap::new());
-    let console = Arc::new(Console { catalog, accounts, access, limiter: Default::default(), logins, settings, oidc });
+    let console = Arc::new(Console { catalog, accounts, access, limiter: Default::default(), logins, settings, oidc, index });
+    keep_index_current(&console, true);
     runtime.block_on(serve(console, tls))
 }
 
@@ -307,6 +318,21 @@ fn tls_config(settings: &ReviewSection) -> Result<Arc<rustls::ServerConfig>, Con
     Ok(Arc::new(config))
 }
 
+/// Indexes recordings sealed since the last pass (when `changed`), and lets searches see
+/// commits from this pass or from a proxy indexing the same folder.
+fn keep_index_current(console: &Console, changed: bool) {
+    let Some(index) = &console.index else { return };
+    if changed {
+        if let Err(e) = index.catch_up(console.catalog.store()) {
+            // A running proxy holds the index's writer and indexes them itself.
+            tracing::debug!(error = %e, "console: the index is left to its writer");
+        }
+    }
+    if let Err(e) = index.refresh() {
+        tracing::warn!(error = %e, "console: cannot reload the search index");
+    }
+}
+
 async fn serve(console: Arc<Console>, tls: Arc<rustls::ServerConfig>) -> Result<(), ConsoleError> {
     let listener = tokio::net::TcpListener::bind(&console.settings.listen)
         .await
@@ -321,7 +347,11 @@ async fn serve(console: Arc<Console>, tls: Arc<rustls::ServerConfig>) -> Result<
         loop {
             tokio::time::sleep(Duration::from_secs(2)).await;
             let catalog = reloading.clone();
-            let _ = tokio::task::spawn_blocking(move || catalog.catalog.reload()).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                let changed = catalog.catalog.reload();
+                keep_index_current(&catalog, changed);
+            })
+            .await;
             let now = chrono::Utc::now().timestamp_millis();
             let expired: Vec<String> = reloading
                 .logins

@@ -151,6 +151,10 @@ pub struct SearchIndex {
     pub(super) index: Index,
     pub(super) fields: Fields,
     path: PathBuf,
+    /// Opened at the first search and kept: opening one reads every segment's files, which
+    /// a long-running reader (the console) should not pay per search. `refresh` brings it
+    /// up to date with commits, this process's or another's.
+    reader: std::sync::Mutex<Option<tantivy::IndexReader>>,
 }
 
 /// The index folder of a recordings folder.
@@ -187,7 +191,7 @@ impl SearchIndex {
             }
             Err(e) => return Err(fail(format!("{e}; remove the folder and run `dbtape index rebuild`"))),
         };
-        Ok(SearchIndex { index, fields, path })
+        Ok(SearchIndex { index, fields, path, reader: std::sync::Mutex::new(None) })
     }
 
     fn error(&self, cause: impl std::fmt::Display) -> IndexError {
@@ -195,7 +199,21 @@ impl SearchIndex {
     }
 
     pub(super) fn searcher(&self) -> Result<tantivy::Searcher, IndexError> {
-        Ok(self.index.reader().map_err(|e| self.error(e))?.searcher())
+        let mut reader = self.reader.lock().map_err(|_| self.error("the index reader's lock is poisoned"))?;
+        if reader.is_none() {
+            let opened = self.index.reader_builder().reload_policy(tantivy::ReloadPolicy::Manual).try_into().map_err(|e| self.error(e))?;
+            *reader = Some(opened);
+        }
+        reader.as_ref().map(|r| r.searcher()).ok_or_else(|| self.error("no index reader"))
+    }
+
+    /// Lets the next search see what has been committed since the last one.
+    pub fn refresh(&self) -> Result<(), IndexError> {
+        let reader = self.reader.lock().map_err(|_| self.error("the index reader's lock is poisoned"))?;
+        match reader.as_ref() {
+            Some(reader) => reader.reload().map_err(|e| self.error(e)),
+            None => Ok(()),
+        }
     }
 
     /// Recordings the index covers, with the events it took from each.
@@ -224,6 +242,8 @@ impl SearchIndex {
     /// Indexes every sealed recording not covered yet. Returns how many recordings and
     /// events it added.
     pub fn catch_up(&self, store: &RecordingStore) -> Result<(usize, u64), IndexError> {
+        // Another process (a `dbtape index` run, say) may have committed since.
+        self.refresh()?;
         let missing = self.missing(store)?;
         let events = self.add(store, &missing)?;
         Ok((missing.len(), events))
@@ -251,6 +271,7 @@ impl SearchIndex {
         // Let the segments this pass wrote merge: fewer, larger segments are smaller on disk
         // and faster to search.
         writer.wait_merging_threads().map_err(|e| self.error(e))?;
+        self.refresh()?;
         Ok(total)
     }
 
@@ -261,6 +282,7 @@ impl SearchIndex {
             writer.delete_all_documents().map_err(|e| self.error(e))?;
             writer.commit().map_err(|e| self.error(e))?;
         }
+        self.refresh()?;
         let mut sids = indexable(store);
         sids.sort();
         let events = self.add(store, &sids)?;

@@ -8,4 +8,4 @@ pub mod query;
 pub mod report;
 
 pub use index::{index_dir, IndexError, SearchIndex};
-pub use query::{search, Hit, SearchFilter, SearchOutcome};
+pub use query::{search, search_first, Hit, SearchFilter, SearchOutcome};

@@ -185,49 +185,80 @@ impl SearchFilter {
 /// Runs a search: the index names candidates, each recording they are in is verified, and
 /// each candidate is read back and checked again.
 pub fn search(store: &RecordingStore, index: &SearchIndex, filter: &SearchFilter, keys: &KeyRing) -> Result<SearchOutcome, IndexError> {
+    search_first(store, index, filter, keys, usize::MAX, &|_| true)
+}
+
+/// As `search`, but reads recordings only until `limit` hits that `keep` accepts are found,
+/// earliest first: a page of results costs what the page shows, not what the index holds.
+pub fn search_first(
+    store: &RecordingStore,
+    index: &SearchIndex,
+    filter: &SearchFilter,
+    keys: &KeyRing,
+    limit: usize,
+    keep: &dyn Fn(&Value) -> bool,
+) -> Result<SearchOutcome, IndexError> {
     let mut outcome = SearchOutcome::default();
     let candidates = index.hits(filter.index_query(index))?;
-    let mut by_recording: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
-    for (sid, ei, _) in candidates {
-        by_recording.entry(sid).or_default().insert(ei);
-    }
-    for (sid, wanted) in by_recording {
-        if crate::recording::validate_session_id(&sid).is_err() || !store.recording_path(&sid).exists() {
-            outcome.warnings.push(format!("the index names a recording {sid:?} that is not in {}", store.dir().display()));
-            continue;
+    let mut rest = &candidates[..];
+    while !rest.is_empty() && outcome.hits.len() < limit {
+        let (chunk, tail) = rest.split_at((limit - outcome.hits.len()).min(rest.len()));
+        rest = tail;
+        let mut by_recording: BTreeMap<&str, BTreeSet<u64>> = BTreeMap::new();
+        for (sid, ei, _) in chunk {
+            by_recording.entry(sid).or_default().insert(*ei);
         }
-        if let Err(problem) = check_signed_file(store, &sid, keys) {
-            outcome.warnings.push(format!("recording {sid} fails verification ({problem}); its {} hit(s) are not shown", wanted.len()));
-            continue;
-        }
-        let mut stream = match EventStream::open(store, &sid, false) {
-            Ok(s) => s,
-            Err(e) => {
-                outcome.warnings.push(format!("recording {sid}: {e}"));
-                continue;
-            }
-        };
-        let mut seen = BTreeSet::new();
-        let _ = stream.for_each_event(|line| {
-            let ei = peek_ei(line).unwrap_or(u64::MAX);
-            if wanted.contains(&ei) {
-                let Ok(event) = serde_json::from_slice::<Value>(line) else { return Ok(true) };
-                seen.insert(ei);
-                if filter.matches(&sid, &event) {
-                    let time_ms = event_time_ms(&event).unwrap_or_default();
-                    outcome.hits.push(Hit { sid: sid.clone(), ei, time_ms, event, line: line.to_vec() });
-                } else {
-                    outcome.warnings.push(format!(
-                        "index entry ({sid}, {ei}) does not match the recorded event: ignored (a stale or altered index; `dbtape index rebuild`)"
-                    ));
-                }
-            }
-            Ok(seen.len() < wanted.len())
-        });
-        for ei in wanted.difference(&seen) {
-            outcome.warnings.push(format!("index entry ({sid}, {ei}) names no recorded event: ignored"));
+        for (sid, wanted) in by_recording {
+            read_hits(store, sid, &wanted, filter, keys, keep, &mut outcome);
         }
     }
     outcome.hits.sort_by(|a, b| (a.time_ms, &a.sid, a.ei).cmp(&(b.time_ms, &b.sid, b.ei)));
     Ok(outcome)
+}
+
+/// The events `wanted` of one recording, after its signature and file hash are checked.
+fn read_hits(
+    store: &RecordingStore,
+    sid: &str,
+    wanted: &BTreeSet<u64>,
+    filter: &SearchFilter,
+    keys: &KeyRing,
+    keep: &dyn Fn(&Value) -> bool,
+    outcome: &mut SearchOutcome,
+) {
+    if crate::recording::validate_session_id(sid).is_err() || !store.recording_path(sid).exists() {
+        outcome.warnings.push(format!("the index names a recording {sid:?} that is not in {}", store.dir().display()));
+        return;
+    }
+    if let Err(problem) = check_signed_file(store, sid, keys) {
+        outcome.warnings.push(format!("recording {sid} fails verification ({problem}); its {} hit(s) are not shown", wanted.len()));
+        return;
+    }
+    let mut stream = match EventStream::open(store, sid, false) {
+        Ok(s) => s,
+        Err(e) => {
+            outcome.warnings.push(format!("recording {sid}: {e}"));
+            return;
+        }
+    };
+    let mut seen = BTreeSet::new();
+    let _ = stream.for_each_event(|line| {
+        let ei = peek_ei(line).unwrap_or(u64::MAX);
+        if wanted.contains(&ei) {
+            let Ok(event) = serde_json::from_slice::<Value>(line) else { return Ok(true) };
+            seen.insert(ei);
+            if !filter.matches(sid, &event) {
+                outcome.warnings.push(format!(
+                    "index entry ({sid}, {ei}) does not match the recorded event: ignored (a stale or altered index; `dbtape index rebuild`)"
+                ));
+            } else if keep(&event) {
+                let time_ms = event_time_ms(&event).unwrap_or_default();
+                outcome.hits.push(Hit { sid: sid.to_string(), ei, time_ms, event, line: line.to_vec() });
+            }
+        }
+        Ok(seen.len() < wanted.len())
+    });
+    for ei in wanted.difference(&seen) {
+        outcome.warnings.push(format!("index entry ({sid}, {ei}) names no recorded event: ignored"));
+    }
 }
