@@ -133,3 +133,25 @@ pub fn statement_shape(data: &[u8]) {
         );
     }
 }
+
+/// The PROXY protocol header parser, on bytes a stranger (or a broken balancer) sends first.
+/// The first byte picks the version. A header found must lie within the bytes given, parse
+/// the same from exactly its own bytes, and every shorter prefix of it must ask for more,
+/// never past its end: the reader relies on that not to swallow the database protocol's
+/// first bytes.
+pub fn proxy_header(data: &[u8]) {
+    use crate::server::proxy_protocol::{parse, Parsed, ProxyProtocol};
+    let Some((&first, bytes)) = data.split_first() else { return };
+    let version = if first & 1 == 0 { ProxyProtocol::V1 } else { ProxyProtocol::V2 };
+    let Ok(Parsed::Done { header, len }) = parse(version, bytes) else { return };
+    assert!(len <= bytes.len() && len <= crate::server::proxy_protocol::V2_MAX);
+    assert_eq!(parse(version, &bytes[..len]), Ok(Parsed::Done { header, len }));
+    for cut in 0..len {
+        let prefix = parse(version, &bytes[..cut]);
+        let asks = match prefix {
+            Ok(Parsed::Need(need)) => need,
+            _ => 0,
+        };
+        assert!(asks > cut && asks <= len, "a {cut}-byte prefix of a {len}-byte header gave {prefix:?}");
+    }
+}

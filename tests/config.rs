@@ -127,6 +127,8 @@ fn the_example_config_is_valid_and_documents_defaults() {
         "name_claim",
         "groups_claim",
         "auditor_groups",
+        "proxy_protocol",
+        "trusted_proxies",
     ] {
         assert!(text.contains(&format!("{key} =")), "examples/dbtape.toml does not document {key}");
     }

@@ -76,3 +76,8 @@ fn pg_parameters_corpus() {
 fn statement_shape_corpus() {
     replay("statement_shape", dbtape::fuzzing::statement_shape);
 }
+
+#[test]
+fn proxy_header_corpus() {
+    replay("proxy_header", dbtape::fuzzing::proxy_header);
+}

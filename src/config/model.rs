@@ -429,6 +429,24 @@ pub struct DatabaseConfig {
     /// DynamoDB: the largest request body accepted (DynamoDB's own limit is 16 MB).
     #[serde(default = "default_max_request_bytes")]
     pub max_request_bytes: usize,
+    /// Behind a load balancer: the PROXY protocol header each connection starts with.
+    #[serde(default)]
+    pub proxy_protocol: ProxyProtocol,
+    /// Who may send that header (address blocks); anyone else is refused. Required with
+    /// `proxy_protocol`.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+}
+
+/// Which header a listener expects (`proxy_protocol` in a `[[databases]]` entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ProxyProtocol {
+    /// Clients connect directly; nothing is read before the database protocol.
+    #[default]
+    Off,
+    V1,
+    V2,
 }
 
 fn default_max_request_bytes() -> usize {

@@ -173,6 +173,12 @@ impl ListenerContext {
         }
     }
 
+    /// Audits a refusal without counting it against the connection's source: for a
+    /// balancer's bad PROXY header, where the source is the balancer, not a client.
+    pub(super) async fn refuse_uncounted(&self, refusal: Refusal, conn: ConnectionInfo) {
+        self.record_refusal(refusal.identity, conn, refusal.reason, "access denied").await;
+    }
+
     /// A TDB00W in the listener's refused-logins log.
     async fn record_refusal(&self, identity: SessionIdentity, conn: ConnectionInfo, reason: String, message: &str) {
         let refusal = super::refusals::RefusedLogin {

@@ -1,9 +1,11 @@
 //! The server core: one listener per configured database, a protocol-keyed engine registry,
 //! session bookkeeping, and graceful shutdown that seals every open recording.
 
+mod accept;
 pub mod admin;
 mod engine;
 mod login_gate;
+pub mod proxy_protocol;
 pub mod refusals;
 mod workers;
 
@@ -45,7 +47,7 @@ struct BoundListener {
     listener: TcpListener,
     context: Arc<ListenerContext>,
     engine: Arc<dyn Engine>,
-    gate: LoginGate,
+    gate: Arc<LoginGate>,
 }
 
 pub struct Server {
@@ -103,7 +105,12 @@ impl Server {
                 login_secret,
                 directory.clone(),
             ));
-            listeners.push(BoundListener { listener, context, engine, gate: LoginGate::new(LoginLimits::from_config(&config.server)) });
+            listeners.push(BoundListener {
+                listener,
+                context,
+                engine,
+                gate: Arc::new(LoginGate::new(LoginLimits::from_config(&config.server))),
+            });
         }
         let workers = Arc::new(WorkerPool::start(config.server.worker_count()).map_err(ServerError::Workers)?);
         tracing::debug!(workers = workers.len(), "connection workers started");
@@ -133,7 +140,7 @@ impl Server {
         for bound in self.listeners {
             let tracker_inner = tracker.clone();
             let shutdown = self.shutdown.clone();
-            tracker.spawn(accept_loop(bound, tracker_inner, self.workers.clone(), shutdown));
+            tracker.spawn(accept::accept_loop(bound, tracker_inner, self.workers.clone(), shutdown));
         }
         stop.await;
         tracing::info!("shutting down: no new connections; ending open sessions");
@@ -150,98 +157,6 @@ impl Server {
         if let Some(workers) = Arc::into_inner(self.workers) {
             let _ = tokio::task::spawn_blocking(move || workers.stop()).await;
         }
-    }
-}
-
-async fn accept_loop(bound: BoundListener, tracker: TaskTracker, workers: Arc<WorkerPool>, shutdown: CancellationToken) {
-    let BoundListener { listener, context, engine, gate } = bound;
-    let mut turned_away = TurnedAwayLog::default();
-    let database = context.database().name.clone();
-    tracing::info!(database = %database, addr = ?listener.local_addr().ok(), protocol = %context.protocol(), "listening");
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                if context.failed_logins().shut_out(peer.ip()) {
-                    turned_away.note(&database, peer, GateRefusal::ShutOut);
-                    continue;
-                }
-                let login = match gate.admit(peer.ip()) {
-                    Ok(slot) => slot,
-                    Err(why) => {
-                        turned_away.note(&database, peer, why);
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let local = stream.local_addr().ok();
-                // The socket moves to a worker's reactor, so it leaves this one first.
-                let stream = match stream.into_std() {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!(database = %database, error = %e, "cannot hand an accepted connection to a worker");
-                        continue;
-                    }
-                };
-                let (engine, context, database) = (engine.clone(), context.clone(), database.clone());
-                let token = tracker.token();
-                workers.spawn(move || async move {
-                    let _token = token;
-                    let stream = match tokio::net::TcpStream::from_std(stream) {
-                        Ok(s) => s,
-                        Err(e) => {
-                            tracing::warn!(database = %database, error = %e, "a worker could not take an accepted connection");
-                            return;
-                        }
-                    };
-                    let span = tracing::info_span!("conn", database = %database, peer = %peer);
-                    // The engine ends a late login itself at the deadline (PostgreSQL closes it); this
-                    // is the backstop for one that does not.
-                    let expired = login.expiry(LOGIN_DEADLINE_GRACE);
-                    tokio::select! {
-                        () = engine.handle(Connection { stream, peer, local, span: span.clone(), login }, context) => {}
-                        () = expired => tracing::info!(parent: &span, "login deadline passed; connection closed"),
-                    }
-                });
-            }
-            Err(e) => {
-                // Usually EMFILE; back off instead of spinning.
-                tracing::error!(database = %database, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
-/// How long after the login deadline the server core closes a connection its engine has
-/// not ended.
-const LOGIN_DEADLINE_GRACE: Duration = Duration::from_secs(1);
-
-/// Logs connections turned away at accept at most once a second per listener, with a
-/// count: a flood must not become a flood of log lines.
-#[derive(Default)]
-struct TurnedAwayLog {
-    since_last: u64,
-    last: Option<std::time::Instant>,
-}
-
-impl TurnedAwayLog {
-    fn note(&mut self, database: &str, peer: SocketAddr, why: GateRefusal) {
-        self.since_last += 1;
-        if self.last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
-            return;
-        }
-        let reason = match why {
-            GateRefusal::ListenerFull => "server.max_pending_logins",
-            GateRefusal::SourceFull => "server.max_pending_logins_per_source",
-            GateRefusal::ShutOut => "server.max_failed_logins_per_source",
-        };
-        tracing::warn!(database = %database, %peer, limit = reason, refused = self.since_last, "too many connections still logging in; closing new ones");
-        self.since_last = 0;
-        self.last = Some(std::time::Instant::now());
     }
 }
 

@@ -2,5 +2,6 @@
 //! of the crate (hex digits, poison-tolerant locks, AWS ARNs).
 
 pub mod arn;
+pub mod cidr;
 pub mod hex;
 pub mod sync;

@@ -44,6 +44,7 @@ pub(super) fn check_database(
             issues.add(key("listen"), format!("{:?} is not a socket address", db.listen), "write host:port, e.g. \"127.0.0.1:15432\"")
         }
     }
+    check_proxy_protocol(db, &key, issues);
     let scheme_ok = match protocol {
         Some(Protocol::Postgres) => db.upstream.starts_with("postgres://") || db.upstream.starts_with("postgresql://"),
         Some(Protocol::MongoDb) => db.upstream.starts_with("mongodb://"),
@@ -161,5 +162,32 @@ pub(super) fn check_database(
             format!("{:?} is not an IAM role ARN", aws.assume_role_arn),
             "use arn:aws:iam::<12-digit account>:role/<name>",
         );
+    }
+}
+
+/// A listener that takes PROXY headers must say from whom: a header from anyone would let
+/// any client claim any address.
+fn check_proxy_protocol(db: &DatabaseConfig, key: &dyn Fn(&str) -> String, issues: &mut Issues<'_>) {
+    if db.proxy_protocol == crate::config::ProxyProtocol::Off {
+        if !db.trusted_proxies.is_empty() {
+            issues.add(
+                key("trusted_proxies"),
+                "is set but proxy_protocol is off",
+                "set proxy_protocol = \"v2\" (or \"v1\"), or remove trusted_proxies",
+            );
+        }
+        return;
+    }
+    if db.trusted_proxies.is_empty() {
+        issues.add(
+            key("trusted_proxies"),
+            "is empty, so every PROXY header would be refused",
+            "list the load balancers' address blocks, e.g. [\"10.0.0.0/16\"]",
+        );
+    }
+    for (j, block) in db.trusted_proxies.iter().enumerate() {
+        if let Err(e) = block.parse::<crate::util::cidr::Cidr>() {
+            issues.add(key(&format!("trusted_proxies[{j}]")), e, "write an address or address/prefix, e.g. \"10.0.0.0/16\"");
+        }
     }
 }
