@@ -29,7 +29,8 @@ pub fn run(config_path: &Path) -> Result<(), Failure> {
             background.spawn_async("uploader", |cancel| uploader.run(cancel));
         }
         if !config.server.admin_listen.is_empty() {
-            let listener = tokio::net::TcpListener::bind(&config.server.admin_listen).await.map_err(|e| Failure {
+            // Shared like the database listeners, so a restarting proxy's successor can bind it too.
+            let listener = crate::server::bind_shared(&config.server.admin_listen).map_err(|e| Failure {
                 code: 1,
                 message: format!(
                     "{}: server.admin_listen {:?}: cannot listen there: {e}; name a free address such as \"127.0.0.1:9187\", or leave it empty",
@@ -102,7 +103,7 @@ pub fn upload(config_path: &Path, all: bool) -> Result<(), Failure> {
             .sum();
         let progress = super::progress::bar(bytes, "upload", true);
         uploader.show_progress(progress.clone());
-        let report = uploader.pass().await;
+        let report = uploader.pass_waiting().await;
         progress.finish_and_clear();
         for sid in &report.uploaded {
             println!("uploaded {sid}");

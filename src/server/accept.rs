@@ -67,7 +67,7 @@ impl Admission {
     }
 }
 
-pub(super) async fn accept_loop(bound: BoundListener, tracker: TaskTracker, workers: Arc<WorkerPool>, shutdown: CancellationToken) {
+pub(super) async fn accept_loop(bound: BoundListener, tracker: TaskTracker, workers: Arc<WorkerPool>, stop_accepting: CancellationToken) {
     let BoundListener { listener, context, engine, gate } = bound;
     let proxy = ProxyPolicy::of(&context).map(Arc::new);
     let admission = Arc::new(Admission { context: context.clone(), gate, turned_away: Mutex::new(TurnedAwayLog::default()) });
@@ -75,7 +75,7 @@ pub(super) async fn accept_loop(bound: BoundListener, tracker: TaskTracker, work
     tracing::info!(database = %database, addr = ?listener.local_addr().ok(), protocol = %context.protocol(), proxy_protocol = ?context.database().proxy_protocol, "listening");
     loop {
         let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = stop_accepting.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {

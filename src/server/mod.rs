@@ -91,7 +91,7 @@ impl Server {
                 tracing::warn!(database = %db.name, %protocol, "this build has no engine for the protocol; database not served");
                 continue;
             };
-            let listener = TcpListener::bind(&db.listen).await.map_err(|source| ServerError::Bind {
+            let listener = bind_shared(&db.listen).map_err(|source| ServerError::Bind {
                 database: db.name.clone(),
                 addr: db.listen.clone(),
                 source,
@@ -132,23 +132,28 @@ impl Server {
         self.recorder.clone()
     }
 
-    /// Accepts until `stop` resolves, then drains sessions for up to the grace period and
-    /// seals every recording still open.
+    /// Accepts until `stop` resolves, then closes the listeners (a new process on the same
+    /// ports takes the new connections), lets open sessions finish for up to the grace
+    /// period, ends the rest, and seals every recording still open.
     pub async fn run(self, stop: impl std::future::Future<Output = ()>) {
         let tracker = TaskTracker::new();
         let trimmer = tokio::spawn(crate::tasks::heap_trim::trim_when_quiet(self.workers.churn()));
+        let stop_accepting = CancellationToken::new();
         for bound in self.listeners {
             let tracker_inner = tracker.clone();
-            let shutdown = self.shutdown.clone();
-            tracker.spawn(accept::accept_loop(bound, tracker_inner, self.workers.clone(), shutdown));
+            tracker.spawn(accept::accept_loop(bound, tracker_inner, self.workers.clone(), stop_accepting.clone()));
         }
         stop.await;
-        tracing::info!("shutting down: no new connections; ending open sessions");
-        self.shutdown.cancel();
+        tracing::info!(grace = ?self.shutdown_grace, "stopping: no new connections; open sessions may finish within the grace period");
+        stop_accepting.cancel();
         tracker.close();
         if tokio::time::timeout(self.shutdown_grace, tracker.wait()).await.is_err() {
-            tracing::warn!(grace = ?self.shutdown_grace, "sessions still open after the grace period; sealing their recordings");
+            tracing::warn!(grace = ?self.shutdown_grace, "sessions still open after the grace period; ending them and sealing their recordings");
+            self.shutdown.cancel();
+            // Engines end their sessions (recording the end) at once; this bounds a stuck one.
+            let _ = tokio::time::timeout(SESSION_END_BOUND, tracker.wait()).await;
         }
+        self.shutdown.cancel();
         trimmer.abort();
         let recorder = self.recorder.clone();
         let _ = tokio::task::spawn_blocking(move || recorder.shutdown()).await;
@@ -158,6 +163,21 @@ impl Server {
             let _ = tokio::task::spawn_blocking(move || workers.stop()).await;
         }
     }
+}
+
+/// How long sessions ended at the grace period's close get to record their end.
+const SESSION_END_BOUND: Duration = Duration::from_secs(5);
+
+/// A listening socket other processes of this user may bind too (`SO_REUSEPORT`): a new
+/// `dbtape serve` starts on the same addresses while the old one drains. The kernel only
+/// lets sockets of the same user share a port.
+pub fn bind_shared(listen: &str) -> std::io::Result<TcpListener> {
+    let addr: SocketAddr = listen.parse().map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a socket address"))?;
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 /// SIGINT or SIGTERM. The handlers are installed when this is called, not when the future is

@@ -66,6 +66,23 @@ pub struct Uploader {
     progress: Option<indicatif::ProgressBar>,
 }
 
+/// The folder's upload lock (`<recordings>/upload.lock`), held for one pass: two processes
+/// sharing a folder never upload, checkpoint or mark the same recording at once.
+fn take_lock(store: &RecordingStore, wait: bool) -> Result<Option<std::fs::File>, StoreError> {
+    let path = store.dir().join("upload.lock");
+    let io = |source: std::io::Error| StoreError::Io { path: path.clone(), source };
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io)?;
+    if wait {
+        file.lock().map_err(io)?;
+        return Ok(Some(file));
+    }
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
+    }
+}
+
 pub fn marker_path(store: &RecordingStore, sid: &str) -> PathBuf {
     store.dir().join(format!("{sid}.uploaded.json"))
 }
@@ -192,7 +209,37 @@ impl Uploader {
     }
 
     /// Uploads every pending recording once (with retries); failures wait for the next pass.
+    /// One upload pass, unless another process sharing the folder (the old `dbtape serve`
+    /// during a restart, or `dbtape upload`) is in one: then this one is skipped, and the
+    /// next finds what is left.
     pub async fn pass(&self) -> PassReport {
+        match self.take_pass_lock(false) {
+            Ok(Some(_lock)) => self.pass_locked().await,
+            Ok(None) => {
+                tracing::debug!("another process is uploading this recordings folder; pass skipped");
+                PassReport::default()
+            }
+            Err(e) => PassReport { failed: vec![(String::new(), e.to_string())], ..Default::default() },
+        }
+    }
+
+    /// As `pass`, waiting for another process's pass to end first (`dbtape upload`).
+    pub async fn pass_waiting(&self) -> PassReport {
+        let store = self.store.clone();
+        let lock = tokio::task::spawn_blocking(move || take_lock(&store, true)).await;
+        match lock {
+            Ok(Ok(Some(_lock))) => self.pass_locked().await,
+            Ok(Ok(None)) => PassReport::default(),
+            Ok(Err(e)) => PassReport { failed: vec![(String::new(), e.to_string())], ..Default::default() },
+            Err(e) => PassReport { failed: vec![(String::new(), e.to_string())], ..Default::default() },
+        }
+    }
+
+    fn take_pass_lock(&self, wait: bool) -> Result<Option<std::fs::File>, StoreError> {
+        take_lock(&self.store, wait)
+    }
+
+    async fn pass_locked(&self) -> PassReport {
         let mut report = PassReport::default();
         let pending = match self.pending() {
             Ok(p) => p,
