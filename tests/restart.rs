@@ -74,6 +74,8 @@ fn serve(config: &std::path::Path, log: std::path::PathBuf) -> Child {
             return child;
         }
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("serve never said it was ready: {seen:#?}");
 }
 
