@@ -24,6 +24,11 @@ bench_build() { # EXAMPLE
     cargo build --locked --release -q --example "$1"
     # MAIN_BIN=path measures another dbtape build (an A/B run against this tree's).
     BIN="${MAIN_BIN:-$ROOT/target/release/dbtape}"
+    # PROFILE=1: the same build with line tables, so perf attributes time to lines.
+    if [[ ${PROFILE:-0} == 1 && -z ${MAIN_BIN:-} ]]; then
+        cargo build --locked --profile profiling -q
+        BIN="$ROOT/target/profiling/dbtape"
+    fi
     LOAD="$ROOT/target/release/examples/$1"
 }
 

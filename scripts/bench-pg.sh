@@ -31,6 +31,11 @@ else
     echo "== building dbtape (release)"
     cargo build --locked --release -q
     BIN="$ROOT/target/release/dbtape"
+    # PROFILE=1: the same build with line tables, so perf attributes time to lines.
+    if [[ ${PROFILE:-0} == 1 ]]; then
+        cargo build --locked --profile profiling -q
+        BIN="$ROOT/target/profiling/dbtape"
+    fi
 fi
 
 # ALT_LAKE=1 writes the event lake from the ALT path (to moto's S3), so it needs moto too.

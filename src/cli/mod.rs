@@ -3,6 +3,7 @@
 mod inspect;
 mod lake;
 mod progress;
+mod reload;
 mod search;
 mod serve;
 mod user;
@@ -71,6 +72,12 @@ pub enum PlayFormatArg {
 pub enum Command {
     /// Run the proxy: listen for every configured database, record every session.
     Serve {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Check the configuration and have the running proxy apply it (SIGHUP): open sessions go
+    /// on, new connections use the new users, certificates, patterns, limits and listeners.
+    Reload {
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -431,6 +438,7 @@ pub fn main() -> ExitCode {
     let verbose_default = matches!(cli.command, Command::Serve { .. });
     let result = match cli.command {
         Command::Serve { config } => serve::run(&config.config),
+        Command::Reload { config } => reload::send(&config.config),
         Command::Review { store } => {
             init_logging(verbose_default, false);
             let options = crate::console::ReviewOptions { source: store.review_source() };

@@ -68,8 +68,11 @@ pub fn run(config_path: &Path) -> Result<(), Failure> {
             tracing::info!(database = %name, %addr, "serving");
         }
         let shutdown = shutdown_signal();
+        let reloads = super::reload::watch(config_path.to_path_buf(), config.clone(), registry)?;
+        super::reload::write_pid(&config);
         tracing::info!("dbtape ready");
-        server.run(shutdown).await;
+        server.run_reloading(shutdown, reloads).await;
+        super::reload::remove_pid(&config);
         // Every session is sealed now: the background jobs' last passes take them along.
         background.shutdown().await;
         Ok::<(), Failure>(())

@@ -68,6 +68,47 @@ pub struct Config {
 }
 
 impl Config {
+    /// `new`, as a running proxy can take it: settings that only a restart changes (the
+    /// recorder's, the bucket's, the lake's, the worker threads, the admin listener, the
+    /// grace period, the log format) keep their running values, and are named in the list
+    /// returned when `new` would change them.
+    pub fn reloadable(&self, mut new: Config) -> (Config, Vec<&'static str>) {
+        let mut kept = Vec::new();
+        let mut recording = self.recording.clone();
+        recording.redact_patterns = new.recording.redact_patterns.clone();
+        let differs = |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+        if differs(&recording, &new.recording) {
+            kept.push("[recording] (all but redact_patterns)");
+        }
+        new.recording = recording;
+        if differs(&self.storage, &new.storage) {
+            kept.push("[storage]");
+            new.storage = self.storage.clone();
+        }
+        if differs(&self.lake, &new.lake) {
+            kept.push("[lake]");
+            new.lake = self.lake.clone();
+        }
+        let (old, server) = (&self.server, &mut new.server);
+        for (key, changed) in [
+            ("server.workers", old.workers != server.workers),
+            ("server.admin_listen", old.admin_listen != server.admin_listen),
+            ("server.shutdown_grace", old.shutdown_grace != server.shutdown_grace),
+            ("server.log_format", old.log_format != server.log_format),
+            ("server.server_id", old.server_id != server.server_id),
+        ] {
+            if changed {
+                kept.push(key);
+            }
+        }
+        server.workers = old.workers;
+        server.admin_listen = old.admin_listen.clone();
+        server.shutdown_grace = old.shutdown_grace;
+        server.log_format = old.log_format;
+        server.server_id = old.server_id.clone();
+        (new, kept)
+    }
+
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = read_text(path, "pass the right file with --config, or copy examples/dbtape.toml to dbtape.toml")?;
         Self::parse(&text, path)

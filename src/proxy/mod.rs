@@ -21,8 +21,15 @@ pub use setup::EngineSetupError;
 /// The engines this build ships, set up for the databases in `config`. It lives here, not in
 /// the server core, so that the core names no protocol.
 pub fn builtin_engines(config: &Config) -> Result<EngineRegistry, EngineSetupError> {
+    builtin_engines_after(config, None)
+}
+
+/// The engines for a reloaded configuration: certificates, keys, redaction patterns and
+/// upstreams read again, with what must outlive the reload taken from `previous`.
+pub fn builtin_engines_after(config: &Config, previous: Option<&EngineRegistry>) -> Result<EngineRegistry, EngineSetupError> {
     let mut registry = EngineRegistry::new(HashMap::new());
-    registry.register(Arc::new(postgres::PostgresEngine::new(config)?));
+    let carried = previous.and_then(|r| r.get(crate::audit::Protocol::Postgres)).and_then(|e| e.carried_state());
+    registry.register(Arc::new(postgres::PostgresEngine::after(config, carried)?));
     registry.register(Arc::new(mongodb::MongoEngine::new(config)?));
     registry.register(Arc::new(dynamodb::DynamoEngine::new(config)?));
     Ok(registry)

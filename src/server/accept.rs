@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::proxy_protocol::{read_header, Header, ProxyProtocol};
-use super::{BoundListener, Connection, ConnectionInfo, GateRefusal, ListenerContext, LoginGate, LoginSlot, Refusal, WorkerPool};
+use super::{BoundListener, Connection, ConnectionInfo, Engine, GateRefusal, ListenerContext, LoginGate, LoginSlot, Refusal, WorkerPool};
 use crate::util::cidr::Cidr;
 use crate::util::sync::lock;
 
@@ -41,41 +41,76 @@ impl ProxyPolicy {
     }
 }
 
-/// What the accept loop and the workers share about turning connections away.
-struct Admission {
-    context: Arc<ListenerContext>,
+/// What a listener serves new connections with; replaced whole by a reload, while the
+/// sessions already open keep the one they started with.
+#[derive(Clone)]
+pub(super) struct Serving {
+    pub engine: Arc<dyn Engine>,
+    pub context: Arc<ListenerContext>,
     gate: Arc<LoginGate>,
-    turned_away: Mutex<TurnedAwayLog>,
+    proxy: Option<Arc<ProxyPolicy>>,
 }
 
-impl Admission {
+impl Serving {
+    pub fn new(engine: Arc<dyn Engine>, context: Arc<ListenerContext>) -> Serving {
+        let gate = Arc::new(LoginGate::new(super::LoginLimits::from_config(&context.config().server)));
+        let proxy = ProxyPolicy::of(&context).map(Arc::new);
+        Serving { engine, context, gate, proxy }
+    }
+
     /// A login slot for a connection from `peer` (the client's own address, the balancer's
     /// header read), or `None` if it is to be closed unaudited.
-    fn admit(&self, peer: SocketAddr) -> Option<LoginSlot> {
+    fn admit(&self, peer: SocketAddr, turned_away: &Mutex<TurnedAwayLog>) -> Option<LoginSlot> {
         let database = &self.context.database().name;
         if self.context.failed_logins().shut_out(peer.ip()) {
-            lock(&self.turned_away).note(database, peer, GateRefusal::ShutOut);
+            lock(turned_away).note(database, peer, GateRefusal::ShutOut);
             return None;
         }
         match self.gate.admit(peer.ip()) {
             Ok(slot) => Some(slot),
             Err(why) => {
-                lock(&self.turned_away).note(database, peer, why);
+                lock(turned_away).note(database, peer, why);
                 None
             }
         }
     }
 }
 
+/// One listener's current `Serving`, and the token that stops it accepting (a reload that
+/// removes or moves it).
+pub(super) struct ListenerSlot {
+    current: std::sync::RwLock<Serving>,
+    pub stop: CancellationToken,
+}
+
+impl ListenerSlot {
+    pub fn new(serving: Serving) -> ListenerSlot {
+        ListenerSlot { current: std::sync::RwLock::new(serving), stop: CancellationToken::new() }
+    }
+
+    pub fn serving(&self) -> Serving {
+        self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    pub fn replace(&self, serving: Serving) {
+        *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = serving;
+    }
+}
+
 pub(super) async fn accept_loop(bound: BoundListener, tracker: TaskTracker, workers: Arc<WorkerPool>, stop_accepting: CancellationToken) {
-    let BoundListener { listener, context, engine, gate } = bound;
-    let proxy = ProxyPolicy::of(&context).map(Arc::new);
-    let admission = Arc::new(Admission { context: context.clone(), gate, turned_away: Mutex::new(TurnedAwayLog::default()) });
-    let database = context.database().name.clone();
-    tracing::info!(database = %database, addr = ?listener.local_addr().ok(), protocol = %context.protocol(), proxy_protocol = ?context.database().proxy_protocol, "listening");
+    let BoundListener { listener, slot } = bound;
+    let turned_away = Arc::new(Mutex::new(TurnedAwayLog::default()));
+    let first = slot.serving();
+    let database = first.context.database().name.clone();
+    tracing::info!(database = %database, addr = ?listener.local_addr().ok(), protocol = %first.context.protocol(), proxy_protocol = ?first.context.database().proxy_protocol, "listening");
+    drop(first);
     loop {
         let accepted = tokio::select! {
             _ = stop_accepting.cancelled() => break,
+            _ = slot.stop.cancelled() => {
+                tracing::info!(database = %database, "listener closed by a reload; its open sessions continue");
+                break;
+            }
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {
@@ -88,10 +123,12 @@ pub(super) async fn accept_loop(bound: BoundListener, tracker: TaskTracker, work
             }
         };
         let local = stream.local_addr().ok();
+        let serving = slot.serving();
+        let context = &serving.context;
         // Without a balancer in front, the limits apply here, before a worker is involved.
         // Behind one, the client's address is only known from its header.
-        let login = match &proxy {
-            None => match admission.admit(peer) {
+        let login = match &serving.proxy {
+            None => match serving.admit(peer, &turned_away) {
                 Some(slot) => Some(slot),
                 None => continue,
             },
@@ -99,7 +136,7 @@ pub(super) async fn accept_loop(bound: BoundListener, tracker: TaskTracker, work
                 // Nothing is read from it: a stranger must not name a client address. Each
                 // is audited and counted, so a flood is shut out like failed logins are.
                 if context.failed_logins().shut_out(peer.ip()) {
-                    lock(&admission.turned_away).note(&database, peer, GateRefusal::ShutOut);
+                    lock(&turned_away).note(&database, peer, GateRefusal::ShutOut);
                     continue;
                 }
                 let (context, conn) = (context.clone(), ConnectionInfo { peer, local });
@@ -120,8 +157,7 @@ pub(super) async fn accept_loop(bound: BoundListener, tracker: TaskTracker, work
                 continue;
             }
         };
-        let (engine, context, database, proxy, admission) =
-            (engine.clone(), context.clone(), database.clone(), proxy.clone(), admission.clone());
+        let (database, turned_away) = (database.clone(), turned_away.clone());
         let token = tracker.token();
         workers.spawn(move || async move {
             let _token = token;
@@ -132,11 +168,11 @@ pub(super) async fn accept_loop(bound: BoundListener, tracker: TaskTracker, work
                     return;
                 }
             };
-            let (peer, login) = match (login, &proxy) {
+            let (peer, login) = match (login, &serving.proxy) {
                 (Some(login), _) => (peer, login),
                 (None, Some(policy)) => {
-                    let Some(client) = proxied_client(&mut stream, policy.version, peer, local, &context).await else { return };
-                    match admission.admit(client) {
+                    let Some(client) = proxied_client(&mut stream, policy.version, peer, local, &serving.context).await else { return };
+                    match serving.admit(client, &turned_away) {
                         Some(login) => (client, login),
                         None => return,
                     }
@@ -148,7 +184,7 @@ pub(super) async fn accept_loop(bound: BoundListener, tracker: TaskTracker, work
             // is the backstop for one that does not.
             let expired = login.expiry(LOGIN_DEADLINE_GRACE);
             tokio::select! {
-                () = engine.handle(Connection { stream, peer, local, span: span.clone(), login }, context) => {}
+                () = serving.engine.handle(Connection { stream, peer, local, span: span.clone(), login }, serving.context.clone()) => {}
                 () = expired => tracing::info!(parent: &span, "login deadline passed; connection closed"),
             }
         });

@@ -50,9 +50,15 @@ pub struct ConnectionInfo {
 pub trait Engine: Send + Sync + 'static {
     fn protocol(&self) -> Protocol;
     fn handle(&self, conn: Connection, ctx: Arc<ListenerContext>) -> BoxFuture<'static, ()>;
+    /// State that must outlive a configuration reload, handed to the engine built from the
+    /// new configuration (PostgreSQL: the cancel keys of sessions still open).
+    fn carried_state(&self) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        None
+    }
 }
 
-/// Built once at startup and passed in; never global.
+/// Built at startup (and again at each reload) and passed in; never global.
+#[derive(Clone)]
 pub struct EngineRegistry {
     engines: HashMap<Protocol, Arc<dyn Engine>>,
 }
@@ -119,7 +125,7 @@ pub struct ListenerContext {
     shutdown: CancellationToken,
     login_secret: [u8; 32],
     directory: Arc<SharedDirectory>,
-    refusals: super::refusals::RefusalLog,
+    refusals: Arc<super::refusals::RefusalLog>,
     failed_logins: Arc<super::refusals::FailedLogins>,
 }
 
@@ -133,9 +139,25 @@ impl ListenerContext {
         login_secret: [u8; 32],
         directory: Arc<SharedDirectory>,
     ) -> Self {
-        let refusals = super::refusals::RefusalLog::new(recorder.clone());
+        let refusals = Arc::new(super::refusals::RefusalLog::new(recorder.clone()));
         let failed_logins = Arc::new(super::refusals::FailedLogins::new(config.server.max_failed_logins_per_source));
         ListenerContext { config, database, protocol, recorder, shutdown, login_secret, directory, refusals, failed_logins }
+    }
+
+    /// This listener's context under a reloaded configuration: the same recorder, refused-
+    /// logins log and failed-login counts (a reload does not forgive a source).
+    pub fn successor(&self, config: Arc<Config>, database: Arc<DatabaseConfig>) -> ListenerContext {
+        ListenerContext {
+            config,
+            database,
+            protocol: self.protocol,
+            recorder: self.recorder.clone(),
+            shutdown: self.shutdown.clone(),
+            login_secret: self.login_secret,
+            directory: self.directory.clone(),
+            refusals: self.refusals.clone(),
+            failed_logins: self.failed_logins.clone(),
+        }
     }
 
     /// Failed logins per source, which the server core consults at accept.

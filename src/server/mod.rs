@@ -7,6 +7,7 @@ mod engine;
 mod login_gate;
 pub mod proxy_protocol;
 pub mod refusals;
+mod reload;
 mod workers;
 
 use std::net::SocketAddr;
@@ -21,6 +22,7 @@ pub use engine::{
     BoxFuture, Connection, ConnectionInfo, Engine, EngineRegistry, ListenerContext, Refusal, SessionIdentity, UpstreamPasswordError,
 };
 pub use login_gate::{GateRefusal, LoginGate, LoginLimits, LoginSlot};
+pub use reload::Reloaded;
 pub use workers::WorkerPool;
 
 use crate::config::Config;
@@ -45,13 +47,12 @@ pub enum ServerError {
 /// A listener that is bound but not yet accepting.
 struct BoundListener {
     listener: TcpListener,
-    context: Arc<ListenerContext>,
-    engine: Arc<dyn Engine>,
-    gate: Arc<LoginGate>,
+    slot: Arc<accept::ListenerSlot>,
 }
 
 pub struct Server {
     listeners: Vec<BoundListener>,
+    login_secret: [u8; 32],
     /// Who may log in; replaced as a whole while sessions run (a reload).
     directory: Arc<crate::auth::SharedDirectory>,
     recorder: Arc<Recorder>,
@@ -105,21 +106,19 @@ impl Server {
                 login_secret,
                 directory.clone(),
             ));
-            listeners.push(BoundListener {
-                listener,
-                context,
-                engine,
-                gate: Arc::new(LoginGate::new(LoginLimits::from_config(&config.server))),
-            });
+            listeners.push(BoundListener { listener, slot: Arc::new(accept::ListenerSlot::new(accept::Serving::new(engine, context))) });
         }
         let workers = Arc::new(WorkerPool::start(config.server.worker_count()).map_err(ServerError::Workers)?);
         tracing::debug!(workers = workers.len(), "connection workers started");
-        Ok(Server { listeners, directory, recorder, workers, shutdown_grace: config.server.shutdown_grace, shutdown })
+        Ok(Server { listeners, login_secret, directory, recorder, workers, shutdown_grace: config.server.shutdown_grace, shutdown })
     }
 
     /// The address each served database actually listens on (useful with port 0).
     pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
-        self.listeners.iter().filter_map(|l| l.listener.local_addr().ok().map(|a| (l.context.database().name.clone(), a))).collect()
+        self.listeners
+            .iter()
+            .filter_map(|l| l.listener.local_addr().ok().map(|a| (l.slot.serving().context.database().name.clone(), a)))
+            .collect()
     }
 
     /// The identity directory every listener logs people in with: `replace` it to change who
@@ -136,14 +135,34 @@ impl Server {
     /// ports takes the new connections), lets open sessions finish for up to the grace
     /// period, ends the rest, and seals every recording still open.
     pub async fn run(self, stop: impl std::future::Future<Output = ()>) {
+        let (_keep, reloads) = tokio::sync::mpsc::channel(1);
+        self.run_reloading(stop, reloads).await;
+    }
+
+    /// As `run`, applying each configuration that arrives on `reloads` (SIGHUP) to new
+    /// connections, while open sessions go on with the one they started with.
+    pub async fn run_reloading(mut self, stop: impl std::future::Future<Output = ()>, mut reloads: tokio::sync::mpsc::Receiver<Reloaded>) {
         let tracker = TaskTracker::new();
         let trimmer = tokio::spawn(crate::tasks::heap_trim::trim_when_quiet(self.workers.churn()));
         let stop_accepting = CancellationToken::new();
-        for bound in self.listeners {
+        let mut slots = reload::Slots::default();
+        for bound in std::mem::take(&mut self.listeners) {
+            slots.insert(&bound.slot);
             let tracker_inner = tracker.clone();
             tracker.spawn(accept::accept_loop(bound, tracker_inner, self.workers.clone(), stop_accepting.clone()));
         }
-        stop.await;
+        let mut stop = std::pin::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => break,
+                Some(reloaded) = reloads.recv() => {
+                    for bound in reload::apply(&self, &mut slots, reloaded) {
+                        let tracker_inner = tracker.clone();
+                        tracker.spawn(accept::accept_loop(bound, tracker_inner, self.workers.clone(), stop_accepting.clone()));
+                    }
+                }
+            }
+        }
         tracing::info!(grace = ?self.shutdown_grace, "stopping: no new connections; open sessions may finish within the grace period");
         stop_accepting.cancel();
         tracker.close();

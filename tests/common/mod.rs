@@ -5,6 +5,7 @@ pub mod console;
 pub mod dynamo;
 pub mod mongo;
 pub mod proxy;
+pub mod serve;
 pub mod services;
 
 use std::collections::{BTreeMap, HashMap};

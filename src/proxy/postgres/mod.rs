@@ -48,9 +48,25 @@ impl PostgresEngine {
     }
 }
 
+impl PostgresEngine {
+    /// As `new`, keeping `previous`'s cancel keys, so that a client of a session opened
+    /// before a reload can still cancel its queries.
+    pub fn after(config: &Config, previous: Option<Arc<dyn std::any::Any + Send + Sync>>) -> Result<Self, EngineSetupError> {
+        let mut engine = Self::new(config)?;
+        if let Some(cancels) = previous.and_then(|state| state.downcast::<Mutex<HashMap<(i32, Vec<u8>), session::CancelTarget>>>().ok()) {
+            engine.cancels = cancels;
+        }
+        Ok(engine)
+    }
+}
+
 impl Engine for PostgresEngine {
     fn protocol(&self) -> Protocol {
         Protocol::Postgres
+    }
+
+    fn carried_state(&self) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        Some(self.cancels.clone())
     }
 
     fn handle(&self, conn: Connection, ctx: Arc<ListenerContext>) -> BoxFuture<'static, ()> {
