@@ -23,7 +23,7 @@ COMMON = {
     "aws_role_arn": S,
     "sid": {"type": "string", "pattern": UUID, "description": "Session id."},
     "db_service": {"type": "string", "description": "The database's name in dbtape's config."},
-    "db_protocol": {"enum": ["postgres", "mongodb", "dynamodb", "review"]},
+    "db_protocol": {"enum": ["postgres", "mongodb", "dynamodb", "review", "dbtape"]},
     "db_uri": S,
     "db_name": S,
     "db_user": S,
@@ -111,6 +111,11 @@ EVENTS = [
       "session_id": {"type": "string", "description": "The session looked at; absent for a list or a search."},
       "message": {"type": "string", "description": "dbtape: the filters, search or event range asked for."}},
      ["action", "success"]),
+    ("dbtape.config.reload", ["DTP02I", "DTP02W"],
+     "dbtape: the proxy read its configuration again (SIGHUP, `dbtape reload`). DTP02I: applied to new connections; DTP02W: rejected whole, the running configuration stays. Written to a recording of its own (db_protocol \"dbtape\"), signed and chained like any session.",
+     {"success": {"type": "boolean"},
+      "message": {"type": "string", "description": "dbtape: what changed and what waits for a restart, or every error found."}},
+     ["success", "message"]),
 ]
 
 

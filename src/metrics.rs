@@ -40,7 +40,7 @@ fn index(protocol: Protocol) -> usize {
         Protocol::Postgres => 0,
         Protocol::MongoDb => 1,
         // The console's access recordings never pass through the proxy's metrics.
-        Protocol::DynamoDb | Protocol::Review => 2,
+        Protocol::DynamoDb | Protocol::Review | Protocol::Proxy => 2,
     }
 }
 

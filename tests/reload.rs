@@ -11,7 +11,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
 use common::proxy::{verifier, ALICE_PASSWORD, BOB_PASSWORD};
-use common::serve::{serve, sigterm};
+use common::serve::{serve, sigterm, KillOnDrop};
 use common::services::Services;
 
 const ERIN_PASSWORD: &str = "erin-joins-later";
@@ -195,12 +195,13 @@ fn a_reload_changes_users_certificates_and_patterns_without_ending_a_session() {
     let config = setup.write(&[("alice", ALICE_PASSWORD), ("bob", BOB_PASSWORD)], &first, "zebra-[0-9]+", "");
     let log = root.path().join("serve.log");
     let mut proxy = serve(&config, log.clone());
+    let _reaper = KillOnDrop(proxy.id());
     assert!(served_subject(setup.pg_port).contains("CN = localhost") || served_subject(setup.pg_port).contains("CN=localhost"));
 
     // Two sessions opened before the reload.
     let mut psql = Psql::open(setup.pg_port, "alice", ALICE_PASSWORD);
     assert_eq!(psql.ask("SELECT 'before';"), "before");
-    let script = "import sys, pymongo\nc = pymongo.MongoClient(sys.argv[1])\nfor line in sys.stdin:\n    c.lib.reload_test.insert_one({'n': line.strip()})\n    print(c.lib.reload_test.count_documents({'n': line.strip()}), flush=True)\n";
+    let script = "import sys, pymongo\nc = pymongo.MongoClient(sys.argv[1])\nc.lib.reload_test.delete_many({})\nfor line in sys.stdin:\n    c.lib.reload_test.insert_one({'n': line.strip()})\n    print(c.lib.reload_test.count_documents({'n': line.strip()}), flush=True)\n";
     let uri = format!("mongodb://alice:{ALICE_PASSWORD}@127.0.0.1:{}/lib?authSource=admin&directConnection=true", setup.mongo_port);
     let mut mongo = services.python();
     let mut mongo = mongo.args(["-c", script, &uri]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
@@ -273,6 +274,15 @@ fn a_reload_changes_users_certificates_and_patterns_without_ending_a_session() {
         && s.iter().filter(|e| e["event"] == "db.session.mongodb.request" || e["event"] == "db.session.query").count() >= 2));
     let out = common::dbtape_bin().args(["verify", "--all", "--config"]).arg(&config).output().unwrap();
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+
+    // Each reload, taken or rejected, is an audited event in a signed recording.
+    let reloads: Vec<&serde_json::Value> = sessions.iter().flatten().filter(|e| e["event"] == "dbtape.config.reload").collect();
+    let applied = reloads.iter().find(|e| e["code"] == "DTP02I").expect("the applied reload is audited");
+    let message = applied["message"].as_str().unwrap();
+    assert!(message.contains("\"erin\"") && !message.contains("\"bob\""), "{message}");
+    assert_eq!(applied["db_protocol"], "dbtape");
+    let rejected = reloads.iter().find(|e| e["code"] == "DTP02W").expect("the rejected reload is audited");
+    assert!(rejected["success"] == false && rejected["message"].as_str().unwrap().contains("databases[0].trusted_proxies"), "{rejected}");
 }
 
 fn sigterm_hup(child: &Child) {

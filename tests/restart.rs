@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::serve::{serve, sigterm};
+use common::serve::{serve, sigterm, KillOnDrop};
 
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -74,6 +74,7 @@ fn a_second_process_takes_over_the_port_and_no_connection_is_refused() {
     let port = common::console::free_port();
     let config = config(root.path(), &services, port);
     let mut old = serve(&config, root.path().join("old.log"));
+    let _old_reaper = KillOnDrop(old.id());
 
     // pgbench: 2 clients, each one session that spans the hand-over.
     let script = root.path().join("select.sql");
@@ -106,6 +107,7 @@ fn a_second_process_takes_over_the_port_and_no_connection_is_refused() {
 
     std::thread::sleep(Duration::from_secs(2));
     let mut new = serve(&config, root.path().join("new.log"));
+    let _new_reaper = KillOnDrop(new.id());
     std::thread::sleep(Duration::from_millis(500));
     sigterm(&old);
     std::thread::sleep(Duration::from_secs(2));

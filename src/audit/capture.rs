@@ -96,7 +96,7 @@ impl EventBody {
                 visit("target", None, target);
             }
             EventBody::RecordingGap { error, .. } => visit("error", None, error),
-            EventBody::RecordingAccess { detail, .. } => visit("message", None, detail),
+            EventBody::RecordingAccess { detail, .. } | EventBody::ConfigReload { detail, .. } => visit("message", None, detail),
             EventBody::SessionEnd { .. } | EventBody::MalformedPacket { .. } => {}
         }
     }
@@ -122,7 +122,7 @@ impl EventBody {
             EventBody::PostgresFunctionCall { function_args, .. } => list(function_args),
             EventBody::DynamoDbRequest { path, raw_query, target, .. } => path.len() + raw_query.len() + target.len(),
             EventBody::RecordingGap { error, .. } => error.len(),
-            EventBody::RecordingAccess { detail, .. } => detail.len(),
+            EventBody::RecordingAccess { detail, .. } | EventBody::ConfigReload { detail, .. } => detail.len(),
             EventBody::SessionEnd { .. } | EventBody::MalformedPacket { .. } => 0,
         }
     }

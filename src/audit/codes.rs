@@ -60,6 +60,7 @@ string_enum! {
         DynamoDbRequest => "db.session.dynamodb.request",
         RecordingGap => "dbtape.recording.gap",
         RecordingAccess => "session.recording.access",
+        ConfigReload => "dbtape.config.reload",
     }
 }
 
@@ -82,16 +83,20 @@ string_enum! {
         DynamoDbRequestError => "TDY01E",
         RecordingGap => "DTP01W",
         RecordingAccess => "T2012I",
+        ConfigReloaded => "DTP02I",
+        ConfigRejected => "DTP02W",
     }
 }
 
 string_enum! {
-    /// The `db_protocol` field and the `protocol` key in config. `review` is not a database:
-    /// it marks the review console's reviewer-access recordings, and config refuses it.
+    /// The `db_protocol` field and the `protocol` key in config. `review` and `dbtape` are not
+    /// databases: they mark the review console's reviewer-access recordings and the proxy's
+    /// own (configuration reloads), and config refuses them.
     Protocol {
         Postgres => "postgres",
         MongoDb => "mongodb",
         DynamoDb => "dynamodb",
         Review => "review",
+        Proxy => "dbtape",
     }
 }

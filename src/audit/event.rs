@@ -117,6 +117,12 @@ pub enum EventBody {
         detail: String,
         success: bool,
     },
+    /// dbtape's own: the proxy read its configuration again (SIGHUP). `detail` says what
+    /// changed, what waits for a restart, or (rejected) every error found.
+    ConfigReload {
+        success: bool,
+        detail: String,
+    },
 }
 
 impl EventBody {
@@ -165,6 +171,7 @@ impl EventBody {
             EventBody::DynamoDbRequest { .. } => EventType::DynamoDbRequest,
             EventBody::RecordingGap { .. } => EventType::RecordingGap,
             EventBody::RecordingAccess { .. } => EventType::RecordingAccess,
+            EventBody::ConfigReload { .. } => EventType::ConfigReload,
         }
     }
 
@@ -191,6 +198,8 @@ impl EventBody {
             }
             EventBody::RecordingGap { .. } => EventCode::RecordingGap,
             EventBody::RecordingAccess { .. } => EventCode::RecordingAccess,
+            EventBody::ConfigReload { success: true, .. } => EventCode::ConfigReloaded,
+            EventBody::ConfigReload { success: false, .. } => EventCode::ConfigRejected,
         }
     }
 
@@ -549,6 +558,10 @@ impl AuditEvent<'_> {
                 w.success = Some(*success);
                 w.action = some(action);
                 w.session_id = some(session_id);
+                w.message = some(detail);
+            }
+            EventBody::ConfigReload { success, detail } => {
+                w.success = Some(*success);
                 w.message = some(detail);
             }
         }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::Failure;
 use crate::config::Config;
-use crate::server::{EngineRegistry, Reloaded};
+use crate::server::{EngineRegistry, Reload, Reloaded};
 
 /// `<recordings>/dbtape.pid`: the newest `dbtape serve` on that folder.
 pub fn pid_path(config: &Config) -> PathBuf {
@@ -33,7 +33,7 @@ pub fn remove_pid(config: &Config) {
 
 /// Listens for SIGHUP; each one reads the file again and, if it is whole, sends what was
 /// built from it to the server.
-pub fn watch(path: PathBuf, running: Arc<Config>, registry: EngineRegistry) -> Result<tokio::sync::mpsc::Receiver<Reloaded>, Failure> {
+pub fn watch(path: PathBuf, running: Arc<Config>, registry: EngineRegistry) -> Result<tokio::sync::mpsc::Receiver<Reload>, Failure> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangups = signal(SignalKind::hangup()).map_err(|e| Failure { code: 1, message: format!("cannot listen for SIGHUP: {e}") })?;
     let (sender, receiver) = tokio::sync::mpsc::channel(1);
@@ -48,13 +48,16 @@ pub fn watch(path: PathBuf, running: Arc<Config>, registry: EngineRegistry) -> R
                 Ok(reloaded) => {
                     running = reloaded.config.clone();
                     registry = reloaded.registry.clone();
-                    if sender.send(reloaded).await.is_err() {
+                    if sender.send(Reload::Apply(Box::new(reloaded))).await.is_err() {
                         break;
                     }
                 }
                 Err(problems) => {
                     for problem in &problems {
                         tracing::error!(config = %path.display(), problem = %problem, "configuration rejected; the running one stays");
+                    }
+                    if sender.send(Reload::Reject { file: path.display().to_string(), problems }).await.is_err() {
+                        break;
                     }
                 }
             }
@@ -66,12 +69,12 @@ pub fn watch(path: PathBuf, running: Arc<Config>, registry: EngineRegistry) -> R
 fn check(path: &Path, running: &Config, registry: &EngineRegistry) -> Result<Reloaded, Vec<String>> {
     let new = Config::load(path).map_err(|e| e.issues.iter().map(ToString::to_string).collect::<Vec<_>>())?;
     let (new, kept) = running.reloadable(new);
-    for key in kept {
+    for key in &kept {
         tracing::warn!(config = %path.display(), key, "changed in the file, but only a restart applies it; the running value stays");
     }
     let directory = crate::auth::Directory::from_config(&new.users).map_err(|e| vec![format!("{}: users: {e}", path.display())])?;
     let registry = crate::proxy::builtin_engines_after(&new, Some(registry)).map_err(|e| vec![format!("{}: {e}", path.display())])?;
-    Ok(Reloaded { config: Arc::new(new), registry, directory })
+    Ok(Reloaded { config: Arc::new(new), registry, directory, kept })
 }
 
 /// `dbtape reload`: checks the file as the proxy will, then signals the proxy.

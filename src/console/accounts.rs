@@ -53,7 +53,8 @@ impl Reviewer {
     pub fn may_see(&self, db_service: &str, protocol: &str) -> bool {
         match self.role {
             ReviewerRole::Auditor => true,
-            ReviewerRole::Reviewer => protocol != "review" && self.databases.iter().any(|d| d == db_service),
+            // The console's and the proxy's own recordings are for auditors.
+            ReviewerRole::Reviewer => !matches!(protocol, "review" | "dbtape") && self.databases.iter().any(|d| d == db_service),
         }
     }
 }

@@ -22,7 +22,7 @@ pub use engine::{
     BoxFuture, Connection, ConnectionInfo, Engine, EngineRegistry, ListenerContext, Refusal, SessionIdentity, UpstreamPasswordError,
 };
 pub use login_gate::{GateRefusal, LoginGate, LoginLimits, LoginSlot};
-pub use reload::Reloaded;
+pub use reload::{Reload, Reloaded};
 pub use workers::WorkerPool;
 
 use crate::config::Config;
@@ -52,6 +52,8 @@ struct BoundListener {
 
 pub struct Server {
     listeners: Vec<BoundListener>,
+    /// The configuration new connections get; replaced by each reload.
+    config: Arc<Config>,
     login_secret: [u8; 32],
     /// Who may log in; replaced as a whole while sessions run (a reload).
     directory: Arc<crate::auth::SharedDirectory>,
@@ -110,7 +112,16 @@ impl Server {
         }
         let workers = Arc::new(WorkerPool::start(config.server.worker_count()).map_err(ServerError::Workers)?);
         tracing::debug!(workers = workers.len(), "connection workers started");
-        Ok(Server { listeners, login_secret, directory, recorder, workers, shutdown_grace: config.server.shutdown_grace, shutdown })
+        Ok(Server {
+            listeners,
+            config: config.clone(),
+            login_secret,
+            directory,
+            recorder,
+            workers,
+            shutdown_grace: config.server.shutdown_grace,
+            shutdown,
+        })
     }
 
     /// The address each served database actually listens on (useful with port 0).
@@ -135,13 +146,13 @@ impl Server {
     /// ports takes the new connections), lets open sessions finish for up to the grace
     /// period, ends the rest, and seals every recording still open.
     pub async fn run(self, stop: impl std::future::Future<Output = ()>) {
-        let (_keep, reloads) = tokio::sync::mpsc::channel(1);
+        let (_keep, reloads) = tokio::sync::mpsc::channel::<Reload>(1);
         self.run_reloading(stop, reloads).await;
     }
 
     /// As `run`, applying each configuration that arrives on `reloads` (SIGHUP) to new
     /// connections, while open sessions go on with the one they started with.
-    pub async fn run_reloading(mut self, stop: impl std::future::Future<Output = ()>, mut reloads: tokio::sync::mpsc::Receiver<Reloaded>) {
+    pub async fn run_reloading(mut self, stop: impl std::future::Future<Output = ()>, mut reloads: tokio::sync::mpsc::Receiver<Reload>) {
         let tracker = TaskTracker::new();
         let trimmer = tokio::spawn(crate::tasks::heap_trim::trim_when_quiet(self.workers.churn()));
         let stop_accepting = CancellationToken::new();
@@ -155,12 +166,23 @@ impl Server {
         loop {
             tokio::select! {
                 () = &mut stop => break,
-                Some(reloaded) = reloads.recv() => {
-                    for bound in reload::apply(&self, &mut slots, reloaded) {
-                        let tracker_inner = tracker.clone();
-                        tracker.spawn(accept::accept_loop(bound, tracker_inner, self.workers.clone(), stop_accepting.clone()));
+                Some(reload) = reloads.recv() => match reload {
+                    Reload::Apply(reloaded) => {
+                        let config = reloaded.config.clone();
+                        let file = config.source.display().to_string();
+                        let detail = reload::summary(&reloaded);
+                        for bound in reload::apply(&self, &mut slots, *reloaded) {
+                            let tracker_inner = tracker.clone();
+                            tracker.spawn(accept::accept_loop(bound, tracker_inner, self.workers.clone(), stop_accepting.clone()));
+                        }
+                        reload::audit(&self, &config, &file, true, detail).await;
+                        self.config = config;
                     }
-                }
+                    Reload::Reject { file, problems } => {
+                        let config = self.config.clone();
+                        reload::audit(&self, &config, &file, false, problems.join("\n")).await;
+                    }
+                },
             }
         }
         tracing::info!(grace = ?self.shutdown_grace, "stopping: no new connections; open sessions may finish within the grace period");

@@ -18,6 +18,59 @@ pub struct Reloaded {
     pub config: Arc<Config>,
     pub registry: EngineRegistry,
     pub directory: crate::auth::Directory,
+    /// Settings changed in the file that only a restart applies.
+    pub kept: Vec<&'static str>,
+}
+
+/// What a SIGHUP brought: a configuration to apply, or every error of the file.
+pub enum Reload {
+    Apply(Box<Reloaded>),
+    Reject { file: String, problems: Vec<String> },
+}
+
+/// Writes the reload, applied or rejected, as a `dbtape.config.reload` event in a signed
+/// recording of its own (db_protocol "dbtape"): who may log in is changed here as surely as
+/// by a session, so it is audited like one.
+pub(super) async fn audit(server: &Server, config: &Config, file: &str, success: bool, detail: String) {
+    use crate::audit::{ConnectionMeta, DatabaseMeta, EventBody, ServerMeta, SessionContext, UserMeta};
+    let ctx = SessionContext {
+        sid: uuid::Uuid::new_v4().to_string(),
+        cluster_name: config.server.cluster_name.clone(),
+        user: UserMeta::default(),
+        database: DatabaseMeta {
+            service: "dbtape".into(),
+            protocol: Protocol::Proxy,
+            uri: file.to_string(),
+            name: String::new(),
+            user: String::new(),
+            labels: Default::default(),
+            aws_region: String::new(),
+            db_type: "dbtape".into(),
+        },
+        server: ServerMeta {
+            server_id: config.server.server_id.clone(),
+            hostname: config.server.hostname.clone(),
+            addr: String::new(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        },
+        connection: ConnectionMeta::default(),
+    };
+    let recorder = server.recorder.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        let log = recorder.open(ctx)?;
+        log.append(&EventBody::ConfigReload { success, detail }, crate::audit::now_ms())?;
+        Ok::<_, crate::recording::writer::RecordingError>(log)
+    })
+    .await;
+    match written {
+        Ok(Ok(log)) => {
+            if let Err(e) = log.close().await {
+                tracing::error!(error = %e, "cannot seal the configuration reload's recording");
+            }
+        }
+        Ok(Err(e)) => tracing::error!(error = %e, "cannot record the configuration reload"),
+        Err(e) => tracing::error!(error = %e, "cannot record the configuration reload"),
+    }
 }
 
 struct Listening {
@@ -38,9 +91,21 @@ impl Slots {
     }
 }
 
+/// What a reload changes, for its audit event.
+pub(super) fn summary(reloaded: &Reloaded) -> String {
+    let config = &reloaded.config;
+    let databases: Vec<&str> = config.databases.iter().map(|d| d.name.as_str()).collect();
+    let users: Vec<&str> = config.users.iter().map(|u| u.name.as_str()).collect();
+    let mut text = format!("applied to new connections: databases {databases:?}, users {users:?}");
+    if !reloaded.kept.is_empty() {
+        text.push_str(&format!("; changed but kept until a restart: {}", reloaded.kept.join(", ")));
+    }
+    text
+}
+
 /// Applies `reloaded`; returns the listeners it bound, for the caller to start accepting on.
 pub(super) fn apply(server: &Server, slots: &mut Slots, reloaded: Reloaded) -> Vec<BoundListener> {
-    let Reloaded { config, registry, directory } = reloaded;
+    let Reloaded { config, registry, directory, kept: _ } = reloaded;
     server.directory.replace(directory);
     let mut bound = Vec::new();
     let mut kept = std::collections::HashSet::new();

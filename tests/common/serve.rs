@@ -27,6 +27,20 @@ pub fn serve(config: &std::path::Path, log: std::path::PathBuf) -> Child {
     panic!("serve never said it was ready: {seen:#?}");
 }
 
+/// Kills the process when dropped (a test that panics must not leave a proxy running);
+/// harmless once it has exited and been waited for.
+pub struct KillOnDrop(pub u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(pid) = libc::pid_t::try_from(self.0) {
+            // SAFETY: a signal to a child the test started; after its exit and wait this
+            // fails harmlessly (ESRCH) unless the pid was reused within the test's lifetime.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
 pub fn sigterm(child: &Child) {
     let pid = libc::pid_t::try_from(child.id()).unwrap();
     // SAFETY: a signal to a child this test started and still owns.

@@ -359,6 +359,7 @@ mod tests {
                 detail: s("from ei 12"),
                 success: true,
             },
+            EventBody::ConfigReload { success: false, detail: s("dbtape.toml: users[0]: bad") },
         ]
     }
 

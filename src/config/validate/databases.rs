@@ -25,7 +25,7 @@ pub(super) fn check_database(
     } else if !names.insert(db.name.clone()) {
         issues.add(key("name"), format!("{:?} is used by another database", db.name), "give every database a unique name");
     }
-    let protocol = Protocol::parse(&db.protocol_name).filter(|p| *p != Protocol::Review);
+    let protocol = Protocol::parse(&db.protocol_name).filter(|p| !matches!(p, Protocol::Review | Protocol::Proxy));
     match protocol {
         Some(protocol) => db.protocol = protocol,
         None => issues.add(
@@ -49,7 +49,7 @@ pub(super) fn check_database(
         Some(Protocol::Postgres) => db.upstream.starts_with("postgres://") || db.upstream.starts_with("postgresql://"),
         Some(Protocol::MongoDb) => db.upstream.starts_with("mongodb://"),
         Some(Protocol::DynamoDb) => db.upstream.starts_with("https://") || db.upstream.starts_with("http://") || db.upstream.is_empty(),
-        Some(Protocol::Review) | None => true,
+        Some(Protocol::Review | Protocol::Proxy) | None => true,
     };
     if db.upstream.is_empty() && protocol != Some(Protocol::DynamoDb) {
         issues.add(key("upstream"), "is empty", "give the real database's URI, e.g. \"postgres://db.internal:5432/app\"");
