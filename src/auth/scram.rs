@@ -185,6 +185,51 @@ impl ServerExchange {
     }
 }
 
+/// Salted passwords dbtape has derived as a SCRAM client, by password, salt and iteration
+/// count. An upstream keeps a user's salt and count until the password changes, so PBKDF2
+/// runs once per upstream user, not once per login: a new connection then costs a few
+/// HMACs. Memory only; a salted password is as secret as the password it came from.
+#[derive(Default)]
+pub struct SaltedPasswords {
+    derived: std::sync::Mutex<std::collections::HashMap<[u8; 32], [u8; 32]>>,
+}
+
+/// Entries kept before the cache starts over: a hostile upstream sending a new salt every
+/// time must not grow it.
+const MAX_SALTED: usize = 4096;
+
+impl SaltedPasswords {
+    fn key(password: &str, salt: &[u8], iterations: u32) -> [u8; 32] {
+        let mut hash = Sha256::new();
+        hash.update((password.len() as u64).to_be_bytes());
+        hash.update(password.as_bytes());
+        hash.update(iterations.to_be_bytes());
+        hash.update(salt);
+        hash.finalize().into()
+    }
+
+    fn get(&self, key: &[u8; 32]) -> Option<[u8; 32]> {
+        self.derived.lock().ok()?.get(key).copied()
+    }
+
+    fn insert(&self, key: [u8; 32], salted: [u8; 32]) {
+        if let Ok(mut derived) = self.derived.lock() {
+            if derived.len() >= MAX_SALTED {
+                derived.clear();
+            }
+            derived.insert(key, salted);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.derived.lock().map(|d| d.len()).unwrap_or_default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Client side, for logging in upstream with a password.
 pub struct ClientExchange {
     password: String,
@@ -209,6 +254,17 @@ impl ClientExchange {
     /// Answers the server-first message. The PBKDF2 work (up to `MAX_CLIENT_ITERATIONS`)
     /// makes this a blocking call: run it off the connection's worker.
     pub fn respond(&mut self, server_first: &str) -> Result<String, ScramError> {
+        self.answer(server_first, None, true).map(|reply| reply.unwrap_or_default())
+    }
+
+    /// As `respond`, with salted passwords from `cache`. With `derive` false it does no
+    /// PBKDF2 and returns `None` when the cache lacks the key (the caller then derives it off
+    /// the worker); with `derive` true it derives a missing one and keeps it.
+    pub fn respond_cached(&mut self, server_first: &str, cache: &SaltedPasswords, derive: bool) -> Result<Option<String>, ScramError> {
+        self.answer(server_first, Some(cache), derive)
+    }
+
+    fn answer(&mut self, server_first: &str, cache: Option<&SaltedPasswords>, derive: bool) -> Result<Option<String>, ScramError> {
         let client_nonce = attr(&self.client_first_bare, 'r').ok_or(ScramError::Malformed("client nonce"))?;
         let nonce = attr(server_first, 'r').ok_or(ScramError::Malformed("server nonce"))?;
         if !nonce.starts_with(client_nonce) {
@@ -222,7 +278,19 @@ impl ClientExchange {
         if iterations == 0 {
             return Err(ScramError::Malformed("iterations"));
         }
-        let salted = salted_password(&self.password, &salt, iterations);
+        let key = cache.map(|_| SaltedPasswords::key(&self.password, &salt, iterations));
+        let salted = match (cache, key) {
+            (Some(cache), Some(key)) => match cache.get(&key) {
+                Some(salted) => salted,
+                None if !derive => return Ok(None),
+                None => {
+                    let salted = salted_password(&self.password, &salt, iterations);
+                    cache.insert(key, salted);
+                    salted
+                }
+            },
+            _ => salted_password(&self.password, &salt, iterations),
+        };
         let client_key = hmac(&salted, b"Client Key");
         let stored_key: [u8; 32] = Sha256::digest(client_key).into();
         let without_proof = format!("c=biws,r={nonce}");
@@ -230,7 +298,7 @@ impl ClientExchange {
         let signature = hmac(&stored_key, auth_message.as_bytes());
         let proof: Vec<u8> = client_key.iter().zip(signature.iter()).map(|(a, b)| a ^ b).collect();
         self.expected_server_signature = Some(hmac(&hmac(&salted, b"Server Key"), auth_message.as_bytes()));
-        Ok(format!("{without_proof},p={}", B64.encode(proof)))
+        Ok(Some(format!("{without_proof},p={}", B64.encode(proof))))
     }
 
     pub fn verify_final(&self, server_final: &str) -> Result<(), ScramError> {
@@ -284,5 +352,23 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_cached_salted_password_logs_in_without_pbkdf2_and_only_for_its_password() {
+        let verifier = Verifier::generate("correct horse", 4096).unwrap();
+        let cache = SaltedPasswords::default();
+        let login = |password: &str, derive: bool| {
+            let (mut client, first) = ClientExchange::start(password).unwrap();
+            let (server, server_first) = ServerExchange::start(verifier.clone(), &first).unwrap();
+            let reply = client.respond_cached(&server_first, &cache, derive).unwrap()?;
+            Some(server.finish(&reply).map(|server_final| client.verify_final(&server_final).is_ok()))
+        };
+        assert_eq!(login("correct horse", false), None, "nothing cached yet: the caller must derive");
+        assert_eq!(login("correct horse", true), Some(Ok(true)));
+        assert_eq!(cache.len(), 1);
+        assert_eq!(login("correct horse", false), Some(Ok(true)), "the second login needs no PBKDF2");
+        assert_eq!(login("wrong", false), None, "another password is another key");
+        assert_eq!(login("wrong", true), Some(Err(ScramError::WrongProof)));
     }
 }

@@ -394,7 +394,7 @@ impl<'a> Login<'a> {
                 let password =
                     self.ctx.upstream_password()?.ok_or(UpstreamError::Password(crate::server::UpstreamPasswordError::NotConfigured))?;
                 let auth_db = self.state.upstream.auth_source.as_deref().unwrap_or("admin");
-                scram_login(&mut upstream, auth_db, db_user, &password).await?;
+                scram_login(&mut upstream, auth_db, db_user, &password, &self.state.upstream.salted).await?;
             }
             AuthMethod::AwsIam => {
                 let credentials = self.state.aws_credentials(db_user).await.map_err(UpstreamError::Aws)?;

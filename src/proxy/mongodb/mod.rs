@@ -48,7 +48,7 @@ impl MongoEngine {
             let server_name = DatabaseSetup::server_name(db, &host);
             Ok(DbState {
                 server_tls: setup.server_tls,
-                upstream: UpstreamTarget { host, port, auth_source, tls: setup.upstream_tls, server_name },
+                upstream: UpstreamTarget { host, port, auth_source, tls: setup.upstream_tls, server_name, salted: Default::default() },
                 client_tls_mode: setup.client_tls_mode,
                 aws_credentials: setup.aws,
                 hello_cache: tokio::sync::Mutex::new(None),

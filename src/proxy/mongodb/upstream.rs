@@ -43,6 +43,8 @@ pub struct UpstreamTarget {
     pub auth_source: Option<String>,
     pub tls: Option<Arc<rustls::ClientConfig>>,
     pub server_name: String,
+    /// PBKDF2 (15,000 iterations by MongoDB's default) once per upstream user, not per login.
+    pub salted: Arc<crate::auth::scram::SaltedPasswords>,
 }
 
 /// The proxy's own request ids on upstream connections, apart from any client's.
@@ -117,7 +119,13 @@ fn done(reply: &RawDocument) -> bool {
 }
 
 /// SCRAM-SHA-256 as `user` on `auth_db`.
-pub async fn scram_login(stream: &mut Stream, auth_db: &str, user: &str, password: &str) -> Result<(), UpstreamError> {
+pub async fn scram_login(
+    stream: &mut Stream,
+    auth_db: &str,
+    user: &str,
+    password: &str,
+    salted: &Arc<crate::auth::scram::SaltedPasswords>,
+) -> Result<(), UpstreamError> {
     let (mut exchange, first) = ClientExchange::start_as(user, password)?;
     let start = rawdoc! {
         "saslStart": 1, "mechanism": "SCRAM-SHA-256", "payload": binary(first.into_bytes()),
@@ -125,16 +133,24 @@ pub async fn scram_login(stream: &mut Stream, auth_db: &str, user: &str, passwor
     };
     let reply = checked(stream, &start).await?;
     let server_first = String::from_utf8_lossy(&payload(&reply)?).into_owned();
-    let (exchange_back, client_final) = tokio::task::spawn_blocking(move || {
-        let answer = exchange.respond(&server_first);
-        (exchange, answer)
-    })
-    .await
-    .map_err(|e| UpstreamError::Unexpected(e.to_string()))?;
-    exchange = exchange_back;
+    let client_final = match exchange.respond_cached(&server_first, salted, false)? {
+        Some(answer) => answer,
+        None => {
+            // The first login of this user: PBKDF2 off the worker, kept for the next ones.
+            let cache = salted.clone();
+            let (exchange_back, answer) = tokio::task::spawn_blocking(move || {
+                let answer = exchange.respond_cached(&server_first, &cache, true);
+                (exchange, answer)
+            })
+            .await
+            .map_err(|e| UpstreamError::Unexpected(e.to_string()))?;
+            exchange = exchange_back;
+            answer?.unwrap_or_default()
+        }
+    };
     let mut reply = checked(
         stream,
-        &rawdoc! { "saslContinue": 1, "conversationId": conversation_id(&reply), "payload": binary(client_final?.into_bytes()), "$db": auth_db },
+        &rawdoc! { "saslContinue": 1, "conversationId": conversation_id(&reply), "payload": binary(client_final.into_bytes()), "$db": auth_db },
     )
     .await?;
     exchange.verify_final(&String::from_utf8_lossy(&payload(&reply)?))?;

@@ -40,7 +40,8 @@ impl PostgresEngine {
             let (host, port, database) =
                 UpstreamTarget::parse(&db.upstream).ok_or_else(|| bad_upstream(db, "postgres://host[:port][/database]"))?;
             let server_name = DatabaseSetup::server_name(db, &host);
-            let upstream = UpstreamTarget { host, port, database, tls: setup.upstream_tls, server_name };
+            let salted = Default::default();
+            let upstream = UpstreamTarget { host, port, database, tls: setup.upstream_tls, server_name, salted };
             Ok(DbState { server_tls: setup.server_tls, upstream, client_tls_mode: setup.client_tls_mode, aws_credentials: setup.aws })
         })?;
         let redactor = Arc::new(redact::Redactor::new(&config.recording.redact_patterns)?);

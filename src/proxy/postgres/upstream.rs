@@ -47,6 +47,8 @@ pub struct UpstreamTarget {
     pub database: String,
     pub tls: Option<Arc<rustls::ClientConfig>>,
     pub server_name: String,
+    /// PBKDF2 once per upstream user, not once per login.
+    pub salted: Arc<crate::auth::scram::SaltedPasswords>,
 }
 
 impl UpstreamTarget {
@@ -133,15 +135,22 @@ impl UpstreamTarget {
                 11 => {
                     let mut exchange = scram.take().ok_or(UpstreamError::UnsupportedAuth(11))?;
                     let server_first = String::from_utf8_lossy(data).into_owned();
-                    // PBKDF2 takes milliseconds at the least: off the worker that serves
-                    // other connections.
-                    let (exchange, reply) = tokio::task::spawn_blocking(move || {
-                        let reply = exchange.respond(&server_first);
-                        (exchange, reply)
-                    })
-                    .await
-                    .map_err(|e| UpstreamError::Blocking(e.to_string()))?;
-                    let reply = reply?;
+                    let reply = match exchange.respond_cached(&server_first, &self.salted, false)? {
+                        Some(reply) => reply,
+                        None => {
+                            // PBKDF2 takes milliseconds at the least: off the worker that
+                            // serves other connections, and only at this user's first login.
+                            let salted = self.salted.clone();
+                            let (back, reply) = tokio::task::spawn_blocking(move || {
+                                let reply = exchange.respond_cached(&server_first, &salted, true);
+                                (exchange, reply)
+                            })
+                            .await
+                            .map_err(|e| UpstreamError::Blocking(e.to_string()))?;
+                            exchange = back;
+                            reply?.unwrap_or_default()
+                        }
+                    };
                     scram = Some(exchange);
                     stream.write_all(&message(b'p', reply.as_bytes())).await.map_err(WireError::from)?;
                 }
