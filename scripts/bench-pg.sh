@@ -4,7 +4,8 @@
 #   haproxy    client ──TLS (passed through)──> PostgreSQL      (one extra TCP hop)
 #   pgbouncer  client ──TLS──> pgbouncer (session mode) ──TLS──> PostgreSQL
 #   dbtape     client ──TLS──> dbtape (strict, batch fsync, recording) ──TLS──> PostgreSQL
-# Then the proxy's memory per idle connection. Sourced by scripts/bench.
+# Then a connection storm (pgbench -C) through the same paths, and the proxy's memory per
+# idle connection. Sourced by scripts/bench.
 set -euo pipefail
 
 DURATION=${DURATION:-30}
@@ -14,6 +15,12 @@ IDLE_CONNS=${IDLE_CONNS:-100}
 # The high-concurrency case: one pass per path with this many clients (0 skips it).
 HIGH_CLIENTS=${HIGH_CLIENTS:-200}
 HIGH_DURATION=${HIGH_DURATION:-20}
+# The connection storm: pgbench -C (a new connection, TLS and SCRAM on every leg, for each
+# transaction), STORM_CLIENTS clients, STORM_ROUNDS interleaved rounds of STORM_DURATION s
+# (STORM_ROUNDS=0 skips it).
+STORM_ROUNDS=${STORM_ROUNDS:-3}
+STORM_DURATION=${STORM_DURATION:-8}
+STORM_CLIENTS=${STORM_CLIENTS:-8}
 # IDLE_SPACED=1: the idle clients log in one after another rather than all at once.
 # MODE=extended|prepared: pgbench's query protocol (default simple); prepared sends each
 # transaction as Bind/Describe/Execute of a statement parsed once, the path a driver takes.
@@ -279,6 +286,49 @@ if (( HIGH_CLIENTS > 0 )); then
     done
 fi
 
+# Connection storm: new connections per second through each path, the proxy's CPU per
+# connection, and what each one-statement session leaves in dbtape's recordings folder.
+storm() { # path round
+    local dir="$WORK/storm-$1-$2" proxy_pid=
+    mkdir -p "$dir"
+    case $1 in
+        haproxy) proxy_pid=$HAPROXY_PID ;;
+        pgbouncer) proxy_pid=$(cat "$WORK/pgbouncer.pid") ;;
+        dbtape) proxy_pid=$DBTAPE_PID ;;
+        alt) proxy_pid=$ALT_PID ;;
+    esac
+    local cpu_before=0 bytes_before files_before
+    [[ -n $proxy_pid ]] && cpu_before=$(cpu_ticks "$proxy_pid")
+    bytes_before=$(du -sb --apparent-size "$WORK/recordings" | cut -f1)
+    local blocks_before
+    blocks_before=$(du -sB1 "$WORK/recordings" | cut -f1)
+    files_before=$(find "$WORK/recordings" -maxdepth 1 -type f | wc -l)
+    (cd "$dir" && pgbench -C -S -n -c "$STORM_CLIENTS" -j 2 -T "$STORM_DURATION" "$(conninfo "$1")" > summary.txt 2>&1)
+    local txns cps
+    txns=$(grep -oP 'actually processed: \K[0-9]+' "$dir/summary.txt")
+    cps=$(python3 -c "print($txns / $STORM_DURATION)")
+    echo "$cps" >> "$WORK/storm-cps-$1"
+    if [[ -n $proxy_pid ]]; then
+        python3 -c "print(($(cpu_ticks "$proxy_pid") - $cpu_before) * 1e3 / $(getconf CLK_TCK) / $txns)" >> "$WORK/storm-cpu-$1"
+    fi
+    if [[ $1 == dbtape ]]; then
+        # Sealing runs on the recorder's own thread: let it finish before counting.
+        sleep 2
+        python3 -c "print(($(du -sB1 "$WORK/recordings" | cut -f1) - $blocks_before) / $txns, ($(du -sb --apparent-size "$WORK/recordings" | cut -f1) - $bytes_before) / $txns, ($(find "$WORK/recordings" -maxdepth 1 -type f | wc -l) - $files_before) / $txns)" >> "$WORK/storm-disk"
+    fi
+    printf '   %s: %.0f new connections/s\n' "$1" "$cps"
+}
+STORM_PATHS=(direct haproxy pgbouncer dbtape)
+[[ -n $ALT_PORT ]] && STORM_PATHS+=(alt)
+for round in $(seq "$STORM_ROUNDS"); do
+    for path in "${STORM_PATHS[@]}"; do
+        echo "== storm round $round: $path (${STORM_DURATION}s, $STORM_CLIENTS clients, a new connection per transaction, TLS + SCRAM)"
+        storm "$path" "$round"
+        settle "$DBTAPE_PID" "${ALT_PID:-}"
+    done
+    STORM_PATHS=("${STORM_PATHS[@]:1}" "${STORM_PATHS[0]}")
+done
+
 # Memory per idle connection: a fresh dbtape process, warmed by one session (and the indexer's
 # pass over it), then the RSS growth while IDLE_CONNS clients sit connected doing nothing.
 rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
@@ -375,6 +425,26 @@ if all(p in high for p in ['direct', 'haproxy', 'pgbouncer', 'dbtape']):
         print(f"high concurrency alt: alt/dbtape {high['alt'][0]/high['dbtape'][0]:.2f}  alt CPU/dbtape CPU {cpu_of('alt', '-high')/cpu_of('dbtape', '-high'):.2f}")
     print(f"high concurrency ratios: dbtape/pgbouncer {high['dbtape'][0]/high['pgbouncer'][0]:.2f}  dbtape/haproxy {high['dbtape'][0]/high['haproxy'][0]:.2f}  "
           f"dbtape CPU/pgbouncer CPU {cpu_of('dbtape', '-high')/cpu_of('pgbouncer', '-high'):.2f}")
+storm = {}
+for path in ["direct", "haproxy", "pgbouncer", "dbtape", "alt"]:
+    f = work / f"storm-cps-{path}"
+    if f.exists():
+        cps = [float(x) for x in f.read_text().split()]
+        cpu_f = work / f"storm-cpu-{path}"
+        cpu = statistics.mean(float(x) for x in cpu_f.read_text().split()) if cpu_f.exists() else float("nan")
+        storm[path] = (statistics.mean(cps), cpu)
+        print(f"storm {path:10s} {storm[path][0]:7.1f} new connections/s (rounds {', '.join(f'{c:.0f}' for c in cps)})" + (f"   proxy CPU {cpu:.2f} ms/connection" if cpu == cpu else ""))
+storm_result = ""
+if all(p in storm for p in ["direct", "haproxy", "pgbouncer", "dbtape"]):
+    disk = [tuple(map(float, line.split())) for line in (work / "storm-disk").read_text().splitlines()]
+    blocks, apparent, files = (statistics.mean(d[i] for d in disk) for i in range(3))
+    print(f"storm ratios: dbtape/haproxy {storm['dbtape'][0]/storm['haproxy'][0]:.2f}  dbtape/pgbouncer {storm['dbtape'][0]/storm['pgbouncer'][0]:.2f}  "
+          f"dbtape CPU/pgbouncer CPU {storm['dbtape'][1]/storm['pgbouncer'][1]:.2f}; per one-statement session: {blocks:.0f} bytes on disk ({apparent:.0f} written), {files:.1f} files")
+    storm_result = (f" storm_direct_cps={storm['direct'][0]:.0f} storm_haproxy_cps={storm['haproxy'][0]:.0f} storm_pgbouncer_cps={storm['pgbouncer'][0]:.0f} "
+                    f"storm_dbtape_cps={storm['dbtape'][0]:.0f} storm_dbtape_cpu_ms={storm['dbtape'][1]:.2f} storm_pgbouncer_cpu_ms={storm['pgbouncer'][1]:.2f} "
+                    f"storm_haproxy_cpu_ms={storm['haproxy'][1]:.2f} storm_disk_bytes_per_session={blocks:.0f} storm_files_per_session={files:.1f}")
+    if "alt" in storm:
+        print(f"storm alt (ALT_BIN): alt/dbtape {storm['alt'][0]/storm['dbtape'][0]:.2f}  alt CPU/dbtape CPU {storm['alt'][1]/storm['dbtape'][1]:.2f}")
 per_conn = (after - before) / max(idle, 1)
 # RSS also grows by code pages first touched under load, which are no connection's; the
 # anonymous memory is what the connections hold.
@@ -384,5 +454,6 @@ print(f"RESULT pg direct_tps={d:.0f} haproxy_tps={h:.0f} pgbouncer_tps={b:.0f} d
       f"dbtape_p99_ms={res['dbtape'][2]:.3f} direct_p99_ms={res['direct'][2]:.3f} dbtape_idle_kib_per_conn={per_conn:.1f} dbtape_idle_anon_kib_per_conn={anon_per_conn:.1f} "
       f"dbtape_cpu_us={cpu_of('dbtape'):.1f} pgbouncer_cpu_us={cpu_of('pgbouncer'):.1f} haproxy_cpu_us={cpu_of('haproxy'):.1f}"
       + (f" high_clients={sys.argv[5]} high_dbtape_tps={high['dbtape'][0]:.0f} high_pgbouncer_tps={high['pgbouncer'][0]:.0f} "
-         f"high_haproxy_tps={high['haproxy'][0]:.0f} high_dbtape_cpu_us={cpu_of('dbtape', '-high'):.1f} high_pgbouncer_cpu_us={cpu_of('pgbouncer', '-high'):.1f}" if 'dbtape' in high and 'pgbouncer' in high and 'haproxy' in high else ""))
+         f"high_haproxy_tps={high['haproxy'][0]:.0f} high_dbtape_cpu_us={cpu_of('dbtape', '-high'):.1f} high_pgbouncer_cpu_us={cpu_of('pgbouncer', '-high'):.1f}" if 'dbtape' in high and 'pgbouncer' in high and 'haproxy' in high else "")
+      + storm_result)
 PY
