@@ -46,7 +46,9 @@ impl PostgresRenderer {
 
     fn paired_result(&mut self, query_ei: u64, event: &RecordedEvent, out: &mut String) {
         if self.open != Some(query_ei) {
-            let Some(at) = self.deferred.iter().position(|(ei, _, _)| *ei == query_ei) else { return };
+            // Deferred queries are in event order: a binary search keeps a deep pipeline (a
+            // JDBC batch of thousands) from costing a scan per result.
+            let Ok(at) = self.deferred.binary_search_by_key(&query_ei, |(ei, _, _)| *ei) else { return };
             // Queries before it got no result (the server skipped them after an error).
             for (_, prompt, text) in self.deferred.drain(..=at) {
                 write_prompted(&prompt, &text, out);
