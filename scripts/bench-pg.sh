@@ -189,17 +189,22 @@ conninfo() {
     esac
 }
 
+# The process of a path's proxy (none for direct).
+proxy_pid_of() {
+    case $1 in
+        haproxy) echo "$HAPROXY_PID" ;;
+        pgbouncer) cat "$WORK/pgbouncer.pid" ;;
+        dbtape) echo "$DBTAPE_PID" ;;
+        alt) echo "$ALT_PID" ;;
+    esac
+}
+
 # Each run logs every transaction's latency; percentiles are computed from those logs.
 run() { # path round
     local dir="$WORK/run-$1-$2"
     mkdir -p "$dir"
-    local proxy_pid=
-    case $1 in
-        haproxy) proxy_pid=$HAPROXY_PID ;;
-        pgbouncer) proxy_pid=$(cat "$WORK/pgbouncer.pid") ;;
-        dbtape) proxy_pid=$DBTAPE_PID ;;
-        alt) proxy_pid=$ALT_PID ;;
-    esac
+    local proxy_pid
+    proxy_pid=$(proxy_pid_of "$1")
     local perf=
     if [[ ( $1 == dbtape || $1 == pgbouncer || $1 == alt ) && -n ${PROFILE:-} ]]; then
         perf record -F 999 -g -p "$proxy_pid" -o "$ROOT/target/perf-$1.data" -- sleep "$DURATION" >/dev/null 2>&1 &
@@ -289,14 +294,9 @@ fi
 # Connection storm: new connections per second through each path, the proxy's CPU per
 # connection, and what each one-statement session leaves in dbtape's recordings folder.
 storm() { # path round
-    local dir="$WORK/storm-$1-$2" proxy_pid=
+    local dir="$WORK/storm-$1-$2" proxy_pid
     mkdir -p "$dir"
-    case $1 in
-        haproxy) proxy_pid=$HAPROXY_PID ;;
-        pgbouncer) proxy_pid=$(cat "$WORK/pgbouncer.pid") ;;
-        dbtape) proxy_pid=$DBTAPE_PID ;;
-        alt) proxy_pid=$ALT_PID ;;
-    esac
+    proxy_pid=$(proxy_pid_of "$1")
     local cpu_before=0 bytes_before files_before
     [[ -n $proxy_pid ]] && cpu_before=$(cpu_ticks "$proxy_pid")
     bytes_before=$(du -sb --apparent-size "$WORK/recordings" | cut -f1)

@@ -2,9 +2,12 @@
 //! flow with PKCE, a state bound to the browser by a cookie, a nonce bound to the ID token,
 //! and the ID token's signature checked against the keys the provider publishes. The
 //! provider says who someone is; `[review.oidc]` and the reviewers file say what they may see.
+//!
+//! A login under way is kept in the browser's own cookie (state, nonce and PKCE verifier),
+//! not in the console: strangers starting logins in a loop cost it nothing. The cookie is
+//! `__Host-` and `HttpOnly`, so another site can neither set nor read it.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -18,11 +21,6 @@ use sha2::{Digest, Sha256};
 
 use crate::config::OidcSection;
 
-/// How long a reviewer has to finish logging in at the provider.
-const PENDING_FOR: Duration = Duration::from_secs(600);
-/// Logins begun and not finished that the console keeps at once: a stranger who starts
-/// logins in a loop fills this, not the memory.
-const MAX_PENDING: usize = 10_000;
 /// The most the console reads of any answer from the provider.
 const MAX_RESPONSE_BYTES: usize = 1 << 20;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,8 +37,6 @@ pub enum OidcError {
     Token(String),
     #[error("the login expired or was not started in this browser")]
     UnknownState,
-    #[error("too many logins under way")]
-    Busy,
     #[error("the provider refused the login: {0}")]
     Refused(String),
     #[error("[review.oidc] {0}")]
@@ -54,12 +50,6 @@ struct Metadata {
     token_endpoint: String,
     jwks_uri: String,
     userinfo_endpoint: Option<String>,
-}
-
-struct Pending {
-    nonce: String,
-    verifier: String,
-    started: Instant,
 }
 
 /// Who the provider says logged in.
@@ -77,7 +67,6 @@ pub struct Oidc {
     metadata: Metadata,
     tls: Arc<rustls::ClientConfig>,
     keys: tokio::sync::Mutex<(Vec<Value>, Instant)>,
-    pending: Mutex<HashMap<String, Pending>>,
 }
 
 impl Oidc {
@@ -118,30 +107,15 @@ impl Oidc {
             }
         }
         let keys = fetch_keys(&tls, &metadata.jwks_uri).await?;
-        Ok(Oidc {
-            settings,
-            client_secret,
-            metadata,
-            tls,
-            keys: tokio::sync::Mutex::new((keys, Instant::now())),
-            pending: Mutex::new(HashMap::new()),
-        })
+        Ok(Oidc { settings, client_secret, metadata, tls, keys: tokio::sync::Mutex::new((keys, Instant::now())) })
     }
 
-    /// Starts a login: returns the state (for the browser's cookie) and where to send it.
+    /// Starts a login: returns the browser's cookie (`state.nonce.verifier`, kept for ten
+    /// minutes) and where to send it.
     pub fn begin(&self) -> Result<(String, String), OidcError> {
         let (state, nonce, verifier) = (random_text()?, random_text()?, random_text()?);
         let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
-        {
-            let mut pending = self.pending.lock().map_err(|_| OidcError::Busy)?;
-            if pending.len() >= MAX_PENDING {
-                pending.retain(|_, p| p.started.elapsed() < PENDING_FOR);
-            }
-            if pending.len() >= MAX_PENDING {
-                return Err(OidcError::Busy);
-            }
-            pending.insert(state.clone(), Pending { nonce: nonce.clone(), verifier, started: Instant::now() });
-        }
+        let cookie = format!("{state}.{nonce}.{verifier}");
         let query = serde_urlencoded::to_string([
             ("response_type", "code"),
             ("client_id", self.settings.client_id.as_str()),
@@ -155,24 +129,24 @@ impl Oidc {
         .map_err(|e| OidcError::Config(e.to_string()))?;
         let endpoint = &self.metadata.authorization_endpoint;
         let separator = if endpoint.contains('?') { '&' } else { '?' };
-        Ok((state, format!("{endpoint}{separator}{query}")))
+        Ok((cookie, format!("{endpoint}{separator}{query}")))
     }
 
     /// Finishes a login the browser came back from: `state` must be the one its cookie
-    /// holds, and is good once.
-    pub async fn finish(&self, state: &str, cookie_state: &str, code: &str) -> Result<Identity, OidcError> {
-        if state.is_empty() || state != cookie_state {
+    /// holds (the console clears the cookie, so it is good once).
+    pub async fn finish(&self, state: &str, cookie: &str, code: &str) -> Result<Identity, OidcError> {
+        let mut parts = cookie.split('.');
+        let (Some(cookie_state), Some(nonce), Some(verifier), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
             return Err(OidcError::UnknownState);
-        }
-        let pending = self.pending.lock().map_err(|_| OidcError::UnknownState)?.remove(state).ok_or(OidcError::UnknownState)?;
-        if pending.started.elapsed() >= PENDING_FOR {
+        };
+        if state.is_empty() || state != cookie_state || nonce.is_empty() || verifier.is_empty() {
             return Err(OidcError::UnknownState);
         }
         let form = serde_urlencoded::to_string([
             ("grant_type", "authorization_code"),
             ("code", code),
             ("redirect_uri", self.settings.redirect_url.as_str()),
-            ("code_verifier", &pending.verifier),
+            ("code_verifier", verifier),
         ])
         .map_err(|e| OidcError::Config(e.to_string()))?;
         // RFC 6749 2.3.1: both halves are form-encoded before they are joined.
@@ -189,7 +163,7 @@ impl Oidc {
         .await?;
         let id_token =
             answer.get("id_token").and_then(Value::as_str).ok_or_else(|| OidcError::Token("the token endpoint sent no id_token".into()))?;
-        let claims = self.verified_claims(id_token, &pending.nonce).await?;
+        let claims = self.verified_claims(id_token, nonce).await?;
         let subject = claims.get("sub").and_then(Value::as_str).unwrap_or_default().to_string();
         if subject.is_empty() {
             return Err(OidcError::Token("no sub claim".into()));

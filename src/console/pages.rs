@@ -117,14 +117,14 @@ pub async fn oidc_begin(State(console): State<Arc<Console>>) -> Response {
         return error_page(StatusCode::NOT_FOUND, "This console has no single sign-on configured.");
     };
     match oidc.begin() {
-        Ok((state, url)) => {
+        Ok((cookie, url)) => {
             let mut response = redirect(&url);
-            set_cookie(&mut response, OIDC_COOKIE, &state, 600);
+            set_cookie(&mut response, OIDC_COOKIE, &cookie, 600);
             response
         }
         Err(e) => {
             tracing::warn!(error = %e, "console: cannot start an OIDC login");
-            error_page(StatusCode::SERVICE_UNAVAILABLE, "Single sign-on is busy. Try again in a minute.")
+            error_page(StatusCode::SERVICE_UNAVAILABLE, "Single sign-on cannot start. Try again in a minute.")
         }
     }
 }
