@@ -1,8 +1,10 @@
 //! The load `scripts/bench mongo` drives: CLIENTS concurrent clients, each on its own
 //! connection, doing 80% `find_one` by a random `_id` among PRELOADED documents and 20%
-//! `insert_one`, for SECONDS. Prints `ops=<n> seconds=<s> p99_us=<p99>`.
+//! `insert_one`, for SECONDS. Prints `ops=<n> seconds=<s> p99_us=<p99>`. With `--storm`,
+//! each client opens a new driver client (its connections, handshake and login) for every
+//! operation, a `find_one`, and closes it: a connection storm.
 //!
-//!   cargo run --release --example mongo_load -- URI CLIENTS SECONDS [--preload N]
+//!   cargo run --release --example mongo_load -- URI CLIENTS SECONDS [--preload | --storm]
 
 use std::time::{Duration, Instant};
 
@@ -36,6 +38,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
     let deadline = Instant::now() + Duration::from_secs(seconds);
+    if args.iter().any(|a| a == "--storm") {
+        return storm(options, clients, deadline, seconds).await;
+    }
     let mut tasks = Vec::new();
     for worker in 0..clients {
         let client = mongodb::Client::with_options(options.clone())?;
@@ -58,6 +63,36 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 n += 1;
             }
             client.shutdown().await;
+            Ok::<_, mongodb::error::Error>(latencies)
+        }));
+    }
+    let started = Instant::now();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    let elapsed = started.elapsed().as_secs_f64().max(seconds as f64);
+    all.sort_unstable();
+    let p99 = all.get(all.len() * 99 / 100).copied().unwrap_or(0);
+    println!("ops={} seconds={elapsed:.2} p99_us={p99}", all.len());
+    Ok(())
+}
+
+async fn storm(options: ClientOptions, clients: usize, deadline: Instant, seconds: u64) -> Result<(), Box<dyn std::error::Error>> {
+    let mut tasks = Vec::new();
+    for worker in 0..clients {
+        let options = options.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ (worker as u64 + 1);
+            while Instant::now() < deadline {
+                let started = Instant::now();
+                let client = mongodb::Client::with_options(options.clone())?;
+                let id = (next(&mut state) >> 8) as i64 % PRELOADED;
+                client.database("bench").collection::<Document>("items").find_one(doc! { "_id": id }).await?;
+                client.shutdown().await;
+                latencies.push(started.elapsed().as_micros() as u64);
+            }
             Ok::<_, mongodb::error::Error>(latencies)
         }));
     }

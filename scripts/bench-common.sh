@@ -141,9 +141,9 @@ bench_rounds() { # NAME COUNT UNIT RATE
             settle "$pid"
         done
     done
-    python3 - "$WORK/results" "$name" "$unit" "$rate" <<'PY'
+    python3 - "$WORK/results" "$name" "$unit" "$rate" "${RESULT_EXTRA:-}" <<'PY'
 import statistics, sys
-path, name, unit, rate = sys.argv[1:]
+path, name, unit, rate = sys.argv[1:5]
 rows = [line.split() for line in open(path)]
 def mean(p, col):
     values = [float(r[col]) for r in rows if r[0] == p and len(r) > col]
@@ -163,6 +163,7 @@ if alt:
           f"proxy CPU per {unit}: alt {mean('alt', 3):.1f} us")
     extra = f" alt_{rate}={alt:.0f} alt_cpu_us={mean('alt', 3):.1f} alt_p99_us={mean('alt', 2):.0f}"
 print(f"RESULT {name} direct_{rate}={speed['direct']:.0f} haproxy_{rate}={speed['haproxy']:.0f} dbtape_{rate}={speed['dbtape']:.0f} "
-      f"dbtape_cpu_us={cpu['dbtape']:.1f} haproxy_cpu_us={cpu['haproxy']:.1f} dbtape_p99_us={mean('dbtape', 2):.0f} direct_p99_us={mean('direct', 2):.0f}{extra}")
+      f"dbtape_cpu_us={cpu['dbtape']:.1f} haproxy_cpu_us={cpu['haproxy']:.1f} dbtape_p99_us={mean('dbtape', 2):.0f} direct_p99_us={mean('direct', 2):.0f}{extra}"
+      + (" " + sys.argv[5] if len(sys.argv) > 5 and sys.argv[5] else ""))
 PY
 }
