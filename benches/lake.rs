@@ -9,32 +9,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use dbtape::audit::{ConnectionMeta, DatabaseMeta, EventBody, Protocol, ServerMeta, SessionContext, Status, UserMeta};
+use dbtape::audit::{EventBody, Protocol, Status};
 use dbtape::lake::journal::Range;
 use dbtape::lake::writer::build_batch;
 use dbtape::recording::{Recorder, RecorderConfig, RecordingStore};
 use dbtape::replay::cursor::Cursor;
 use dbtape::signing::Signer;
 
-fn context(protocol: Protocol, user: &str) -> SessionContext {
-    SessionContext {
-        sid: uuid::Uuid::new_v4().to_string(),
-        cluster_name: "prod".into(),
-        user: UserMeta { user: user.into(), aws_role_arn: String::new() },
-        database: DatabaseMeta {
-            service: format!("{protocol:?}").to_lowercase(),
-            protocol,
-            uri: "db.internal:5432".into(),
-            name: "orders".into(),
-            user: "app".into(),
-            labels: Default::default(),
-            aws_region: String::new(),
-            db_type: "rds".into(),
-        },
-        server: ServerMeta::default(),
-        connection: ConnectionMeta::default(),
-    }
-}
+mod support;
+use support::context;
 
 /// A statement of the session's protocol, with varying constants: mostly reads and writes,
 /// one in fifty DDL, as a production mix is.

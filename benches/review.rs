@@ -5,36 +5,24 @@
 
 use std::sync::Arc;
 
-use dbtape::audit::{ConnectionMeta, DatabaseMeta, EventBody, Protocol, ServerMeta, SessionContext, Status, UserMeta};
+use dbtape::audit::{ConnectionMeta, EventBody, Protocol, SessionContext, Status};
 use dbtape::recording::{Recorder, RecorderConfig};
 use dbtape::signing::Signer;
+
+mod support;
 
 const USERS: [&str; 12] = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "mallory", "oscar"];
 /// 2026-11-01T00:00:00Z.
 const T0_MS: i64 = 1_793_491_200_000;
 
 fn context(protocol: Protocol, user: &str, n: u64) -> SessionContext {
-    SessionContext {
-        sid: uuid::Uuid::new_v4().to_string(),
-        cluster_name: "prod".into(),
-        user: UserMeta { user: user.into(), aws_role_arn: String::new() },
-        database: DatabaseMeta {
-            service: format!("{protocol:?}").to_lowercase(),
-            protocol,
-            uri: "db.internal:5432".into(),
-            name: "orders".into(),
-            user: "app".into(),
-            labels: Default::default(),
-            aws_region: String::new(),
-            db_type: "rds".into(),
-        },
-        server: ServerMeta::default(),
-        connection: ConnectionMeta {
-            local_addr: "10.0.0.1:5432".into(),
-            remote_addr: format!("10.1.{}.{}:40000", n % 200, n % 250),
-            user_agent: String::new(),
-        },
-    }
+    let mut ctx = support::context(protocol, user);
+    ctx.connection = ConnectionMeta {
+        local_addr: "10.0.0.1:5432".into(),
+        remote_addr: format!("10.1.{}.{}:40000", n % 200, n % 250),
+        user_agent: String::new(),
+    };
+    ctx
 }
 
 fn query(n: u64) -> EventBody {

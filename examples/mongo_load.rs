@@ -66,16 +66,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Ok::<_, mongodb::error::Error>(latencies)
         }));
     }
-    let started = Instant::now();
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await??);
-    }
-    let elapsed = started.elapsed().as_secs_f64().max(seconds as f64);
-    all.sort_unstable();
-    let p99 = all.get(all.len() * 99 / 100).copied().unwrap_or(0);
-    println!("ops={} seconds={elapsed:.2} p99_us={p99}", all.len());
-    Ok(())
+    report(tasks, seconds).await
 }
 
 async fn storm(options: ClientOptions, clients: usize, deadline: Instant, seconds: u64) -> Result<(), Box<dyn std::error::Error>> {
@@ -96,6 +87,13 @@ async fn storm(options: ClientOptions, clients: usize, deadline: Instant, second
             Ok::<_, mongodb::error::Error>(latencies)
         }));
     }
+    report(tasks, seconds).await
+}
+
+type Latencies = tokio::task::JoinHandle<Result<Vec<u64>, mongodb::error::Error>>;
+
+/// Waits for every client and prints `ops=<n> seconds=<s> p99_us=<p99>`.
+async fn report(tasks: Vec<Latencies>, seconds: u64) -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     let mut all = Vec::new();
     for t in tasks {

@@ -220,16 +220,8 @@ async fn a_real_haproxy_reports_each_clients_address_and_strangers_are_refused()
     let (ok, out, err) = common::output(pymongo).await;
     assert!(ok, "{out}{err}");
     let mut aws = Command::new(format!("{}/bin/aws", services.get("SERVICES_VENV")));
-    for var in ["AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB"] {
-        aws.env_remove(var);
-    }
-    aws.env("AWS_ACCESS_KEY_ID", format!("{ALICE_KEY}@audit-target"))
-        .env("AWS_SECRET_ACCESS_KEY", ALICE_SECRET)
-        .env("AWS_DEFAULT_REGION", "us-east-1")
-        .env("AWS_CONFIG_FILE", "/nonexistent")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-        .env("AWS_MAX_ATTEMPTS", "1")
-        .args(["--endpoint-url", &format!("http://127.0.0.1:{}", balancer.port("ddb", GOOD)), "dynamodb", "list-tables"]);
+    common::dynamo::client_env(&mut aws, &format!("{ALICE_KEY}@audit-target"), ALICE_SECRET);
+    aws.args(["--endpoint-url", &format!("http://127.0.0.1:{}", balancer.port("ddb", GOOD)), "dynamodb", "list-tables"]);
     let (ok, out, err) = common::output(aws).await;
     assert!(ok, "{out}{err}");
 

@@ -92,23 +92,10 @@ db_users = ["audit-target"]
         format!("http://{}", self.addrs[database])
     }
 
-    /// A client process with only the given AWS identity in its environment.
-    fn client_env(&self, cmd: &mut std::process::Command, key_id: &str, secret: &str) {
-        for var in ["AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB"] {
-            cmd.env_remove(var);
-        }
-        cmd.env("AWS_ACCESS_KEY_ID", key_id)
-            .env("AWS_SECRET_ACCESS_KEY", secret)
-            .env("AWS_DEFAULT_REGION", "us-east-1")
-            .env("AWS_CONFIG_FILE", "/nonexistent")
-            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-            .env("AWS_MAX_ATTEMPTS", "1");
-    }
-
     /// `aws --endpoint-url <ddb> <args>` as `key_id`; (success, stdout, stderr).
     pub async fn aws(&self, key_id: &str, secret: &str, args: &[&str]) -> (bool, String, String) {
         let mut cmd = std::process::Command::new(format!("{}/bin/aws", self.services.get("SERVICES_VENV")));
-        self.client_env(&mut cmd, key_id, secret);
+        client_env(&mut cmd, key_id, secret);
         cmd.args(["--endpoint-url", &self.endpoint("ddb"), "--output", "json"]).args(args);
         super::output(cmd).await
     }
@@ -116,7 +103,7 @@ db_users = ["audit-target"]
     /// A boto3 script; `argv[1]` is the endpoint of `database`, then `args`.
     pub async fn boto3(&self, database: &str, key_id: &str, secret: &str, script: &str, args: &[&str]) -> (bool, String, String) {
         let mut cmd = self.services.python();
-        self.client_env(&mut cmd, key_id, secret);
+        client_env(&mut cmd, key_id, secret);
         cmd.args(["-c", script, &self.endpoint(database)]).args(args);
         super::output(cmd).await
     }
@@ -160,4 +147,17 @@ pub fn brief(event: &serde_json::Value) -> String {
         "db.session.end" => "end".into(),
         other => other.to_string(),
     }
+}
+
+/// A client process (the aws CLI, boto3) with only the given AWS identity in its environment.
+pub fn client_env(cmd: &mut std::process::Command, key_id: &str, secret: &str) {
+    for var in ["AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB"] {
+        cmd.env_remove(var);
+    }
+    cmd.env("AWS_ACCESS_KEY_ID", key_id)
+        .env("AWS_SECRET_ACCESS_KEY", secret)
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_CONFIG_FILE", "/nonexistent")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        .env("AWS_MAX_ATTEMPTS", "1");
 }
