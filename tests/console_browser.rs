@@ -267,7 +267,10 @@ async fn a_live_psql_session_is_followed_and_a_tampered_one_is_marked() {
 /// password), then grants the console's request if the provider asks.
 async fn sso_login(browser: &Browser, console: &Console, who: &str) {
     browser.client.goto(&format!("https://localhost:{}/login", console.port)).await.unwrap();
-    browser.client.find(Locator::Id("oidc")).await.unwrap().click().await.unwrap();
+    let button = browser.client.find(Locator::Id("oidc")).await.unwrap();
+    assert_eq!(button.text().await.unwrap(), "Log in with Test IdP");
+    browser.screenshot("oidc-login-page").await;
+    button.click().await.unwrap();
     let login = browser.client.wait().for_element(Locator::Css("input[name=login]")).await.unwrap();
     assert!(browser.client.current_url().await.unwrap().as_str().starts_with("https://localhost:"), "at the provider");
     login.send_keys(who).await.unwrap();
