@@ -60,7 +60,8 @@ STATUS = {"success": {"type": "boolean"}, "error": S, "message": S}
 EVENTS = [
     ("db.session.start", ["TDB00I", "TDB00W"], "A session was opened (TDB00I) or refused (TDB00W).",
      {**STATUS, "namespace": S, "server_id": S, "server_hostname": S, "server_addr": S, "server_version": S,
-      "addr.local": S, "addr.remote": S, "user_agent": S, "postgres_pid": U32},
+      "addr.local": S, "addr.remote": S, "user_agent": S, "postgres_pid": U32,
+      "upstream_reused": {"type": "boolean", "description": "dbtape, on a pooled PostgreSQL database only: whether the upstream connection (backend postgres_pid) served an earlier client session."}},
      ["server_id", "success"]),
     ("db.session.end", ["TDB01I"], "A session ended.",
      {"addr.local": S, "addr.remote": S,

@@ -21,7 +21,7 @@ fn pg_session(rec: &TestRecorder) -> String {
     let log = rec.recorder.open_at(ctx, T0).unwrap();
     let q = |text: &str| EventBody::Query { query: text.into(), parameters: vec![], db_name: None };
     let events = [
-        EventBody::SessionStart { status: Status::ok(), postgres_pid: Some(77) },
+        EventBody::SessionStart { status: Status::ok(), postgres_pid: Some(77), upstream_reused: None },
         q("SELECT id\n   FROM t;"),
         EventBody::Result { status: Status::ok(), affected_records: 3, query_ei: None },
         q("SELECT err;"),
@@ -60,7 +60,7 @@ fn mongo_session(rec: &TestRecorder, user: &str) -> String {
     ctx.database.service = "mongo1".into();
     let sid = ctx.sid.clone();
     let log = rec.recorder.open_at(ctx, T0 + 500_000).unwrap();
-    log.append(&EventBody::SessionStart { status: Status::ok(), postgres_pid: None }, T0 + 500_000).unwrap();
+    log.append(&EventBody::SessionStart { status: Status::ok(), postgres_pid: None, upstream_reused: None }, T0 + 500_000).unwrap();
     log.append(
         &EventBody::Query {
             query: "OpMsg(Body={\"find\": \"books\",\"$db\": \"shop\"}, Documents=[], Flags=)".into(),

@@ -129,6 +129,9 @@ fn the_example_config_is_valid_and_documents_defaults() {
         "auditor_groups",
         "proxy_protocol",
         "trusted_proxies",
+        "max_size",
+        "idle_timeout",
+        "reset",
     ] {
         assert!(text.contains(&format!("{key} =")), "examples/dbtape.toml does not document {key}");
     }
@@ -156,6 +159,7 @@ protocol = "dynamodb"
 listen = "127.0.0.1:9000"
 upstream = ""
 aws = { account_id = "12345", assume_role_arn = "role/foo" }
+pool = { mode = "session", max_size = 0 }
 
 [[users]]
 name = "bob"
@@ -179,6 +183,8 @@ fn every_error_is_reported_with_its_key_and_a_fix() {
         "databases[1].aws.region",
         "databases[1].aws.account_id",
         "databases[1].aws.assume_role_arn",
+        "databases[1].pool",
+        "databases[1].pool.max_size",
         "users[0].scram_verifier",
         "users[0].grants[0].database",
         "users[0].grants[0].db_users",

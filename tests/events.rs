@@ -78,7 +78,7 @@ fn query_event_matches_the_teleport_example() {
 #[test]
 fn session_start_and_denial() {
     let c = ctx(Protocol::Postgres);
-    let got = render(&c, 0, &EventBody::SessionStart { status: Status::ok(), postgres_pid: Some(4242) });
+    let got = render(&c, 0, &EventBody::SessionStart { status: Status::ok(), postgres_pid: Some(4242), upstream_reused: None });
     let server = json!({
         "namespace": "default", "server_id": "host-uuid", "server_hostname": "proxy-1", "server_addr": "10.0.0.5:5432",
         "server_version": "0.1.0", "addr.local": "10.0.0.5:5432", "addr.remote": "10.0.0.9:51000", "user_agent": "psql",
@@ -91,7 +91,11 @@ fn session_start_and_denial() {
     let denied = render(
         &c,
         0,
-        &EventBody::SessionStart { status: Status::failed("access denied", "user alice may not use db_user admin"), postgres_pid: None },
+        &EventBody::SessionStart {
+            status: Status::failed("access denied", "user alice may not use db_user admin"),
+            postgres_pid: None,
+            upstream_reused: None,
+        },
     );
     let mut expected = with(base(0, "db.session.start", "TDB00W"), server);
     expected["success"] = json!(false);
@@ -283,8 +287,8 @@ fn the_recorders_spliced_json_equals_the_plain_serialisation() {
     let fixed = dbtape::audit::fixed_fields_json(&c);
     let t = chrono::DateTime::from_timestamp_millis(TIME_MS).unwrap();
     let bodies = vec![
-        EventBody::SessionStart { status: Status::ok(), postgres_pid: Some(1) },
-        EventBody::SessionStart { status: Status::failed("denied \"x\"", "m"), postgres_pid: None },
+        EventBody::SessionStart { status: Status::ok(), postgres_pid: Some(1), upstream_reused: None },
+        EventBody::SessionStart { status: Status::failed("denied \"x\"", "m"), postgres_pid: None, upstream_reused: None },
         EventBody::SessionEnd { session_start: t, session_stop: t },
         EventBody::Query { query: "SELECT '\u{e9}\n\t\\'".into(), parameters: vec!["p".into()], db_name: None },
         EventBody::Query { query: "find".into(), parameters: vec![], db_name: Some("shop".into()) },

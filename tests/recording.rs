@@ -420,7 +420,7 @@ fn screen_steps_are_playback_as_data_one_frame_at_a_time() {
     let ctx = context(Protocol::Postgres);
     let sid = ctx.sid.clone();
     let log = rec.recorder.open_at(ctx, 1_000).unwrap();
-    log.append(&EventBody::SessionStart { status: Status::ok(), postgres_pid: None }, 1_000).unwrap();
+    log.append(&EventBody::SessionStart { status: Status::ok(), postgres_pid: None, upstream_reused: None }, 1_000).unwrap();
     for i in 0..250u64 {
         let query = format!("SELECT {i} /* \u{1b}[2K hidden? */");
         log.append(&EventBody::Query { query, parameters: vec![], db_name: None }, 1_000 + i as i64).unwrap();

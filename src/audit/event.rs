@@ -25,6 +25,9 @@ pub enum EventBody {
     SessionStart {
         status: Status,
         postgres_pid: Option<u32>,
+        /// dbtape's own, for a pooled database only: whether the upstream connection served
+        /// an earlier client session (`postgres_pid` names its backend).
+        upstream_reused: Option<bool>,
     },
     /// A refused login in a listener's refused-logins log, which holds many: `db.session.start`
     /// TDB00W carrying the would-be session's own user, database and address.
@@ -384,6 +387,8 @@ struct Wire<'a> {
     session_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     postgres_pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream_reused: Option<bool>,
     /// dbtape's own: fields stored cut, with the full text's length and SHA-256.
     #[serde(skip_serializing_if = "Option::is_none")]
     truncated: Option<&'a [Truncation]>,
@@ -472,9 +477,10 @@ impl AuditEvent<'_> {
             ..Wire::default()
         };
         match self.body {
-            EventBody::SessionStart { status, postgres_pid } => {
+            EventBody::SessionStart { status, postgres_pid, upstream_reused } => {
                 w.start(ctx, status, &ctx.connection.remote_addr, &ctx.connection.user_agent);
                 w.postgres_pid = *postgres_pid;
+                w.upstream_reused = *upstream_reused;
             }
             EventBody::RefusedStart { status, user, db_user, db_name, remote_addr, user_agent } => {
                 w.start(ctx, status, remote_addr, user_agent);

@@ -436,6 +436,47 @@ pub struct DatabaseConfig {
     /// `proxy_protocol`.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// PostgreSQL only: reuse upstream connections between client sessions. Off when absent.
+    #[serde(default)]
+    pub pool: Option<PoolConfig>,
+}
+
+/// `[databases.pool]`: an upstream session pool, as pgbouncer's session mode.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Only "session": a connection serves one client session at a time, start to end.
+    pub mode: PoolMode,
+    /// The most upstream connections the pool holds open at once, in use or idle. A client
+    /// session that finds them all in use waits (within `login_timeout`).
+    #[serde(default = "default_pool_max_size")]
+    pub max_size: usize,
+    /// An idle connection is closed after this long. It also bounds how long a connection
+    /// opened with an IAM token (checked only at login) lives on unused.
+    #[serde(default = "default_pool_idle_timeout", with = "humantime_serde_compat")]
+    pub idle_timeout: std::time::Duration,
+    /// Run on a connection when a client session ends, before the next one gets it; a
+    /// failure discards the connection.
+    #[serde(default = "default_pool_reset")]
+    pub reset: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolMode {
+    Session,
+}
+
+fn default_pool_max_size() -> usize {
+    20
+}
+
+fn default_pool_idle_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(300)
+}
+
+fn default_pool_reset() -> String {
+    "DISCARD ALL".into()
 }
 
 /// Which header a listener expects (`proxy_protocol` in a `[[databases]]` entry).

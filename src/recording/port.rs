@@ -142,7 +142,12 @@ impl AuditPort {
     /// backend's, where there is one. If even that cannot be recorded (strict mode), the
     /// recording is sealed here and the engine refuses the session with the error.
     pub async fn begin(self, postgres_pid: Option<u32>) -> Result<AuditPort, AuditError> {
-        match self.emit(EventBody::SessionStart { status: Status::ok(), postgres_pid }).await {
+        self.begin_on(postgres_pid, None).await
+    }
+
+    /// As `begin`, saying whether a pooled upstream connection was `reused`.
+    pub async fn begin_on(self, postgres_pid: Option<u32>, upstream_reused: Option<bool>) -> Result<AuditPort, AuditError> {
+        match self.emit(EventBody::SessionStart { status: Status::ok(), postgres_pid, upstream_reused }).await {
             Ok(_) => Ok(self),
             Err(e) => {
                 self.seal().await;
@@ -154,7 +159,8 @@ impl AuditPort {
     /// The session could not begin after its recording opened (TDB00W), and the recording is
     /// sealed. `error` is why (an upstream's refusal, say); `message` the kind of failure.
     pub async fn start_failed(self, error: String, message: &str) {
-        let _ = self.emit(EventBody::SessionStart { status: Status::failed(error, message), postgres_pid: None }).await;
+        let _ =
+            self.emit(EventBody::SessionStart { status: Status::failed(error, message), postgres_pid: None, upstream_reused: None }).await;
         self.seal().await;
     }
 

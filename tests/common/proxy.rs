@@ -94,6 +94,15 @@ impl Proxy {
     /// As `start_custom`; `client_tls_tail` replaces the [client_tls] section's `client_ca`
     /// line (the listener's certificate and key stay).
     pub async fn start_configured(extra_server: &str, extra_recording: &str, client_tls_tail: Option<&str>) -> Proxy {
+        Self::start_full(extra_server, extra_recording, client_tls_tail, "").await
+    }
+
+    /// As `start`, with `pool` as the database's `[databases.pool]` section's body.
+    pub async fn start_pooled(pool: &str) -> Proxy {
+        Self::start_full("", "", None, &format!("[databases.pool]\n{pool}")).await
+    }
+
+    async fn start_full(extra_server: &str, extra_recording: &str, client_tls_tail: Option<&str>, extra_database: &str) -> Proxy {
         let services = Services::load();
         let root = tempfile::tempdir().unwrap();
         let certs = services.get("CERTS").to_string();
@@ -125,6 +134,7 @@ ca = "{certs}/ca.crt"
 [databases.auth]
 method = "password"
 password = {pg_password}
+{extra_database}
 
 [[users]]
 name = "alice"

@@ -93,6 +93,10 @@ impl Wire<'_> {
         opt_str(out, "action", self.action);
         opt_str(out, "session_id", self.session_id);
         opt_u64(out, "postgres_pid", self.postgres_pid.map(u64::from));
+        if let Some(reused) = self.upstream_reused {
+            key(out, "upstream_reused");
+            out.extend_from_slice(if reused { b"true" } else { b"false" });
+        }
         if let Some(truncated) = self.truncated {
             key(out, "truncated");
             // Rare (oversized events only): serde_json's own writer.
@@ -289,8 +293,10 @@ mod tests {
         let s = |t: &str| format!("{t} {AWKWARD}");
         let t0 = DateTime::<Utc>::from_timestamp_millis(1_790_000_000_123).unwrap_or_default();
         vec![
-            EventBody::SessionStart { status: Status::ok(), postgres_pid: Some(4242) },
-            EventBody::SessionStart { status: Status::failed(s("denied"), "access denied"), postgres_pid: None },
+            EventBody::SessionStart { status: Status::ok(), postgres_pid: Some(4242), upstream_reused: None },
+            EventBody::SessionStart { status: Status::ok(), postgres_pid: Some(7), upstream_reused: Some(true) },
+            EventBody::SessionStart { status: Status::ok(), postgres_pid: Some(8), upstream_reused: Some(false) },
+            EventBody::SessionStart { status: Status::failed(s("denied"), "access denied"), postgres_pid: None, upstream_reused: None },
             EventBody::SessionEnd { session_start: t0, session_stop: t0 + chrono::Duration::milliseconds(5_001) },
             EventBody::Query { query: s("SELECT 1"), parameters: vec![], db_name: None },
             EventBody::Query { query: s("find"), parameters: vec![s("p1"), String::new()], db_name: Some(s("other")) },

@@ -45,6 +45,7 @@ pub(super) fn check_database(
         }
     }
     check_proxy_protocol(db, &key, issues);
+    check_pool(db, protocol, &key, issues);
     let scheme_ok = match protocol {
         Some(Protocol::Postgres) => db.upstream.starts_with("postgres://") || db.upstream.starts_with("postgresql://"),
         Some(Protocol::MongoDb) => db.upstream.starts_with("mongodb://"),
@@ -162,6 +163,26 @@ pub(super) fn check_database(
             format!("{:?} is not an IAM role ARN", aws.assume_role_arn),
             "use arn:aws:iam::<12-digit account>:role/<name>",
         );
+    }
+}
+
+fn check_pool(db: &DatabaseConfig, protocol: Option<Protocol>, key: &dyn Fn(&str) -> String, issues: &mut Issues<'_>) {
+    let Some(pool) = &db.pool else { return };
+    if protocol.is_some_and(|p| p != Protocol::Postgres) {
+        issues.add(
+            key("pool"),
+            format!("pools PostgreSQL connections only, and this database is {}", db.protocol_name),
+            "remove [databases.pool]",
+        );
+    }
+    if !(1..=10_000).contains(&pool.max_size) {
+        issues.add(key("pool.max_size"), format!("{} is out of range", pool.max_size), "use 1 to 10000, e.g. 20 (the default)");
+    }
+    if pool.idle_timeout < std::time::Duration::from_secs(1) {
+        issues.add(key("pool.idle_timeout"), "is under a second", "use e.g. \"5m\" (the default)");
+    }
+    if pool.reset.trim().is_empty() || pool.reset.contains('\0') {
+        issues.add(key("pool.reset"), "is empty", "use \"DISCARD ALL\" (the default), which clears every session state it can");
     }
 }
 

@@ -15,6 +15,7 @@ use crate::proxy::stream::Stream;
 use crate::recording::AuditPort;
 use crate::server::{ConnectionInfo, ListenerContext, Refusal, SessionIdentity};
 
+use super::pool::{Backend, Lease};
 use super::session::{random_bytes, send, CancelMap, DbState};
 
 /// Everything before the relay: TLS, cancel requests, authentication, the upstream login.
@@ -97,9 +98,10 @@ pub(super) enum LoginEnd {
 
 pub(super) struct Established {
     pub(super) port: AuditPort,
-    pub(super) upstream: Stream,
+    pub(super) upstream: Backend,
     pub(super) synthetic: (i32, Vec<u8>),
-    pub(super) real: Option<(i32, Vec<u8>)>,
+    /// The pool slot the connection holds, on a pooled database.
+    pub(super) pooled: Option<Lease>,
 }
 
 pub(super) enum ScramOutcome {
@@ -226,61 +228,45 @@ pub(super) async fn establish(
             return Ok(None);
         }
     };
-    let password = match ctx.database().auth.method {
-        AuthMethod::Password | AuthMethod::None => match ctx.upstream_password() {
-            Ok(password) => password,
-            Err(e) => return refuse_after_open(client, port, e.to_string(), "08004").await,
-        },
-        AuthMethod::AwsIam => match state.iam_token(ctx, &db_user).await {
-            Ok(token) => Some(token),
-            Err(e) => return refuse_after_open(client, port, format!("cannot make an IAM auth token: {e}"), "08004").await,
-        },
-    };
-    let mut upstream_params: Vec<(String, String)> = vec![("user".into(), db_user), ("database".into(), db_name)];
+    let mut upstream_params: Vec<(String, String)> = vec![("user".into(), db_user.clone()), ("database".into(), db_name)];
     upstream_params.extend(params.iter().filter(|(k, _)| !matches!(k.as_str(), "user" | "database" | "replication")).cloned());
-    let mut upstream = match state.upstream.connect(&upstream_params, password.as_deref()).await {
-        Ok(s) => s,
-        Err(UpstreamError::Server { text, raw }) => {
-            send(client, &raw).await;
-            port.start_failed(text, "upstream refused the login").await;
-            return Ok(None);
-        }
-        Err(e) => return refuse_after_open(client, port, format!("upstream: {e}"), "08006").await,
+    let (pooled, reused) = match &state.pool {
+        Some(pool) => match pool.take(&upstream_params).await {
+            Ok((lease, backend)) => (Some(lease), backend),
+            Err(_) => return refuse_after_open(client, port, "the upstream pool is closed".into(), "08006").await,
+        },
+        None => (None, None),
     };
-    // Finish the client's startup with what the upstream says, swapping in a synthetic
-    // cancel key (3.2 clients get a 32-byte key).
-    let mut out = auth_message(Authentication::Ok);
-    let mut real = None;
     let pid_bytes: [u8; 4] = random_bytes(4).try_into().unwrap_or([0, 0, 0, 1]);
     let synthetic = ((i32::from_be_bytes(pid_bytes) & 0x7fff_ffff).max(1), random_bytes(if version == PROTOCOL_3_2 { 32 } else { 4 }));
-    loop {
-        let (ty, body) = match read_message(&mut upstream, 1 << 20).await {
-            Ok(m) => m,
-            Err(e) => return refuse_after_open(client, port, format!("upstream: {e}"), "08006").await,
-        };
-        match ty {
-            b'K' => {
-                let pid = body.get(..4).map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]])).unwrap_or(0);
-                real = Some((pid, body.get(4..).unwrap_or_default().to_vec()));
-                let mut fake = synthetic.0.to_be_bytes().to_vec();
-                fake.extend_from_slice(&synthetic.1);
-                out.extend_from_slice(&message(b'K', &fake));
+    let mut out = auth_message(Authentication::Ok);
+    let was_reused = reused.is_some();
+    let upstream = match reused {
+        Some(backend) => {
+            // What the server told this connection's first client, as it stands after the
+            // reset: the new client sees the same startup a fresh login would give it.
+            for (name, value) in &backend.parameters {
+                let mut body = name.as_bytes().to_vec();
+                body.push(0);
+                body.extend_from_slice(value.as_bytes());
+                body.push(0);
+                out.extend_from_slice(&message(b'S', &body));
             }
-            b'E' => {
-                out.extend_from_slice(&message(b'E', &body));
-                send(client, &out).await;
-                let text = super::messages::error_text(&body);
-                port.start_failed(text, "upstream refused the session").await;
+            out.extend_from_slice(&synthetic_key(&synthetic));
+            out.extend_from_slice(&message(b'Z', b"I"));
+            backend
+        }
+        None => match login_upstream(ctx, state, &db_user, &upstream_params, &synthetic, &mut out).await {
+            Ok(backend) => backend,
+            Err(UpstreamLogin::Refused(raw, text, what)) => {
+                send(client, &raw).await;
+                port.start_failed(text, what).await;
                 return Ok(None);
             }
-            b'Z' => {
-                out.extend_from_slice(&message(b'Z', &body));
-                break;
-            }
-            _ => out.extend_from_slice(&message(ty, &body)),
-        }
-    }
-    let port = match port.begin(real.as_ref().map(|(pid, _)| *pid as u32)).await {
+            Err(UpstreamLogin::Failed(reason, sqlstate)) => return refuse_after_open(client, port, reason, sqlstate).await,
+        },
+    };
+    let port = match port.begin_on(upstream.pid(), pooled.as_ref().map(|_| was_reused)).await {
         Ok(port) => port,
         Err(e) => {
             send(client, &error_response("FATAL", "58030", e.client_message())).await;
@@ -291,5 +277,75 @@ pub(super) async fn establish(
         let _ = port.end().await;
         return Ok(None);
     }
-    Ok(Some(Established { port, upstream, synthetic, real }))
+    Ok(Some(Established { port, upstream, synthetic, pooled }))
+}
+
+fn synthetic_key(synthetic: &(i32, Vec<u8>)) -> Vec<u8> {
+    let mut fake = synthetic.0.to_be_bytes().to_vec();
+    fake.extend_from_slice(&synthetic.1);
+    message(b'K', &fake)
+}
+
+/// Why a new upstream connection gave no session.
+enum UpstreamLogin {
+    /// The server's own error (raw, as text) for the client, and the kind of failure.
+    Refused(Vec<u8>, String, &'static str),
+    /// The proxy's reason, with the SQLSTATE the client gets.
+    Failed(String, &'static str),
+}
+
+/// Opens and logs in a new upstream connection, appending to `out` what the client is to
+/// see of the server's startup (with the synthetic cancel key swapped in).
+async fn login_upstream(
+    ctx: &ListenerContext,
+    state: &DbState,
+    db_user: &str,
+    upstream_params: &[(String, String)],
+    synthetic: &(i32, Vec<u8>),
+    out: &mut Vec<u8>,
+) -> Result<Backend, UpstreamLogin> {
+    let password = match ctx.database().auth.method {
+        AuthMethod::Password | AuthMethod::None => ctx.upstream_password().map_err(|e| UpstreamLogin::Failed(e.to_string(), "08004"))?,
+        AuthMethod::AwsIam => Some(
+            state
+                .iam_token(ctx, db_user)
+                .await
+                .map_err(|e| UpstreamLogin::Failed(format!("cannot make an IAM auth token: {e}"), "08004"))?,
+        ),
+    };
+    let mut stream = match state.upstream.connect(upstream_params, password.as_deref()).await {
+        Ok(s) => s,
+        Err(UpstreamError::Server { text, raw }) => return Err(UpstreamLogin::Refused(raw, text, "upstream refused the login")),
+        Err(e) => return Err(UpstreamLogin::Failed(format!("upstream: {e}"), "08006")),
+    };
+    let mut backend_key = None;
+    let mut parameters = Vec::new();
+    loop {
+        let (ty, body) = read_message(&mut stream, 1 << 20).await.map_err(|e| UpstreamLogin::Failed(format!("upstream: {e}"), "08006"))?;
+        match ty {
+            b'K' => {
+                let pid = body.get(..4).map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]])).unwrap_or(0);
+                backend_key = Some((pid, body.get(4..).unwrap_or_default().to_vec()));
+                out.extend_from_slice(&synthetic_key(synthetic));
+            }
+            b'E' => {
+                let text = super::messages::error_text(&body);
+                out.extend_from_slice(&message(b'E', &body));
+                return Err(UpstreamLogin::Refused(std::mem::take(out), text, "upstream refused the session"));
+            }
+            b'Z' => {
+                out.extend_from_slice(&message(b'Z', &body));
+                return Ok(Backend { stream, key: backend_key, parameters });
+            }
+            ty => {
+                if ty == b'S' {
+                    let mut fields = body.split(|b| *b == 0).map(|f| String::from_utf8_lossy(f).into_owned());
+                    if let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+                        parameters.push((name, value));
+                    }
+                }
+                out.extend_from_slice(&message(ty, &body));
+            }
+        }
+    }
 }

@@ -8,6 +8,7 @@ pub mod fuzz;
 mod login;
 mod messages;
 mod pairing;
+mod pool;
 pub mod redact;
 mod relay;
 mod session;
@@ -42,7 +43,8 @@ impl PostgresEngine {
             let server_name = DatabaseSetup::server_name(db, &host);
             let salted = Default::default();
             let upstream = UpstreamTarget { host, port, database, tls: setup.upstream_tls, server_name, salted };
-            Ok(DbState { server_tls: setup.server_tls, upstream, client_tls_mode: setup.client_tls_mode, aws_credentials: setup.aws })
+            let pool = db.pool.clone().map(pool::SessionPool::new);
+            Ok(DbState { server_tls: setup.server_tls, upstream, client_tls_mode: setup.client_tls_mode, aws_credentials: setup.aws, pool })
         })?;
         let redactor = Arc::new(redact::Redactor::new(&config.recording.redact_patterns)?);
         Ok(PostgresEngine { databases, cancels: Arc::new(Mutex::new(HashMap::new())), redactor })

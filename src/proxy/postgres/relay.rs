@@ -33,18 +33,21 @@ pub(super) enum Stop {
     Shutdown,
 }
 
-/// Relays both directions, auditing on the way, until either side ends.
+/// Relays both directions, auditing on the way, until either side ends. With `keep` (a
+/// pooled database), a client's Terminate is not passed on, and the upstream connection is
+/// handed back when the client left it at rest: no transaction, nothing unanswered.
 pub(super) async fn relay_session(
     client: Stream,
     upstream: Stream,
     port: AuditPort,
+    keep: bool,
     ctx: &ListenerContext,
     span: &tracing::Span,
     redactor: &Redactor,
-) {
+) -> Option<Stream> {
     let (mut client_read, mut client_write) = tokio::io::split(client);
     let (mut upstream_read, mut upstream_write) = tokio::io::split(upstream);
-    let tracking = Tracking::default();
+    let tracking = Tracking { keep_upstream: keep, ..Tracking::default() };
     let redaction = Redaction::new(redactor);
     // The pumps are built inside select!: built outside and moved in, each would take its
     // size twice in this future, which lives as long as the session.
@@ -53,18 +56,18 @@ pub(super) async fn relay_session(
         stop = pump(&mut upstream_read, &mut client_write, &port, &tracking, &redaction, Direction::FromUpstream) => stop,
         _ = ctx.shutdown().cancelled() => Stop::Shutdown,
     };
+    let reusable = keep && matches!(stop, Stop::ClientClosed) && tracking.at_rest();
     // Boxed: the wind-up's awaits, inline, would size this future for the session's life.
-    Box::pin(wind_up(stop, client_write, upstream_write, port, span)).await;
+    Box::pin(wind_up(stop, client_write, port, span)).await;
+    if reusable {
+        return Some(upstream_read.unsplit(upstream_write));
+    }
+    let _ = upstream_write.shutdown().await;
+    None
 }
 
 /// Tells the client why the relay stopped, when that is its business, and ends the recording.
-pub(super) async fn wind_up(
-    stop: Stop,
-    mut client_write: tokio::io::WriteHalf<Stream>,
-    mut upstream_write: tokio::io::WriteHalf<Stream>,
-    port: AuditPort,
-    span: &tracing::Span,
-) {
+pub(super) async fn wind_up(stop: Stop, mut client_write: tokio::io::WriteHalf<Stream>, port: AuditPort, span: &tracing::Span) {
     match stop {
         Stop::ClientClosed | Stop::UpstreamClosed | Stop::Io => {}
         Stop::Shutdown => {
@@ -87,7 +90,6 @@ pub(super) async fn wind_up(
             send(&mut client_write, &error_response("FATAL", "58030", e.client_message())).await;
         }
     }
-    let _ = upstream_write.shutdown().await;
     if let Err(e) = port.end().await {
         tracing::error!(parent: span, error = %e, "could not record the session end");
     }
@@ -99,6 +101,63 @@ pub(super) async fn wind_up(
 pub(super) struct Tracking {
     pairing: Mutex<Pairing>,
     statements: Mutex<StatementTypes>,
+    /// A pooled session: the client's Terminate stays here, the connection is kept.
+    keep_upstream: bool,
+    rest: AtRest,
+}
+
+/// Whether the upstream connection could serve another client now: every Query, Sync and
+/// FunctionCall answered by its ReadyForQuery, no extended-protocol message waiting for a
+/// Sync, and the last ReadyForQuery outside a transaction.
+pub(super) struct AtRest {
+    unanswered: std::sync::atomic::AtomicI64,
+    unsynced: std::sync::atomic::AtomicBool,
+    status: std::sync::atomic::AtomicU8,
+    /// The upstream's bytes so far end inside a message.
+    upstream_partial: std::sync::atomic::AtomicBool,
+}
+
+impl Default for AtRest {
+    fn default() -> Self {
+        // The login ended with ReadyForQuery 'I'.
+        AtRest { unanswered: Default::default(), unsynced: Default::default(), status: b'I'.into(), upstream_partial: Default::default() }
+    }
+}
+
+impl AtRest {
+    fn client(&self, ty: u8) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match ty {
+            b'Q' | b'F' => {
+                self.unanswered.fetch_add(1, Relaxed);
+            }
+            b'S' => {
+                self.unanswered.fetch_add(1, Relaxed);
+                self.unsynced.store(false, Relaxed);
+            }
+            _ => self.unsynced.store(true, Relaxed),
+        }
+    }
+
+    fn server(&self, ty: u8, body: &[u8]) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if ty == b'Z' {
+            self.unanswered.fetch_sub(1, Relaxed);
+            self.status.store(body.first().copied().unwrap_or(0), Relaxed);
+        }
+    }
+
+    fn upstream_between_messages(&self, between: bool) {
+        self.upstream_partial.store(!between, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn holds(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.unanswered.load(Relaxed) == 0
+            && !self.unsynced.load(Relaxed)
+            && self.status.load(Relaxed) == b'I'
+            && !self.upstream_partial.load(Relaxed)
+    }
 }
 
 impl Tracking {
@@ -110,6 +169,7 @@ impl Tracking {
         body: &[u8],
         redaction: &Redaction<'_>,
     ) -> Result<Option<RelayStep>, super::codec::WireError> {
+        self.rest.client(ty);
         let mut event = match ty {
             b'S' => return Ok(Some(RelayStep::Sync)),
             b'D' => {
@@ -140,6 +200,7 @@ impl Tracking {
     /// The result event for a server message, if it is one; a ParameterDescription gives
     /// the described statement its types.
     pub(super) fn server_message(&self, ty: u8, body: &[u8]) -> Option<EventBody> {
+        self.rest.server(ty, body);
         if ty == b't' {
             let described = lock(&self.pairing).described();
             if let Some((name, parse)) = described {
@@ -149,6 +210,11 @@ impl Tracking {
         }
         let query_ei = lock(&self.pairing).on_server_message(ty);
         server_result(ty, body, query_ei)
+    }
+
+    /// Whether the upstream connection is at rest (see `AtRest`).
+    pub(super) fn at_rest(&self) -> bool {
+        self.rest.holds()
     }
 
     /// What a client step asks of the pairing once its event (if any) is recorded as `ei`:
@@ -268,7 +334,12 @@ pub(super) async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     loop {
         let chunk = match reader.read(from).await {
             Ok([]) | Err(_) => {
-                return if direction == Direction::FromClient { Stop::ClientClosed } else { Stop::UpstreamClosed };
+                return match direction {
+                    Direction::FromClient if scanner.at_boundary() => Stop::ClientClosed,
+                    // Part of a message went upstream: that connection can serve nobody else.
+                    Direction::FromClient => Stop::Io,
+                    Direction::FromUpstream => Stop::UpstreamClosed,
+                };
             }
             Ok(chunk) => chunk,
         };
@@ -313,6 +384,13 @@ pub(super) async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                 // the recording never holds.
                 Direction::FromUpstream => Stop::UpstreamMalformed(e.to_string(), chunk[..chunk.len().min(5)].to_vec()),
             };
+        }
+        if tracking.keep_upstream && direction == Direction::FromUpstream {
+            tracking.rest.upstream_between_messages(scanner.at_boundary());
+        }
+        if terminate && tracking.keep_upstream {
+            // The session is over; the connection is not, and the pool decides its fate.
+            return Stop::ClientClosed;
         }
         if to.write_all(chunk).await.is_err() || to.flush().await.is_err() {
             return Stop::Io;

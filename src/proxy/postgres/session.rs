@@ -20,6 +20,8 @@ pub struct DbState {
     pub client_tls_mode: ClientTlsMode,
     /// For `aws_iam`: made on first use, then shared by every session of this database.
     pub aws_credentials: crate::aws::credentials::CredentialCache,
+    /// `[databases.pool]`: upstream connections kept between client sessions.
+    pub pool: Option<Arc<super::pool::SessionPool>>,
 }
 
 impl DbState {
@@ -75,12 +77,18 @@ pub async fn run(conn: Connection, ctx: Arc<ListenerContext>, state: Arc<DbState
     let Some(handshake) = login.before_deadline(&span, Box::pin(handshake(client, &ctx, &state, &cancels, info))).await else { return };
     login.logged_in();
     if let Some((client, established)) = handshake {
-        let Established { port, upstream, synthetic, real } = established;
-        if let Some((pid, key)) = real {
+        let Established { port, upstream, synthetic, pooled } = established;
+        if let Some((pid, key)) = upstream.key.clone() {
             lock(&cancels).insert(synthetic.clone(), CancelTarget { upstream: state.upstream.clone(), pid, key });
         }
-        relay_session(client, upstream, port, &ctx, &span, &redactor).await;
+        let super::pool::Backend { stream, key, parameters } = upstream;
+        let kept = relay_session(client, stream, port, pooled.is_some(), &ctx, &span, &redactor).await;
+        // Before the connection can serve anyone else: a late cancel from this client must
+        // not reach the next one's query.
         lock(&cancels).remove(&synthetic);
+        if let (Some(stream), Some(lease), Some(pool)) = (kept, pooled, &state.pool) {
+            pool.give_back(lease, super::pool::Backend { stream, key, parameters }).await;
+        }
     }
 }
 
