@@ -1,9 +1,10 @@
 //! The load `scripts/bench dynamodb` drives: CLIENTS concurrent clients, each on its own
 //! keep-alive connection, doing 40% GetItem and 20% Query over PRELOADED items and 40%
 //! PutItem, every request SigV4-signed as an SDK signs it, for SECONDS. Prints
-//! `requests=<n> seconds=<s> p99_us=<p99> errors=<n>`.
+//! `requests=<n> seconds=<s> p99_us=<p99> errors=<n>`. With `--storm`, each request goes on
+//! a new connection, as the aws CLI sends each call.
 //!
-//!   cargo run --release --example dynamo_load -- URL KEY_ID SECRET CLIENTS SECONDS [--preload]
+//!   cargo run --release --example dynamo_load -- URL KEY_ID SECRET CLIENTS SECONDS [--preload|--storm]
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -101,6 +102,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("preloaded {PRELOADED}");
         return Ok(());
     }
+    let storm = args.iter().any(|a| a == "--storm");
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -127,6 +129,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     _ => ("PutItem", format!(r#"{{"TableName":"{TABLE}","Item":{}}}"#, item(PRELOADED + r % 100_000))),
                 };
                 let t = Instant::now();
+                if storm {
+                    client = Client::connect(&host, &key_id, &secret).await.map_err(|e| e.to_string())?;
+                }
                 match client.call(operation, body).await {
                     Ok(200) => latencies.push(t.elapsed().as_micros() as u64),
                     Ok(_) => errors += 1,

@@ -98,5 +98,36 @@ pid_of() {
 # shellcheck disable=SC2046
 load_of() { "$LOAD" $(args_of "$1") "$CLIENTS" "$DURATION"; }
 
+# The connection storm first: STORM_ROUNDS (3) interleaved rounds of STORM_DURATION (8 s),
+# each request on a new connection, as the aws CLI sends each call (through dbtape, a
+# session and a recording per request). Its figures join the RESULT line below.
+STORM_ROUNDS=${STORM_ROUNDS:-3}
+: > "$WORK/storm"
+for round in $(seq "$STORM_ROUNDS"); do
+    for path in direct haproxy dbtape; do
+        pid=$(pid_of $path); before=0
+        [[ -n $pid ]] && before=$(cpu_ticks "$pid")
+        # shellcheck disable=SC2046
+        out=$("$LOAD" $(args_of "$path") "$CLIENTS" "${STORM_DURATION:-8}" --storm)
+        n=$(sed -n 's/.*requests=\([0-9]*\).*/\1/p' <<< "$out")
+        secs=$(sed -n 's/.*seconds=\([0-9.]*\).*/\1/p' <<< "$out")
+        cpu_us=""
+        [[ -n $pid ]] && cpu_us=$(python3 -c "print(($(cpu_ticks "$pid") - $before) * 1e6 / $(getconf CLK_TCK) / $n)")
+        python3 -c "print(f'   storm round $round  $path: {$n / $secs:7.1f} requests/s, each on a new connection' + ('  proxy CPU {:.1f} µs/request'.format($cpu_us) if '$cpu_us' else ''))"
+        echo "$path $(python3 -c "print($n / $secs)") $cpu_us" >> "$WORK/storm"
+        settle "$pid"
+    done
+done
+RESULT_EXTRA=$(python3 - "$WORK/storm" <<'PY'
+import statistics, sys
+rows = [line.split() for line in open(sys.argv[1])]
+mean = lambda p, c: statistics.mean(float(r[c]) for r in rows if r[0] == p and len(r) > c)
+print(f"storm_direct_rps={mean('direct', 1):.0f} storm_haproxy_rps={mean('haproxy', 1):.0f} storm_dbtape_rps={mean('dbtape', 1):.0f} "
+      f"storm_dbtape_cpu_us={mean('dbtape', 2):.1f} storm_haproxy_cpu_us={mean('haproxy', 2):.1f}")
+PY
+)
+echo "   storm: $RESULT_EXTRA"
+export RESULT_EXTRA
+
 bench_rounds dynamodb requests req rps
 "$BIN" ls --dir "$WORK/recordings" --limit 3

@@ -102,8 +102,10 @@ CONF
 chown -R postgres "$WORK"
 runuser -u postgres -- pgbouncer -d "$WORK/pgbouncer.ini"
 
-# dbtape: strict mode, batch fsync, recording every query and result.
+# dbtape: strict mode, batch fsync, recording every query and result. A second listener of
+# the same process, bench-pool, has the upstream session pool on (the storm's dbtape_pool).
 DBTAPE_PORT=$(free_port)
+POOL_PORT=$(free_port)
 VERIFIER=$(echo "$PG_PASSWORD" | "$BIN" user add postgres --password-stdin | sed -n 's/^scram_verifier = //p')
 export BENCH_PG_PASSWORD=$PG_PASSWORD
 cat > "$WORK/dbtape.toml" <<CONF
@@ -129,11 +131,30 @@ key = "$CERTS/server.key"
 ca = "$CERTS/ca.crt"
 [databases.auth]
 password = { env = "BENCH_PG_PASSWORD" }
+[[databases]]
+name = "bench-pool"
+protocol = "postgres"
+listen = "127.0.0.1:$POOL_PORT"
+upstream = "postgres://localhost:$PG_PORT/postgres"
+[databases.client_tls]
+mode = "required"
+cert = "$CERTS/server.crt"
+key = "$CERTS/server.key"
+[databases.upstream_tls]
+ca = "$CERTS/ca.crt"
+[databases.auth]
+password = { env = "BENCH_PG_PASSWORD" }
+[databases.pool]
+mode = "session"
+max_size = 250
 [[users]]
 name = "postgres"
 scram_verifier = $VERIFIER
 [[users.grants]]
 database = "bench"
+db_users = ["postgres"]
+[[users.grants]]
+database = "bench-pool"
 db_users = ["postgres"]
 CONF
 setsid "$BIN" serve --config "$WORK/dbtape.toml" 2> "$WORK/dbtape.log" &
@@ -146,8 +167,9 @@ for p in $HAPROXY_PORT $BOUNCER_PORT $DBTAPE_PORT; do wait_port "$p"; done
 ALT_PORT=
 if [[ -n ${ALT_BIN:-} ]]; then
     ALT_PORT=$(free_port)
+    ALT_POOL_PORT=$(free_port)
     mkdir -p "$WORK/alt"
-    sed -e "s/127.0.0.1:$DBTAPE_PORT/127.0.0.1:$ALT_PORT/" -e 's|^dir = "recordings"|dir = "alt/recordings"|' \
+    sed -e "s/127.0.0.1:$DBTAPE_PORT/127.0.0.1:$ALT_PORT/" -e "s/127.0.0.1:$POOL_PORT/127.0.0.1:$ALT_POOL_PORT/" -e 's|^dir = "recordings"|dir = "alt/recordings"|' \
         -e "s/^workers = .*/workers = ${ALT_WORKERS:-${WORKERS:-0}}/" \
         -e "s/^fsync = .*/fsync = \"${ALT_FSYNC:-batch}\"/" "$WORK/dbtape.toml" > "$WORK/alt.toml"
     ALT_ENV=()
@@ -185,6 +207,7 @@ conninfo() {
         haproxy) echo "host=localhost port=$HAPROXY_PORT user=postgres dbname=postgres sslmode=verify-full sslrootcert=$CERTS/ca.crt" ;;
         pgbouncer) echo "host=localhost port=$BOUNCER_PORT user=postgres dbname=postgres sslmode=verify-full sslrootcert=$CERTS/ca.crt" ;;
         dbtape) echo "host=localhost port=$DBTAPE_PORT user=postgres dbname=postgres sslmode=verify-full sslrootcert=$CERTS/ca.crt" ;;
+        dbtape_pool) echo "host=localhost port=$POOL_PORT user=postgres dbname=postgres sslmode=verify-full sslrootcert=$CERTS/ca.crt" ;;
         alt) echo "host=localhost port=$ALT_PORT user=postgres dbname=postgres sslmode=verify-full sslrootcert=$CERTS/ca.crt" ;;
     esac
 }
@@ -194,7 +217,7 @@ proxy_pid_of() {
     case $1 in
         haproxy) echo "$HAPROXY_PID" ;;
         pgbouncer) cat "$WORK/pgbouncer.pid" ;;
-        dbtape) echo "$DBTAPE_PID" ;;
+        dbtape | dbtape_pool) echo "$DBTAPE_PID" ;;
         alt) echo "$ALT_PID" ;;
     esac
 }
@@ -303,8 +326,14 @@ storm() { # path round
     local blocks_before
     blocks_before=$(du -sB1 "$WORK/recordings" | cut -f1)
     files_before=$(find "$WORK/recordings" -maxdepth 1 -type f | wc -l)
+    local perf=
+    if [[ $1 == dbtape* && -n ${PROFILE:-} ]]; then
+        perf record -F 999 -g -p "$proxy_pid" -o "$ROOT/target/perf-storm-$1.data" -- sleep "$STORM_DURATION" >/dev/null 2>&1 &
+        perf=$!
+    fi
     (cd "$dir" && pgbench -C -S -n -c "$STORM_CLIENTS" -j 2 -T "$STORM_DURATION" "$(conninfo "$1")" > summary.txt 2>&1)
     local txns cps
+    [[ -n $perf ]] && wait "$perf"
     txns=$(grep -oP 'actually processed: \K[0-9]+' "$dir/summary.txt")
     cps=$(python3 -c "print($txns / $STORM_DURATION)")
     echo "$cps" >> "$WORK/storm-cps-$1"
@@ -318,7 +347,7 @@ storm() { # path round
     fi
     printf '   %s: %.0f new connections/s\n' "$1" "$cps"
 }
-STORM_PATHS=(direct haproxy pgbouncer dbtape)
+STORM_PATHS=(direct haproxy pgbouncer dbtape dbtape_pool)
 [[ -n $ALT_PORT ]] && STORM_PATHS+=(alt)
 for round in $(seq "$STORM_ROUNDS"); do
     for path in "${STORM_PATHS[@]}"; do
@@ -426,7 +455,7 @@ if all(p in high for p in ['direct', 'haproxy', 'pgbouncer', 'dbtape']):
     print(f"high concurrency ratios: dbtape/pgbouncer {high['dbtape'][0]/high['pgbouncer'][0]:.2f}  dbtape/haproxy {high['dbtape'][0]/high['haproxy'][0]:.2f}  "
           f"dbtape CPU/pgbouncer CPU {cpu_of('dbtape', '-high')/cpu_of('pgbouncer', '-high'):.2f}")
 storm = {}
-for path in ["direct", "haproxy", "pgbouncer", "dbtape", "alt"]:
+for path in ["direct", "haproxy", "pgbouncer", "dbtape", "dbtape_pool", "alt"]:
     f = work / f"storm-cps-{path}"
     if f.exists():
         cps = [float(x) for x in f.read_text().split()]
@@ -443,6 +472,10 @@ if all(p in storm for p in ["direct", "haproxy", "pgbouncer", "dbtape"]):
     storm_result = (f" storm_direct_cps={storm['direct'][0]:.0f} storm_haproxy_cps={storm['haproxy'][0]:.0f} storm_pgbouncer_cps={storm['pgbouncer'][0]:.0f} "
                     f"storm_dbtape_cps={storm['dbtape'][0]:.0f} storm_dbtape_cpu_ms={storm['dbtape'][1]:.2f} storm_pgbouncer_cpu_ms={storm['pgbouncer'][1]:.2f} "
                     f"storm_haproxy_cpu_ms={storm['haproxy'][1]:.2f} storm_disk_bytes_per_session={blocks:.0f} storm_files_per_session={files:.1f}")
+    if "dbtape_pool" in storm:
+        print(f"storm pool ratios: dbtape_pool/pgbouncer {storm['dbtape_pool'][0]/storm['pgbouncer'][0]:.2f}  "
+              f"dbtape_pool CPU/pgbouncer CPU {storm['dbtape_pool'][1]/storm['pgbouncer'][1]:.2f}")
+        storm_result += f" storm_dbtape_pool_cps={storm['dbtape_pool'][0]:.0f} storm_dbtape_pool_cpu_ms={storm['dbtape_pool'][1]:.2f}"
     if "alt" in storm:
         print(f"storm alt (ALT_BIN): alt/dbtape {storm['alt'][0]/storm['dbtape'][0]:.2f}  alt CPU/dbtape CPU {storm['alt'][1]/storm['dbtape'][1]:.2f}")
 per_conn = (after - before) / max(idle, 1)

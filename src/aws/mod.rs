@@ -3,4 +3,5 @@
 pub mod credentials;
 pub mod mongodb_aws;
 pub mod rds_token;
+pub mod sigv4;
 pub mod sigv4_verify;

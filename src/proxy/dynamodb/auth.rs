@@ -88,6 +88,7 @@ pub fn authenticate(
     parts: &http::request::Parts,
     identified: Identified<'_>,
     payload_sha256: &str,
+    keys: &crate::aws::sigv4::SigningKeys,
 ) -> Result<Who, RequestRefusal> {
     let Identified { auth, key, wanted_role } = identified;
     if auth.service != "dynamodb" {
@@ -103,7 +104,7 @@ pub fn authenticate(
         headers: parts.headers.iter().filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?))).collect(),
         payload_sha256,
     };
-    verify(&auth, &request, &key.secret, SystemTime::now()).map_err(|e| {
+    verify(&auth, &request, &key.secret, SystemTime::now(), keys).map_err(|e| {
         let kind = match e {
             VerifyError::Missing => ErrorKind::MissingAuthenticationToken,
             VerifyError::Malformed(_) => ErrorKind::IncompleteSignature,

@@ -17,7 +17,7 @@ pub fn request(data: &[u8]) {
     if let Some((_, value)) = headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("authorization")) {
         if let Ok(auth) = Authorization::parse(value) {
             let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000);
-            let _ = verify(&auth, &request, "fuzz-secret", now);
+            let _ = verify(&auth, &request, "fuzz-secret", now, &Default::default());
         }
     }
     for status in [200, 400] {

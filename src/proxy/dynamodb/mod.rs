@@ -37,6 +37,9 @@ pub struct DbState {
     max_request_bytes: usize,
     /// KiB of request bodies being read at once, over all connections.
     body_budget: tokio::sync::Semaphore,
+    /// SigV4 signing keys, for the clients' signatures and the endpoint's: derived once a
+    /// day per secret, not twice per request.
+    signing_keys: crate::aws::sigv4::SigningKeys,
 }
 
 /// Request bodies buffered at once per database: four of the largest, at least 64 MiB.
@@ -61,6 +64,7 @@ impl DynamoEngine {
                 roles: setup.aws,
                 max_request_bytes: db.max_request_bytes,
                 body_budget: tokio::sync::Semaphore::new(body_budget_kib(db.max_request_bytes).min(tokio::sync::Semaphore::MAX_PERMITS)),
+                signing_keys: Default::default(),
             })
         })?;
         Ok(DynamoEngine { databases })

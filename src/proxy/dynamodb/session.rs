@@ -163,7 +163,7 @@ async fn handle(conn: &Conn, request: Request<Incoming>) -> Response<ResponseBod
         Err(e) => return error(ErrorKind::Validation, &format!("the request body could not be read: {e}")),
     };
     let payload_sha256 = payload_sha256(&body);
-    let who = match authenticate(&conn.ctx, &directory, &parts, identified, &payload_sha256) {
+    let who = match authenticate(&conn.ctx, &directory, &parts, identified, &payload_sha256, &conn.state.signing_keys) {
         Ok(who) => who,
         Err(refusal) => {
             let response = error(refusal.kind, &refusal.client_message());
@@ -255,8 +255,16 @@ async fn forward(conn: &Conn, parts: http::request::Parts, body: Bytes, payload_
         }
     };
     let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let upstream_request = match resign(endpoint, &parts.method, path_and_query, &parts.headers, body, payload_sha256, &assumed.credentials)
-    {
+    let upstream_request = match resign(
+        endpoint,
+        &parts.method,
+        path_and_query,
+        &parts.headers,
+        body,
+        payload_sha256,
+        &assumed.credentials,
+        &conn.state.signing_keys,
+    ) {
         Ok(r) => r,
         Err(e) => return failed(ErrorKind::Validation, e.to_string(), format!("dbtape could not sign the request: {e}")).await,
     };

@@ -14,6 +14,7 @@ use http_body_util::Full;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
+use crate::aws::sigv4::{self, SigningKeys};
 use crate::proxy::net::{connect_tcp, tls_connect};
 use crate::proxy::stream::Stream;
 
@@ -135,6 +136,7 @@ const DROPPED: &[&str] =
     &["authorization", "x-amz-date", "x-amz-security-token", "x-amz-content-sha256", "host", "content-length", "expect"];
 
 /// The client's request for the endpoint, signed with `credentials`.
+#[allow(clippy::too_many_arguments)]
 pub fn resign(
     endpoint: &Endpoint,
     method: &http::Method,
@@ -143,6 +145,22 @@ pub fn resign(
     body: Bytes,
     payload_sha256: &str,
     credentials: &Credentials,
+    keys: &SigningKeys,
+) -> Result<Request<Full<Bytes>>, UpstreamError> {
+    resign_at(endpoint, method, path_and_query, client_headers, body, payload_sha256, credentials, keys, SystemTime::now())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn resign_at(
+    endpoint: &Endpoint,
+    method: &http::Method,
+    path_and_query: &str,
+    client_headers: &HeaderMap,
+    body: Bytes,
+    payload_sha256: &str,
+    credentials: &Credentials,
+    keys: &SigningKeys,
+    time: SystemTime,
 ) -> Result<Request<Full<Bytes>>, UpstreamError> {
     let mut headers = HeaderMap::with_capacity(client_headers.len() + 4);
     for (name, value) in client_headers {
@@ -155,12 +173,65 @@ pub fn resign(
     let host = HeaderValue::from_str(&endpoint.authority).map_err(|e| UpstreamError::Sign(e.to_string()))?;
     headers.insert(http::header::HOST, host);
     headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    if path_and_query == "/" {
+        sign_cached(&mut headers, method, &endpoint.region, payload_sha256, credentials, keys, time)?;
+    } else {
+        sign_with_aws_sigv4(&mut headers, endpoint, method, path_and_query, payload_sha256, credentials, time)?;
+    }
+    let mut request = Request::new(Full::new(body));
+    *request.method_mut() = method.clone();
+    *request.uri_mut() = path_and_query.parse().map_err(|e: http::uri::InvalidUri| UpstreamError::Sign(e.to_string()))?;
+    *request.headers_mut() = headers;
+    Ok(request)
+}
+
+/// Headers `aws-sigv4` leaves unsigned by default, left unsigned here too: proxies change them.
+const UNSIGNED: &[&str] = &["user-agent", "x-amzn-trace-id"];
+
+/// Signs a request to `/` with a cached signing key: the same canonical form `aws-sigv4`
+/// writes (the tests compare them), without deriving the key again.
+fn sign_cached(
+    headers: &mut HeaderMap,
+    method: &http::Method,
+    region: &str,
+    payload_sha256: &str,
+    credentials: &Credentials,
+    keys: &SigningKeys,
+    time: SystemTime,
+) -> Result<(), UpstreamError> {
+    let amz_date = chrono::DateTime::<chrono::Utc>::from(time).format("%Y%m%dT%H%M%SZ").to_string();
+    let value = |text: &str| HeaderValue::from_str(text).map_err(|e| UpstreamError::Sign(e.to_string()));
+    headers.insert(HeaderName::from_static("x-amz-date"), value(&amz_date)?);
+    if let Some(token) = credentials.session_token() {
+        headers.insert(HeaderName::from_static("x-amz-security-token"), value(token)?);
+    }
+    let signed: Vec<(&str, &str)> =
+        headers.iter().filter(|(n, _)| !UNSIGNED.contains(&n.as_str())).filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?))).collect();
+    let request = sigv4::Request { method: method.as_str(), headers: signed, payload_sha256 };
+    let (canonical, signed_headers) = sigv4::canonical(&request);
+    let key = keys.get(credentials.secret_access_key(), &amz_date[..8], region, "dynamodb");
+    let signature = sigv4::signature(&key, &amz_date, region, "dynamodb", &canonical);
+    let authorization = sigv4::authorization(credentials.access_key_id(), &amz_date, region, "dynamodb", &signed_headers, &signature);
+    headers.insert(http::header::AUTHORIZATION, value(&authorization)?);
+    Ok(())
+}
+
+/// Any other path: `aws-sigv4` itself, which also normalizes paths and queries.
+fn sign_with_aws_sigv4(
+    headers: &mut HeaderMap,
+    endpoint: &Endpoint,
+    method: &http::Method,
+    path_and_query: &str,
+    payload_sha256: &str,
+    credentials: &Credentials,
+    time: SystemTime,
+) -> Result<(), UpstreamError> {
     let identity = credentials.clone().into();
     let params = v4::SigningParams::builder()
         .identity(&identity)
         .region(&endpoint.region)
         .name("dynamodb")
-        .time(SystemTime::now())
+        .time(time)
         .settings(SigningSettings::default())
         .build()
         .map_err(|e| UpstreamError::Sign(e.to_string()))?
@@ -176,9 +247,55 @@ pub fn resign(
         let value = HeaderValue::from_str(value).map_err(|e| UpstreamError::Sign(e.to_string()))?;
         headers.insert(name, value);
     }
-    let mut request = Request::new(Full::new(body));
-    *request.method_mut() = method.clone();
-    *request.uri_mut() = path_and_query.parse().map_err(|e: http::uri::InvalidUri| UpstreamError::Sign(e.to_string()))?;
-    *request.headers_mut() = headers;
-    Ok(request)
+    Ok(())
+}
+
+#[cfg(test)]
+mod signing_tests {
+    use super::*;
+
+    fn endpoint() -> Endpoint {
+        Endpoint::parse("http://127.0.0.1:8000", "eu-west-1", None, None).unwrap()
+    }
+
+    fn authorization(path: &str, headers: &HeaderMap, credentials: &Credentials, cached: bool) -> (String, HeaderMap) {
+        let mut out = headers.clone();
+        let time = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_796_000_123);
+        let payload = crate::aws::sigv4_verify::payload_sha256(b"{}");
+        let method = http::Method::POST;
+        if cached {
+            sign_cached(&mut out, &method, "eu-west-1", &payload, credentials, &SigningKeys::default(), time).unwrap();
+        } else {
+            sign_with_aws_sigv4(&mut out, &endpoint(), &method, path, &payload, credentials, time).unwrap();
+        }
+        (out.get("authorization").unwrap().to_str().unwrap().to_string(), out)
+    }
+
+    /// The cached signer writes exactly what aws-sigv4 writes, for what clients send:
+    /// repeated headers, runs of spaces, unsigned user agents, session tokens.
+    #[test]
+    fn the_cached_signer_signs_as_aws_sigv4_does() {
+        let mut headers = HeaderMap::new();
+        headers.insert("host", HeaderValue::from_static("127.0.0.1:8000"));
+        headers.insert("content-length", HeaderValue::from_static("2"));
+        headers.insert("content-type", HeaderValue::from_static("application/x-amz-json-1.0"));
+        headers.insert("x-amz-target", HeaderValue::from_static("DynamoDB_20120810.GetItem"));
+        headers.insert("user-agent", HeaderValue::from_static("aws-cli/2.15  Python/3.11"));
+        headers.insert("x-amzn-trace-id", HeaderValue::from_static("Root=1-abc"));
+        headers.append("x-custom", HeaderValue::from_static("  first   value "));
+        headers.append("x-custom", HeaderValue::from_static("second"));
+        headers.insert("amz-sdk-invocation-id", HeaderValue::from_static("0c3b  9f"));
+        for credentials in [
+            Credentials::new("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", None, None, "t"),
+            Credentials::new("ASIAEXAMPLE", "secret/with+chars", Some("FwoGZXIvYXdzE//token==".into()), None, "t"),
+        ] {
+            let (cached, cached_headers) = authorization("/", &headers, &credentials, true);
+            let (reference, reference_headers) = authorization("/", &headers, &credentials, false);
+            assert_eq!(cached, reference);
+            assert!(cached.contains("SignedHeaders=amz-sdk-invocation-id;content-length;content-type;host;"), "{cached}");
+            for name in ["x-amz-date", "x-amz-security-token"] {
+                assert_eq!(cached_headers.get(name), reference_headers.get(name), "{name}");
+            }
+        }
+    }
 }
