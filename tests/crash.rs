@@ -118,3 +118,45 @@ fn killed_writer_leaves_a_readable_recoverable_recording() {
         assert!(recover_unsealed(&store, &signer).unwrap().is_empty());
     }
 }
+
+/// A sealed recording's last sidecar is not fsynced (it is derived data), so a power loss
+/// can leave it missing or still saying live; start-up recovery rebuilds it, and signs
+/// nothing anew.
+#[test]
+fn a_sealed_recordings_stale_or_missing_sidecar_is_rebuilt_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rec = recorder(tmp.path(), |_| {});
+    let ctx = context(Protocol::Postgres);
+    let sid = ctx.sid.clone();
+    let log = rec.recorder.open(ctx).unwrap();
+    for i in 0..3 {
+        let body = EventBody::Query { query: format!("SELECT {i}"), parameters: vec![], db_name: None };
+        log.append(&body, chrono::Utc::now().timestamp_millis()).unwrap();
+    }
+    common::block_on(log.close()).unwrap();
+    rec.recorder.shutdown();
+    let store = RecordingStore::new(tmp.path().join("recordings"));
+    let sealed = store.read_summary(&sid).unwrap();
+    assert_eq!((sealed.state, sealed.events, sealed.queries), (RecordingState::Sealed, 3, 3));
+    let manifest = std::fs::read(store.manifest_path(&sid)).unwrap();
+    let signer = Signer::load_or_generate(&tmp.path().join("keys/signing.key")).unwrap();
+
+    // As the live sidecar the power loss left behind.
+    let mut stale = sealed.clone();
+    stale.state = RecordingState::Live;
+    stale.events = 1;
+    stale.end_ms = None;
+    store.write_summary(&stale).unwrap();
+    assert!(recover_unsealed(&store, &signer).unwrap().is_empty(), "nothing to recover: it is sealed");
+    let rebuilt = store.read_summary(&sid).unwrap();
+    assert_eq!((rebuilt.state, rebuilt.events, rebuilt.queries, rebuilt.end_ms), (sealed.state, 3, 3, sealed.end_ms));
+
+    // And with no sidecar at all.
+    std::fs::remove_file(store.meta_path(&sid)).unwrap();
+    assert!(recover_unsealed(&store, &signer).unwrap().is_empty());
+    let rebuilt = store.read_summary(&sid).unwrap();
+    assert_eq!((rebuilt.state, rebuilt.events, rebuilt.user.as_str()), (RecordingState::Sealed, 3, sealed.user.as_str()));
+    assert_eq!(std::fs::read(store.manifest_path(&sid)).unwrap(), manifest, "the signed manifest is untouched");
+    let key = dbtape::signing::load_public_key(&tmp.path().join("keys/signing.key.pub")).unwrap();
+    assert_eq!(verify_recording(&store, &sid, Some(&key)).verdict, Verdict::Ok);
+}

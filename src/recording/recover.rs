@@ -23,7 +23,11 @@ pub enum RecoveryOutcome {
 pub fn recover_unsealed(store: &RecordingStore, signer: &Signer) -> Result<Vec<RecoveryOutcome>, StoreError> {
     let mut outcomes = Vec::new();
     for sid in store.session_ids()? {
-        if store.read_manifest(&sid).ok().flatten().is_some() || store.is_locked(&sid) {
+        if store.is_locked(&sid) {
+            continue;
+        }
+        if let Some(manifest) = store.read_manifest(&sid).ok().flatten() {
+            resummarize_sealed(store, &sid, &manifest.body)?;
             continue;
         }
         let summary = store.read_summary(&sid).ok();
@@ -33,6 +37,26 @@ pub fn recover_unsealed(store: &RecordingStore, signer: &Signer) -> Result<Vec<R
         outcomes.push(recover_one(store, signer, &sid, summary)?);
     }
     Ok(outcomes)
+}
+
+/// A sealed recording's last sidecar is written without an fsync (it is derived data): after
+/// a power loss it may be missing or still say live. Rebuilt from the recording here.
+fn resummarize_sealed(store: &RecordingStore, sid: &str, manifest: &ManifestBody) -> Result<(), StoreError> {
+    let summary = store.read_summary(sid).ok();
+    if summary.as_ref().is_some_and(|s| s.state != RecordingState::Live) {
+        return Ok(());
+    }
+    let path = store.recording_path(sid);
+    let scan = scan_recording(&path, sid).map_err(|source| StoreError::Io { path: path.clone(), source })?;
+    let mut summary = summary.unwrap_or_else(|| blank_summary(sid, &scan));
+    summary.events = manifest.event_count;
+    summary.queries = scan.tally.queries;
+    summary.failed_queries = scan.tally.failed_queries;
+    summary.end_ms = manifest.last_time_ms.or(Some(summary.start_ms));
+    summary.bytes = manifest.size;
+    summary.state = if manifest.state == "sealed" { RecordingState::Sealed } else { RecordingState::Recovered };
+    tracing::info!(sid, "rebuilt a sealed recording's sidecar");
+    store.write_summary(&summary)
 }
 
 fn recover_one(store: &RecordingStore, signer: &Signer, sid: &str, summary: Option<SessionSummary>) -> Result<RecoveryOutcome, StoreError> {

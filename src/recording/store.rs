@@ -152,10 +152,10 @@ impl RecordingStore {
         write_atomic(&self.meta_path(&summary.sid), &bytes)
     }
 
-    /// A live recording's periodic sidecar refresh, replaced atomically but not fsynced: it
-    /// is a hint for `ls` and the live uploader in this process, the first and last sidecars
-    /// are fsynced, and crash recovery rebuilds a stale or missing one from the recording.
-    /// An fsync here cost every busy session one more journal commit every two seconds.
+    /// A sidecar replaced atomically but not fsynced: it is derived data, and start-up
+    /// recovery rebuilds one a power loss took or left stale, from the recording. An fsync
+    /// here cost every busy session a journal commit every two seconds, and every short
+    /// session two more.
     pub fn refresh_summary(&self, summary: &SessionSummary) -> Result<(), StoreError> {
         let path = self.meta_path(&summary.sid);
         let bytes = serde_json::to_vec_pretty(summary).map_err(|e| StoreError::Parse { path: path.clone(), reason: e.to_string() })?;

@@ -11,7 +11,7 @@ mod seal;
 mod state;
 mod thread;
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -149,6 +149,7 @@ impl Recorder {
             control: Mutex::new(Control { sessions: Vec::new(), urgent: false, shutdown: false }),
             wake: Condvar::new(),
             metrics: Arc::default(),
+            new_names: Default::default(),
         });
         let worker = shared.clone();
         let thread = std::thread::Builder::new()
@@ -274,14 +275,17 @@ impl Recorder {
             durable: watch::channel(Durability::default()).0,
         });
         let summary = summary_of(&state, &lock(&state.inner), bytes.len() as u64, RecordingState::Live);
-        if let Err(e) = self.shared.store.write_summary(&summary) {
+        // Not fsynced: crash recovery rebuilds a missing or stale sidecar from the recording.
+        if let Err(e) = self.shared.store.refresh_summary(&summary) {
             tracing::warn!(sid = %state.ctx.sid, error = %e, "cannot write the recording's sidecar");
         }
-        // Sync the directory entry now, so a crash never leaves an audited session nameless.
-        if self.shared.config.fsync != FsyncPolicy::Never {
-            if let Ok(dir) = File::open(self.shared.store.dir()) {
-                let _ = dir.sync_all();
-            }
+        // The recording's name is as durable as its first frames: at once when every event
+        // is fsynced, else with the next batch's fsync (a crash loses at most that batch,
+        // as it does of any session's events).
+        match self.shared.config.fsync {
+            FsyncPolicy::Always => self.shared.sync_dir(),
+            FsyncPolicy::Batch => self.shared.new_names.store(true, std::sync::atomic::Ordering::Release),
+            FsyncPolicy::Never => {}
         }
         if counts_as_session(&state.ctx) {
             self.shared.metrics.session_opened(state.ctx.database.protocol);

@@ -1,6 +1,5 @@
 //! Sealing: the trailer frame, the final fsync, the signed manifest and the last sidecar.
 
-use std::fs;
 use std::io::Write;
 use std::sync::Arc;
 
@@ -39,7 +38,8 @@ pub(super) fn summary_of(state: &SessionState, inner: &Inner, bytes: u64, record
     }
 }
 
-/// Writes the trailer, fsyncs, signs the manifest and writes the final sidecar.
+/// Writes the trailer, fsyncs, signs the manifest and writes the final sidecar. The caller
+/// fsyncs the folder (once for every session a pass seals) and then says it is sealed.
 pub(super) fn seal(shared: &Shared, session: &SessionState) {
     let sid = session.ctx.sid.clone();
     let mut io_guard = lock(&session.io);
@@ -129,11 +129,9 @@ pub(super) fn seal(shared: &Shared, session: &SessionState) {
     let summary = summary_of(session, &inner, len, final_state);
     drop(inner);
     drop(io_guard);
-    if let Err(e) = shared.store.write_summary(&summary) {
+    // Derived data, so not fsynced: start-up rebuilds one a power loss took (see
+    // `recover::resummarize_sealed`); a killed process loses nothing the kernel holds.
+    if let Err(e) = shared.store.refresh_summary(&summary) {
         tracing::error!(sid = %sid, error = %e, "cannot write the final sidecar");
     }
-    if let Ok(dir) = fs::File::open(shared.store.dir()) {
-        let _ = dir.sync_all();
-    }
-    session.durable.send_modify(|d| d.sealed = true);
 }

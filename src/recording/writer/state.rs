@@ -167,9 +167,19 @@ pub(super) struct Shared {
     pub(super) control: Mutex<Control>,
     pub(super) wake: Condvar,
     pub(super) metrics: Arc<crate::metrics::Metrics>,
+    /// A recording was created since the folder was last fsynced: its name is made durable
+    /// by the next batch's fsync, with its first frames, not by one fsync per session.
+    pub(super) new_names: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
+    /// Makes the names of recordings created so far durable.
+    pub(super) fn sync_dir(&self) {
+        if let Ok(dir) = std::fs::File::open(self.store.dir()) {
+            let _ = dir.sync_all();
+        }
+    }
+
     pub(super) fn nudge(&self) {
         lock(&self.control).urgent = true;
         self.wake.notify_one();

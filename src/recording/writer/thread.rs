@@ -86,6 +86,9 @@ pub(super) fn write_pass(shared: &Shared, sessions: &[Arc<SessionState>], flush_
         }
     }
     if fsync {
+        if shared.new_names.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            shared.sync_dir();
+        }
         for (session, _) in &written {
             let synced = match lock(&session.io).as_mut().filter(|io| io.dirty) {
                 Some(io) => io.file.sync_data().map(|()| io.dirty = false),
@@ -109,6 +112,14 @@ pub(super) fn write_pass(shared: &Shared, sessions: &[Arc<SessionState>], flush_
     }
     for session in &closing {
         seal(shared, session);
+    }
+    if !closing.is_empty() {
+        // One folder fsync makes every manifest and sidecar renamed above durable.
+        shared.new_names.store(false, std::sync::atomic::Ordering::Release);
+        shared.sync_dir();
+        for session in &closing {
+            session.durable.send_modify(|d| d.sealed = true);
+        }
     }
     closing
 }
