@@ -270,10 +270,77 @@ fn main() {
         size as f64 / EVENTS as f64,
         raw as f64 / size as f64
     );
+    let short = short_sessions();
     println!(
-        "RESULT recording write_eps={:.0} export_eps={:.0} bytes_per_event={:.1}",
+        "short sessions (start, one statement, its result, end), {SHORT_AT_ONCE} at a time: {:.0} opened and sealed/s, \
+         {:.0} bytes on disk and {:.1} files each",
+        short.per_s, short.disk_bytes, short.files
+    );
+    println!(
+        "RESULT recording write_eps={:.0} export_eps={:.0} bytes_per_event={:.1} sealed_per_s={:.0} short_disk_bytes={:.0}",
         median(write),
         median(export_rates),
-        size as f64 / EVENTS as f64
+        size as f64 / EVENTS as f64,
+        short.per_s,
+        short.disk_bytes
     );
+}
+
+/// Sessions open at once in the short-session case, as a connection storm's clients are.
+const SHORT_AT_ONCE: usize = 8;
+
+struct ShortSessions {
+    per_s: f64,
+    disk_bytes: f64,
+    files: f64,
+}
+
+/// What a connection storm asks of the recorder: sessions of one statement, opened and
+/// sealed (trailer, fsyncs, signed manifest, sidecar) as fast as they come, with the
+/// default batch fsync. The rate includes the waits for the disk.
+fn short_sessions() -> ShortSessions {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let setup = setup();
+    let t0 = 1_790_000_000_000i64;
+    let rounds = 250;
+    let start = Instant::now();
+    for round in 0..rounds {
+        let logs: Vec<_> = (0..SHORT_AT_ONCE).map(|_| setup.recorder.open(context()).expect("open")).collect();
+        for log in &logs {
+            let at = t0 + round as i64;
+            log.append(&EventBody::SessionStart { status: Status::ok(), postgres_pid: Some(4242), upstream_reused: None }, at)
+                .expect("append");
+            let query = EventBody::Query {
+                query: "SELECT abalance FROM pgbench_accounts WHERE aid = 4821;".into(),
+                parameters: vec![],
+                db_name: None,
+            };
+            log.append(&query, at).expect("append");
+            let result = EventBody::Result { status: Status::ok(), affected_records: 1, query_ei: Some(1) };
+            log.append(&result, at).expect("append");
+            let moment = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(at).unwrap_or_default();
+            log.append(&EventBody::SessionEnd { session_start: moment, session_stop: moment }, at).expect("append");
+        }
+        runtime.block_on(async {
+            let mut closing = tokio::task::JoinSet::new();
+            for log in logs {
+                closing.spawn(log.close());
+            }
+            while let Some(done) = closing.join_next().await {
+                done.expect("join").expect("seal");
+            }
+        });
+    }
+    let sessions = (rounds * SHORT_AT_ONCE) as f64;
+    let per_s = sessions / start.elapsed().as_secs_f64();
+    let (mut blocks, mut files) = (0u64, 0u64);
+    for entry in std::fs::read_dir(setup.store.dir()).expect("dir").flatten() {
+        if let Ok(meta) = entry.metadata() {
+            if meta.is_file() {
+                blocks += std::os::unix::fs::MetadataExt::blocks(&meta) * 512;
+                files += 1;
+            }
+        }
+    }
+    ShortSessions { per_s, disk_bytes: blocks as f64 / sessions, files: files as f64 / sessions }
 }

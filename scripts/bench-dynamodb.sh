@@ -103,8 +103,10 @@ load_of() { "$LOAD" $(args_of "$1") "$CLIENTS" "$DURATION"; }
 # session and a recording per request). Its figures join the RESULT line below.
 STORM_ROUNDS=${STORM_ROUNDS:-3}
 : > "$WORK/storm"
+STORM_PATHS=(direct haproxy dbtape)
+[[ -n ${ALT_PORT:-} ]] && STORM_PATHS+=(alt)
 for round in $(seq "$STORM_ROUNDS"); do
-    for path in direct haproxy dbtape; do
+    for path in "${STORM_PATHS[@]}"; do
         pid=$(pid_of $path); before=0
         [[ -n $pid ]] && before=$(cpu_ticks "$pid")
         # shellcheck disable=SC2046
@@ -123,7 +125,8 @@ import statistics, sys
 rows = [line.split() for line in open(sys.argv[1])]
 mean = lambda p, c: statistics.mean(float(r[c]) for r in rows if r[0] == p and len(r) > c)
 print(f"storm_direct_rps={mean('direct', 1):.0f} storm_haproxy_rps={mean('haproxy', 1):.0f} storm_dbtape_rps={mean('dbtape', 1):.0f} "
-      f"storm_dbtape_cpu_us={mean('dbtape', 2):.1f} storm_haproxy_cpu_us={mean('haproxy', 2):.1f}")
+      f"storm_dbtape_cpu_us={mean('dbtape', 2):.1f} storm_haproxy_cpu_us={mean('haproxy', 2):.1f}"
+      + (f" storm_alt_rps={mean('alt', 1):.0f} storm_alt_cpu_us={mean('alt', 2):.1f}" if any(r[0] == 'alt' for r in rows) else ""))
 PY
 )
 echo "   storm: $RESULT_EXTRA"
