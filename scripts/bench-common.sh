@@ -167,3 +167,27 @@ print(f"RESULT {name} direct_{rate}={speed['direct']:.0f} haproxy_{rate}={speed[
       + (" " + sys.argv[5] if len(sys.argv) > 5 and sys.argv[5] else ""))
 PY
 }
+
+# storm_rounds KEY WHAT SCALE CPU_UNIT RUNNER PATH...: STORM_ROUNDS (3) interleaved rounds of
+# a connection storm. `RUNNER PATH` runs one round's load and prints "KEY=<n> seconds=<s>";
+# each round appends "path rate cpu" to $WORK/storm, the proxy's CPU per item times SCALE
+# (1e3 for ms, 1e6 for µs). Uses the script's pid_of.
+storm_rounds() {
+    local key=$1 what=$2 scale=$3 cpu_unit=$4 runner=$5
+    shift 5
+    : > "$WORK/storm"
+    local round path pid before out n secs cpu
+    for round in $(seq "${STORM_ROUNDS:-3}"); do
+        for path in "$@"; do
+            pid=$(pid_of "$path"); before=0; cpu=""
+            [[ -n $pid ]] && before=$(cpu_ticks "$pid")
+            out=$("$runner" "$path")
+            n=$(sed -n "s/.*$key=\([0-9]*\).*/\1/p" <<< "$out")
+            secs=$(sed -n 's/.*seconds=\([0-9.]*\).*/\1/p' <<< "$out")
+            [[ -n $pid ]] && cpu=$(python3 -c "print(($(cpu_ticks "$pid") - $before) * $scale / $(getconf CLK_TCK) / $n)")
+            python3 -c "print(f'   storm round $round  $path: {$n / $secs:7.1f} $what' + ('  proxy CPU {:.2f} $cpu_unit'.format($cpu) if '$cpu' else ''))"
+            echo "$path $(python3 -c "print($n / $secs)") $cpu" >> "$WORK/storm"
+            settle "$pid"
+        done
+    done
+}

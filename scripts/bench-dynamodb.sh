@@ -101,25 +101,11 @@ load_of() { "$LOAD" $(args_of "$1") "$CLIENTS" "$DURATION"; }
 # The connection storm first: STORM_ROUNDS (3) interleaved rounds of STORM_DURATION (8 s),
 # each request on a new connection, as the aws CLI sends each call (through dbtape, a
 # session and a recording per request). Its figures join the RESULT line below.
-STORM_ROUNDS=${STORM_ROUNDS:-3}
-: > "$WORK/storm"
 STORM_PATHS=(direct haproxy dbtape)
 [[ -n ${ALT_PORT:-} ]] && STORM_PATHS+=(alt)
-for round in $(seq "$STORM_ROUNDS"); do
-    for path in "${STORM_PATHS[@]}"; do
-        pid=$(pid_of $path); before=0
-        [[ -n $pid ]] && before=$(cpu_ticks "$pid")
-        # shellcheck disable=SC2046
-        out=$("$LOAD" $(args_of "$path") "$CLIENTS" "${STORM_DURATION:-8}" --storm)
-        n=$(sed -n 's/.*requests=\([0-9]*\).*/\1/p' <<< "$out")
-        secs=$(sed -n 's/.*seconds=\([0-9.]*\).*/\1/p' <<< "$out")
-        cpu_us=""
-        [[ -n $pid ]] && cpu_us=$(python3 -c "print(($(cpu_ticks "$pid") - $before) * 1e6 / $(getconf CLK_TCK) / $n)")
-        python3 -c "print(f'   storm round $round  $path: {$n / $secs:7.1f} requests/s, each on a new connection' + ('  proxy CPU {:.1f} µs/request'.format($cpu_us) if '$cpu_us' else ''))"
-        echo "$path $(python3 -c "print($n / $secs)") $cpu_us" >> "$WORK/storm"
-        settle "$pid"
-    done
-done
+# shellcheck disable=SC2046
+storm_load() { "$LOAD" $(args_of "$1") "$CLIENTS" "${STORM_DURATION:-8}" --storm; }
+storm_rounds requests "requests/s, each on a new connection" 1e6 µs/request storm_load "${STORM_PATHS[@]}"
 RESULT_EXTRA=$(python3 - "$WORK/storm" <<'PY'
 import statistics, sys
 rows = [line.split() for line in open(sys.argv[1])]

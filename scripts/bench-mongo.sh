@@ -100,22 +100,8 @@ load_of() { "$LOAD" "$(uri_of "$1")" "$CLIENTS" "$DURATION"; }
 # The connection storm first: STORM_ROUNDS (3) interleaved rounds of STORM_DURATION (8 s),
 # each operation on a new driver client (its own connections, handshake and, through
 # dbtape, SCRAM login). Its figures join the RESULT line below.
-STORM_ROUNDS=${STORM_ROUNDS:-3}
-: > "$WORK/storm"
-for round in $(seq "$STORM_ROUNDS"); do
-    for path in direct haproxy dbtape; do
-        pid=$(pid_of $path); before=0
-        [[ -n $pid ]] && before=$(cpu_ticks "$pid")
-        out=$("$LOAD" "$(uri_of "$path")" "$CLIENTS" "${STORM_DURATION:-8}" --storm)
-        n=$(sed -n 's/.*ops=\([0-9]*\).*/\1/p' <<< "$out")
-        secs=$(sed -n 's/.*seconds=\([0-9.]*\).*/\1/p' <<< "$out")
-        cpu_ms=""
-        [[ -n $pid ]] && cpu_ms=$(python3 -c "print(($(cpu_ticks "$pid") - $before) * 1e3 / $(getconf CLK_TCK) / $n)")
-        python3 -c "print(f'   storm round $round  $path: {$n / $secs:7.1f} new clients/s' + ('  proxy CPU {:.2f} ms/client'.format($cpu_ms) if '$cpu_ms' else ''))"
-        echo "$path $(python3 -c "print($n / $secs)") $cpu_ms" >> "$WORK/storm"
-        settle "$pid"
-    done
-done
+storm_load() { "$LOAD" "$(uri_of "$1")" "$CLIENTS" "${STORM_DURATION:-8}" --storm; }
+storm_rounds ops "new clients/s" 1e3 ms/client storm_load direct haproxy dbtape
 RESULT_EXTRA=$(python3 - "$WORK/storm" <<'PY'
 import statistics, sys
 rows = [line.split() for line in open(sys.argv[1])]

@@ -147,21 +147,7 @@ pub fn resign(
     credentials: &Credentials,
     keys: &SigningKeys,
 ) -> Result<Request<Full<Bytes>>, UpstreamError> {
-    resign_at(endpoint, method, path_and_query, client_headers, body, payload_sha256, credentials, keys, SystemTime::now())
-}
-
-#[allow(clippy::too_many_arguments)]
-fn resign_at(
-    endpoint: &Endpoint,
-    method: &http::Method,
-    path_and_query: &str,
-    client_headers: &HeaderMap,
-    body: Bytes,
-    payload_sha256: &str,
-    credentials: &Credentials,
-    keys: &SigningKeys,
-    time: SystemTime,
-) -> Result<Request<Full<Bytes>>, UpstreamError> {
+    let time = SystemTime::now();
     let mut headers = HeaderMap::with_capacity(client_headers.len() + 4);
     for (name, value) in client_headers {
         // A value that is not visible ASCII cannot be signed, so it is not sent either.
