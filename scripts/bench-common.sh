@@ -181,7 +181,14 @@ storm_rounds() {
         for path in "$@"; do
             pid=$(pid_of "$path"); before=0; cpu=""
             [[ -n $pid ]] && before=$(cpu_ticks "$pid")
+            # PROFILE=1: perf of dbtape through its storm rounds, in target/perf-storm-NAME.data.
+            local perf=
+            if [[ $path == dbtape && -n ${PROFILE:-} ]]; then
+                perf record -F 999 -g -p "$pid" -o "$ROOT/target/perf-storm-$round.data" -- sleep "${STORM_DURATION:-8}" >/dev/null 2>&1 &
+                perf=$!
+            fi
             out=$("$runner" "$path")
+            [[ -n $perf ]] && wait "$perf"
             n=$(sed -n "s/.*$key=\([0-9]*\).*/\1/p" <<< "$out")
             secs=$(sed -n 's/.*seconds=\([0-9.]*\).*/\1/p' <<< "$out")
             [[ -n $pid ]] && cpu=$(python3 -c "print(($(cpu_ticks "$pid") - $before) * $scale / $(getconf CLK_TCK) / $n)")
