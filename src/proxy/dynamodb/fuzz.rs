@@ -1,5 +1,6 @@
 //! Entry point for the `dynamodb_request` fuzz target: the Authorization header parser and
-//! the signature check over arbitrary requests, and the response summariser.
+//! the signature check over arbitrary requests, the cached signer against `aws-sigv4`, and
+//! the response summariser.
 
 use std::time::{Duration, SystemTime};
 
@@ -13,6 +14,13 @@ pub fn request(data: &[u8]) {
     let (method, path) = first.split_once(' ').unwrap_or(("POST", "/"));
     let headers: Vec<(&str, &str)> = lines.filter_map(|l| l.split_once(':')).map(|(n, v)| (n.trim(), v.trim())).collect();
     let hash = payload_sha256(body);
+    let mut map = http::HeaderMap::new();
+    for (name, value) in &headers {
+        if let (Ok(name), Ok(value)) = (http::HeaderName::from_bytes(name.as_bytes()), http::HeaderValue::from_str(value)) {
+            map.append(name, value);
+        }
+    }
+    super::upstream::assert_signers_agree(&map, &hash);
     let request = SignedRequest { method, path_and_query: path, headers: headers.clone(), payload_sha256: &hash };
     if let Some((_, value)) = headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("authorization")) {
         if let Ok(auth) = Authorization::parse(value) {
