@@ -263,3 +263,32 @@ async fn a_connection_whose_reset_fails_is_closed_not_reused() {
     assert_eq!(starts(&proxy).iter().map(|s| s.0).collect::<Vec<_>>(), [Some(false), Some(false)]);
     verify_all(&proxy);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_waits_for_a_busy_pool_and_takes_the_connection_given_back() {
+    let mut proxy = Proxy::start_pooled("mode = \"session\"\nmax_size = 1").await;
+    let (holder, holder_task) = connect(&proxy).await;
+    let pid = backend_pid(&holder).await;
+    // The only slot is taken: the next login waits for it rather than open a second backend.
+    let waiting = {
+        let addr = proxy.addr;
+        tokio::spawn(async move {
+            let mut config = tokio_postgres::Config::new();
+            config.host("127.0.0.1").port(addr.port()).user("alice").password(ALICE_PASSWORD).dbname("postgres");
+            let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+            let task = tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            (client, task)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!waiting.is_finished(), "a second session got in while the pool's one connection was in use");
+    close(holder, holder_task).await;
+    let (waiter, waiter_task) = tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap();
+    assert_eq!(backend_pid(&waiter).await, pid, "the waiting session took the connection given back");
+    close(waiter, waiter_task).await;
+    proxy.stop().await;
+    assert_eq!(starts(&proxy).iter().map(|s| s.0).collect::<Vec<_>>(), [Some(false), Some(true)]);
+    verify_all(&proxy);
+}
