@@ -9,8 +9,12 @@ use std::time::Duration;
 use common::proxy::{brief, Proxy, ALICE_PASSWORD};
 
 async fn connect(proxy: &Proxy) -> (tokio_postgres::Client, tokio::task::JoinHandle<()>) {
+    connect_to(proxy.addr.port()).await
+}
+
+async fn connect_to(port: u16) -> (tokio_postgres::Client, tokio::task::JoinHandle<()>) {
     let mut config = tokio_postgres::Config::new();
-    config.host("127.0.0.1").port(proxy.addr.port()).user("alice").password(ALICE_PASSWORD).dbname("postgres");
+    config.host("127.0.0.1").port(port).user("alice").password(ALICE_PASSWORD).dbname("postgres");
     let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
     let task = tokio::spawn(async move {
         let _ = connection.await;
@@ -270,18 +274,7 @@ async fn a_session_waits_for_a_busy_pool_and_takes_the_connection_given_back() {
     let (holder, holder_task) = connect(&proxy).await;
     let pid = backend_pid(&holder).await;
     // The only slot is taken: the next login waits for it rather than open a second backend.
-    let waiting = {
-        let addr = proxy.addr;
-        tokio::spawn(async move {
-            let mut config = tokio_postgres::Config::new();
-            config.host("127.0.0.1").port(addr.port()).user("alice").password(ALICE_PASSWORD).dbname("postgres");
-            let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
-            let task = tokio::spawn(async move {
-                let _ = connection.await;
-            });
-            (client, task)
-        })
-    };
+    let waiting = tokio::spawn(connect_to(proxy.addr.port()));
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(!waiting.is_finished(), "a second session got in while the pool's one connection was in use");
     close(holder, holder_task).await;

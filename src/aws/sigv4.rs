@@ -82,13 +82,13 @@ fn trim_all(value: &str) -> std::borrow::Cow<'_, str> {
 /// query.
 pub struct Request<'a> {
     pub method: &'a str,
-    pub headers: Vec<(&'a str, &'a str)>,
+    pub headers: &'a [(&'a str, &'a str)],
     pub payload_sha256: &'a str,
 }
 
 /// The canonical request and the SignedHeaders list.
 pub fn canonical(request: &Request<'_>) -> (String, String) {
-    let mut headers = request.headers.clone();
+    let mut headers = request.headers.to_vec();
     // Stable: repeated names keep their order, and their values are joined with ','.
     headers.sort_by(|a, b| a.0.cmp(b.0));
     let mut canonical = String::with_capacity(256);

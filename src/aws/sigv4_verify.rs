@@ -126,22 +126,12 @@ pub fn verify(
     if skew > MAX_CLOCK_SKEW {
         return Err(VerifyError::Expired { date: date_text.to_string() });
     }
-    if request.path_and_query == "/" && verify_cached(auth, request, secret, date_text, keys) {
+    let mut signed = signed_headers(auth, request)?;
+    if request.path_and_query == "/" && verify_cached(auth, request, &signed, secret, date_text, keys) {
         return Ok(());
     }
-    // Exactly the headers the client signed, in every repetition; aws-sigv4 adds x-amz-date
-    // itself from `time`.
-    let mut signed = Vec::with_capacity(auth.signed_headers.len());
-    for name in &auth.signed_headers {
-        if *name == "x-amz-date" {
-            continue;
-        }
-        let before = signed.len();
-        signed.extend(request.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| (*name, *v)));
-        if signed.len() == before {
-            return Err(VerifyError::Malformed(format!("signed header {name} is not in the request")));
-        }
-    }
+    // aws-sigv4 adds x-amz-date itself, from `time`.
+    signed.retain(|(name, _)| *name != "x-amz-date");
     let mut settings = SigningSettings::default();
     settings.excluded_headers = None;
     settings.payload_checksum_kind = PayloadChecksumKind::NoHeader;
@@ -168,26 +158,32 @@ pub fn verify(
     }
 }
 
+/// Exactly the headers the client signed, in every repetition, named as it signed them.
+fn signed_headers<'a>(auth: &Authorization<'a>, request: &SignedRequest<'a>) -> Result<Vec<(&'a str, &'a str)>, VerifyError> {
+    let mut signed = Vec::with_capacity(auth.signed_headers.len());
+    for name in &auth.signed_headers {
+        let before = signed.len();
+        signed.extend(request.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| (*name, *v)));
+        if signed.len() == before {
+            return Err(VerifyError::Malformed(format!("signed header {name} is not in the request")));
+        }
+    }
+    Ok(signed)
+}
+
 /// The common case (every DynamoDB call) with a cached signing key. A mismatch here is not
 /// final: `aws-sigv4`'s own check decides then, so no difference of canonical form can
 /// turn a good signature away.
 fn verify_cached(
     auth: &Authorization<'_>,
     request: &SignedRequest<'_>,
+    signed: &[(&str, &str)],
     secret: &str,
     amz_date: &str,
     keys: &super::sigv4::SigningKeys,
 ) -> bool {
-    let mut headers = Vec::with_capacity(auth.signed_headers.len());
-    for name in &auth.signed_headers {
-        let before = headers.len();
-        headers.extend(request.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| (*name, *v)));
-        if headers.len() == before {
-            return false;
-        }
-    }
     let (canonical, _) =
-        super::sigv4::canonical(&super::sigv4::Request { method: request.method, headers, payload_sha256: request.payload_sha256 });
+        super::sigv4::canonical(&super::sigv4::Request { method: request.method, headers: signed, payload_sha256: request.payload_sha256 });
     let key = keys.get(secret, auth.date, auth.region, auth.service);
     let signature = super::sigv4::signature(&key, amz_date, auth.region, auth.service, &canonical);
     constant_time_eq(signature.as_bytes(), auth.signature.to_ascii_lowercase().as_bytes())
@@ -278,9 +274,13 @@ mod tests {
             payload_sha256: &hash,
         };
         let keys = crate::aws::sigv4::SigningKeys::default();
-        assert!(verify_cached(&auth, &request("DynamoDB_20120810.GetItem"), SECRET, &date, &keys));
-        assert!(!verify_cached(&auth, &request("DynamoDB_20120810.DeleteItem"), SECRET, &date, &keys));
-        assert!(!verify_cached(&auth, &request("DynamoDB_20120810.GetItem"), "another secret", &date, &keys));
+        let cached = |request: SignedRequest<'_>, secret: &str| {
+            let signed = signed_headers(&auth, &request).unwrap();
+            verify_cached(&auth, &request, &signed, secret, &date, &keys)
+        };
+        assert!(cached(request("DynamoDB_20120810.GetItem"), SECRET));
+        assert!(!cached(request("DynamoDB_20120810.DeleteItem"), SECRET));
+        assert!(!cached(request("DynamoDB_20120810.GetItem"), "another secret"));
     }
 
     #[test]

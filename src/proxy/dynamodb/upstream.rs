@@ -148,14 +148,7 @@ pub fn resign(
     keys: &SigningKeys,
 ) -> Result<Request<Full<Bytes>>, UpstreamError> {
     let time = SystemTime::now();
-    let mut headers = HeaderMap::with_capacity(client_headers.len() + 4);
-    for (name, value) in client_headers {
-        // A value that is not visible ASCII cannot be signed, so it is not sent either.
-        let dropped = DROPPED.contains(&name.as_str()) || HOP_BY_HOP.contains(&name.as_str());
-        if !dropped && value.to_str().is_ok() {
-            headers.append(name.clone(), value.clone());
-        }
-    }
+    let mut headers = forwarded(client_headers);
     let host = HeaderValue::from_str(&endpoint.authority).map_err(|e| UpstreamError::Sign(e.to_string()))?;
     headers.insert(http::header::HOST, host);
     headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
@@ -169,6 +162,19 @@ pub fn resign(
     *request.uri_mut() = path_and_query.parse().map_err(|e: http::uri::InvalidUri| UpstreamError::Sign(e.to_string()))?;
     *request.headers_mut() = headers;
     Ok(request)
+}
+
+/// The client's headers the endpoint gets, before dbtape adds its own.
+fn forwarded(client_headers: &HeaderMap) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(client_headers.len() + 4);
+    for (name, value) in client_headers {
+        // A value that is not visible ASCII cannot be signed, so it is not sent either.
+        let dropped = DROPPED.contains(&name.as_str()) || HOP_BY_HOP.contains(&name.as_str());
+        if !dropped && value.to_str().is_ok() {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    headers
 }
 
 /// Headers `aws-sigv4` leaves unsigned by default, left unsigned here too: proxies change them.
@@ -193,7 +199,7 @@ fn sign_cached(
     }
     let signed: Vec<(&str, &str)> =
         headers.iter().filter(|(n, _)| !UNSIGNED.contains(&n.as_str())).filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?))).collect();
-    let request = sigv4::Request { method: method.as_str(), headers: signed, payload_sha256 };
+    let request = sigv4::Request { method: method.as_str(), headers: &signed, payload_sha256 };
     let (canonical, signed_headers) = sigv4::canonical(&request);
     let key = keys.get(credentials.secret_access_key(), &amz_date[..8], region, "dynamodb");
     let signature = sigv4::signature(&key, &amz_date, region, "dynamodb", &canonical);
@@ -207,13 +213,7 @@ fn sign_cached(
 #[cfg(feature = "fuzzing")]
 pub(super) fn assert_signers_agree(client_headers: &HeaderMap, payload_sha256: &str) {
     let Some(endpoint) = Endpoint::parse("http://127.0.0.1:8000", "eu-west-1", None, None) else { return };
-    let mut headers = HeaderMap::new();
-    for (name, value) in client_headers {
-        let dropped = DROPPED.contains(&name.as_str()) || HOP_BY_HOP.contains(&name.as_str());
-        if !dropped && value.to_str().is_ok() {
-            headers.append(name.clone(), value.clone());
-        }
-    }
+    let mut headers = forwarded(client_headers);
     headers.insert(http::header::HOST, HeaderValue::from_static("127.0.0.1:8000"));
     let time = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_796_000_123);
     let credentials = Credentials::new("AKIDFUZZ", "fuzz/secret+key", Some("fuzz-token".into()), None, "fuzz");

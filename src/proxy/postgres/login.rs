@@ -339,10 +339,7 @@ async fn login_upstream(
             }
             ty => {
                 if ty == b'S' {
-                    let mut fields = body.split(|b| *b == 0).map(|f| String::from_utf8_lossy(f).into_owned());
-                    if let (Some(name), Some(value)) = (fields.next(), fields.next()) {
-                        parameters.push((name, value));
-                    }
+                    parameters.extend(super::pool::parameter_status(&body));
                 }
                 out.extend_from_slice(&message(ty, &body));
             }

@@ -31,7 +31,7 @@ impl Backend {
         self.key.as_ref().map(|(pid, _)| *pid as u32)
     }
 
-    pub(super) fn set_parameter(&mut self, name: String, value: String) {
+    fn set_parameter(&mut self, name: String, value: String) {
         match self.parameters.iter_mut().find(|(n, _)| *n == name) {
             Some(slot) => slot.1 = value,
             None => self.parameters.push((name, value)),
@@ -206,8 +206,7 @@ async fn reset(backend: &mut Backend, statement: &str) -> Result<(), String> {
         match ty {
             b'E' => failure = Some(super::messages::error_text(&body)),
             b'S' => {
-                let mut fields = body.split(|b| *b == 0).map(|f| String::from_utf8_lossy(f).into_owned());
-                if let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+                if let Some((name, value)) = parameter_status(&body) {
                     backend.set_parameter(name, value);
                 }
             }
@@ -222,6 +221,12 @@ async fn reset(backend: &mut Backend, statement: &str) -> Result<(), String> {
             _ => {}
         }
     }
+}
+
+/// A ParameterStatus message's name and value.
+pub(super) fn parameter_status(body: &[u8]) -> Option<(String, String)> {
+    let mut fields = body.split(|b| *b == 0).map(|f| String::from_utf8_lossy(f).into_owned());
+    Some((fields.next()?, fields.next()?))
 }
 
 /// Closes a connection politely (Terminate), off the caller's path.
