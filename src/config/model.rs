@@ -116,6 +116,23 @@ pub(super) struct RawRecording {
     pub max_backlog_bytes: usize,
     pub min_free_bytes: u64,
     pub trusted_keys: Vec<PathBuf>,
+    pub segments: RawSegments,
+}
+
+/// `[recording.segments]`: short sessions packed many to a file once sealed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawSegments {
+    pub enabled: bool,
+    pub max_session_bytes: u64,
+    pub max_segment_bytes: u64,
+    pub max_age: String,
+}
+
+impl Default for RawSegments {
+    fn default() -> Self {
+        RawSegments { enabled: false, max_session_bytes: 64 * 1024, max_segment_bytes: 16 * 1024 * 1024, max_age: "1m".into() }
+    }
 }
 
 impl Default for RawRecording {
@@ -133,6 +150,7 @@ impl Default for RawRecording {
             max_backlog_bytes: 256 * 1024 * 1024,
             min_free_bytes: 256 * 1024 * 1024,
             trusted_keys: Vec::new(),
+            segments: RawSegments::default(),
         }
     }
 }
@@ -161,6 +179,8 @@ pub struct RecordingSection {
     /// Public keys of other instances (a fleet sharing one bucket) whose recordings a
     /// review trusts, besides this instance's own.
     pub trusted_keys: Vec<PathBuf>,
+    /// Pack short sessions into segments once sealed (`[recording.segments]`); None when off.
+    pub segments: Option<crate::recording::segment::SegmentSettings>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -77,7 +77,6 @@ impl Catalog {
     /// Runs on a blocking thread, every few seconds. Says whether a recording was sealed,
     /// added or removed since the last reload (what the search index must catch up with).
     pub fn reload(&self) -> bool {
-        use std::os::unix::fs::MetadataExt;
         let ids = match self.store.session_ids() {
             Ok(ids) => ids,
             Err(e) => {
@@ -90,8 +89,7 @@ impl Catalog {
         let mut all = Vec::with_capacity(ids.len());
         let mut seen = std::collections::HashSet::with_capacity(ids.len());
         for sid in ids {
-            let Ok(meta) = std::fs::metadata(self.store.meta_path(&sid)) else { continue };
-            let stamp = (meta.mtime(), meta.mtime_nsec(), meta.len());
+            let Some(stamp) = self.store.summary_stamp(&sid) else { continue };
             let cached = read.get(&sid).filter(|(s, summary)| *s == stamp && summary.state != RecordingState::Live);
             let summary = match cached {
                 Some((_, summary)) => summary.clone(),

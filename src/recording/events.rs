@@ -2,6 +2,8 @@
 //! it waits at the end of a live recording for the writer to add more.
 
 use std::fs::File;
+
+use crate::recording::RecordingFile;
 use std::io::BufReader;
 use std::path::Path;
 use std::time::Duration;
@@ -54,7 +56,7 @@ pub struct FrameInfo {
 }
 
 pub struct EventStream {
-    reader: FrameReader<BufReader<File>>,
+    reader: FrameReader<BufReader<RecordingFile>>,
     follow: bool,
     is_live: Box<dyn Fn() -> bool + Send>,
     /// Frame 0, once read: it holds the fixed fields that compact frames leave out.
@@ -68,7 +70,7 @@ pub struct EventStream {
 
 impl EventStream {
     pub fn open(store: &RecordingStore, sid: &str, follow: bool) -> std::io::Result<Self> {
-        let file = File::open(store.recording_path(sid))?;
+        let file = store.open_recording(sid)?;
         let reader = FrameReader::new(BufReader::with_capacity(256 * 1024, file), sid)?;
         let probe = store.clone();
         let owned_sid = sid.to_string();
@@ -88,7 +90,7 @@ impl EventStream {
     }
 
     pub fn open_path(path: &Path, sid: &str) -> std::io::Result<Self> {
-        let file = File::open(path)?;
+        let file = RecordingFile::File(File::open(path)?);
         let reader = FrameReader::new(BufReader::with_capacity(256 * 1024, file), sid)?;
         Ok(EventStream { reader, follow: false, is_live: Box::new(|| false), header: None, expanded: Vec::new(), rebuilt_end: None })
     }

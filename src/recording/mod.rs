@@ -9,6 +9,7 @@ mod port;
 pub mod reader;
 pub mod recover;
 pub mod scan;
+pub mod segment;
 pub mod store;
 pub mod upload;
 pub mod verify;
@@ -16,7 +17,7 @@ pub mod writer;
 
 pub use port::{AuditError, AuditPort};
 pub use reader::{FrameReader, Next, ReadError, Tail};
-pub use store::{validate_session_id, RecordingState, RecordingStore, SessionSummary, StoreError};
+pub use store::{validate_session_id, RecordingFile, RecordingState, RecordingStore, SessionSummary, StoreError};
 pub use writer::{
     AppendTicket, FsyncPolicy, Recorder, RecorderConfig, RecordingError, RecordingMode, SessionLog, MAX_EVENT_BYTES,
     MAX_FRAME_TARGET_BYTES, MAX_QUERY_BYTES_LIMIT,

@@ -19,11 +19,17 @@ pub enum RecoveryOutcome {
     },
 }
 
-/// Recovers every recording that is neither sealed nor held open by a live writer.
+/// Recovers every recording that is neither sealed nor held open by a live writer, after
+/// closing the segments a dead writer left open.
 pub fn recover_unsealed(store: &RecordingStore, signer: &Signer) -> Result<Vec<RecoveryOutcome>, StoreError> {
+    let segments = super::segment::segments_dir(store.dir());
+    super::segment::close_crashed(store.dir()).map_err(|source| StoreError::Io { path: segments, source })?;
     let mut outcomes = Vec::new();
-    for sid in store.session_ids()? {
+    for sid in store.file_session_ids()? {
         if store.is_locked(&sid) {
+            continue;
+        }
+        if store.read_manifest(&sid).ok().flatten().is_none() && drop_packed_copy(store, &sid) {
             continue;
         }
         if let Some(manifest) = store.read_manifest(&sid).ok().flatten() {
@@ -37,6 +43,22 @@ pub fn recover_unsealed(store: &RecordingStore, signer: &Signer) -> Result<Vec<R
         outcomes.push(recover_one(store, signer, &sid, summary)?);
     }
     Ok(outcomes)
+}
+
+/// A session the writer packed, whose own files a crash (or a lost unlink) left behind: the
+/// segment's copy is the sealed one, so its own files go, once the copy reads back whole.
+fn drop_packed_copy(store: &RecordingStore, sid: &str) -> bool {
+    let Some(packed) = store.packed(sid) else { return false };
+    let own = std::fs::read(store.recording_path(sid)).unwrap_or_default();
+    if !packed.recording.starts_with(&own) {
+        tracing::warn!(sid, "a packed session's own recording differs from its segment copy; both kept");
+        return false;
+    }
+    for path in [store.recording_path(sid), store.meta_path(sid)] {
+        let _ = std::fs::remove_file(path);
+    }
+    tracing::info!(sid, segment = %packed.segment.display(), "removed a packed session's own files left by a crash");
+    true
 }
 
 /// A sealed recording's last sidecar is written without an fsync (it is derived data): after

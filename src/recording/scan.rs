@@ -79,7 +79,11 @@ struct EventPeek<'a> {
 }
 
 pub fn scan_recording(path: &Path, sid: &str) -> io::Result<ScanReport> {
-    let file = File::open(path)?;
+    scan_reader(File::open(path)?, sid)
+}
+
+/// As `scan_recording`, for a recording wherever it is kept (`RecordingStore::open_recording`).
+pub fn scan_reader(file: impl io::Read, sid: &str) -> io::Result<ScanReport> {
     let mut hashing = HashingReader { inner: BufReader::with_capacity(1 << 20, file), hasher: Sha256::new(), bytes: 0 };
     let mut report = ScanReport {
         header: None,

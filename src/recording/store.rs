@@ -1,5 +1,7 @@
 //! The recordings folder: one `<sid>.dbt` per session, with a `<sid>.meta.json` sidecar that
-//! `ls` reads instead of the recording and, once sealed, a signed `<sid>.manifest.json`.
+//! `ls` reads instead of the recording and, once sealed, a signed `<sid>.manifest.json`; or,
+//! for a short session packed once sealed, the same three in a segment (`segment`). Every
+//! reader goes through here, so where a session is kept makes no difference to it.
 
 use std::fs;
 use std::io::Write;
@@ -7,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::segment::{PackedSession, SegmentIndex, SegmentInfo};
 use crate::signing::Manifest;
 
 pub const RECORDING_EXT: &str = "dbt";
@@ -109,11 +112,100 @@ impl SessionSummary {
 #[derive(Debug, Clone)]
 pub struct RecordingStore {
     dir: PathBuf,
+    segments: std::sync::Arc<SegmentIndex>,
+}
+
+/// A recording's bytes: its own file, or its copy in a segment.
+pub enum RecordingFile {
+    File(fs::File),
+    Packed(std::io::Cursor<Vec<u8>>),
+}
+
+impl std::io::Read for RecordingFile {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            RecordingFile::File(f) => f.read(buf),
+            RecordingFile::Packed(c) => c.read(buf),
+        }
+    }
+}
+
+impl std::io::Seek for RecordingFile {
+    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+        match self {
+            RecordingFile::File(f) => f.seek(pos),
+            RecordingFile::Packed(c) => c.seek(pos),
+        }
+    }
 }
 
 impl RecordingStore {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        RecordingStore { dir: dir.into() }
+        RecordingStore { dir: dir.into(), segments: Default::default() }
+    }
+
+    /// The session as packed into a segment, if it is: looked up in the index, which is
+    /// brought up to date first when it does not know the session.
+    pub fn packed(&self, sid: &str) -> Option<PackedSession> {
+        let id = uuid::Uuid::try_parse(sid).ok()?;
+        if !self.segments.contains(&id) {
+            self.segments.refresh(&self.dir);
+        }
+        match self.segments.read(&self.dir, &id) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(sid, error = %e, "cannot read a session from its segment");
+                None
+            }
+        }
+    }
+
+    /// Whether a segment holds the session (without reading it).
+    pub fn is_packed(&self, sid: &str) -> bool {
+        let Ok(id) = uuid::Uuid::try_parse(sid) else { return false };
+        if !self.segments.contains(&id) {
+            self.segments.refresh(&self.dir);
+        }
+        self.segments.contains(&id)
+    }
+
+    /// The segment file that holds the session, if one does.
+    pub fn segment_of(&self, sid: &str) -> Option<PathBuf> {
+        let id = uuid::Uuid::try_parse(sid).ok()?;
+        self.is_packed(sid).then(|| self.segments.segment_of(&self.dir, &id)).flatten()
+    }
+
+    /// The folder's segments, as of now.
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        self.segments.refresh(&self.dir);
+        self.segments.segments(&self.dir)
+    }
+
+    /// Opens the recording wherever it is kept.
+    pub fn open_recording(&self, sid: &str) -> std::io::Result<RecordingFile> {
+        match fs::File::open(self.recording_path(sid)) {
+            Ok(file) => Ok(RecordingFile::File(file)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match self.packed(sid) {
+                Some(packed) => Ok(RecordingFile::Packed(std::io::Cursor::new(packed.recording))),
+                None => Err(e),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether the recording is sealed or recovered: it has a signed manifest.
+    pub fn has_manifest(&self, sid: &str) -> bool {
+        self.manifest_path(sid).exists() || self.is_packed(sid)
+    }
+
+    /// What changes whenever the session's sidecar does; fixed for a packed session, whose
+    /// sidecar never changes again.
+    pub fn summary_stamp(&self, sid: &str) -> Option<(i64, i64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        match fs::metadata(self.meta_path(sid)) {
+            Ok(meta) => Some((meta.mtime(), meta.mtime_nsec(), meta.len())),
+            Err(_) => self.is_packed(sid).then_some((0, 0, 0)),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -139,7 +231,7 @@ impl RecordingStore {
     /// Resolves user input to an existing recording's session id.
     pub fn find(&self, input: &str) -> Result<String, StoreError> {
         let sid = validate_session_id(input)?;
-        if self.recording_path(&sid).exists() {
+        if self.recording_path(&sid).exists() || self.is_packed(&sid) {
             Ok(sid)
         } else {
             Err(StoreError::NotFound { sid, dir: self.dir.clone() })
@@ -166,7 +258,14 @@ impl RecordingStore {
     }
 
     pub fn read_summary(&self, sid: &str) -> Result<SessionSummary, StoreError> {
-        read_json(&self.meta_path(sid))
+        let path = self.meta_path(sid);
+        match read_json(&path) {
+            Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => match self.packed(sid) {
+                Some(packed) => parse_json(&packed.summary, &packed.segment),
+                None => Err(StoreError::Io { path, source }),
+            },
+            other => other,
+        }
     }
 
     pub fn write_manifest(&self, manifest: &Manifest) -> Result<(), StoreError> {
@@ -178,13 +277,29 @@ impl RecordingStore {
     pub fn read_manifest(&self, sid: &str) -> Result<Option<Manifest>, StoreError> {
         let path = self.manifest_path(sid);
         if !path.exists() {
-            return Ok(None);
+            return match self.packed(sid) {
+                Some(packed) => parse_json(&packed.manifest, &packed.segment).map(Some),
+                None => Ok(None),
+            };
         }
         read_json(&path).map(Some)
     }
 
-    /// Session ids of every recording in the folder, in no particular order.
+    /// Session ids of every recording, in its own files or packed, in no particular order.
     pub fn session_ids(&self) -> Result<Vec<String>, StoreError> {
+        let mut ids = self.file_session_ids()?;
+        self.segments.refresh(&self.dir);
+        let packed = self.segments.session_ids();
+        if !packed.is_empty() {
+            let own: std::collections::HashSet<String> = ids.iter().cloned().collect();
+            ids.extend(packed.into_iter().map(|id| id.hyphenated().to_string()).filter(|sid| !own.contains(sid)));
+        }
+        Ok(ids)
+    }
+
+    /// Session ids of the recordings that have their own files (live ones, long ones, and
+    /// any not packed), in no particular order.
+    pub fn file_session_ids(&self) -> Result<Vec<String>, StoreError> {
         let entries = match fs::read_dir(&self.dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -235,7 +350,11 @@ impl RecordingStore {
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, StoreError> {
     let bytes = fs::read(path).map_err(|source| StoreError::Io { path: path.to_path_buf(), source })?;
-    serde_json::from_slice(&bytes).map_err(|e| StoreError::Parse { path: path.to_path_buf(), reason: e.to_string() })
+    parse_json(&bytes, path)
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], path: &Path) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Parse { path: path.to_path_buf(), reason: e.to_string() })
 }
 
 /// Write to a temporary name, fsync, then rename: readers see the old or the new file, never half.

@@ -3,7 +3,7 @@
 use ed25519_dalek::VerifyingKey;
 use serde::Serialize;
 
-use super::scan::{scan_recording, ScanEnd};
+use super::scan::{scan_reader, ScanEnd};
 use super::store::RecordingStore;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -102,7 +102,7 @@ pub fn verify_with(store: &RecordingStore, sid: &str, keys: &KeyRing) -> VerifyR
         notes: Vec::new(),
     };
     let path = store.recording_path(sid);
-    let scan = match scan_recording(&path, sid) {
+    let scan = match store.open_recording(sid).and_then(|file| scan_reader(file, sid)) {
         Ok(scan) => scan,
         Err(e) => {
             report.problems.push(format!("{}: {e}", path.display()));
@@ -201,7 +201,7 @@ pub fn check_signed_file(store: &RecordingStore, sid: &str, keys: &KeyRing) -> R
         return Err(problem);
     }
     let path = store.recording_path(sid);
-    let mut file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut file = store.open_recording(sid).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut hasher = sha2::Sha256::new();
     let size = std::io::copy(&mut file, &mut hasher).map_err(|e| format!("{}: {e}", path.display()))?;
     if size != manifest.body.size || crate::util::hex::hex(&hasher.finalize()) != manifest.body.sha256 {

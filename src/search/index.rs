@@ -377,5 +377,5 @@ impl SearchIndex {
 
 /// Recordings an index takes: sealed or recovered, that is, with a signed manifest.
 fn indexable(store: &RecordingStore) -> Vec<String> {
-    store.session_ids().unwrap_or_default().into_iter().filter(|sid| store.manifest_path(sid).exists() && !store.is_locked(sid)).collect()
+    store.session_ids().unwrap_or_default().into_iter().filter(|sid| store.has_manifest(sid) && !store.is_locked(sid)).collect()
 }

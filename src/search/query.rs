@@ -226,7 +226,7 @@ fn read_hits(
     keep: &dyn Fn(&Value) -> bool,
     outcome: &mut SearchOutcome,
 ) {
-    if crate::recording::validate_session_id(sid).is_err() || !store.recording_path(sid).exists() {
+    if crate::recording::validate_session_id(sid).is_err() || store.find(sid).is_err() {
         outcome.warnings.push(format!("the index names a recording {sid:?} that is not in {}", store.dir().display()));
         return;
     }

@@ -91,6 +91,7 @@ pub(super) fn check_recording(raw: &RawConfig, base: &Path, issues: &mut Issues<
             );
         }
     }
+    let segments = check_segments(&r.segments, issues);
     if r.dir.as_os_str().is_empty() {
         issues.add("recording.dir", "is empty", "name the folder recordings are written to, e.g. \"recordings\"");
     }
@@ -107,5 +108,43 @@ pub(super) fn check_recording(raw: &RawConfig, base: &Path, issues: &mut Issues<
         max_backlog_bytes: r.max_backlog_bytes,
         min_free_bytes: r.min_free_bytes,
         trusted_keys: r.trusted_keys.iter().map(|k| resolve(base, k)).collect(),
+        segments,
     }
+}
+
+fn check_segments(s: &super::super::model::RawSegments, issues: &mut Issues<'_>) -> Option<crate::recording::segment::SegmentSettings> {
+    if !(1024..=1024 * 1024).contains(&s.max_session_bytes) {
+        issues.add(
+            "recording.segments.max_session_bytes",
+            format!("{} is out of range", s.max_session_bytes),
+            "use a size between 1024 and 1048576 bytes; the default is 65536",
+        );
+    }
+    if !(64 * 1024..=1024 * 1024 * 1024).contains(&s.max_segment_bytes) {
+        issues.add(
+            "recording.segments.max_segment_bytes",
+            format!("{} is out of range", s.max_segment_bytes),
+            "use a size between 65536 and 1073741824 bytes; the default is 16777216 (16 MiB)",
+        );
+    }
+    let max_age = match humantime::parse_duration(&s.max_age) {
+        Ok(d) if d >= std::time::Duration::from_secs(1) && d <= std::time::Duration::from_secs(24 * 3600) => d,
+        Ok(_) => {
+            issues.add(
+                "recording.segments.max_age",
+                format!("{:?} is out of range", s.max_age),
+                "use a duration between 1s and 24h; the default is \"1m\"",
+            );
+            std::time::Duration::from_secs(60)
+        }
+        Err(e) => {
+            issues.add("recording.segments.max_age", format!("{:?}: {e}", s.max_age), "write a duration such as \"1m\" or \"30s\"");
+            std::time::Duration::from_secs(60)
+        }
+    };
+    s.enabled.then(|| crate::recording::segment::SegmentSettings {
+        max_session_bytes: s.max_session_bytes,
+        max_segment_bytes: s.max_segment_bytes,
+        max_age,
+    })
 }

@@ -87,6 +87,23 @@ pub fn marker_path(store: &RecordingStore, sid: &str) -> PathBuf {
     store.dir().join(format!("{sid}.uploaded.json"))
 }
 
+/// Written beside a segment once it is confirmed in the bucket.
+pub fn segment_marker_path(segment: &Path) -> PathBuf {
+    let mut path = segment.as_os_str().to_os_string();
+    path.push(".uploaded.json");
+    PathBuf::from(path)
+}
+
+/// `<prefix>segments/<yyyy>/<mm>/<dd>/<name>`, the day the segment was opened (its name
+/// starts `segment-<yyyymmdd>`), so a bucket lists segments by date too.
+pub fn segment_key(prefix: &str, name: &str) -> String {
+    let day = name.strip_prefix("segment-").and_then(|rest| rest.get(..8)).filter(|d| d.bytes().all(|b| b.is_ascii_digit()));
+    match day {
+        Some(d) => format!("{prefix}segments/{}/{}/{}/{name}", &d[..4], &d[4..6], &d[6..]),
+        None => format!("{prefix}segments/{name}"),
+    }
+}
+
 /// `<prefix><yyyy>/<mm>/<dd>/<sid>`: the session's start day (UTC), so a bucket lists by date.
 pub fn key_base(prefix: &str, sid: &str, start_ms: i64) -> String {
     let day = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(start_ms).unwrap_or_default();
@@ -136,7 +153,7 @@ impl Uploader {
 
     /// Recordings being written now, by this process or another one on this folder.
     fn live(&self) -> Vec<String> {
-        let Ok(ids) = self.store.session_ids() else { return Vec::new() };
+        let Ok(ids) = self.store.file_session_ids() else { return Vec::new() };
         ids.into_iter().filter(|sid| !marker_path(&self.store, sid).exists() && self.store.is_locked(sid)).collect()
     }
 
@@ -153,14 +170,14 @@ impl Uploader {
     /// Puts every sealed recording whose local copy is still here back in the queue, by
     /// setting its upload marker aside (as `<sid>.uploaded.json.previous`).
     pub fn forget_uploads(&self) {
-        let Ok(ids) = self.store.session_ids() else { return };
-        for sid in ids {
-            let marker = marker_path(&self.store, &sid);
+        let Ok(ids) = self.store.file_session_ids() else { return };
+        let segments = self.store.segments().into_iter().map(|s| segment_marker_path(&s.path));
+        for marker in ids.iter().map(|sid| marker_path(&self.store, sid)).chain(segments) {
             if marker.exists() {
                 let mut previous = marker.clone().into_os_string();
                 previous.push(".previous");
                 if let Err(e) = std::fs::rename(&marker, previous) {
-                    tracing::warn!(sid, error = %e, "cannot requeue a recording for upload");
+                    tracing::warn!(marker = %marker.display(), error = %e, "cannot requeue a recording for upload");
                 }
             }
         }
@@ -169,7 +186,7 @@ impl Uploader {
     /// Sealed recordings with no upload marker, oldest first.
     pub fn pending(&self) -> Result<Vec<String>, StoreError> {
         let mut pending = Vec::new();
-        for sid in self.store.session_ids()? {
+        for sid in self.store.file_session_ids()? {
             if marker_path(&self.store, &sid).exists() || self.store.is_locked(&sid) {
                 continue;
             }
@@ -262,6 +279,16 @@ impl Uploader {
                 }
             }
         }
+        for segment in self.pending_segments() {
+            let label = format!("segments/{}", segment.name);
+            match self.with_retries(&label, || self.upload_segment(&segment)).await {
+                Ok(()) => report.uploaded.push(label),
+                Err(e) => {
+                    tracing::warn!(segment = %segment.name, error = %e, "segment upload failed; it stays queued");
+                    report.failed.push((label, e.to_string()));
+                }
+            }
+        }
         // Long sessions still running: their whole parts go up now, not only once sealed.
         for sid in self.live() {
             if let Err(e) = self.upload_live_parts(&sid).await {
@@ -317,11 +344,19 @@ impl Uploader {
     }
 
     async fn upload_with_retries(&self, sid: &str) -> Result<(), UploadError> {
+        self.with_retries(sid, || self.upload_one(sid)).await
+    }
+
+    async fn with_retries<'a, F, Fut>(&'a self, what: &str, attempt_once: F) -> Result<(), UploadError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<(), UploadError>> + 'a,
+    {
         let attempts = self.settings.upload_retries.max(1);
         let mut delay = Duration::from_millis(200);
         let mut attempt = 1;
         loop {
-            match self.upload_one(sid).await {
+            match attempt_once().await {
                 Ok(()) => return Ok(()),
                 Err(e) if attempt >= attempts => {
                     self.metrics.upload_failed();
@@ -329,7 +364,7 @@ impl Uploader {
                 }
                 Err(e) => {
                     self.metrics.upload_failed();
-                    tracing::info!(sid, attempt, error = %e, "upload attempt failed; retrying");
+                    tracing::info!(what, attempt, error = %e, "upload attempt failed; retrying");
                     // Exponential backoff with full jitter, capped at 30 s.
                     let jitter = rand_fraction();
                     tokio::time::sleep(delay.mul_f64(0.5 + jitter / 2.0)).await;
@@ -379,6 +414,39 @@ impl Uploader {
         }
         self.metrics.uploaded(size);
         tracing::info!(sid, bucket = %self.settings.bucket, "recording uploaded");
+        Ok(())
+    }
+
+    /// Closed segments with no upload marker, oldest first (their names start with the time).
+    fn pending_segments(&self) -> Vec<crate::recording::segment::SegmentInfo> {
+        let mut pending: Vec<_> =
+            self.store.segments().into_iter().filter(|s| s.closed && !segment_marker_path(&s.path).exists()).collect();
+        pending.sort_by(|a, b| a.name.cmp(&b.name));
+        pending
+    }
+
+    /// A closed segment goes up as one object: every session in it, with its manifest and
+    /// sidecar, for one PUT.
+    async fn upload_segment(&self, segment: &crate::recording::segment::SegmentInfo) -> Result<(), UploadError> {
+        let key = segment_key(&self.settings.prefix, &segment.name);
+        let bytes = read_file(&segment.path)?;
+        let size = bytes.len() as u64;
+        let etag = self.put(&key, bytes, "application/octet-stream").await?;
+        self.progressed(size);
+        let marker = UploadedMarker {
+            bucket: self.settings.bucket.clone(),
+            keys: vec![key],
+            etag,
+            upload_id: None,
+            uploaded_at: chrono::Utc::now(),
+        };
+        let bytes = serde_json::to_vec_pretty(&marker).unwrap_or_default();
+        write_atomic(&segment_marker_path(&segment.path), &bytes)?;
+        if self.settings.local_retention == "delete" {
+            let _ = std::fs::remove_file(&segment.path);
+        }
+        self.metrics.uploaded(size);
+        tracing::info!(segment = %segment.name, sessions = segment.sessions, bucket = %self.settings.bucket, "segment uploaded");
         Ok(())
     }
 

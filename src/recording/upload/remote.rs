@@ -27,10 +27,17 @@ fn local_target(prefix: &str, key: &str, dir: &Path) -> Option<PathBuf> {
     let name = relative.rsplit('/').next()?;
     let is_key = relative.starts_with("keys/") && name.ends_with(".pub");
     let is_recording = name.ends_with(".dbt") || name.ends_with(".meta.json") || name.ends_with(".manifest.json");
-    if !(is_key || is_recording) || name.is_empty() || name.contains('\\') || name.starts_with('.') {
+    let is_segment = relative.starts_with("segments/") && name.ends_with(&format!(".{}", crate::recording::segment::format::SEGMENT_EXT));
+    if !(is_key || is_recording || is_segment) || name.is_empty() || name.contains('\\') || name.starts_with('.') {
         return None;
     }
-    Some(if is_key { dir.join("keys").join(name) } else { dir.join(name) })
+    Some(if is_key {
+        dir.join("keys").join(name)
+    } else if is_segment {
+        crate::recording::segment::segments_dir(dir).join(name)
+    } else {
+        dir.join(name)
+    })
 }
 
 /// Copies every recording object (and the published public keys, into `keys/`) into `dir`.
@@ -38,6 +45,8 @@ fn local_target(prefix: &str, key: &str, dir: &Path) -> Option<PathBuf> {
 pub async fn sync(s3: &S3Storage, dir: &Path) -> Result<usize, UploadError> {
     let client = crate::s3::s3_client(s3).await;
     std::fs::create_dir_all(dir.join("keys")).map_err(|source| StoreError::Io { path: dir.to_path_buf(), source })?;
+    let segments = crate::recording::segment::segments_dir(dir);
+    std::fs::create_dir_all(&segments).map_err(|source| StoreError::Io { path: segments, source })?;
     let mut token = None;
     let mut copied = 0;
     loop {
@@ -89,5 +98,7 @@ mod tests {
         assert_eq!(local_target("p/", "p/2026/keys/host-1.pub", dir), None);
         assert_eq!(local_target("p/", "p/2026/.hidden.dbt", dir), None);
         assert_eq!(local_target("p/", "p/2026/a\\b.dbt", dir), None);
+        assert_eq!(local_target("p/", "p/segments/2026/12/04/segment-1.dseg", dir), Some(dir.join("segments/segment-1.dseg")));
+        assert_eq!(local_target("p/", "p/2026/12/04/segment-1.dseg", dir), None);
     }
 }

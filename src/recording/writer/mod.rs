@@ -50,6 +50,8 @@ pub struct RecorderConfig {
     /// Bytes of events appended but not yet written, over all sessions, before strict
     /// sessions wait and best_effort sessions drop (and later record a gap).
     pub max_backlog_bytes: usize,
+    /// Pack short sessions into segments once sealed; None keeps every session in its own files.
+    pub segments: Option<crate::recording::segment::SegmentSettings>,
 }
 
 /// No one event takes more than this many bytes of JSON. Frames are cut once they reach
@@ -69,6 +71,7 @@ impl From<&crate::config::RecordingSection> for RecorderConfig {
             zstd_level: section.zstd_level,
             max_query_bytes: section.max_query_bytes,
             max_backlog_bytes: section.max_backlog_bytes,
+            segments: section.segments.clone(),
         }
     }
 }
@@ -84,6 +87,7 @@ impl RecorderConfig {
             zstd_level: 1,
             max_query_bytes: 1024 * 1024,
             max_backlog_bytes: 256 * 1024 * 1024,
+            segments: None,
         }
     }
 }
@@ -136,6 +140,7 @@ impl Recorder {
     pub fn start(config: RecorderConfig, signer: Arc<Signer>) -> Result<Self, StoreError> {
         let store = RecordingStore::new(config.dir.clone());
         store.ensure_dir()?;
+        let segments = config.segments.clone().map(|settings| crate::recording::segment::SegmentWriter::new(&config.dir, settings));
         let shared = Arc::new(Shared {
             backlog: Arc::new(Backlog {
                 queued: AtomicUsize::new(0),
@@ -150,6 +155,7 @@ impl Recorder {
             wake: Condvar::new(),
             metrics: Arc::default(),
             new_names: Default::default(),
+            packer: Mutex::new(segments),
         });
         let worker = shared.clone();
         let thread = std::thread::Builder::new()

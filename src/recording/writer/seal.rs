@@ -8,7 +8,7 @@ use sha2::Digest;
 use super::state::{Inner, SessionState, Shared};
 use crate::recording::format::{encode_frame, FrameKind, FrameSpec, Trailer};
 use crate::recording::store::{RecordingState, SessionSummary};
-use crate::signing::ManifestBody;
+use crate::signing::{Manifest, ManifestBody};
 use crate::util::hex::hex;
 use crate::util::sync::lock;
 
@@ -38,9 +38,19 @@ pub(super) fn summary_of(state: &SessionState, inner: &Inner, bytes: u64, record
     }
 }
 
-/// Writes the trailer, fsyncs, signs the manifest and writes the final sidecar. The caller
-/// fsyncs the folder (once for every session a pass seals) and then says it is sealed.
-pub(super) fn seal(shared: &Shared, session: &SessionState) {
+/// A sealed session short enough to pack: trailer written (not fsynced), manifest signed
+/// (not written). `pack` puts it in the open segment, or else in its own files.
+pub(super) struct ToPack {
+    sid: String,
+    file: std::fs::File,
+    manifest: Manifest,
+    summary: SessionSummary,
+}
+
+/// Writes the trailer, fsyncs, signs the manifest and writes the final sidecar; or, for a
+/// short session when packing is on, returns it to be packed with the pass's others. The
+/// caller fsyncs the folder (once for every session a pass seals) and then says it is sealed.
+pub(super) fn seal(shared: &Shared, session: &SessionState, packing: Option<u64>) -> Option<ToPack> {
     let sid = session.ctx.sid.clone();
     let mut io_guard = lock(&session.io);
     let mut inner = lock(&session.inner);
@@ -81,7 +91,10 @@ pub(super) fn seal(shared: &Shared, session: &SessionState) {
             io.file.write_all(&bytes).map_err(|e| e.to_string())?;
             io.hasher.update(&bytes);
             io.len += bytes.len() as u64;
-            io.file.sync_all().map_err(|e| e.to_string())?;
+            // A session to be packed is made durable by its segment's fsync instead.
+            if !packable(packing, io.len, final_state) {
+                io.file.sync_all().map_err(|e| e.to_string())?;
+            }
             Ok((chain, inner.written_seq + 1))
         });
         len = io.len;
@@ -104,12 +117,13 @@ pub(super) fn seal(shared: &Shared, session: &SessionState) {
                     signed_at_ms: now_ms,
                     rebuilt_end: None,
                 };
-                match shared
-                    .signer
-                    .sign(body)
-                    .map_err(|e| e.to_string())
-                    .and_then(|m| shared.store.write_manifest(&m).map_err(|e| e.to_string()))
-                {
+                let signed = shared.signer.sign(body).map_err(|e| e.to_string());
+                if let (Ok(manifest), true) = (&signed, packable(packing, io.len, final_state)) {
+                    let _ = io.file.unlock();
+                    let summary = summary_of(session, &inner, io.len, final_state);
+                    return Some(ToPack { sid, file: io.file, manifest: manifest.clone(), summary });
+                }
+                match signed.and_then(|m| shared.store.write_manifest(&m).map_err(|e| e.to_string())) {
                     Ok(()) => {}
                     Err(e) => {
                         tracing::error!(sid = %sid, error = %e, "cannot write the signed manifest");
@@ -133,5 +147,79 @@ pub(super) fn seal(shared: &Shared, session: &SessionState) {
     // `recover::resummarize_sealed`); a killed process loses nothing the kernel holds.
     if let Err(e) = shared.store.refresh_summary(&summary) {
         tracing::error!(sid = %sid, error = %e, "cannot write the final sidecar");
+    }
+    None
+}
+
+fn packable(packing: Option<u64>, len: u64, state: RecordingState) -> bool {
+    packing.is_some_and(|max| len <= max) && state == RecordingState::Sealed
+}
+
+/// Packs the pass's short sealed sessions into the open segment, one fsynced block for all
+/// of them, then removes their own files. Says whether any went to its own files instead
+/// (their manifests and sidecars then need the folder's fsync).
+pub(super) fn pack(shared: &Shared, sessions: Vec<ToPack>) -> bool {
+    use crate::recording::segment::format::Entry;
+    let store = &shared.store;
+    let mut ready = Vec::with_capacity(sessions.len());
+    let mut own_files = Vec::new();
+    for item in sessions {
+        let parts = std::fs::read(store.recording_path(&item.sid)).and_then(|recording| {
+            let manifest = serde_json::to_vec(&item.manifest)?;
+            let summary = serde_json::to_vec(&item.summary)?;
+            let sid = uuid::Uuid::try_parse(&item.sid).map_err(std::io::Error::other)?;
+            Ok((sid, recording, manifest, summary))
+        });
+        match parts {
+            Ok(parts) => ready.push((item, parts)),
+            Err(e) => {
+                tracing::warn!(sid = %item.sid, error = %e, "cannot pack a sealed session; it keeps its own files");
+                own_files.push(item);
+            }
+        }
+    }
+    let entries: Vec<Entry<'_>> =
+        ready.iter().map(|(_, (sid, r, m, s))| Entry { sid: *sid, recording: r, manifest: m, summary: s }).collect();
+    let appended = match lock(&shared.packer).as_mut() {
+        Some(packer) if !entries.is_empty() => packer.append(&entries),
+        _ => Err(std::io::Error::other("packing is off")),
+    };
+    drop(entries);
+    match appended {
+        Ok(()) => {
+            for (item, _) in &ready {
+                // Not fsynced: a removal the disk lost leaves both copies, and start-up
+                // recovery removes the session's own files again.
+                for path in [store.recording_path(&item.sid), store.meta_path(&item.sid)] {
+                    if let Err(e) = std::fs::remove_file(&path) {
+                        tracing::warn!(sid = %item.sid, path = %path.display(), error = %e, "cannot remove a packed session's own file");
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            if !ready.is_empty() {
+                tracing::error!(error = %e, sessions = ready.len(), "cannot write the recordings segment; the sessions keep their own files");
+            }
+            own_files.extend(ready.into_iter().map(|(item, _)| item));
+        }
+    }
+    let unpacked = !own_files.is_empty();
+    for item in own_files {
+        in_own_files(shared, item);
+    }
+    unpacked
+}
+
+/// What `seal` would have done for a session that could not be packed.
+fn in_own_files(shared: &Shared, mut item: ToPack) {
+    let written = item.file.sync_all().map_err(|e| e.to_string()).and_then(|()| shared.store.write_manifest(&item.manifest).map_err(|e| e.to_string()));
+    if let Err(e) = written {
+        tracing::error!(sid = %item.sid, error = %e, "cannot seal the recording");
+        item.summary.state = RecordingState::Failed;
+        item.summary.error = format!("cannot seal: {e}");
+    }
+    if let Err(e) = shared.store.refresh_summary(&item.summary) {
+        tracing::error!(sid = %item.sid, error = %e, "cannot write the final sidecar");
     }
 }

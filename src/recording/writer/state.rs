@@ -170,6 +170,8 @@ pub(super) struct Shared {
     /// A recording was created since the folder was last fsynced: its name is made durable
     /// by the next batch's fsync, with its first frames, not by one fsync per session.
     pub(super) new_names: std::sync::atomic::AtomicBool,
+    /// The open segment short sessions are packed into at seal, if packing is on.
+    pub(super) packer: Mutex<Option<crate::recording::segment::SegmentWriter>>,
 }
 
 impl Shared {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use sha2::Digest;
 
 use super::buffer::{compress_frame, note_loss, take_frame};
-use super::seal::{seal, summary_of};
+use super::seal::{pack, seal, summary_of};
 use super::state::{RawFrame, ReadyFrame, SessionState, Shared};
 use super::{FsyncPolicy, RecordingMode};
 use crate::recording::format::{encode_frame, FrameKind, FrameSpec};
@@ -45,12 +45,24 @@ pub(super) fn writer_loop(shared: &Shared) {
             FsyncPolicy::Never => false,
         };
         let sealed = write_pass(shared, &sessions, flush_all, fsync);
+        if tick {
+            if let Some(packer) = lock(&shared.packer).as_mut() {
+                if let Err(e) = packer.close_if_old() {
+                    tracing::warn!(error = %e, "cannot close the recordings segment; start-up recovery closes it");
+                }
+            }
+        }
         let remaining = {
             let mut control = lock(&shared.control);
             control.sessions.retain(|s| !sealed.iter().any(|done| Arc::ptr_eq(done, s)));
             control.sessions.len()
         };
         if shutdown && remaining == 0 {
+            if let Some(packer) = lock(&shared.packer).as_mut() {
+                if let Err(e) = packer.close() {
+                    tracing::warn!(error = %e, "cannot close the recordings segment; start-up recovery closes it");
+                }
+            }
             break;
         }
     }
@@ -110,13 +122,16 @@ pub(super) fn write_pass(shared: &Shared, sessions: &[Arc<SessionState>], flush_
         }
         refresh_summary(shared, session);
     }
-    for session in &closing {
-        seal(shared, session);
-    }
+    let packing = shared.config.segments.as_ref().map(|s| s.max_session_bytes);
+    let to_pack: Vec<_> = closing.iter().filter_map(|session| seal(shared, session, packing)).collect();
+    let packed_all = to_pack.len() == closing.len();
+    let unpacked = !to_pack.is_empty() && pack(shared, to_pack);
     if !closing.is_empty() {
         // One folder fsync makes every manifest and sidecar renamed above durable.
-        shared.new_names.store(false, std::sync::atomic::Ordering::Release);
-        shared.sync_dir();
+        if unpacked || !packed_all {
+            shared.new_names.store(false, std::sync::atomic::Ordering::Release);
+            shared.sync_dir();
+        }
         for session in &closing {
             session.durable.send_modify(|d| d.sealed = true);
         }

@@ -111,7 +111,7 @@ impl<'a> BatchReader<'a> {
                 cursor.resume.remove(&sid);
             }
             let finished = !cut_short
-                && (matches!(end, StreamEnd::Sealed) || (self.store.manifest_path(&sid).exists() && !self.store.is_locked(&sid)));
+                && (matches!(end, StreamEnd::Sealed) || (self.store.has_manifest(&sid) && !self.store.is_locked(&sid)));
             batch.more |= cut_short;
             if next != from || finished {
                 batch.advanced.push(Advance { sid, next, finished, resume_at: whole_frames_end });

@@ -1,0 +1,252 @@
+//! The readers' side: which segment block holds which session, learnt by reading block
+//! headers only (never payloads) and kept up to date as segments grow, close or go away.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use super::format::{self, BlockHeader, Record, SEGMENT_EXT, SEGMENT_MAGIC};
+use crate::util::sync::lock;
+
+/// Decompressed blocks kept: a reader asks for a session's sidecar, manifest and recording
+/// in turn, and sessions sealed together are often read together.
+const CACHED_BLOCKS: usize = 8;
+
+/// One session's recording, manifest and sidecar, as sealed.
+#[derive(Debug, Clone)]
+pub struct PackedSession {
+    pub recording: Vec<u8>,
+    pub manifest: Vec<u8>,
+    pub summary: Vec<u8>,
+    pub segment: PathBuf,
+}
+
+/// A segment as the uploader sees it.
+#[derive(Debug, Clone)]
+pub struct SegmentInfo {
+    pub path: PathBuf,
+    pub name: String,
+    pub closed: bool,
+    pub sessions: usize,
+    pub bytes: u64,
+}
+
+#[derive(Clone)]
+struct Location {
+    segment: Arc<str>,
+    block: Arc<BlockHeader>,
+    entry: usize,
+}
+
+#[derive(Default)]
+struct Scanned {
+    /// Where the next record starts.
+    next: u64,
+    len: u64,
+    closed: bool,
+    sessions: Vec<uuid::Uuid>,
+    first_block: Option<Arc<BlockHeader>>,
+    dictionary: Option<Arc<Vec<u8>>>,
+}
+
+#[derive(Default)]
+struct State {
+    segments: HashMap<Arc<str>, Scanned>,
+    sessions: HashMap<uuid::Uuid, Location>,
+    cache: Vec<((Arc<str>, u64), Arc<Vec<u8>>)>,
+}
+
+#[derive(Default)]
+pub struct SegmentIndex {
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for SegmentIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SegmentIndex")
+    }
+}
+
+impl SegmentIndex {
+    /// Brings the index up to date with `recordings`' segments folder: new and grown
+    /// segments are read from where the last look stopped; closed ones are never read again.
+    pub fn refresh(&self, recordings: &Path) {
+        let dir = super::segments_dir(recordings);
+        let names: Vec<String> = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                .filter(|n| n.ends_with(&format!(".{SEGMENT_EXT}")) && !n.starts_with('.'))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        let mut state = lock(&self.state);
+        let gone: Vec<Arc<str>> = state.segments.keys().filter(|k| !names.iter().any(|n| n.as_str() == &***k)).cloned().collect();
+        for name in gone {
+            forget(&mut state, &name);
+        }
+        for name in names {
+            let key: Arc<str> = Arc::from(name.as_str());
+            if state.segments.get(&key).is_some_and(|s| s.closed) {
+                continue;
+            }
+            let path = dir.join(&name);
+            let Ok(len) = std::fs::metadata(&path).map(|m| m.len()) else { continue };
+            let known = state.segments.get(&key).map(|s| (s.len, s.next));
+            match known {
+                Some((seen, _)) if seen == len => continue,
+                Some((_, next)) if len < next => forget(&mut state, &key),
+                _ => {}
+            }
+            if let Err(e) = scan(&mut state, &key, &path, len) {
+                tracing::warn!(segment = %path.display(), error = %e, "cannot read a recordings segment");
+            }
+        }
+    }
+
+    pub fn contains(&self, sid: &uuid::Uuid) -> bool {
+        lock(&self.state).sessions.contains_key(sid)
+    }
+
+    pub fn session_ids(&self) -> Vec<uuid::Uuid> {
+        lock(&self.state).sessions.keys().copied().collect()
+    }
+
+    pub fn segments(&self, recordings: &Path) -> Vec<SegmentInfo> {
+        let dir = super::segments_dir(recordings);
+        lock(&self.state)
+            .segments
+            .iter()
+            .map(|(name, s)| SegmentInfo {
+                path: dir.join(&**name),
+                name: name.to_string(),
+                closed: s.closed,
+                sessions: s.sessions.len(),
+                bytes: s.len,
+            })
+            .collect()
+    }
+
+    /// Which segment holds `sid`, if any.
+    pub fn segment_of(&self, recordings: &Path, sid: &uuid::Uuid) -> Option<PathBuf> {
+        let state = lock(&self.state);
+        state.sessions.get(sid).map(|l| super::segments_dir(recordings).join(&*l.segment))
+    }
+
+    /// The session as sealed into a segment; None if no segment holds it.
+    pub fn read(&self, recordings: &Path, sid: &uuid::Uuid) -> io::Result<Option<PackedSession>> {
+        let (location, first, dictionary) = {
+            let state = lock(&self.state);
+            let Some(location) = state.sessions.get(sid).cloned() else { return Ok(None) };
+            let scanned = state.segments.get(&location.segment);
+            (location, scanned.and_then(|s| s.first_block.clone()), scanned.and_then(|s| s.dictionary.clone()))
+        };
+        let path = super::segments_dir(recordings).join(&*location.segment);
+        let dictionary = if location.block.offset == SEGMENT_MAGIC.len() as u64 {
+            None
+        } else {
+            match dictionary {
+                Some(d) => Some(d),
+                None => {
+                    let first = first.ok_or_else(|| damaged("a segment's first block is missing"))?;
+                    let payload = self.payload(&location.segment, &path, &first, None)?;
+                    let d = Arc::new(super::dictionary_of(&payload).to_vec());
+                    if let Some(s) = lock(&self.state).segments.get_mut(&location.segment) {
+                        s.dictionary = Some(d.clone());
+                    }
+                    Some(d)
+                }
+            }
+        };
+        let payload = self.payload(&location.segment, &path, &location.block, dictionary.as_deref().map(Vec::as_slice))?;
+        let parts = format::entry_at(&payload, location.entry).ok_or_else(|| damaged("a segment block holds fewer sessions than it lists"))?;
+        Ok(Some(PackedSession {
+            recording: parts.recording.to_vec(),
+            manifest: parts.manifest.to_vec(),
+            summary: parts.summary.to_vec(),
+            segment: path,
+        }))
+    }
+
+    fn payload(&self, name: &Arc<str>, path: &Path, block: &BlockHeader, dictionary: Option<&[u8]>) -> io::Result<Arc<Vec<u8>>> {
+        let key = (name.clone(), block.offset);
+        if let Some((_, hit)) = lock(&self.state).cache.iter().find(|(k, _)| *k == key) {
+            return Ok(hit.clone());
+        }
+        let mut file = File::open(path)?;
+        file.seek(SeekFrom::Start(block.payload_offset()))?;
+        let mut compressed = vec![0u8; block.zlen as usize];
+        file.read_exact(&mut compressed)?;
+        if !block.check(&compressed) {
+            return Err(damaged(&format!("{}: the block at byte {} fails its checksum", path.display(), block.offset)));
+        }
+        let raw = Arc::new(super::decompress(&compressed, block.raw_len, dictionary)?);
+        let mut state = lock(&self.state);
+        if state.cache.len() >= CACHED_BLOCKS {
+            state.cache.remove(0);
+        }
+        state.cache.push((key, raw.clone()));
+        Ok(raw)
+    }
+}
+
+fn damaged(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.to_string())
+}
+
+fn forget(state: &mut State, name: &Arc<str>) {
+    if let Some(scanned) = state.segments.remove(name) {
+        for sid in scanned.sessions {
+            if state.sessions.get(&sid).is_some_and(|l| l.segment == *name) {
+                state.sessions.remove(&sid);
+            }
+        }
+    }
+    state.cache.retain(|((n, _), _)| n != name);
+}
+
+/// Reads block headers from where the last scan of this segment stopped.
+fn scan(state: &mut State, name: &Arc<str>, path: &Path, len: u64) -> io::Result<()> {
+    let mut file = BufReader::with_capacity(64 * 1024, File::open(path)?);
+    let scanned = state.segments.entry(name.clone()).or_default();
+    if scanned.next == 0 {
+        let mut magic = [0u8; 8];
+        if len < 8 {
+            return Ok(());
+        }
+        file.read_exact(&mut magic)?;
+        if &magic != SEGMENT_MAGIC {
+            return Err(damaged("not a dbtape segment"));
+        }
+        scanned.next = 8;
+    }
+    file.seek(SeekFrom::Start(scanned.next))?;
+    let mut found = Vec::new();
+    loop {
+        match format::read_record(&mut file, scanned.next, len)? {
+            Record::Block(header) => {
+                let end = header.end();
+                file.seek_relative(i64::from(header.zlen))?;
+                let header = Arc::new(header);
+                if scanned.first_block.is_none() {
+                    scanned.first_block = Some(header.clone());
+                }
+                for (entry, sid) in header.sids.iter().enumerate() {
+                    scanned.sessions.push(*sid);
+                    found.push((*sid, Location { segment: name.clone(), block: header.clone(), entry }));
+                }
+                scanned.next = end;
+            }
+            Record::End { .. } => {
+                scanned.closed = true;
+                break;
+            }
+            Record::Eof | Record::Torn(_) => break,
+        }
+    }
+    scanned.len = len;
+    state.sessions.extend(found);
+    Ok(())
+}
