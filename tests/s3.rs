@@ -993,3 +993,65 @@ print(json.dumps({"rows": len(rows), "distinct": len({(r["sid"], r["ei"]) for r 
     assert_eq!(answer["hosts"], 3, "{answer}");
     assert_eq!(answer["ddl"], serde_json::json!(["dynamodb"]), "the CreateTable: {answer}");
 }
+
+#[test]
+fn short_sessions_go_up_packed_in_one_object_and_are_reviewed_from_the_bucket() {
+    let services = Services::load();
+    let bucket = make_bucket(&services);
+    let setup = Setup::new(&bucket, services.get("AWS_ENDPOINT"));
+    let mut text = std::fs::read_to_string(&setup.config).unwrap();
+    text.push_str("\n[recording.segments]\nenabled = true\nmax_age = \"3s\"\n");
+    std::fs::write(&setup.config, text).unwrap();
+    let serve = setup.serve();
+    const SESSIONS: usize = 12;
+    for i in 0..SESSIONS {
+        let out = setup.psql(&format!("SELECT 'packed session {i}' AS note")).wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    // The segment closes at its age and goes up with the next pass.
+    let segments = setup.recordings().join("segments");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let uploaded = || {
+        std::fs::read_dir(&segments)
+            .map_or(0, |d| d.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".dseg.uploaded.json")).count())
+    };
+    while uploaded() == 0 {
+        assert!(Instant::now() < deadline, "no segment uploaded; log:\n{}", setup.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop(serve);
+    let own: Vec<String> = std::fs::read_dir(setup.recordings())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".dbt") || n.ends_with(".meta.json") || n.ends_with(".manifest.json"))
+        .collect();
+    assert!(own.is_empty(), "packed sessions keep no files of their own: {own:?}");
+    let objects = objects(&services, &bucket);
+    let segment_objects: Vec<_> = objects.iter().filter(|(k, _)| k.starts_with("dbtape/segments/") && k.ends_with(".dseg")).collect();
+    assert_eq!(segment_objects.len(), 1, "{objects:?}");
+    let today = chrono::Utc::now().format("%Y/%m/%d").to_string();
+    assert!(segment_objects[0].0.starts_with(&format!("dbtape/segments/{today}/segment-")), "{segment_objects:?}");
+    assert!(!objects.iter().any(|(k, _)| k.ends_with(".dbt") || k.ends_with(".manifest.json")), "{objects:?}");
+
+    // Locally and from the bucket alone, every reader sees the sessions as before.
+    let indexed = common::dbtape_bin().args(["index", "verify", "--dir"]).arg(setup.recordings()).output().unwrap();
+    assert!(indexed.status.success(), "{}", String::from_utf8_lossy(&indexed.stdout));
+    let found = common::dbtape_bin()
+        .args(["search", "--format", "json", "--text", "packed session 7", "--config"])
+        .arg(&setup.config)
+        .output()
+        .unwrap();
+    assert!(found.status.success(), "{}", String::from_utf8_lossy(&found.stderr));
+    assert!(String::from_utf8_lossy(&found.stdout).contains("packed session 7"), "{}", String::from_utf8_lossy(&found.stdout));
+    let listed: serde_json::Value = serde_json::from_str(&setup.review(&["ls", "--format", "json"])).unwrap();
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), SESSIONS, "{listed:?}");
+    assert!(listed.iter().all(|s| s["state"] == "sealed" && s["queries"] == 1), "{listed:?}");
+    let verified = setup.review(&["verify", "--all"]);
+    assert_eq!(verified.lines().filter(|l| l.contains("  OK  ")).count(), SESSIONS, "{verified}");
+    let played = setup.review(&["play", "--format", "text", listed[3]["sid"].as_str().unwrap()]);
+    assert!(played.contains("SELECT 'packed session"), "{played}");
+    let exported = setup.review(&["export"]);
+    assert_eq!(exported.lines().filter(|l| l.contains("\"db.session.query\"")).count(), SESSIONS, "{exported}");
+}

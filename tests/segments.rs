@@ -54,7 +54,8 @@ fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
 fn short_sessions_are_packed_and_every_reader_finds_them() {
     let tmp = tempfile::tempdir().unwrap();
     let rec = recorder(tmp.path(), packing(64 * 1024));
-    let sids: Vec<String> = (0..40).map(|i| short_session(&rec, &format!("SELECT abalance FROM pgbench_accounts WHERE aid = {i};"))).collect();
+    let sids: Vec<String> =
+        (0..40).map(|i| short_session(&rec, &format!("SELECT abalance FROM pgbench_accounts WHERE aid = {i};"))).collect();
     // A long session stays in its own files.
     let long = {
         let ctx = context(Protocol::Postgres);
@@ -105,4 +106,90 @@ fn keyring(rec: &common::TestRecorder) -> dbtape::recording::verify::KeyRing {
     let mut keys = dbtape::recording::verify::KeyRing::default();
     keys.add(rec.public_key(), "test", true);
     keys
+}
+
+/// Byte offsets of each block in a segment file, and the sessions it holds.
+fn blocks(path: &Path) -> Vec<(u64, u64, Vec<String>)> {
+    use dbtape::recording::segment::format::{read_record, Record};
+    let bytes = std::fs::read(path).unwrap();
+    let len = bytes.len() as u64;
+    let mut at = 8u64;
+    let mut out = Vec::new();
+    loop {
+        let mut cursor = std::io::Cursor::new(&bytes[at as usize..]);
+        match read_record(&mut cursor, at, len).unwrap() {
+            Record::Block(h) => {
+                out.push((h.payload_offset(), h.end(), h.sids.iter().map(|s| s.to_string()).collect()));
+                at = h.end();
+            }
+            _ => return out,
+        }
+    }
+}
+
+#[test]
+fn a_damaged_block_fails_only_its_own_sessions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rec = recorder(tmp.path(), packing(64 * 1024));
+    let sids: Vec<String> = (0..6).map(|i| short_session(&rec, &format!("DELETE FROM payroll WHERE id = {i}"))).collect();
+    rec.recorder.shutdown();
+    let segment = segment_files(&rec.dir).remove(0);
+    let found = blocks(&segment);
+    assert_eq!(found.iter().map(|b| b.2.len()).sum::<usize>(), sids.len());
+    // Damage the third block's payload.
+    let (payload_at, _, damaged) = found[2].clone();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes[payload_at as usize + 3] ^= 0x40;
+    std::fs::write(&segment, &bytes).unwrap();
+    let store = dbtape::recording::RecordingStore::new(&rec.dir);
+    for sid in &sids {
+        let report = verify_recording(&store, sid, Some(&rec.public_key()));
+        if damaged.contains(sid) {
+            assert_eq!(report.verdict, Verdict::Failed, "{report:?}");
+            assert!(!report.problems.is_empty());
+        } else {
+            assert_eq!(report.verdict, Verdict::Ok, "{sid}: {report:?}");
+        }
+    }
+    // Still listed, so the damage shows rather than the session vanishing.
+    let listed = store.session_ids().unwrap();
+    assert!(sids.iter().all(|s| listed.contains(s)));
+}
+
+#[test]
+fn a_dead_writers_segment_is_closed_at_its_last_whole_block_and_leftovers_go() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rec = recorder(tmp.path(), packing(64 * 1024));
+    let sids: Vec<String> = (0..5).map(|i| short_session(&rec, &format!("SELECT {i}"))).collect();
+    rec.recorder.shutdown();
+    let segment = segment_files(&rec.dir).remove(0);
+    let found = blocks(&segment);
+    let store = dbtape::recording::RecordingStore::new(&rec.dir);
+    // As a crash leaves it: no end record, a torn block after the last whole one, and the
+    // last packed session's own files not yet removed.
+    let last = found.last().unwrap().2[0].clone();
+    let packed = store.packed(&last).unwrap();
+    std::fs::write(rec.dir.join(format!("{last}.dbt")), &packed.recording).unwrap();
+    std::fs::write(rec.dir.join(format!("{last}.meta.json")), &packed.summary).unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes.truncate(found.last().unwrap().1 as usize);
+    let whole = bytes.len();
+    bytes.extend_from_slice(b"DSBK\x10\x00\x00\x00partial");
+    std::fs::write(&segment, &bytes).unwrap();
+
+    let fresh = dbtape::recording::RecordingStore::new(&rec.dir);
+    let signer = dbtape::signing::Signer::load_or_generate(&rec.key_path).unwrap();
+    let outcomes = dbtape::recording::recover::recover_unsealed(&fresh, &signer).unwrap();
+    assert!(outcomes.is_empty(), "nothing needed signing again: {outcomes:?}");
+    assert!(own_files(&rec.dir, &last).is_empty(), "the leftover copy went");
+    let closed = std::fs::read(&segment).unwrap();
+    assert_eq!(closed.len(), whole + 48, "torn tail cut, end record written");
+    let reread = dbtape::recording::RecordingStore::new(&rec.dir);
+    assert!(reread.segments()[0].closed);
+    for sid in &sids {
+        assert_eq!(verify_recording(&reread, sid, Some(&rec.public_key())).verdict, Verdict::Ok, "{sid}");
+    }
+    // Recovery again changes nothing.
+    dbtape::recording::recover::recover_unsealed(&reread, &signer).unwrap();
+    assert_eq!(std::fs::read(&segment).unwrap(), closed);
 }

@@ -29,7 +29,7 @@ pub fn recover_unsealed(store: &RecordingStore, signer: &Signer) -> Result<Vec<R
         if store.is_locked(&sid) {
             continue;
         }
-        if store.read_manifest(&sid).ok().flatten().is_none() && drop_packed_copy(store, &sid) {
+        if !store.manifest_path(&sid).exists() && drop_packed_copy(store, &sid) {
             continue;
         }
         if let Some(manifest) = store.read_manifest(&sid).ok().flatten() {

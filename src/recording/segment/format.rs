@@ -137,7 +137,10 @@ impl BlockHeader {
 pub enum Record {
     Block(BlockHeader),
     /// The segment is closed: `sessions` entries, and the SHA-256 of everything before.
-    End { sessions: u64, sha256: [u8; 32] },
+    End {
+        sessions: u64,
+        sha256: [u8; 32],
+    },
     /// Nothing more: the file ends here.
     Eof,
     /// The file ends inside a record, or what follows is not one: a crash's torn tail, or

@@ -161,7 +161,8 @@ impl SegmentIndex {
             }
         };
         let payload = self.payload(&location.segment, &path, &location.block, dictionary.as_deref().map(Vec::as_slice))?;
-        let parts = format::entry_at(&payload, location.entry).ok_or_else(|| damaged("a segment block holds fewer sessions than it lists"))?;
+        let parts =
+            format::entry_at(&payload, location.entry).ok_or_else(|| damaged("a segment block holds fewer sessions than it lists"))?;
         Ok(Some(PackedSession {
             recording: parts.recording.to_vec(),
             manifest: parts.manifest.to_vec(),

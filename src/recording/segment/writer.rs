@@ -102,11 +102,7 @@ impl SegmentWriter {
         }
         let mut random = [0u8; 4];
         let _ = getrandom::getrandom(&mut random);
-        let name = format!(
-            "segment-{}-{}.{SEGMENT_EXT}",
-            chrono::Utc::now().format("%Y%m%dT%H%M%S%3f"),
-            crate::util::hex::hex(&random)
-        );
+        let name = format!("segment-{}-{}.{SEGMENT_EXT}", chrono::Utc::now().format("%Y%m%dT%H%M%S%3f"), crate::util::hex::hex(&random));
         let path = self.dir.join(name);
         let mut file = OpenOptions::new().read(true).append(true).create_new(true).open(&path)?;
         file.lock()?;

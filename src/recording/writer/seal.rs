@@ -213,7 +213,11 @@ pub(super) fn pack(shared: &Shared, sessions: Vec<ToPack>) -> bool {
 
 /// What `seal` would have done for a session that could not be packed.
 fn in_own_files(shared: &Shared, mut item: ToPack) {
-    let written = item.file.sync_all().map_err(|e| e.to_string()).and_then(|()| shared.store.write_manifest(&item.manifest).map_err(|e| e.to_string()));
+    let written = item
+        .file
+        .sync_all()
+        .map_err(|e| e.to_string())
+        .and_then(|()| shared.store.write_manifest(&item.manifest).map_err(|e| e.to_string()));
     if let Err(e) = written {
         tracing::error!(sid = %item.sid, error = %e, "cannot seal the recording");
         item.summary.state = RecordingState::Failed;

@@ -110,8 +110,8 @@ impl<'a> BatchReader<'a> {
                 // Perhaps the saved position no longer fits the file: read it whole next time.
                 cursor.resume.remove(&sid);
             }
-            let finished = !cut_short
-                && (matches!(end, StreamEnd::Sealed) || (self.store.has_manifest(&sid) && !self.store.is_locked(&sid)));
+            let finished =
+                !cut_short && (matches!(end, StreamEnd::Sealed) || (self.store.has_manifest(&sid) && !self.store.is_locked(&sid)));
             batch.more |= cut_short;
             if next != from || finished {
                 batch.advanced.push(Advance { sid, next, finished, resume_at: whole_frames_end });
