@@ -98,8 +98,11 @@ start_alt() { # CONFIG DBTAPE_PORT [ENV...]
     shift 2
     ALT_PORT=$(free_port)
     mkdir -p "$WORK/alt"
+    # ALT_SEGMENTS=off: the alternative is a build from before [recording.segments].
+    local strip='/^\[recording\.segments\]$/,/^enabled = /d'
+    [[ ${ALT_SEGMENTS:-} == off ]] || strip=''
     sed -e "s/127.0.0.1:$port\"/127.0.0.1:$ALT_PORT\"/" -e "s#$WORK/recordings#$WORK/alt/recordings#" -e "s#$WORK/key#$WORK/alt/key#" \
-        "$config" > "$WORK/alt.toml"
+        -e "$strip" "$config" > "$WORK/alt.toml"
     env "$@" setsid "$ALT_BIN" serve --config "$WORK/alt.toml" > "$WORK/alt.log" 2>&1 &
     ALT_PID=$!
     PIDS+=($ALT_PID)

@@ -51,6 +51,9 @@ cat > "$WORK/dbtape.toml" <<CONF
 [recording]
 dir = "$WORK/recordings"
 signing_key = "$WORK/key"
+# Short sessions packed into segments once sealed (SEGMENTS=false for the old layout).
+[recording.segments]
+enabled = ${SEGMENTS:-true}
 [[databases]]
 name = "bench-ddb"
 protocol = "dynamodb"

@@ -52,6 +52,9 @@ workers = ${WORKERS:-0}
 [recording]
 dir = "$WORK/recordings"
 signing_key = "$WORK/key"
+# Short sessions packed into segments once sealed (SEGMENTS=false for the old layout).
+[recording.segments]
+enabled = ${SEGMENTS:-true}
 [[databases]]
 name = "bench-mongo"
 protocol = "mongodb"

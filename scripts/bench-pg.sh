@@ -118,6 +118,9 @@ dir = "recordings"
 signing_key = "key"
 mode = "strict"
 fsync = "batch"
+# Short sessions packed into segments once sealed (SEGMENTS=false for the old layout).
+[recording.segments]
+enabled = ${SEGMENTS:-true}
 [[databases]]
 name = "bench"
 protocol = "postgres"
@@ -314,6 +317,14 @@ if (( HIGH_CLIENTS > 0 )); then
     done
 fi
 
+# The recordings' own storage (sessions' files and segments), without the search index,
+# which is derived and reported apart.
+# Files come and go while du walks the folder (packed sessions' own files are removed), and
+# du then fails though its total is right: its status is not the measurement's.
+recordings_du() { { du -s "$@" --exclude=index "$WORK/recordings" 2>/dev/null || true; } | head -1 | cut -f1; }
+index_du() { local n; n=$({ du -sB1 "$WORK/recordings/index" 2>/dev/null || true; } | head -1 | cut -f1); echo "${n:-0}"; }
+recordings_files() { find "$WORK/recordings" -path "$WORK/recordings/index" -prune -o -type f -print | wc -l; }
+
 # Connection storm: new connections per second through each path, the proxy's CPU per
 # connection, and what each one-statement session leaves in dbtape's recordings folder.
 storm() { # path round
@@ -322,10 +333,11 @@ storm() { # path round
     proxy_pid=$(proxy_pid_of "$1")
     local cpu_before=0 bytes_before files_before
     [[ -n $proxy_pid ]] && cpu_before=$(cpu_ticks "$proxy_pid")
-    bytes_before=$(du -sb --apparent-size "$WORK/recordings" | cut -f1)
-    local blocks_before
-    blocks_before=$(du -sB1 "$WORK/recordings" | cut -f1)
-    files_before=$(find "$WORK/recordings" -maxdepth 1 -type f | wc -l)
+    bytes_before=$(recordings_du -b --apparent-size)
+    local blocks_before index_before
+    blocks_before=$(recordings_du -B1)
+    index_before=$(index_du)
+    files_before=$(recordings_files)
     local perf=
     if [[ $1 == dbtape* && -n ${PROFILE:-} ]]; then
         perf record -F 999 -g -p "$proxy_pid" -o "$ROOT/target/perf-storm-$1.data" -- sleep "$STORM_DURATION" >/dev/null 2>&1 &
@@ -343,7 +355,9 @@ storm() { # path round
     if [[ $1 == dbtape ]]; then
         # Sealing runs on the recorder's own thread: let it finish before counting.
         sleep 2
-        python3 -c "print(($(du -sB1 "$WORK/recordings" | cut -f1) - $blocks_before) / $txns, ($(du -sb --apparent-size "$WORK/recordings" | cut -f1) - $bytes_before) / $txns, ($(find "$WORK/recordings" -maxdepth 1 -type f | wc -l) - $files_before) / $txns)" >> "$WORK/storm-disk"
+        local index_after
+        index_after=$(index_du)
+        python3 -c "print(($(recordings_du -B1) - $blocks_before) / $txns, ($(recordings_du -b --apparent-size) - $bytes_before) / $txns, ($(recordings_files) - $files_before) / $txns, ($index_after - $index_before) / $txns)" >> "$WORK/storm-disk"
     fi
     printf '   %s: %.0f new connections/s\n' "$1" "$cps"
 }
@@ -357,6 +371,18 @@ for round in $(seq "$STORM_ROUNDS"); do
     done
     STORM_PATHS=("${STORM_PATHS[@]:1}" "${STORM_PATHS[0]}")
 done
+# S3 PUTs per session, as the uploader makes them: one per segment (the open one included,
+# which is one PUT when it closes) and three per session in its own files (recording,
+# manifest, sidecar), over every session this dbtape recorded.
+sleep 2
+python3 - "$WORK/recordings" "$("$BIN" ls --dir "$WORK/recordings" --format json)" > "$WORK/storm-puts" <<'PY'
+import json, pathlib, sys
+root = pathlib.Path(sys.argv[1])
+sessions = len(json.loads(sys.argv[2]))
+segments = len(list((root / "segments").glob("*.dseg")))
+own = len(list(root.glob("*.manifest.json")))
+print(sessions, segments, own, (segments + 3 * own) / max(sessions, 1))
+PY
 
 # Memory per idle connection: a fresh dbtape process, warmed by one session (and the indexer's
 # pass over it), then the RSS growth while IDLE_CONNS clients sit connected doing nothing.
@@ -466,12 +492,16 @@ for path in ["direct", "haproxy", "pgbouncer", "dbtape", "dbtape_pool", "alt"]:
 storm_result = ""
 if all(p in storm for p in ["direct", "haproxy", "pgbouncer", "dbtape"]):
     disk = [tuple(map(float, line.split())) for line in (work / "storm-disk").read_text().splitlines()]
-    blocks, apparent, files = (statistics.mean(d[i] for d in disk) for i in range(3))
+    blocks, apparent, files, index = (statistics.mean(d[i] for d in disk) for i in range(4))
+    sessions, segments, own, puts = (work / "storm-puts").read_text().split()
     print(f"storm ratios: dbtape/haproxy {storm['dbtape'][0]/storm['haproxy'][0]:.2f}  dbtape/pgbouncer {storm['dbtape'][0]/storm['pgbouncer'][0]:.2f}  "
-          f"dbtape CPU/pgbouncer CPU {storm['dbtape'][1]/storm['pgbouncer'][1]:.2f}; per one-statement session: {blocks:.0f} bytes on disk ({apparent:.0f} written), {files:.1f} files")
+          f"dbtape CPU/pgbouncer CPU {storm['dbtape'][1]/storm['pgbouncer'][1]:.2f}; per one-statement session: {blocks:.0f} bytes on disk ({apparent:.0f} written), "
+          f"{files:.2f} files, and {index:.0f} bytes of search index")
+    print(f"S3 PUTs: {sessions} sessions recorded, {segments} segment(s) and {own} session(s) in their own files: {float(puts):.4f} PUTs per session")
     storm_result = (f" storm_direct_cps={storm['direct'][0]:.0f} storm_haproxy_cps={storm['haproxy'][0]:.0f} storm_pgbouncer_cps={storm['pgbouncer'][0]:.0f} "
                     f"storm_dbtape_cps={storm['dbtape'][0]:.0f} storm_dbtape_cpu_ms={storm['dbtape'][1]:.2f} storm_pgbouncer_cpu_ms={storm['pgbouncer'][1]:.2f} "
-                    f"storm_haproxy_cpu_ms={storm['haproxy'][1]:.2f} storm_disk_bytes_per_session={blocks:.0f} storm_files_per_session={files:.1f}")
+                    f"storm_haproxy_cpu_ms={storm['haproxy'][1]:.2f} storm_disk_bytes_per_session={blocks:.0f} storm_files_per_session={files:.2f} "
+                    f"storm_index_bytes_per_session={index:.0f} storm_puts_per_session={float(puts):.4f}")
     if "dbtape_pool" in storm:
         print(f"storm pool ratios: dbtape_pool/pgbouncer {storm['dbtape_pool'][0]/storm['pgbouncer'][0]:.2f}  "
               f"dbtape_pool CPU/pgbouncer CPU {storm['dbtape_pool'][1]/storm['pgbouncer'][1]:.2f}")

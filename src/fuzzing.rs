@@ -82,6 +82,39 @@ pub fn recording(data: &[u8]) {
     let _ = crate::statement::enrich::Enricher::new().enriched(data);
 }
 
+/// Arbitrary bytes as a segment file, as a bucket could hand one to a review: listing,
+/// reading, verifying and replaying what it claims to hold, and start-up recovery closing
+/// it, must report, never fail or allocate without bound.
+pub fn segment(data: &[u8]) {
+    thread_local! {
+        static DIR: Option<std::path::PathBuf> = {
+            let dir = std::env::temp_dir().join(format!("dbtape-fuzz-segment-{}", std::process::id()));
+            std::fs::create_dir_all(crate::recording::segment::segments_dir(&dir)).ok().map(|()| dir)
+        };
+    }
+    DIR.with(|dir| {
+        let Some(dir) = dir else { return };
+        let path = crate::recording::segment::segments_dir(dir).join("segment-fuzz.dseg");
+        if std::fs::write(&path, data).is_err() {
+            return;
+        }
+        for _ in 0..2 {
+            // A fresh store each time: its index must learn the file from scratch.
+            let store = crate::recording::RecordingStore::new(dir);
+            for sid in store.session_ids().unwrap_or_default().into_iter().take(16) {
+                let _ = store.read_summary(&sid);
+                let _ = store.read_manifest(&sid);
+                let _ = crate::recording::verify::verify_recording(&store, &sid, None);
+                if let Ok(mut stream) = crate::recording::events::EventStream::open(&store, &sid, false) {
+                    let _ = stream.for_each_event(|_| Ok(true));
+                }
+            }
+            let _ = store.segments();
+            let _ = crate::recording::segment::close_crashed(dir);
+        }
+    });
+}
+
 /// Arbitrary text as `dbtape.toml`: every problem is a config error, never a panic.
 pub fn config(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };

@@ -38,6 +38,11 @@ fn recording_corpus() {
 }
 
 #[test]
+fn segment_corpus() {
+    replay("segment", dbtape::fuzzing::segment);
+}
+
+#[test]
 fn config_corpus() {
     replay("config", dbtape::fuzzing::config);
 }

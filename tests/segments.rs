@@ -134,6 +134,10 @@ fn a_damaged_block_fails_only_its_own_sessions() {
     let sids: Vec<String> = (0..6).map(|i| short_session(&rec, &format!("DELETE FROM payroll WHERE id = {i}"))).collect();
     rec.recorder.shutdown();
     let segment = segment_files(&rec.dir).remove(0);
+    // `DBTAPE_SEGMENT_SEED=fuzz/corpus/segment/seed-6-sessions` writes the fuzz target's seed.
+    if let Some(seed) = std::env::var_os("DBTAPE_SEGMENT_SEED") {
+        std::fs::copy(&segment, seed).unwrap();
+    }
     let found = blocks(&segment);
     assert_eq!(found.iter().map(|b| b.2.len()).sum::<usize>(), sids.len());
     // Damage the third block's payload.

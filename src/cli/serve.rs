@@ -103,7 +103,8 @@ pub fn upload(config_path: &Path, all: bool) -> Result<(), Failure> {
             .iter()
             .filter_map(|sid| std::fs::metadata(store.recording_path(sid)).ok())
             .map(|m| m.len())
-            .sum();
+            .sum::<u64>()
+            + uploader.pending_segment_bytes();
         let progress = super::progress::bar(bytes, "upload", true);
         uploader.show_progress(progress.clone());
         let report = uploader.pass_waiting().await;

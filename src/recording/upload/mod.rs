@@ -425,6 +425,11 @@ impl Uploader {
         pending
     }
 
+    /// Bytes of the closed segments waiting for upload.
+    pub fn pending_segment_bytes(&self) -> u64 {
+        self.pending_segments().iter().map(|s| s.bytes).sum()
+    }
+
     /// A closed segment goes up as one object: every session in it, with its manifest and
     /// sidecar, for one PUT.
     async fn upload_segment(&self, segment: &crate::recording::segment::SegmentInfo) -> Result<(), UploadError> {
