@@ -375,7 +375,7 @@ done
 # which is one PUT when it closes) and three per session in its own files (recording,
 # manifest, sidecar), over every session this dbtape recorded.
 sleep 2
-python3 - "$WORK/recordings" "$("$BIN" ls --dir "$WORK/recordings" --format json)" > "$WORK/storm-puts" <<'PY'
+python3 - "$WORK/recordings" "$("$BIN" ls --dir "$WORK/recordings" --format json --limit 1000000000)" > "$WORK/storm-puts" <<'PY'
 import json, pathlib, sys
 root = pathlib.Path(sys.argv[1])
 sessions = len(json.loads(sys.argv[2]))

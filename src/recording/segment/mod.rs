@@ -16,13 +16,6 @@ use std::io;
 /// Blocks are small and written once, read rarely: a middling level costs little.
 const LEVEL: i32 = 3;
 
-fn compress(raw: &[u8], dictionary: Option<&[u8]>) -> io::Result<Vec<u8>> {
-    match dictionary {
-        Some(dict) => zstd::bulk::Compressor::with_dictionary(LEVEL, dict)?.compress(raw),
-        None => zstd::bulk::compress(raw, LEVEL),
-    }
-}
-
 fn decompress(compressed: &[u8], raw_len: u32, dictionary: Option<&[u8]>) -> io::Result<Vec<u8>> {
     let out = match dictionary {
         Some(dict) => zstd::bulk::Decompressor::with_dictionary(dict)?.decompress(compressed, raw_len as usize)?,

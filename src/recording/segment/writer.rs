@@ -27,7 +27,8 @@ struct OpenSegment {
     sessions: u64,
     hasher: Sha256,
     opened: Instant,
-    dictionary: Option<Vec<u8>>,
+    /// Compresses against the first block's start, once there is a first block.
+    compressor: Option<zstd::bulk::Compressor<'static>>,
 }
 
 impl SegmentWriter {
@@ -70,7 +71,10 @@ impl SegmentWriter {
         let Some(segment) = self.open.as_mut() else { return Ok(()) };
         let mut raw = Vec::new();
         encode_payload(entries, &mut raw);
-        let compressed = super::compress(&raw, segment.dictionary.as_deref())?;
+        let compressed = match segment.compressor.as_mut() {
+            Some(compressor) => compressor.compress(&raw)?,
+            None => zstd::bulk::compress(&raw, super::LEVEL)?,
+        };
         let sids: Vec<uuid::Uuid> = entries.iter().map(|e| e.sid).collect();
         let mut block = Vec::with_capacity(compressed.len() + 20 + 16 * sids.len());
         encode_block(&sids, raw.len() as u32, &compressed, &mut block);
@@ -86,8 +90,8 @@ impl SegmentWriter {
         segment.len += block.len() as u64;
         segment.sessions += entries.len() as u64;
         segment.hasher.update(&block);
-        if segment.dictionary.is_none() {
-            segment.dictionary = Some(super::dictionary_of(&raw).to_vec());
+        if segment.compressor.is_none() {
+            segment.compressor = Some(zstd::bulk::Compressor::with_dictionary(super::LEVEL, super::dictionary_of(&raw))?);
         }
         Ok(())
     }
@@ -112,7 +116,7 @@ impl SegmentWriter {
         let mut hasher = Sha256::new();
         hasher.update(SEGMENT_MAGIC);
         tracing::debug!(segment = %path.display(), "opened a recordings segment");
-        Ok(OpenSegment { path, file, len: SEGMENT_MAGIC.len() as u64, sessions: 0, hasher, opened: Instant::now(), dictionary: None })
+        Ok(OpenSegment { path, file, len: SEGMENT_MAGIC.len() as u64, sessions: 0, hasher, opened: Instant::now(), compressor: None })
     }
 
     /// Closes the open segment if it has reached its age.

@@ -123,6 +123,12 @@ pub(super) fn write_pass(shared: &Shared, sessions: &[Arc<SessionState>], flush_
         refresh_summary(shared, session);
     }
     let packing = shared.config.segments.as_ref().map(|s| s.max_session_bytes);
+    if let Some(max) = packing.filter(|_| !flush_all) {
+        // Short sessions are packed at the batch tick, many to a block: a block of one
+        // session compresses to a fifth more, and costs an fsync of its own. Their clients
+        // are gone already; only the proxy's wait to seal them is longer.
+        closing.retain(|session| lock(&session.io).as_ref().is_none_or(|io| io.len > max));
+    }
     let to_pack: Vec<_> = closing.iter().filter_map(|session| seal(shared, session, packing)).collect();
     let packed_all = to_pack.len() == closing.len();
     let unpacked = !to_pack.is_empty() && pack(shared, to_pack);
