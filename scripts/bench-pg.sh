@@ -375,10 +375,11 @@ done
 # which is one PUT when it closes) and three per session in its own files (recording,
 # manifest, sidecar), over every session this dbtape recorded.
 sleep 2
-python3 - "$WORK/recordings" "$("$BIN" ls --dir "$WORK/recordings" --format json --limit 1000000000)" > "$WORK/storm-puts" <<'PY'
+"$BIN" ls --dir "$WORK/recordings" --format json --limit 1000000000 > "$WORK/sessions.json"
+python3 - "$WORK/recordings" "$WORK/sessions.json" > "$WORK/storm-puts" <<'PY'
 import json, pathlib, sys
 root = pathlib.Path(sys.argv[1])
-sessions = len(json.loads(sys.argv[2]))
+sessions = len(json.loads(pathlib.Path(sys.argv[2]).read_text()))
 segments = len(list((root / "segments").glob("*.dseg")))
 own = len(list(root.glob("*.manifest.json")))
 print(sessions, segments, own, (segments + 3 * own) / max(sessions, 1))
