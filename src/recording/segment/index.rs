@@ -46,7 +46,7 @@ struct Scanned {
     next: u64,
     len: u64,
     closed: bool,
-    sessions: Vec<uuid::Uuid>,
+    sessions: usize,
     first_block: Option<Arc<BlockHeader>>,
     dictionary: Option<Arc<Vec<u8>>>,
 }
@@ -123,7 +123,7 @@ impl SegmentIndex {
                 path: dir.join(&**name),
                 name: name.to_string(),
                 closed: s.closed,
-                sessions: s.sessions.len(),
+                sessions: s.sessions,
                 bytes: s.len,
             })
             .collect()
@@ -198,12 +198,8 @@ fn damaged(what: &str) -> io::Error {
 }
 
 fn forget(state: &mut State, name: &Arc<str>) {
-    if let Some(scanned) = state.segments.remove(name) {
-        for sid in scanned.sessions {
-            if state.sessions.get(&sid).is_some_and(|l| l.segment == *name) {
-                state.sessions.remove(&sid);
-            }
-        }
+    if state.segments.remove(name).is_some() {
+        state.sessions.retain(|_, l| l.segment != *name);
     }
     state.cache.retain(|((n, _), _)| n != name);
 }
@@ -234,8 +230,8 @@ fn scan(state: &mut State, name: &Arc<str>, path: &Path, len: u64) -> io::Result
                 if scanned.first_block.is_none() {
                     scanned.first_block = Some(header.clone());
                 }
+                scanned.sessions += header.sids.len();
                 for (entry, sid) in header.sids.iter().enumerate() {
-                    scanned.sessions.push(*sid);
                     found.push((*sid, Location { segment: name.clone(), block: header.clone(), entry }));
                 }
                 scanned.next = end;
