@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 
 pub use model::{
     AuthMethod, AwsOptions, ClientTlsConfig, ClientTlsMode, DatabaseConfig, FsyncPolicy, Grant, LakeSection, LogFormat, OidcSection,
-    PoolConfig, PoolMode, ProxyProtocol, RecordingMode, RecordingSection, ReviewSection, S3Storage, ServerSection, StorageSection,
-    UpstreamAuth, UpstreamTlsConfig, UpstreamTlsMode, UserConfig, CHAINED_SESSION_LIMIT, MAX_FRAME_TARGET_BYTES, MAX_QUERY_BYTES_LIMIT,
+    PoolConfig, PoolMode, ProxyProtocol, RecordingMode, RecordingSection, ReviewSection, S3Storage, SegmentSettings, ServerSection,
+    StorageSection, UpstreamAuth, UpstreamTlsConfig, UpstreamTlsMode, UserConfig, CHAINED_SESSION_LIMIT, MAX_FRAME_TARGET_BYTES,
+    MAX_QUERY_BYTES_LIMIT,
 };
 pub use secret::{SecretError, SecretRef};
 

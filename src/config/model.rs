@@ -180,7 +180,25 @@ pub struct RecordingSection {
     /// review trusts, besides this instance's own.
     pub trusted_keys: Vec<PathBuf>,
     /// Pack short sessions into segments once sealed (`[recording.segments]`); None when off.
-    pub segments: Option<crate::recording::segment::SegmentSettings>,
+    pub segments: Option<SegmentSettings>,
+}
+
+/// `[recording.segments]`, checked: how the recorder packs short sessions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SegmentSettings {
+    /// Sessions whose recording is at most this big when sealed are packed; bigger ones keep
+    /// their own files (and multipart uploads).
+    pub max_session_bytes: u64,
+    /// A segment is closed, and so uploadable, once it reaches this size...
+    pub max_segment_bytes: u64,
+    /// ...or this age.
+    pub max_age: std::time::Duration,
+}
+
+impl Default for SegmentSettings {
+    fn default() -> Self {
+        SegmentSettings { max_session_bytes: 64 * 1024, max_segment_bytes: 16 * 1024 * 1024, max_age: std::time::Duration::from_secs(60) }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -112,7 +112,7 @@ pub(super) fn check_recording(raw: &RawConfig, base: &Path, issues: &mut Issues<
     }
 }
 
-fn check_segments(s: &super::super::model::RawSegments, issues: &mut Issues<'_>) -> Option<crate::recording::segment::SegmentSettings> {
+fn check_segments(s: &super::super::model::RawSegments, issues: &mut Issues<'_>) -> Option<crate::config::SegmentSettings> {
     if !(1024..=1024 * 1024).contains(&s.max_session_bytes) {
         issues.add(
             "recording.segments.max_session_bytes",
@@ -142,7 +142,7 @@ fn check_segments(s: &super::super::model::RawSegments, issues: &mut Issues<'_>)
             std::time::Duration::from_secs(60)
         }
     };
-    s.enabled.then(|| crate::recording::segment::SegmentSettings {
+    s.enabled.then_some(crate::config::SegmentSettings {
         max_session_bytes: s.max_session_bytes,
         max_segment_bytes: s.max_segment_bytes,
         max_age,

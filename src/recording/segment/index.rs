@@ -51,11 +51,14 @@ struct Scanned {
     dictionary: Option<Arc<Vec<u8>>>,
 }
 
+/// A block: its segment's name and its offset there.
+type BlockKey = (Arc<str>, u64);
+
 #[derive(Default)]
 struct State {
     segments: HashMap<Arc<str>, Scanned>,
     sessions: HashMap<uuid::Uuid, Location>,
-    cache: Vec<((Arc<str>, u64), Arc<Vec<u8>>)>,
+    cache: Vec<(BlockKey, Arc<Vec<u8>>)>,
 }
 
 #[derive(Default)]
