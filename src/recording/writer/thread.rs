@@ -74,6 +74,10 @@ pub(super) fn write_pass(shared: &Shared, sessions: &[Arc<SessionState>], flush_
     let mut wrote_any = false;
     let mut written: Vec<(Arc<SessionState>, Option<u64>)> = Vec::new();
     let mut closing = Vec::new();
+    let packing = shared.config.segments.as_ref().map(|s| s.max_session_bytes);
+    // Short sessions this pass packs: the segment's fsync makes them durable, so their own
+    // files (about to go) are not fsynced first. `seal` fsyncs any that turn out unpackable.
+    let mut packs_now = Vec::new();
     for session in sessions {
         let (cut, is_closing) = {
             let mut inner = lock(&session.inner);
@@ -92,10 +96,14 @@ pub(super) fn write_pass(shared: &Shared, sessions: &[Arc<SessionState>], flush_
             session.backlog.remove(raw_bytes);
             wrote_any = true;
         }
-        written.push((session.clone(), last_ei));
         if is_closing {
             closing.push(session.clone());
+            if packing.is_some_and(|max| flush_all && lock(&session.io).as_ref().is_some_and(|io| io.len <= max)) {
+                packs_now.push((session.clone(), last_ei));
+                continue;
+            }
         }
+        written.push((session.clone(), last_ei));
     }
     if fsync {
         if shared.new_names.swap(false, std::sync::atomic::Ordering::AcqRel) {
@@ -122,7 +130,6 @@ pub(super) fn write_pass(shared: &Shared, sessions: &[Arc<SessionState>], flush_
         }
         refresh_summary(shared, session);
     }
-    let packing = shared.config.segments.as_ref().map(|s| s.max_session_bytes);
     if let Some(max) = packing.filter(|_| !flush_all) {
         // Short sessions are packed at the batch tick, many to a block: a block of one
         // session compresses to a fifth more, and costs an fsync of its own. Their clients
@@ -137,6 +144,11 @@ pub(super) fn write_pass(shared: &Shared, sessions: &[Arc<SessionState>], flush_
         if unpacked || !packed_all {
             shared.new_names.store(false, std::sync::atomic::Ordering::Release);
             shared.sync_dir();
+        }
+        for (session, last_ei) in &packs_now {
+            if let Some(ei) = last_ei {
+                session.durable.send_modify(|d| d.through = Some(d.through.map_or(*ei, |t| t.max(*ei))));
+            }
         }
         for session in &closing {
             session.durable.send_modify(|d| d.sealed = true);
