@@ -172,7 +172,10 @@ if [[ -n ${ALT_BIN:-} ]]; then
     ALT_PORT=$(free_port)
     ALT_POOL_PORT=$(free_port)
     mkdir -p "$WORK/alt"
-    sed -e "s/127.0.0.1:$DBTAPE_PORT/127.0.0.1:$ALT_PORT/" -e "s/127.0.0.1:$POOL_PORT/127.0.0.1:$ALT_POOL_PORT/" -e 's|^dir = "recordings"|dir = "alt/recordings"|' \
+    # ALT_SEGMENTS=off: the alternative packs no sessions (or predates [recording.segments]).
+    strip_segments=''
+    [[ ${ALT_SEGMENTS:-} == off ]] && strip_segments='/^\[recording\.segments\]$/,/^enabled = /d'
+    sed -e "$strip_segments" -e "s/127.0.0.1:$DBTAPE_PORT/127.0.0.1:$ALT_PORT/" -e "s/127.0.0.1:$POOL_PORT/127.0.0.1:$ALT_POOL_PORT/" -e 's|^dir = "recordings"|dir = "alt/recordings"|' \
         -e "s/^workers = .*/workers = ${ALT_WORKERS:-${WORKERS:-0}}/" \
         -e "s/^fsync = .*/fsync = \"${ALT_FSYNC:-batch}\"/" "$WORK/dbtape.toml" > "$WORK/alt.toml"
     ALT_ENV=()

@@ -1055,3 +1055,52 @@ fn short_sessions_go_up_packed_in_one_object_and_are_reviewed_from_the_bucket() 
     let exported = setup.review(&["export"]);
     assert_eq!(exported.lines().filter(|l| l.contains("\"db.session.query\"")).count(), SESSIONS, "{exported}");
 }
+
+#[test]
+fn a_proxy_killed_with_an_open_segment_loses_no_packed_session() {
+    let services = Services::load();
+    let bucket = make_bucket(&services);
+    let setup = Setup::new(&bucket, services.get("AWS_ENDPOINT"));
+    let mut text = std::fs::read_to_string(&setup.config).unwrap();
+    text.push_str("\n[recording.segments]\nenabled = true\nmax_age = \"1h\"\n");
+    std::fs::write(&setup.config, text).unwrap();
+    let mut serve = setup.serve();
+    const SESSIONS: usize = 6;
+    for i in 0..SESSIONS {
+        let out = setup.psql(&format!("SELECT 'before the kill {i}' AS note")).wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let own_recordings = || {
+        std::fs::read_dir(setup.recordings()).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".dbt")).count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while own_recordings() > 0 {
+        assert!(Instant::now() < deadline, "sessions not packed; log:\n{}", setup.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SIGKILL: the segment is left open, without its end record, and so not uploaded.
+    serve.0.kill().unwrap();
+    let _ = serve.0.wait();
+    let segments = setup.recordings().join("segments");
+    let listed = || std::fs::read_dir(&segments).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>();
+    assert!(!listed().iter().any(|n| n.ends_with(".uploaded.json")), "{:?}", listed());
+    let open_len = std::fs::metadata(segments.join(listed().iter().find(|n| n.ends_with(".dseg")).unwrap())).unwrap().len();
+
+    // The restart closes it (an end record of 48 bytes) and uploads it.
+    let serve = setup.serve();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !listed().iter().any(|n| n.ends_with(".dseg.uploaded.json")) {
+        assert!(Instant::now() < deadline, "the recovered segment was not uploaded; log:\n{}", setup.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop(serve);
+    assert!(setup.log().contains("closed a segment a dead writer left open"), "{}", setup.log());
+    let name = listed().into_iter().find(|n| n.ends_with(".dseg")).unwrap();
+    assert_eq!(std::fs::metadata(segments.join(&name)).unwrap().len(), open_len + 48);
+    let verified = common::dbtape_bin().args(["verify", "--all", "--config"]).arg(&setup.config).output().unwrap();
+    let report = String::from_utf8_lossy(&verified.stdout);
+    assert!(verified.status.success(), "{report}");
+    assert_eq!(report.lines().filter(|l| l.contains("  OK  ")).count(), SESSIONS, "{report}");
+    let objects = objects(&services, &bucket);
+    assert!(objects.iter().any(|(k, _)| k.ends_with(&name)), "{objects:?}");
+}

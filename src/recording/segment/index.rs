@@ -113,8 +113,13 @@ impl SegmentIndex {
         lock(&self.state).sessions.contains_key(sid)
     }
 
+    /// In the order they are stored, so that reading them in turn (`ls`, the console)
+    /// decompresses each block once rather than once per session.
     pub fn session_ids(&self) -> Vec<uuid::Uuid> {
-        lock(&self.state).sessions.keys().copied().collect()
+        let state = lock(&self.state);
+        let mut ids: Vec<_> = state.sessions.iter().map(|(sid, l)| ((l.segment.clone(), l.block.offset, l.entry), *sid)).collect();
+        ids.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        ids.into_iter().map(|(_, sid)| sid).collect()
     }
 
     pub fn segments(&self, recordings: &Path) -> Vec<SegmentInfo> {
