@@ -132,6 +132,9 @@ fn the_example_config_is_valid_and_documents_defaults() {
         "max_size",
         "idle_timeout",
         "reset",
+        "max_session_bytes",
+        "max_segment_bytes",
+        "max_age",
     ] {
         assert!(text.contains(&format!("{key} =")), "examples/dbtape.toml does not document {key}");
     }
@@ -145,6 +148,7 @@ workers = 100000
 mode = "sometimes"
 fsync = "weekly"
 batch_interval = "soon"
+segments = { enabled = true, max_session_bytes = 10, max_segment_bytes = 1, max_age = "0s" }
 
 [[databases]]
 name = "pg"
@@ -176,6 +180,9 @@ fn every_error_is_reported_with_its_key_and_a_fix() {
         "recording.mode",
         "recording.fsync",
         "recording.batch_interval",
+        "recording.segments.max_session_bytes",
+        "recording.segments.max_segment_bytes",
+        "recording.segments.max_age",
         "databases[0].protocol",
         "databases[0].listen",
         "databases[0].auth.password",

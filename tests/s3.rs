@@ -170,6 +170,13 @@ db_users = ["postgres"]
         child
     }
 
+    /// Turns `[recording.segments]` on, segments closing at `max_age`.
+    fn pack_short_sessions(&self, max_age: &str) {
+        let mut text = std::fs::read_to_string(&self.config).unwrap();
+        text.push_str(&format!("\n[recording.segments]\nenabled = true\nmax_age = \"{max_age}\"\n"));
+        std::fs::write(&self.config, text).unwrap();
+    }
+
     fn recordings(&self) -> std::path::PathBuf {
         self.root.path().join("recordings")
     }
@@ -999,9 +1006,7 @@ fn short_sessions_go_up_packed_in_one_object_and_are_reviewed_from_the_bucket() 
     let services = Services::load();
     let bucket = make_bucket(&services);
     let setup = Setup::new(&bucket, services.get("AWS_ENDPOINT"));
-    let mut text = std::fs::read_to_string(&setup.config).unwrap();
-    text.push_str("\n[recording.segments]\nenabled = true\nmax_age = \"3s\"\n");
-    std::fs::write(&setup.config, text).unwrap();
+    setup.pack_short_sessions("3s");
     let serve = setup.serve();
     const SESSIONS: usize = 12;
     for i in 0..SESSIONS {
@@ -1061,18 +1066,15 @@ fn a_proxy_killed_with_an_open_segment_loses_no_packed_session() {
     let services = Services::load();
     let bucket = make_bucket(&services);
     let setup = Setup::new(&bucket, services.get("AWS_ENDPOINT"));
-    let mut text = std::fs::read_to_string(&setup.config).unwrap();
-    text.push_str("\n[recording.segments]\nenabled = true\nmax_age = \"1h\"\n");
-    std::fs::write(&setup.config, text).unwrap();
+    setup.pack_short_sessions("1h");
     let mut serve = setup.serve();
     const SESSIONS: usize = 6;
     for i in 0..SESSIONS {
         let out = setup.psql(&format!("SELECT 'before the kill {i}' AS note")).wait_with_output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
-    let own_recordings = || {
-        std::fs::read_dir(setup.recordings()).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".dbt")).count()
-    };
+    let own_recordings =
+        || std::fs::read_dir(setup.recordings()).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".dbt")).count();
     let deadline = Instant::now() + Duration::from_secs(20);
     while own_recordings() > 0 {
         assert!(Instant::now() < deadline, "sessions not packed; log:\n{}", setup.log());
@@ -1082,7 +1084,8 @@ fn a_proxy_killed_with_an_open_segment_loses_no_packed_session() {
     serve.0.kill().unwrap();
     let _ = serve.0.wait();
     let segments = setup.recordings().join("segments");
-    let listed = || std::fs::read_dir(&segments).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>();
+    let listed =
+        || std::fs::read_dir(&segments).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>();
     assert!(!listed().iter().any(|n| n.ends_with(".uploaded.json")), "{:?}", listed());
     let open_len = std::fs::metadata(segments.join(listed().iter().find(|n| n.ends_with(".dseg")).unwrap())).unwrap().len();
 

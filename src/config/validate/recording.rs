@@ -1,6 +1,7 @@
 //! `[recording]`.
 
 use std::path::Path;
+use std::time::Duration;
 
 use super::super::model::{RawConfig, RecordingSection};
 use super::super::{FsyncPolicy, RecordingMode};
@@ -33,21 +34,14 @@ pub(super) fn check_recording(raw: &RawConfig, base: &Path, issues: &mut Issues<
             FsyncPolicy::Batch
         }
     };
-    let batch_interval = match humantime::parse_duration(&r.batch_interval) {
-        Ok(d) if !d.is_zero() && d <= std::time::Duration::from_secs(60) => d,
-        Ok(_) => {
-            issues.add(
-                "recording.batch_interval",
-                format!("{:?} is out of range", r.batch_interval),
-                "use a duration between 1ms and 60s, e.g. \"200ms\"",
-            );
-            std::time::Duration::from_millis(200)
-        }
-        Err(e) => {
-            issues.add("recording.batch_interval", format!("{:?}: {e}", r.batch_interval), "write a duration such as \"200ms\" or \"1s\"");
-            std::time::Duration::from_millis(200)
-        }
-    };
+    let batch_interval = bounded_duration(
+        issues,
+        "recording.batch_interval",
+        &r.batch_interval,
+        (Duration::from_millis(1), Duration::from_secs(60)),
+        Duration::from_millis(200),
+        ("use a duration between 1ms and 60s, e.g. \"200ms\"", "write a duration such as \"200ms\" or \"1s\""),
+    );
     if !(4096..=crate::config::MAX_FRAME_TARGET_BYTES).contains(&r.frame_target_bytes) {
         issues.add(
             "recording.frame_target_bytes",
@@ -127,24 +121,40 @@ fn check_segments(s: &super::super::model::RawSegments, issues: &mut Issues<'_>)
             "use a size between 65536 and 1073741824 bytes; the default is 16777216 (16 MiB)",
         );
     }
-    let max_age = match humantime::parse_duration(&s.max_age) {
-        Ok(d) if d >= std::time::Duration::from_secs(1) && d <= std::time::Duration::from_secs(24 * 3600) => d,
-        Ok(_) => {
-            issues.add(
-                "recording.segments.max_age",
-                format!("{:?} is out of range", s.max_age),
-                "use a duration between 1s and 24h; the default is \"1m\"",
-            );
-            std::time::Duration::from_secs(60)
-        }
-        Err(e) => {
-            issues.add("recording.segments.max_age", format!("{:?}: {e}", s.max_age), "write a duration such as \"1m\" or \"30s\"");
-            std::time::Duration::from_secs(60)
-        }
-    };
+    let max_age = bounded_duration(
+        issues,
+        "recording.segments.max_age",
+        &s.max_age,
+        (Duration::from_secs(1), Duration::from_secs(24 * 3600)),
+        Duration::from_secs(60),
+        ("use a duration between 1s and 24h; the default is \"1m\"", "write a duration such as \"1m\" or \"30s\""),
+    );
     s.enabled.then_some(crate::config::SegmentSettings {
         max_session_bytes: s.max_session_bytes,
         max_segment_bytes: s.max_segment_bytes,
         max_age,
     })
+}
+
+/// A duration setting within `range`; out of range or unreadable, an issue naming `key`
+/// (with `fixes`: what to write when out of range, and when unreadable) and `default`.
+fn bounded_duration(
+    issues: &mut Issues<'_>,
+    key: &str,
+    text: &str,
+    range: (Duration, Duration),
+    default: Duration,
+    fixes: (&str, &str),
+) -> Duration {
+    match humantime::parse_duration(text) {
+        Ok(d) if d >= range.0 && d <= range.1 => d,
+        Ok(_) => {
+            issues.add(key.to_string(), format!("{text:?} is out of range"), fixes.0);
+            default
+        }
+        Err(e) => {
+            issues.add(key.to_string(), format!("{text:?}: {e}"), fixes.1);
+            default
+        }
+    }
 }
