@@ -169,12 +169,6 @@ impl RecordingStore {
         self.segments.contains(&id)
     }
 
-    /// The segment file that holds the session, if one does.
-    pub fn segment_of(&self, sid: &str) -> Option<PathBuf> {
-        let id = uuid::Uuid::try_parse(sid).ok()?;
-        self.is_packed(sid).then(|| self.segments.segment_of(&self.dir, &id)).flatten()
-    }
-
     /// The folder's segments, as of now.
     pub fn segments(&self) -> Vec<SegmentInfo> {
         self.segments.refresh(&self.dir);

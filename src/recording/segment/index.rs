@@ -137,12 +137,6 @@ impl SegmentIndex {
             .collect()
     }
 
-    /// Which segment holds `sid`, if any.
-    pub fn segment_of(&self, recordings: &Path, sid: &uuid::Uuid) -> Option<PathBuf> {
-        let state = lock(&self.state);
-        state.sessions.get(sid).map(|l| super::segments_dir(recordings).join(&*l.segment))
-    }
-
     /// The session as sealed into a segment; None if no segment holds it.
     pub fn read(&self, recordings: &Path, sid: &uuid::Uuid) -> io::Result<Option<PackedSession>> {
         let (location, first, dictionary) = {

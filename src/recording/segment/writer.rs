@@ -36,10 +36,6 @@ impl SegmentWriter {
         SegmentWriter { dir: super::segments_dir(recordings), settings, open: None }
     }
 
-    pub fn settings(&self) -> &SegmentSettings {
-        &self.settings
-    }
-
     /// Appends `entries` as one block (or a few, if large) and fsyncs it. Once this returns
     /// Ok, the sessions are durable in the segment and their own files may go. On an error
     /// nothing of the block is left in the segment (or the segment is given up and a new one

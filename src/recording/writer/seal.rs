@@ -42,6 +42,7 @@ pub(super) fn summary_of(state: &SessionState, inner: &Inner, bytes: u64, record
 /// (not written). `pack` puts it in the open segment, or else in its own files.
 pub(super) struct ToPack {
     sid: String,
+    /// Still holding the recording's lock: dropped once the session is packed or sealed.
     file: std::fs::File,
     manifest: Manifest,
     summary: SessionSummary,
@@ -119,7 +120,8 @@ pub(super) fn seal(shared: &Shared, session: &SessionState, packing: Option<u64>
                 };
                 let signed = shared.signer.sign(body).map_err(|e| e.to_string());
                 if let (Ok(manifest), true) = (&signed, packable(packing, io.len, final_state)) {
-                    let _ = io.file.unlock();
+                    // The file stays locked until it is packed and removed, so that crash
+                    // recovery in another process sharing the folder leaves it alone.
                     let summary = summary_of(session, &inner, io.len, final_state);
                     return Some(ToPack { sid, file: io.file, manifest: manifest.clone(), summary });
                 }
