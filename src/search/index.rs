@@ -233,10 +233,16 @@ impl SearchIndex {
 
     /// Sealed (or recovered) recordings the index does not cover yet.
     pub fn missing(&self, store: &RecordingStore) -> Result<Vec<String>, IndexError> {
-        let covered = self.covered()?;
-        let mut missing: Vec<String> = indexable(store).into_iter().filter(|sid| !covered.contains_key(sid)).collect();
+        let mut missing = self.unindexed(store)?;
         missing.sort();
         Ok(missing)
+    }
+
+    /// As `missing`, in the store's order: packed sessions come block by block, so that
+    /// indexing them decompresses each block once, not once per session.
+    fn unindexed(&self, store: &RecordingStore) -> Result<Vec<String>, IndexError> {
+        let covered = self.covered()?;
+        Ok(indexable(store).into_iter().filter(|sid| !covered.contains_key(sid)).collect())
     }
 
     /// Indexes every sealed recording not covered yet. Returns how many recordings and
@@ -244,7 +250,7 @@ impl SearchIndex {
     pub fn catch_up(&self, store: &RecordingStore) -> Result<(usize, u64), IndexError> {
         // Another process (a `dbtape index` run, say) may have committed since.
         self.refresh()?;
-        let missing = self.missing(store)?;
+        let missing = self.unindexed(store)?;
         let events = self.add(store, &missing)?;
         Ok((missing.len(), events))
     }
