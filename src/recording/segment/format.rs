@@ -22,9 +22,13 @@ const BLOCK_MAGIC: [u8; 4] = *b"DSBK";
 const END_MAGIC: [u8; 4] = *b"DSEN";
 pub const BLOCK_HEADER_LEN: u64 = 20;
 pub const END_LEN: u64 = 48;
-/// Readers refuse a block claiming more: the writer cuts blocks far below it.
-pub const MAX_BLOCK_BYTES: u32 = 64 * 1024 * 1024;
+/// Readers refuse a block claiming more, compressed or not: the writer cuts blocks at 8 MiB
+/// plus one session (at most 1 MiB). It bounds what a crafted segment from a bucket can make
+/// a review allocate: this, for each of the few blocks the index keeps decompressed.
+pub const MAX_BLOCK_BYTES: u32 = 16 * 1024 * 1024;
 pub const MAX_BLOCK_SESSIONS: u32 = 1 << 16;
+/// The largest session packed, whatever the settings say (the config allows no more).
+pub const MAX_PACKED_SESSION_BYTES: u64 = 1024 * 1024;
 /// How much of the first block's payload later blocks are compressed against: a few whole
 /// sessions, whose fixed text (session headers, manifest and sidecar keys) the rest repeat.
 pub const DICTIONARY_BYTES: usize = 16 * 1024;

@@ -12,6 +12,8 @@ use super::SegmentSettings;
 
 /// A block holds at most this much before compression; a pass sealing more writes several.
 const MAX_BLOCK_RAW: usize = 8 * 1024 * 1024;
+// The block that passes MAX_BLOCK_RAW by one session still reads back.
+const _: () = assert!(MAX_BLOCK_RAW + 2 * format::MAX_PACKED_SESSION_BYTES as usize <= format::MAX_BLOCK_BYTES as usize);
 
 pub struct SegmentWriter {
     dir: PathBuf,

@@ -74,7 +74,8 @@ pub(super) fn write_pass(shared: &Shared, sessions: &[Arc<SessionState>], flush_
     let mut wrote_any = false;
     let mut written: Vec<(Arc<SessionState>, Option<u64>)> = Vec::new();
     let mut closing = Vec::new();
-    let packing = shared.config.segments.as_ref().map(|s| s.max_session_bytes);
+    let packing =
+        shared.config.segments.as_ref().map(|s| s.max_session_bytes.min(crate::recording::segment::format::MAX_PACKED_SESSION_BYTES));
     // Short sessions this pass packs: the segment's fsync makes them durable, so their own
     // files (about to go) are not fsynced first. `seal` fsyncs any that turn out unpackable.
     let mut packs_now = Vec::new();
