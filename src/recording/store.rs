@@ -148,8 +148,8 @@ impl RecordingStore {
     /// brought up to date first when it does not know the session.
     pub fn packed(&self, sid: &str) -> Option<PackedSession> {
         let id = uuid::Uuid::try_parse(sid).ok()?;
-        if !self.segments.contains(&id) {
-            self.segments.refresh(&self.dir);
+        if !self.knows(&id) {
+            return None;
         }
         match self.segments.read(&self.dir, &id) {
             Ok(found) => found,
@@ -162,11 +162,15 @@ impl RecordingStore {
 
     /// Whether a segment holds the session (without reading it).
     pub fn is_packed(&self, sid: &str) -> bool {
-        let Ok(id) = uuid::Uuid::try_parse(sid) else { return false };
-        if !self.segments.contains(&id) {
+        uuid::Uuid::try_parse(sid).is_ok_and(|id| self.knows(&id))
+    }
+
+    /// Whether the segment index holds `id`, brought up to date first if it does not.
+    fn knows(&self, id: &uuid::Uuid) -> bool {
+        if !self.segments.contains(id) {
             self.segments.refresh(&self.dir);
         }
-        self.segments.contains(&id)
+        self.segments.contains(id)
     }
 
     /// The folder's segments, as of now.

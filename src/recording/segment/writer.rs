@@ -176,6 +176,15 @@ pub fn close_crashed(recordings: &Path) -> io::Result<Vec<PathBuf>> {
 /// Closes one unclosed segment; None if it was closed already.
 fn close_one(file: &mut File) -> io::Result<Option<u64>> {
     let len = file.metadata()?.len();
+    // A closed segment ends with its end record: seen from the tail, it is not read whole
+    // at every start.
+    if len >= SEGMENT_MAGIC.len() as u64 + format::END_LEN {
+        file.seek(SeekFrom::End(-(format::END_LEN as i64)))?;
+        if matches!(format::read_record(file, 0, format::END_LEN)?, Record::End { .. }) {
+            return Ok(None);
+        }
+        file.seek(SeekFrom::Start(0))?;
+    }
     let mut bytes = Vec::with_capacity(len as usize);
     file.read_to_end(&mut bytes)?;
     if !bytes.starts_with(SEGMENT_MAGIC) {

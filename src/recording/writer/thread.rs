@@ -99,7 +99,7 @@ pub(super) fn write_pass(shared: &Shared, sessions: &[Arc<SessionState>], flush_
         }
         if is_closing {
             closing.push(session.clone());
-            if packing.is_some_and(|max| flush_all && lock(&session.io).as_ref().is_some_and(|io| io.len <= max)) {
+            if packing.is_some_and(|max| flush_all && is_short(session, max)) {
                 packs_now.push((session.clone(), last_ei));
                 continue;
             }
@@ -135,7 +135,7 @@ pub(super) fn write_pass(shared: &Shared, sessions: &[Arc<SessionState>], flush_
         // Short sessions are packed at the batch tick, many to a block: a block of one
         // session compresses to a fifth more, and costs an fsync of its own. Their clients
         // are gone already; only the proxy's wait to seal them is longer.
-        closing.retain(|session| lock(&session.io).as_ref().is_none_or(|io| io.len > max));
+        closing.retain(|session| !is_short(session, max));
     }
     let to_pack: Vec<_> = closing.iter().filter_map(|session| seal(shared, session, packing)).collect();
     let packed_all = to_pack.len() == closing.len();
@@ -156,6 +156,11 @@ pub(super) fn write_pass(shared: &Shared, sessions: &[Arc<SessionState>], flush_
         }
     }
     closing
+}
+
+/// Whether the session's recording is still open and no bigger than `max`: packable.
+fn is_short(session: &SessionState, max: u64) -> bool {
+    lock(&session.io).as_ref().is_some_and(|io| io.len <= max)
 }
 
 /// Writes frames in order; on failure rolls the file and chain back to the last good frame.
