@@ -558,3 +558,104 @@ async fn large_or_unsigned_bodies_are_refused_before_they_are_read() {
         ]
     );
 }
+
+/// A TCP relay to the endpoint that closes each connection once it has been quiet for
+/// `idle`, as load balancers in front of real endpoints do. Returns its address, the
+/// connections it took and every byte clients sent.
+async fn idle_closing_relay(upstream: String, idle: Duration) -> (String, Arc<std::sync::atomic::AtomicUsize>, Arc<Mutex<Vec<u8>>>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (accepted, seen) = (Arc::new(AtomicUsize::new(0)), Arc::new(Mutex::new(Vec::new())));
+    let (count, keep) = (accepted.clone(), seen.clone());
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let (keep, upstream) = (keep.clone(), upstream.clone());
+            tokio::spawn(async move {
+                let mut server = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                let (mut up_buf, mut down_buf) = (vec![0u8; 65536], vec![0u8; 65536]);
+                loop {
+                    tokio::select! {
+                        n = client.read(&mut up_buf) => match n {
+                            Ok(n) if n > 0 => {
+                                keep.lock().unwrap().extend_from_slice(&up_buf[..n]);
+                                if server.write_all(&up_buf[..n]).await.is_err() { break }
+                            }
+                            _ => break,
+                        },
+                        n = server.read(&mut down_buf) => match n {
+                            Ok(n) if n > 0 => if client.write_all(&down_buf[..n]).await.is_err() { break },
+                            _ => break,
+                        },
+                        _ = tokio::time::sleep(idle) => break,
+                    }
+                }
+            });
+        }
+    });
+    (format!("http://{addr}"), accepted, seen)
+}
+
+const BOTO3_LARGE_AND_IDLE: &str = r#"
+import sys, time, boto3, botocore
+ddb = boto3.client("dynamodb", endpoint_url=sys.argv[1], config=botocore.config.Config(retries={"max_attempts": 1}))
+table = sys.argv[2]
+ddb.create_table(TableName=table, AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+                 KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}], BillingMode="PAY_PER_REQUEST")
+for i in range(3):
+    ddb.put_item(TableName=table, Item={"id": {"S": str(i)}, "note": {"S": str(i) * 40000}})
+scan = ddb.scan(TableName=table)
+print(scan["Count"], sum(len(item["note"]["S"]) for item in scan["Items"]))
+time.sleep(0.8)
+print(len(ddb.get_item(TableName=table, Key={"id": {"S": "1"}})["Item"]["note"]["S"]))
+time.sleep(0.8)
+ddb.put_item(TableName=table, Item={"id": {"S": "3"}})
+print(ddb.scan(TableName=table)["Count"])
+"#;
+
+/// A response too large to read ahead streams to the client, and an endpoint that closes
+/// idle connections costs no request and sends none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_responses_stream_and_endpoint_closing_idle_connections_loses_no_request() {
+    let services = common::services::Services::load();
+    let aws = services.get("AWS_ENDPOINT").to_string();
+    let (relay, connections, seen) = idle_closing_relay(aws.trim_start_matches("http://").to_string(), Duration::from_millis(300)).await;
+    let extra = format!(
+        r#"
+[[databases]]
+name = "closing"
+protocol = "dynamodb"
+listen = "127.0.0.1:0"
+upstream = "{relay}"
+[databases.auth]
+method = "aws_iam"
+[databases.aws]
+region = "us-east-1"
+account_id = "{account}"
+external_id = "ext-123"
+endpoint = "{aws}"
+#alice#
+[[users.grants]]
+database = "closing"
+db_users = ["audit-target"]
+"#,
+        account = services.get("MOTO_ACCOUNT_ID"),
+    );
+    let mut proxy = DynamoProxy::start(&extra).await;
+    let key = format!("{ALICE_KEY}@audit-target");
+    let (ok, out, err) = proxy.boto3("closing", &key, ALICE_SECRET, BOTO3_LARGE_AND_IDLE, &[&unique("large")]).await;
+    assert!(ok, "{out}{err}");
+    assert_eq!(out, "3 120000\n40000\n4\n");
+    proxy.stop().await;
+    let sent = String::from_utf8_lossy(&seen.lock().unwrap()).to_ascii_lowercase();
+    assert_eq!(sent.matches("\r\nx-amz-target: dynamodb_20120810.").count(), 8, "each request reached the endpoint once");
+    assert!(connections.load(std::sync::atomic::Ordering::SeqCst) >= 3, "the relay closed idle connections, so dbtape opened new ones");
+    let sessions = proxy.sessions_of("alice");
+    assert_eq!(sessions.len(), 1);
+    let ops = briefs(&sessions[0]);
+    assert_eq!(ops.len(), 18, "{ops:?}");
+    assert_eq!(ops[10], "result ok 3 Count 3, ScannedCount 3", "{ops:?}");
+    assert_eq!(ops[16], "result ok 4 Count 4, ScannedCount 4", "{ops:?}");
+    assert!(ops[1..17].chunks(2).all(|pair| pair[0].ends_with(" 200")), "{ops:?}");
+}

@@ -197,3 +197,61 @@ fn a_dead_writers_segment_is_closed_at_its_last_whole_block_and_leftovers_go() {
     dbtape::recording::recover::recover_unsealed(&reread, &signer).unwrap();
     assert_eq!(std::fs::read(&segment).unwrap(), closed);
 }
+
+/// The background indexer takes each sealed session once, packed or not, leaves live ones
+/// for later, and notices what another writer (a `dbtape index` run) added to the index.
+#[test]
+fn the_background_indexer_takes_each_sealed_session_once_and_sees_other_writers() {
+    use dbtape::search::indexer::Indexer;
+    use dbtape::search::SearchIndex;
+    use dbtape::tasks::Pass;
+    let tmp = tempfile::tempdir().unwrap();
+    let rec = recorder(tmp.path(), packing(64 * 1024));
+    let first: Vec<String> = (0..5).map(|i| short_session(&rec, &format!("SELECT {i};"))).collect();
+    let live = {
+        let ctx = context(Protocol::Postgres);
+        let sid = ctx.sid.clone();
+        let log = rec.recorder.open(ctx).unwrap();
+        log.append(&EventBody::Query { query: "SELECT 'still running'".into(), parameters: vec![], db_name: None }, 1_790_000_000_000)
+            .unwrap();
+        (sid, log)
+    };
+    let store = rec.store();
+    let packed = |sids: &[String]| sids.iter().all(|sid| own_files(&rec.dir, sid).is_empty());
+    for _ in 0..200 {
+        if packed(&first) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(packed(&first), "the recorder packs short sessions at its tick");
+    let mut indexer = Indexer::default();
+    assert_eq!(indexer.pass(&store), Pass::Worked);
+    let index = SearchIndex::open(&rec.dir).unwrap();
+    let covered = index.covered().unwrap();
+    assert_eq!(covered.len(), 5, "the live session waits: {covered:?}");
+    assert!(first.iter().all(|sid| covered.contains_key(sid)) && !covered.contains_key(&live.0));
+    assert_eq!(indexer.pass(&store), Pass::Idle, "nothing is indexed twice");
+    let mut covered = dbtape::search::index::Covered::default();
+    assert_eq!(index.catch_up_with(&store, &mut covered).unwrap().0, 0);
+
+    // Another writer indexes a session first; the indexer sees the index changed under it.
+    let second = short_session(&rec, "SELECT 'second';");
+    block_on(live.1.close()).unwrap();
+    let both = [second.clone(), live.0.clone()];
+    for _ in 0..200 {
+        if packed(&both) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(packed(&both));
+    SearchIndex::open(&rec.dir).unwrap().add(&store, std::slice::from_ref(&second)).unwrap();
+    assert_eq!(index.catch_up_with(&store, &mut covered).unwrap().0, 1, "only the session nobody indexed yet");
+    index.refresh().unwrap();
+    let covered = index.covered().unwrap();
+    assert_eq!(covered.len(), 7, "{covered:?}");
+    assert!(covered.contains_key(&live.0) && covered.contains_key(&second));
+    assert_eq!(indexer.pass(&store), Pass::Idle, "the other indexer's cache sees both writers' work");
+    rec.recorder.shutdown();
+}

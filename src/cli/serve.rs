@@ -63,7 +63,10 @@ pub fn run(config_path: &Path) -> Result<(), Failure> {
             })?;
         }
         let index_store = crate::recording::RecordingStore::new(&config.recording.dir);
-        background.spawn_periodic("indexer", crate::search::indexer::PASS_EVERY, move || crate::search::indexer::pass(&index_store))?;
+        background.spawn_periodic("indexer", crate::search::indexer::PASS_EVERY, {
+            let mut indexer = crate::search::indexer::Indexer::default();
+            move || indexer.pass(&index_store)
+        })?;
         for (name, addr) in server.local_addrs() {
             tracing::info!(database = %name, %addr, "serving");
         }

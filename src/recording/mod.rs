@@ -2,6 +2,7 @@
 //! Protocols reach it only through `AuditPort`, the per-session port they hand events to.
 
 pub mod compact;
+mod decompress;
 pub mod disk;
 pub mod events;
 pub mod format;

@@ -66,21 +66,11 @@ pub struct FrameReader<R> {
     seen_trailer: bool,
     started: bool,
     payload: Vec<u8>,
-    decompressor: zstd::bulk::Decompressor<'static>,
 }
 
 impl<R: Read> FrameReader<R> {
     pub fn new(inner: R, sid: &str) -> io::Result<Self> {
-        Ok(FrameReader {
-            inner,
-            offset: 0,
-            next_seq: 0,
-            chain: chain_seed(sid),
-            seen_trailer: false,
-            started: false,
-            payload: Vec::new(),
-            decompressor: zstd::bulk::Decompressor::new()?,
-        })
+        Ok(FrameReader { inner, offset: 0, next_seq: 0, chain: chain_seed(sid), seen_trailer: false, started: false, payload: Vec::new() })
     }
 
     /// Offset just past the last whole frame read.
@@ -182,9 +172,7 @@ impl<R: Read> FrameReader<R> {
         if header.flags & FLAG_ZSTD == 0 {
             return Ok(payload.to_vec());
         }
-        let data = self
-            .decompressor
-            .decompress(payload, header.raw_len as usize)
+        let data = super::decompress::decompress(payload, header.raw_len as usize, &[])
             .map_err(|e| self.corrupt(Corruption::Decompress(e.to_string())))?;
         if data.len() != header.raw_len as usize {
             return Err(self.corrupt(Corruption::RawLength { expected: header.raw_len, found: data.len() }));

@@ -196,6 +196,17 @@ impl RecordingStore {
         self.manifest_path(sid).exists() || self.is_packed(sid)
     }
 
+    /// Whether the session is sealed and no writer holds it, as far as the segment index
+    /// knew at its last refresh (`session_ids` refreshes it). A packed session, which a
+    /// folder may hold by the million, costs no file look-up; a live one costs no refresh of
+    /// the segment index, unlike `has_manifest`.
+    pub fn is_sealed_at_rest(&self, sid: &str) -> bool {
+        if uuid::Uuid::try_parse(sid).is_ok_and(|id| self.segments.contains(&id)) {
+            return true;
+        }
+        self.manifest_path(sid).exists() && !self.is_locked(sid)
+    }
+
     /// What changes whenever the session's sidecar does; fixed for a packed session, whose
     /// sidecar never changes again.
     pub fn summary_stamp(&self, sid: &str) -> Option<(i64, i64, u64)> {

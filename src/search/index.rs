@@ -5,11 +5,11 @@
 //! One more document per recording records that it was indexed and how many events it
 //! held, for `dbtape index verify`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use tantivy::collector::DocSetCollector;
+use tantivy::collector::{Count, DocSetCollector};
 use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
 use tantivy::schema::{Field, IndexRecordOption, Schema};
 use tantivy::{doc, Index, IndexWriter, TantivyDocument, Term};
@@ -233,25 +233,57 @@ impl SearchIndex {
 
     /// Sealed (or recovered) recordings the index does not cover yet.
     pub fn missing(&self, store: &RecordingStore) -> Result<Vec<String>, IndexError> {
-        let mut missing = self.unindexed(store)?;
+        let covered = self.covered()?.into_keys().collect();
+        let mut missing = self.unindexed(store, &covered);
         missing.sort();
         Ok(missing)
     }
 
     /// As `missing`, in the store's order: packed sessions come block by block, so that
     /// indexing them decompresses each block once, not once per session.
-    fn unindexed(&self, store: &RecordingStore) -> Result<Vec<String>, IndexError> {
-        let covered = self.covered()?;
-        Ok(indexable(store).into_iter().filter(|sid| !covered.contains_key(sid)).collect())
+    fn unindexed(&self, store: &RecordingStore, covered: &HashSet<String>) -> Vec<String> {
+        let sids = store.session_ids().unwrap_or_default();
+        sids.into_iter().filter(|sid| !covered.contains(sid) && store.is_sealed_at_rest(sid)).collect()
+    }
+
+    /// How many recordings the index holds, counted from its postings alone.
+    fn recordings_held(&self) -> Result<usize, IndexError> {
+        let query = TermQuery::new(Term::from_field_text(self.fields.kind, "recording"), IndexRecordOption::Basic);
+        self.searcher()?.search(&query, &Count).map_err(|e| self.error(e))
     }
 
     /// Indexes every sealed recording not covered yet. Returns how many recordings and
     /// events it added.
     pub fn catch_up(&self, store: &RecordingStore) -> Result<(usize, u64), IndexError> {
+        self.catch_up_with(store, &mut Covered::default())
+    }
+
+    /// As `catch_up`, for an indexer that passes again and again: what the index covers is
+    /// kept in `covered` between passes rather than read back from every recording's
+    /// document each time, and read again only when the index holds another number of
+    /// recordings than this indexer left it with (another process wrote to it).
+    pub fn catch_up_with(&self, store: &RecordingStore, covered: &mut Covered) -> Result<(usize, u64), IndexError> {
         // Another process (a `dbtape index` run, say) may have committed since.
         self.refresh()?;
-        let missing = self.unindexed(store)?;
+        let held = self.recordings_held()?;
+        if covered.recordings != Some(held) {
+            let sids: HashSet<String> = self.covered()?.into_keys().collect();
+            // Documents without an event count are indexed again, as before; the count then
+            // never matches and the cache is not trusted.
+            covered.recordings = (sids.len() == held).then_some(held);
+            covered.sids = sids;
+        }
+        let missing = self.unindexed(store, &covered.sids);
         let events = self.add(store, &missing)?;
+        let now = self.recordings_held()?;
+        if covered.recordings.is_some_and(|before| now == before + missing.len()) {
+            covered.recordings = Some(now);
+            covered.sids.extend(missing.iter().cloned());
+        } else {
+            // A recording failed to index, or another writer raced this one: read it all
+            // again at the next pass.
+            covered.recordings = None;
+        }
         Ok((missing.len(), events))
     }
 
@@ -383,5 +415,13 @@ impl SearchIndex {
 
 /// Recordings an index takes: sealed or recovered, that is, with a signed manifest.
 fn indexable(store: &RecordingStore) -> Vec<String> {
-    store.session_ids().unwrap_or_default().into_iter().filter(|sid| store.has_manifest(sid) && !store.is_locked(sid)).collect()
+    store.session_ids().unwrap_or_default().into_iter().filter(|sid| store.is_sealed_at_rest(sid)).collect()
+}
+
+/// What an indexer knows the index covers, between its passes (`catch_up_with`).
+#[derive(Default)]
+pub struct Covered {
+    /// The index's count of recordings when `sids` was last true of it; `None` until read.
+    recordings: Option<usize>,
+    sids: HashSet<String>,
 }

@@ -5,30 +5,48 @@
 
 use std::time::Duration;
 
+use super::index::Covered;
 use super::SearchIndex;
 use crate::recording::RecordingStore;
 use crate::tasks::Pass;
 
 pub const PASS_EVERY: Duration = Duration::from_secs(5);
 
-/// One pass: indexes what was sealed since the last.
-pub fn pass(store: &RecordingStore) -> Pass {
-    let index = match SearchIndex::open(store.dir()) {
-        Ok(index) => index,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot open the search index");
-            return Pass::Idle;
-        }
-    };
-    match index.catch_up(store) {
-        Ok((0, _)) => Pass::Idle,
-        Ok((recordings, events)) => {
-            tracing::debug!(recordings, events, "indexed");
-            Pass::Worked
-        }
-        Err(e) => {
-            tracing::info!(error = %e, "indexing pass failed; retried at the next");
-            Pass::Idle
-        }
+/// The background indexer: the index stays open between passes, and what it covers is
+/// remembered rather than read back from the index at every pass.
+#[derive(Default)]
+pub struct Indexer {
+    index: Option<SearchIndex>,
+    covered: Covered,
+}
+
+impl Indexer {
+    /// One pass: indexes what was sealed since the last.
+    pub fn pass(&mut self, store: &RecordingStore) -> Pass {
+        let index = match self.index.take() {
+            Some(index) => index,
+            None => match SearchIndex::open(store.dir()) {
+                Ok(index) => index,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot open the search index");
+                    return Pass::Idle;
+                }
+            },
+        };
+        let pass = match index.catch_up_with(store, &mut self.covered) {
+            Ok((0, _)) => Pass::Idle,
+            Ok((recordings, events)) => {
+                tracing::debug!(recordings, events, "indexed");
+                Pass::Worked
+            }
+            Err(e) => {
+                // Opened afresh at the next pass, in case the index was replaced meanwhile.
+                tracing::info!(error = %e, "indexing pass failed; retried at the next");
+                self.covered = Covered::default();
+                return Pass::Idle;
+            }
+        };
+        self.index = Some(index);
+        pass
     }
 }

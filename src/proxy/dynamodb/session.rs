@@ -321,7 +321,7 @@ async fn forward(conn: &Conn, parts: http::request::Parts, body: Bytes, payload_
             }
         }
     });
-    let tee = match Tee::new(upstream_body, cap, gzip, on_end).await {
+    let tee = match inner.line.drive(Tee::new(upstream_body, cap, gzip, on_end)).await {
         Ok(tee) => tee,
         Err(e) => {
             // The result event (a cut-off response) was written as the tee was dropped.
@@ -329,6 +329,9 @@ async fn forward(conn: &Conn, parts: http::request::Parts, body: Bytes, payload_
             return error(ErrorKind::ServiceUnavailable, "dbtape: DynamoDB's response broke off");
         }
     };
+    if tee.streams() {
+        inner.line.detach();
+    }
     inner.pending_result = Some(spawned_rx);
     Response::from_parts(parts, tee.boxed_unsync())
 }

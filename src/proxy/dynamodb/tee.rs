@@ -62,6 +62,12 @@ impl Tee {
         Ok(Tee { prefix, inner: rest, captured, cap, done: Some(on_end) })
     }
 
+    /// Whether the body goes on past what was prefetched, so the endpoint connection must
+    /// go on being driven while the client reads it.
+    pub fn streams(&self) -> bool {
+        self.inner.is_some()
+    }
+
     fn keep(&mut self, data: &[u8]) {
         self.captured.total += data.len() as u64;
         let room = self.cap.saturating_sub(self.captured.head.len());

@@ -69,10 +69,20 @@ pub enum UpstreamError {
 }
 
 /// A client connection's line to the endpoint.
+///
+/// The endpoint connection is driven by the client connection's own task while a request and
+/// a response that fits the tee's prefetch go through it, so a request costs no hand-off to
+/// another task and back (a thread switch, in the keep-alive profile). A response that
+/// streams on past the prefetch needs the connection driven while the client reads it; the
+/// connection then moves to a task of its own for the rest of its life.
 #[derive(Default)]
 pub struct Line {
     sender: Option<SendRequest<Full<Bytes>>>,
+    /// `None` once the connection has a task of its own, or when there is no connection.
+    connection: Option<EndpointConnection>,
 }
+
+type EndpointConnection = hyper::client::conn::http1::Connection<TokioIo<Stream>, Full<Bytes>>;
 
 impl Line {
     pub async fn send(
@@ -80,27 +90,88 @@ impl Line {
         endpoint: &Endpoint,
         request: Request<Full<Bytes>>,
     ) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
-        let sender = match self.sender.as_mut().filter(|s| !s.is_closed()) {
-            Some(sender) => sender,
-            None => self.sender.insert(connect(endpoint).await?),
-        };
         // A connection the endpoint closed while idle is found here, before anything is
-        // sent on it, so opening another cannot send the request twice.
-        if sender.ready().await.is_err() {
-            *sender = connect(endpoint).await?;
-            sender.ready().await?;
-        }
-        match sender.send_request(request).await {
-            Ok(response) => Ok(response),
-            Err(e) => {
+        // sent on it, so opening another cannot send the request twice: one poll reads the
+        // end of stream the kernel already holds.
+        if let Some(connection) = self.connection.as_mut() {
+            if futures_util::FutureExt::now_or_never(connection).is_some() {
+                self.connection = None;
                 self.sender = None;
+            }
+        }
+        let mut sender = match self.sender.take().filter(|s| !s.is_closed()) {
+            Some(sender) => sender,
+            None => self.open(endpoint).await?,
+        };
+        if drive(&mut self.connection, sender.ready()).await.is_err() {
+            sender = self.open(endpoint).await?;
+            drive(&mut self.connection, sender.ready()).await?;
+        }
+        match drive(&mut self.connection, sender.send_request(request)).await {
+            Ok(response) => {
+                self.sender = Some(sender);
+                Ok(response)
+            }
+            Err(e) => {
+                self.connection = None;
                 Err(e.into())
             }
         }
     }
+
+    /// Runs `work` (reading a response body, say) while driving the endpoint connection.
+    pub async fn drive<F: std::future::Future>(&mut self, work: F) -> F::Output {
+        drive(&mut self.connection, work).await
+    }
+
+    /// Gives the connection a task of its own: a response body is left to stream after the
+    /// client connection's task stops driving it.
+    pub fn detach(&mut self) {
+        if let Some(connection) = self.connection.take() {
+            tokio::spawn(run(connection));
+        }
+    }
+
+    /// A new endpoint connection, driven by this task until `detach`.
+    async fn open(&mut self, endpoint: &Endpoint) -> Result<SendRequest<Full<Bytes>>, UpstreamError> {
+        self.connection = None;
+        let (sender, connection) = connect(endpoint).await?;
+        self.connection = Some(connection);
+        Ok(sender)
+    }
 }
 
-async fn connect(endpoint: &Endpoint) -> Result<SendRequest<Full<Bytes>>, UpstreamError> {
+/// Polls `work` and, while it is pending, the endpoint connection; a connection that ends is
+/// dropped, which ends whatever `work` was waiting for from it.
+async fn drive<F: std::future::Future>(connection: &mut Option<EndpointConnection>, work: F) -> F::Output {
+    use std::future::Future;
+    use std::task::Poll;
+    let mut work = std::pin::pin!(work);
+    std::future::poll_fn(|cx| loop {
+        if let Poll::Ready(out) = work.as_mut().poll(cx) {
+            return Poll::Ready(out);
+        }
+        let Some(conn) = connection.as_mut() else { return Poll::Pending };
+        match std::pin::Pin::new(conn).poll(cx) {
+            Poll::Ready(result) => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "DynamoDB endpoint connection ended");
+                }
+                *connection = None;
+            }
+            Poll::Pending => return Poll::Pending,
+        }
+    })
+    .await
+}
+
+async fn run(connection: EndpointConnection) {
+    if let Err(e) = connection.await {
+        tracing::debug!(error = %e, "DynamoDB endpoint connection ended");
+    }
+}
+
+async fn connect(endpoint: &Endpoint) -> Result<(SendRequest<Full<Bytes>>, EndpointConnection), UpstreamError> {
     let tcp = connect_tcp(&endpoint.host, endpoint.port).await.map_err(|(addr, source)| UpstreamError::Connect { addr, source })?;
     let stream = match &endpoint.tls {
         Some(config) => tls_connect(config, &endpoint.server_name, tcp)
@@ -108,13 +179,7 @@ async fn connect(endpoint: &Endpoint) -> Result<SendRequest<Full<Bytes>>, Upstre
             .map_err(|e| UpstreamError::Tls(format!("{}: {e}", endpoint.server_name)))?,
         None => Stream::Plain(tcp),
     };
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "DynamoDB endpoint connection ended");
-        }
-    });
-    Ok(sender)
+    Ok(hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?)
 }
 
 /// Headers that describe one connection, not the message.

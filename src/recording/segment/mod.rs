@@ -17,10 +17,7 @@ use std::io;
 const LEVEL: i32 = 3;
 
 fn decompress(compressed: &[u8], raw_len: u32, dictionary: Option<&[u8]>) -> io::Result<Vec<u8>> {
-    let out = match dictionary {
-        Some(dict) => zstd::bulk::Decompressor::with_dictionary(dict)?.decompress(compressed, raw_len as usize)?,
-        None => zstd::bulk::decompress(compressed, raw_len as usize)?,
-    };
+    let out = super::decompress::decompress(compressed, raw_len as usize, dictionary.unwrap_or_default())?;
     if out.len() != raw_len as usize {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "a segment block decompressed to another size than recorded"));
     }
