@@ -187,7 +187,8 @@ fn rebuild_end_event(path: &std::path::Path, sid: &str) -> Option<serde_json::Va
     Some(Value::Object(end))
 }
 
-fn blank_summary(sid: &str, scan: &super::scan::ScanReport) -> SessionSummary {
+/// What the recording alone says of a session whose sidecar is missing.
+pub(super) fn blank_summary(sid: &str, scan: &super::scan::ScanReport) -> SessionSummary {
     let header = scan.header.clone();
     let field = |f: fn(&super::format::SessionHeader) -> &String| header.as_ref().map(f).cloned().unwrap_or_default();
     SessionSummary {

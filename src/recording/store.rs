@@ -271,10 +271,19 @@ impl RecordingStore {
         match read_json(&path) {
             Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => match self.packed(sid) {
                 Some(packed) => parse_json(&packed.summary, &packed.segment),
-                None => Err(StoreError::Io { path, source }),
+                None => self.summarize_unlisted(sid).ok_or(StoreError::Io { path, source }),
             },
             other => other,
         }
+    }
+
+    /// A live session's summary before the writer's first pass has written its sidecar:
+    /// read from the recording itself, which is a frame or two then.
+    fn summarize_unlisted(&self, sid: &str) -> Option<SessionSummary> {
+        let scan = super::scan::scan_recording(&self.recording_path(sid), sid).ok()?;
+        let mut summary = super::recover::blank_summary(sid, &scan);
+        summary.state = RecordingState::Live;
+        Some(summary)
     }
 
     pub fn write_manifest(&self, manifest: &Manifest) -> Result<(), StoreError> {
@@ -367,9 +376,11 @@ fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], path: &Path) -> Resu
 }
 
 /// Write to a temporary name, fsync, then rename: readers see the old or the new file, never half.
+/// The name is the process's own, so that two processes sharing the folder (a proxy and
+/// another's start-up recovery) never rename each other's half-written file.
 fn tmp_path(path: &Path) -> PathBuf {
     let mut tmp = path.as_os_str().to_os_string();
-    tmp.push(".tmp");
+    tmp.push(format!(".{}.tmp", std::process::id()));
     PathBuf::from(tmp)
 }
 

@@ -17,18 +17,17 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use super::format::{encode_frame, FrameKind, FrameSpec, SessionHeader, FILE_MAGIC};
-use super::store::{RecordingState, RecordingStore, StoreError};
+use super::store::{RecordingStore, StoreError};
 use crate::audit::{EventBody, EventNotes, SessionContext};
 use crate::signing::Signer;
 use crate::util::sync::lock;
 use buffer::{note_loss, push_event, take_frame};
-use seal::summary_of;
 use state::{Backlog, Control, FileIo, Inner, SessionState, Shared, Stats};
 use thread::writer_loop;
 
@@ -270,21 +269,13 @@ impl Recorder {
                 closing: false,
                 zstd_level: self.shared.config.zstd_level,
             }),
-            io: Mutex::new(Some(FileIo {
-                file,
-                len: bytes.len() as u64,
-                hasher,
-                dirty: true,
-                last_summary: Instant::now(),
-                summary_dirty: false,
-            })),
+            io: Mutex::new(Some(FileIo { file, len: bytes.len() as u64, hasher, dirty: true, last_summary: None, summary_dirty: true })),
             durable: watch::channel(Durability::default()).0,
         });
-        let summary = summary_of(&state, &lock(&state.inner), bytes.len() as u64, RecordingState::Live);
-        // Not fsynced: crash recovery rebuilds a missing or stale sidecar from the recording.
-        if let Err(e) = self.shared.store.refresh_summary(&summary) {
-            tracing::warn!(sid = %state.ctx.sid, error = %e, "cannot write the recording's sidecar");
-        }
+        // The live sidecar waits for the writer's next pass: a session that ends before then
+        // (most, in a connection storm) never has one, which saves it a file written,
+        // renamed and removed. Until then readers summarize the recording itself
+        // (`RecordingStore::read_summary`), and crash recovery rebuilds it as before.
         // The recording's name is as durable as its first frames: at once when every event
         // is fsynced, else with the next batch's fsync (a crash loses at most that batch,
         // as it does of any session's events).

@@ -58,6 +58,10 @@ pub(super) fn seal(shared: &Shared, session: &SessionState, packing: Option<u64>
     let now_ms = chrono::Utc::now().timestamp_millis();
     let mut final_state = if inner.failed.is_some() { RecordingState::Failed } else { RecordingState::Sealed };
     let mut len = 0;
+    // The recording stays locked until its last sidecar is written: a process sharing the
+    // folder that starts meanwhile then leaves the session alone, rather than rebuilding
+    // the sidecar it does not see yet.
+    let mut held = None;
     if io_guard.is_some() && super::counts_as_session(&session.ctx) {
         shared.metrics.session_sealed(session.ctx.database.protocol);
     }
@@ -140,7 +144,7 @@ pub(super) fn seal(shared: &Shared, session: &SessionState, packing: Option<u64>
                 final_state = RecordingState::Failed;
             }
         }
-        let _ = io.file.unlock();
+        held = Some(io.file);
     }
     let summary = summary_of(session, &inner, len, final_state);
     drop(inner);
@@ -149,6 +153,9 @@ pub(super) fn seal(shared: &Shared, session: &SessionState, packing: Option<u64>
     // `recover::resummarize_sealed`); a killed process loses nothing the kernel holds.
     if let Err(e) = shared.store.refresh_summary(&summary) {
         tracing::error!(sid = %sid, error = %e, "cannot write the final sidecar");
+    }
+    if let Some(file) = held {
+        let _ = file.unlock();
     }
     None
 }

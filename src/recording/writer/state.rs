@@ -105,7 +105,9 @@ pub(super) struct FileIo {
     pub(super) len: u64,
     pub(super) hasher: Sha256,
     pub(super) dirty: bool,
-    pub(super) last_summary: Instant,
+    /// When the sidecar was last written; `None` until the first, which waits for the
+    /// batch pass after the session opened.
+    pub(super) last_summary: Option<Instant>,
     pub(super) summary_dirty: bool,
 }
 

@@ -257,13 +257,19 @@ pub(super) fn fail_session(shared: &Shared, session: &SessionState, reason: Stri
 }
 
 pub(super) fn refresh_summary(shared: &Shared, session: &SessionState) {
+    let closing = lock(&session.inner).closing;
     let mut io_guard = lock(&session.io);
     let Some(io) = io_guard.as_mut() else { return };
-    if !io.summary_dirty || io.last_summary.elapsed() < SUMMARY_REFRESH {
+    let due = match io.last_summary {
+        // A session already closing is sealed (or packed) soon, sidecar and all.
+        None => !closing,
+        Some(last) => io.summary_dirty && last.elapsed() >= SUMMARY_REFRESH,
+    };
+    if !due {
         return;
     }
     io.summary_dirty = false;
-    io.last_summary = Instant::now();
+    io.last_summary = Some(Instant::now());
     let len = io.len;
     drop(io_guard);
     let summary = summary_of(session, &lock(&session.inner), len, RecordingState::Live);
