@@ -2,9 +2,12 @@
 //! connection, doing 80% `find_one` by a random `_id` among PRELOADED documents and 20%
 //! `insert_one`, for SECONDS. Prints `ops=<n> seconds=<s> p99_us=<p99>`. With `--storm`,
 //! each client opens a new driver client (its connections, handshake and login) for every
-//! operation, a `find_one`, and closes it: a connection storm.
+//! operation, a `find_one`, and closes it: a connection storm. `--create-user NAME PASSWORD`
+//! creates a root user on a server that does not require logins yet, for the bench's paths
+//! to log in as.
 //!
 //!   cargo run --release --example mongo_load -- URI CLIENTS SECONDS [--preload | --storm]
+//!   cargo run --release --example mongo_load -- URI 1 1 --create-user NAME PASSWORD
 
 use std::time::{Duration, Instant};
 
@@ -28,6 +31,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let seconds: u64 = args.get(3).map_or(Ok(10), |a| a.parse())?;
     let mut options = ClientOptions::parse(&uri).await?;
     options.max_pool_size = Some(1);
+    if let Some(at) = args.iter().position(|a| a == "--create-user") {
+        let (Some(name), Some(password)) = (args.get(at + 1), args.get(at + 2)) else {
+            return Err("--create-user needs NAME and PASSWORD".into());
+        };
+        let client = mongodb::Client::with_options(options.clone())?;
+        let roles = vec![doc! { "role": "root", "db": "admin" }];
+        client.database("admin").run_command(doc! { "createUser": name, "pwd": password, "roles": roles }).await?;
+        println!("created {name}");
+        return Ok(());
+    }
     if args.iter().any(|a| a == "--preload") {
         let client = mongodb::Client::with_options(options.clone())?;
         let coll = client.database("bench").collection::<Document>("items");

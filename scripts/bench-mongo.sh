@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # A mixed find/insert load (examples/mongo_load.rs on the Rust driver, CLIENTS connections)
 # through three paths, interleaved in one run, plaintext on every leg:
-#   direct    client ──> secantusd-rs
-#   haproxy   client ──(TCP passthrough)──> secantusd-rs
+#   direct    client ──(SCRAM login)──> secantusd-rs
+#   haproxy   client ──(TCP passthrough, SCRAM login)──> secantusd-rs
 #   dbtape    client ──> dbtape (SCRAM login, strict, batch fsync, recording every command
-#             and reply) ──> secantusd-rs
+#             and reply) ──(SCRAM login, salted password cached)──> secantusd-rs
 # secantusd-rs is the Rust MongoDB-compatible server (crates.io `secantus-mdb`), built once
 # into BENCH_CACHE (default ~/.cache/dbtape-bench): the Python server would hide the
 # proxy's cost. PROFILE=1 writes a perf profile of dbtape to target/perf-mongo.txt.
@@ -42,6 +42,13 @@ wait_port "$MONGO_PORT"
 HAPROXY_PORT=$(free_port)
 start_haproxy mongo "$HAPROXY_PORT" "$MONGO_PORT"
 
+# Every path logs in, as each new client of a server that requires logins must: the driver
+# runs SCRAM-SHA-256 with the server (direct, haproxy) or with dbtape, which logs in
+# upstream in turn with the password below. The server requires no login from clients
+# without credentials, which none of the bench's are.
+"$LOAD" "mongodb://127.0.0.1:$MONGO_PORT/?directConnection=true" 1 1 --create-user bench bench-password
+printf 'bench-password' > "$WORK/mongo-password"
+
 DBTAPE_PORT=$(free_port)
 VERIFIER=$(echo "bench-password" | "$BIN" user add bench --password-stdin | sed -n 's/^scram_verifier = //p')
 # WORKERS=n overrides [server] workers (0, the default, is one per CPU) for A/B runs;
@@ -63,7 +70,8 @@ upstream = "mongodb://127.0.0.1:$MONGO_PORT"
 [databases.upstream_tls]
 mode = "disable"
 [databases.auth]
-method = "none"
+method = "password"
+password = { file = "$WORK/mongo-password" }
 [[users]]
 name = "bench"
 scram_verifier = $VERIFIER
@@ -78,13 +86,13 @@ PIDS+=($DBTAPE_PID)
 wait_port "$DBTAPE_PORT"
 start_alt "$WORK/dbtape.toml" "$DBTAPE_PORT"
 
-DIRECT_URI="mongodb://127.0.0.1:$MONGO_PORT/?directConnection=true"
+DIRECT_URI="mongodb://bench:bench-password@127.0.0.1:$MONGO_PORT/bench?authSource=admin&directConnection=true"
 "$LOAD" "$DIRECT_URI" 1 1 --preload
 
 uri_of() {
     case $1 in
         direct) echo "$DIRECT_URI" ;;
-        haproxy) echo "mongodb://127.0.0.1:$HAPROXY_PORT/?directConnection=true" ;;
+        haproxy) echo "mongodb://bench:bench-password@127.0.0.1:$HAPROXY_PORT/bench?authSource=admin&directConnection=true" ;;
         dbtape) echo "mongodb://bench:bench-password@127.0.0.1:$DBTAPE_PORT/bench?authSource=admin&directConnection=true" ;;
         alt) echo "mongodb://bench:bench-password@127.0.0.1:$ALT_PORT/bench?authSource=admin&directConnection=true" ;;
     esac
@@ -101,8 +109,8 @@ pid_of() {
 load_of() { "$LOAD" "$(uri_of "$1")" "$CLIENTS" "$DURATION"; }
 
 # The connection storm first: STORM_ROUNDS (3) interleaved rounds of STORM_DURATION (8 s),
-# each operation on a new driver client (its own connections, handshake and, through
-# dbtape, SCRAM login). Its figures join the RESULT line below.
+# each operation on a new driver client (its own connections, handshake and SCRAM login;
+# through dbtape, its upstream login too). Its figures join the RESULT line below.
 storm_load() { "$LOAD" "$(uri_of "$1")" "$CLIENTS" "${STORM_DURATION:-8}" --storm; }
 storm_rounds ops "new clients/s" 1e3 ms/client storm_load direct haproxy dbtape
 RESULT_EXTRA=$(python3 - "$WORK/storm" <<'PY'
