@@ -351,6 +351,28 @@ fn always_fsync_waits_for_durability_and_shutdown_seals_open_sessions() {
     drop(log);
 }
 
+/// A session ended before the writer's first pass never has a live sidecar; until that
+/// pass, readers summarize it from the recording, and sealing leaves the final sidecar.
+#[test]
+fn a_session_is_listed_live_before_its_first_sidecar_and_sealed_after() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rec = recorder(tmp.path(), |c| c.batch_interval = std::time::Duration::from_secs(3600));
+    let ctx = context(Protocol::Postgres);
+    let (sid, user) = (ctx.sid.clone(), ctx.user.user.clone());
+    let log = rec.recorder.open(ctx).unwrap();
+    let store = rec.store();
+    assert!(!store.meta_path(&sid).exists(), "no sidecar before the writer's first pass");
+    let summaries = store.summaries().unwrap();
+    let live = summaries[0].as_ref().unwrap();
+    assert_eq!((live.sid.as_str(), live.state, live.user.as_str()), (sid.as_str(), RecordingState::Live, user.as_str()));
+    log.append(&query(1), 1_700_000_000_000).unwrap();
+    block_on(log.close()).unwrap();
+    assert!(store.meta_path(&sid).exists());
+    let sealed = store.read_summary(&sid).unwrap();
+    assert_eq!((sealed.state, sealed.queries), (RecordingState::Sealed, 1));
+    assert_eq!(verify_recording(&store, &sid, Some(&rec.public_key())).verdict, Verdict::Ok);
+}
+
 #[test]
 fn best_effort_mode_is_configurable_and_strict_is_default() {
     let cfg = dbtape::recording::RecorderConfig::new("x");

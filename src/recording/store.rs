@@ -283,6 +283,8 @@ impl RecordingStore {
         let scan = super::scan::scan_recording(&self.recording_path(sid), sid).ok()?;
         let mut summary = super::recover::blank_summary(sid, &scan);
         summary.state = RecordingState::Live;
+        // Whole frames only, as the writer counts them: a live upload sends no torn bytes.
+        summary.bytes = scan.valid_length;
         Some(summary)
     }
 
