@@ -362,12 +362,15 @@ fn a_session_is_listed_live_before_its_first_sidecar_and_sealed_after() {
     let log = rec.recorder.open(ctx).unwrap();
     let store = rec.store();
     assert!(!store.meta_path(&sid).exists(), "no sidecar before the writer's first pass");
+    let early = store.summary_stamp(&sid);
+    assert!(early.is_some(), "the console's catalogue lists the session from its recording meanwhile");
     let summaries = store.summaries().unwrap();
     let live = summaries[0].as_ref().unwrap();
     assert_eq!((live.sid.as_str(), live.state, live.user.as_str()), (sid.as_str(), RecordingState::Live, user.as_str()));
     log.append(&query(1), 1_700_000_000_000).unwrap();
     block_on(log.close()).unwrap();
     assert!(store.meta_path(&sid).exists());
+    assert_ne!(store.summary_stamp(&sid), early, "the sidecar's stamp replaces the recording's");
     let sealed = store.read_summary(&sid).unwrap();
     assert_eq!((sealed.state, sealed.queries), (RecordingState::Sealed, 1));
     assert_eq!(verify_recording(&store, &sid, Some(&rec.public_key())).verdict, Verdict::Ok);

@@ -207,13 +207,16 @@ impl RecordingStore {
         self.manifest_path(sid).exists() && !self.is_locked(sid)
     }
 
-    /// What changes whenever the session's sidecar does; fixed for a packed session, whose
-    /// sidecar never changes again.
+    /// What changes whenever the session's summary does: its sidecar's; fixed for a packed
+    /// session, whose sidecar never changes again; the recording's own for a session that
+    /// has no sidecar yet (its summary is read from the recording).
     pub fn summary_stamp(&self, sid: &str) -> Option<(i64, i64, u64)> {
         use std::os::unix::fs::MetadataExt;
+        let stamp = |meta: fs::Metadata| (meta.mtime(), meta.mtime_nsec(), meta.len());
         match fs::metadata(self.meta_path(sid)) {
-            Ok(meta) => Some((meta.mtime(), meta.mtime_nsec(), meta.len())),
-            Err(_) => self.is_packed(sid).then_some((0, 0, 0)),
+            Ok(meta) => Some(stamp(meta)),
+            Err(_) if self.is_packed(sid) => Some((0, 0, 0)),
+            Err(_) => fs::metadata(self.recording_path(sid)).ok().map(stamp),
         }
     }
 
