@@ -628,19 +628,13 @@ name = "closing"
 protocol = "dynamodb"
 listen = "127.0.0.1:0"
 upstream = "{relay}"
-[databases.auth]
-method = "aws_iam"
-[databases.aws]
-region = "us-east-1"
-account_id = "{account}"
-external_id = "ext-123"
-endpoint = "{aws}"
+{aws_auth}
 #alice#
 [[users.grants]]
 database = "closing"
 db_users = ["audit-target"]
 "#,
-        account = services.get("MOTO_ACCOUNT_ID"),
+        aws_auth = common::dynamo::aws_iam_auth(&services),
     );
     let mut proxy = DynamoProxy::start(&extra).await;
     let key = format!("{ALICE_KEY}@audit-target");

@@ -135,13 +135,7 @@ listen = "127.0.0.1:0"
 upstream = "{aws}"
 db_type = "dynamodb"
 {behind}
-[databases.auth]
-method = "aws_iam"
-[databases.aws]
-region = "us-east-1"
-account_id = "{account}"
-external_id = "ext-123"
-endpoint = "{aws}"
+{aws_auth}
 session_tags = {{ team = "audit" }}
 
 [[users]]
@@ -167,7 +161,7 @@ db_users = ["audit-target"]
         pg_port = services.get("PG_PORT"),
         mongo_port = services.get("MONGO_PORT"),
         aws = services.get("AWS_ENDPOINT"),
-        account = services.get("MOTO_ACCOUNT_ID"),
+        aws_auth = common::dynamo::aws_iam_auth(services),
         alice = verifier(ALICE_PASSWORD),
     )
 }

@@ -23,6 +23,16 @@ pub struct DynamoProxy {
     server: Running,
 }
 
+/// A DynamoDB database's upstream login: roles assumed in moto's account with external ID
+/// ext-123, through the services' AWS endpoint.
+pub fn aws_iam_auth(services: &Services) -> String {
+    format!(
+        "[databases.auth]\nmethod = \"aws_iam\"\n[databases.aws]\nregion = \"us-east-1\"\naccount_id = \"{}\"\nexternal_id = \"ext-123\"\nendpoint = \"{}\"",
+        services.get("MOTO_ACCOUNT_ID"),
+        services.get("AWS_ENDPOINT"),
+    )
+}
+
 impl DynamoProxy {
     /// dbtape with database `ddb` (roles audit-target and audit-reader, external ID ext-123,
     /// a session tag) and whatever `extra` adds (more `[[databases]]`, grants for them).
@@ -44,13 +54,7 @@ db_type = "dynamodb"
 mode = "optional"
 cert = "{certs}/server.crt"
 key = "{certs}/server.key"
-[databases.auth]
-method = "aws_iam"
-[databases.aws]
-region = "us-east-1"
-account_id = "{account}"
-external_id = "ext-123"
-endpoint = "{aws}"
+{aws_auth}
 session_tags = {{ team = "audit" }}
 {extra}
 [[users]]
@@ -70,8 +74,8 @@ database = "ddb"
 db_users = ["audit-target"]
 "#,
             preamble = super::test_server_toml(root.path()),
+            aws_auth = aws_iam_auth(&services),
             aws = services.get("AWS_ENDPOINT"),
-            account = services.get("MOTO_ACCOUNT_ID"),
             certs = services.get("CERTS"),
             extra = extra.split("#alice#").next().unwrap_or_default(),
             alice_extra = extra.split("#alice#").nth(1).unwrap_or_default(),
