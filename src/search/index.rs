@@ -234,16 +234,9 @@ impl SearchIndex {
     /// Sealed (or recovered) recordings the index does not cover yet.
     pub fn missing(&self, store: &RecordingStore) -> Result<Vec<String>, IndexError> {
         let covered = self.covered()?.into_keys().collect();
-        let mut missing = self.unindexed(store, &covered);
+        let mut missing = indexable(store, &covered);
         missing.sort();
         Ok(missing)
-    }
-
-    /// As `missing`, in the store's order: packed sessions come block by block, so that
-    /// indexing them decompresses each block once, not once per session.
-    fn unindexed(&self, store: &RecordingStore, covered: &HashSet<String>) -> Vec<String> {
-        let sids = store.session_ids().unwrap_or_default();
-        sids.into_iter().filter(|sid| !covered.contains(sid) && store.is_sealed_at_rest(sid)).collect()
     }
 
     /// How many recordings the index holds, counted from its postings alone.
@@ -273,7 +266,7 @@ impl SearchIndex {
             covered.recordings = (sids.len() == held).then_some(held);
             covered.sids = sids;
         }
-        let missing = self.unindexed(store, &covered.sids);
+        let missing = indexable(store, &covered.sids);
         let events = self.add(store, &missing)?;
         let now = self.recordings_held()?;
         if covered.recordings.is_some_and(|before| now == before + missing.len()) {
@@ -321,7 +314,7 @@ impl SearchIndex {
             writer.commit().map_err(|e| self.error(e))?;
         }
         self.refresh()?;
-        let mut sids = indexable(store);
+        let mut sids = indexable(store, &HashSet::new());
         sids.sort();
         let events = self.add(store, &sids)?;
         Ok((sids.len(), events))
@@ -413,9 +406,13 @@ impl SearchIndex {
     }
 }
 
-/// Recordings an index takes: sealed or recovered, that is, with a signed manifest.
-fn indexable(store: &RecordingStore) -> Vec<String> {
-    store.session_ids().unwrap_or_default().into_iter().filter(|sid| store.is_sealed_at_rest(sid)).collect()
+/// Recordings an index takes (sealed or recovered, that is, with a signed manifest) other
+/// than those in `covered`, which are skipped before any file of theirs is looked at. In the
+/// store's order: packed sessions come block by block, so that indexing them decompresses
+/// each block once, not once per session.
+fn indexable(store: &RecordingStore, covered: &HashSet<String>) -> Vec<String> {
+    let sids = store.session_ids().unwrap_or_default();
+    sids.into_iter().filter(|sid| !covered.contains(sid) && store.is_sealed_at_rest(sid)).collect()
 }
 
 /// What an indexer knows the index covers, between its passes (`catch_up_with`).
