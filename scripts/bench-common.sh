@@ -190,8 +190,15 @@ storm_rounds() {
                 perf record -F 999 -g -p "$pid" -o "$ROOT/target/perf-storm-$round.data" -- sleep "${STORM_DURATION:-8}" >/dev/null 2>&1 &
                 perf=$!
             fi
+            # SYSCALLS=1: strace's syscall counts of each proxy through its storm rounds.
+            local tracer=
+            if [[ -n $pid && -n ${SYSCALLS:-} ]]; then
+                strace -c -f -p "$pid" -o "$ROOT/target/strace-storm-$path-$round.txt" &
+                tracer=$!
+            fi
             out=$("$runner" "$path")
             [[ -n $perf ]] && wait "$perf"
+            [[ -n $tracer ]] && { kill -INT "$tracer"; wait "$tracer" || true; }
             n=$(sed -n "s/.*$key=\([0-9]*\).*/\1/p" <<< "$out")
             secs=$(sed -n 's/.*seconds=\([0-9.]*\).*/\1/p' <<< "$out")
             [[ -n $pid ]] && cpu=$(python3 -c "print(($(cpu_ticks "$pid") - $before) * $scale / $(getconf CLK_TCK) / $n)")

@@ -255,3 +255,32 @@ fn the_background_indexer_takes_each_sealed_session_once_and_sees_other_writers(
     assert_eq!(indexer.pass(&store), Pass::Idle, "the other indexer's cache sees both writers' work");
     rec.recorder.shutdown();
 }
+
+/// A short session that outlived the writer's first pass has a live sidecar; once packed,
+/// its recording and that sidecar both go. (One that ended before has no sidecar to remove.)
+#[test]
+fn a_packed_session_leaves_no_file_of_its_own_whether_or_not_it_had_a_sidecar() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rec = recorder(tmp.path(), packing(64 * 1024));
+    let ctx = context(Protocol::Postgres);
+    let sid = ctx.sid.clone();
+    let log = rec.recorder.open(ctx).unwrap();
+    log.append(&EventBody::Query { query: "SELECT pg_sleep(3)".into(), parameters: vec![], db_name: None }, 1_790_000_000_000).unwrap();
+    let sidecar = rec.dir.join(format!("{sid}.meta.json"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !sidecar.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(sidecar.exists(), "the writer's pass writes a live session's sidecar");
+    block_on(log.close()).unwrap();
+    let quick = short_session(&rec, "SELECT 1;");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while [&sid, &quick].iter().any(|s| !own_files(&rec.dir, s).is_empty()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for s in [&sid, &quick] {
+        assert_eq!(own_files(&rec.dir, s), Vec::<String>::new(), "{s}");
+        assert_eq!(rec.store().read_summary(s).unwrap().state, RecordingState::Sealed);
+    }
+    rec.recorder.shutdown();
+}

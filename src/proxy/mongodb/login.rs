@@ -442,9 +442,10 @@ async fn cached_hello(state: &DbState) -> Result<RawDocumentBuf, UpstreamError> 
 /// Serves a driver's monitoring connection: hellos only, awaitable ones held up to 10 s.
 pub async fn serve_monitor(client: &mut Stream, login: &Login<'_>, shutdown: &tokio_util::sync::CancellationToken) {
     let Some(_slot) = MonitorSlot::take(login) else { return };
+    let mut client = tokio::io::BufReader::new(client);
     loop {
         let next = tokio::select! {
-            m = tokio::time::timeout(MAX_AWAIT * 6, read_message(client, MAX_LOGIN_MESSAGE)) => m,
+            m = tokio::time::timeout(MAX_AWAIT * 6, read_message(&mut client, MAX_LOGIN_MESSAGE)) => m,
             () = shutdown.cancelled() => break,
         };
         let Ok(Ok(msg)) = next else { break };
@@ -453,8 +454,11 @@ pub async fn serve_monitor(client: &mut Stream, login: &Login<'_>, shutdown: &to
             let wait = request.body().get("maxAwaitTimeMS").ok().flatten().and_then(|v| commands::number(Some(v)));
             if let (Some(ms), true) = (wait, request.body().get("topologyVersion").ok().flatten().is_some()) {
                 let wait = Duration::from_millis(ms.max(0.0) as u64).min(MAX_AWAIT);
+                // A driver closes its monitor as its client shuts down, often in the middle
+                // of this wait: seen at once, the monitor's place is free for the next one.
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
+                    open = still_open(&mut client) => if !open { break },
                     () = shutdown.cancelled() => break,
                 }
             }
@@ -464,10 +468,17 @@ pub async fn serve_monitor(client: &mut Stream, login: &Login<'_>, shutdown: &to
         } else {
             error_reply(UNAUTHORIZED.0, UNAUTHORIZED.1, &format!("command {} requires authentication", request.name()))
         };
-        if !send(client, &reply_bytes(&msg, &request, &reply)).await {
+        if !send(&mut client, &reply_bytes(&msg, &request, &reply)).await {
             break;
         }
     }
+}
+
+/// Waits until the client sends more or closes; says which. Cancel-safe: bytes that come
+/// stay buffered for the next `read_message`.
+async fn still_open<R: tokio::io::AsyncBufRead + Unpin>(client: &mut R) -> bool {
+    use tokio::io::AsyncBufReadExt;
+    matches!(client.fill_buf().await, Ok(bytes) if !bytes.is_empty())
 }
 
 /// A monitoring connection's place, within `server.max_pending_logins` per listener and

@@ -46,6 +46,9 @@ pub(super) struct ToPack {
     file: std::fs::File,
     manifest: Manifest,
     summary: SessionSummary,
+    /// Whether a live sidecar was written: most short sessions end before the writer's
+    /// first pass, so have none to remove.
+    has_sidecar: bool,
 }
 
 /// Writes the trailer, fsyncs, signs the manifest and writes the final sidecar; or, for a
@@ -127,7 +130,8 @@ pub(super) fn seal(shared: &Shared, session: &SessionState, packing: Option<u64>
                     // The file stays locked until it is packed and removed, so that crash
                     // recovery in another process sharing the folder leaves it alone.
                     let summary = summary_of(session, &inner, io.len, final_state);
-                    return Some(ToPack { sid, file: io.file, manifest: manifest.clone(), summary });
+                    let has_sidecar = io.last_summary.is_some();
+                    return Some(ToPack { sid, file: io.file, manifest: manifest.clone(), summary, has_sidecar });
                 }
                 match signed.and_then(|m| shared.store.write_manifest(&m).map_err(|e| e.to_string())) {
                     Ok(()) => {}
@@ -199,7 +203,8 @@ pub(super) fn pack(shared: &Shared, sessions: Vec<ToPack>) -> bool {
             for (item, _) in &ready {
                 // Not fsynced: a removal the disk lost leaves both copies, and start-up
                 // recovery removes the session's own files again.
-                for path in [store.recording_path(&item.sid), store.meta_path(&item.sid)] {
+                let sidecar = item.has_sidecar.then(|| store.meta_path(&item.sid));
+                for path in std::iter::once(store.recording_path(&item.sid)).chain(sidecar) {
                     if let Err(e) = std::fs::remove_file(&path) {
                         tracing::warn!(sid = %item.sid, path = %path.display(), error = %e, "cannot remove a packed session's own file");
                     }
