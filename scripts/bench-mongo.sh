@@ -112,13 +112,16 @@ load_of() { "$LOAD" "$(uri_of "$1")" "$CLIENTS" "$DURATION"; }
 # each operation on a new driver client (its own connections, handshake and SCRAM login;
 # through dbtape, its upstream login too). Its figures join the RESULT line below.
 storm_load() { "$LOAD" "$(uri_of "$1")" "$CLIENTS" "${STORM_DURATION:-8}" --storm; }
-storm_rounds ops "new clients/s" 1e3 ms/client storm_load direct haproxy dbtape
+STORM_PATHS=(direct haproxy dbtape)
+[[ -n ${ALT_PORT:-} ]] && STORM_PATHS+=(alt)
+storm_rounds ops "new clients/s" 1e3 ms/client storm_load "${STORM_PATHS[@]}"
 RESULT_EXTRA=$(python3 - "$WORK/storm" <<'PY'
 import statistics, sys
 rows = [line.split() for line in open(sys.argv[1])]
 mean = lambda p, c: statistics.mean(float(r[c]) for r in rows if r[0] == p and len(r) > c)
 print(f"storm_direct_cps={mean('direct', 1):.0f} storm_haproxy_cps={mean('haproxy', 1):.0f} storm_dbtape_cps={mean('dbtape', 1):.0f} "
-      f"storm_dbtape_cpu_ms={mean('dbtape', 2):.2f} storm_haproxy_cpu_ms={mean('haproxy', 2):.2f}")
+      f"storm_dbtape_cpu_ms={mean('dbtape', 2):.2f} storm_haproxy_cpu_ms={mean('haproxy', 2):.2f}"
+      + (f" storm_alt_cps={mean('alt', 1):.0f} storm_alt_cpu_ms={mean('alt', 2):.2f}" if any(r[0] == 'alt' for r in rows) else ""))
 PY
 )
 echo "   storm: $RESULT_EXTRA"

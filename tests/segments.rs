@@ -256,7 +256,7 @@ fn the_background_indexer_takes_each_sealed_session_once_and_sees_other_writers(
     rec.recorder.shutdown();
 }
 
-/// A short session that outlived the writer's first pass has a live sidecar; once packed,
+/// A short session that lived past its first second has a live sidecar; once packed,
 /// its recording and that sidecar both go. (One that ended before has no sidecar to remove.)
 #[test]
 fn a_packed_session_leaves_no_file_of_its_own_whether_or_not_it_had_a_sidecar() {

@@ -280,7 +280,7 @@ impl RecordingStore {
         }
     }
 
-    /// A live session's summary before the writer's first pass has written its sidecar:
+    /// A live session's summary before the writer has written its first sidecar:
     /// read from the recording itself, which is a frame or two then.
     fn summarize_unlisted(&self, sid: &str) -> Option<SessionSummary> {
         let scan = super::scan::scan_recording(&self.recording_path(sid), sid).ok()?;

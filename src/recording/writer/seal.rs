@@ -46,8 +46,8 @@ pub(super) struct ToPack {
     file: std::fs::File,
     manifest: Manifest,
     summary: SessionSummary,
-    /// Whether a live sidecar was written: most short sessions end before the writer's
-    /// first pass, so have none to remove.
+    /// Whether a live sidecar was written: a session shorter than a second has none to
+    /// remove.
     has_sidecar: bool,
 }
 

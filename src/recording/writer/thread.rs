@@ -15,6 +15,11 @@ use crate::recording::store::RecordingState;
 use crate::util::sync::lock;
 
 const SUMMARY_REFRESH: Duration = Duration::from_secs(2);
+/// A session's first live sidecar waits until it is this old. Most sessions of a connection
+/// storm last a few milliseconds, which many writer passes would otherwise catch alive:
+/// each would cost a file created, renamed and removed. Readers summarize a younger
+/// session from its recording, a frame or two long.
+const FIRST_SIDECAR_AFTER: i64 = 1_000;
 
 pub(super) fn writer_loop(shared: &Shared) {
     let config = &shared.config;
@@ -262,7 +267,7 @@ pub(super) fn refresh_summary(shared: &Shared, session: &SessionState) {
     let Some(io) = io_guard.as_mut() else { return };
     let due = match io.last_summary {
         // A session already closing is sealed (or packed) soon, sidecar and all.
-        None => !closing,
+        None => !closing && chrono::Utc::now().timestamp_millis() - session.start_ms >= FIRST_SIDECAR_AFTER,
         Some(last) => io.summary_dirty && last.elapsed() >= SUMMARY_REFRESH,
     };
     if !due {
