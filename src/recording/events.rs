@@ -71,7 +71,7 @@ pub struct EventStream {
 impl EventStream {
     pub fn open(store: &RecordingStore, sid: &str, follow: bool) -> std::io::Result<Self> {
         let file = store.open_recording(sid)?;
-        let reader = FrameReader::new(BufReader::with_capacity(256 * 1024, file), sid)?;
+        let reader = FrameReader::new(BufReader::with_capacity(file.read_buffer_size(), file), sid)?;
         let probe = store.clone();
         let owned_sid = sid.to_string();
         let rebuilt_end = store.read_manifest(sid).ok().flatten().and_then(|m| m.body.rebuilt_end).and_then(|event| {
@@ -91,7 +91,7 @@ impl EventStream {
 
     pub fn open_path(path: &Path, sid: &str) -> std::io::Result<Self> {
         let file = RecordingFile::File(File::open(path)?);
-        let reader = FrameReader::new(BufReader::with_capacity(256 * 1024, file), sid)?;
+        let reader = FrameReader::new(BufReader::with_capacity(file.read_buffer_size(), file), sid)?;
         Ok(EventStream { reader, follow: false, is_live: Box::new(|| false), header: None, expanded: Vec::new(), rebuilt_end: None })
     }
 
