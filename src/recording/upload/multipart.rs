@@ -33,9 +33,12 @@ impl Uploader {
         let mut cp = self.checkpoint_for(sid, &path, &key, on_disk).await?;
         if cp.parts.is_empty() {
             // The sidecar goes up with the first part, so that a reviewer can list the
-            // session even if this host never comes back.
+            // session even if this host never comes back. It is the summary just read: a
+            // session younger than a second has no sidecar file yet.
             let meta_key = format!("{}{}", self.key_base(sid, summary.start_ms), crate::recording::store::META_SUFFIX);
-            self.put(&meta_key, super::read_file(&self.store.meta_path(sid))?, "application/json").await?;
+            let meta = serde_json::to_vec_pretty(&summary)
+                .map_err(|e| StoreError::Parse { path: self.store.meta_path(sid), reason: e.to_string() })?;
+            self.put(&meta_key, meta, "application/json").await?;
         }
         while cp.sent() + part_size <= stable {
             self.send_part(sid, &path, &mut cp, part_size).await?;
