@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::mongo::{brief, MongoProxy};
+use common::mongo::{brief, raw, MongoProxy};
 use common::proxy::ALICE_PASSWORD;
 
 const CRUD: &str = r#"
@@ -438,31 +438,6 @@ else:
     proxy.stop().await;
 }
 
-/// An OP_MSG request carrying `body`.
-fn op_msg(body: &bson::Document) -> Vec<u8> {
-    let mut doc = Vec::new();
-    body.to_writer(&mut doc).unwrap();
-    let len = 16 + 4 + 1 + doc.len();
-    let mut msg = Vec::with_capacity(len);
-    for field in [len as i32, 7, 0, 2013] {
-        msg.extend_from_slice(&field.to_le_bytes());
-    }
-    msg.extend_from_slice(&[0, 0, 0, 0, 0]);
-    msg.extend_from_slice(&doc);
-    msg
-}
-
-/// One OP_MSG command on a raw socket, and its reply's body.
-async fn raw_command(stream: &mut tokio::net::TcpStream, body: &bson::Document) -> Option<bson::Document> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    stream.write_all(&op_msg(body)).await.ok()?;
-    let mut head = [0u8; 16];
-    stream.read_exact(&mut head).await.ok()?;
-    let mut reply = vec![0u8; i32::from_le_bytes(head[..4].try_into().unwrap()) as usize - 16];
-    stream.read_exact(&mut reply).await.ok()?;
-    bson::Document::from_reader(&reply[5..]).ok()
-}
-
 /// Many short-lived driver clients (scripts, serverless functions) each open monitoring
 /// connections and close them while dbtape holds an awaitable hello. Each must give back its
 /// place (`server.max_pending_logins_per_source`, 64 by default) as it closes, not when the
@@ -470,20 +445,20 @@ async fn raw_command(stream: &mut tokio::net::TcpStream, body: &bson::Document) 
 /// and they reconnect over and over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_monitor_that_closes_during_an_awaitable_hello_frees_its_place_at_once() {
-    use bson::doc;
+    use mongodb::bson::doc;
     let mut proxy = MongoProxy::start().await;
     // A monitor: hello, then a second hello (the proxy takes it for a monitor).
     let monitor = || async {
         let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-        let first = raw_command(&mut s, &doc! { "hello": 1, "$db": "admin" }).await.expect("first hello");
-        raw_command(&mut s, &doc! { "hello": 1, "$db": "admin" }).await.map(|_| (s, first))
+        let first = raw::command(&mut s, &doc! { "hello": 1, "$db": "admin" }).await.expect("first hello");
+        raw::command(&mut s, &doc! { "hello": 1, "$db": "admin" }).await.map(|_| (s, first))
     };
     for _ in 0..80 {
         let (mut s, first) = monitor().await.expect("a monitor's second hello");
         let topology = first.get_document("topologyVersion").expect("the server has a topologyVersion").clone();
         // The proxy holds this one for up to 10 s; the monitor closes meanwhile.
         let awaitable = doc! { "hello": 1, "topologyVersion": topology, "maxAwaitTimeMS": 10_000i64, "$db": "admin" };
-        tokio::io::AsyncWriteExt::write_all(&mut s, &op_msg(&awaitable)).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut s, &raw::op_msg(8, 0, &awaitable)).await.unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         drop(s);
     }
@@ -492,7 +467,7 @@ async fn a_monitor_that_closes_during_an_awaitable_hello_frees_its_place_at_once
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
     let served = loop {
         let served = match monitor().await {
-            Some((mut s, _)) => raw_command(&mut s, &doc! { "hello": 1, "$db": "admin" }).await.is_some(),
+            Some((mut s, _)) => raw::command(&mut s, &doc! { "hello": 1, "$db": "admin" }).await.is_some(),
             None => false,
         };
         if served || tokio::time::Instant::now() > deadline {

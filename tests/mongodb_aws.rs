@@ -24,26 +24,13 @@ struct Seen {
 }
 
 async fn read_msg<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Option<(i32, Document)> {
-    let mut head = [0u8; 16];
-    s.read_exact(&mut head).await.ok()?;
-    let len = i32::from_le_bytes(head[0..4].try_into().unwrap()) as usize;
-    let request_id = i32::from_le_bytes(head[4..8].try_into().unwrap());
-    assert_eq!(i32::from_le_bytes(head[12..16].try_into().unwrap()), 2013, "the proxy speaks OP_MSG upstream");
-    let mut body = vec![0u8; len - 16];
-    s.read_exact(&mut body).await.ok()?;
-    assert_eq!(body[4], 0, "kind-0 section first");
-    Some((request_id, Document::from_reader(&body[5..]).unwrap()))
+    let (request_id, op_code, doc) = common::mongo::raw::read(s).await?;
+    assert_eq!(op_code, common::mongo::raw::OP_MSG, "the proxy speaks OP_MSG upstream");
+    Some((request_id, doc))
 }
 
 async fn reply<S: tokio::io::AsyncWrite + Unpin>(s: &mut S, to: i32, doc: Document) {
-    let mut body = vec![0, 0, 0, 0, 0];
-    doc.to_writer(&mut body).unwrap();
-    let mut out = ((16 + body.len()) as i32).to_le_bytes().to_vec();
-    out.extend_from_slice(&7i32.to_le_bytes());
-    out.extend_from_slice(&to.to_le_bytes());
-    out.extend_from_slice(&2013i32.to_le_bytes());
-    out.extend_from_slice(&body);
-    s.write_all(&out).await.unwrap();
+    s.write_all(&common::mongo::raw::op_msg(7, to, &doc)).await.unwrap();
 }
 
 fn binary(doc: &Document, key: &str) -> Vec<u8> {

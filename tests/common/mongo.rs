@@ -138,3 +138,41 @@ pub fn brief(event: &serde_json::Value) -> String {
         other => other.to_string(),
     }
 }
+
+/// Raw OP_MSG on a socket, for tests that play a driver or a server by hand: one kind-0
+/// section, as drivers and servers send.
+pub mod raw {
+    use mongodb::bson::Document;
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+    pub const OP_MSG: i32 = 2013;
+
+    /// An OP_MSG message carrying `doc`.
+    pub fn op_msg(request_id: i32, response_to: i32, doc: &Document) -> Vec<u8> {
+        let mut body = vec![0, 0, 0, 0, 0];
+        doc.to_writer(&mut body).unwrap();
+        let mut out = Vec::with_capacity(16 + body.len());
+        for field in [(16 + body.len()) as i32, request_id, response_to, OP_MSG] {
+            out.extend_from_slice(&field.to_le_bytes());
+        }
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// The next message: its request id, opcode and first section's document.
+    pub async fn read<S: AsyncRead + Unpin>(s: &mut S) -> Option<(i32, i32, Document)> {
+        let mut head = [0u8; 16];
+        s.read_exact(&mut head).await.ok()?;
+        let field = |i: usize| i32::from_le_bytes(head[i..i + 4].try_into().unwrap());
+        let mut body = vec![0u8; field(0) as usize - 16];
+        s.read_exact(&mut body).await.ok()?;
+        assert_eq!(body[4], 0, "kind-0 section first");
+        Some((field(4), field(12), Document::from_reader(&body[5..]).unwrap()))
+    }
+
+    /// Sends `doc` as a command and returns the reply's document.
+    pub async fn command<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, doc: &Document) -> Option<Document> {
+        s.write_all(&op_msg(7, 0, doc)).await.ok()?;
+        read(s).await.map(|(_, _, reply)| reply)
+    }
+}
