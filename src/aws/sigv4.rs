@@ -5,11 +5,11 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::SystemTime;
 
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-use crate::util::hex::hex;
 use crate::util::sync::lock;
 
 /// More distinct (secret, day, region, service) than a proxy meets in a day; past it the
@@ -91,10 +91,13 @@ pub fn canonical(request: &Request<'_>) -> (String, String) {
     let mut headers = request.headers.to_vec();
     // Stable: repeated names keep their order, and their values are joined with ','.
     headers.sort_by(|a, b| a.0.cmp(b.0));
-    let mut canonical = String::with_capacity(256);
+    // Sized once: a session token alone is often longer than a kilobyte.
+    let size =
+        request.method.len() + request.payload_sha256.len() + 8 + headers.iter().map(|(n, v)| 2 * n.len() + v.len() + 2).sum::<usize>();
+    let mut canonical = String::with_capacity(size);
     canonical.push_str(request.method);
     canonical.push_str("\n/\n\n");
-    let mut signed = String::with_capacity(96);
+    let mut signed = String::with_capacity(headers.iter().map(|(n, _)| n.len() + 1).sum());
     let mut previous: Option<&str> = None;
     for (name, value) in &headers {
         if previous == Some(name) {
@@ -118,27 +121,110 @@ pub fn canonical(request: &Request<'_>) -> (String, String) {
     (canonical, signed)
 }
 
-/// The hex signature of `canonical_request` at `amz_date` (`YYYYMMDDTHHMMSSZ`).
+/// The hex signature of `canonical_request` at `amz_date` (`YYYYMMDDTHHMMSSZ`). The string
+/// to sign goes into the HMAC in pieces: this runs twice per DynamoDB request.
 pub fn signature(key: &[u8; 32], amz_date: &str, region: &str, service: &str, canonical_request: &str) -> String {
     let date = amz_date.get(..8).unwrap_or_default();
-    let string_to_sign = format!(
-        "AWS4-HMAC-SHA256\n{amz_date}\n{date}/{region}/{service}/aws4_request\n{}",
-        hex(&Sha256::digest(canonical_request.as_bytes()))
-    );
-    hex(&hmac(key, string_to_sign.as_bytes()))
+    let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(key) else { return String::new() };
+    for piece in ["AWS4-HMAC-SHA256\n", amz_date, "\n", date, "/", region, "/", service, "/aws4_request\n"] {
+        mac.update(piece.as_bytes());
+    }
+    let digest = Sha256::digest(canonical_request.as_bytes());
+    let mut digest_hex = [0u8; 64];
+    hex_into(&digest, &mut digest_hex);
+    mac.update(&digest_hex);
+    let mut signature = [0u8; 64];
+    hex_into(&mac.finalize().into_bytes(), &mut signature);
+    String::from_utf8_lossy(&signature).into_owned()
+}
+
+/// Lower-case hex of 32 bytes, without allocating.
+fn hex_into(bytes: &[u8], out: &mut [u8; 64]) {
+    for (pair, &b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair.copy_from_slice(&crate::util::hex::hex_byte(b));
+    }
 }
 
 /// The Authorization header for a signature.
 pub fn authorization(access_key_id: &str, amz_date: &str, region: &str, service: &str, signed_headers: &str, signature: &str) -> String {
     let date = amz_date.get(..8).unwrap_or_default();
-    format!(
-        "AWS4-HMAC-SHA256 Credential={access_key_id}/{date}/{region}/{service}/aws4_request, SignedHeaders={signed_headers}, Signature={signature}"
-    )
+    let pieces = [
+        "AWS4-HMAC-SHA256 Credential=",
+        access_key_id,
+        "/",
+        date,
+        "/",
+        region,
+        "/",
+        service,
+        "/aws4_request, SignedHeaders=",
+        signed_headers,
+        ", Signature=",
+        signature,
+    ];
+    let mut out = String::with_capacity(pieces.iter().map(|p| p.len()).sum());
+    pieces.iter().for_each(|p| out.push_str(p));
+    out
+}
+
+/// `X-Amz-Date`'s form of `time`: `YYYYMMDDTHHMMSSZ`, UTC.
+pub fn amz_date(time: SystemTime) -> String {
+    let secs = time.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let secs = i64::try_from(secs).unwrap_or(i64::MAX);
+    let (days, second_of_day) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (year, month, day) = crate::audit::time::civil_from_days(days);
+    let mut out = *b"00000000T000000Z";
+    let mut put = |at: usize, value: i64, width: usize| {
+        let mut v = value;
+        for slot in out[at..at + width].iter_mut().rev() {
+            *slot = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, year.clamp(0, 9999), 4);
+    put(4, month, 2);
+    put(6, day, 2);
+    put(9, second_of_day / 3600, 2);
+    put(11, second_of_day % 3600 / 60, 2);
+    put(13, second_of_day % 60, 2);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Parses `X-Amz-Date` (`20261126T205342Z`): a real UTC date and time in exactly that form.
+pub fn parse_amz_date(text: &str) -> Option<SystemTime> {
+    let b = text.as_bytes();
+    let digits = |range: std::ops::Range<usize>| -> Option<i64> {
+        let part = b.get(range)?;
+        part.iter().all(u8::is_ascii_digit).then(|| part.iter().fold(0i64, |n, d| n * 10 + i64::from(d - b'0')))
+    };
+    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
+        return None;
+    }
+    let (year, month, day) = (digits(0..4)?, digits(4..6)?, digits(6..8)?);
+    let (hour, minute, second) = (digits(9..11)?, digits(11..13)?, digits(13..15)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    let secs = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second;
+    let time = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(secs).ok()?);
+    // A day past its month's end (20260230) comes back as another date: refused.
+    (amz_date(time) == text).then_some(time)
+}
+
+/// Howard Hinnant's civil-to-days: days from 1970-01-01 to a proleptic Gregorian date.
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let yoe = year.rem_euclid(400);
+    let doy = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::util::hex::hex;
 
     #[test]
     fn trim_all_matches_sigv4s_rule() {
@@ -163,6 +249,34 @@ mod tests {
             assert_ne!(other, a);
         }
         assert_eq!(lock(&keys.keys).len(), 5);
+    }
+
+    #[test]
+    fn amz_dates_round_trip_and_impossible_ones_are_refused() {
+        use chrono::{DateTime, Utc};
+        for secs in [0u64, 59, 86_399, 951_782_400, 1_796_000_123, 4_102_444_799] {
+            let time = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+            let text = amz_date(time);
+            assert_eq!(text, DateTime::<Utc>::from(time).format("%Y%m%dT%H%M%SZ").to_string());
+            assert_eq!(parse_amz_date(&text), Some(time), "{text}");
+        }
+        for bad in [
+            "20260230T000000Z",
+            "20261301T000000Z",
+            "20261204T240000Z",
+            "20261204T236000Z",
+            "20261204T000060Z",
+            "2026120 T000000Z",
+            "20261204 000000Z",
+            "20261204T000000",
+            "20261204T000000z",
+            "+2026120T000000Z",
+            "20261204T00000Z",
+            "",
+        ] {
+            assert_eq!(parse_amz_date(bad), None, "{bad}");
+        }
+        assert!(parse_amz_date("20240229T235959Z").is_some());
     }
 
     /// AWS's published example key (the IAM documentation's "Deriving the signing key").

@@ -102,9 +102,7 @@ pub fn payload_sha256(body: &[u8]) -> String {
 
 /// Parses `X-Amz-Date` (`20261126T205342Z`).
 pub fn parse_amz_date(text: &str) -> Option<SystemTime> {
-    let t = chrono::NaiveDateTime::parse_from_str(text, "%Y%m%dT%H%M%SZ").ok()?.and_utc();
-    let secs = u64::try_from(t.timestamp()).ok()?;
-    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+    super::sigv4::parse_amz_date(text)
 }
 
 /// Checks `request` was signed by `secret` (the secret of `auth.access_key_id`) within the
@@ -186,7 +184,12 @@ fn verify_cached(
         super::sigv4::canonical(&super::sigv4::Request { method: request.method, headers: signed, payload_sha256: request.payload_sha256 });
     let key = keys.get(secret, auth.date, auth.region, auth.service);
     let signature = super::sigv4::signature(&key, amz_date, auth.region, auth.service, &canonical);
-    constant_time_eq(signature.as_bytes(), auth.signature.to_ascii_lowercase().as_bytes())
+    constant_time_eq_lowercased(signature.as_bytes(), auth.signature.as_bytes())
+}
+
+/// As `constant_time_eq` with `b` lower-cased (a client may send its hex in upper case).
+fn constant_time_eq_lowercased(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y.to_ascii_lowercase())) == 0
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

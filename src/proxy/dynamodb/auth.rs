@@ -124,28 +124,31 @@ pub fn authenticate(
 }
 
 /// The granted role the request acts as.
-fn choose_role(user: &crate::config::UserConfig, database: &crate::config::DatabaseConfig, wanted: Option<&str>) -> Result<Who, String> {
-    let roles: Vec<&String> = user.grants.iter().filter(|g| g.database == database.name).flat_map(|g| g.db_users.iter()).collect();
-    if roles.is_empty() {
+fn choose_role<'a>(
+    user: &'a crate::config::UserConfig,
+    database: &'a crate::config::DatabaseConfig,
+    wanted: Option<&str>,
+) -> Result<Who, String> {
+    // Walked rather than collected: this runs on every request.
+    let roles = || user.grants.iter().filter(|g| g.database == database.name).flat_map(|g| g.db_users.iter());
+    let role_name = |db_user: &'a str| -> &'a str { db_user.rsplit('/').next().unwrap_or(db_user) };
+    let mut granted = roles();
+    let Some(first) = granted.next() else {
         return Err(format!("user {:?} is not granted database {:?}", user.name, database.name));
-    }
-    let role_name = |db_user: &str| db_user.rsplit('/').next().unwrap_or(db_user).to_string();
+    };
     let chosen = match wanted {
-        Some(wanted) => roles
-            .iter()
+        Some(wanted) => roles()
             .find(|r| r.as_str() == wanted || role_name(r) == wanted)
             .ok_or_else(|| format!("user {:?} is not granted role {wanted:?} on database {:?}", user.name, database.name))?,
-        None => match roles.as_slice() {
-            [only] => only,
-            _ => {
-                let names: Vec<String> = roles.iter().map(|r| role_name(r)).collect();
-                return Err(format!(
-                    "user {:?} is granted several roles ({}); sign with the access key id <key>@<role> to choose one",
-                    user.name,
-                    names.join(", ")
-                ));
-            }
-        },
+        None if granted.next().is_none() => first,
+        None => {
+            let names: Vec<&str> = roles().map(|r| role_name(r)).collect();
+            return Err(format!(
+                "user {:?} is granted several roles ({}); sign with the access key id <key>@<role> to choose one",
+                user.name,
+                names.join(", ")
+            ));
+        }
     };
     let role_arn = crate::util::arn::role_arn_for(chosen, &database.aws.account_id)
         .ok_or_else(|| format!("db_user {chosen:?} names no IAM role (set aws.account_id or write the role's ARN)"))?;

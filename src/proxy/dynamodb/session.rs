@@ -9,8 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
@@ -26,7 +25,9 @@ use crate::aws::sigv4_verify::payload_sha256;
 use crate::recording::AuditPort;
 use crate::server::{ConnectionInfo, ListenerContext, SessionIdentity};
 
-pub type ResponseBody = UnsyncBoxBody<Bytes, hyper::Error>;
+/// dbtape's own answers, or the endpoint's streamed through the tee; an enum rather than a
+/// boxed body, which would cost an allocation per response.
+pub type ResponseBody = Either<Tee, Full<Bytes>>;
 
 /// API families forwarded; DAX speaks its own binary protocol and is not HTTP.
 const ROUTED_TARGETS: &[&str] = &["DynamoDB_20120810.", "DynamoDBStreams_20120810."];
@@ -47,8 +48,9 @@ struct Inner {
     line: Line,
     /// The previous response's result event when it had to be written by a task (the
     /// recorder could not take it at once); awaited before the next request so events stay
-    /// in order.
-    pending_result: Option<tokio::sync::oneshot::Receiver<JoinHandle<()>>>,
+    /// in order. The response's body has ended by then (hyper reads the next request only
+    /// after it), and with it the tee that fills this.
+    pending_result: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
 }
 
 struct Open {
@@ -56,7 +58,7 @@ struct Open {
     user: String,
     role_arn: String,
     /// The role's credentials as last fetched, reused while fresh.
-    credentials: Option<crate::aws::credentials::Assumed>,
+    credentials: Option<Arc<crate::aws::credentials::Assumed>>,
 }
 
 impl Conn {
@@ -76,13 +78,11 @@ impl Conn {
     }
 }
 
-/// Waits for the previous response's result event if a task is writing it. The body has
-/// been sent (hyper reads the next request only after it), so the tee has already ended.
+/// Waits for the previous response's result event if a task is writing it.
 async fn wait_for_result(inner: &mut Inner) {
-    if let Some(pending) = inner.pending_result.take() {
-        if let Ok(task) = pending.await {
-            let _ = task.await;
-        }
+    let task = crate::util::sync::lock(&inner.pending_result).take();
+    if let Some(task) = task {
+        let _ = task.await;
     }
 }
 
@@ -98,7 +98,7 @@ async fn end_session(open: Open) {
 }
 
 fn respond(response: Response<Bytes>) -> Response<ResponseBody> {
-    response.map(|b| Full::new(b).map_err(|never: Infallible| match never {}).boxed_unsync())
+    response.map(|b| Either::Right(Full::new(b)))
 }
 
 fn error(kind: ErrorKind, message: &str) -> Response<ResponseBody> {
@@ -240,7 +240,7 @@ async fn forward(conn: &Conn, parts: http::request::Parts, body: Bytes, payload_
     let cached = inner.session.as_ref().and_then(|o| o.credentials.clone()).filter(|a| conn.state.roles.fresh(a));
     let fetched = match cached {
         Some(assumed) => Ok(assumed),
-        None => conn.state.roles.role(&who.user, &who.role_arn).await,
+        None => conn.state.roles.role(&who.user, &who.role_arn).await.map(Arc::new),
     };
     let assumed = match fetched {
         Ok(assumed) => {
@@ -293,7 +293,7 @@ async fn forward(conn: &Conn, parts: http::request::Parts, body: Bytes, payload_
     let gzip = parts.headers.get(http::header::CONTENT_ENCODING).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
     let cap = port.max_query_bytes();
     let stopped = conn.stopped.clone();
-    let (spawned_tx, spawned_rx) = tokio::sync::oneshot::channel();
+    let pending_result = inner.pending_result.clone();
     // The result is recorded as the body ends, right there when the recorder can take it at
     // once (almost always), else by a task the next request waits for.
     let on_end: super::tee::OnEnd = Box::new(move |captured| {
@@ -317,7 +317,7 @@ async fn forward(conn: &Conn, parts: http::request::Parts, body: Bytes, payload_
                         stopped.store(true, Ordering::Release);
                     }
                 });
-                let _ = spawned_tx.send(task);
+                *crate::util::sync::lock(&pending_result) = Some(task);
             }
         }
     });
@@ -332,8 +332,7 @@ async fn forward(conn: &Conn, parts: http::request::Parts, body: Bytes, payload_
     if tee.streams() {
         inner.line.detach();
     }
-    inner.pending_result = Some(spawned_rx);
-    Response::from_parts(parts, tee.boxed_unsync())
+    Response::from_parts(parts, Either::Left(tee))
 }
 
 /// The audit port of the session for `who`, opening it (and ending another identity's) as

@@ -24,8 +24,9 @@ pub struct Endpoint {
     pub uri: String,
     pub host: String,
     pub port: u16,
-    /// The Host header: the host, with the port unless it is the scheme's default.
-    pub authority: String,
+    /// The Host header: the host, with the port unless it is the scheme's default. Made
+    /// once: cloning it shares its bytes.
+    host_header: HeaderValue,
     pub tls: Option<Arc<rustls::ClientConfig>>,
     pub server_name: String,
     pub region: String,
@@ -49,10 +50,10 @@ impl Endpoint {
         }
         let default_port = if https { 443 } else { 80 };
         let (host, port) = crate::proxy::net::host_port(authority, default_port)?;
-        let authority = if port == default_port { host.clone() } else { authority.to_string() };
         let tls = if https { Some(tls?) } else { None };
         let server_name = server_name.map_or_else(|| host.clone(), str::to_string);
-        Some(Endpoint { uri, host, port, authority, tls, server_name, region: region.to_string() })
+        let host_header = HeaderValue::from_str(if port == default_port { &host } else { authority }).ok()?;
+        Some(Endpoint { uri, host, port, host_header, tls, server_name, region: region.to_string() })
     }
 }
 
@@ -214,8 +215,7 @@ pub fn resign(
 ) -> Result<Request<Full<Bytes>>, UpstreamError> {
     let time = SystemTime::now();
     let mut headers = forwarded(client_headers);
-    let host = HeaderValue::from_str(&endpoint.authority).map_err(|e| UpstreamError::Sign(e.to_string()))?;
-    headers.insert(http::header::HOST, host);
+    headers.insert(http::header::HOST, endpoint.host_header.clone());
     headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     if path_and_query == "/" {
         sign_cached(&mut headers, method, &endpoint.region, payload_sha256, credentials, keys, time)?;
@@ -256,7 +256,7 @@ fn sign_cached(
     keys: &SigningKeys,
     time: SystemTime,
 ) -> Result<(), UpstreamError> {
-    let amz_date = chrono::DateTime::<chrono::Utc>::from(time).format("%Y%m%dT%H%M%SZ").to_string();
+    let amz_date = sigv4::amz_date(time);
     let value = |text: &str| HeaderValue::from_str(text).map_err(|e| UpstreamError::Sign(e.to_string()));
     headers.insert(HeaderName::from_static("x-amz-date"), value(&amz_date)?);
     if let Some(token) = credentials.session_token() {
