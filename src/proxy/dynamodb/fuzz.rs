@@ -1,6 +1,6 @@
 //! Entry point for the `dynamodb_request` fuzz target: the Authorization header parser and
-//! the signature check over arbitrary requests, the cached signer against `aws-sigv4`, and
-//! the response summariser.
+//! the signature check over arbitrary requests, the cached signer against `aws-sigv4`, the
+//! `X-Amz-Date` parser against chrono's, and the response summariser.
 
 use std::time::{Duration, SystemTime};
 
@@ -21,6 +21,11 @@ pub fn request(data: &[u8]) {
         }
     }
     super::upstream::assert_signers_agree(&map, &hash);
+    for (name, value) in &headers {
+        if name.eq_ignore_ascii_case("x-amz-date") {
+            assert_dates_parse_as_chrono_does(value);
+        }
+    }
     let request = SignedRequest { method, path_and_query: path, headers: headers.clone(), payload_sha256: &hash };
     if let Some((_, value)) = headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("authorization")) {
         if let Ok(auth) = Authorization::parse(value) {
@@ -37,6 +42,15 @@ pub fn request(data: &[u8]) {
             gzip: body.first() == Some(&0x1f),
         };
         let _ = super::summary::summarize(status, &captured, 4096);
+    }
+}
+
+/// The hand-written `X-Amz-Date` parser accepts only what chrono's accepts, as the same time.
+fn assert_dates_parse_as_chrono_does(text: &str) {
+    if let Some(ours) = crate::aws::sigv4_verify::parse_amz_date(text) {
+        let chrono = chrono::NaiveDateTime::parse_from_str(text, "%Y%m%dT%H%M%SZ").ok().map(|t| t.and_utc().timestamp());
+        let secs = ours.duration_since(SystemTime::UNIX_EPOCH).ok().and_then(|d| i64::try_from(d.as_secs()).ok());
+        assert_eq!(secs, chrono, "X-Amz-Date {text:?} parsed differently");
     }
 }
 
