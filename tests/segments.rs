@@ -253,6 +253,22 @@ fn the_background_indexer_takes_each_sealed_session_once_and_sees_other_writers(
     assert_eq!(covered.len(), 7, "{covered:?}");
     assert!(covered.contains_key(&live.0) && covered.contains_key(&second));
     assert_eq!(indexer.pass(&store), Pass::Idle, "the other indexer's cache sees both writers' work");
+
+    // Past its whole first look, a pass takes what was packed since its last.
+    let third: Vec<String> = (0..3).map(|i| short_session(&rec, &format!("SELECT 'third {i}';"))).collect();
+    for _ in 0..200 {
+        if packed(&third) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(packed(&third));
+    assert_eq!(indexer.pass(&store), Pass::Worked);
+    index.refresh().unwrap();
+    let covered = index.covered().unwrap();
+    assert_eq!(covered.len(), 10, "{covered:?}");
+    assert!(third.iter().all(|sid| covered.contains_key(sid)));
+    assert_eq!(indexer.pass(&store), Pass::Idle, "the packed sessions are behind its mark now");
     rec.recorder.shutdown();
 }
 

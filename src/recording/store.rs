@@ -335,6 +335,15 @@ impl RecordingStore {
         Ok(ids)
     }
 
+    /// Session ids packed since `mark` (0, or what an earlier call returned), after a look at
+    /// the segments folder, and the mark for the next call: a reader that asks at every pass
+    /// costs what was packed since, not every session ever kept.
+    pub fn packed_since(&self, mark: u64) -> (Vec<String>, u64) {
+        self.segments.refresh(&self.dir);
+        let (ids, next) = self.segments.arrived_since(mark);
+        (ids.into_iter().map(|id| id.hyphenated().to_string()).collect(), next)
+    }
+
     /// Session ids of the recordings that have their own files (live ones, long ones, and
     /// any not packed), in no particular order.
     pub fn file_session_ids(&self) -> Result<Vec<String>, StoreError> {

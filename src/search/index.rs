@@ -259,19 +259,30 @@ impl SearchIndex {
         // Another process (a `dbtape index` run, say) may have committed since.
         self.refresh()?;
         let held = self.recordings_held()?;
-        if covered.recordings != Some(held) {
+        let whole = covered.recordings != Some(held);
+        if whole {
             let sids: HashSet<String> = self.covered()?.into_keys().collect();
             // Documents without an event count are indexed again, as before; the count then
             // never matches and the cache is not trusted.
             covered.recordings = (sids.len() == held).then_some(held);
             covered.sids = sids;
         }
-        let missing = indexable(store, &covered.sids);
+        // After a whole look, only what was packed since, and the sessions in their own files.
+        let (packed, mark) = store.packed_since(if whole { 0 } else { covered.packed_mark });
+        let own: HashSet<String> = store.file_session_ids().unwrap_or_default().into_iter().collect();
+        let mut missing: Vec<String> = own.iter().chain(&packed).filter(|sid| !covered.sids.contains(*sid)).cloned().collect();
+        missing.sort_unstable();
+        missing.dedup();
+        missing.retain(|sid| store.is_sealed_at_rest(sid));
         let events = self.add(store, &missing)?;
         let now = self.recordings_held()?;
         if covered.recordings.is_some_and(|before| now == before + missing.len()) {
             covered.recordings = Some(now);
-            covered.sids.extend(missing.iter().cloned());
+            covered.packed_mark = mark;
+            // Packed sessions are behind the mark from now on; only those in their own files
+            // are remembered (one still there may be packed later), so this stays small.
+            covered.sids.retain(|sid| own.contains(sid));
+            covered.sids.extend(missing.iter().filter(|sid| own.contains(*sid)).cloned());
         } else {
             // A recording failed to index, or another writer raced this one: read it all
             // again at the next pass.
@@ -410,6 +421,7 @@ impl SearchIndex {
 /// than those in `covered`, which are skipped before any file of theirs is looked at. In the
 /// store's order: packed sessions come block by block, so that indexing them decompresses
 /// each block once, not once per session.
+/// Every sealed recording not in `covered`: a whole look, for one-off runs (`dbtape index`).
 fn indexable(store: &RecordingStore, covered: &HashSet<String>) -> Vec<String> {
     let sids = store.session_ids().unwrap_or_default();
     sids.into_iter().filter(|sid| !covered.contains(sid) && store.is_sealed_at_rest(sid)).collect()
@@ -418,7 +430,11 @@ fn indexable(store: &RecordingStore, covered: &HashSet<String>) -> Vec<String> {
 /// What an indexer knows the index covers, between its passes (`catch_up_with`).
 #[derive(Default)]
 pub struct Covered {
-    /// The index's count of recordings when `sids` was last true of it; `None` until read.
+    /// The index's count of recordings when this was last true of it; `None` until read.
     recordings: Option<usize>,
+    /// Indexed sessions that had their own files at the last pass (every indexed session,
+    /// just after a whole look).
     sids: HashSet<String>,
+    /// Packed sessions up to here are indexed (`RecordingStore::packed_since`).
+    packed_mark: u64,
 }

@@ -58,6 +58,10 @@ type BlockKey = (Arc<str>, u64);
 struct State {
     segments: HashMap<Arc<str>, Scanned>,
     sessions: HashMap<uuid::Uuid, Location>,
+    /// Every session as it was found, numbered in order, so that a reader that asks often
+    /// (the indexer) is told only what is new rather than handed every session each time.
+    arrivals: Vec<(u64, uuid::Uuid)>,
+    next_arrival: u64,
     cache: Vec<(BlockKey, Arc<Vec<u8>>)>,
 }
 
@@ -107,6 +111,14 @@ impl SegmentIndex {
                 tracing::warn!(segment = %path.display(), error = %e, "cannot read a recordings segment");
             }
         }
+    }
+
+    /// The sessions found since `mark` (0, or what an earlier call returned), in the order
+    /// found, and the mark to pass next time.
+    pub fn arrived_since(&self, mark: u64) -> (Vec<uuid::Uuid>, u64) {
+        let state = lock(&self.state);
+        let start = state.arrivals.partition_point(|(number, _)| *number < mark);
+        (state.arrivals[start..].iter().map(|(_, sid)| *sid).collect(), state.next_arrival)
     }
 
     pub fn contains(&self, sid: &uuid::Uuid) -> bool {
@@ -202,6 +214,8 @@ fn damaged(what: &str) -> io::Error {
 fn forget(state: &mut State, name: &Arc<str>) {
     if state.segments.remove(name).is_some() {
         state.sessions.retain(|_, l| l.segment != *name);
+        let State { arrivals, sessions, .. } = state;
+        arrivals.retain(|(_, sid)| sessions.contains_key(sid));
     }
     state.cache.retain(|((n, _), _)| n != name);
 }
@@ -246,6 +260,10 @@ fn scan(state: &mut State, name: &Arc<str>, path: &Path, len: u64) -> io::Result
         }
     }
     scanned.len = len;
-    state.sessions.extend(found);
+    for (sid, location) in found {
+        state.arrivals.push((state.next_arrival, sid));
+        state.next_arrival += 1;
+        state.sessions.insert(sid, location);
+    }
     Ok(())
 }
