@@ -270,9 +270,14 @@ impl SearchIndex {
         // After a whole look, only what was packed since, and the sessions in their own files.
         let (packed, mark) = store.packed_since(if whole { 0 } else { covered.packed_mark });
         let own: HashSet<String> = store.file_session_ids().unwrap_or_default().into_iter().collect();
-        let mut missing: Vec<String> = own.iter().chain(&packed).filter(|sid| !covered.sids.contains(*sid)).cloned().collect();
-        missing.sort_unstable();
-        missing.dedup();
+        // Packed ones first and in the order found, block by block, so that indexing them
+        // decompresses each block once; then own files the list does not hold already (one
+        // being packed can be in both).
+        let mut missing: Vec<String> = packed.into_iter().filter(|sid| !covered.sids.contains(sid)).collect();
+        let listed: HashSet<&str> = missing.iter().map(String::as_str).collect();
+        let unpacked: Vec<String> =
+            own.iter().filter(|sid| !covered.sids.contains(*sid) && !listed.contains(sid.as_str())).cloned().collect();
+        missing.extend(unpacked);
         missing.retain(|sid| store.is_sealed_at_rest(sid));
         let events = self.add(store, &missing)?;
         let now = self.recordings_held()?;
@@ -420,8 +425,8 @@ impl SearchIndex {
 /// Recordings an index takes (sealed or recovered, that is, with a signed manifest) other
 /// than those in `covered`, which are skipped before any file of theirs is looked at. In the
 /// store's order: packed sessions come block by block, so that indexing them decompresses
-/// each block once, not once per session.
-/// Every sealed recording not in `covered`: a whole look, for one-off runs (`dbtape index`).
+/// each block once, not once per session. A whole look, for one-off runs (`dbtape index`);
+/// the background indexer asks only for what is new (`catch_up_with`).
 fn indexable(store: &RecordingStore, covered: &HashSet<String>) -> Vec<String> {
     let sids = store.session_ids().unwrap_or_default();
     sids.into_iter().filter(|sid| !covered.contains(sid) && store.is_sealed_at_rest(sid)).collect()
