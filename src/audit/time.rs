@@ -16,7 +16,7 @@ pub fn format_time(time_ms: i64) -> String {
 }
 
 /// Formats without chrono's strftime machinery: this runs once per recorded event.
-pub(super) fn write_time(time_ms: i64, out: &mut [u8; 24]) {
+pub fn write_time(time_ms: i64, out: &mut [u8; 24]) {
     let secs = time_ms.div_euclid(1000);
     let millis = time_ms.rem_euclid(1000);
     let days = secs.div_euclid(86_400);

@@ -167,26 +167,17 @@ pub fn authorization(access_key_id: &str, amz_date: &str, region: &str, service:
     out
 }
 
-/// `X-Amz-Date`'s form of `time`: `YYYYMMDDTHHMMSSZ`, UTC.
+/// `X-Amz-Date`'s form of `time`: `YYYYMMDDTHHMMSSZ`, UTC, taken from the events' own
+/// RFC 3339 writer (`2026-11-26T20:53:42.000Z`).
 pub fn amz_date(time: SystemTime) -> String {
-    let secs = time.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let secs = i64::try_from(secs).unwrap_or(i64::MAX);
-    let (days, second_of_day) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (year, month, day) = crate::audit::time::civil_from_days(days);
-    let mut out = *b"00000000T000000Z";
-    let mut put = |at: usize, value: i64, width: usize| {
-        let mut v = value;
-        for slot in out[at..at + width].iter_mut().rev() {
-            *slot = b'0' + (v % 10) as u8;
-            v /= 10;
-        }
-    };
-    put(0, year.clamp(0, 9999), 4);
-    put(4, month, 2);
-    put(6, day, 2);
-    put(9, second_of_day / 3600, 2);
-    put(11, second_of_day % 3600 / 60, 2);
-    put(13, second_of_day % 60, 2);
+    let ms = time.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let mut rfc3339 = [0u8; 24];
+    crate::audit::time::write_time(ms, &mut rfc3339);
+    let mut out = Vec::with_capacity(16);
+    for range in [0..4, 5..7, 8..10, 10..11, 11..13, 14..16, 17..19] {
+        out.extend_from_slice(&rfc3339[range]);
+    }
+    out.push(b'Z');
     String::from_utf8_lossy(&out).into_owned()
 }
 

@@ -149,7 +149,7 @@ pub fn verify(
         SignableRequest::new(request.method, uri, signed.into_iter(), SignableBody::Precomputed(request.payload_sha256.to_string()))
             .map_err(|e| VerifyError::Malformed(e.to_string()))?;
     let output = sign(signable, &params).map_err(|e| VerifyError::Malformed(e.to_string()))?;
-    if constant_time_eq(output.signature().as_bytes(), auth.signature.to_ascii_lowercase().as_bytes()) {
+    if constant_time_eq_lowercased(output.signature().as_bytes(), auth.signature.as_bytes()) {
         Ok(())
     } else {
         Err(VerifyError::Mismatch)
@@ -187,13 +187,10 @@ fn verify_cached(
     constant_time_eq_lowercased(signature.as_bytes(), auth.signature.as_bytes())
 }
 
-/// As `constant_time_eq` with `b` lower-cased (a client may send its hex in upper case).
+/// Compares our lower-case hex with the client's in constant time; a client may send its
+/// hex in upper case.
 fn constant_time_eq_lowercased(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y.to_ascii_lowercase())) == 0
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]
