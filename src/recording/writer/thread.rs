@@ -267,7 +267,7 @@ pub(super) fn refresh_summary(shared: &Shared, session: &SessionState) {
     let Some(io) = io_guard.as_mut() else { return };
     let due = match io.last_summary {
         // A session already closing is sealed (or packed) soon, sidecar and all.
-        None => !closing && chrono::Utc::now().timestamp_millis() - session.start_ms >= FIRST_SIDECAR_AFTER,
+        None => !closing && crate::audit::now_ms() - session.start_ms >= FIRST_SIDECAR_AFTER,
         Some(last) => io.summary_dirty && last.elapsed() >= SUMMARY_REFRESH,
     };
     if !due {
