@@ -265,10 +265,13 @@ impl RecordingStore {
         }
     }
 
+    /// A sidecar's bytes, as the file holds them and as they go up to S3.
+    pub fn sidecar_bytes(&self, summary: &SessionSummary) -> Result<Vec<u8>, StoreError> {
+        serde_json::to_vec_pretty(summary).map_err(|e| StoreError::Parse { path: self.meta_path(&summary.sid), reason: e.to_string() })
+    }
+
     pub fn write_summary(&self, summary: &SessionSummary) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec_pretty(summary)
-            .map_err(|e| StoreError::Parse { path: self.meta_path(&summary.sid), reason: e.to_string() })?;
-        write_atomic(&self.meta_path(&summary.sid), &bytes)
+        write_atomic(&self.meta_path(&summary.sid), &self.sidecar_bytes(summary)?)
     }
 
     /// A sidecar replaced atomically but not fsynced: it is derived data, and start-up
@@ -277,7 +280,7 @@ impl RecordingStore {
     /// session two more.
     pub fn refresh_summary(&self, summary: &SessionSummary) -> Result<(), StoreError> {
         let path = self.meta_path(&summary.sid);
-        let bytes = serde_json::to_vec_pretty(summary).map_err(|e| StoreError::Parse { path: path.clone(), reason: e.to_string() })?;
+        let bytes = self.sidecar_bytes(summary)?;
         let io = |source| StoreError::Io { path: path.clone(), source };
         let tmp = tmp_path(&path);
         fs::write(&tmp, &bytes).map_err(io)?;

@@ -36,9 +36,7 @@ impl Uploader {
             // session even if this host never comes back. It is the summary just read: a
             // session younger than a second has no sidecar file yet.
             let meta_key = format!("{}{}", self.key_base(sid, summary.start_ms), crate::recording::store::META_SUFFIX);
-            let meta = serde_json::to_vec_pretty(&summary)
-                .map_err(|e| StoreError::Parse { path: self.store.meta_path(sid), reason: e.to_string() })?;
-            self.put(&meta_key, meta, "application/json").await?;
+            self.put(&meta_key, self.store.sidecar_bytes(&summary)?, "application/json").await?;
         }
         while cp.sent() + part_size <= stable {
             self.send_part(sid, &path, &mut cp, part_size).await?;
