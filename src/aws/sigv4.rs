@@ -178,7 +178,8 @@ pub fn amz_date(time: SystemTime) -> String {
         out.extend_from_slice(&rfc3339[range]);
     }
     out.push(b'Z');
-    String::from_utf8_lossy(&out).into_owned()
+    // Digits and separators only: never invalid, and no second copy.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// Parses `X-Amz-Date` (`20261126T205342Z`): a real UTC date and time in exactly that form.
