@@ -4,6 +4,7 @@
 use std::path::Path;
 
 pub use crate::proxy::dynamodb::fuzz::request as dynamodb_request;
+pub use crate::proxy::http1::fuzz::message as http1_message;
 pub use crate::proxy::mongodb::fuzz::message as mongodb_message;
 pub use crate::proxy::postgres::fuzz::{messages as postgres_messages, redaction as postgres_redaction};
 pub use crate::proxy::tls_stream::fuzz::{session as tls_stream, Setup as TlsStreamSetup};

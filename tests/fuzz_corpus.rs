@@ -53,6 +53,11 @@ fn dynamodb_request_corpus() {
 }
 
 #[test]
+fn http1_message_corpus() {
+    replay("http1_message", dbtape::fuzzing::http1_message);
+}
+
+#[test]
 fn mongodb_message_corpus() {
     replay("mongodb_message", dbtape::fuzzing::mongodb_message);
 }

@@ -2,6 +2,7 @@
 
 pub mod chunk_reader;
 pub mod dynamodb;
+pub mod http1;
 pub mod mongodb;
 pub mod net;
 pub mod postgres;
