@@ -211,19 +211,10 @@ async fn a_boto3_client_is_one_session_and_reads_back_in_order() {
     assert!(play.contains(&put_line), "{play}");
 }
 
-/// One request signed by hand: `sign_time`, `secret` and a body that may differ from the
-/// signed one. Returns (status, body).
-async fn raw_request(
-    addr: std::net::SocketAddr,
-    key_id: &str,
-    secret: &str,
-    sign_time: SystemTime,
-    target: &str,
-    tamper: bool,
-) -> (u16, String) {
+/// SigV4 headers for a request to `/` of `host` with `body`, signed at `sign_time`; host,
+/// content-type and x-amz-target are signed, the length is not.
+fn sign_headers(host: &str, key_id: &str, secret: &str, sign_time: SystemTime, target: &str, body: &[u8]) -> Vec<(String, String)> {
     use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
-    let host = addr.to_string();
-    let body = br#"{"TableName":"books","Key":{"author":{"S":"Herbert"},"title":{"S":"Dune"}}}"#.to_vec();
     let identity = aws_credential_types::Credentials::new(key_id, secret, None, None, "test").into();
     let params = aws_sigv4::sign::v4::SigningParams::builder()
         .identity(&identity)
@@ -234,9 +225,25 @@ async fn raw_request(
         .build()
         .unwrap()
         .into();
-    let headers = [("host", host.as_str()), ("content-type", "application/x-amz-json-1.0"), ("x-amz-target", target)];
-    let signable = SignableRequest::new("POST", format!("http://{host}/"), headers.into_iter(), SignableBody::Bytes(&body)).unwrap();
+    let headers = [("host", host), ("content-type", "application/x-amz-json-1.0"), ("x-amz-target", target)];
+    let signable = SignableRequest::new("POST", format!("http://{host}/"), headers.into_iter(), SignableBody::Bytes(body)).unwrap();
     let (instructions, _) = sign(signable, &params).unwrap().into_parts();
+    instructions.headers().map(|(n, v)| (n.to_string(), v.to_string())).collect()
+}
+
+/// One request signed by hand: `sign_time`, `secret` and a body that may differ from the
+/// signed one. Returns (status, body).
+async fn raw_request(
+    addr: std::net::SocketAddr,
+    key_id: &str,
+    secret: &str,
+    sign_time: SystemTime,
+    target: &str,
+    tamper: bool,
+) -> (u16, String) {
+    let host = addr.to_string();
+    let body = br#"{"TableName":"books","Key":{"author":{"S":"Herbert"},"title":{"S":"Dune"}}}"#.to_vec();
+    let signature = sign_headers(&host, key_id, secret, sign_time, target, &body);
     let mut sent = body.clone();
     if tamper {
         sent = String::from_utf8(sent).unwrap().replace("Dune", "Dusk").into_bytes();
@@ -246,7 +253,7 @@ async fn raw_request(
         sent.len()
     );
     if !secret.is_empty() {
-        for (name, value) in instructions.headers() {
+        for (name, value) in signature {
             request.push_str(&format!("{name}: {value}\r\n"));
         }
     }
@@ -260,6 +267,125 @@ async fn raw_request(
     let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (status, body)
+}
+
+/// A signed ListTables head for `addr`, keep-alive, with `framing` (a Content-Length or
+/// Transfer-Encoding line, say) and `extra` lines.
+fn list_tables_head(addr: std::net::SocketAddr, body: &[u8], framing: &str, extra: &str) -> String {
+    let host = addr.to_string();
+    let target = "DynamoDB_20120810.ListTables";
+    let key = format!("{ALICE_KEY}@audit-target");
+    let mut head = format!(
+        "POST / HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/x-amz-json-1.0\r\nX-Amz-Target: {target}\r\n{framing}{extra}"
+    );
+    for (name, value) in sign_headers(&host, &key, ALICE_SECRET, SystemTime::now(), target, body) {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head + "\r\n"
+}
+
+/// Reads one response from a keep-alive connection: its head, and its body by its
+/// Content-Length or chunks. Bytes past it stay in `buf`.
+async fn read_response(conn: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> (String, Vec<u8>) {
+    async fn more(conn: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) {
+        let mut chunk = [0u8; 8192];
+        let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut chunk)).await.expect("an answer").unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(buf));
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let at = loop {
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at;
+        }
+        more(conn, buf).await;
+    };
+    let head = String::from_utf8(buf.drain(..at + 4).collect()).unwrap();
+    let lower = head.to_ascii_lowercase();
+    let mut body = Vec::new();
+    if let Some(length) = lower.split("\r\n").find_map(|l| l.strip_prefix("content-length: ")) {
+        let length: usize = length.trim().parse().unwrap();
+        while buf.len() < length {
+            more(conn, buf).await;
+        }
+        body = buf.drain(..length).collect();
+    } else if lower.contains("transfer-encoding: chunked") {
+        loop {
+            let line_end = loop {
+                if let Some(at) = buf.windows(2).position(|w| w == b"\r\n") {
+                    break at;
+                }
+                more(conn, buf).await;
+            };
+            let size = usize::from_str_radix(std::str::from_utf8(&buf[..line_end]).unwrap(), 16).unwrap();
+            while buf.len() < line_end + 2 + size + 2 {
+                more(conn, buf).await;
+            }
+            body.extend_from_slice(&buf[line_end + 2..line_end + 2 + size]);
+            buf.drain(..line_end + 2 + size + 2);
+            if size == 0 {
+                break;
+            }
+        }
+    }
+    (head, body)
+}
+
+/// The relay's HTTP/1.1: pipelined requests answered in order, chunked bodies, `Expect:
+/// 100-continue`, HTTP/1.0, and requests whose length two readers could disagree on refused
+/// before anything is forwarded or recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_answers_pipelined_chunked_and_expecting_requests_and_refuses_ambiguous_ones() {
+    let mut proxy = DynamoProxy::start("").await;
+    let addr = proxy.addrs["ddb"];
+    let body = b"{}";
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // Two requests in one write, the second one's body chunked.
+    let mut pipelined = list_tables_head(addr, body, "Content-Length: 2\r\n", "").into_bytes();
+    pipelined.extend_from_slice(body);
+    pipelined.extend_from_slice(list_tables_head(addr, body, "Transfer-Encoding: chunked\r\n", "").as_bytes());
+    pipelined.extend_from_slice(b"1\r\n{\r\n1;ext=1\r\n}\r\n0\r\n\r\n");
+    conn.write_all(&pipelined).await.unwrap();
+    let mut buf = Vec::new();
+    for _ in 0..2 {
+        let (head, answer) = read_response(&mut conn, &mut buf).await;
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(String::from_utf8_lossy(&answer).contains("TableNames"), "{}", String::from_utf8_lossy(&answer));
+    }
+    // Expect: 100-continue: the interim answer comes before the body is sent.
+    conn.write_all(list_tables_head(addr, body, "Content-Length: 2\r\n", "Expect: 100-continue\r\n").as_bytes()).await.unwrap();
+    let (interim, _) = read_response(&mut conn, &mut buf).await;
+    assert!(interim.starts_with("HTTP/1.1 100 Continue\r\n"), "{interim}");
+    conn.write_all(body).await.unwrap();
+    let (head, _) = read_response(&mut conn, &mut buf).await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    // Both lengths: refused, nothing forwarded, and the connection closed after the answer.
+    let mut smuggled = list_tables_head(addr, body, "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n", "").into_bytes();
+    smuggled.extend_from_slice(b"2\r\n{}\r\n0\r\n\r\n");
+    conn.write_all(&smuggled).await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut rest)).await.expect("closed").unwrap();
+    let refused = String::from_utf8_lossy(&[buf, rest].concat()).into_owned();
+    assert!(refused.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{refused}");
+    assert!(refused.contains("both Content-Length and Transfer-Encoding") && refused.contains("connection: close"), "{refused}");
+    // HTTP/1.0: answered, then closed.
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let old = list_tables_head(addr, body, "Content-Length: 2\r\n", "").replacen("HTTP/1.1", "HTTP/1.0", 1);
+    conn.write_all(old.as_bytes()).await.unwrap();
+    conn.write_all(body).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer)).await.expect("closed").unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n") && answer.contains("TableNames"), "{answer}");
+    // A head that is not HTTP: 400, closed.
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(b"POST / HTTP/1.1\r\nBad Header\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer)).await.expect("closed").unwrap();
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 400 Bad Request\r\n"), "{}", String::from_utf8_lossy(&answer));
+    proxy.stop().await;
+    // Every forwarded request is in a session, in order; the refused one is in none.
+    let requests: Vec<String> = proxy.sessions_of("alice").iter().flatten().map(brief).filter(|b| b.starts_with("request ")).collect();
+    assert_eq!(requests, vec!["request TDY01I ListTables 200"; 4]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

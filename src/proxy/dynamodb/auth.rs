@@ -9,6 +9,7 @@ use std::time::SystemTime;
 use super::errors::ErrorKind;
 use crate::auth::{AccessKey, Directory};
 use crate::aws::sigv4_verify::{verify, Authorization, SignedRequest, VerifyError};
+use crate::proxy::http1::RequestHead;
 use crate::server::{ListenerContext, Refusal, SessionIdentity};
 
 /// An authenticated request's identity.
@@ -65,13 +66,14 @@ pub struct Identified<'a> {
 
 /// What the headers alone show: a well-formed signature by a known key. Checked before the
 /// body is read, so a stranger cannot make dbtape buffer request bodies.
-pub fn identify<'a>(directory: &'a Directory, parts: &'a http::request::Parts) -> Result<Identified<'a>, RequestRefusal> {
-    let Some(header) = parts.headers.get(http::header::AUTHORIZATION) else {
+pub fn identify<'a>(directory: &'a Directory, head: &'a RequestHead) -> Result<Identified<'a>, RequestRefusal> {
+    if head.fields.get("authorization").is_none() {
         return Err(RequestRefusal::new(ErrorKind::MissingAuthenticationToken, "", "the request is not signed".into()));
-    };
-    let header = header
-        .to_str()
-        .map_err(|_| RequestRefusal::new(ErrorKind::IncompleteSignature, "", "the Authorization header is not text".into()))?;
+    }
+    let header = head
+        .fields
+        .get_str("authorization")
+        .ok_or_else(|| RequestRefusal::new(ErrorKind::IncompleteSignature, "", "the Authorization header is not text".into()))?;
     let auth = Authorization::parse(header).map_err(|e| RequestRefusal::new(ErrorKind::IncompleteSignature, "", e.to_string()))?;
     let (key_id, wanted_role) = crate::auth::grants::split_login(auth.access_key_id);
     let Some(key) = directory.access_key(key_id) else {
@@ -85,7 +87,7 @@ pub fn identify<'a>(directory: &'a Directory, parts: &'a http::request::Parts) -
 pub fn authenticate(
     ctx: &ListenerContext,
     directory: &Directory,
-    parts: &http::request::Parts,
+    head: &RequestHead,
     identified: Identified<'_>,
     payload_sha256: &str,
     keys: &crate::aws::sigv4::SigningKeys,
@@ -99,9 +101,9 @@ pub fn authenticate(
         ));
     }
     let request = SignedRequest {
-        method: parts.method.as_str(),
-        path_and_query: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
-        headers: parts.headers.iter().filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?))).collect(),
+        method: head.method(),
+        path_and_query: head.target(),
+        headers: head.fields.iter_text().filter_map(|(n, v)| Some((n, v?))).collect(),
         payload_sha256,
     };
     verify(&auth, &request, &key.secret, SystemTime::now(), keys).map_err(|e| {

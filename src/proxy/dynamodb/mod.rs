@@ -1,32 +1,35 @@
-//! The DynamoDB path: an HTTP/1.1 proxy (hyper) that verifies each request's SigV4
-//! signature against the key dbtape issued its user, records it, re-signs it with the
-//! credentials of the user's IAM role (STS AssumeRole, optionally chained) and streams
-//! DynamoDB's answer back unchanged.
+//! The DynamoDB path: an HTTP/1.1 relay that verifies each request's SigV4 signature
+//! against the key dbtape issued its user, records it, re-signs it with the credentials of
+//! the user's IAM role (STS AssumeRole, optionally chained) and streams DynamoDB's answer
+//! back unchanged. Each message is parsed once (`proxy::http1`), on its way through.
 
 mod auth;
+mod capture;
 mod errors;
 #[doc(hidden)]
 #[cfg(feature = "fuzzing")]
 pub mod fuzz;
 mod session;
 mod summary;
-mod tee;
 mod upstream;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioIo, TokioTimer};
-
 use crate::audit::Protocol;
 use crate::aws::credentials::CredentialCache;
 use crate::config::{ClientTlsMode, Config};
+use crate::proxy::http1::{Wire, WireError};
 use crate::proxy::setup::{bad_upstream, per_database, EngineSetupError};
 use crate::server::{BoxFuture, Connection, Engine, ListenerContext};
 
-/// How long a client may take to send a request's headers, once it has started one.
+/// How long a connection may wait for a request's head to arrive whole, idle time between
+/// requests included.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long closing a client connection may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Per-database state built once at start-up.
 pub struct DbState {
@@ -93,41 +96,56 @@ async fn run(conn: Connection, ctx: Arc<ListenerContext>, state: Arc<DbState>) {
     let mut login_slot = conn.login;
     let accept = crate::proxy::net::accept_tls(conn.stream, state.server_tls.as_ref(), state.client_tls_mode);
     let Some(Some(stream)) = login_slot.before_deadline(&span, accept).await else { return };
-    let (session, mut logged_in) = session::Conn::new(ctx.clone(), state.clone(), info);
-    let service = {
-        let session = session.clone();
-        hyper::service::service_fn(move |request| session::serve(session.clone(), request))
-    };
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.keep_alive(true).timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-    let connection = builder.serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(connection);
+    let mut client = Wire::new(stream);
+    let mut session = session::Conn::new(ctx.clone(), state, info);
     let shutdown = ctx.shutdown().clone();
-    let mut login_pending = true;
-    let mut shutting_down = false;
-    loop {
-        tokio::select! {
-            result = connection.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(parent: &span, error = %e, "DynamoDB client connection ended");
-                }
+    let head_deadline = tokio::time::sleep(HEADER_READ_TIMEOUT);
+    tokio::pin!(head_deadline);
+    // Checked first as well: a client that keeps requests coming would otherwise win the
+    // race below now and then.
+    while !shutdown.is_cancelled() {
+        head_deadline.as_mut().reset(tokio::time::Instant::now() + HEADER_READ_TIMEOUT);
+        let head = tokio::select! {
+            head = client.read_request_head() => head,
+            () = head_deadline.as_mut() => {
+                tracing::debug!(parent: &span, "no whole request head within {HEADER_READ_TIMEOUT:?}; connection closed");
                 break;
             }
-            changed = logged_in.changed(), if login_pending => {
-                if changed.is_ok() && *logged_in.borrow() {
-                    login_pending = false;
-                    login_slot.logged_in();
-                }
-            }
-            () = login_slot.deadline_passed(), if login_pending => {
+            () = login_slot.deadline_passed(), if !session.logged_in => {
                 tracing::info!(parent: &span, "no signed request before the login deadline; connection closed");
                 break;
             }
-            _ = shutdown.cancelled(), if !shutting_down => {
-                shutting_down = true;
-                connection.as_mut().graceful_shutdown();
+            _ = shutdown.cancelled() => break,
+        };
+        let head = match head {
+            Ok(Some(head)) => head,
+            Ok(None) => break,
+            Err(WireError::Head(e)) => {
+                tracing::info!(parent: &span, error = %e, "a DynamoDB client sent what is not an HTTP/1.1 request; connection closed");
+                let _ = client.write_all(&bad_request(e.status(), &e.to_string())).await;
+                break;
             }
+            Err(e) => {
+                tracing::debug!(parent: &span, error = %e, "DynamoDB client connection ended");
+                break;
+            }
+        };
+        let next = session.exchange(&mut client, head, shutdown.is_cancelled(), &mut login_slot).await;
+        if next == session::Next::Close {
+            break;
         }
     }
+    // The client is let go before the session is sealed: sealing is dbtape's own work.
+    // Bounded: a client that reads nothing could hold a TLS close back for ever.
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, tokio::io::AsyncWriteExt::shutdown(&mut client.stream)).await;
+    drop(client);
     session.finish().await;
+}
+
+/// dbtape's answer to bytes that are not a request it can read: DynamoDB's error shape, and
+/// the connection closes after it.
+fn bad_request(status: u16, message: &str) -> Vec<u8> {
+    let mut response = errors::error_response(errors::ErrorKind::Validation, &format!("dbtape: {message}"));
+    *response.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_REQUEST);
+    crate::proxy::http1::response_bytes(&response, true)
 }

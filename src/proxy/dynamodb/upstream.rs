@@ -1,22 +1,24 @@
 //! The DynamoDB endpoint: one HTTP/1.1 connection per client connection, opened on first use
 //! and again after the endpoint closes it, and each request re-signed with the role's
-//! credentials.
+//! credentials and written out in one piece.
 
+use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
 use aws_sigv4::sign::v4;
-use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Request};
-use http_body_util::Full;
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 
 use crate::aws::sigv4::{self, SigningKeys};
+use crate::proxy::http1::{self, visible, RequestHead, ResponseHead, Wire, WireError};
 use crate::proxy::net::{connect_tcp, tls_connect};
 use crate::proxy::stream::Stream;
+
+/// How long the endpoint may go quiet in the middle of an answer before it is given up on.
+pub const ENDPOINT_STALL: Duration = Duration::from_secs(120);
+/// A request body up to this size leaves in the same write as its head.
+const ONE_WRITE: usize = 64 * 1024;
 
 /// Where DynamoDB is: the configured `upstream`, or the region's public endpoint.
 pub struct Endpoint {
@@ -24,9 +26,8 @@ pub struct Endpoint {
     pub uri: String,
     pub host: String,
     pub port: u16,
-    /// The Host header: the host, with the port unless it is the scheme's default. Made
-    /// once: cloning it shares its bytes.
-    host_header: HeaderValue,
+    /// The Host header: the host, with the port unless it is the scheme's default.
+    host_header: String,
     pub tls: Option<Arc<rustls::ClientConfig>>,
     pub server_name: String,
     pub region: String,
@@ -45,14 +46,14 @@ impl Endpoint {
             ("http", rest) => (false, rest),
             _ => return None,
         };
-        if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
+        if authority.is_empty() || authority.contains(['/', '?', '#', '@']) || !authority.bytes().all(|b| b.is_ascii_graphic()) {
             return None;
         }
         let default_port = if https { 443 } else { 80 };
         let (host, port) = crate::proxy::net::host_port(authority, default_port)?;
         let tls = if https { Some(tls?) } else { None };
         let server_name = server_name.map_or_else(|| host.clone(), str::to_string);
-        let host_header = HeaderValue::from_str(if port == default_port { &host } else { authority }).ok()?;
+        let host_header = if port == default_port { host.clone() } else { authority.to_string() };
         Some(Endpoint { uri, host, port, host_header, tls, server_name, region: region.to_string() })
     }
 }
@@ -64,115 +65,66 @@ pub enum UpstreamError {
     #[error("TLS with {0}")]
     Tls(String),
     #[error("HTTP with the endpoint: {0}")]
-    Http(#[from] hyper::Error),
+    Http(#[from] WireError),
     #[error("signing the request: {0}")]
     Sign(String),
 }
 
-/// A client connection's line to the endpoint.
-///
-/// The endpoint connection is driven by the client connection's own task while a request and
-/// a response that fits the tee's prefetch go through it, so a request costs no hand-off to
-/// another task and back (a thread switch, in the keep-alive profile). A response that
-/// streams on past the prefetch needs the connection driven while the client reads it; the
-/// connection then moves to a task of its own for the rest of its life.
+/// A client connection's line to the endpoint, driven by the client connection's own task:
+/// a request costs no hand-off to another task and back.
 #[derive(Default)]
 pub struct Line {
-    sender: Option<SendRequest<Full<Bytes>>>,
-    /// `None` once the connection has a task of its own, or when there is no connection.
-    connection: Option<EndpointConnection>,
+    wire: Option<Wire<Stream>>,
 }
 
-type EndpointConnection = hyper::client::conn::http1::Connection<TokioIo<Stream>, Full<Bytes>>;
-
 impl Line {
-    pub async fn send(
-        &mut self,
-        endpoint: &Endpoint,
-        request: Request<Full<Bytes>>,
-    ) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
+    /// Sends a request (its head, then `body`) and reads the head of the answer; its body is
+    /// then read from `wire()`.
+    pub async fn send(&mut self, endpoint: &Endpoint, mut request: Vec<u8>, body: &[u8]) -> Result<ResponseHead, UpstreamError> {
         // A connection the endpoint closed while idle is found here, before anything is
-        // sent on it, so opening another cannot send the request twice: one poll reads the
-        // end of stream the kernel already holds.
-        if let Some(connection) = self.connection.as_mut() {
-            if futures_util::FutureExt::now_or_never(connection).is_some() {
-                self.connection = None;
-                self.sender = None;
-            }
+        // sent on it, so opening another cannot send the request twice: one read that does
+        // not wait sees the end of stream the kernel already holds.
+        if self.wire.as_mut().is_some_and(|w| w.closed_while_idle()) {
+            self.wire = None;
         }
-        let mut sender = match self.sender.take().filter(|s| !s.is_closed()) {
-            Some(sender) => sender,
-            None => self.open(endpoint).await?,
+        let wire = match &mut self.wire {
+            Some(wire) => wire,
+            // Boxed: opened once per client connection, and its TLS handshake's future is
+            // large.
+            None => self.wire.insert(Box::pin(connect(endpoint)).await?),
         };
-        if drive(&mut self.connection, sender.ready()).await.is_err() {
-            sender = self.open(endpoint).await?;
-            drive(&mut self.connection, sender.ready()).await?;
-        }
-        match drive(&mut self.connection, sender.send_request(request)).await {
-            Ok(response) => {
-                self.sender = Some(sender);
-                Ok(response)
+        let exchanged = async {
+            if body.len() <= ONE_WRITE {
+                request.extend_from_slice(body);
+                wire.write_all(&request).await?;
+            } else {
+                wire.write_all(&request).await?;
+                wire.write_all(body).await?;
             }
+            wire.read_response_head(ENDPOINT_STALL).await
+        };
+        match exchanged.await {
+            Ok(head) => Ok(head),
             Err(e) => {
-                self.connection = None;
+                self.wire = None;
                 Err(e.into())
             }
         }
     }
 
-    /// Runs `work` (reading a response body, say) while driving the endpoint connection.
-    pub async fn drive<F: std::future::Future>(&mut self, work: F) -> F::Output {
-        drive(&mut self.connection, work).await
+    /// The connection the last answer is being read from.
+    pub fn wire(&mut self) -> Option<&mut Wire<Stream>> {
+        self.wire.as_mut()
     }
 
-    /// Gives the connection a task of its own: a response body is left to stream after the
-    /// client connection's task stops driving it.
-    pub fn detach(&mut self) {
-        if let Some(connection) = self.connection.take() {
-            tokio::spawn(run(connection));
-        }
-    }
-
-    /// A new endpoint connection, driven by this task until `detach`.
-    async fn open(&mut self, endpoint: &Endpoint) -> Result<SendRequest<Full<Bytes>>, UpstreamError> {
-        self.connection = None;
-        let (sender, connection) = connect(endpoint).await?;
-        self.connection = Some(connection);
-        Ok(sender)
+    /// Drops the connection: the endpoint closes it after this answer, or the answer broke
+    /// off part way.
+    pub fn discard(&mut self) {
+        self.wire = None;
     }
 }
 
-/// Polls `work` and, while it is pending, the endpoint connection; a connection that ends is
-/// dropped, which ends whatever `work` was waiting for from it.
-async fn drive<F: std::future::Future>(connection: &mut Option<EndpointConnection>, work: F) -> F::Output {
-    use std::future::Future;
-    use std::task::Poll;
-    let mut work = std::pin::pin!(work);
-    std::future::poll_fn(|cx| loop {
-        if let Poll::Ready(out) = work.as_mut().poll(cx) {
-            return Poll::Ready(out);
-        }
-        let Some(conn) = connection.as_mut() else { return Poll::Pending };
-        match std::pin::Pin::new(conn).poll(cx) {
-            Poll::Ready(result) => {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "DynamoDB endpoint connection ended");
-                }
-                *connection = None;
-            }
-            Poll::Pending => return Poll::Pending,
-        }
-    })
-    .await
-}
-
-async fn run(connection: EndpointConnection) {
-    if let Err(e) = connection.await {
-        tracing::debug!(error = %e, "DynamoDB endpoint connection ended");
-    }
-}
-
-async fn connect(endpoint: &Endpoint) -> Result<(SendRequest<Full<Bytes>>, EndpointConnection), UpstreamError> {
+async fn connect(endpoint: &Endpoint) -> Result<Wire<Stream>, UpstreamError> {
     let tcp = connect_tcp(&endpoint.host, endpoint.port).await.map_err(|(addr, source)| UpstreamError::Connect { addr, source })?;
     let stream = match &endpoint.tls {
         Some(config) => tls_connect(config, &endpoint.server_name, tcp)
@@ -180,7 +132,7 @@ async fn connect(endpoint: &Endpoint) -> Result<(SendRequest<Full<Bytes>>, Endpo
             .map_err(|e| UpstreamError::Tls(format!("{}: {e}", endpoint.server_name)))?,
         None => Stream::Plain(tcp),
     };
-    Ok(hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?)
+    Ok(Wire::new(stream))
 }
 
 /// Headers that describe one connection, not the message.
@@ -201,42 +153,58 @@ pub const HOP_BY_HOP: &[&str] = &[
 const DROPPED: &[&str] =
     &["authorization", "x-amz-date", "x-amz-security-token", "x-amz-content-sha256", "host", "content-length", "expect"];
 
-/// The client's request for the endpoint, signed with `credentials`.
-#[allow(clippy::too_many_arguments)]
+/// A header dbtape adds for the endpoint: its name, and its value (borrowed where it can be).
+type Added<'a> = (&'static str, Cow<'a, str>);
+
+/// The head of the client's request for the endpoint, signed with `credentials`; the body
+/// follows it unchanged.
 pub fn resign(
     endpoint: &Endpoint,
-    method: &http::Method,
-    path_and_query: &str,
-    client_headers: &HeaderMap,
-    body: Bytes,
+    head: &RequestHead,
+    body_len: usize,
     payload_sha256: &str,
     credentials: &Credentials,
     keys: &SigningKeys,
-) -> Result<Request<Full<Bytes>>, UpstreamError> {
+) -> Result<Vec<u8>, UpstreamError> {
     let time = SystemTime::now();
-    let mut headers = forwarded(client_headers);
-    headers.insert(http::header::HOST, endpoint.host_header.clone());
-    headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    if path_and_query == "/" {
-        sign_cached(&mut headers, method, &endpoint.region, payload_sha256, credentials, keys, time)?;
+    let length = body_len.to_string();
+    let mut headers = forwarded(head);
+    headers.push(("host", &endpoint.host_header));
+    headers.push(("content-length", &length));
+    let target = head.target();
+    let added = if target == "/" {
+        sign_cached(&headers, head.method(), &endpoint.region, payload_sha256, credentials, keys, time)?
     } else {
-        sign_with_aws_sigv4(&mut headers, endpoint, method, path_and_query, payload_sha256, credentials, time)?;
+        sign_with_aws_sigv4(&headers, endpoint, head.method(), target, payload_sha256, credentials, time)?
+    };
+    let size = head.method().len() + target.len() + 16;
+    let size = size
+        + headers.iter().copied().chain(added.iter().map(|(n, v)| (*n, v.as_ref()))).map(|(n, v)| n.len() + v.len() + 4).sum::<usize>();
+    let mut out = Vec::with_capacity(size + 2 + body_len.min(ONE_WRITE));
+    out.extend_from_slice(head.method().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers.iter().copied().chain(added.iter().map(|(n, v)| (*n, v.as_ref()))) {
+        // What dbtape adds comes from STS and the signer: checked like what the client sent,
+        // so nothing can end a line early.
+        if visible(value.as_bytes()).is_none() {
+            return Err(UpstreamError::Sign(format!("the {name} header is not visible text")));
+        }
+        http1::header(&mut out, name, value.as_bytes());
     }
-    let mut request = Request::new(Full::new(body));
-    *request.method_mut() = method.clone();
-    *request.uri_mut() = path_and_query.parse().map_err(|e: http::uri::InvalidUri| UpstreamError::Sign(e.to_string()))?;
-    *request.headers_mut() = headers;
-    Ok(request)
+    out.extend_from_slice(b"\r\n");
+    Ok(out)
 }
 
 /// The client's headers the endpoint gets, before dbtape adds its own.
-fn forwarded(client_headers: &HeaderMap) -> HeaderMap {
-    let mut headers = HeaderMap::with_capacity(client_headers.len() + 4);
-    for (name, value) in client_headers {
+fn forwarded(head: &RequestHead) -> Vec<(&str, &str)> {
+    let mut headers = Vec::with_capacity(head.fields.len() + 6);
+    for (name, value) in head.fields.iter_text() {
         // A value that is not visible ASCII cannot be signed, so it is not sent either.
-        let dropped = DROPPED.contains(&name.as_str()) || HOP_BY_HOP.contains(&name.as_str());
-        if !dropped && value.to_str().is_ok() {
-            headers.append(name.clone(), value.clone());
+        let dropped = DROPPED.contains(&name) || HOP_BY_HOP.contains(&name);
+        if let (false, Some(value)) = (dropped, value) {
+            headers.push((name, value));
         }
     }
     headers
@@ -247,64 +215,65 @@ const UNSIGNED: &[&str] = &["user-agent", "x-amzn-trace-id"];
 
 /// Signs a request to `/` with a cached signing key: the same canonical form `aws-sigv4`
 /// writes (the tests compare them), without deriving the key again.
-fn sign_cached(
-    headers: &mut HeaderMap,
-    method: &http::Method,
+fn sign_cached<'c>(
+    headers: &[(&str, &str)],
+    method: &str,
     region: &str,
     payload_sha256: &str,
-    credentials: &Credentials,
+    credentials: &'c Credentials,
     keys: &SigningKeys,
     time: SystemTime,
-) -> Result<(), UpstreamError> {
+) -> Result<Vec<Added<'c>>, UpstreamError> {
     let amz_date = sigv4::amz_date(time);
-    let value = |text: &str| HeaderValue::from_str(text).map_err(|e| UpstreamError::Sign(e.to_string()));
-    headers.insert(HeaderName::from_static("x-amz-date"), value(&amz_date)?);
-    if let Some(token) = credentials.session_token() {
-        headers.insert(HeaderName::from_static("x-amz-security-token"), value(token)?);
+    let token = credentials.session_token();
+    let mut signed: Vec<(&str, &str)> = Vec::with_capacity(headers.len() + 2);
+    signed.extend(headers.iter().copied().filter(|(n, _)| !UNSIGNED.contains(n)));
+    signed.push(("x-amz-date", &amz_date));
+    if let Some(token) = token {
+        signed.push(("x-amz-security-token", token));
     }
-    let signed: Vec<(&str, &str)> =
-        headers.iter().filter(|(n, _)| !UNSIGNED.contains(&n.as_str())).filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?))).collect();
-    let request = sigv4::Request { method: method.as_str(), headers: &signed, payload_sha256 };
+    let request = sigv4::Request { method, headers: &signed, payload_sha256 };
     let (canonical, signed_headers) = sigv4::canonical(&request);
     let key = keys.get(credentials.secret_access_key(), &amz_date[..8], region, "dynamodb");
     let signature = sigv4::signature(&key, &amz_date, region, "dynamodb", &canonical);
     let authorization = sigv4::authorization(credentials.access_key_id(), &amz_date, region, "dynamodb", &signed_headers, &signature);
-    headers.insert(http::header::AUTHORIZATION, value(&authorization)?);
-    Ok(())
+    let mut added = Vec::with_capacity(3);
+    added.push(("x-amz-date", Cow::Owned(amz_date)));
+    if let Some(token) = token {
+        added.push(("x-amz-security-token", Cow::Borrowed(token)));
+    }
+    added.push(("authorization", Cow::Owned(authorization)));
+    Ok(added)
 }
 
 /// For the fuzz target: the cached signer and `aws-sigv4` must sign any request to `/` as
 /// the proxy would forward it with the same Authorization header.
 #[cfg(feature = "fuzzing")]
-pub(super) fn assert_signers_agree(client_headers: &HeaderMap, payload_sha256: &str) {
+pub(super) fn assert_signers_agree(client: &[u8], payload_sha256: &str) {
+    let Ok(Some(head)) = crate::proxy::http1::head::parse_request(&mut bytes::BytesMut::from(client)) else { return };
     let Some(endpoint) = Endpoint::parse("http://127.0.0.1:8000", "eu-west-1", None, None) else { return };
-    let mut headers = forwarded(client_headers);
-    headers.insert(http::header::HOST, HeaderValue::from_static("127.0.0.1:8000"));
+    let mut headers = forwarded(&head);
+    headers.push(("host", "127.0.0.1:8000"));
     let time = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_796_000_123);
     let credentials = Credentials::new("AKIDFUZZ", "fuzz/secret+key", Some("fuzz-token".into()), None, "fuzz");
-    let method = http::Method::POST;
-    let (mut cached, mut reference) = (headers.clone(), headers);
     let keys = SigningKeys::default();
     // aws-sigv4 refuses some values (it re-parses each after trimming); those are not compared.
-    if sign_with_aws_sigv4(&mut reference, &endpoint, &method, "/", payload_sha256, &credentials, time).is_err() {
-        return;
-    }
-    if sign_cached(&mut cached, &method, "eu-west-1", payload_sha256, &credentials, &keys, time).is_err() {
-        return;
-    }
-    assert_eq!(cached.get(http::header::AUTHORIZATION), reference.get(http::header::AUTHORIZATION), "the two signers disagree");
+    let Ok(reference) = sign_with_aws_sigv4(&headers, &endpoint, "POST", "/", payload_sha256, &credentials, time) else { return };
+    let Ok(cached) = sign_cached(&headers, "POST", "eu-west-1", payload_sha256, &credentials, &keys, time) else { return };
+    let authorization = |added: &[Added<'_>]| added.iter().find(|(n, _)| *n == "authorization").map(|(_, v)| v.to_string());
+    assert_eq!(authorization(&cached), authorization(&reference), "the two signers disagree");
 }
 
 /// Any other path: `aws-sigv4` itself, which also normalizes paths and queries.
 fn sign_with_aws_sigv4(
-    headers: &mut HeaderMap,
+    headers: &[(&str, &str)],
     endpoint: &Endpoint,
-    method: &http::Method,
+    method: &str,
     path_and_query: &str,
     payload_sha256: &str,
     credentials: &Credentials,
     time: SystemTime,
-) -> Result<(), UpstreamError> {
+) -> Result<Vec<Added<'static>>, UpstreamError> {
     let identity = credentials.clone().into();
     let params = v4::SigningParams::builder()
         .identity(&identity)
@@ -316,18 +285,23 @@ fn sign_with_aws_sigv4(
         .map_err(|e| UpstreamError::Sign(e.to_string()))?
         .into();
     let uri = format!("{}{}", endpoint.uri, path_and_query);
-    let pairs: Vec<(&str, &str)> = headers.iter().filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?))).collect();
     let signable =
-        SignableRequest::new(method.as_str(), uri.as_str(), pairs.into_iter(), SignableBody::Precomputed(payload_sha256.to_string()))
+        SignableRequest::new(method, uri.as_str(), headers.iter().copied(), SignableBody::Precomputed(payload_sha256.to_string()))
             .map_err(|e| UpstreamError::Sign(e.to_string()))?;
     let (instructions, _signature) = sign(signable, &params).map_err(|e| UpstreamError::Sign(e.to_string()))?.into_parts();
+    let mut added = Vec::new();
     for (name, value) in instructions.headers() {
-        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| UpstreamError::Sign(e.to_string()))?;
-        let value = HeaderValue::from_str(value).map_err(|e| UpstreamError::Sign(e.to_string()))?;
-        headers.insert(name, value);
+        let name = ADDED_BY_SIGNER
+            .iter()
+            .find(|known| known.eq_ignore_ascii_case(name))
+            .ok_or_else(|| UpstreamError::Sign(format!("the signer added an unexpected header {name:?}")))?;
+        added.push((*name, Cow::Owned(value.to_string())));
     }
-    Ok(())
+    Ok(added)
 }
+
+/// What `aws-sigv4` adds to a request it signs with these settings.
+const ADDED_BY_SIGNER: &[&str] = &["authorization", "x-amz-date", "x-amz-security-token", "x-amz-content-sha256"];
 
 #[cfg(test)]
 mod signing_tests {
@@ -337,33 +311,33 @@ mod signing_tests {
         Endpoint::parse("http://127.0.0.1:8000", "eu-west-1", None, None).unwrap()
     }
 
-    fn authorization(path: &str, headers: &HeaderMap, credentials: &Credentials, cached: bool) -> (String, HeaderMap) {
-        let mut out = headers.clone();
+    fn authorization(path: &str, headers: &[(&str, &str)], credentials: &Credentials, cached: bool) -> (String, Vec<(String, String)>) {
         let time = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_796_000_123);
         let payload = crate::aws::sigv4_verify::payload_sha256(b"{}");
-        let method = http::Method::POST;
-        if cached {
-            sign_cached(&mut out, &method, "eu-west-1", &payload, credentials, &SigningKeys::default(), time).unwrap();
+        let added = if cached {
+            sign_cached(headers, "POST", "eu-west-1", &payload, credentials, &SigningKeys::default(), time).unwrap()
         } else {
-            sign_with_aws_sigv4(&mut out, &endpoint(), &method, path, &payload, credentials, time).unwrap();
-        }
-        (out.get("authorization").unwrap().to_str().unwrap().to_string(), out)
+            sign_with_aws_sigv4(headers, &endpoint(), "POST", path, &payload, credentials, time).unwrap()
+        };
+        let added: Vec<(String, String)> = added.into_iter().map(|(n, v)| (n.to_string(), v.into_owned())).collect();
+        (added.iter().find(|(n, _)| n == "authorization").unwrap().1.clone(), added)
     }
 
     /// The cached signer writes exactly what aws-sigv4 writes, for what clients send:
     /// repeated headers, runs of spaces, unsigned user agents, session tokens.
     #[test]
     fn the_cached_signer_signs_as_aws_sigv4_does() {
-        let mut headers = HeaderMap::new();
-        headers.insert("host", HeaderValue::from_static("127.0.0.1:8000"));
-        headers.insert("content-length", HeaderValue::from_static("2"));
-        headers.insert("content-type", HeaderValue::from_static("application/x-amz-json-1.0"));
-        headers.insert("x-amz-target", HeaderValue::from_static("DynamoDB_20120810.GetItem"));
-        headers.insert("user-agent", HeaderValue::from_static("aws-cli/2.15  Python/3.11"));
-        headers.insert("x-amzn-trace-id", HeaderValue::from_static("Root=1-abc"));
-        headers.append("x-custom", HeaderValue::from_static("  first   value "));
-        headers.append("x-custom", HeaderValue::from_static("second"));
-        headers.insert("amz-sdk-invocation-id", HeaderValue::from_static("0c3b  9f"));
+        let headers = [
+            ("host", "127.0.0.1:8000"),
+            ("content-length", "2"),
+            ("content-type", "application/x-amz-json-1.0"),
+            ("x-amz-target", "DynamoDB_20120810.GetItem"),
+            ("user-agent", "aws-cli/2.15  Python/3.11"),
+            ("x-amzn-trace-id", "Root=1-abc"),
+            ("x-custom", "  first   value "),
+            ("x-custom", "second"),
+            ("amz-sdk-invocation-id", "0c3b  9f"),
+        ];
         for credentials in [
             Credentials::new("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", None, None, "t"),
             Credentials::new("ASIAEXAMPLE", "secret/with+chars", Some("FwoGZXIvYXdzE//token==".into()), None, "t"),
@@ -373,8 +347,34 @@ mod signing_tests {
             assert_eq!(cached, reference);
             assert!(cached.contains("SignedHeaders=amz-sdk-invocation-id;content-length;content-type;host;"), "{cached}");
             for name in ["x-amz-date", "x-amz-security-token"] {
-                assert_eq!(cached_headers.get(name), reference_headers.get(name), "{name}");
+                let value = |added: &[(String, String)]| added.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+                assert_eq!(value(&cached_headers), value(&reference_headers), "{name}");
             }
         }
+    }
+
+    /// The head sent to the endpoint: the client's headers without its signature or hop-by-hop
+    /// ones, the endpoint's host, the body's length, and a new signature.
+    #[test]
+    fn the_endpoint_gets_the_request_resigned_in_one_head() {
+        let client = "POST / HTTP/1.1\r\nHost: dbtape:1\r\nAuthorization: AWS4-HMAC-SHA256 old\r\nConnection: keep-alive\r\nExpect: 100-continue\r\nX-Amz-Target: DynamoDB_20120810.GetItem\r\nContent-Length: 2\r\n\r\n";
+        let head = crate::proxy::http1::head::parse_request(&mut bytes::BytesMut::from(client)).unwrap().unwrap();
+        let credentials = Credentials::new("ASIAEXAMPLE", "secret", Some("token".into()), None, "t");
+        let payload = crate::aws::sigv4_verify::payload_sha256(b"{}");
+        let out = resign(&endpoint(), &head, 2, &payload, &credentials, &SigningKeys::default()).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with(
+                "POST / HTTP/1.1\r\nx-amz-target: DynamoDB_20120810.GetItem\r\nhost: 127.0.0.1:8000\r\ncontent-length: 2\r\nx-amz-date: "
+            ),
+            "{text}"
+        );
+        assert!(text.contains("\r\nx-amz-security-token: token\r\nauthorization: AWS4-HMAC-SHA256 Credential=ASIAEXAMPLE/"), "{text}");
+        assert!(
+            text.ends_with("\r\n\r\n") && !text.contains("old") && !text.contains("keep-alive") && !text.contains("100-continue"),
+            "{text}"
+        );
+        let bad = Credentials::new("ASIAEXAMPLE", "secret", Some("token\r\nx-injected: 1".into()), None, "t");
+        assert!(resign(&endpoint(), &head, 2, &payload, &bad, &SigningKeys::default()).is_err(), "a line break cannot get into the head");
     }
 }
