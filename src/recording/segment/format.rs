@@ -125,16 +125,21 @@ impl BlockHeader {
 
     /// Whether `payload` is this block's, as written.
     pub fn check(&self, payload: &[u8]) -> bool {
-        let mut fields = [0u8; 12];
-        fields[..4].copy_from_slice(&self.zlen.to_le_bytes());
-        fields[4..8].copy_from_slice(&self.raw_len.to_le_bytes());
-        fields[8..].copy_from_slice(&(self.sids.len() as u32).to_le_bytes());
-        let mut crc = crc32c::crc32c(&fields);
-        for sid in &self.sids {
-            crc = crc32c::crc32c_append(crc, sid.as_bytes());
-        }
-        crc32c::crc32c_append(crc, payload) == self.crc
+        block_crc(self.zlen, self.raw_len, self.sids.len() as u32, self.sids.iter().map(|s| &s.as_bytes()[..]), payload) == self.crc
     }
+}
+
+/// A block's CRC, from its header fields, its session ids and its payload.
+pub fn block_crc<'a>(zlen: u32, raw_len: u32, count: u32, sids: impl Iterator<Item = &'a [u8]>, payload: &[u8]) -> u32 {
+    let mut fields = [0u8; 12];
+    fields[..4].copy_from_slice(&zlen.to_le_bytes());
+    fields[4..8].copy_from_slice(&raw_len.to_le_bytes());
+    fields[8..].copy_from_slice(&count.to_le_bytes());
+    let mut crc = crc32c::crc32c(&fields);
+    for sid in sids {
+        crc = crc32c::crc32c_append(crc, sid);
+    }
+    crc32c::crc32c_append(crc, payload)
 }
 
 #[derive(Debug)]

@@ -1,7 +1,7 @@
 //! The readers' side: which segment block holds which session, learnt by reading block
 //! headers only (never payloads) and kept up to date as segments grow, close or go away.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -13,6 +13,9 @@ use crate::util::sync::lock;
 /// Decompressed blocks kept: a reader asks for a session's sidecar, manifest and recording
 /// in turn, and sessions sealed together are often read together.
 const CACHED_BLOCKS: usize = 8;
+/// Arrivals kept for a reader that has not asked yet (24 bytes each): an indexer asks every
+/// few seconds, far more often than this many sessions are packed.
+const MAX_ARRIVALS_KEPT: usize = 1 << 18;
 
 /// One session's recording, manifest and sidecar, as sealed.
 #[derive(Debug, Clone)]
@@ -33,36 +36,65 @@ pub struct SegmentInfo {
     pub bytes: u64,
 }
 
-#[derive(Clone)]
-struct Location {
-    segment: Arc<str>,
-    block: Arc<BlockHeader>,
-    entry: usize,
+/// A block as the index keeps it: where it is and how to check it. Its session ids stay on
+/// disk, just before its payload, and are read back with it: kept in memory they cost 16
+/// bytes for every session ever packed.
+#[derive(Clone, Copy)]
+struct BlockSpan {
+    offset: u64,
+    zlen: u32,
+    raw_len: u32,
+    count: u32,
+    crc: u32,
 }
 
-#[derive(Default)]
+impl BlockSpan {
+    fn of(header: &BlockHeader) -> BlockSpan {
+        BlockSpan { offset: header.offset, zlen: header.zlen, raw_len: header.raw_len, count: header.sids.len() as u32, crc: header.crc }
+    }
+}
+
+/// Where a packed session is: its segment's number and its block's place in that segment.
+/// Eight bytes, so the index costs little more than the session id for each session kept.
+#[derive(Clone, Copy)]
+struct Slot {
+    segment: u32,
+    block: u32,
+}
+
 struct Scanned {
+    name: Arc<str>,
     /// Where the next record starts.
     next: u64,
     len: u64,
     closed: bool,
     sessions: usize,
-    first_block: Option<Arc<BlockHeader>>,
+    blocks: Vec<BlockSpan>,
     dictionary: Option<Arc<Vec<u8>>>,
 }
 
-/// A block: its segment's name and its offset there.
-type BlockKey = (Arc<str>, u64);
+/// A block read back: its session ids as stored, and its payload decompressed.
+struct ReadBlock {
+    sids: Vec<u8>,
+    raw: Vec<u8>,
+}
+
+/// A block: its segment's number and its offset there.
+type BlockKey = (u32, u64);
 
 #[derive(Default)]
 struct State {
-    segments: HashMap<Arc<str>, Scanned>,
-    sessions: HashMap<uuid::Uuid, Location>,
-    /// Every session as it was found, numbered in order, so that a reader that asks often
-    /// (the indexer) is told only what is new rather than handed every session each time.
-    arrivals: Vec<(u64, uuid::Uuid)>,
+    numbers: HashMap<Arc<str>, u32>,
+    segments: HashMap<u32, Scanned>,
+    next_segment: u32,
+    sessions: HashMap<uuid::Uuid, Slot>,
+    /// Sessions as they were found, numbered in order, so that a reader that asks often
+    /// (the indexer) is told only what is new. What a reader has been told is dropped when
+    /// it asks again; one that asks from further back is told every session.
+    arrivals: VecDeque<(u64, uuid::Uuid)>,
+    dropped_below: u64,
     next_arrival: u64,
-    cache: Vec<(BlockKey, Arc<Vec<u8>>)>,
+    cache: Vec<(BlockKey, Arc<ReadBlock>)>,
 }
 
 #[derive(Default)]
@@ -81,44 +113,63 @@ impl SegmentIndex {
     /// segments are read from where the last look stopped; closed ones are never read again.
     pub fn refresh(&self, recordings: &Path) {
         let dir = super::segments_dir(recordings);
-        let names: Vec<String> = match std::fs::read_dir(&dir) {
+        let suffix = format!(".{SEGMENT_EXT}");
+        let mut names: Vec<String> = match std::fs::read_dir(&dir) {
             Ok(entries) => entries
                 .flatten()
                 .filter_map(|e| e.file_name().to_str().map(str::to_string))
-                .filter(|n| n.ends_with(&format!(".{SEGMENT_EXT}")) && !n.starts_with('.'))
+                .filter(|n| n.ends_with(&suffix) && !n.starts_with('.'))
                 .collect(),
             Err(_) => Vec::new(),
         };
+        // Named by creation time: new sessions are found in the order they were packed.
+        names.sort_unstable();
         let mut state = lock(&self.state);
-        let gone: Vec<Arc<str>> = state.segments.keys().filter(|k| !names.iter().any(|n| n.as_str() == &***k)).cloned().collect();
-        for name in gone {
-            forget(&mut state, &name);
+        let present: HashSet<&str> = names.iter().map(String::as_str).collect();
+        let gone: Vec<u32> = state.numbers.iter().filter(|(name, _)| !present.contains(&***name)).map(|(_, n)| *n).collect();
+        for number in gone {
+            forget(&mut state, number);
         }
-        for name in names {
-            let key: Arc<str> = Arc::from(name.as_str());
-            if state.segments.get(&key).is_some_and(|s| s.closed) {
+        for name in &names {
+            let known = state.numbers.get(name.as_str()).and_then(|n| state.segments.get(n)).map(|s| (s.closed, s.len, s.next));
+            if known.is_some_and(|(closed, _, _)| closed) {
                 continue;
             }
-            let path = dir.join(&name);
+            let path = dir.join(name);
             let Ok(len) = std::fs::metadata(&path).map(|m| m.len()) else { continue };
-            let known = state.segments.get(&key).map(|s| (s.len, s.next));
             match known {
-                Some((seen, _)) if seen == len => continue,
-                Some((_, next)) if len < next => forget(&mut state, &key),
+                Some((_, seen, _)) if seen == len => continue,
+                Some((_, _, next)) if len < next => {
+                    if let Some(number) = state.numbers.get(name.as_str()).copied() {
+                        forget(&mut state, number);
+                    }
+                }
                 _ => {}
             }
-            if let Err(e) = scan(&mut state, &key, &path, len) {
+            let (number, name) = number_of(&mut state, name);
+            if let Err(e) = scan(&mut state, number, name, &path, len) {
                 tracing::warn!(segment = %path.display(), error = %e, "cannot read a recordings segment");
             }
         }
     }
 
     /// The sessions found since `mark` (0, or what an earlier call returned), in the order
-    /// found, and the mark to pass next time.
+    /// found, and the mark to pass next time. Asking from before what was last asked for
+    /// returns every session, in the order stored.
     pub fn arrived_since(&self, mark: u64) -> (Vec<uuid::Uuid>, u64) {
-        let state = lock(&self.state);
-        let start = state.arrivals.partition_point(|(number, _)| *number < mark);
-        (state.arrivals[start..].iter().map(|(_, sid)| *sid).collect(), state.next_arrival)
+        let mut state = lock(&self.state);
+        let next = state.next_arrival;
+        if mark < state.dropped_below {
+            return (ordered(&state), next);
+        }
+        // Whoever asks from `mark` has what came before it: only what is newer is kept.
+        let told = state.arrivals.partition_point(|(number, _)| *number < mark);
+        state.arrivals.drain(..told);
+        if state.arrivals.capacity() > 4 * state.arrivals.len().max(1024) {
+            state.arrivals.shrink_to_fit();
+        }
+        state.dropped_below = mark;
+        (state.arrivals.iter().map(|(_, sid)| *sid).collect(), next)
     }
 
     pub fn contains(&self, sid: &uuid::Uuid) -> bool {
@@ -128,20 +179,17 @@ impl SegmentIndex {
     /// In the order they are stored, so that reading them in turn (`ls`, the console)
     /// decompresses each block once rather than once per session.
     pub fn session_ids(&self) -> Vec<uuid::Uuid> {
-        let state = lock(&self.state);
-        let mut ids: Vec<_> = state.sessions.iter().map(|(sid, l)| ((l.segment.clone(), l.block.offset, l.entry), *sid)).collect();
-        ids.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        ids.into_iter().map(|(_, sid)| sid).collect()
+        ordered(&lock(&self.state))
     }
 
     pub fn segments(&self, recordings: &Path) -> Vec<SegmentInfo> {
         let dir = super::segments_dir(recordings);
         lock(&self.state)
             .segments
-            .iter()
-            .map(|(name, s)| SegmentInfo {
-                path: dir.join(&**name),
-                name: name.to_string(),
+            .values()
+            .map(|s| SegmentInfo {
+                path: dir.join(&*s.name),
+                name: s.name.to_string(),
                 closed: s.closed,
                 sessions: s.sessions,
                 bytes: s.len,
@@ -151,32 +199,37 @@ impl SegmentIndex {
 
     /// The session as sealed into a segment; None if no segment holds it.
     pub fn read(&self, recordings: &Path, sid: &uuid::Uuid) -> io::Result<Option<PackedSession>> {
-        let (location, first, dictionary) = {
+        let (number, name, block, first, dictionary) = {
             let state = lock(&self.state);
-            let Some(location) = state.sessions.get(sid).cloned() else { return Ok(None) };
-            let scanned = state.segments.get(&location.segment);
-            (location, scanned.and_then(|s| s.first_block.clone()), scanned.and_then(|s| s.dictionary.clone()))
+            let Some(slot) = state.sessions.get(sid).copied() else { return Ok(None) };
+            let scanned = state.segments.get(&slot.segment).ok_or_else(|| damaged("a packed session's segment is not indexed"))?;
+            let block = *scanned.blocks.get(slot.block as usize).ok_or_else(|| damaged("a packed session's block is not indexed"))?;
+            let first = scanned.blocks.first().copied().unwrap_or(block);
+            (slot.segment, scanned.name.clone(), block, first, scanned.dictionary.clone())
         };
-        let path = super::segments_dir(recordings).join(&*location.segment);
-        let dictionary = if location.block.offset == SEGMENT_MAGIC.len() as u64 {
+        let path = super::segments_dir(recordings).join(&*name);
+        let dictionary = if block.offset == first.offset {
             None
         } else {
             match dictionary {
                 Some(d) => Some(d),
                 None => {
-                    let first = first.ok_or_else(|| damaged("a segment's first block is missing"))?;
-                    let payload = self.payload(&location.segment, &path, &first, None)?;
-                    let d = Arc::new(super::dictionary_of(&payload).to_vec());
-                    if let Some(s) = lock(&self.state).segments.get_mut(&location.segment) {
+                    let first = self.block(number, &path, &first, None)?;
+                    let d = Arc::new(super::dictionary_of(&first.raw).to_vec());
+                    if let Some(s) = lock(&self.state).segments.get_mut(&number) {
                         s.dictionary = Some(d.clone());
                     }
                     Some(d)
                 }
             }
         };
-        let payload = self.payload(&location.segment, &path, &location.block, dictionary.as_deref().map(Vec::as_slice))?;
-        let parts =
-            format::entry_at(&payload, location.entry).ok_or_else(|| damaged("a segment block holds fewer sessions than it lists"))?;
+        let read = self.block(number, &path, &block, dictionary.as_deref().map(Vec::as_slice))?;
+        let entry = read
+            .sids
+            .chunks_exact(16)
+            .position(|stored| stored == sid.as_bytes())
+            .ok_or_else(|| damaged("a segment block no longer lists a session it held"))?;
+        let parts = format::entry_at(&read.raw, entry).ok_or_else(|| damaged("a segment block holds fewer sessions than it lists"))?;
         Ok(Some(PackedSession {
             recording: parts.recording.to_vec(),
             manifest: parts.manifest.to_vec(),
@@ -185,25 +238,30 @@ impl SegmentIndex {
         }))
     }
 
-    fn payload(&self, name: &Arc<str>, path: &Path, block: &BlockHeader, dictionary: Option<&[u8]>) -> io::Result<Arc<Vec<u8>>> {
-        let key = (name.clone(), block.offset);
+    /// A block's session ids and payload, read in one go and checked against its CRC.
+    fn block(&self, number: u32, path: &Path, block: &BlockSpan, dictionary: Option<&[u8]>) -> io::Result<Arc<ReadBlock>> {
+        let key = (number, block.offset);
         if let Some((_, hit)) = lock(&self.state).cache.iter().find(|(k, _)| *k == key) {
             return Ok(hit.clone());
         }
+        let ids_len = 16 * block.count as usize;
         let mut file = File::open(path)?;
-        file.seek(SeekFrom::Start(block.payload_offset()))?;
-        let mut compressed = vec![0u8; block.zlen as usize];
-        file.read_exact(&mut compressed)?;
-        if !block.check(&compressed) {
+        file.seek(SeekFrom::Start(block.offset + format::BLOCK_HEADER_LEN))?;
+        let mut stored = vec![0u8; ids_len + block.zlen as usize];
+        file.read_exact(&mut stored)?;
+        let (ids, compressed) = stored.split_at(ids_len);
+        if format::block_crc(block.zlen, block.raw_len, block.count, ids.chunks_exact(16), compressed) != block.crc {
             return Err(damaged(&format!("{}: the block at byte {} fails its checksum", path.display(), block.offset)));
         }
-        let raw = Arc::new(super::decompress(&compressed, block.raw_len, dictionary)?);
+        let raw = super::decompress(compressed, block.raw_len, dictionary)?;
+        stored.truncate(ids_len);
+        let read = Arc::new(ReadBlock { sids: stored, raw });
         let mut state = lock(&self.state);
         if state.cache.len() >= CACHED_BLOCKS {
             state.cache.remove(0);
         }
-        state.cache.push((key, raw.clone()));
-        Ok(raw)
+        state.cache.push((key, read.clone()));
+        Ok(read)
     }
 }
 
@@ -211,19 +269,47 @@ fn damaged(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_string())
 }
 
-fn forget(state: &mut State, name: &Arc<str>) {
-    if state.segments.remove(name).is_some() {
-        state.sessions.retain(|_, l| l.segment != *name);
+fn number_of(state: &mut State, name: &str) -> (u32, Arc<str>) {
+    if let Some((name, number)) = state.numbers.get_key_value(name) {
+        return (*number, name.clone());
+    }
+    let number = state.next_segment;
+    // Four billion segments is thousands of years of them; wrapping is only a guard.
+    state.next_segment = state.next_segment.wrapping_add(1);
+    let name: Arc<str> = Arc::from(name);
+    state.numbers.insert(name.clone(), number);
+    (number, name)
+}
+
+/// Every indexed session in the order stored: by segment as found, then by block.
+fn ordered(state: &State) -> Vec<uuid::Uuid> {
+    let mut ids: Vec<_> = state.sessions.iter().map(|(sid, slot)| ((slot.segment, slot.block), *sid)).collect();
+    ids.sort_unstable_by_key(|(place, _)| *place);
+    ids.into_iter().map(|(_, sid)| sid).collect()
+}
+
+fn forget(state: &mut State, number: u32) {
+    if let Some(scanned) = state.segments.remove(&number) {
+        state.numbers.remove(&scanned.name);
+        state.sessions.retain(|_, slot| slot.segment != number);
         let State { arrivals, sessions, .. } = state;
         arrivals.retain(|(_, sid)| sessions.contains_key(sid));
     }
-    state.cache.retain(|((n, _), _)| n != name);
+    state.cache.retain(|((n, _), _)| *n != number);
 }
 
 /// Reads block headers from where the last scan of this segment stopped.
-fn scan(state: &mut State, name: &Arc<str>, path: &Path, len: u64) -> io::Result<()> {
+fn scan(state: &mut State, number: u32, name: Arc<str>, path: &Path, len: u64) -> io::Result<()> {
     let mut file = BufReader::with_capacity(64 * 1024, File::open(path)?);
-    let scanned = state.segments.entry(name.clone()).or_default();
+    let scanned = state.segments.entry(number).or_insert_with(|| Scanned {
+        name,
+        next: 0,
+        len: 0,
+        closed: false,
+        sessions: 0,
+        blocks: Vec::new(),
+        dictionary: None,
+    });
     if scanned.next == 0 {
         let mut magic = [0u8; 8];
         if len < 8 {
@@ -240,17 +326,12 @@ fn scan(state: &mut State, name: &Arc<str>, path: &Path, len: u64) -> io::Result
     loop {
         match format::read_record(&mut file, scanned.next, len)? {
             Record::Block(header) => {
-                let end = header.end();
                 file.seek_relative(i64::from(header.zlen))?;
-                let header = Arc::new(header);
-                if scanned.first_block.is_none() {
-                    scanned.first_block = Some(header.clone());
-                }
+                let block = scanned.blocks.len() as u32;
+                scanned.blocks.push(BlockSpan::of(&header));
                 scanned.sessions += header.sids.len();
-                for (entry, sid) in header.sids.iter().enumerate() {
-                    found.push((*sid, Location { segment: name.clone(), block: header.clone(), entry }));
-                }
-                scanned.next = end;
+                found.extend(header.sids.iter().map(|sid| (*sid, Slot { segment: number, block })));
+                scanned.next = header.end();
             }
             Record::End { .. } => {
                 scanned.closed = true;
@@ -260,10 +341,20 @@ fn scan(state: &mut State, name: &Arc<str>, path: &Path, len: u64) -> io::Result
         }
     }
     scanned.len = len;
-    for (sid, location) in found {
-        state.arrivals.push((state.next_arrival, sid));
+    if scanned.closed {
+        scanned.blocks.shrink_to_fit();
+    }
+    for (sid, slot) in found {
+        state.arrivals.push_back((state.next_arrival, sid));
         state.next_arrival += 1;
-        state.sessions.insert(sid, location);
+        state.sessions.insert(sid, slot);
+    }
+    // Nobody has asked for a while (no indexer runs here): whoever asks later is told every
+    // session, so what is kept for it stays bounded.
+    let over = state.arrivals.len().saturating_sub(MAX_ARRIVALS_KEPT);
+    if over > 0 {
+        state.arrivals.drain(..over);
+        state.dropped_below = state.arrivals.front().map_or(state.next_arrival, |(number, _)| *number);
     }
     Ok(())
 }
