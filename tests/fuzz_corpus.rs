@@ -35,11 +35,18 @@ fn scram_corpus() {
 #[test]
 fn recording_corpus() {
     replay("recording", dbtape::fuzzing::recording);
+    remove_scratch("dbtape-fuzz");
+}
+
+/// The folder a target writes its inputs to, named by the process, goes with the test.
+fn remove_scratch(prefix: &str) {
+    let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("{prefix}-{}", std::process::id())));
 }
 
 #[test]
 fn segment_corpus() {
     replay("segment", dbtape::fuzzing::segment);
+    remove_scratch("dbtape-fuzz-segment");
 }
 
 #[test]

@@ -116,7 +116,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
     /// making each byte cost a parse of everything before it.
     fn head_may_be_whole(&self, from: usize) -> Result<bool, WireError> {
         let recent = &self.buf[from.saturating_sub(3).min(self.buf.len())..];
-        if memchr::memmem::find(recent, b"\n\r\n").is_some() || memchr::memmem::find(recent, b"\n\n").is_some() {
+        // "\n\n" or "\n\r\n", found from each line end (memmem would build two searchers
+        // for every head read).
+        let blank_line = memchr::memchr_iter(b'\n', recent).any(|at| match recent.get(at + 1) {
+            Some(b'\n') => true,
+            Some(b'\r') => recent.get(at + 2) == Some(&b'\n'),
+            _ => false,
+        });
+        if blank_line {
             return Ok(true);
         }
         if self.buf.len() >= super::head::MAX_HEAD_BYTES {

@@ -10,7 +10,7 @@ use bson::{rawdoc, Binary, RawDocument, RawDocumentBuf};
 
 use super::client::{reply_bytes, send, user_agent, Request};
 use super::commands::{self, error_reply, is_hello, is_login_command, AUTHENTICATION_FAILED, UNAUTHORIZED};
-use super::upstream::{aws_login, command, scram_login, UpstreamError};
+use super::upstream::{aws_login, command, scram_login, speculative_reply, ScramStart, UpstreamError};
 use super::wire::{read_message, Compressor, Message, WireError};
 use super::DbState;
 use crate::auth::scram::{client_first_user, ScramError, ServerExchange};
@@ -377,29 +377,31 @@ impl<'a> Login<'a> {
 
     async fn upstream_login(&self, db_user: &str) -> Result<(Stream, usize), UpstreamError> {
         let mut upstream = self.state.upstream.connect().await?;
-        let hello = match &self.first_hello {
-            Some(h) => {
-                let mut body = commands::without(h, &["speculativeAuthenticate", "saslSupportedMechs", "compression", "$db"]);
-                body.append("$db", "admin");
-                body
-            }
-            None => rawdoc! { "hello": 1, "$db": "admin" },
-        };
-        let reply = command(&mut upstream, &hello).await?;
-        let max_message = commands::max_message_bytes(&reply).unwrap_or(super::wire::DEFAULT_MAX_MESSAGE_BYTES);
         let auth = &self.ctx.database().auth;
-        match auth.method {
-            AuthMethod::None => {}
+        let scram = match auth.method {
             AuthMethod::Password => {
                 let password =
                     self.ctx.upstream_password()?.ok_or(UpstreamError::Password(crate::server::UpstreamPasswordError::NotConfigured))?;
                 let auth_db = self.state.upstream.auth_source.as_deref().unwrap_or("admin");
-                scram_login(&mut upstream, auth_db, db_user, &password, &self.state.upstream.salted).await?;
+                Some(ScramStart::new(auth_db, db_user, &password)?)
             }
-            AuthMethod::AwsIam => {
-                let credentials = self.state.aws_credentials(db_user).await.map_err(UpstreamError::Aws)?;
-                aws_login(&mut upstream, &credentials).await?;
-            }
+            AuthMethod::None | AuthMethod::AwsIam => None,
+        };
+        let mut hello = match &self.first_hello {
+            Some(h) => commands::without(h, &["speculativeAuthenticate", "saslSupportedMechs", "compression", "$db"]),
+            None => rawdoc! { "hello": 1 },
+        };
+        if let Some(scram) = &scram {
+            hello.append("speculativeAuthenticate", scram.speculative());
+        }
+        hello.append("$db", "admin");
+        let reply = command(&mut upstream, &hello).await?;
+        let max_message = commands::max_message_bytes(&reply).unwrap_or(super::wire::DEFAULT_MAX_MESSAGE_BYTES);
+        if let Some(scram) = scram {
+            scram_login(&mut upstream, scram, speculative_reply(&reply), &self.state.upstream.salted).await?;
+        } else if auth.method == AuthMethod::AwsIam {
+            let credentials = self.state.aws_credentials(db_user).await.map_err(UpstreamError::Aws)?;
+            aws_login(&mut upstream, &credentials).await?;
         }
         Ok((upstream, max_message))
     }

@@ -118,20 +118,56 @@ fn done(reply: &RawDocument) -> bool {
     reply.get_bool("done").unwrap_or(false)
 }
 
-/// SCRAM-SHA-256 as `user` on `auth_db`.
+/// A SCRAM-SHA-256 login begun: its client-first message can ride in the hello
+/// (`speculativeAuthenticate`), which saves the server a round trip if it takes it.
+pub struct ScramStart {
+    exchange: ClientExchange,
+    first: String,
+    auth_db: String,
+}
+
+impl ScramStart {
+    pub fn new(auth_db: &str, user: &str, password: &str) -> Result<ScramStart, UpstreamError> {
+        let (exchange, first) = ClientExchange::start_as(user, password)?;
+        Ok(ScramStart { exchange, first, auth_db: auth_db.to_string() })
+    }
+
+    /// The saslStart a hello carries: as the command, with `db` for `$db`.
+    pub fn speculative(&self) -> RawDocumentBuf {
+        rawdoc! {
+            "saslStart": 1, "mechanism": "SCRAM-SHA-256", "payload": binary(self.first.clone().into_bytes()),
+            "options": { "skipEmptyExchange": true }, "db": self.auth_db.as_str(),
+        }
+    }
+}
+
+/// The server's answer to a hello's `speculativeAuthenticate`, if it took it: servers that
+/// do not (or that refuse it) leave it out, and the login starts with saslStart instead.
+pub fn speculative_reply(hello_reply: &RawDocument) -> Option<RawDocumentBuf> {
+    let reply = hello_reply.get_document("speculativeAuthenticate").ok()?;
+    reply.get("payload").ok().flatten().is_some().then(|| reply.to_raw_document_buf())
+}
+
+/// SCRAM-SHA-256 on `start`'s database, from the server-first message in `speculated` when
+/// the hello's `speculativeAuthenticate` was taken, or from a saslStart.
 pub async fn scram_login(
     stream: &mut Stream,
-    auth_db: &str,
-    user: &str,
-    password: &str,
+    start: ScramStart,
+    speculated: Option<RawDocumentBuf>,
     salted: &Arc<crate::auth::scram::SaltedPasswords>,
 ) -> Result<(), UpstreamError> {
-    let (mut exchange, first) = ClientExchange::start_as(user, password)?;
-    let start = rawdoc! {
-        "saslStart": 1, "mechanism": "SCRAM-SHA-256", "payload": binary(first.into_bytes()),
-        "options": { "skipEmptyExchange": true }, "$db": auth_db,
+    let ScramStart { mut exchange, first, auth_db } = start;
+    let auth_db = auth_db.as_str();
+    let reply = match speculated {
+        Some(reply) => reply,
+        None => {
+            let start = rawdoc! {
+                "saslStart": 1, "mechanism": "SCRAM-SHA-256", "payload": binary(first.into_bytes()),
+                "options": { "skipEmptyExchange": true }, "$db": auth_db,
+            };
+            checked(stream, &start).await?
+        }
     };
-    let reply = checked(stream, &start).await?;
     let server_first = String::from_utf8_lossy(&payload(&reply)?).into_owned();
     let client_final = match exchange.respond_cached(&server_first, salted, false)? {
         Some(answer) => answer,
