@@ -89,10 +89,14 @@ impl WorkerPool {
         worker.active.fetch_add(1, Ordering::Relaxed);
         self.churn.note();
         let guard = ActiveGuard(worker.active.clone(), self.churn.clone());
-        // Detached: the server tracks the connection through the future itself.
+        // Detached: the server tracks the connection through the future itself. The
+        // connection's future is boxed on the worker, so the task allocated here, on the
+        // accepting thread, holds only `make` (224 bytes). A task holding the whole future
+        // was 1.8 KiB, which glibc serves from its slow path on one thread and frees on
+        // another at every new connection (BENCHMARKS.md, eighth cut).
         drop(worker.handle.spawn(async move {
             let _guard = guard;
-            make().await;
+            Box::pin(make()).await;
         }));
     }
 
