@@ -170,16 +170,6 @@ db_users = ["{db_user}"]
     run_server(&text, root).await
 }
 
-const PING: &str = "import sys, pymongo\nc = pymongo.MongoClient(sys.argv[1], serverSelectionTimeoutMS=5000)\ntry:\n    print(c.lib.command('ping')['ok'])\nexcept pymongo.errors.PyMongoError as e:\n    print('failed', getattr(e, 'code', e))\n";
-
-async fn pymongo(services: &Services, addr: std::net::SocketAddr) -> String {
-    let mut cmd = services.python();
-    cmd.args(["-c", PING, &format!("mongodb://alice:{ALICE_PASSWORD}@{addr}/lib?authSource=admin&directConnection=true")]);
-    let (ok, out, err) = common::output(cmd).await;
-    assert!(ok, "{err}");
-    out.trim().to_string()
-}
-
 /// One test, because the AWS credential chain reads the process environment.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mongodb_aws_logins_are_checked_by_sts_and_documentdb_users_are_role_arns() {
@@ -197,7 +187,7 @@ async fn mongodb_aws_logins_are_checked_by_sts_and_documentdb_users_are_role_arn
     // config) and proves that identity to the server.
     let root = tempfile::tempdir().unwrap();
     let (addr, stop, task) = proxy_for(upstream, &certs, &role, "external_id = \"ext-123\"", root.path(), &format!("http://{sts}")).await;
-    assert_eq!(pymongo(&services, addr).await, "1.0");
+    assert_eq!(common::mongo::ping_as_alice(&services, addr).await, "1.0");
     let _ = stop.send(());
     task.await.unwrap();
     {
@@ -223,7 +213,7 @@ async fn mongodb_aws_logins_are_checked_by_sts_and_documentdb_users_are_role_arn
     let root = tempfile::tempdir().unwrap();
     let (addr, stop, task) =
         proxy_for(upstream, &certs, "arn:aws:iam::123456789012:user/proxy", "", root.path(), &format!("http://{sts}")).await;
-    let out = pymongo(&services, addr).await;
+    let out = common::mongo::ping_as_alice(&services, addr).await;
     assert_eq!(out, "failed 18");
     let _ = stop.send(());
     task.await.unwrap();

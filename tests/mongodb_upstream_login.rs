@@ -87,9 +87,6 @@ async fn stand_in(listener: TcpListener, takes_speculative: bool, seen: Arc<Mute
     }
 }
 
-const PING: &str =
-    "import sys, pymongo\nc = pymongo.MongoClient(sys.argv[1], serverSelectionTimeoutMS=5000)\nprint(c.lib.command('ping')['ok'])\n";
-
 /// One login through dbtape to a stand-in that does or does not take the speculative step.
 async fn login_through_dbtape(services: &Services, takes_speculative: bool) -> Seen {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -120,11 +117,7 @@ db_users = ["{UPSTREAM_USER}"]
         alice = verifier(ALICE_PASSWORD),
     );
     let (addr, stop, task) = run_server(&text, root.path()).await;
-    let mut cmd = services.python();
-    cmd.args(["-c", PING, &format!("mongodb://alice:{ALICE_PASSWORD}@{addr}/lib?authSource=admin&directConnection=true")]);
-    let (ok, out, err) = common::output(cmd).await;
-    assert!(ok, "{err}");
-    assert_eq!(out.trim(), "1.0");
+    assert_eq!(common::mongo::ping_as_alice(services, addr).await, "1.0");
     let _ = stop.send(());
     task.await.unwrap();
     let seen = std::mem::take(&mut *seen.lock().unwrap());

@@ -176,3 +176,15 @@ pub mod raw {
         read(s).await.map(|(_, _, reply)| reply)
     }
 }
+
+const PING: &str = "import sys, pymongo\nc = pymongo.MongoClient(sys.argv[1], serverSelectionTimeoutMS=5000)\ntry:\n    print(c.lib.command('ping')['ok'])\nexcept pymongo.errors.PyMongoError as e:\n    print('failed', getattr(e, 'code', e))\n";
+
+/// alice pings database `lib` through the proxy at `addr` with pymongo: "1.0", or
+/// "failed <code>" when the server or the proxy refuses.
+pub async fn ping_as_alice(services: &Services, addr: SocketAddr) -> String {
+    let mut cmd = services.python();
+    cmd.args(["-c", PING, &format!("mongodb://alice:{ALICE_PASSWORD}@{addr}/lib?authSource=admin&directConnection=true")]);
+    let (ok, out, err) = super::output(cmd).await;
+    assert!(ok, "{err}");
+    out.trim().to_string()
+}
