@@ -300,3 +300,99 @@ fn a_packed_session_leaves_no_file_of_its_own_whether_or_not_it_had_a_sidecar() 
     }
     rec.recorder.shutdown();
 }
+
+fn incompressible(len: usize) -> String {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            char::from(b'a' + (state % 26) as u8)
+        })
+        .collect()
+}
+
+fn append_query(log: &dbtape::recording::SessionLog, query: String) {
+    log.append(&EventBody::Query { query, parameters: vec![], db_name: None }, 1_790_000_000_000).unwrap();
+}
+
+fn wait_for(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(done(), "{what}");
+}
+
+/// A recording that may be packed starts in memory. Until the writer's batch tick (an hour
+/// here) only outgrowing what memory holds gives it a file; at the stop, sessions that never
+/// had one are packed straight from memory, and every one is whole and verifies.
+#[test]
+fn a_recording_in_memory_gets_a_file_only_when_it_outgrows_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rec = recorder(tmp.path(), |c| {
+        packing(64 * 1024)(c);
+        c.batch_interval = std::time::Duration::from_secs(3600);
+        c.frame_target_bytes = 16 * 1024;
+    });
+    let open = |statement: &str| {
+        let ctx = context(Protocol::Postgres);
+        let sid = ctx.sid.clone();
+        let log = rec.recorder.open(ctx).unwrap();
+        append_query(&log, statement.to_string());
+        (sid, log)
+    };
+    let (ended, log) = open("SELECT 1");
+    drop(log);
+    let (live, live_log) = open("SELECT 2");
+    let big_query = incompressible(20 * 1024);
+    let (big, big_log) = open(&big_query);
+    append_query(&big_log, "SELECT 3".into());
+    // The big session's frame filled, was written, and took it past memory's share.
+    wait_for("the big session gets its own file", || own_files(&rec.dir, &big) == [format!("{big}.dbt")]);
+    for sid in [&ended, &live] {
+        assert_eq!(own_files(&rec.dir, sid), Vec::<String>::new(), "{sid} has no file before the tick");
+    }
+    rec.recorder.shutdown();
+    drop((live_log, big_log));
+    let store = rec.store();
+    for (sid, events) in [(&ended, 1), (&live, 1), (&big, 2)] {
+        assert_eq!(own_files(&rec.dir, sid), Vec::<String>::new(), "{sid} is packed");
+        let (lines, end) = read_lines(&store, sid);
+        assert_eq!((lines.len(), end), (events, StreamEnd::Sealed), "{sid}");
+        let report = verify_recording(&store, sid, Some(&rec.public_key()));
+        assert_eq!(report.verdict, Verdict::Ok, "{report:?}");
+    }
+    let (lines, _) = read_lines(&store, &big);
+    let first: serde_json::Value = serde_json::from_slice(&lines[0]).unwrap();
+    assert_eq!(first["db_query"], big_query.as_str());
+    assert_eq!(store.segments().iter().map(|s| s.sessions as u64).sum::<u64>(), 3);
+}
+
+/// A session still live at the writer's batch tick gets its own file there, holding every
+/// event so far, so that the tick's fsync covers it as before; once sealed it is packed and
+/// that file goes.
+#[test]
+fn a_recording_still_live_at_the_batch_tick_gets_its_own_file_with_every_event() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rec = recorder(tmp.path(), |c| {
+        packing(64 * 1024)(c);
+        c.batch_interval = std::time::Duration::from_millis(100);
+    });
+    let ctx = context(Protocol::Postgres);
+    let sid = ctx.sid.clone();
+    let log = rec.recorder.open(ctx).unwrap();
+    append_query(&log, "SELECT 'before the tick'".into());
+    wait_for("the live session gets its own file at the tick", || own_files(&rec.dir, &sid).contains(&format!("{sid}.dbt")));
+    let store = rec.store();
+    let (lines, end) = read_lines(&store, &sid);
+    assert_eq!((lines.len(), end), (1, StreamEnd::Unsealed));
+    append_query(&log, "SELECT 'after it'".into());
+    block_on(log.close()).unwrap();
+    wait_for("the sealed session is packed and its own files go", || own_files(&rec.dir, &sid).is_empty());
+    let (lines, end) = read_lines(&store, &sid);
+    assert_eq!((lines.len(), end), (2, StreamEnd::Sealed));
+    assert_eq!(verify_recording(&store, &sid, Some(&rec.public_key())).verdict, Verdict::Ok);
+    rec.recorder.shutdown();
+}

@@ -267,8 +267,14 @@ impl ListenerContext {
             tracing::warn!(reason = %shortage, "recording disk nearly full; best_effort mode records what it still can");
         }
         let ctx = self.session_context(identity, conn);
-        let recorder = self.recorder.clone();
-        let log = tokio::task::spawn_blocking(move || recorder.open(ctx)).await.map_err(|_| RecordingError::ShutDown)??;
+        // A recording that starts in memory is opened here: a hop to a blocking thread and
+        // back would cost more than the open.
+        let log = if self.recorder.opens_in_memory() {
+            self.recorder.open(ctx)?
+        } else {
+            let recorder = self.recorder.clone();
+            tokio::task::spawn_blocking(move || recorder.open(ctx)).await.map_err(|_| RecordingError::ShutDown)??
+        };
         Ok(AuditPort::new(log))
     }
 

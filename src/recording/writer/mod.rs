@@ -28,7 +28,7 @@ use crate::audit::{EventBody, EventNotes, SessionContext};
 use crate::signing::Signer;
 use crate::util::sync::lock;
 use buffer::{note_loss, push_event, take_frame};
-use state::{Backlog, Control, FileIo, Inner, SessionState, Shared, Stats};
+use state::{Backlog, Control, FileIo, Inner, SessionState, Shared, Sink, Stats};
 use thread::writer_loop;
 
 pub use crate::config::{FsyncPolicy, RecordingMode, MAX_FRAME_TARGET_BYTES, MAX_QUERY_BYTES_LIMIT};
@@ -233,11 +233,17 @@ impl Recorder {
             &seed,
             &mut bytes,
         );
-        let mut file = OpenOptions::new().append(true).create_new(true).open(&path).map_err(|e| create(e.to_string()))?;
-        file.try_lock().map_err(|e| create(format!("cannot lock: {e}")))?;
-        file.write_all(&bytes).map_err(|e| create(e.to_string()))?;
         let mut hasher = Sha256::new();
         hasher.update(&bytes);
+        let len = bytes.len() as u64;
+        let sink = if self.opens_in_memory() {
+            Sink::Memory(bytes)
+        } else {
+            let mut file = OpenOptions::new().append(true).create_new(true).open(&path).map_err(|e| create(e.to_string()))?;
+            file.try_lock().map_err(|e| create(format!("cannot lock: {e}")))?;
+            file.write_all(&bytes).map_err(|e| create(e.to_string()))?;
+            Sink::File(file)
+        };
         let state = Arc::new(SessionState {
             ctx: Arc::new(ctx),
             uid_seed,
@@ -269,7 +275,7 @@ impl Recorder {
                 closing: false,
                 zstd_level: self.shared.config.zstd_level,
             }),
-            io: Mutex::new(Some(FileIo { file, len: bytes.len() as u64, hasher, dirty: true, last_summary: None, summary_dirty: true })),
+            io: Mutex::new(Some(FileIo { sink, len, hasher, dirty: true, last_summary: None, summary_dirty: true })),
             durable: watch::channel(Durability::default()).0,
         });
         // The live sidecar waits for the writer's next pass: a session that ends before then
@@ -278,17 +284,26 @@ impl Recorder {
         // (`RecordingStore::read_summary`), and crash recovery rebuilds it as before.
         // The recording's name is as durable as its first frames: at once when every event
         // is fsynced, else with the next batch's fsync (a crash loses at most that batch,
-        // as it does of any session's events).
+        // as it does of any session's events). A recording in memory gets its name at that
+        // batch, just before the fsync.
         match self.shared.config.fsync {
             FsyncPolicy::Always => self.shared.sync_dir(),
-            FsyncPolicy::Batch => self.shared.new_names.store(true, std::sync::atomic::Ordering::Release),
-            FsyncPolicy::Never => {}
+            FsyncPolicy::Batch if !self.opens_in_memory() => self.shared.new_names.store(true, std::sync::atomic::Ordering::Release),
+            FsyncPolicy::Batch | FsyncPolicy::Never => {}
         }
         if counts_as_session(&state.ctx) {
             self.shared.metrics.session_opened(state.ctx.database.protocol);
         }
         lock(&self.shared.control).sessions.push(state.clone());
         Ok(SessionLog { state, shared: self.shared.clone(), closed: false })
+    }
+
+    /// Whether `open` starts a recording in memory, touching no file: then it is cheap
+    /// enough to call on a connection's own thread. A recording that may be packed starts
+    /// there, unless every event is fsynced at once; the writer's next batch tick gives it
+    /// its own file if it is still live (see `Sink`).
+    pub fn opens_in_memory(&self) -> bool {
+        self.shared.config.segments.is_some() && self.shared.config.fsync != FsyncPolicy::Always
     }
 
     /// Seals every open recording and stops the writer thread.

@@ -1,11 +1,10 @@
 //! Sealing: the trailer frame, the final fsync, the signed manifest and the last sidecar.
 
-use std::io::Write;
 use std::sync::Arc;
 
 use sha2::Digest;
 
-use super::state::{Inner, SessionState, Shared};
+use super::state::{Inner, SessionState, Shared, Sink};
 use crate::recording::format::{encode_frame, FrameKind, FrameSpec, Trailer};
 use crate::recording::store::{RecordingState, SessionSummary};
 use crate::signing::{Manifest, ManifestBody};
@@ -42,8 +41,9 @@ pub(super) fn summary_of(state: &SessionState, inner: &Inner, bytes: u64, record
 /// (not written). `pack` puts it in the open segment, or else in its own files.
 pub(super) struct ToPack {
     sid: String,
-    /// Still holding the recording's lock: dropped once the session is packed or sealed.
-    file: std::fs::File,
+    /// Its file, still holding the recording's lock (dropped once the session is packed or
+    /// sealed), or its bytes if it never left memory.
+    sink: Sink,
     manifest: Manifest,
     summary: SessionSummary,
     /// Whether a live sidecar was written: a session shorter than a second has none to
@@ -96,12 +96,13 @@ pub(super) fn seal(shared: &Shared, session: &SessionState, packing: Option<u64>
                 &inner.written_chain,
                 &mut bytes,
             );
-            io.file.write_all(&bytes).map_err(|e| e.to_string())?;
+            io.sink.write_all(&bytes).map_err(|e| e.to_string())?;
             io.hasher.update(&bytes);
             io.len += bytes.len() as u64;
             // A session to be packed is made durable by its segment's fsync instead.
             if !packable(packing, io.len, final_state) {
-                io.file.sync_all().map_err(|e| e.to_string())?;
+                shared.own_file(&sid, &mut io.sink).map_err(|e| format!("cannot create the recording's file: {e}"))?;
+                sync_all(&io.sink).map_err(|e| e.to_string())?;
             }
             Ok((chain, inner.written_seq + 1))
         });
@@ -131,7 +132,7 @@ pub(super) fn seal(shared: &Shared, session: &SessionState, packing: Option<u64>
                     // recovery in another process sharing the folder leaves it alone.
                     let summary = summary_of(session, &inner, io.len, final_state);
                     let has_sidecar = io.last_summary.is_some();
-                    return Some(ToPack { sid, file: io.file, manifest: manifest.clone(), summary, has_sidecar });
+                    return Some(ToPack { sid, sink: io.sink, manifest: manifest.clone(), summary, has_sidecar });
                 }
                 match signed.and_then(|m| shared.store.write_manifest(&m).map_err(|e| e.to_string())) {
                     Ok(()) => {}
@@ -148,7 +149,7 @@ pub(super) fn seal(shared: &Shared, session: &SessionState, packing: Option<u64>
                 final_state = RecordingState::Failed;
             }
         }
-        held = Some(io.file);
+        held = Some(io.sink);
     }
     let summary = summary_of(session, &inner, len, final_state);
     drop(inner);
@@ -158,10 +159,18 @@ pub(super) fn seal(shared: &Shared, session: &SessionState, packing: Option<u64>
     if let Err(e) = shared.store.refresh_summary(&summary) {
         tracing::error!(sid = %sid, error = %e, "cannot write the final sidecar");
     }
-    if let Some(file) = held {
+    if let Some(Sink::File(file)) = held {
         let _ = file.unlock();
     }
     None
+}
+
+/// Seal's fsync of a recording `own_file` has just given a file.
+fn sync_all(sink: &Sink) -> std::io::Result<()> {
+    match sink {
+        Sink::File(file) => file.sync_all(),
+        Sink::Memory(_) => Err(std::io::Error::other("the recording has no file")),
+    }
 }
 
 fn packable(packing: Option<u64>, len: u64, state: RecordingState) -> bool {
@@ -176,8 +185,12 @@ pub(super) fn pack(shared: &Shared, sessions: Vec<ToPack>) -> bool {
     let store = &shared.store;
     let mut ready = Vec::with_capacity(sessions.len());
     let mut own_files = Vec::new();
-    for item in sessions {
-        let parts = std::fs::read(store.recording_path(&item.sid)).and_then(|recording| {
+    for mut item in sessions {
+        let recording = match &mut item.sink {
+            Sink::Memory(bytes) => Ok(std::mem::take(bytes)),
+            Sink::File(_) => std::fs::read(store.recording_path(&item.sid)),
+        };
+        let parts = recording.and_then(|recording| {
             let manifest = serde_json::to_vec(&item.manifest)?;
             let summary = serde_json::to_vec(&item.summary)?;
             let sid = uuid::Uuid::try_parse(&item.sid).map_err(std::io::Error::other)?;
@@ -203,8 +216,9 @@ pub(super) fn pack(shared: &Shared, sessions: Vec<ToPack>) -> bool {
             for (item, _) in &ready {
                 // Not fsynced: a removal the disk lost leaves both copies, and start-up
                 // recovery removes the session's own files again.
+                let recording = (!item.sink.in_memory()).then(|| store.recording_path(&item.sid));
                 let sidecar = item.has_sidecar.then(|| store.meta_path(&item.sid));
-                for path in std::iter::once(store.recording_path(&item.sid)).chain(sidecar) {
+                for path in recording.into_iter().chain(sidecar) {
                     if let Err(e) = std::fs::remove_file(&path) {
                         tracing::warn!(sid = %item.sid, path = %path.display(), error = %e, "cannot remove a packed session's own file");
                     }
@@ -215,7 +229,12 @@ pub(super) fn pack(shared: &Shared, sessions: Vec<ToPack>) -> bool {
             if !ready.is_empty() {
                 tracing::error!(error = %e, sessions = ready.len(), "cannot write the recordings segment; the sessions keep their own files");
             }
-            own_files.extend(ready.into_iter().map(|(item, _)| item));
+            own_files.extend(ready.into_iter().map(|(mut item, (_, recording, _, _))| {
+                if let Sink::Memory(bytes) = &mut item.sink {
+                    *bytes = recording;
+                }
+                item
+            }));
         }
     }
     let unpacked = !own_files.is_empty();
@@ -227,9 +246,9 @@ pub(super) fn pack(shared: &Shared, sessions: Vec<ToPack>) -> bool {
 
 /// What `seal` would have done for a session that could not be packed.
 fn in_own_files(shared: &Shared, mut item: ToPack) {
-    let written = item
-        .file
-        .sync_all()
+    let written = shared
+        .own_file(&item.sid, &mut item.sink)
+        .and_then(|()| sync_all(&item.sink))
         .map_err(|e| e.to_string())
         .and_then(|()| shared.store.write_manifest(&item.manifest).map_err(|e| e.to_string()));
     if let Err(e) = written {

@@ -100,8 +100,54 @@ pub(super) struct Inner {
     pub(super) zstd_level: i32,
 }
 
+/// Where a session's recording bytes go. A session starts in memory when its recording may
+/// end up packed into a segment: most sessions of a connection storm end before the
+/// writer's next batch tick and are packed straight from memory, never costing a file
+/// created, read back and removed. The tick gives every session still live its own file
+/// before the fsync, so the loss window stays the policy's.
+pub(super) enum Sink {
+    File(File),
+    Memory(Vec<u8>),
+}
+
+impl Sink {
+    pub(super) fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Sink::File(file) => std::io::Write::write_all(file, bytes),
+            Sink::Memory(buffer) => {
+                buffer.extend_from_slice(bytes);
+                Ok(())
+            }
+        }
+    }
+
+    /// Cuts the recording back to `len` bytes, after a write that failed part way.
+    pub(super) fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+        match self {
+            Sink::File(file) => file.set_len(len),
+            Sink::Memory(buffer) => {
+                buffer.truncate(usize::try_from(len).unwrap_or(usize::MAX));
+                Ok(())
+            }
+        }
+    }
+
+    /// Only a session whose file could not be created is still in memory at an fsync; its
+    /// loss is already counted, so there is nothing to make durable.
+    pub(super) fn sync_data(&self) -> std::io::Result<()> {
+        match self {
+            Sink::File(file) => file.sync_data(),
+            Sink::Memory(_) => Ok(()),
+        }
+    }
+
+    pub(super) fn in_memory(&self) -> bool {
+        matches!(self, Sink::Memory(_))
+    }
+}
+
 pub(super) struct FileIo {
-    pub(super) file: File,
+    pub(super) sink: Sink,
     pub(super) len: u64,
     pub(super) hasher: Sha256,
     pub(super) dirty: bool,
@@ -182,6 +228,25 @@ impl Shared {
         if let Ok(dir) = std::fs::File::open(self.store.dir()) {
             let _ = dir.sync_all();
         }
+    }
+
+    /// Gives a recording still in memory its own file, holding every byte so far. The
+    /// name is made durable by the next folder fsync, as any new recording's is.
+    pub(super) fn own_file(&self, sid: &str, sink: &mut Sink) -> std::io::Result<()> {
+        let Sink::Memory(bytes) = sink else { return Ok(()) };
+        let path = self.store.recording_path(sid);
+        let mut file = std::fs::OpenOptions::new().append(true).create_new(true).open(&path)?;
+        let written = file
+            .try_lock()
+            .map_err(|e| std::io::Error::other(format!("cannot lock: {e}")))
+            .and_then(|()| std::io::Write::write_all(&mut file, bytes));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        *sink = Sink::File(file);
+        self.new_names.store(true, Ordering::Release);
+        Ok(())
     }
 
     pub(super) fn nudge(&self) {

@@ -1,6 +1,5 @@
 //! The writer thread: group commit over every session, and rollback of a failed write.
 
-use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +19,9 @@ const SUMMARY_REFRESH: Duration = Duration::from_secs(2);
 /// each would cost a file created, renamed and removed. Readers summarize a younger
 /// session from its recording, a frame or two long.
 const FIRST_SIDECAR_AFTER: i64 = 1_000;
+/// The most a live recording keeps in memory before it gets its own file: a session of a
+/// few statements fits, and a flood of sessions cannot hold much more than their frames do.
+const IN_MEMORY_MAX: u64 = 8 * 1024;
 
 pub(super) fn writer_loop(shared: &Shared) {
     let config = &shared.config;
@@ -109,6 +111,9 @@ pub(super) fn write_pass(shared: &Shared, sessions: &[Arc<SessionState>], flush_
                 continue;
             }
         }
+        if let Err(e) = leave_memory(shared, session, flush_all, packing.unwrap_or_default().min(IN_MEMORY_MAX)) {
+            fail_session(shared, session, format!("cannot create the recording's file: {e}"));
+        }
         written.push((session.clone(), last_ei));
     }
     if fsync {
@@ -117,7 +122,7 @@ pub(super) fn write_pass(shared: &Shared, sessions: &[Arc<SessionState>], flush_
         }
         for (session, _) in &written {
             let synced = match lock(&session.io).as_mut().filter(|io| io.dirty) {
-                Some(io) => io.file.sync_data().map(|()| io.dirty = false),
+                Some(io) => io.sink.sync_data().map(|()| io.dirty = false),
                 None => Ok(()),
             };
             if let Err(e) = synced {
@@ -163,6 +168,17 @@ pub(super) fn write_pass(shared: &Shared, sessions: &[Arc<SessionState>], flush_
     closing
 }
 
+/// A recording still in memory gets its own file at a flush, so that the fsync after it
+/// covers the session like any other, or once it outgrows `max`.
+fn leave_memory(shared: &Shared, session: &SessionState, flush_all: bool, max: u64) -> std::io::Result<()> {
+    let mut guard = lock(&session.io);
+    let Some(io) = guard.as_mut().filter(|io| io.sink.in_memory() && (flush_all || io.len > max)) else { return Ok(()) };
+    if lock(&session.inner).dead {
+        return Ok(());
+    }
+    shared.own_file(&session.ctx.sid, &mut io.sink)
+}
+
 /// Whether the session's recording is still open and no bigger than `max`: packable.
 fn is_short(session: &SessionState, max: u64) -> bool {
     lock(&session.io).as_ref().is_some_and(|io| io.len <= max)
@@ -199,7 +215,7 @@ pub(super) fn write_frames(shared: &Shared, session: &Arc<SessionState>, frames:
             &chain,
             &mut bytes,
         );
-        if let Err(e) = io.file.write_all(&bytes) {
+        if let Err(e) = io.sink.write_all(&bytes) {
             failure = Some(e.to_string());
             break;
         }
@@ -225,7 +241,7 @@ pub(super) fn write_frames(shared: &Shared, session: &Arc<SessionState>, frames:
     }
     let Some(reason) = failure else { return last_ei };
     // Cut off any torn bytes so later frames still follow a whole one.
-    let rollback = io.file.set_len(io.len);
+    let rollback = io.sink.truncate(io.len);
     drop(io_guard);
     let reason = format!("write failed: {reason}");
     let mut inner = lock(&session.inner);
@@ -264,7 +280,8 @@ pub(super) fn fail_session(shared: &Shared, session: &SessionState, reason: Stri
 pub(super) fn refresh_summary(shared: &Shared, session: &SessionState) {
     let closing = lock(&session.inner).closing;
     let mut io_guard = lock(&session.io);
-    let Some(io) = io_guard.as_mut() else { return };
+    // A recording still in memory has no file for a sidecar to describe yet.
+    let Some(io) = io_guard.as_mut().filter(|io| !io.sink.in_memory()) else { return };
     let due = match io.last_summary {
         // A session already closing is sealed (or packed) soon, sidecar and all.
         None => !closing && crate::audit::now_ms() - session.start_ms >= FIRST_SIDECAR_AFTER,
