@@ -285,3 +285,25 @@ async fn a_session_waits_for_a_busy_pool_and_takes_the_connection_given_back() {
     assert_eq!(starts(&proxy).iter().map(|s| s.0).collect::<Vec<_>>(), [Some(false), Some(true)]);
     verify_all(&proxy);
 }
+
+/// A session's upstream connection goes back to the pool when its client leaves, not once
+/// its recording is sealed: a short session is sealed at the writer's next batch tick (a
+/// minute away here, where it is packed), and the next client does not wait for that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_goes_back_before_the_recording_is_sealed() {
+    let mut proxy =
+        Proxy::start_pooled_recording("mode = \"session\"\nmax_size = 1", "batch_interval = \"60s\"\n[recording.segments]\nenabled = true")
+            .await;
+    let (first, task) = connect(&proxy).await;
+    let pid = backend_pid(&first).await;
+    close(first, task).await;
+    let (second, task) = tokio::time::timeout(Duration::from_secs(20), connect(&proxy))
+        .await
+        .expect("the one pooled connection is still held by a session whose recording waits to be sealed");
+    assert_eq!(backend_pid(&second).await, pid, "the second client reuses the first's backend");
+    close(second, task).await;
+    proxy.stop().await;
+    let pid: u64 = pid.parse().unwrap();
+    assert_eq!(starts(&proxy), [(Some(false), pid), (Some(true), pid)]);
+    verify_all(&proxy);
+}

@@ -178,9 +178,17 @@ impl AuditPort {
 
     /// Records the end event and seals the recording.
     pub async fn end(self) -> Result<(), AuditError> {
+        self.end_then(async {}).await
+    }
+
+    /// Records the end event, then runs `meanwhile` while the recording is sealed: sealing a
+    /// short session waits for the writer's batch tick, which whatever the session still
+    /// holds (a pooled upstream connection) should not.
+    pub async fn end_then(self, meanwhile: impl std::future::Future<Output = ()>) -> Result<(), AuditError> {
         let stop = Utc::now();
         let emitted =
             self.emit_at(EventBody::SessionEnd { session_start: self.session_start(), session_stop: stop }, stop.timestamp_millis()).await;
+        meanwhile.await;
         let sealed = self.log.close().await;
         emitted.map(|_| ())?;
         match sealed {

@@ -99,7 +99,12 @@ impl Proxy {
 
     /// As `start`, with `pool` as the database's `[databases.pool]` section's body.
     pub async fn start_pooled(pool: &str) -> Proxy {
-        Self::start_full("", "", None, &format!("[databases.pool]\n{pool}")).await
+        Self::start_pooled_recording(pool, "").await
+    }
+
+    /// As `start_pooled`, with `extra_recording` added to the [recording] section.
+    pub async fn start_pooled_recording(pool: &str, extra_recording: &str) -> Proxy {
+        Self::start_full("", extra_recording, None, &format!("[databases.pool]\n{pool}")).await
     }
 
     async fn start_full(extra_server: &str, extra_recording: &str, client_tls_tail: Option<&str>, extra_database: &str) -> Proxy {
@@ -118,7 +123,7 @@ workers = 3
 [recording]
 dir = "{root}/recordings"
 signing_key = "{root}/key"
-batch_interval = "10ms"
+{batch_interval}
 {extra_recording}
 [[databases]]
 name = "pg"
@@ -169,6 +174,7 @@ db_users = ["postgres"]
             port = services.get("PG_PORT"),
             alice = verifier(ALICE_PASSWORD),
             bob = verifier(BOB_PASSWORD),
+            batch_interval = if extra_recording.contains("batch_interval") { "" } else { "batch_interval = \"10ms\"" },
         );
         let (addr, directory, stop, task) = run_server_with_directory(&text, root.path()).await;
         let store = RecordingStore::new(root.path().join("recordings"));

@@ -35,7 +35,8 @@ pub(super) enum Stop {
 
 /// Relays both directions, auditing on the way, until either side ends. With `keep` (a
 /// pooled database), a client's Terminate is not passed on, and the upstream connection is
-/// handed back when the client left it at rest: no transaction, nothing unanswered.
+/// handed back when the client left it at rest: no transaction, nothing unanswered. The
+/// caller ends the recording, once the upstream connection is dealt with.
 pub(super) async fn relay_session(
     client: Stream,
     upstream: Stream,
@@ -44,7 +45,7 @@ pub(super) async fn relay_session(
     ctx: &ListenerContext,
     span: &tracing::Span,
     redactor: &Redactor,
-) -> Option<Stream> {
+) -> (Option<Stream>, AuditPort) {
     let (mut client_read, mut client_write) = tokio::io::split(client);
     let (mut upstream_read, mut upstream_write) = tokio::io::split(upstream);
     let tracking = Tracking { keep_upstream: keep, ..Tracking::default() };
@@ -58,16 +59,17 @@ pub(super) async fn relay_session(
     };
     let reusable = keep && matches!(stop, Stop::ClientClosed) && tracking.at_rest();
     // Boxed: the wind-up's awaits, inline, would size this future for the session's life.
-    Box::pin(wind_up(stop, client_write, port, span)).await;
+    Box::pin(wind_up(stop, client_write, &port, span)).await;
     if reusable {
-        return Some(upstream_read.unsplit(upstream_write));
+        return (Some(upstream_read.unsplit(upstream_write)), port);
     }
     let _ = upstream_write.shutdown().await;
-    None
+    (None, port)
 }
 
-/// Tells the client why the relay stopped, when that is its business, and ends the recording.
-pub(super) async fn wind_up(stop: Stop, mut client_write: tokio::io::WriteHalf<Stream>, port: AuditPort, span: &tracing::Span) {
+/// Tells the client why the relay stopped, when that is its business. The caller ends the
+/// recording.
+pub(super) async fn wind_up(stop: Stop, mut client_write: tokio::io::WriteHalf<Stream>, port: &AuditPort, span: &tracing::Span) {
     match stop {
         Stop::ClientClosed | Stop::UpstreamClosed | Stop::Io => {}
         Stop::Shutdown => {
@@ -89,9 +91,6 @@ pub(super) async fn wind_up(stop: Stop, mut client_write: tokio::io::WriteHalf<S
             tracing::error!(parent: span, error = %e, "recording failed in strict mode; ending the session");
             send(&mut client_write, &error_response("FATAL", "58030", e.client_message())).await;
         }
-    }
-    if let Err(e) = port.end().await {
-        tracing::error!(parent: span, error = %e, "could not record the session end");
     }
 }
 

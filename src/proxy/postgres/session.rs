@@ -82,12 +82,17 @@ pub async fn run(conn: Connection, ctx: Arc<ListenerContext>, state: Arc<DbState
             lock(&cancels).insert(synthetic.clone(), CancelTarget { upstream: state.upstream.clone(), pid, key });
         }
         let super::pool::Backend { stream, key, parameters } = upstream;
-        let kept = relay_session(client, stream, port, pooled.is_some(), &ctx, &span, &redactor).await;
+        let (kept, port) = relay_session(client, stream, port, pooled.is_some(), &ctx, &span, &redactor).await;
         // Before the connection can serve anyone else: a late cancel from this client must
         // not reach the next one's query.
         lock(&cancels).remove(&synthetic);
-        if let (Some(stream), Some(lease), Some(pool)) = (kept, pooled, &state.pool) {
-            pool.give_back(lease, super::pool::Backend { stream, key, parameters }).await;
+        let give_back = async {
+            if let (Some(stream), Some(lease), Some(pool)) = (kept, pooled, &state.pool) {
+                pool.give_back(lease, super::pool::Backend { stream, key, parameters }).await;
+            }
+        };
+        if let Err(e) = port.end_then(give_back).await {
+            tracing::error!(parent: &span, error = %e, "could not record the session end");
         }
     }
 }
