@@ -484,7 +484,12 @@ impl SessionLog {
 
     fn request_close(&self) {
         lock(&self.state.inner).closing = true;
-        self.shared.nudge();
+        // A recording still in memory is packed, or given its own file, at the writer's
+        // next batch tick whatever a pass before then does: waking the writer for it now
+        // would cost a pass and two context switches per session of a connection storm.
+        if !lock(&self.state.io).as_ref().is_some_and(|io| io.sink.in_memory()) {
+            self.shared.nudge();
+        }
     }
 }
 
