@@ -89,7 +89,11 @@ pub fn server_config(tls: &ClientTlsConfig) -> Result<Option<ServerTls>, TlsErro
         }
         None => (builder.with_no_client_auth(), None),
     };
-    let config = builder.with_single_cert(read_certs(cert)?, read_key(key)?).map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut config = builder.with_single_cert(read_certs(cert)?, read_key(key)?).map_err(|e| TlsError::Config(e.to_string()))?;
+    // No TLS 1.3 session tickets: libpq, pgjdbc, mongosh, pymongo and the aws CLI never
+    // resume a session, and two tickets per connection cost both ends work and the client
+    // a packet to read on every login of a connection storm.
+    config.send_tls13_tickets = 0;
     Ok(Some(ServerTls { config: Arc::new(config), client_verifier }))
 }
 

@@ -110,8 +110,10 @@ pub(super) enum ScramOutcome {
     Protocol(String),
 }
 
-/// Runs SCRAM-SHA-256 with the client against `verifier`.
-pub(super) async fn scram_login(client: &mut Stream, verifier: Verifier) -> Result<(), ScramOutcome> {
+/// Runs SCRAM-SHA-256 with the client against `verifier`. Returns the SASLFinal message for
+/// the caller to send with what follows it (AuthenticationOk and the startup), so that the
+/// client gets one packet, not two.
+pub(super) async fn scram_login(client: &mut Stream, verifier: Verifier) -> Result<Vec<u8>, ScramOutcome> {
     let gone = |e: WireError| match e {
         WireError::Closed | WireError::Io(_) => ScramOutcome::Gone,
         other => ScramOutcome::Protocol(other.to_string()),
@@ -135,10 +137,7 @@ pub(super) async fn scram_login(client: &mut Stream, verifier: Verifier) -> Resu
         return Err(ScramOutcome::Protocol(format!("expected SASLResponse, got {:?}", ty as char)));
     }
     match exchange.finish(&String::from_utf8_lossy(&body)) {
-        Ok(server_final) => {
-            client.write_all(&auth_message(Authentication::SASLFinal(server_final.into()))).await.map_err(|_| ScramOutcome::Gone)?;
-            Ok(())
-        }
+        Ok(server_final) => Ok(auth_message(Authentication::SASLFinal(server_final.into()))),
         Err(crate::auth::scram::ScramError::WrongProof) => Err(ScramOutcome::WrongPassword),
         Err(e) => Err(ScramOutcome::Protocol(e.to_string())),
     }
@@ -184,6 +183,7 @@ pub(super) async fn establish(
         return Err(deny(person, "this database requires TLS (connect with sslmode=require or stronger)".into()));
     }
     let directory = ctx.directory();
+    let mut sasl_final = Vec::new();
     let user = match crate::proxy::tls::client_certificate_cn(client, state.server_tls.as_ref()) {
         Some(Err(untrusted)) => return Err(deny(person, untrusted)),
         Some(Ok(cn)) => {
@@ -198,8 +198,8 @@ pub(super) async fn establish(
             // answer does not reveal who exists.
             let (verifier, known) = directory.scram_verifier(person, ctx.login_secret());
             match scram_login(client, verifier).await {
-                Ok(()) if known => {}
-                Ok(()) | Err(ScramOutcome::WrongPassword) => {
+                Ok(last) if known => sasl_final = last,
+                Ok(_) | Err(ScramOutcome::WrongPassword) => {
                     return Err(deny(person, format!("password authentication failed for user {person:?}")))
                 }
                 Err(ScramOutcome::Gone) => return Err(LoginEnd::Gone),
@@ -239,7 +239,8 @@ pub(super) async fn establish(
     };
     let pid_bytes: [u8; 4] = random_bytes(4).try_into().unwrap_or([0, 0, 0, 1]);
     let synthetic = ((i32::from_be_bytes(pid_bytes) & 0x7fff_ffff).max(1), random_bytes(if version == PROTOCOL_3_2 { 32 } else { 4 }));
-    let mut out = auth_message(Authentication::Ok);
+    let mut out = sasl_final;
+    out.extend_from_slice(&auth_message(Authentication::Ok));
     let was_reused = reused.is_some();
     let upstream = match reused {
         Some(backend) => {

@@ -191,8 +191,10 @@ fn sorted(params: &[(String, String)]) -> Vec<(String, String)> {
 /// bytes or an end of stream mean it cannot be handed out.
 async fn quiet(stream: &mut Stream) -> bool {
     let mut probe = [0u8; 1];
-    // Polled once: a timeout of zero polls the read first, then gives up.
-    tokio::time::timeout(Duration::ZERO, stream.read(&mut probe)).await.is_err()
+    let mut read = std::pin::pin!(stream.read(&mut probe));
+    // Polled once, then dropped. Not with a timeout of zero: tokio's timer rounds that up to
+    // its next millisecond tick, which every pooled login would wait for.
+    std::future::poll_fn(|cx| std::task::Poll::Ready(std::future::Future::poll(read.as_mut(), cx).is_pending())).await
 }
 
 async fn reset(backend: &mut Backend, statement: &str) -> Result<(), String> {
