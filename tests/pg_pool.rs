@@ -307,3 +307,35 @@ async fn the_connection_goes_back_before_the_recording_is_sealed() {
     assert_eq!(starts(&proxy), [(Some(false), pid), (Some(true), pid)]);
     verify_all(&proxy);
 }
+
+/// An idle pooled connection whose backend the server ended (a restart,
+/// pg_terminate_backend) is noticed when the next session would take it: that session gets
+/// a new backend instead of a dead one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_the_server_ended_is_not_handed_out() {
+    let mut proxy = Proxy::start_pooled("mode = \"session\"\nmax_size = 1").await;
+    let (first, task) = connect(&proxy).await;
+    let pid = backend_pid(&first).await;
+    close(first, task).await;
+    let mut direct = tokio_postgres::Config::new();
+    direct
+        .host_path(proxy.services.get("PG_SOCKET_DIR"))
+        .port(proxy.services.get("PG_PORT").parse().unwrap())
+        .user(proxy.services.get("PG_USER"))
+        .password(proxy.services.get("PG_PASSWORD"))
+        .dbname("postgres");
+    let (admin, connection) = direct.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let ended = admin.query_one(&format!("SELECT pg_terminate_backend({pid})"), &[]).await.unwrap();
+    assert!(ended.get::<_, bool>(0), "the pooled backend {pid} was terminated");
+    // The backend's FATAL and close reach the idle connection's socket.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (second, task) = connect(&proxy).await;
+    let second_pid = backend_pid(&second).await;
+    assert_ne!(second_pid, pid, "the ended backend was not handed to the next session");
+    close(second, task).await;
+    proxy.stop().await;
+    let (pid, second_pid): (u64, u64) = (pid.parse().unwrap(), second_pid.parse().unwrap());
+    assert_eq!(starts(&proxy), [(Some(false), pid), (Some(false), second_pid)]);
+    verify_all(&proxy);
+}
