@@ -396,3 +396,30 @@ fn a_recording_still_live_at_the_batch_tick_gets_its_own_file_with_every_event()
     assert_eq!(verify_recording(&store, &sid, Some(&rec.public_key())).verdict, Verdict::Ok);
     rec.recorder.shutdown();
 }
+
+/// A session that cannot be packed (here its id is not a UUID, which no engine makes) falls
+/// back to its own files; one that never left memory takes every byte there with it.
+#[test]
+fn a_session_in_memory_that_cannot_be_packed_keeps_every_byte_in_its_own_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rec = recorder(tmp.path(), |c| {
+        packing(64 * 1024)(c);
+        c.batch_interval = std::time::Duration::from_secs(3600);
+    });
+    let mut ctx = context(Protocol::Postgres);
+    ctx.sid = "not-a-uuid".into();
+    let log = rec.recorder.open(ctx).unwrap();
+    append_query(&log, "SELECT 'kept'".into());
+    drop(log);
+    rec.recorder.shutdown();
+    let bytes = std::fs::read(rec.dir.join("not-a-uuid.dbt")).expect("the session's own recording");
+    assert!(bytes.starts_with(dbtape::recording::format::FILE_MAGIC), "{} bytes", bytes.len());
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(rec.dir.join("not-a-uuid.manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["size"].as_u64(), Some(bytes.len() as u64));
+    assert_eq!(manifest["event_count"].as_u64(), Some(1));
+    assert!(store_has_no_segment_sessions(&rec.dir));
+}
+
+fn store_has_no_segment_sessions(dir: &Path) -> bool {
+    dbtape::recording::RecordingStore::new(dir).segments().iter().all(|s| s.sessions == 0)
+}

@@ -186,14 +186,19 @@ pub(super) fn pack(shared: &Shared, sessions: Vec<ToPack>) -> bool {
     let mut ready = Vec::with_capacity(sessions.len());
     let mut own_files = Vec::new();
     for mut item in sessions {
-        let recording = match &mut item.sink {
-            Sink::Memory(bytes) => Ok(std::mem::take(bytes)),
-            Sink::File(_) => std::fs::read(store.recording_path(&item.sid)),
-        };
-        let parts = recording.and_then(|recording| {
+        let described = || -> std::io::Result<_> {
             let manifest = serde_json::to_vec(&item.manifest)?;
             let summary = serde_json::to_vec(&item.summary)?;
             let sid = uuid::Uuid::try_parse(&item.sid).map_err(std::io::Error::other)?;
+            Ok((sid, manifest, summary))
+        };
+        // Bytes in memory are taken only once nothing else can fail, so a session that
+        // cannot be packed still has them for its own file.
+        let parts = described().and_then(|(sid, manifest, summary)| {
+            let recording = match &mut item.sink {
+                Sink::Memory(bytes) => std::mem::take(bytes),
+                Sink::File(_) => std::fs::read(store.recording_path(&item.sid))?,
+            };
             Ok((sid, recording, manifest, summary))
         });
         match parts {
