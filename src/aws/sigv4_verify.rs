@@ -57,8 +57,11 @@ impl<'a> Authorization<'a> {
         let credential = credential.ok_or_else(|| malformed("Credential is missing"))?;
         let signed = signed.ok_or_else(|| malformed("SignedHeaders is missing"))?;
         let signature = signature.ok_or_else(|| malformed("Signature is missing"))?;
-        let scope: Vec<&str> = credential.split('/').collect();
-        let [access_key_id, date, region, service, terminator] = scope[..] else {
+        // Taken apart in place: this runs on every request.
+        let mut scope = credential.split('/');
+        let (Some(access_key_id), Some(date), Some(region), Some(service), Some(terminator), None) =
+            (scope.next(), scope.next(), scope.next(), scope.next(), scope.next(), scope.next())
+        else {
             return Err(malformed("Credential is not key/date/region/service/aws4_request"));
         };
         if terminator != "aws4_request" || access_key_id.is_empty() || date.len() != 8 || region.is_empty() {
@@ -67,7 +70,8 @@ impl<'a> Authorization<'a> {
         if signature.len() != 64 || !signature.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(malformed("Signature is not 64 hex digits"));
         }
-        let signed_headers: Vec<&str> = signed.split(';').collect();
+        let mut signed_headers = Vec::with_capacity(signed.bytes().filter(|b| *b == b';').count() + 1);
+        signed_headers.extend(signed.split(';'));
         let sorted = signed_headers.windows(2).all(|w| w[0] < w[1]);
         let lower = signed_headers.iter().all(|h| !h.is_empty() && h.bytes().all(|b| !b.is_ascii_uppercase()));
         if !sorted || !lower {

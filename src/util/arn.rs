@@ -17,8 +17,8 @@ pub fn role_arn_for(db_user: &str, account_id: &str) -> Option<String> {
     if !ok || account_id.is_empty() {
         return None;
     }
-    let resource = if db_user.starts_with("role/") { db_user.to_string() } else { format!("role/{db_user}") };
-    Some(format!("arn:aws:iam::{account_id}:{resource}"))
+    let name = db_user.strip_prefix("role/").unwrap_or(db_user);
+    Some(format!("arn:aws:iam::{account_id}:role/{name}"))
 }
 
 #[cfg(test)]

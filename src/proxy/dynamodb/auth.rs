@@ -103,7 +103,11 @@ pub fn authenticate(
     let request = SignedRequest {
         method: head.method(),
         path_and_query: head.target(),
-        headers: head.fields.iter_text().filter_map(|(n, v)| Some((n, v?))).collect(),
+        headers: {
+            let mut headers = Vec::with_capacity(head.fields.len());
+            headers.extend(head.fields.iter_text().filter_map(|(n, v)| Some((n, v?))));
+            headers
+        },
         payload_sha256,
     };
     verify(&auth, &request, &key.secret, SystemTime::now(), keys).map_err(|e| {
