@@ -275,6 +275,7 @@ impl Recorder {
                 closing: false,
                 zstd_level: self.shared.config.zstd_level,
             }),
+            in_memory: std::sync::atomic::AtomicBool::new(sink.in_memory()),
             io: Mutex::new(Some(FileIo { sink, len, hasher, dirty: true, last_summary: None, summary_dirty: true })),
             durable: watch::channel(Durability::default()).0,
         });
@@ -487,7 +488,7 @@ impl SessionLog {
         // A recording still in memory is packed, or given its own file, at the writer's
         // next batch tick whatever a pass before then does: waking the writer for it now
         // would cost a pass and two context switches per session of a connection storm.
-        if !lock(&self.state.io).as_ref().is_some_and(|io| io.sink.in_memory()) {
+        if !self.state.in_memory.load(Ordering::Acquire) {
             self.shared.nudge();
         }
     }

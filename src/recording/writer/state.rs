@@ -166,6 +166,10 @@ pub(super) struct SessionState {
     pub(super) start_ms: i64,
     pub(super) inner: Mutex<Inner>,
     pub(super) io: Mutex<Option<FileIo>>,
+    /// Whether the recording may still be in memory (`Sink::Memory`), readable without the
+    /// `io` lock, which the writer holds across fsyncs: a connection closing its session
+    /// must not wait on one.
+    pub(super) in_memory: std::sync::atomic::AtomicBool,
     pub(super) durable: watch::Sender<Durability>,
 }
 

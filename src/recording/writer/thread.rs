@@ -176,7 +176,9 @@ fn leave_memory(shared: &Shared, session: &SessionState, flush_all: bool, max: u
     if lock(&session.inner).dead {
         return Ok(());
     }
-    shared.own_file(&session.ctx.sid, &mut io.sink)
+    shared.own_file(&session.ctx.sid, &mut io.sink)?;
+    session.in_memory.store(false, std::sync::atomic::Ordering::Release);
+    Ok(())
 }
 
 /// Whether the session's recording is still open and no bigger than `max`: packable.
