@@ -134,10 +134,17 @@ impl ScramStart {
 
     /// The saslStart a hello carries: as the command, with `db` for `$db`.
     pub fn speculative(&self) -> RawDocumentBuf {
-        rawdoc! {
+        self.sasl_start("db")
+    }
+
+    /// The saslStart command, naming the database in `db_field`.
+    fn sasl_start(&self, db_field: &str) -> RawDocumentBuf {
+        let mut start = rawdoc! {
             "saslStart": 1, "mechanism": "SCRAM-SHA-256", "payload": binary(self.first.clone().into_bytes()),
-            "options": { "skipEmptyExchange": true }, "db": self.auth_db.as_str(),
-        }
+            "options": { "skipEmptyExchange": true },
+        };
+        start.append(db_field, self.auth_db.as_str());
+        start
     }
 }
 
@@ -156,18 +163,12 @@ pub async fn scram_login(
     speculated: Option<RawDocumentBuf>,
     salted: &Arc<crate::auth::scram::SaltedPasswords>,
 ) -> Result<(), UpstreamError> {
-    let ScramStart { mut exchange, first, auth_db } = start;
-    let auth_db = auth_db.as_str();
     let reply = match speculated {
         Some(reply) => reply,
-        None => {
-            let start = rawdoc! {
-                "saslStart": 1, "mechanism": "SCRAM-SHA-256", "payload": binary(first.into_bytes()),
-                "options": { "skipEmptyExchange": true }, "$db": auth_db,
-            };
-            checked(stream, &start).await?
-        }
+        None => checked(stream, &start.sasl_start("$db")).await?,
     };
+    let ScramStart { mut exchange, auth_db, .. } = start;
+    let auth_db = auth_db.as_str();
     let server_first = String::from_utf8_lossy(&payload(&reply)?).into_owned();
     let client_final = match exchange.respond_cached(&server_first, salted, false)? {
         Some(answer) => answer,

@@ -11,8 +11,6 @@ mod seal;
 mod state;
 mod thread;
 
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -197,8 +195,7 @@ impl Recorder {
         if lock(&self.shared.control).shutdown {
             return Err(RecordingError::ShutDown);
         }
-        let path = self.shared.store.recording_path(&ctx.sid);
-        let create = |reason: String| RecordingError::Create { path: path.clone(), reason };
+        let create = |reason: String| RecordingError::Create { path: self.shared.store.recording_path(&ctx.sid), reason };
         let uid_seed = *uuid::Uuid::new_v4().as_bytes();
         let header = SessionHeader {
             format: 3,
@@ -236,14 +233,10 @@ impl Recorder {
         let mut hasher = Sha256::new();
         hasher.update(&bytes);
         let len = bytes.len() as u64;
-        let sink = if self.opens_in_memory() {
-            Sink::Memory(bytes)
-        } else {
-            let mut file = OpenOptions::new().append(true).create_new(true).open(&path).map_err(|e| create(e.to_string()))?;
-            file.try_lock().map_err(|e| create(format!("cannot lock: {e}")))?;
-            file.write_all(&bytes).map_err(|e| create(e.to_string()))?;
-            Sink::File(file)
-        };
+        let mut sink = Sink::Memory(bytes);
+        if !self.opens_in_memory() {
+            self.shared.own_file(&ctx.sid, &mut sink).map_err(|e| create(e.to_string()))?;
+        }
         let state = Arc::new(SessionState {
             ctx: Arc::new(ctx),
             uid_seed,

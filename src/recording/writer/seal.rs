@@ -102,7 +102,7 @@ pub(super) fn seal(shared: &Shared, session: &SessionState, packing: Option<u64>
             // A session to be packed is made durable by its segment's fsync instead.
             if !packable(packing, io.len, final_state) {
                 shared.own_file(&sid, &mut io.sink).map_err(|e| format!("cannot create the recording's file: {e}"))?;
-                sync_all(&io.sink).map_err(|e| e.to_string())?;
+                io.sink.sync_all().map_err(|e| e.to_string())?;
             }
             Ok((chain, inner.written_seq + 1))
         });
@@ -163,14 +163,6 @@ pub(super) fn seal(shared: &Shared, session: &SessionState, packing: Option<u64>
         let _ = file.unlock();
     }
     None
-}
-
-/// Seal's fsync of a recording `own_file` has just given a file.
-fn sync_all(sink: &Sink) -> std::io::Result<()> {
-    match sink {
-        Sink::File(file) => file.sync_all(),
-        Sink::Memory(_) => Err(std::io::Error::other("the recording has no file")),
-    }
 }
 
 fn packable(packing: Option<u64>, len: u64, state: RecordingState) -> bool {
@@ -253,7 +245,7 @@ pub(super) fn pack(shared: &Shared, sessions: Vec<ToPack>) -> bool {
 fn in_own_files(shared: &Shared, mut item: ToPack) {
     let written = shared
         .own_file(&item.sid, &mut item.sink)
-        .and_then(|()| sync_all(&item.sink))
+        .and_then(|()| item.sink.sync_all())
         .map_err(|e| e.to_string())
         .and_then(|()| shared.store.write_manifest(&item.manifest).map_err(|e| e.to_string()));
     if let Err(e) = written {

@@ -141,6 +141,14 @@ impl Sink {
         }
     }
 
+    /// Seal's fsync of a recording `Shared::own_file` has just given a file.
+    pub(super) fn sync_all(&self) -> std::io::Result<()> {
+        match self {
+            Sink::File(file) => file.sync_all(),
+            Sink::Memory(_) => Err(std::io::Error::other("the recording has no file")),
+        }
+    }
+
     pub(super) fn in_memory(&self) -> bool {
         matches!(self, Sink::Memory(_))
     }
@@ -234,8 +242,8 @@ impl Shared {
         }
     }
 
-    /// Gives a recording still in memory its own file, holding every byte so far. The
-    /// name is made durable by the next folder fsync, as any new recording's is.
+    /// Gives a recording still in memory its own file, holding every byte so far, locked
+    /// (removed again if it cannot be locked or written). The caller makes its name durable.
     pub(super) fn own_file(&self, sid: &str, sink: &mut Sink) -> std::io::Result<()> {
         let Sink::Memory(bytes) = sink else { return Ok(()) };
         let path = self.store.recording_path(sid);
@@ -249,7 +257,6 @@ impl Shared {
             return Err(e);
         }
         *sink = Sink::File(file);
-        self.new_names.store(true, Ordering::Release);
         Ok(())
     }
 

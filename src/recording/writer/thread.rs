@@ -177,6 +177,8 @@ fn leave_memory(shared: &Shared, session: &SessionState, flush_all: bool, max: u
         return Ok(());
     }
     shared.own_file(&session.ctx.sid, &mut io.sink)?;
+    // Its name is made durable by this pass's fsync, with its first frames.
+    shared.new_names.store(true, std::sync::atomic::Ordering::Release);
     session.in_memory.store(false, std::sync::atomic::Ordering::Release);
     Ok(())
 }
