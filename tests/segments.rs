@@ -278,22 +278,12 @@ fn the_background_indexer_takes_each_sealed_session_once_and_sees_other_writers(
 fn a_packed_session_leaves_no_file_of_its_own_whether_or_not_it_had_a_sidecar() {
     let tmp = tempfile::tempdir().unwrap();
     let rec = recorder(tmp.path(), packing(64 * 1024));
-    let ctx = context(Protocol::Postgres);
-    let sid = ctx.sid.clone();
-    let log = rec.recorder.open(ctx).unwrap();
-    log.append(&EventBody::Query { query: "SELECT pg_sleep(3)".into(), parameters: vec![], db_name: None }, 1_790_000_000_000).unwrap();
+    let (sid, log) = open_with_query(&rec, "SELECT pg_sleep(3)");
     let sidecar = rec.dir.join(format!("{sid}.meta.json"));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !sidecar.exists() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    assert!(sidecar.exists(), "the writer's pass writes a live session's sidecar");
+    wait_for("the writer's pass writes a live session's sidecar", || sidecar.exists());
     block_on(log.close()).unwrap();
     let quick = short_session(&rec, "SELECT 1;");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while [&sid, &quick].iter().any(|s| !own_files(&rec.dir, s).is_empty()) && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_for("both sessions are packed", || [&sid, &quick].iter().all(|s| own_files(&rec.dir, s).is_empty()));
     for s in [&sid, &quick] {
         assert_eq!(own_files(&rec.dir, s), Vec::<String>::new(), "{s}");
         assert_eq!(rec.store().read_summary(s).unwrap().state, RecordingState::Sealed);
@@ -317,6 +307,15 @@ fn append_query(log: &dbtape::recording::SessionLog, query: String) {
     log.append(&EventBody::Query { query, parameters: vec![], db_name: None }, 1_790_000_000_000).unwrap();
 }
 
+/// A new session with one statement recorded: its sid and its log, still open.
+fn open_with_query(rec: &common::TestRecorder, statement: &str) -> (String, dbtape::recording::SessionLog) {
+    let ctx = context(Protocol::Postgres);
+    let sid = ctx.sid.clone();
+    let log = rec.recorder.open(ctx).unwrap();
+    append_query(&log, statement.to_string());
+    (sid, log)
+}
+
 fn wait_for(what: &str, done: impl Fn() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !done() && std::time::Instant::now() < deadline {
@@ -336,18 +335,11 @@ fn a_recording_in_memory_gets_a_file_only_when_it_outgrows_it() {
         c.batch_interval = std::time::Duration::from_secs(3600);
         c.frame_target_bytes = 16 * 1024;
     });
-    let open = |statement: &str| {
-        let ctx = context(Protocol::Postgres);
-        let sid = ctx.sid.clone();
-        let log = rec.recorder.open(ctx).unwrap();
-        append_query(&log, statement.to_string());
-        (sid, log)
-    };
-    let (ended, log) = open("SELECT 1");
+    let (ended, log) = open_with_query(&rec, "SELECT 1");
     drop(log);
-    let (live, live_log) = open("SELECT 2");
+    let (live, live_log) = open_with_query(&rec, "SELECT 2");
     let big_query = incompressible(20 * 1024);
-    let (big, big_log) = open(&big_query);
+    let (big, big_log) = open_with_query(&rec, &big_query);
     append_query(&big_log, "SELECT 3".into());
     // The big session's frame filled, was written, and took it past memory's share.
     wait_for("the big session gets its own file", || own_files(&rec.dir, &big) == [format!("{big}.dbt")]);
@@ -380,10 +372,7 @@ fn a_recording_still_live_at_the_batch_tick_gets_its_own_file_with_every_event()
         packing(64 * 1024)(c);
         c.batch_interval = std::time::Duration::from_millis(100);
     });
-    let ctx = context(Protocol::Postgres);
-    let sid = ctx.sid.clone();
-    let log = rec.recorder.open(ctx).unwrap();
-    append_query(&log, "SELECT 'before the tick'".into());
+    let (sid, log) = open_with_query(&rec, "SELECT 'before the tick'");
     wait_for("the live session gets its own file at the tick", || own_files(&rec.dir, &sid).contains(&format!("{sid}.dbt")));
     let store = rec.store();
     let (lines, end) = read_lines(&store, &sid);
@@ -417,9 +406,5 @@ fn a_session_in_memory_that_cannot_be_packed_keeps_every_byte_in_its_own_file() 
     let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(rec.dir.join("not-a-uuid.manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["size"].as_u64(), Some(bytes.len() as u64));
     assert_eq!(manifest["event_count"].as_u64(), Some(1));
-    assert!(store_has_no_segment_sessions(&rec.dir));
-}
-
-fn store_has_no_segment_sessions(dir: &Path) -> bool {
-    dbtape::recording::RecordingStore::new(dir).segments().iter().all(|s| s.sessions == 0)
+    assert!(rec.store().segments().iter().all(|s| s.sessions == 0));
 }
