@@ -1073,10 +1073,16 @@ fn a_proxy_killed_with_an_open_segment_loses_no_packed_session() {
         let out = setup.psql(&format!("SELECT 'before the kill {i}' AS note")).wait_with_output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
+    // A short session starts in memory and is packed at the writer's next batch tick, so wait
+    // until another process reads every one from the open segment and none has its own file.
     let own_recordings =
         || std::fs::read_dir(setup.recordings()).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".dbt")).count();
+    let packed = || {
+        let out = common::dbtape_bin().args(["verify", "--all", "--config"]).arg(&setup.config).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains("  OK  ")).count()
+    };
     let deadline = Instant::now() + Duration::from_secs(20);
-    while own_recordings() > 0 {
+    while own_recordings() > 0 || packed() < SESSIONS {
         assert!(Instant::now() < deadline, "sessions not packed; log:\n{}", setup.log());
         std::thread::sleep(Duration::from_millis(50));
     }
