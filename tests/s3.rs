@@ -483,7 +483,12 @@ fn a_proxy_killed_mid_upload_resumes_the_same_multipart_upload() {
         .find(|e| e.file_name().to_string_lossy().ends_with(".uploaded.json"))
         .unwrap();
     let marker: serde_json::Value = serde_json::from_slice(&std::fs::read(marker.path()).unwrap()).unwrap();
-    assert_eq!(marker["upload_id"], checkpoint["upload_id"], "the upload begun before the crash was resumed, not begun again");
+    assert_eq!(
+        marker["upload_id"],
+        checkpoint["upload_id"],
+        "the upload begun before the crash was resumed, not begun again; log:\n{}",
+        setup.log()
+    );
     assert!(setup.log().contains("resuming multipart upload"), "{}", setup.log());
     let recording = objects(&services, &bucket).into_iter().find(|(k, _)| k.ends_with(".dbt")).unwrap();
     let parts: usize = recording.1.split('-').nth(1).unwrap().parse().unwrap();
