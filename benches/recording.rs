@@ -320,16 +320,16 @@ struct ShortSessions {
     files: f64,
 }
 
-/// This process's user and system CPU time so far, from `/proc/self/stat` (in clock ticks,
-/// so only for runs of seconds).
+/// This process's user and system CPU time so far, every thread's.
 fn process_cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // The command name in parentheses may hold spaces; the fields follow its last ')'.
-    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
-    let ticks: u64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum();
-    // SAFETY: sysconf only reads a constant of the running system.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Duration::from_micros(ticks * 1_000_000 / per_second)
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let micros = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
+    micros(usage.ru_utime) + micros(usage.ru_stime)
 }
 
 /// Bytes in 512-byte blocks and regular files under `dir`, its subfolders included.
